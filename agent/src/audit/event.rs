@@ -1,0 +1,266 @@
+//! One audit event: the row every part of the agent hands to the audit writer.
+//!
+//! The struct mirrors the Parquet schema column for column (see `schema.rs` for the Arrow side and
+//! the OCSF names). Every field but the four that identify the event is optional, because each event
+//! kind fills only the columns it knows. Later schema versions only add fields.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What an event records; the `event_kind` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A connection the agent accepted (intercepted or passed through; see `connection_mode`).
+    Connection,
+    /// A Snowflake login.
+    Login,
+    /// A Snowflake logout or the end of a session.
+    Logout,
+    /// One SQL statement.
+    Query,
+    /// Something the agent refused.
+    Denial,
+    /// The agent's own life: start, stop, config reload or rejection, audit gap.
+    Lifecycle,
+}
+
+impl EventKind {
+    /// The name stored in the `event_kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Connection => "connection",
+            EventKind::Login => "login",
+            EventKind::Logout => "logout",
+            EventKind::Query => "query",
+            EventKind::Denial => "denial",
+            EventKind::Lifecycle => "lifecycle",
+        }
+    }
+}
+
+/// A row of the audit table. Build one with [`Event::new`] and fill the columns the event knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    // when and what
+    /// When the agent saw the event (UTC, microsecond precision in the files); files are partitioned by it.
+    pub event_time: SystemTime,
+    /// A UUID v7, unique per event; the key that makes recovery exactly-once.
+    pub event_id: Uuid,
+    /// What the event records.
+    pub event_kind: EventKind,
+    /// The host name of the machine the agent runs on.
+    pub host: String,
+    /// The agent's version.
+    pub agent_version: String,
+
+    // who
+    /// Thread id of the caller.
+    pub pid: Option<u32>,
+    /// Process id of the caller.
+    pub tgid: Option<u32>,
+    /// Parent process id of the caller.
+    pub ppid: Option<u32>,
+    /// Real user id of the caller.
+    pub uid: Option<u32>,
+    /// Real group id of the caller.
+    pub gid: Option<u32>,
+    /// User name of `uid`.
+    pub user_name: Option<String>,
+    /// The caller's `comm`.
+    pub comm: Option<String>,
+    /// The caller's executable path.
+    pub exe: Option<String>,
+    /// The caller's command line, bounded.
+    pub cmdline: Option<String>,
+    /// The caller's cgroup, relative to the cgroup2 mount.
+    pub cgroup_path: Option<String>,
+    /// The caller's cgroup id.
+    pub cgroup_id: Option<u64>,
+    /// The systemd unit the cgroup belongs to.
+    pub systemd_unit: Option<String>,
+    /// A container id found in the cgroup path.
+    pub container_id: Option<String>,
+    /// A Kubernetes pod UID found in the cgroup path.
+    pub pod_uid: Option<String>,
+    /// The enrollment's workload identity.
+    pub workload_identity: Option<String>,
+    /// The enrollment's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The human behind the workload, when known.
+    pub human_identity: Option<String>,
+
+    // where
+    /// The client's address.
+    pub src_ip: Option<IpAddr>,
+    /// The client's port.
+    pub src_port: Option<u16>,
+    /// The destination the client asked for.
+    pub dst_ip: Option<IpAddr>,
+    /// The destination port the client asked for.
+    pub dst_port: Option<u16>,
+    /// The TLS server name the client sent.
+    pub sni: Option<String>,
+    /// `intercepted` or `passthrough` for connection events.
+    pub connection_mode: Option<String>,
+    /// The agent's id of the connection; joins the events of one connection.
+    pub connection_id: Option<u64>,
+    /// Why a connection ended (`client_closed`, `upstream_closed`, `idle_timeout`, `connect_failed`, ...).
+    pub close_reason: Option<String>,
+
+    // Snowflake
+    /// Snowflake account.
+    pub account: Option<String>,
+    /// The Snowflake user named at login.
+    pub login_user: Option<String>,
+    /// The authenticator used at login.
+    pub authenticator: Option<String>,
+    /// Role in effect.
+    pub role: Option<String>,
+    /// Warehouse in effect.
+    pub warehouse: Option<String>,
+    /// Database in effect.
+    pub database: Option<String>,
+    /// Schema in effect.
+    pub schema: Option<String>,
+    /// Snowflake's session id.
+    pub snowflake_session_id: Option<String>,
+    /// The agent's session id.
+    pub session_id: Option<String>,
+    /// The run's correlation id.
+    pub correlation_id: Option<String>,
+    /// The driver's request id.
+    pub request_id: Option<String>,
+    /// Snowflake's query id.
+    pub query_id: Option<String>,
+    /// For a statement of a multi-statement request, the request's query id.
+    pub parent_query_id: Option<String>,
+    /// Driver name.
+    pub driver: Option<String>,
+    /// Driver version.
+    pub driver_version: Option<String>,
+
+    // the statement
+    /// SQL text with credential literals redacted.
+    pub sql_text: Option<String>,
+    /// Statement type (SELECT, INSERT, ...).
+    pub statement_type: Option<String>,
+    /// Number of bind values.
+    pub bind_count: Option<u32>,
+    /// Whether the statement was submitted asynchronously.
+    pub is_async: Option<bool>,
+
+    // the outcome
+    /// allow, deny, alert, hold, ...
+    pub decision: Option<String>,
+    /// The policy rule that decided.
+    pub policy_rule: Option<String>,
+    /// Who approved or rejected a held statement.
+    pub approver: Option<String>,
+    /// When a held statement was decided.
+    pub decided_at: Option<SystemTime>,
+    /// Whether the operation succeeded.
+    pub success: Option<bool>,
+    /// Snowflake error code, or the agent's own.
+    pub error_code: Option<String>,
+    /// SQL state.
+    pub sql_state: Option<String>,
+    /// Error message.
+    pub error_message: Option<String>,
+    /// Rows the statement produced.
+    pub rows_produced: Option<u64>,
+    /// Bytes of result.
+    pub result_bytes: Option<u64>,
+    /// Number of result chunks.
+    pub chunk_count: Option<u32>,
+    /// Duration in milliseconds.
+    pub duration_ms: Option<u64>,
+    /// Bytes from the client to the upstream.
+    pub bytes_in: Option<u64>,
+    /// Bytes from the upstream to the client.
+    pub bytes_out: Option<u64>,
+    /// Marks (`uninspected`, `unparsed`, `alert`, ...), see the schema documentation.
+    pub flags: Vec<String>,
+    /// For lifecycle events, what happened (`start`, `stop`, `config_reload`, `audit_gap`, ...).
+    pub lifecycle_action: Option<String>,
+    /// Free text detail for lifecycle and denial events.
+    pub detail: Option<String>,
+}
+
+impl Event {
+    /// Starts an event of `kind` at `event_time` with a fresh UUID v7 and this host's name and version.
+    pub fn new(kind: EventKind, event_time: SystemTime, host: &str) -> Self {
+        Event {
+            event_time,
+            event_id: Uuid::now_v7(),
+            event_kind: kind,
+            host: host.to_owned(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: None,
+            tgid: None,
+            ppid: None,
+            uid: None,
+            gid: None,
+            user_name: None,
+            comm: None,
+            exe: None,
+            cmdline: None,
+            cgroup_path: None,
+            cgroup_id: None,
+            systemd_unit: None,
+            container_id: None,
+            pod_uid: None,
+            workload_identity: None,
+            labels: BTreeMap::new(),
+            human_identity: None,
+            src_ip: None,
+            src_port: None,
+            dst_ip: None,
+            dst_port: None,
+            sni: None,
+            connection_mode: None,
+            connection_id: None,
+            close_reason: None,
+            account: None,
+            login_user: None,
+            authenticator: None,
+            role: None,
+            warehouse: None,
+            database: None,
+            schema: None,
+            snowflake_session_id: None,
+            session_id: None,
+            correlation_id: None,
+            request_id: None,
+            query_id: None,
+            parent_query_id: None,
+            driver: None,
+            driver_version: None,
+            sql_text: None,
+            statement_type: None,
+            bind_count: None,
+            is_async: None,
+            decision: None,
+            policy_rule: None,
+            approver: None,
+            decided_at: None,
+            success: None,
+            error_code: None,
+            sql_state: None,
+            error_message: None,
+            rows_produced: None,
+            result_bytes: None,
+            chunk_count: None,
+            duration_ms: None,
+            bytes_in: None,
+            bytes_out: None,
+            flags: Vec::new(),
+            lifecycle_action: None,
+            detail: None,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! snowtrail: a Linux agent that transparently intercepts the Snowflake traffic of enrolled workloads
+//! and turns it into an authoritative audit trail.
+//!
+//! The crate is the daemon and the CLI. Each concern has one module; `app` alone wires them together.
+//! `ARCHITECTURE.md` at the repository root has the tables of sockets, tasks, files and maps.
+
+pub mod app;
+pub mod audit;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod enroll;
+pub mod proxy;
+pub mod redirect;
+pub mod telemetry;

@@ -1,0 +1,3 @@
+//! TODO
+/// The compiled eBPF object.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snowtrail"));

@@ -1,0 +1,155 @@
+//! Types shared by the eBPF programs (`snowtrail-ebpf`) and the agent's loader (`snowtrail::redirect`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of padding surprises: the kernel side writes these
+//! records into maps and the agent reads them byte for byte. Flags are integers, never `bool`.
+//! Addresses are kept as 16-byte IPv6 form; IPv4 addresses are stored v4-mapped (`::ffff:a.b.c.d`)
+//! so one key type serves both families.
+#![no_std]
+#![warn(missing_docs)]
+
+/// Name of the map of intercepted destination ports (`HashMap<u16, u8>`).
+pub const MAP_PORTS: &str = "ST_PORTS";
+/// Name of the single-entry array holding [`Settings`].
+pub const MAP_SETTINGS: &str = "ST_SETTINGS";
+/// Name of the LRU map from a client socket's cookie to its [`Origin`].
+pub const MAP_ORIGINS: &str = "ST_ORIGINS";
+/// Name of the LRU map from a client's [`TupleKey`] to its [`Origin`], read by the proxy on accept.
+pub const MAP_BY_TUPLE: &str = "ST_BY_TUPLE";
+/// Name of the per-CPU array of [`Counters`] the programs bump.
+pub const MAP_COUNTERS: &str = "ST_COUNTERS";
+
+/// Default number of entries of each LRU map; `redirect.max_connections` overrides it.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
+
+/// `AF_INET`, as the kernel numbers it.
+pub const FAMILY_INET: u16 = 2;
+/// `AF_INET6`, as the kernel numbers it.
+pub const FAMILY_INET6: u16 = 10;
+
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+
+/// How the programs should behave, written by the agent before it attaches anything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The proxy's listening port, host byte order.
+    pub listen_port: u16,
+    /// Non-zero once the agent filled this record; programs do nothing while it is zero.
+    pub enabled: u16,
+    /// The agent's own process id (initial pid namespace); its sockets are never redirected.
+    pub agent_tgid: u32,
+    /// Network namespace cookie of the agent; sockets of other namespaces are refused, not redirected.
+    pub agent_netns_cookie: u64,
+}
+
+/// A socket address in the one form both families share: 16 address bytes (IPv4 v4-mapped) and a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr {
+    /// IPv6 address bytes in network order; IPv4 as `::ffff:a.b.c.d`.
+    pub ip: [u8; 16],
+    /// Port, host byte order.
+    pub port: u16,
+    /// `FAMILY_INET` or `FAMILY_INET6`: the family the client's socket used.
+    pub family: u16,
+    /// Keeps the struct free of implicit padding.
+    pub _pad: u32,
+}
+
+/// What the kernel knew about a redirected connect(): where it was going and who asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The destination the client asked for.
+    pub original_dst: Addr,
+    /// Monotonic time of the connect() in nanoseconds (`bpf_ktime_get_ns`).
+    pub timestamp_ns: u64,
+    /// The cgroup v2 id of the calling task.
+    pub cgroup_id: u64,
+    /// The network namespace cookie of the socket.
+    pub netns_cookie: u64,
+    /// The socket cookie of the client's socket.
+    pub socket_cookie: u64,
+    /// Thread id of the caller (initial pid namespace).
+    pub pid: u32,
+    /// Process id of the caller (initial pid namespace).
+    pub tgid: u32,
+    /// Real user id of the caller.
+    pub uid: u32,
+    /// Real group id of the caller.
+    pub gid: u32,
+    /// The caller's `comm`, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Key of [`MAP_BY_TUPLE`]: the client's side of the redirected connection, as the proxy sees its peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    /// The client's local address and port (the proxy's peer address).
+    pub client: Addr,
+    /// The network namespace cookie; tuples of different namespaces never collide.
+    pub netns_cookie: u64,
+}
+
+/// Index of each counter in [`MAP_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// connect() calls the programs saw on an intercepted port.
+    Seen = 0,
+    /// connect() calls redirected to the proxy.
+    Redirected = 1,
+    /// connect() calls refused because the socket lived in another network namespace.
+    RefusedNetns = 2,
+    /// Origin records that could not be stored (map full).
+    StoreFailed = 3,
+    /// SO_ORIGINAL_DST questions answered.
+    OriginalDstAnswered = 4,
+}
+
+/// Number of counters in [`MAP_COUNTERS`].
+pub const COUNTER_SLOTS: u32 = 8;
+
+impl Addr {
+    /// Builds the v4-mapped form of an IPv4 address (`a.b.c.d` as network-order bytes).
+    pub const fn v4(octets: [u8; 4], port: u16) -> Self {
+        Addr {
+            ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]],
+            port,
+            family: FAMILY_INET,
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, every bit pattern valid, no padding (checked by the size tests below).
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Addr {}
+    unsafe impl aya::Pod for super::Origin {}
+    unsafe impl aya::Pod for super::TupleKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<Addr>(), 24);
+        assert_eq!(size_of::<TupleKey>(), 32);
+        assert_eq!(size_of::<Origin>(), 24 + 8 * 4 + 4 * 4 + COMM_LEN);
+    }
+
+    #[test]
+    fn v4_mapped_form() {
+        let a = Addr::v4([127, 77, 0, 1], 443);
+        assert_eq!(&a.ip[10..], &[0xff, 0xff, 127, 77, 0, 1]);
+        assert_eq!(a.family, FAMILY_INET);
+    }
+}
