@@ -1,1 +1,236 @@
-//! TODO
+//! The one place where the daemon is wired together: config in, running subsystems out.
+//!
+//! [`build`] starts everything in order (audit, enrollments, listeners, kernel programs, control
+//! socket) and returns an [`App`] holding what it bound and the handle that stops it, so tests can
+//! run the real daemon in-process. Start-up fails as a whole: a daemon that cannot listen, load its
+//! programs or write its audit does not start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::audit::{Event, EventKind, EventSink, LogSink};
+use crate::config::Config;
+use crate::control::handler::DaemonHandler;
+use crate::enroll::Registry;
+use crate::proxy::{self, Inputs, Proxy, ProxyStats};
+use crate::redirect::{Redirect, RedirectConfig};
+
+/// What the daemon bound, for callers and tests.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// The proxy's listening addresses.
+    pub proxy: Vec<SocketAddr>,
+    /// The control socket.
+    pub control_socket: PathBuf,
+}
+
+/// A running daemon.
+pub struct App {
+    bound: Bound,
+    config: Config,
+    shutdown: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    control_task: JoinHandle<()>,
+    sweeper_task: JoinHandle<()>,
+    redirect: Arc<RwLock<Redirect>>,
+    sink: Arc<dyn EventSink>,
+    host: String,
+}
+
+/// Starts the daemon.
+pub async fn build(config: Config) -> anyhow::Result<App> {
+    let started = Instant::now();
+    create_private_dir(&config.state_dir)?;
+    std::fs::create_dir_all(&config.audit_dir)
+        .with_context(|| format!("cannot create audit_dir {}", config.audit_dir.display()))?;
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+    info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
+
+    let sink: Arc<dyn EventSink> = Arc::new(LogSink);
+
+    let mount = crate::cgroup::mount_point()?;
+    let agent_cgroup = crate::cgroup::cgroup_of(None)?;
+    let agent_cgroup_dir = mount.join(agent_cgroup.strip_prefix("/").unwrap_or(&agent_cgroup));
+    let registry = Arc::new(RwLock::new(Registry::open(&mount, &config.state_dir)?));
+
+    // The listeners exist before the programs redirect anything to them.
+    let listeners = proxy::listener::bind(config.redirect.listen_port)?;
+    let redirect = Redirect::start(
+        &RedirectConfig {
+            ports: config.redirect.ports.clone(),
+            pin_dir: config.redirect.pin_dir.clone(),
+            max_connections: config.redirect.max_tracked_connections,
+        },
+        config.redirect.listen_port,
+        &agent_cgroup_dir,
+    )
+    .context("cannot load the kernel programs")?;
+    let redirect = Arc::new(RwLock::new(redirect));
+
+    let stats = Arc::new(ProxyStats::default());
+    let inputs = Arc::new(Inputs {
+        redirect: redirect.clone(),
+        registry: registry.clone(),
+        sink: sink.clone(),
+        config: config.proxy.clone(),
+        host: host.clone(),
+        stats: stats.clone(),
+    });
+    let proxy = Proxy::new(listeners, inputs)?;
+    let proxy_addrs = proxy.addresses();
+
+    let handler = Arc::new(DaemonHandler {
+        registry,
+        redirect: redirect.clone(),
+        agent_cgroup: agent_cgroup.to_string_lossy().into_owned(),
+        stats,
+        listen: proxy_addrs.iter().map(ToString::to_string).collect(),
+        started,
+    });
+    handler.restore();
+
+    let control = crate::control::server::bind(&config.control_socket)?;
+    let (shutdown, shutdown_rx) = crate::drain::channel();
+    let control_task = tokio::spawn(crate::control::server::serve(
+        control,
+        handler.clone(),
+        shutdown_rx.clone(),
+    ));
+    let proxy_task = tokio::spawn(proxy.run(shutdown_rx.clone()));
+    let sweeper_task = {
+        let mut stop = shutdown_rx;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let h = handler.clone();
+                        let _ = tokio::task::spawn_blocking(move || h.sweep()).await;
+                    }
+                    _ = crate::drain::signalled(&mut stop) => return,
+                }
+            }
+        })
+    };
+
+    let app = App {
+        bound: Bound {
+            proxy: proxy_addrs,
+            control_socket: config.control_socket.clone(),
+        },
+        config,
+        shutdown,
+        proxy_task,
+        control_task,
+        sweeper_task,
+        redirect,
+        sink,
+        host,
+    };
+    app.lifecycle("start", None).await;
+    info!(listen = ?app.bound.proxy, control = %app.bound.control_socket.display(), "snowtrail is running");
+    notify_ready();
+    Ok(app)
+}
+
+impl App {
+    /// What the daemon bound.
+    pub fn bound(&self) -> &Bound {
+        &self.bound
+    }
+
+    /// Records a lifecycle event (start, stop, ...).
+    async fn lifecycle(&self, action: &str, detail: Option<String>) {
+        let mut e = Event::new(EventKind::Lifecycle, SystemTime::now(), &self.host);
+        e.lifecycle_action = Some(action.to_owned());
+        e.pid = Some(std::process::id());
+        e.detail = detail;
+        if let Err(err) = self.sink.submit(e).await {
+            warn!(error = %err, action, "lifecycle event not recorded");
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT, then stops.
+    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = which, "stopping");
+        self.stop().await
+    }
+
+    /// Stops accepting, drains connections, then leaves the kernel programs pinned (fail closed) or
+    /// detaches them (`fail_open`).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let _ = self.control_task.await;
+        let _ = self.sweeper_task.await;
+        let _ = self.proxy_task.await;
+        let _ = std::fs::remove_file(&self.config.control_socket);
+        let detach = self.config.fail_open;
+        let redirect = Arc::try_unwrap(self.redirect)
+            .map_err(|_| anyhow::anyhow!("kernel programs still in use at shutdown"))?
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("redirect lock poisoned"))?;
+        redirect.shutdown(detach)?;
+        info!(
+            mode = if detach {
+                "fail-open: programs detached"
+            } else {
+                "fail-closed: programs stay pinned"
+            },
+            "stopped"
+        );
+        let mut e = Event::new(EventKind::Lifecycle, SystemTime::now(), &self.host);
+        e.lifecycle_action = Some("stop".into());
+        e.pid = Some(std::process::id());
+        let _ = self.sink.submit(e).await;
+        Ok(())
+    }
+}
+
+/// Makes a directory readable by root only.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create state_dir {}", dir.display()))
+}
+
+/// Tells systemd the daemon is ready, when it runs under a `Type=notify` unit.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", std::path::Path::new(&path))
+    };
+    if let Err(e) = result {
+        warn!(error = %e, "could not notify systemd");
+    }
+}

@@ -1,1 +1,292 @@
-//! TODO
+//! The agent's configuration: one TOML file in which every key is optional.
+//!
+//! Defaults are the named constants below, so a missing file and an empty file mean the same thing.
+//! Reading the file ([`Config::load`]) is kept apart from parsing and checking text
+//! ([`Config::from_toml`]), so tests never touch the file system. Unknown keys are an error that
+//! names the key and its line: a misspelt option must never be silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditConfig, OnAuditFailure};
+
+/// Where the agent keeps enrollments, its CA and the audit journal.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/snowtrail";
+/// Where the hourly Parquet files go.
+pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/snowtrail/audit";
+/// Where recorded results go (encrypted; used once recording exists).
+pub const DEFAULT_RECORDING_DIR: &str = "/var/lib/snowtrail/recordings";
+/// The Unix socket the CLI talks to the daemon over.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/snowtrail/control.sock";
+/// The file read when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/snowtrail/config.toml";
+/// Prometheus metrics listener.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Ports whose connections are redirected to the agent.
+pub const DEFAULT_PORTS: &[u16] = &[443];
+/// The proxy's listening port: privileged on purpose, so no unprivileged process can take it while
+/// the daemon is down.
+pub const DEFAULT_LISTEN_PORT: u16 = 943;
+/// Where programs, maps and links are pinned so that they outlive the daemon.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/snowtrail";
+/// Entries of each connection-tracking map in the kernel.
+pub const DEFAULT_MAX_TRACKED: u32 = snowtrail_common::DEFAULT_MAX_CONNECTIONS;
+/// How long the proxy waits for the original destination to accept a connection.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// A proxied connection with no bytes either way for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 900;
+/// How long a stopping daemon lets open connections finish before closing them.
+pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 10;
+/// Size of each direction's copy buffer.
+pub const DEFAULT_BUFFER_BYTES: usize = 64 * 1024;
+/// Connections served at once; further ones wait in the kernel's accept queue.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config {0}: {1}")]
+    Read(PathBuf, #[source] std::io::Error),
+    /// The text is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file, or `<inline>`.
+        path: String,
+        /// What the parser said, including the key and line.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("invalid config {path}: {message}")]
+    Invalid {
+        /// The file, or `<inline>`.
+        path: String,
+        /// Which key is wrong and why.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Enrollments, CA, journal.
+    pub state_dir: PathBuf,
+    /// Hourly Parquet files.
+    pub audit_dir: PathBuf,
+    /// Recorded results (reserved for session recording).
+    pub recording_dir: PathBuf,
+    /// The CLI's Unix socket; only root may open it.
+    pub control_socket: PathBuf,
+    /// On a clean stop, detach the programs so enrolled traffic goes direct (a crash stays closed).
+    pub fail_open: bool,
+    /// What to do with statements while the audit cannot be written.
+    pub on_audit_failure: OnAuditFailure,
+    /// Replace every SQL string literal in the audit, not only credentials.
+    pub redact_literals: bool,
+    /// Prometheus metrics listener.
+    pub metrics_listen: SocketAddr,
+    /// Kernel redirection.
+    pub redirect: RedirectSection,
+    /// The proxy's connection handling.
+    pub proxy: ProxySection,
+    /// The audit writer.
+    pub audit: AuditConfig,
+}
+
+/// The `[redirect]` section: which connections the kernel sends to the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectSection {
+    /// Destination ports whose TCP connections from enrolled cgroups are redirected.
+    pub ports: Vec<u16>,
+    /// The proxy's listening port on 127.0.0.1 and ::1.
+    pub listen_port: u16,
+    /// bpffs directory for pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Entries of each LRU connection map in the kernel.
+    pub max_tracked_connections: u32,
+}
+
+/// The `[proxy]` section: limits on each proxied connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySection {
+    /// Upstream connect timeout in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Idle timeout in seconds (no bytes either way).
+    pub idle_timeout_s: u64,
+    /// Grace period for open connections when the daemon stops, in seconds.
+    pub drain_timeout_s: u64,
+    /// Copy buffer per direction in bytes.
+    pub buffer_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: DEFAULT_STATE_DIR.into(),
+            audit_dir: DEFAULT_AUDIT_DIR.into(),
+            recording_dir: DEFAULT_RECORDING_DIR.into(),
+            control_socket: DEFAULT_CONTROL_SOCKET.into(),
+            fail_open: false,
+            on_audit_failure: OnAuditFailure::default(),
+            redact_literals: false,
+            metrics_listen: DEFAULT_METRICS_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            redirect: RedirectSection::default(),
+            proxy: ProxySection::default(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+impl Default for RedirectSection {
+    fn default() -> Self {
+        RedirectSection {
+            ports: DEFAULT_PORTS.to_vec(),
+            listen_port: DEFAULT_LISTEN_PORT,
+            pin_dir: DEFAULT_PIN_DIR.into(),
+            max_tracked_connections: DEFAULT_MAX_TRACKED,
+        }
+    }
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            idle_timeout_s: DEFAULT_IDLE_TIMEOUT_S,
+            drain_timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default location means "all defaults", a missing file the
+    /// user named is an error.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::from_toml(&text, &path.display().to_string()),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(e) => Err(Error::Read(path, e)),
+        }
+    }
+
+    /// Parses and checks configuration text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, Error> {
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        cfg.validate().map_err(|message| Error::Invalid {
+            path: origin.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks what the types alone cannot.
+    fn validate(&self) -> Result<(), String> {
+        let r = &self.redirect;
+        if r.ports.is_empty() {
+            return Err("redirect.ports is empty: nothing would be intercepted".into());
+        }
+        if r.ports.contains(&0) {
+            return Err("redirect.ports contains 0".into());
+        }
+        if r.listen_port == 0 {
+            return Err("redirect.listen_port must not be 0".into());
+        }
+        if r.ports.contains(&r.listen_port) {
+            return Err(format!(
+                "redirect.listen_port {} is also an intercepted port",
+                r.listen_port
+            ));
+        }
+        if r.max_tracked_connections < 16 {
+            return Err("redirect.max_tracked_connections must be at least 16".into());
+        }
+        let p = &self.proxy;
+        if p.buffer_bytes < 1024 || p.buffer_bytes > 16 * 1024 * 1024 {
+            return Err("proxy.buffer_bytes must be between 1 KiB and 16 MiB".into());
+        }
+        if p.max_connections == 0 {
+            return Err("proxy.max_connections must be at least 1".into());
+        }
+        if p.connect_timeout_ms == 0 || p.idle_timeout_s == 0 {
+            return Err("proxy timeouts must be greater than 0".into());
+        }
+        for (key, dir) in [
+            ("state_dir", &self.state_dir),
+            ("audit_dir", &self.audit_dir),
+        ] {
+            if !dir.is_absolute() {
+                return Err(format!(
+                    "{key} must be an absolute path, got {}",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let cfg = Config::from_toml("", "t").unwrap();
+        assert_eq!(cfg, Config::default());
+        assert_eq!(cfg.redirect.ports, vec![443]);
+        assert_eq!(cfg.redirect.listen_port, 943);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[redirect]\nportz = [443]\n", "t").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("portz"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn sections_override_defaults() {
+        let cfg = Config::from_toml(
+            "fail_open = true\n[redirect]\nports = [443, 8443]\nlisten_port = 20943\n",
+            "t",
+        )
+        .unwrap();
+        assert!(cfg.fail_open);
+        assert_eq!(cfg.redirect.ports, vec![443, 8443]);
+        assert_eq!(cfg.redirect.listen_port, 20943);
+        assert_eq!(cfg.proxy, ProxySection::default());
+    }
+
+    #[test]
+    fn listen_port_cannot_be_intercepted() {
+        let err = Config::from_toml("[redirect]\nports = [943]\n", "t").unwrap_err();
+        assert!(err.to_string().contains("also an intercepted port"));
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        assert!(Config::from_toml("fail_open = \"yes\"\n", "t").is_err());
+    }
+}

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod drain;
 pub mod enroll;
 pub mod proxy;
 pub mod redirect;

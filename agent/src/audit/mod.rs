@@ -47,3 +47,22 @@ impl EventSink for LogSink {
         Box::pin(std::future::ready(Ok(())))
     }
 }
+
+/// The `[audit]` section (provisional: the writer defines the full set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How long events wait for a shared fsync.
+    pub batch_window_ms: u64,
+}
+
+/// What happens to statements while the audit cannot be written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnAuditFailure {
+    /// Refuse statements until the writer recovers.
+    #[default]
+    Block,
+    /// Let statements through and record the gap.
+    Allow,
+}

@@ -1,1 +1,78 @@
-//! TODO
+//! The proxy: accepts the connections the kernel redirected, finds out who made them and where they
+//! were going, and carries them on.
+//!
+//! In this form every connection is passed through untouched (`passthrough`); TLS termination for
+//! Snowflake hosts comes in a later role beside it. One file per role: [`listener`] accepts and looks
+//! up the origin record, [`passthrough`] splices bytes. A connection that arrives without an origin
+//! record is refused: the agent must never be an open relay.
+
+pub mod listener;
+pub mod passthrough;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+pub use listener::Proxy;
+
+use crate::audit::EventSink;
+use crate::config::ProxySection;
+use crate::enroll::Registry;
+use crate::redirect::Redirect;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(std::net::SocketAddr, #[source] std::io::Error),
+}
+
+/// Everything a connection task needs, shared by all of them.
+pub struct Inputs {
+    /// Origin records from the kernel.
+    pub redirect: Arc<RwLock<Redirect>>,
+    /// Enrollments, for the workload identity.
+    pub registry: Arc<RwLock<Registry>>,
+    /// Where connection events go.
+    pub sink: Arc<dyn EventSink>,
+    /// Limits and timeouts.
+    pub config: ProxySection,
+    /// This host's name, for events.
+    pub host: String,
+    /// Counters for status and metrics.
+    pub stats: Arc<ProxyStats>,
+}
+
+/// Connection counters, shared with the control socket's status.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    total: AtomicU64,
+    open: AtomicU64,
+    refused: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl ProxyStats {
+    /// Connections accepted since start (refused ones included).
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+    /// Connections being served now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+    /// Connections refused because no origin record was found.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    /// Bytes carried from clients to upstreams.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+    /// Bytes carried from upstreams to clients.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+}

@@ -116,7 +116,10 @@ impl Addr {
     /// Builds the v4-mapped form of an IPv4 address (`a.b.c.d` as network-order bytes).
     pub const fn v4(octets: [u8; 4], port: u16) -> Self {
         Addr {
-            ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]],
+            ip: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2],
+                octets[3],
+            ],
             port,
             family: FAMILY_INET,
             _pad: 0,

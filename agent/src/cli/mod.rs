@@ -1,0 +1,261 @@
+//! The command line: `snowtrail run` starts the daemon; every other command is a thin client of the
+//! daemon's control socket, except `detach`, which works on the pinned programs with the daemon down.
+
+mod exec;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use crate::control::{Client, Reply, Request};
+use crate::enroll::Selector;
+use crate::telemetry::LogFormat;
+
+/// snowtrail: audit and police the Snowflake traffic of this host's workloads.
+#[derive(Debug, Parser)]
+#[command(name = "snowtrail", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (also tells the CLI where the control socket is).
+    #[arg(long, global = true, value_name = "FILE", env = "SNOWTRAIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Control socket of the daemon, overriding the configuration.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "SNOWTRAIL_CONTROL_SOCKET"
+    )]
+    control_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (what the systemd unit starts).
+    Run {
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "plain")]
+        log_format: LogFormat,
+    },
+    /// Enroll an existing cgroup: its connections on intercepted ports go through the agent.
+    #[command(group = clap::ArgGroup::new("target").required(true))]
+    Enroll {
+        /// The cgroup, as a path under the cgroup2 mount or relative to it (e.g. system.slice/etl.service).
+        #[arg(long, group = "target", value_name = "PATH")]
+        cgroup: Option<String>,
+        /// Enroll the cgroup this process is in.
+        #[arg(long, group = "target", value_name = "PID")]
+        pid: Option<u32>,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Run a command in a new enrolled cgroup; its output and exit code pass through.
+    Exec {
+        #[command(flatten)]
+        who: Who,
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
+    /// Stop intercepting a cgroup, or every cgroup of an identity.
+    #[command(group = clap::ArgGroup::new("target").required(true))]
+    Unenroll {
+        /// The cgroup.
+        #[arg(long, group = "target", value_name = "PATH")]
+        cgroup: Option<String>,
+        /// Every cgroup enrolled under this identity.
+        #[arg(long, group = "target", value_name = "NAME")]
+        identity: Option<String>,
+    },
+    /// List enrollments: identity, cgroup, live processes, since, connections seen.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show whether the daemon runs and what it does.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach every pinned program (works with the daemon stopped; enrolled traffic then goes direct).
+    Detach {
+        /// bpffs directory of the pins (default: the configuration's redirect.pin_dir).
+        #[arg(long, value_name = "DIR")]
+        pin_dir: Option<PathBuf>,
+    },
+}
+
+/// Who a workload is: its identity and labels.
+#[derive(Debug, Args)]
+struct Who {
+    /// Workload identity recorded with each of its connections and statements.
+    #[arg(long, value_name = "NAME", value_parser = parse_identity)]
+    identity: String,
+    /// A label key=value recorded with each event (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    crate::enroll::parse_label(s).map_err(|e| e.to_string())
+}
+
+fn parse_identity(s: &str) -> Result<String, String> {
+    crate::enroll::check_identity(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Entry point of the `snowtrail` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("snowtrail: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { log_format } => {
+            require_root("run the daemon")?;
+            crate::telemetry::init(log_format, "info");
+            let config = Config::load(cli.config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("snowtrail")
+                .build()
+                .context("cannot start the runtime")?;
+            rt.block_on(async move {
+                let app = crate::app::build(config).await?;
+                app.run_until_signalled().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { pin_dir } => {
+            require_root("detach the kernel programs")?;
+            let pin_dir = match pin_dir {
+                Some(d) => d,
+                None => Config::load(cli.config.as_deref())?.redirect.pin_dir,
+            };
+            let n = crate::redirect::detach_pinned(&pin_dir)?;
+            println!("detached {n} pinned link(s) under {}", pin_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enroll { cgroup, pid, who } => {
+            let mut client = connect(&cli.config, &cli.control_socket, "enroll")?;
+            let labels = crate::enroll::labels_from(who.labels)?;
+            let reply = client.call(&Request::Enroll {
+                cgroup,
+                pid,
+                identity: who.identity.clone(),
+                labels,
+            })?;
+            if let Reply::Enrolled { cgroup, .. } = reply {
+                println!("enrolled {cgroup} as {}", who.identity);
+                println!("{}", output::TRUST_HINT);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec { who, command } => {
+            let client = connect(&cli.config, &cli.control_socket, "exec")?;
+            let labels = crate::enroll::labels_from(who.labels)?;
+            exec::run(client, who.identity, labels, &command)
+        }
+        Command::Unenroll { cgroup, identity } => {
+            let mut client = connect(&cli.config, &cli.control_socket, "unenroll")?;
+            let selector = match (cgroup, identity) {
+                (Some(c), _) => Selector::Cgroup(c),
+                (None, Some(i)) => Selector::Identity(i),
+                (None, None) => anyhow::bail!("name a --cgroup or an --identity"),
+            };
+            if let Reply::Removed { removed } = client.call(&Request::Unenroll { selector })? {
+                for c in removed {
+                    println!("unenrolled {c}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { json } => {
+            let mut client = connect(&cli.config, &cli.control_socket, "list")?;
+            if let Reply::List { enrollments } = client.call(&Request::List)? {
+                let out = if json {
+                    serde_json::to_string_pretty(&enrollments)?
+                } else {
+                    output::enrollment_table(&enrollments)
+                };
+                println!("{out}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let mut client = connect(&cli.config, &cli.control_socket, "status")?;
+            if let Reply::Status(s) = client.call(&Request::Status)? {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print!("{}", output::status_text(&s));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Refuses to go on unless the effective user is root.
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        anyhow::bail!("must be root to {what}")
+    }
+}
+
+/// Checks the preconditions every client command shares, then connects to the daemon.
+fn connect(
+    config: &Option<PathBuf>,
+    socket: &Option<PathBuf>,
+    what: &str,
+) -> anyhow::Result<Client> {
+    require_root(what)?;
+    crate::cgroup::mount_point()?;
+    let path = match socket {
+        Some(p) => p.clone(),
+        None => {
+            let explicit = config.is_some() || std::path::Path::new(DEFAULT_CONFIG_FILE).exists();
+            if explicit {
+                Config::load(config.as_deref())?.control_socket
+            } else {
+                Config::default().control_socket
+            }
+        }
+    };
+    Ok(Client::connect(&path)?)
+}

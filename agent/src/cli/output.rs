@@ -1,0 +1,113 @@
+//! Text the CLI prints: tables and hints, kept apart from the commands.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::control::Status;
+use crate::enroll::Listed;
+
+/// What an enrolled workload must do to trust the agent's certificates (shown after `enroll`).
+pub const TRUST_HINT: &str = "note: processes already running keep their environment; see the README's \
+driver table for what a workload must set to trust the agent's CA";
+
+/// Formats seconds since the epoch as an RFC 3339 UTC time.
+pub fn utc(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// The `snowtrail list` table.
+pub fn enrollment_table(rows: &[Listed]) -> String {
+    let mut lines = vec![[
+        "IDENTITY".to_string(),
+        "CGROUP".to_string(),
+        "PROCS".to_string(),
+        "SINCE".to_string(),
+        "CONNECTIONS".to_string(),
+        "LABELS".to_string(),
+    ]];
+    for r in rows {
+        let e = &r.enrollment;
+        let labels = e
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        lines.push([
+            e.identity.clone(),
+            e.cgroup.clone(),
+            r.live_processes.to_string(),
+            utc(e.since),
+            r.connections.to_string(),
+            labels,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for l in &lines {
+        for (w, c) in widths.iter_mut().zip(l) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for l in &lines {
+        let row: Vec<String> = l
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(row.join("  ").trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(no enrollments)\n");
+    }
+    out.trim_end().to_owned()
+}
+
+/// The `snowtrail status` text.
+pub fn status_text(s: &Status) -> String {
+    format!(
+        "snowtrail {} running (pid {}, up {}s)\nlistening: {}\nenrolled cgroups: {}\nconnections: {} total, {} open, {} refused\nredirected connects (kernel): {}\n",
+        s.version,
+        s.pid,
+        s.uptime_s,
+        s.listen.join(", "),
+        s.enrolled,
+        s.connections_total,
+        s.connections_open,
+        s.connections_refused,
+        s.redirected
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enroll::{Enrollment, Kind};
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![Listed {
+            enrollment: Enrollment {
+                identity: "etl".into(),
+                labels: [("team".to_string(), "data".to_string())].into(),
+                cgroup: "/system.slice/etl.service".into(),
+                cgroup_id: 1,
+                since: 0,
+                kind: Kind::Cgroup,
+                ended: false,
+            },
+            live_processes: 3,
+            connections: 12,
+        }];
+        let t = enrollment_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[1].starts_with(
+                "etl       /system.slice/etl.service  3      1970-01-01T00:00:00Z  12"
+            )
+        );
+        assert!(lines[1].ends_with("team=data"));
+        assert!(enrollment_table(&[]).contains("no enrollments"));
+    }
+}

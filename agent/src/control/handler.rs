@@ -1,0 +1,420 @@
+//! What the daemon does for each control request: enroll and unenroll cgroups (attaching and
+//! detaching the kernel programs), make and reap `exec` cgroups, list, report status.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::server::{Handler, Session};
+use super::{Reply, Request, Response, Status};
+use crate::enroll::{self, Enrollment, Kind, Registry, Selector};
+use crate::proxy::ProxyStats;
+use crate::redirect::Redirect;
+
+/// Where `snowtrail exec` cgroups live, relative to the cgroup2 mount: a subtree that belongs to no
+/// service, so stopping the daemon never kills a workload.
+pub const EXEC_CGROUP_ROOT: &str = "snowtrail/exec";
+
+/// The daemon's request handler and the state it acts on.
+pub struct DaemonHandler {
+    /// Enrollments.
+    pub registry: Arc<RwLock<Registry>>,
+    /// The kernel programs.
+    pub redirect: Arc<RwLock<Redirect>>,
+    /// The daemon's own cgroup (relative path); it and its ancestors may not be enrolled.
+    pub agent_cgroup: String,
+    /// The proxy's counters, for status.
+    pub stats: Arc<ProxyStats>,
+    /// The proxy's listening addresses, for status.
+    pub listen: Vec<String>,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+fn refused(message: impl ToString) -> Response {
+    Response::Error {
+        message: message.to_string(),
+    }
+}
+
+impl Handler for DaemonHandler {
+    fn handle(&self, request: Request, session: &mut Session) -> Response {
+        let result = match request {
+            Request::Enroll {
+                cgroup,
+                pid,
+                identity,
+                labels,
+            } => self.enroll(cgroup, pid, identity, labels),
+            Request::Unenroll { selector } => self.unenroll(&selector),
+            Request::List => {
+                let enrollments = self.registry.read().map(|r| r.list()).unwrap_or_default();
+                Ok(Reply::List { enrollments })
+            }
+            Request::ExecBegin { identity, labels } => self.exec_begin(identity, labels, session),
+            Request::ExecEnd { cgroup } => {
+                session.exec_cgroups.retain(|c| c != &cgroup);
+                self.exec_end(&cgroup);
+                Ok(Reply::Done)
+            }
+            Request::Status => Ok(Reply::Status(self.status())),
+        };
+        match result {
+            Ok(data) => Response::Ok { data },
+            Err(message) => refused(message),
+        }
+    }
+
+    fn closed(&self, session: Session) {
+        for cgroup in session.exec_cgroups {
+            self.exec_end(&cgroup);
+        }
+    }
+}
+
+impl DaemonHandler {
+    fn mount(&self) -> PathBuf {
+        self.registry
+            .read()
+            .map(|r| r.mount().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn enroll(
+        &self,
+        cgroup: Option<String>,
+        pid: Option<u32>,
+        identity: String,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Reply, String> {
+        enroll::check_identity(&identity).map_err(|e| e.to_string())?;
+        let mount = self.mount();
+        let dir = match (cgroup, pid) {
+            (Some(c), None) => {
+                crate::cgroup::resolve(&mount, Path::new(&c)).map_err(|e| e.to_string())?
+            }
+            (None, Some(p)) => {
+                let rel = crate::cgroup::cgroup_of(Some(p))
+                    .map_err(|_| format!("process {p} does not exist"))?;
+                crate::cgroup::resolve(&mount, &rel).map_err(|e| e.to_string())?
+            }
+            _ => return Err("name exactly one of a cgroup or a pid".into()),
+        };
+        let rel = relative(&mount, &dir);
+        if enroll::is_same_or_below(&self.agent_cgroup, &rel) {
+            return Err(format!(
+                "refusing to enroll {rel}: it holds the snowtrail daemon itself (cgroup {})",
+                self.agent_cgroup
+            ));
+        }
+        check_same_netns(&dir)?;
+        self.add(dir, rel, identity, labels, Kind::Cgroup, None)
+    }
+
+    fn add(
+        &self,
+        dir: PathBuf,
+        rel: String,
+        identity: String,
+        labels: BTreeMap<String, String>,
+        kind: Kind,
+        run_id: Option<String>,
+    ) -> Result<Reply, String> {
+        let mut registry = self
+            .registry
+            .write()
+            .map_err(|_| "registry lock poisoned")?;
+        if registry.contains(&rel) {
+            let current = registry
+                .enrollments()
+                .into_iter()
+                .find(|e| e.cgroup == rel)
+                .map(|e| e.identity)
+                .unwrap_or_default();
+            return Err(format!("cgroup {rel} is already enrolled as {current}"));
+        }
+        let cgroup_id = crate::cgroup::id_of(&dir).map_err(|e| e.to_string())?;
+        {
+            let mut redirect = self
+                .redirect
+                .write()
+                .map_err(|_| "redirect lock poisoned")?;
+            redirect
+                .attach(&dir)
+                .map_err(|e| format!("cannot attach to {rel}: {e}"))?;
+        }
+        let enrollment = Enrollment {
+            identity: identity.clone(),
+            labels,
+            cgroup: rel.clone(),
+            cgroup_id,
+            since: enroll::now_secs(),
+            kind,
+            ended: false,
+        };
+        if let Err(e) = registry.add(enrollment) {
+            if let Ok(mut r) = self.redirect.write() {
+                let _ = r.detach(&dir);
+            }
+            return Err(e.to_string());
+        }
+        info!(cgroup = %rel, %identity, ?kind, "enrolled");
+        Ok(Reply::Enrolled {
+            cgroup: rel,
+            cgroup_dir: dir,
+            run_id,
+        })
+    }
+
+    fn unenroll(&self, selector: &Selector) -> Result<Reply, String> {
+        let selector = match selector {
+            Selector::Cgroup(c) => {
+                let mount = self.mount();
+                let p = Path::new(c);
+                // The cgroup may be gone already; fall back to the path as written.
+                let rel = match crate::cgroup::resolve(&mount, p) {
+                    Ok(dir) => relative(&mount, &dir),
+                    Err(_) => format!(
+                        "/{}",
+                        c.trim_start_matches(&*mount.to_string_lossy())
+                            .trim_matches('/')
+                    ),
+                };
+                Selector::Cgroup(rel)
+            }
+            other => other.clone(),
+        };
+        let mut registry = self
+            .registry
+            .write()
+            .map_err(|_| "registry lock poisoned")?;
+        let removed = registry.remove(&selector).map_err(|e| e.to_string())?;
+        let mut redirect = self
+            .redirect
+            .write()
+            .map_err(|_| "redirect lock poisoned")?;
+        for e in &removed {
+            let dir = registry.dir_of(&e.cgroup);
+            if redirect.detach(&dir).is_err() {
+                let _ = redirect.detach_id(e.cgroup_id);
+            }
+            info!(cgroup = %e.cgroup, identity = %e.identity, "unenrolled");
+        }
+        Ok(Reply::Removed {
+            removed: removed.into_iter().map(|e| e.cgroup).collect(),
+        })
+    }
+
+    fn exec_begin(
+        &self,
+        identity: String,
+        labels: BTreeMap<String, String>,
+        session: &mut Session,
+    ) -> Result<Reply, String> {
+        enroll::check_identity(&identity).map_err(|e| e.to_string())?;
+        let run_id = uuid::Uuid::now_v7().simple().to_string();
+        let mount = self.mount();
+        let rel = format!("/{EXEC_CGROUP_ROOT}/{run_id}");
+        let dir = mount.join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create cgroup {}: {e}", dir.display()))?;
+        match self.add(
+            dir.clone(),
+            rel.clone(),
+            identity,
+            labels,
+            Kind::Exec,
+            Some(run_id),
+        ) {
+            Ok(reply) => {
+                session.exec_cgroups.push(rel);
+                Ok(reply)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn exec_end(&self, cgroup: &str) {
+        if let Ok(mut r) = self.registry.write() {
+            if let Err(e) = r.mark_ended(cgroup) {
+                warn!(%cgroup, error = %e, "could not record the end of an exec");
+            }
+        }
+        self.reap(cgroup);
+    }
+
+    /// Removes an ended exec cgroup once no process is left in it.
+    fn reap(&self, cgroup: &str) {
+        let dir = match self.registry.read() {
+            Ok(r) => r.dir_of(cgroup),
+            Err(_) => return,
+        };
+        if crate::cgroup::populated(&dir).unwrap_or(false) {
+            return;
+        }
+        if let Ok(mut r) = self.registry.write() {
+            let _ = r.remove(&Selector::Cgroup(cgroup.to_owned()));
+        }
+        if let Ok(mut r) = self.redirect.write() {
+            let _ = r.detach(&dir);
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => info!(%cgroup, "exec cgroup removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(%cgroup, error = %e, "could not remove exec cgroup"),
+        }
+    }
+
+    /// Periodic upkeep: reaps ended exec cgroups that have emptied, and re-attaches enrolled cgroups
+    /// that were deleted and made again (a restarted systemd unit gets a new cgroup at the same path).
+    pub fn sweep(&self) {
+        let enrollments = match self.registry.read() {
+            Ok(r) => r.enrollments(),
+            Err(_) => return,
+        };
+        for e in enrollments {
+            if e.kind == Kind::Exec && e.ended {
+                self.reap(&e.cgroup);
+                continue;
+            }
+            let dir = match self.registry.read() {
+                Ok(r) => r.dir_of(&e.cgroup),
+                Err(_) => return,
+            };
+            if let Ok(id) = crate::cgroup::id_of(&dir) {
+                if id != e.cgroup_id {
+                    if let Ok(mut r) = self.redirect.write() {
+                        let _ = r.detach_id(e.cgroup_id);
+                        match r.attach(&dir) {
+                            Ok(()) => {
+                                info!(cgroup = %e.cgroup, "cgroup was recreated; attached again")
+                            }
+                            Err(err) => warn!(cgroup = %e.cgroup, error = %err, "re-attach failed"),
+                        }
+                    }
+                    if let Ok(mut reg) = self.registry.write() {
+                        reg.set_cgroup_id(&e.cgroup, id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attaches every persisted enrollment and drops kernel attachments nothing enrolls any more;
+    /// called once at start.
+    pub fn restore(&self) {
+        let enrollments = match self.registry.read() {
+            Ok(r) => r.enrollments(),
+            Err(_) => return,
+        };
+        let mut live_ids = Vec::new();
+        for e in enrollments {
+            let dir = match self.registry.read() {
+                Ok(r) => r.dir_of(&e.cgroup),
+                Err(_) => return,
+            };
+            match crate::cgroup::id_of(&dir) {
+                Ok(id) => {
+                    if let Ok(mut r) = self.redirect.write() {
+                        if let Err(err) = r.attach(&dir) {
+                            warn!(cgroup = %e.cgroup, error = %err, "could not attach a saved enrollment");
+                        }
+                    }
+                    if id != e.cgroup_id {
+                        if let Ok(mut reg) = self.registry.write() {
+                            reg.set_cgroup_id(&e.cgroup, id);
+                        }
+                    }
+                    live_ids.push(id);
+                    info!(cgroup = %e.cgroup, identity = %e.identity, "enrollment restored");
+                }
+                Err(_) if e.kind == Kind::Exec => {
+                    if let Ok(mut reg) = self.registry.write() {
+                        let _ = reg.remove(&Selector::Cgroup(e.cgroup.clone()));
+                    }
+                }
+                Err(_) => {
+                    warn!(cgroup = %e.cgroup, "enrolled cgroup does not exist now; it is attached when it appears")
+                }
+            }
+        }
+        if let Ok(mut r) = self.redirect.write() {
+            for id in r.attached() {
+                if !live_ids.contains(&id) {
+                    info!(
+                        cgroup_id = id,
+                        "detaching a pinned cgroup that is no longer enrolled"
+                    );
+                    let _ = r.detach_id(id);
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let redirected = self
+            .redirect
+            .read()
+            .ok()
+            .and_then(|r| r.counters().ok())
+            .map(|c| c.redirected)
+            .unwrap_or(0);
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            listen: self.listen.clone(),
+            enrolled: self
+                .registry
+                .read()
+                .map(|r| r.enrollments().len())
+                .unwrap_or(0),
+            connections_total: self.stats.total(),
+            connections_open: self.stats.open(),
+            connections_refused: self.stats.refused(),
+            redirected,
+        }
+    }
+}
+
+/// A cgroup directory's path relative to the mount, with a leading `/`.
+fn relative(mount: &Path, dir: &Path) -> String {
+    let rel = dir.strip_prefix(mount).unwrap_or(dir);
+    format!("/{}", rel.to_string_lossy().trim_matches('/'))
+}
+
+/// Refuses a cgroup holding processes of another network namespace (DECISIONS 5): the redirect
+/// target, the agent's loopback listener, is not reachable from there.
+fn check_same_netns(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino())
+        .map_err(|e| e.to_string())?;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for pid in crate::cgroup::procs(&d).unwrap_or_default() {
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+                if m.ino() != own {
+                    return Err(format!(
+                        "cgroup {} holds process {pid} in another network namespace; containers with their own network namespace are not supported yet",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            stack.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The proxy's listeners: accept redirected connections, find their origin record, attribute them to
+//! an enrollment, and hand them to the role that serves them. Also the drain on shutdown.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use super::passthrough::{self, CloseReason};
+use super::{Error, Inputs};
+use crate::audit::{Event, EventKind};
+use crate::redirect::Origin;
+
+/// The accepting side of the proxy.
+pub struct Proxy {
+    listeners: Vec<TcpListener>,
+    inputs: Arc<Inputs>,
+    next_id: AtomicU64,
+}
+
+/// Binds the proxy's listening sockets: `127.0.0.1:port` (required) and `[::1]:port` (IPv6 only;
+/// skipped with a warning where the host has no IPv6).
+pub fn bind(port: u16) -> Result<Vec<std::net::TcpListener>, Error> {
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut out = vec![listen(v4).map_err(|e| Error::Bind(v4, e))?];
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    match listen(v6) {
+        Ok(l) => out.push(l),
+        Err(e) => {
+            warn!(addr = %v6, error = %e, "no IPv6 listener; IPv6 connections of enrolled workloads will be refused")
+        }
+    }
+    Ok(out)
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let s = TcpSocket::new_v6()?;
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6V6Only, &true)
+                .map_err(std::io::Error::from)?;
+            s
+        }
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let l = socket.listen(1024)?;
+    l.into_std()
+}
+
+impl Proxy {
+    /// Takes bound listeners (see [`bind`]) and the shared inputs.
+    pub fn new(
+        listeners: Vec<std::net::TcpListener>,
+        inputs: Arc<Inputs>,
+    ) -> std::io::Result<Proxy> {
+        let listeners = listeners
+            .into_iter()
+            .map(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Proxy {
+            listeners,
+            inputs,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The addresses the proxy listens on.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Accepts until `shutdown` turns true, then lets open connections finish for the drain timeout
+    /// and closes the rest.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let max = this.inputs.config.max_connections;
+        let permits = Arc::new(Semaphore::new(max));
+        let (force_tx, force_rx) = crate::drain::channel();
+        let mut accepts = Vec::new();
+        for i in 0..this.listeners.len() {
+            let this = this.clone();
+            let permits = permits.clone();
+            let force_rx = force_rx.clone();
+            let mut stop = shutdown.clone();
+            accepts.push(tokio::spawn(async move {
+                let listener = &this.listeners[i];
+                loop {
+                    let permit = tokio::select! {
+                        p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                        _ = crate::drain::signalled(&mut stop) => return,
+                    };
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = crate::drain::signalled(&mut stop) => return,
+                    };
+                    match accepted {
+                        Ok((stream, peer)) => {
+                            let id = this.next_id.fetch_add(1, Ordering::Relaxed);
+                            let inputs = this.inputs.clone();
+                            let force = force_rx.clone();
+                            let span = info_span!("conn", id, peer = %peer);
+                            tokio::spawn(
+                                async move {
+                                    serve(id, stream, peer, inputs, force).await;
+                                    drop(permit);
+                                }
+                                .instrument(span),
+                            );
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        let _ = shutdown.wait_for(|s| *s).await;
+        for a in accepts {
+            let _ = a.await;
+        }
+        let this_open = this.inputs.stats.open();
+        let drain = Duration::from_secs(this.inputs.config.drain_timeout_s);
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        info!(
+            open = this_open,
+            timeout_s = drain.as_secs(),
+            "draining connections"
+        );
+        if tokio::time::timeout(drain, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!(
+                open = this.inputs.stats.open(),
+                "drain timeout; closing remaining connections"
+            );
+            let _ = force_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(all)).await;
+        }
+        // Dropping the listeners now closes the port; with fail-closed pins, enrolled clients are refused.
+    }
+}
+
+/// Serves one accepted connection from start to its audit event.
+async fn serve(
+    id: u64,
+    client: TcpStream,
+    peer: SocketAddr,
+    inputs: Arc<Inputs>,
+    force: watch::Receiver<bool>,
+) {
+    let stats = &inputs.stats;
+    stats.total.fetch_add(1, Ordering::Relaxed);
+    let origin = match inputs.redirect.read() {
+        Ok(r) => r.lookup(normalise(peer)),
+        Err(_) => return,
+    };
+    let origin = match origin {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!("refused a connection with no origin record: the agent is not an open relay");
+            reset(client);
+            return;
+        }
+        Err(e) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, "origin lookup failed; refusing the connection");
+            reset(client);
+            return;
+        }
+    };
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let event_time = SystemTime::now();
+    let dst = crate::redirect::addr_to_socket(&origin.original_dst);
+    let mut event = connection_event(&inputs, id, peer, dst, &origin, event_time);
+    debug!(dst = %dst, pid = origin.tgid, identity = ?event.workload_identity, "accepted");
+
+    let connect_timeout = Duration::from_millis(inputs.config.connect_timeout_ms);
+    let upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            event.close_reason = Some(format!("connect_failed: {}", e.kind()));
+            None
+        }
+        Err(_) => {
+            event.close_reason = Some("connect_timeout".into());
+            None
+        }
+    };
+    match upstream {
+        Some(upstream) => {
+            let _ = upstream.set_nodelay(true);
+            let _ = client.set_nodelay(true);
+            let carried = passthrough::splice(
+                client,
+                upstream,
+                inputs.config.buffer_bytes,
+                Duration::from_secs(inputs.config.idle_timeout_s),
+                force,
+            )
+            .await;
+            stats
+                .bytes_in
+                .fetch_add(carried.bytes_in, Ordering::Relaxed);
+            stats
+                .bytes_out
+                .fetch_add(carried.bytes_out, Ordering::Relaxed);
+            event.bytes_in = Some(carried.bytes_in);
+            event.bytes_out = Some(carried.bytes_out);
+            event.success = Some(matches!(carried.reason, CloseReason::Completed));
+            event.close_reason = Some(carried.reason.as_audit());
+        }
+        None => {
+            // Tell the client the way a refused connection would: a reset.
+            reset(client);
+            event.success = Some(false);
+            event.bytes_in = Some(0);
+            event.bytes_out = Some(0);
+        }
+    }
+    event.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    stats.open.fetch_sub(1, Ordering::Relaxed);
+    info!(
+        dst = %dst,
+        bytes_in = event.bytes_in,
+        bytes_out = event.bytes_out,
+        close = event.close_reason.as_deref().unwrap_or(""),
+        "connection closed"
+    );
+    if let Err(e) = inputs.sink.submit(event).await {
+        warn!(error = %e, "connection event not recorded");
+    }
+}
+
+/// Builds the connection event from what the kernel and the registry know.
+fn connection_event(
+    inputs: &Inputs,
+    id: u64,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    origin: &Origin,
+    event_time: SystemTime,
+) -> Event {
+    let mut e = Event::new(EventKind::Connection, event_time, &inputs.host);
+    e.connection_id = Some(id);
+    e.connection_mode = Some("passthrough".into());
+    e.pid = Some(origin.pid);
+    e.tgid = Some(origin.tgid);
+    e.uid = Some(origin.uid);
+    e.gid = Some(origin.gid);
+    e.comm = Some(crate::redirect::comm_to_string(&origin.comm));
+    e.cgroup_id = Some(origin.cgroup_id);
+    e.src_ip = Some(peer.ip());
+    e.src_port = Some(peer.port());
+    e.dst_ip = Some(dst.ip());
+    e.dst_port = Some(dst.port());
+    let process_cgroup = crate::cgroup::cgroup_of(Some(origin.tgid))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    if let Ok(reg) = inputs.registry.read() {
+        if let Some(a) = reg.attribute(process_cgroup.as_deref(), origin.cgroup_id) {
+            a.connections.fetch_add(1, Ordering::Relaxed);
+            e.workload_identity = Some(a.identity);
+            e.labels = a.labels;
+            e.cgroup_path = a.cgroup_path.or(Some(a.enrolled_cgroup));
+        }
+    }
+    if e.cgroup_path.is_none() {
+        e.cgroup_path = process_cgroup;
+    }
+    e
+}
+
+/// Peers of the IPv6 listener that are v4-mapped are looked up as IPv4.
+fn normalise(peer: SocketAddr) -> SocketAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, peer.port())),
+            None => peer,
+        },
+        IpAddr::V4(_) => peer,
+    }
+}
+
+/// Closes a connection with a reset, the way a refused or failed connection looks to the client.
+fn reset(stream: TcpStream) {
+    let _ = nix::sys::socket::setsockopt(
+        &stream.as_fd(),
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    drop(stream);
+}
