@@ -1,1 +1,45 @@
-fn main() {}
+//! `cargo xtask`: the project's tasks, one module per subcommand.
+//!
+//! `setup` installs what a fresh machine lacks (the nightly's rust-src, bpf-linker against an LLVM 22
+//! library, a Python venv with the test tools); `demo` and `test` call it first.
+
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// Project tasks for snowtrail.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install the build and test prerequisites (idempotent; instant when all is present).
+    Setup(setup::Options),
+    /// Build everything and show an enrolled workload being intercepted and audited.
+    Demo(demo::Options),
+    /// Build once and run every test: formatting, lints, unit, kernel and end-to-end tests.
+    Test(test::Options),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(o) => setup::run(&o).map(|_| ()),
+        Command::Demo(o) => demo::run(&o),
+        Command::Test(o) => test::run(&o),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
