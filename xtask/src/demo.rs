@@ -1,1 +1,5 @@
-pub fn run(_o: &Options) -> anyhow::Result<()> { Ok(()) } #[derive(Debug, clap::Args)] pub struct Options {}
+pub fn run(_o: &Options) -> anyhow::Result<()> {
+    Ok(())
+}
+#[derive(Debug, clap::Args)]
+pub struct Options {}

@@ -53,7 +53,11 @@ fn nightly_sysroot() -> anyhow::Result<PathBuf> {
 }
 
 fn rust_src(sysroot: &Path, force: bool) -> anyhow::Result<()> {
-    if !force && sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists() {
+    if !force
+        && sysroot
+            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+            .exists()
+    {
         return Ok(());
     }
     step("installing rust-src for the nightly toolchain");
@@ -66,7 +70,9 @@ fn bpf_linker(sysroot: &Path, force: bool) -> anyhow::Result<()> {
     if working && !force {
         return Ok(());
     }
-    step(&format!("building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM 22 (about a minute)"));
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM 22 (about a minute)"
+    ));
     let lib = sysroot.join("lib");
     let llvm = std::fs::read_dir(&lib)
         .with_context(|| format!("cannot read {}", lib.display()))?
@@ -76,7 +82,9 @@ fn bpf_linker(sysroot: &Path, force: bool) -> anyhow::Result<()> {
         .context("the nightly toolchain ships no libLLVM shared library")?;
     // A prefix that looks like an LLVM install: lib/libLLVM.so, lib/<soname> and a bin/llvm-config
     // that only has to exist. The built linker's RUNPATH points here, so it lives outside target/.
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     let prefix = home.join(".cache/snowtrail/llvm22-prefix");
     let _ = std::fs::remove_dir_all(&prefix);
     std::fs::create_dir_all(prefix.join("lib"))?;
@@ -124,7 +132,13 @@ fn venv(force: bool) -> anyhow::Result<PathBuf> {
         sh(Command::new("python3").arg("-m").arg("venv").arg(&dir))?;
     }
     sh(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(PYTHON_REQUIREMENTS))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)

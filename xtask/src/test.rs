@@ -30,7 +30,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let root = root();
     if !opts.no_lint {
         step("cargo fmt --check");
-        sh(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
+        sh(Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--", "--check"]))?;
         step("cargo clippy -D warnings");
         sh(Command::new("cargo").current_dir(&root).args([
             "clippy",
@@ -49,7 +51,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ]))?;
     }
     step("building the agent");
-    sh(Command::new("cargo").current_dir(&root).args(["build", "-p", "snowtrail"]))?;
+    sh(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "-p", "snowtrail"]))?;
     step("running the tests");
     let bin = root.join("target/debug/snowtrail");
     sh(Command::new("cargo")

@@ -19,7 +19,9 @@ pub fn step(msg: &str) {
 /// Runs a command, inheriting stdio, and fails with its description if it fails.
 pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
     let desc = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {desc}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {desc}"))?;
     if !status.success() {
         bail!("{desc} failed ({status})");
     }
