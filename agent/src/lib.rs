@@ -14,4 +14,5 @@ pub mod drain;
 pub mod enroll;
 pub mod proxy;
 pub mod redirect;
+pub mod snowflake;
 pub mod telemetry;

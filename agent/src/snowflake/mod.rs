@@ -1,0 +1,1 @@
+//! The Snowflake REST protocol as typed requests and responses (no I/O).
