@@ -50,13 +50,12 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     create_private_dir(&config.state_dir)?;
     std::fs::create_dir_all(&config.audit_dir)
         .with_context(|| format!("cannot create audit_dir {}", config.audit_dir.display()))?;
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
+    let host = host_name();
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
 
     let sink: Arc<dyn EventSink> = Arc::new(LogSink);
+    let (_ca, _) =
+        crate::tls::Ca::init(&config.state_dir, &host).context("cannot set up the agent's CA")?;
 
     let mount = crate::cgroup::mount_point()?;
     let agent_cgroup = crate::cgroup::cgroup_of(None)?;
@@ -201,6 +200,14 @@ impl App {
         let _ = self.sink.submit(e).await;
         Ok(())
     }
+}
+
+/// This host's name, for events and the CA's name.
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Makes a directory readable by root only.

@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod redirect;
 pub mod snowflake;
 pub mod telemetry;
+pub mod tls;

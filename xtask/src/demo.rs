@@ -35,7 +35,10 @@ struct Guard(Option<Child>);
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(c) = self.0.as_mut() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let _ = c.wait();
         }
     }
@@ -46,7 +49,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     crate::setup::run(&crate::setup::Options::default())?;
     let root = root();
     step("building the agent (eBPF programs included)");
-    sh(Command::new("cargo").current_dir(&root).args(["build", "-p", "snowtrail"]))?;
+    sh(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "-p", "snowtrail"]))?;
     let bin = root.join("target/debug/snowtrail");
     let dir = root.join("target/demo");
     let _ = std::fs::remove_dir_all(&dir);
@@ -64,7 +69,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     )?;
 
     step(&format!("starting a local upstream on {UPSTREAM}"));
-    let upstream = TcpListener::bind(UPSTREAM).with_context(|| format!("cannot listen on {UPSTREAM}"))?;
+    let upstream =
+        TcpListener::bind(UPSTREAM).with_context(|| format!("cannot listen on {UPSTREAM}"))?;
     std::thread::spawn(move || serve_http(upstream));
 
     step("starting the agent: snowtrail run");
@@ -89,7 +95,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let start = Instant::now();
     while !cli(&["status"]).is_ok_and(|o| o.status.success()) {
         if start.elapsed() > Duration::from_secs(30) {
-            bail!("the agent did not start; its log:\n{}", std::fs::read_to_string(&log_path)?);
+            bail!(
+                "the agent did not start; its log:\n{}",
+                std::fs::read_to_string(&log_path)?
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -98,12 +107,25 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let out = Command::new(&bin)
         .arg("--control-socket")
         .arg(&socket)
-        .args(["exec", "--identity", "demo-etl", "--label", "team=data", "--", "python3", "-c", WORKLOAD])
+        .args([
+            "exec",
+            "--identity",
+            "demo-etl",
+            "--label",
+            "team=data",
+            "--",
+            "python3",
+            "-c",
+            WORKLOAD,
+        ])
         .stdout(Stdio::piped())
         .output()?;
     std::io::stdout().write_all(&out.stdout)?;
     if !out.status.success() {
-        bail!("the workload failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the workload failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     step("what the agent recorded (connection events)");
@@ -116,7 +138,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     };
     if events.is_empty() {
-        bail!("the agent recorded no connection; its log:\n{}", std::fs::read_to_string(&log_path)?);
+        bail!(
+            "the agent recorded no connection; its log:\n{}",
+            std::fs::read_to_string(&log_path)?
+        );
     }
     for e in &events {
         println!(
@@ -141,11 +166,18 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
     step("stopping the agent (fail-open demo config: its programs are detached)");
     if let Some(mut c) = daemon.0.take() {
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let _ = c.wait();
     }
     if opts.verbose {
-        println!("log: {}\nstate: {}", log_path.display(), dir.join("state").display());
+        println!(
+            "log: {}\nstate: {}",
+            log_path.display(),
+            dir.join("state").display()
+        );
     }
     step("demo complete");
     Ok(())
@@ -158,7 +190,11 @@ fn connection_events(log: &Path) -> Vec<serde_json::Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["fields"]["message"] == "audit event")
-        .filter_map(|v| v["fields"]["event"].as_str().and_then(|s| serde_json::from_str(s).ok()))
+        .filter_map(|v| {
+            v["fields"]["event"]
+                .as_str()
+                .and_then(|s| serde_json::from_str(s).ok())
+        })
         .filter(|e: &serde_json::Value| e["event_kind"] == "connection")
         .collect()
 }
@@ -166,7 +202,10 @@ fn connection_events(log: &Path) -> Vec<serde_json::Value> {
 fn serve_http(listener: TcpListener) {
     for stream in listener.incoming().flatten() {
         std::thread::spawn(move || {
-            let peer = stream.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+            let peer = stream
+                .peer_addr()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             let mut reader = BufReader::new(&stream);
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {

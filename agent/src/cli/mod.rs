@@ -89,12 +89,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The agent's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Detach every pinned program (works with the daemon stopped; enrolled traffic then goes direct).
     Detach {
         /// bpffs directory of the pins (default: the configuration's redirect.pin_dir).
         #[arg(long, value_name = "DIR")]
         pin_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create the CA in the state directory unless it exists (works without the daemon).
+    Init,
+    /// Print the CA certificate (PEM), e.g. to add it to a trust store.
+    Export,
 }
 
 /// Who a workload is: its identity and labels.
@@ -157,6 +170,39 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let app = crate::app::build(config).await?;
                 app.run_until_signalled().await
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca { command } => {
+            let config = Config::load(cli.config.as_deref())?;
+            match command {
+                CaCommand::Init => {
+                    require_root("create the CA")?;
+                    let host = crate::app::host_name();
+                    let (ca, outcome) = crate::tls::Ca::init(&config.state_dir, &host)?;
+                    let verb = match outcome {
+                        crate::tls::ca::InitOutcome::Created => "created",
+                        crate::tls::ca::InitOutcome::Existing => "kept the existing",
+                    };
+                    println!(
+                        "{verb} CA {}; bundle for workloads: {}",
+                        config
+                            .state_dir
+                            .join(crate::tls::ca::CA_CERT_FILE)
+                            .display(),
+                        ca.bundle_path().display()
+                    );
+                }
+                CaCommand::Export => {
+                    let path = config.state_dir.join(crate::tls::ca::CA_CERT_FILE);
+                    let pem = std::fs::read_to_string(&path).with_context(|| {
+                        format!(
+                            "no CA at {} (run `snowtrail ca init` or start the daemon)",
+                            path.display()
+                        )
+                    })?;
+                    print!("{pem}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Detach { pin_dir } => {
