@@ -7,6 +7,7 @@
 //! (DECISIONS 4): it is the system roots minus that CA, plus configured extra roots.
 
 pub mod ca;
+pub mod client_hello;
 pub mod leaf;
 pub mod upstream;
 
