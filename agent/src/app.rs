@@ -54,8 +54,17 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
 
     let sink: Arc<dyn EventSink> = Arc::new(LogSink);
-    let (_ca, _) =
+    let (ca, _) =
         crate::tls::Ca::init(&config.state_dir, &host).context("cannot set up the agent's CA")?;
+    let ca = Arc::new(ca);
+    let upstream_roots =
+        crate::tls::upstream::roots(ca.cert_der(), &config.tls.upstream_extra_roots)
+            .context("cannot load the upstream trust roots")?;
+    let tls = proxy::intercept::TlsInputs::new(
+        Arc::new(crate::tls::LeafResolver::new(ca.clone())?),
+        Arc::new(upstream_roots),
+        Duration::from_millis(config.proxy.handshake_timeout_ms),
+    )?;
 
     let mount = crate::cgroup::mount_point()?;
     let agent_cgroup = crate::cgroup::cgroup_of(None)?;
@@ -84,6 +93,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         config: config.proxy.clone(),
         host: host.clone(),
         stats: stats.clone(),
+        tls: Some(Arc::new(tls)),
+        hosts: crate::snowflake::hosts::HostMatcher::new(&config.tls.intercept_hosts),
+        unidentified: config.tls.unidentified,
     });
     let proxy = Proxy::new(listeners, inputs)?;
     let proxy_addrs = proxy.addresses();

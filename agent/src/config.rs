@@ -43,6 +43,10 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 10;
 pub const DEFAULT_BUFFER_BYTES: usize = 64 * 1024;
 /// Connections served at once; further ones wait in the kernel's accept queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// How long the proxy waits for a client's first bytes (its ClientHello) before passing through.
+pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
+/// How long each TLS handshake may take.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +97,33 @@ pub struct Config {
     pub redirect: RedirectSection,
     /// The proxy's connection handling.
     pub proxy: ProxySection,
+    /// TLS interception.
+    pub tls: TlsSection,
     /// The audit writer.
     pub audit: AuditConfig,
+}
+
+/// What to do with a connection on an intercepted port that cannot be identified (no SNI, not TLS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unidentified {
+    /// Carry it to its destination untouched, and audit it.
+    #[default]
+    Passthrough,
+    /// Refuse it, and audit it.
+    Deny,
+}
+
+/// The `[tls]` section: which connections are terminated and whom the agent trusts upstream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM files trusted upstream besides the system roots (never the agent's own CA).
+    pub upstream_extra_roots: Vec<PathBuf>,
+    /// Hosts terminated besides Snowflake's own: exact names or `*.domain`.
+    pub intercept_hosts: Vec<String>,
+    /// Connections without SNI, or not TLS at all, on an intercepted port.
+    pub unidentified: Unidentified,
 }
 
 /// The `[redirect]` section: which connections the kernel sends to the agent.
@@ -125,6 +154,10 @@ pub struct ProxySection {
     pub buffer_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Wait for the client's first bytes, in milliseconds.
+    pub hello_timeout_ms: u64,
+    /// TLS handshake timeout on either side, in milliseconds.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -142,6 +175,7 @@ impl Default for Config {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9464))),
             redirect: RedirectSection::default(),
             proxy: ProxySection::default(),
+            tls: TlsSection::default(),
             audit: AuditConfig::default(),
         }
     }
@@ -166,6 +200,8 @@ impl Default for ProxySection {
             drain_timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
         }
     }
 }

@@ -11,10 +11,15 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
+use tokio::io::AsyncReadExt as _;
+
 use super::passthrough::{self, CloseReason};
-use super::{Error, Inputs};
+use super::prefixed::Prefixed;
+use super::{Error, Inputs, intercept};
 use crate::audit::{Event, EventKind};
+use crate::config::Unidentified;
 use crate::redirect::Origin;
+use crate::tls::client_hello::{self, MAX_HELLO, Peeked};
 
 /// The accepting side of the proxy.
 pub struct Proxy {
@@ -191,53 +196,116 @@ async fn serve(
     let mut event = connection_event(&inputs, id, peer, dst, &origin, event_time);
     debug!(dst = %dst, pid = origin.tgid, identity = ?event.workload_identity, "accepted");
 
-    let connect_timeout = Duration::from_millis(inputs.config.connect_timeout_ms);
-    let upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => Some(s),
-        Ok(Err(e)) => {
-            event.close_reason = Some(format!("connect_failed: {}", e.kind()));
-            None
+    let mut client = client;
+    let (prefix, peeked) = read_hello(
+        &mut client,
+        Duration::from_millis(inputs.config.hello_timeout_ms),
+    )
+    .await;
+    let route = match peeked {
+        Peeked::Hello(hello) => {
+            event.sni = hello.sni.clone();
+            match (hello.sni, &inputs.tls) {
+                (Some(sni), Some(_)) if inputs.hosts.matches(&sni) => Route::Intercept(sni),
+                (Some(_), _) => Route::Passthrough,
+                (None, _) => {
+                    event.flags.push("no_sni".into());
+                    Route::Unidentified
+                }
+            }
         }
-        Err(_) => {
-            event.close_reason = Some("connect_timeout".into());
-            None
+        Peeked::NotTls | Peeked::Incomplete => {
+            event.flags.push("not_tls".into());
+            Route::Unidentified
         }
     };
-    match upstream {
-        Some(upstream) => {
-            let _ = upstream.set_nodelay(true);
-            let _ = client.set_nodelay(true);
-            let carried = passthrough::splice(
-                client,
-                upstream,
-                inputs.config.buffer_bytes,
-                Duration::from_secs(inputs.config.idle_timeout_s),
-                force,
-            )
-            .await;
-            stats
-                .bytes_in
-                .fetch_add(carried.bytes_in, Ordering::Relaxed);
-            stats
-                .bytes_out
-                .fetch_add(carried.bytes_out, Ordering::Relaxed);
-            event.bytes_in = Some(carried.bytes_in);
-            event.bytes_out = Some(carried.bytes_out);
-            event.success = Some(matches!(carried.reason, CloseReason::Completed));
-            event.close_reason = Some(carried.reason.as_audit());
-        }
-        None => {
-            // Tell the client the way a refused connection would: a reset.
-            reset(client);
+    let route = match (route, inputs.unidentified) {
+        (Route::Unidentified, Unidentified::Deny) => {
+            event.decision = Some("deny".into());
+            event.close_reason = Some("denied: unidentified traffic".into());
             event.success = Some(false);
-            event.bytes_in = Some(0);
-            event.bytes_out = Some(0);
+            reset(client);
+            return finish(&inputs, event, started).await;
+        }
+        (Route::Unidentified, Unidentified::Passthrough) => Route::Passthrough,
+        (r, _) => r,
+    };
+    let connect_timeout = Duration::from_millis(inputs.config.connect_timeout_ms);
+    let idle_timeout = Duration::from_secs(inputs.config.idle_timeout_s);
+    match (route, &inputs.tls) {
+        (Route::Intercept(sni), Some(tls)) => {
+            event.connection_mode = Some("intercepted".into());
+            let client = Prefixed::new(prefix, client);
+            let done =
+                intercept::serve(client, sni, dst, tls, connect_timeout, idle_timeout, force).await;
+            stats.bytes_in.fetch_add(done.bytes_in, Ordering::Relaxed);
+            stats.bytes_out.fetch_add(done.bytes_out, Ordering::Relaxed);
+            event.bytes_in = Some(done.bytes_in);
+            event.bytes_out = Some(done.bytes_out);
+            event.success = Some(
+                matches!(done.reason, CloseReason::Completed) && done.upstream_error.is_none(),
+            );
+            event.close_reason = Some(done.reason.as_audit());
+            event.error_message = done.upstream_error;
+            event.flags.extend(done.flags);
+        }
+        _ => {
+            let upstream =
+                match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(e)) => {
+                        event.close_reason = Some(format!("connect_failed: {}", e.kind()));
+                        None
+                    }
+                    Err(_) => {
+                        event.close_reason = Some("connect_timeout".into());
+                        None
+                    }
+                };
+            match upstream {
+                Some(upstream) => {
+                    let _ = upstream.set_nodelay(true);
+                    let _ = client.set_nodelay(true);
+                    let client = Prefixed::new(prefix, client);
+                    let carried = passthrough::splice(
+                        client,
+                        upstream,
+                        inputs.config.buffer_bytes,
+                        idle_timeout,
+                        force,
+                    )
+                    .await;
+                    stats
+                        .bytes_in
+                        .fetch_add(carried.bytes_in, Ordering::Relaxed);
+                    stats
+                        .bytes_out
+                        .fetch_add(carried.bytes_out, Ordering::Relaxed);
+                    event.bytes_in = Some(carried.bytes_in);
+                    event.bytes_out = Some(carried.bytes_out);
+                    event.success = Some(matches!(carried.reason, CloseReason::Completed));
+                    event.close_reason = Some(carried.reason.as_audit());
+                }
+                None => {
+                    // Tell the client the way a refused connection would: a reset.
+                    reset(client);
+                    event.success = Some(false);
+                    event.bytes_in = Some(0);
+                    event.bytes_out = Some(0);
+                }
+            }
         }
     }
+    finish(&inputs, event, started).await;
+}
+
+/// Completes and records a connection's event.
+async fn finish(inputs: &Inputs, mut event: Event, started: Instant) {
     event.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
-    stats.open.fetch_sub(1, Ordering::Relaxed);
+    inputs.stats.open.fetch_sub(1, Ordering::Relaxed);
     info!(
-        dst = %dst,
+        dst = ?event.dst_ip,
+        mode = event.connection_mode.as_deref().unwrap_or(""),
         bytes_in = event.bytes_in,
         bytes_out = event.bytes_out,
         close = event.close_reason.as_deref().unwrap_or(""),
@@ -245,6 +313,33 @@ async fn serve(
     );
     if let Err(e) = inputs.sink.submit(event).await {
         warn!(error = %e, "connection event not recorded");
+    }
+}
+
+/// Where a connection goes after its first bytes were read.
+enum Route {
+    /// A Snowflake (or configured) host: terminate TLS.
+    Intercept(String),
+    /// Any other TLS server: carry bytes untouched.
+    Passthrough,
+    /// No SNI or not TLS: as `tls.unidentified` says.
+    Unidentified,
+}
+
+/// Reads the client's first bytes until they tell what the connection is, the client stops
+/// sending, [`MAX_HELLO`] bytes were read, or `timeout` passes.
+async fn read_hello(client: &mut TcpStream, timeout: Duration) -> (Vec<u8>, Peeked) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = Vec::with_capacity(2048);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, client.read_buf(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) | Err(_) => 0,
+        };
+        let peeked = client_hello::peek(&buf);
+        if n == 0 || peeked != Peeked::Incomplete || buf.len() >= MAX_HELLO {
+            return (buf, peeked);
+        }
     }
 }
 

@@ -6,8 +6,10 @@
 //! up the origin record, [`passthrough`] splices bytes. A connection that arrives without an origin
 //! record is refused: the agent must never be an open relay.
 
+pub mod intercept;
 pub mod listener;
 pub mod passthrough;
+pub mod prefixed;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -42,6 +44,12 @@ pub struct Inputs {
     pub host: String,
     /// Counters for status and metrics.
     pub stats: Arc<ProxyStats>,
+    /// TLS material for interception; `None` runs the proxy as passthrough only.
+    pub tls: Option<Arc<intercept::TlsInputs>>,
+    /// Which server names are intercepted.
+    pub hosts: crate::snowflake::hosts::HostMatcher,
+    /// What happens to connections without SNI or not TLS.
+    pub unidentified: crate::config::Unidentified,
 }
 
 /// Connection counters, shared with the control socket's status.

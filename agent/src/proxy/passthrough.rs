@@ -53,7 +53,7 @@ pub struct Carried {
 }
 
 /// A stream that counts the bytes read from it and stamps the time of the last activity.
-struct Metered<S> {
+pub(crate) struct Metered<S> {
     inner: S,
     read: Arc<AtomicU64>,
     activity: Arc<AtomicU64>,
@@ -61,6 +61,21 @@ struct Metered<S> {
 }
 
 impl<S> Metered<S> {
+    /// Wraps `inner`, adding bytes read to `read` and stamping `activity` (ms since `epoch`).
+    pub(crate) fn new(
+        inner: S,
+        read: Arc<AtomicU64>,
+        activity: Arc<AtomicU64>,
+        epoch: Instant,
+    ) -> Self {
+        Metered {
+            inner,
+            read,
+            activity,
+            epoch,
+        }
+    }
+
     fn touch(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.activity.store(ms, Ordering::Relaxed);
@@ -102,8 +117,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
 
 /// Splices `client` and `upstream` until both sides are done, the idle timeout passes, or
 /// `force_close` turns true.
-pub async fn splice(
-    client: TcpStream,
+pub async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
+    client: C,
     upstream: TcpStream,
     buffer_bytes: usize,
     idle_timeout: Duration,
@@ -141,7 +156,7 @@ pub async fn splice(
 }
 
 /// Resolves once no activity has been stamped for `timeout`.
-async fn idle(activity: &AtomicU64, epoch: Instant, timeout: Duration) {
+pub(crate) async fn idle(activity: &AtomicU64, epoch: Instant, timeout: Duration) {
     loop {
         let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
         let deadline = last + timeout;

@@ -1,0 +1,600 @@
+//! Interception: terminate the client's TLS with a leaf minted for its server name, open TLS to the
+//! original destination (same server name, strict verification), and carry HTTP across, exchange by
+//! exchange, with hyper on both sides.
+//!
+//! Client side and upstream side negotiate TLS and ALPN independently (DECISIONS 1): an h2 client
+//! may meet an http/1.1 upstream and the other way round; requests are rewritten between the two
+//! forms (origin-form plus `Host` for HTTP/1.1, absolute URI for h2) and hop-by-hop headers dropped.
+//! Bodies stream through; this role inspects nothing itself. A failed upstream (unreachable, or a
+//! certificate that does not verify) is an error the client sees on each request, never a silent
+//! downgrade to passthrough.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, watch};
+use tracing::{debug, warn};
+
+use super::passthrough::{CloseReason, Metered};
+
+/// The body type both sides of the proxy use.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// TLS material shared by every intercepted connection.
+pub struct TlsInputs {
+    /// Server config for the client side: leaves from the agent's CA, ALPN h2 and http/1.1.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Client config for the upstream side: strict roots, ALPN h2 and http/1.1.
+    pub client: Arc<rustls::ClientConfig>,
+    /// How long each TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+impl TlsInputs {
+    /// Builds the configs from the CA's resolver and the upstream roots.
+    pub fn new(
+        resolver: Arc<crate::tls::LeafResolver>,
+        upstream_roots: Arc<rustls::RootCertStore>,
+        handshake_timeout: Duration,
+    ) -> Result<TlsInputs, crate::tls::Error> {
+        let alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        server.alpn_protocols = alpn.clone();
+        let client = crate::tls::upstream::client_config(upstream_roots, alpn)?;
+        Ok(TlsInputs {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            handshake_timeout,
+        })
+    }
+}
+
+/// What an intercepted connection carried and how it ended.
+#[derive(Debug, Clone)]
+pub struct Intercepted {
+    /// Bytes read from the client (TLS records included).
+    pub bytes_in: u64,
+    /// Bytes read from the upstream (TLS records included).
+    pub bytes_out: u64,
+    /// How it ended.
+    pub reason: CloseReason,
+    /// HTTP exchanges carried.
+    pub requests: u64,
+    /// Audit flags (`tls_untrusted`, ...).
+    pub flags: Vec<String>,
+    /// What the upstream failure was, if it failed.
+    pub upstream_error: Option<String>,
+}
+
+/// The upstream HTTP connection: h2 multiplexes, HTTP/1.1 takes one exchange at a time.
+enum Upstream {
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+    H1(Mutex<hyper::client::conn::http1::SendRequest<Body>>),
+    Failed(String),
+}
+
+/// Serves one intercepted connection to its end.
+pub async fn serve<C>(
+    client: C,
+    sni: String,
+    dst: SocketAddr,
+    tls: &TlsInputs,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    mut force_close: watch::Receiver<bool>,
+) -> Intercepted
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let epoch = tokio::time::Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let bytes_out = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut out = Intercepted {
+        bytes_in: 0,
+        bytes_out: 0,
+        reason: CloseReason::Completed,
+        requests: 0,
+        flags: Vec::new(),
+        upstream_error: None,
+    };
+    let client = Metered::new(client, bytes_in.clone(), activity.clone(), epoch);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+    let client_tls =
+        match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(client)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                if rejected_our_certificate(&e) {
+                    out.flags.push("tls_untrusted".into());
+                }
+                out.reason = CloseReason::Error(format!("client TLS handshake: {e}"));
+                out.bytes_in = bytes_in.load(Ordering::Relaxed);
+                return out;
+            }
+            Err(_) => {
+                out.reason = CloseReason::Error("client TLS handshake timed out".into());
+                return out;
+            }
+        };
+    let upstream = connect_upstream(
+        &sni,
+        dst,
+        tls,
+        connect_timeout,
+        &bytes_out,
+        &activity,
+        epoch,
+    )
+    .await;
+    if let Upstream::Failed(e) = &upstream {
+        warn!(%dst, %sni, error = %e, "upstream failed; answering the client with errors");
+        out.upstream_error = Some(e.clone());
+    }
+    let upstream = Arc::new(upstream);
+    let authority = if dst.port() == 443 {
+        sni.clone()
+    } else {
+        format!("{sni}:{}", dst.port())
+    };
+    let service = {
+        let requests = requests.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let upstream = upstream.clone();
+            let authority = authority.clone();
+            requests.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<_, Infallible>(forward(req, &upstream, &authority).await) }
+        })
+    };
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(client_tls), service);
+    tokio::pin!(conn);
+    out.reason = tokio::select! {
+        r = conn.as_mut() => match r {
+            Ok(()) => CloseReason::Completed,
+            Err(e) => CloseReason::Error(e.to_string()),
+        },
+        _ = super::passthrough::idle(&activity, epoch, idle_timeout) => CloseReason::IdleTimeout,
+        _ = crate::drain::signalled(&mut force_close) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.as_mut()).await;
+            CloseReason::Shutdown
+        }
+    };
+    if out.upstream_error.is_some() && out.reason == CloseReason::Completed {
+        out.reason = CloseReason::Error("upstream failed".into());
+    }
+    out.bytes_in = bytes_in.load(Ordering::Relaxed);
+    out.bytes_out = bytes_out.load(Ordering::Relaxed);
+    out.requests = requests.load(Ordering::Relaxed);
+    out
+}
+
+/// Whether a failed handshake is the client refusing the agent's certificate.
+fn rejected_our_certificate(e: &std::io::Error) -> bool {
+    use rustls::AlertDescription as A;
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(a)) => matches!(
+            a,
+            A::UnknownCA
+                | A::BadCertificate
+                | A::CertificateUnknown
+                | A::CertificateExpired
+                | A::AccessDenied
+        ),
+        _ => false,
+    }
+}
+
+async fn connect_upstream(
+    sni: &str,
+    dst: SocketAddr,
+    tls: &TlsInputs,
+    connect_timeout: Duration,
+    read: &Arc<AtomicU64>,
+    activity: &Arc<AtomicU64>,
+    epoch: tokio::time::Instant,
+) -> Upstream {
+    let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Upstream::Failed(format!("connect to {dst}: {e}")),
+        Err(_) => return Upstream::Failed(format!("connect to {dst}: timed out")),
+    };
+    let _ = tcp.set_nodelay(true);
+    let Ok(name) = rustls::pki_types::ServerName::try_from(sni.to_owned()) else {
+        return Upstream::Failed(format!("invalid server name {sni}"));
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    let metered = Metered::new(tcp, read.clone(), activity.clone(), epoch);
+    let stream =
+        match tokio::time::timeout(tls.handshake_timeout, connector.connect(name, metered)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Upstream::Failed(format!("TLS to {sni} at {dst}: {e}")),
+            Err(_) => return Upstream::Failed(format!("TLS to {sni} at {dst}: timed out")),
+        };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    if h2 {
+        match hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await {
+            Ok((send, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "upstream h2 connection ended");
+                    }
+                });
+                Upstream::H2(send)
+            }
+            Err(e) => Upstream::Failed(format!("h2 handshake with {sni}: {e}")),
+        }
+    } else {
+        match hyper::client::conn::http1::handshake(io).await {
+            Ok((send, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "upstream http/1.1 connection ended");
+                    }
+                });
+                Upstream::H1(Mutex::new(send))
+            }
+            Err(e) => Upstream::Failed(format!("http/1.1 handshake with {sni}: {e}")),
+        }
+    }
+}
+
+/// Headers that belong to one hop and never cross the proxy.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+/// Sends one request upstream in the form that side speaks, and returns its response.
+async fn forward(
+    req: Request<Incoming>,
+    upstream: &Upstream,
+    default_authority: &str,
+) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // Keep the authority the client used: from an h2 request's URI, or an HTTP/1.1 Host header.
+    let client_authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    let authority = client_authority.as_deref().unwrap_or(default_authority);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let body = body.boxed();
+    let result = match upstream {
+        Upstream::Failed(e) => return error_response(StatusCode::BAD_GATEWAY, e),
+        Upstream::H2(send) => {
+            parts.headers.remove(header::HOST);
+            parts.version = http::Version::HTTP_2;
+            parts.uri = match Uri::builder()
+                .scheme("https")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+            {
+                Ok(u) => u,
+                Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+            };
+            let mut send = send.clone();
+            match send.ready().await {
+                Ok(()) => send.send_request(Request::from_parts(parts, body)).await,
+                Err(e) => Err(e),
+            }
+        }
+        Upstream::H1(send) => {
+            parts.version = http::Version::HTTP_11;
+            parts.uri = match path.parse() {
+                Ok(u) => u,
+                Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("{e}")),
+            };
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(authority) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            let mut send = send.lock().await;
+            match send.ready().await {
+                Ok(()) => send.send_request(Request::from_parts(parts, body)).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => error_response(StatusCode::BAD_GATEWAY, &format!("upstream: {e}")),
+    }
+}
+
+/// An error the proxy itself answers with.
+fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "data": null,
+        "code": status.as_u16().to_string(),
+        "message": format!("snowtrail: {message}"),
+        "success": false,
+    })
+    .to_string();
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio::net::TcpListener;
+
+    const NAME: &str = "xy12345.snowflakecomputing.com";
+
+    /// An upstream TLS server for NAME speaking only `alpn`, answering with what it received.
+    async fn upstream(
+        alpn: &'static [u8],
+        dir: &std::path::Path,
+    ) -> (SocketAddr, std::path::PathBuf) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec![NAME.to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let ca_path = dir.join("upstream-ca.pem");
+        std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .unwrap();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get(header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_owned)
+                            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                            .unwrap_or_default();
+                        let line = format!(
+                            "{} {} {:?} {}",
+                            req.method(),
+                            req.uri().path(),
+                            req.version(),
+                            host
+                        );
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let text = format!("{line} {}", String::from_utf8_lossy(&body));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, ca_path)
+    }
+
+    fn agent_tls(
+        dir: &std::path::Path,
+        extra_roots: &[std::path::PathBuf],
+    ) -> (TlsInputs, Arc<crate::tls::Ca>) {
+        let (ca, _) = crate::tls::Ca::init(&dir.join("agent"), "t").unwrap();
+        let ca = Arc::new(ca);
+        let roots = crate::tls::upstream::roots(ca.cert_der(), extra_roots).unwrap();
+        let resolver = Arc::new(crate::tls::LeafResolver::new(ca.clone()).unwrap());
+        (
+            TlsInputs::new(resolver, Arc::new(roots), Duration::from_secs(5)).unwrap(),
+            ca,
+        )
+    }
+
+    /// Runs one request from a client speaking `alpn` through `serve`; returns status, body and the outcome.
+    async fn exchange(
+        tls: TlsInputs,
+        client_roots: rustls::RootCertStore,
+        alpn: &'static [u8],
+        dst: SocketAddr,
+    ) -> (Result<(StatusCode, String), String>, Intercepted) {
+        let (agent_side, client_side) = tokio::io::duplex(64 * 1024);
+        let (_tx, rx) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            serve(
+                agent_side,
+                NAME.into(),
+                dst,
+                &tls,
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                rx,
+            )
+            .await
+        });
+        let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(client_roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let name = rustls::pki_types::ServerName::try_from(NAME).unwrap();
+        let result = async {
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(name, client_side)
+                .await
+                .map_err(|e| e.to_string())?;
+            let io = TokioIo::new(tls);
+            let req_body = Full::new(Bytes::from_static(b"{\"sqlText\":\"select 1\"}"));
+            let resp = if alpn == b"h2" {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let req = Request::post(format!(
+                    "https://{NAME}/queries/v1/query-request?requestId=1"
+                ))
+                .body(req_body)
+                .unwrap();
+                send.send_request(req).await.map_err(|e| e.to_string())?
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                let req = Request::post("/queries/v1/query-request?requestId=1")
+                    .header(header::HOST, NAME)
+                    .header(header::CONNECTION, "keep-alive")
+                    .body(req_body)
+                    .unwrap();
+                send.send_request(req).await.map_err(|e| e.to_string())?
+            };
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+        .await;
+        let outcome = server.await.unwrap();
+        (result, outcome)
+    }
+
+    fn roots_of(ca: &crate::tls::Ca) -> rustls::RootCertStore {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(ca.cert_der().clone()).unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn h2_client_meets_http1_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, upstream_ca) = upstream(b"http/1.1", dir.path()).await;
+        let (tls, ca) = agent_tls(dir.path(), &[upstream_ca]);
+        let (result, outcome) = exchange(tls, roots_of(&ca), b"h2", addr).await;
+        let (status, body) = result.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            format!("POST /queries/v1/query-request HTTP/1.1 {NAME} {{\"sqlText\":\"select 1\"}}")
+        );
+        assert_eq!(outcome.requests, 1);
+        assert!(outcome.upstream_error.is_none());
+        assert!(outcome.bytes_in > 0 && outcome.bytes_out > 0);
+    }
+
+    #[tokio::test]
+    async fn http1_client_meets_h2_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, upstream_ca) = upstream(b"h2", dir.path()).await;
+        let (tls, ca) = agent_tls(dir.path(), &[upstream_ca]);
+        let (result, _) = exchange(tls, roots_of(&ca), b"http/1.1", addr).await;
+        let (status, body) = result.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.starts_with(&format!("POST /queries/v1/query-request HTTP/2.0 {NAME}")),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_does_not_verify_is_an_error_not_a_downgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, _upstream_ca) = upstream(b"h2", dir.path()).await;
+        let (tls, ca) = agent_tls(dir.path(), &[]);
+        let (result, outcome) = exchange(tls, roots_of(&ca), b"h2", addr).await;
+        let (status, body) = result.unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.contains("snowtrail"), "{body}");
+        assert!(outcome.upstream_error.unwrap().contains("TLS to"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_rejects_the_agent_ca_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, upstream_ca) = upstream(b"h2", dir.path()).await;
+        let (tls, _ca) = agent_tls(dir.path(), &[upstream_ca]);
+        let (result, outcome) = exchange(tls, rustls::RootCertStore::empty(), b"h2", addr).await;
+        assert!(result.is_err());
+        assert_eq!(outcome.flags, vec!["tls_untrusted".to_string()]);
+    }
+}
