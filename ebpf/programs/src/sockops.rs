@@ -1,0 +1,109 @@
+//! `sockops` on enrolled cgroups: follows a redirected client socket through its life.
+//!
+//! - `TCP_CONNECT_CB` (SYN about to leave): ask for state callbacks, so even a refused connect is
+//!   seen closing and its origin removed.
+//! - `ACTIVE_ESTABLISHED_CB` (SYN-ACK received, before the client's ACK leaves, hence before the
+//!   agent's `accept()` returns): copy the origin to `ST_BY_TUPLE` under the client's address.
+//! - `STATE_CB` to `TCP_CLOSE`: delete both entries, so a finished connection leaves nothing behind.
+
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE,
+    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::SockOpsContext,
+};
+use snowtrail_common::{Addr, Counter, TupleKey};
+
+use crate::maps::{ST_BY_TUPLE, ST_ORIGINS, bump, words_to_bytes};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+pub fn try_sockops(ctx: &SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            if ST_ORIGINS.get_ptr(cookie(ctx)).is_some() {
+                want_state_changes(ctx);
+            }
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx),
+        BPF_SOCK_OPS_STATE_CB => {
+            // args[0] is the old state, args[1] the new one.
+            if ctx.arg(1) == BPF_TCP_CLOSE {
+                closed(ctx);
+            }
+        }
+        _ => {}
+    }
+    1
+}
+
+fn established(ctx: &SockOpsContext) {
+    let Some(origin) = ST_ORIGINS.get_ptr(cookie(ctx)) else {
+        return;
+    };
+    // SAFETY: a successful lookup points at a live map value; Origin is plain data.
+    let origin = unsafe { *origin };
+    let Some(key) = tuple_key(ctx) else {
+        return;
+    };
+    if ST_BY_TUPLE.insert(key, origin, u64::from(BPF_ANY)).is_err() {
+        bump(Counter::StoreFailed);
+    }
+    // Programs attached while the connect was in flight missed TCP_CONNECT_CB.
+    want_state_changes(ctx);
+}
+
+fn closed(ctx: &SockOpsContext) {
+    if let Some(key) = tuple_key(ctx) {
+        let _ = ST_BY_TUPLE.remove(key);
+    }
+    let _ = ST_ORIGINS.remove(cookie(ctx));
+}
+
+#[inline(always)]
+fn want_state_changes(ctx: &SockOpsContext) {
+    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+    let _ = ctx.set_cb_flags(flags as i32);
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: bpf_get_socket_cookie accepts a sock_ops context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// The client's local address and port, as the agent sees its peer, with the socket's namespace.
+#[inline(always)]
+fn tuple_key(ctx: &SockOpsContext) -> Option<TupleKey> {
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the kernel's bpf_sock_ops context. The sock_ops context only allows 4-byte
+    // loads of these fields, so each word is read on its own.
+    let client = unsafe {
+        let family = read_volatile(addr_of!((*ops).family));
+        // local_port is in host byte order.
+        let port = read_volatile(addr_of!((*ops).local_port)) as u16;
+        if family == AF_INET {
+            Addr::v4(read_volatile(addr_of!((*ops).local_ip4)).to_ne_bytes(), port)
+        } else if family == AF_INET6 {
+            let ip6 = addr_of!((*ops).local_ip6) as *const u32;
+            let words = [
+                read_volatile(ip6),
+                read_volatile(ip6.add(1)),
+                read_volatile(ip6.add(2)),
+                read_volatile(ip6.add(3)),
+            ];
+            Addr::tuple_form(words_to_bytes(words), port)
+        } else {
+            return None;
+        }
+    };
+    // SAFETY: bpf_get_netns_cookie accepts a sock_ops context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    Some(TupleKey { client, netns_cookie })
+}
