@@ -10,7 +10,10 @@ fn main() -> anyhow::Result<()> {
     let programs = root.join("ebpf/programs");
     let common = root.join("ebpf/common");
     println!("cargo:rerun-if-changed={}", programs.join("src").display());
-    println!("cargo:rerun-if-changed={}", programs.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        programs.join("Cargo.toml").display()
+    );
     println!("cargo:rerun-if-changed={}", common.join("src").display());
     let package = aya_build::Package {
         name: "snowtrail-ebpf",

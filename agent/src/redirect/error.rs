@@ -81,6 +81,9 @@ pub enum Error {
 
 impl Error {
     pub(super) fn map(map: &'static str, source: MapError) -> Self {
-        Error::Map { map, source: Box::new(source) }
+        Error::Map {
+            map,
+            source: Box::new(source),
+        }
     }
 }

@@ -56,7 +56,13 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/snowtrail";
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
 /// Every map of the object; all are pinned.
-const MAPS: [&str; 5] = [MAP_SETTINGS, MAP_PORTS, MAP_ORIGINS, MAP_BY_TUPLE, MAP_COUNTERS];
+const MAPS: [&str; 5] = [
+    MAP_SETTINGS,
+    MAP_PORTS,
+    MAP_ORIGINS,
+    MAP_BY_TUPLE,
+    MAP_COUNTERS,
+];
 
 /// The `[redirect]` settings this module needs, so it can be configured without the whole config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +130,11 @@ impl Redirect {
     /// writes Settings {listen_port, enabled: 1, agent_tgid: own pid, agent_netns_cookie: own netns
     /// cookie} and ST_PORTS, and attaches getsockopt to `agent_cgroup` (the daemon's own cgroup
     /// directory). Mounts bpffs at /sys/fs/bpf if it is not mounted.
-    pub fn start(cfg: &RedirectConfig, listen_port: u16, agent_cgroup: &Path) -> Result<Redirect, Error> {
+    pub fn start(
+        cfg: &RedirectConfig,
+        listen_port: u16,
+        agent_cgroup: &Path,
+    ) -> Result<Redirect, Error> {
         validate(cfg, listen_port)?;
         ensure_bpffs(&cfg.pin_dir)?;
         let layout = Layout::new(&cfg.pin_dir);
@@ -138,14 +148,21 @@ impl Redirect {
         loader
             .map_max_entries(MAP_ORIGINS, cfg.max_connections)
             .map_max_entries(MAP_BY_TUPLE, cfg.max_connections);
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
         load_programs(&mut ebpf)?;
 
         let netns_cookie = sys::own_netns_cookie().map_err(Error::NetnsCookie)?;
         write_ports(&mut ebpf, &cfg.ports)?;
         write_settings(
             &mut ebpf,
-            Settings { listen_port, enabled: 1, agent_tgid: std::process::id(), agent_netns_cookie: netns_cookie },
+            Settings {
+                listen_port,
+                enabled: 1,
+                agent_tgid: std::process::id(),
+                agent_netns_cookie: netns_cookie,
+            },
         )?;
 
         let agent_link = attach_agent(&ebpf, agent_cgroup)?;
@@ -160,7 +177,13 @@ impl Redirect {
                 sets.insert(id, set);
             }
         }
-        Ok(Redirect { ebpf, layout, netns_cookie, agent_link: Some(agent_link), sets })
+        Ok(Redirect {
+            ebpf,
+            layout,
+            netns_cookie,
+            agent_link: Some(agent_link),
+            sets,
+        })
     }
 
     /// Attaches connect4/6, sockops, getpeername4/6 to the cgroup directory and pins the links under
@@ -208,7 +231,10 @@ impl Redirect {
     /// using the agent's netns cookie.
     pub fn lookup(&self, peer: SocketAddr) -> Result<Option<Origin>, Error> {
         let map: HashMap<&MapData, TupleKey, Origin> = map_ref(&self.ebpf, MAP_BY_TUPLE)?;
-        let key = TupleKey { client: tuple_addr(peer), netns_cookie: self.netns_cookie };
+        let key = TupleKey {
+            client: tuple_addr(peer),
+            netns_cookie: self.netns_cookie,
+        };
         match map.get(&key, 0) {
             Ok(origin) => Ok(Some(origin)),
             Err(MapError::KeyNotFound) => Ok(None),
@@ -221,7 +247,9 @@ impl Redirect {
     pub fn counters(&self) -> Result<Counters, Error> {
         let counters: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, MAP_COUNTERS)?;
         let sum = |c: Counter| -> Result<u64, Error> {
-            let values = counters.get(&(c as u32), 0).map_err(|e| Error::map(MAP_COUNTERS, e))?;
+            let values = counters
+                .get(&(c as u32), 0)
+                .map_err(|e| Error::map(MAP_COUNTERS, e))?;
             Ok(values.iter().sum())
         };
         let origins: HashMap<&MapData, u64, Origin> = map_ref(&self.ebpf, MAP_ORIGINS)?;
@@ -289,7 +317,11 @@ pub fn socket_addr(addr: &Addr) -> SocketAddr {
 
 /// The caller's command name of an origin as text, for logs and the audit.
 pub fn comm(origin: &Origin) -> String {
-    let end = origin.comm.iter().position(|&b| b == 0).unwrap_or(origin.comm.len());
+    let end = origin
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(origin.comm.len());
     String::from_utf8_lossy(&origin.comm[..end]).into_owned()
 }
 
@@ -308,13 +340,18 @@ fn validate(cfg: &RedirectConfig, listen_port: u16) -> Result<(), Error> {
         return bad("redirect.ports is empty".into());
     }
     if cfg.ports.len() > MAX_PORTS as usize {
-        return bad(format!("redirect.ports lists {} ports; at most {MAX_PORTS}", cfg.ports.len()));
+        return bad(format!(
+            "redirect.ports lists {} ports; at most {MAX_PORTS}",
+            cfg.ports.len()
+        ));
     }
     if cfg.ports.contains(&0) || listen_port == 0 {
         return bad("port 0 cannot be intercepted or listened on".into());
     }
     if cfg.ports.contains(&listen_port) {
-        return bad(format!("the listen port {listen_port} is also an intercepted port"));
+        return bad(format!(
+            "the listen port {listen_port} is also an intercepted port"
+        ));
     }
     if cfg.max_connections == 0 {
         return bad("redirect.max_connections is 0".into());
@@ -334,19 +371,29 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
     let mount = Path::new(BPFFS_MOUNT);
     if pin_dir.starts_with(mount) && !is_bpffs(mount) {
         fs::create_dir_all(mount).map_err(|e| Error::MountBpffs(mount.to_owned(), e))?;
-        nix::mount::mount(Some("bpf"), mount, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| Error::MountBpffs(mount.to_owned(), e.into()))?;
+        nix::mount::mount(
+            Some("bpf"),
+            mount,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| Error::MountBpffs(mount.to_owned(), e.into()))?;
         tracing::info!(path = %mount.display(), "mounted bpffs");
     }
     fs::create_dir_all(pin_dir).map_err(|e| Error::PinDir(pin_dir.to_owned(), e))?;
     if !is_bpffs(pin_dir) {
-        return Err(Error::PinDir(pin_dir.to_owned(), io::Error::other("not on a bpf file system (bpffs)")));
+        return Err(Error::PinDir(
+            pin_dir.to_owned(),
+            io::Error::other("not on a bpf file system (bpffs)"),
+        ));
     }
     Ok(())
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// Unpins maps whose shape no longer matches (another version, or a changed `max_connections`).
@@ -357,7 +404,12 @@ fn retire_incompatible_maps(layout: &Layout, max_connections: u32) -> Result<(),
         (MAP_SETTINGS, 4, size_of::<Settings>(), 1),
         (MAP_PORTS, 2, 1, MAX_PORTS),
         (MAP_ORIGINS, 8, size_of::<Origin>(), max_connections),
-        (MAP_BY_TUPLE, size_of::<TupleKey>(), size_of::<Origin>(), max_connections),
+        (
+            MAP_BY_TUPLE,
+            size_of::<TupleKey>(),
+            size_of::<Origin>(),
+            max_connections,
+        ),
         (MAP_COUNTERS, 4, 8, COUNTER_SLOTS),
     ];
     for (name, key_size, value_size, max_entries) in expected {
@@ -365,11 +417,13 @@ fn retire_incompatible_maps(layout: &Layout, max_connections: u32) -> Result<(),
         if !path.exists() {
             continue;
         }
-        let fits = MapData::from_pin(&path).and_then(|m| m.info()).is_ok_and(|info| {
-            info.key_size() as usize == key_size
-                && info.value_size() as usize == value_size
-                && info.max_entries() == max_entries
-        });
+        let fits = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .is_ok_and(|info| {
+                info.key_size() as usize == key_size
+                    && info.value_size() as usize == value_size
+                    && info.max_entries() == max_entries
+            });
         if !fits {
             tracing::info!(map = name, "pinned map has another shape; replacing it");
             fs::remove_file(&path).map_err(|e| Error::PinnedMap(path.clone(), e))?;
@@ -387,25 +441,36 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
             Some(Program::CgroupSockopt(p)) => p.load(),
             _ => return Err(Error::MissingProgram(name)),
         };
-        loaded.map_err(|e| Error::ProgramLoad { program: name, source: Box::new(e) })?;
+        loaded.map_err(|e| Error::ProgramLoad {
+            program: name,
+            source: Box::new(e),
+        })?;
     }
     Ok(())
 }
 
 fn program_fd<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<BorrowedFd<'a>, Error> {
     let program = ebpf.program(name).ok_or(Error::MissingProgram(name))?;
-    let fd = program.fd().map_err(|e| Error::ProgramLoad { program: name, source: Box::new(e) })?;
+    let fd = program.fd().map_err(|e| Error::ProgramLoad {
+        program: name,
+        source: Box::new(e),
+    })?;
     Ok(fd.as_fd())
 }
 
 fn program_fds(ebpf: &Ebpf) -> Result<ProgramFds<'_>, Error> {
-    let fds = HOOKS.iter().map(|h| program_fd(ebpf, h.program)).collect::<Result<Vec<_>, _>>()?;
-    fds.try_into().map_err(|_| Error::MissingProgram("cgroup hooks"))
+    let fds = HOOKS
+        .iter()
+        .map(|h| program_fd(ebpf, h.program))
+        .collect::<Result<Vec<_>, _>>()?;
+    fds.try_into()
+        .map_err(|_| Error::MissingProgram("cgroup hooks"))
 }
 
 fn attach_agent(ebpf: &Ebpf, agent_cgroup: &Path) -> Result<OwnedFd, Error> {
     let prog = program_fd(ebpf, GETSOCKOPT.program)?;
-    let cgroup = fs::File::open(agent_cgroup).map_err(|e| Error::OpenCgroup(agent_cgroup.to_owned(), e))?;
+    let cgroup =
+        fs::File::open(agent_cgroup).map_err(|e| Error::OpenCgroup(agent_cgroup.to_owned(), e))?;
     sys::link_create(prog, cgroup.as_fd(), GETSOCKOPT.attach_type).map_err(|source| Error::Attach {
         program: GETSOCKOPT.program,
         cgroup: agent_cgroup.to_owned(),
@@ -421,7 +486,10 @@ where
     M::try_from(map).map_err(|e| Error::map(name, e))
 }
 
-fn count_keys<K>(keys: impl Iterator<Item = Result<K, MapError>>, name: &'static str) -> Result<usize, Error> {
+fn count_keys<K>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    name: &'static str,
+) -> Result<usize, Error> {
     let mut n = 0;
     for key in keys {
         key.map_err(|e| Error::map(name, e))?;
@@ -431,11 +499,19 @@ fn count_keys<K>(keys: impl Iterator<Item = Result<K, MapError>>, name: &'static
 }
 
 fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), Error> {
-    let map = ebpf.map_mut(MAP_PORTS).ok_or(Error::MissingMap(MAP_PORTS))?;
-    let mut map: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map).map_err(|e| Error::map(MAP_PORTS, e))?;
-    let stale: Vec<u16> = map.keys().filter_map(Result::ok).filter(|p| !ports.contains(p)).collect();
+    let map = ebpf
+        .map_mut(MAP_PORTS)
+        .ok_or(Error::MissingMap(MAP_PORTS))?;
+    let mut map: HashMap<&mut MapData, u16, u8> =
+        HashMap::try_from(map).map_err(|e| Error::map(MAP_PORTS, e))?;
+    let stale: Vec<u16> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|p| !ports.contains(p))
+        .collect();
     for &port in ports {
-        map.insert(port, 1, 0).map_err(|e| Error::map(MAP_PORTS, e))?;
+        map.insert(port, 1, 0)
+            .map_err(|e| Error::map(MAP_PORTS, e))?;
     }
     for port in stale {
         map.remove(&port).map_err(|e| Error::map(MAP_PORTS, e))?;
@@ -444,19 +520,25 @@ fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), Error> {
 }
 
 fn settings_array(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Settings>, Error> {
-    let map = ebpf.map_mut(MAP_SETTINGS).ok_or(Error::MissingMap(MAP_SETTINGS))?;
+    let map = ebpf
+        .map_mut(MAP_SETTINGS)
+        .ok_or(Error::MissingMap(MAP_SETTINGS))?;
     Array::try_from(map).map_err(|e| Error::map(MAP_SETTINGS, e))
 }
 
 fn write_settings(ebpf: &mut Ebpf, settings: Settings) -> Result<(), Error> {
-    settings_array(ebpf)?.set(0, settings, 0).map_err(|e| Error::map(MAP_SETTINGS, e))
+    settings_array(ebpf)?
+        .set(0, settings, 0)
+        .map_err(|e| Error::map(MAP_SETTINGS, e))
 }
 
 fn update_settings(ebpf: &mut Ebpf, change: impl FnOnce(&mut Settings)) -> Result<(), Error> {
     let mut array = settings_array(ebpf)?;
     let mut settings = array.get(&0, 0).map_err(|e| Error::map(MAP_SETTINGS, e))?;
     change(&mut settings);
-    array.set(0, settings, 0).map_err(|e| Error::map(MAP_SETTINGS, e))
+    array
+        .set(0, settings, 0)
+        .map_err(|e| Error::map(MAP_SETTINGS, e))
 }
 
 /// Best effort: turns the pinned programs into pass-through before their links are removed.
@@ -493,6 +575,7 @@ fn remove_map_pins(layout: &Layout) -> Result<(), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -508,10 +591,16 @@ mod tests {
 
     #[test]
     fn addr_round_trip() {
-        assert_eq!(socket_addr(&Addr::v4([127, 77, 0, 1], 443)), "127.77.0.1:443".parse().unwrap());
+        assert_eq!(
+            socket_addr(&Addr::v4([127, 77, 0, 1], 443)),
+            "127.77.0.1:443".parse().unwrap()
+        );
         let mut loopback = [0u8; 16];
         loopback[15] = 1;
-        assert_eq!(socket_addr(&Addr::v6(loopback, 443)), "[::1]:443".parse().unwrap());
+        assert_eq!(
+            socket_addr(&Addr::v6(loopback, 443)),
+            "[::1]:443".parse().unwrap()
+        );
     }
 
     #[test]
@@ -519,9 +608,24 @@ mod tests {
         let cfg = RedirectConfig::default();
         assert!(validate(&cfg, 943).is_ok());
         assert!(matches!(validate(&cfg, 443), Err(Error::Config(_))));
-        assert!(matches!(validate(&RedirectConfig { ports: vec![], ..cfg.clone() }, 943), Err(Error::Config(_))));
         assert!(matches!(
-            validate(&RedirectConfig { pin_dir: "rel".into(), ..cfg }, 943),
+            validate(
+                &RedirectConfig {
+                    ports: vec![],
+                    ..cfg.clone()
+                },
+                943
+            ),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            validate(
+                &RedirectConfig {
+                    pin_dir: "rel".into(),
+                    ..cfg
+                },
+                943
+            ),
             Err(Error::Config(_))
         ));
     }

@@ -4,7 +4,7 @@
 //! <pin_dir>/maps/<MAP>                     ST_SETTINGS, ST_PORTS, ST_ORIGINS, ST_BY_TUPLE, ST_COUNTERS
 //! <pin_dir>/links/<cgroup id>/<hook>       one bpf_link per hook (connect4, connect6, sockops,
 //!                                          getpeername4, getpeername6) attached to that cgroup
-//! <pin_dir>/links/.new-<cgroup id>/<hook>  a set being built; renamed to <cgroup id> once complete
+//! <pin_dir>/links/new-<cgroup id>/<hook>   a set being built; renamed to <cgroup id> once complete
 //! ```
 //! A cgroup is named by its id (the inode number of its directory, what `bpf_get_current_cgroup_id`
 //! reports): bpffs holds only bpf objects and directories, so no file can record a path, and an id
@@ -31,20 +31,45 @@ pub(super) struct Hook {
 /// The hooks of an enrolled cgroup, in attach order: everything that follows a redirected socket
 /// is in place before the connect programs start redirecting. Detaching goes in reverse.
 pub(super) const HOOKS: [Hook; 5] = [
-    Hook { program: "st_sockops", pin: "sockops", attach_type: 3 },
-    Hook { program: "st_peername4", pin: "getpeername4", attach_type: 29 },
-    Hook { program: "st_peername6", pin: "getpeername6", attach_type: 30 },
-    Hook { program: "st_connect4", pin: "connect4", attach_type: 10 },
-    Hook { program: "st_connect6", pin: "connect6", attach_type: 11 },
+    Hook {
+        program: "st_sockops",
+        pin: "sockops",
+        attach_type: 3,
+    },
+    Hook {
+        program: "st_peername4",
+        pin: "getpeername4",
+        attach_type: 29,
+    },
+    Hook {
+        program: "st_peername6",
+        pin: "getpeername6",
+        attach_type: 30,
+    },
+    Hook {
+        program: "st_connect4",
+        pin: "connect4",
+        attach_type: 10,
+    },
+    Hook {
+        program: "st_connect6",
+        pin: "connect6",
+        attach_type: 11,
+    },
 ];
 
 /// The getsockopt program, attached to the agent's own cgroup.
-pub(super) const GETSOCKOPT: Hook = Hook { program: "st_getsockopt", pin: "getsockopt", attach_type: 21 };
+pub(super) const GETSOCKOPT: Hook = Hook {
+    program: "st_getsockopt",
+    pin: "getsockopt",
+    attach_type: 21,
+};
 
 /// The loaded programs' descriptors, in [`HOOKS`] order.
 pub(super) type ProgramFds<'a> = [BorrowedFd<'a>; HOOKS.len()];
 
-const STAGING_PREFIX: &str = ".new-";
+/// bpffs refuses names with a dot, so no hidden-file convention here.
+const STAGING_PREFIX: &str = "new-";
 
 /// Paths under one pin directory.
 #[derive(Clone, Debug)]
@@ -54,7 +79,9 @@ pub(super) struct Layout {
 
 impl Layout {
     pub fn new(root: &Path) -> Self {
-        Layout { root: root.to_owned() }
+        Layout {
+            root: root.to_owned(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -78,7 +105,8 @@ impl Layout {
     }
 
     fn staging_dir(&self, cgroup_id: u64) -> PathBuf {
-        self.links_dir().join(format!("{STAGING_PREFIX}{cgroup_id}"))
+        self.links_dir()
+            .join(format!("{STAGING_PREFIX}{cgroup_id}"))
     }
 
     /// Creates the directories (the root must be on a bpf file system).
@@ -127,7 +155,8 @@ pub(super) fn create_set(
     cgroup_dir: &Path,
     progs: &ProgramFds<'_>,
 ) -> Result<LinkSet, Error> {
-    let cgroup = fs::File::open(cgroup_dir).map_err(|e| Error::OpenCgroup(cgroup_dir.to_owned(), e))?;
+    let cgroup =
+        fs::File::open(cgroup_dir).map_err(|e| Error::OpenCgroup(cgroup_dir.to_owned(), e))?;
     let staging = layout.staging_dir(cgroup_id);
     if staging.exists() {
         discard_dir(&staging)?;
@@ -154,12 +183,19 @@ pub(super) fn create_set(
 /// atomic `BPF_LINK_UPDATE`, so the cgroup is never without redirection. Hooks missing from the set
 /// (an older agent) are attached; unknown pins are detached. `Ok(None)`: the cgroup is gone, and the
 /// set was removed.
-pub(super) fn adopt_set(layout: &Layout, cgroup_id: u64, progs: &ProgramFds<'_>) -> Result<Option<LinkSet>, Error> {
+pub(super) fn adopt_set(
+    layout: &Layout,
+    cgroup_id: u64,
+    progs: &ProgramFds<'_>,
+) -> Result<Option<LinkSet>, Error> {
     let dir = layout.set_dir(cgroup_id);
     let mut set = LinkSet::default();
     for entry in fs::read_dir(&dir).map_err(|e| Error::PinDir(dir.clone(), e))? {
         let path = entry.map_err(|e| Error::PinDir(dir.clone(), e))?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let Some(index) = HOOKS.iter().position(|h| h.pin == name) else {
             tracing::info!(pin = %path.display(), "removing a pinned link this agent does not know");
             discard_link(&path)?;
@@ -178,15 +214,21 @@ pub(super) fn adopt_set(layout: &Layout, cgroup_id: u64, progs: &ProgramFds<'_>)
             Err(e) => return Err(Error::Link(path, e)),
         }
     }
-    let missing: Vec<usize> = (0..HOOKS.len()).filter(|&i| !set.links.contains_key(HOOKS[i].pin)).collect();
+    let missing: Vec<usize> = (0..HOOKS.len())
+        .filter(|&i| !set.links.contains_key(HOOKS[i].pin))
+        .collect();
     if !missing.is_empty() {
         let Some(cgroup_dir) = find_cgroup(cgroup_id) else {
-            tracing::warn!(cgroup_id, "pinned cgroup not found; removing its incomplete link set");
+            tracing::warn!(
+                cgroup_id,
+                "pinned cgroup not found; removing its incomplete link set"
+            );
             detach_all(&set);
             discard_dir(&dir)?;
             return Ok(None);
         };
-        let cgroup = fs::File::open(&cgroup_dir).map_err(|e| Error::OpenCgroup(cgroup_dir.clone(), e))?;
+        let cgroup =
+            fs::File::open(&cgroup_dir).map_err(|e| Error::OpenCgroup(cgroup_dir.clone(), e))?;
         for i in missing {
             let link = attach_pinned(&HOOKS[i], progs[i], cgroup.as_fd(), &cgroup_dir, &dir)?;
             set.links.insert(HOOKS[i].pin, link);
@@ -197,7 +239,11 @@ pub(super) fn adopt_set(layout: &Layout, cgroup_id: u64, progs: &ProgramFds<'_>)
 
 /// Detaches a published set (held open or only pinned) and removes its pins; returns how many
 /// links were removed.
-pub(super) fn remove_set(layout: &Layout, cgroup_id: u64, held: Option<LinkSet>) -> Result<usize, Error> {
+pub(super) fn remove_set(
+    layout: &Layout,
+    cgroup_id: u64,
+    held: Option<LinkSet>,
+) -> Result<usize, Error> {
     if let Some(set) = &held {
         detach_all(set);
     }
@@ -243,11 +289,12 @@ fn attach_pinned(
     cgroup_dir: &Path,
     dir: &Path,
 ) -> Result<OwnedFd, Error> {
-    let link = sys::link_create(prog, cgroup, hook.attach_type).map_err(|source| Error::Attach {
-        program: hook.program,
-        cgroup: cgroup_dir.to_owned(),
-        source,
-    })?;
+    let link =
+        sys::link_create(prog, cgroup, hook.attach_type).map_err(|source| Error::Attach {
+            program: hook.program,
+            cgroup: cgroup_dir.to_owned(),
+            source,
+        })?;
     let pin = dir.join(hook.pin);
     if let Err(e) = sys::obj_pin(link.as_fd(), &pin) {
         let _ = sys::link_detach(link.as_fd());
@@ -273,8 +320,15 @@ fn discard_dir(dir: &Path) -> Result<usize, Error> {
         .collect();
     // Known hooks in reverse attach order, anything else last.
     let rank = |p: &PathBuf| {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        HOOKS.iter().rev().position(|h| h.pin == name).unwrap_or(HOOKS.len())
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        HOOKS
+            .iter()
+            .rev()
+            .position(|h| h.pin == name)
+            .unwrap_or(HOOKS.len())
     };
     pins.sort_by_key(rank);
     let mut removed = 0;

@@ -59,9 +59,18 @@ fn bpf<T>(cmd: c_int, attr: &mut T) -> io::Result<c_long> {
     // SAFETY: `attr` points to a live, fully initialised prefix of `union bpf_attr` for `cmd`, and
     // the size passed is exactly its size; the kernel reads (and for some commands writes) only that.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut c_void, size_of::<T>() as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut c_void,
+            size_of::<T>() as u32,
+        )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 fn owned_fd(ret: c_long) -> io::Result<OwnedFd> {
@@ -76,7 +85,11 @@ fn c_path(path: &Path) -> io::Result<CString> {
 }
 
 /// Attaches a loaded program to a cgroup as a new bpf_link (always multi-attach for cgroup links).
-pub(super) fn link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+pub(super) fn link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_fd: cgroup.as_raw_fd() as u32,
@@ -89,14 +102,22 @@ pub(super) fn link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_t
 /// Pins a bpf object (here: a link) at `path` on a bpf file system.
 pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let c = c_path(path)?;
-    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
 /// Opens a pinned bpf object.
 pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = c_path(path)?;
-    let mut attr = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
     bpf(BPF_OBJ_GET, &mut attr).and_then(owned_fd)
 }
 
@@ -114,16 +135,35 @@ pub(super) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Res
 
 /// Detaches a link now, whoever else still holds it or pins it.
 pub(super) fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
-    let mut attr = LinkDetachAttr { link_fd: link.as_raw_fd() as u32 };
+    let mut attr = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
 /// Reads a fixed-size socket option into `value`; returns the length the kernel wrote.
-fn getsockopt_into<T>(fd: BorrowedFd<'_>, level: c_int, name: c_int, value: &mut T) -> io::Result<usize> {
+fn getsockopt_into<T>(
+    fd: BorrowedFd<'_>,
+    level: c_int,
+    name: c_int,
+    value: &mut T,
+) -> io::Result<usize> {
     let mut len = size_of::<T>() as socklen_t;
     // SAFETY: `value` is valid for writes of `len` bytes and `len` is a live socklen_t.
-    let ret = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, value as *mut T as *mut c_void, &mut len) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(len as usize) }
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value as *mut T as *mut c_void,
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(len as usize)
+    }
 }
 
 /// The network namespace cookie of the namespace a fresh socket of this process lives in.
@@ -140,7 +180,6 @@ pub(super) fn own_netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
-
 /// `SO_ORIGINAL_DST` for an IPv4 socket, `IP6T_SO_ORIGINAL_DST` for an IPv6 one (v4-mapped → V4).
 pub(super) fn original_dst(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     let mut domain: c_int = 0;
@@ -150,18 +189,31 @@ pub(super) fn original_dst(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
             // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
             let mut sin: libc::sockaddr_in = unsafe { zeroed() };
             let len = getsockopt_into(fd, libc::SOL_IP, SO_ORIGINAL_DST, &mut sin)?;
-            if len < size_of::<libc::sockaddr_in>() || sin.sin_family != libc::AF_INET as libc::sa_family_t {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "SO_ORIGINAL_DST gave no sockaddr_in"));
+            if len < size_of::<libc::sockaddr_in>()
+                || sin.sin_family != libc::AF_INET as libc::sa_family_t
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "SO_ORIGINAL_DST gave no sockaddr_in",
+                ));
             }
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: sockaddr_in6 is plain data; all zeroes is a valid value.
             let mut sin6: libc::sockaddr_in6 = unsafe { zeroed() };
             let len = getsockopt_into(fd, libc::SOL_IPV6, SO_ORIGINAL_DST, &mut sin6)?;
-            if len < size_of::<libc::sockaddr_in6>() || sin6.sin6_family != libc::AF_INET6 as libc::sa_family_t {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "IP6T_SO_ORIGINAL_DST gave no sockaddr_in6"));
+            if len < size_of::<libc::sockaddr_in6>()
+                || sin6.sin6_family != libc::AF_INET6 as libc::sa_family_t
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "IP6T_SO_ORIGINAL_DST gave no sockaddr_in6",
+                ));
             }
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             let port = u16::from_be(sin6.sin6_port);
@@ -170,6 +222,9 @@ pub(super) fn original_dst(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
                 None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
             })
         }
-        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "not an IPv4 or IPv6 socket")),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an IPv4 or IPv6 socket",
+        )),
     }
 }

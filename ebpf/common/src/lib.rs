@@ -122,7 +122,10 @@ impl Addr {
     /// Builds the v4-mapped form of an IPv4 address (`a.b.c.d` as network-order bytes).
     pub const fn v4(octets: [u8; 4], port: u16) -> Self {
         Addr {
-            ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]],
+            ip: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2],
+                octets[3],
+            ],
             port,
             family: FAMILY_INET,
             _pad: 0,
@@ -131,7 +134,12 @@ impl Addr {
 
     /// Builds an address from 16 IPv6 bytes as the client's socket named it.
     pub const fn v6(ip: [u8; 16], port: u16) -> Self {
-        Addr { ip, port, family: FAMILY_INET6, _pad: 0 }
+        Addr {
+            ip,
+            port,
+            family: FAMILY_INET6,
+            _pad: 0,
+        }
     }
 
     /// Whether `ip` holds an IPv4 address (`::ffff:a.b.c.d`).
@@ -142,8 +150,17 @@ impl Addr {
     /// The form [`TupleKey::client`] uses: the family is `FAMILY_INET` for v4-mapped bytes, else
     /// `FAMILY_INET6`, whatever family the socket that saw the address had.
     pub const fn tuple_form(ip: [u8; 16], port: u16) -> Self {
-        let family = if is_v4_mapped(&ip) { FAMILY_INET } else { FAMILY_INET6 };
-        Addr { ip, port, family, _pad: 0 }
+        let family = if is_v4_mapped(&ip) {
+            FAMILY_INET
+        } else {
+            FAMILY_INET6
+        };
+        Addr {
+            ip,
+            port,
+            family,
+            _pad: 0,
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! agent has not enabled the programs. Refused (connect() fails with `EPERM`): sockets of another
 //! network namespace, and connects whose origin could not be stored (the agent would have no record).
 
-use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -48,9 +48,8 @@ enum Step {
 pub fn try_connect4(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the kernel's bpf_sock_addr context; these fields are readable in connect4.
-    let (ty, protocol, ip, port_be) = unsafe {
-        ((*sa).type_, (*sa).protocol, (*sa).user_ip4, (*sa).user_port)
-    };
+    let (ty, protocol, ip, port_be) =
+        unsafe { ((*sa).type_, (*sa).protocol, (*sa).user_ip4, (*sa).user_port) };
     let Some((settings, port)) = intercepted(ty, protocol, port_be) else {
         return ALLOW;
     };
@@ -66,7 +65,10 @@ pub fn try_connect4(ctx: &SockAddrContext) -> i32 {
             // SAFETY: connect4 may write user_ip4 and user_port (4-byte stores).
             unsafe {
                 write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(LOOPBACK4));
-                write_volatile(addr_of_mut!((*sa).user_port), u32::from(settings.listen_port.to_be()));
+                write_volatile(
+                    addr_of_mut!((*sa).user_port),
+                    u32::from(settings.listen_port.to_be()),
+                );
             }
             bump(Counter::Redirected);
             ALLOW
@@ -81,21 +83,24 @@ pub fn try_connect6(ctx: &SockAddrContext) -> i32 {
     let Some((settings, port)) = intercepted(ty, protocol, port_be) else {
         return ALLOW;
     };
-    // SAFETY: as above. One 4-byte load per word keeps the verifier's ctx access rules satisfied.
+    // SAFETY: as above; one 4-byte load per word, each at its own constant offset.
     let words = unsafe {
-        let ip6 = addr_of!((*sa).user_ip6) as *const u32;
         [
-            read_volatile(ip6),
-            read_volatile(ip6.add(1)),
-            read_volatile(ip6.add(2)),
-            read_volatile(ip6.add(3)),
+            read_volatile(&(*sa).user_ip6[0]),
+            read_volatile(&(*sa).user_ip6[1]),
+            read_volatile(&(*sa).user_ip6[2]),
+            read_volatile(&(*sa).user_ip6[3]),
         ]
     };
     let ip = words_to_bytes(words);
     let original = Addr::v6(ip, port);
     // A dual-stack socket connecting to `::ffff:a.b.c.d` must stay on IPv4: send it to the mapped
     // IPv4 loopback. Every other IPv6 destination goes to `::1`.
-    let target = if original.is_v4_mapped() { MAPPED_LOOPBACK4 } else { LOOPBACK6 };
+    let target = if original.is_v4_mapped() {
+        MAPPED_LOOPBACK4
+    } else {
+        LOOPBACK6
+    };
     if port == settings.listen_port && ip == target {
         return ALLOW;
     }
@@ -108,12 +113,14 @@ pub fn try_connect6(ctx: &SockAddrContext) -> i32 {
             // (LLVM turns it into byte stores into the context). One volatile u32 store per word.
             // SAFETY: connect6 may write user_ip6 and user_port (4-byte stores).
             unsafe {
-                let ip6 = addr_of_mut!((*sa).user_ip6) as *mut u32;
-                write_volatile(ip6, t[0]);
-                write_volatile(ip6.add(1), t[1]);
-                write_volatile(ip6.add(2), t[2]);
-                write_volatile(ip6.add(3), t[3]);
-                write_volatile(addr_of_mut!((*sa).user_port), u32::from(settings.listen_port.to_be()));
+                write_volatile(&mut (*sa).user_ip6[0], t[0]);
+                write_volatile(&mut (*sa).user_ip6[1], t[1]);
+                write_volatile(&mut (*sa).user_ip6[2], t[2]);
+                write_volatile(&mut (*sa).user_ip6[3], t[3]);
+                write_volatile(
+                    addr_of_mut!((*sa).user_port),
+                    u32::from(settings.listen_port.to_be()),
+                );
             }
             bump(Counter::Redirected);
             ALLOW
@@ -146,7 +153,10 @@ fn record(ctx: &SockAddrContext, settings: &Settings, original_dst: Addr) -> Ste
     }
     // SAFETY: both helpers accept a sock_addr context.
     let (netns_cookie, socket_cookie) = unsafe {
-        (bpf_get_netns_cookie(ctx.as_ptr()), bpf_get_socket_cookie(ctx.as_ptr()))
+        (
+            bpf_get_netns_cookie(ctx.as_ptr()),
+            bpf_get_socket_cookie(ctx.as_ptr()),
+        )
     };
     if netns_cookie != settings.agent_netns_cookie {
         // 127.0.0.1 would mean that namespace's own loopback, where no agent listens.
@@ -167,7 +177,10 @@ fn record(ctx: &SockAddrContext, settings: &Settings, original_dst: Addr) -> Ste
         gid: (uid_gid >> 32) as u32,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    if ST_ORIGINS.insert(socket_cookie, origin, u64::from(BPF_ANY)).is_err() {
+    if ST_ORIGINS
+        .insert(socket_cookie, origin, u64::from(BPF_ANY))
+        .is_err()
+    {
         // Fail closed: a redirected connection without an origin would be refused by the agent
         // anyway, and never audited.
         bump(Counter::StoreFailed);
@@ -175,4 +188,3 @@ fn record(ctx: &SockAddrContext, settings: &Settings, original_dst: Addr) -> Ste
     }
     Step::Redirect
 }
-

@@ -3,7 +3,9 @@
 
 use core::ptr::{addr_of_mut, write_volatile};
 
-use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext};
+use aya_ebpf::{
+    EbpfContext as _, helpers::generated::bpf_get_socket_cookie, programs::SockAddrContext,
+};
 use snowtrail_common::{Addr, FAMILY_INET, FAMILY_INET6};
 
 use crate::maps::{ST_ORIGINS, bytes_to_words};
@@ -41,11 +43,10 @@ pub fn try_peername6(ctx: &SockAddrContext) -> i32 {
     // u32 store per word.
     // SAFETY: getpeername6 may write user_ip6 and user_port (4-byte stores).
     unsafe {
-        let ip6 = addr_of_mut!((*sa).user_ip6) as *mut u32;
-        write_volatile(ip6, w[0]);
-        write_volatile(ip6.add(1), w[1]);
-        write_volatile(ip6.add(2), w[2]);
-        write_volatile(ip6.add(3), w[3]);
+        write_volatile(&mut (*sa).user_ip6[0], w[0]);
+        write_volatile(&mut (*sa).user_ip6[1], w[1]);
+        write_volatile(&mut (*sa).user_ip6[2], w[2]);
+        write_volatile(&mut (*sa).user_ip6[3], w[3]);
         write_volatile(addr_of_mut!((*sa).user_port), u32::from(dst.port.to_be()));
     }
     DONE

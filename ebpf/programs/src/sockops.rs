@@ -6,7 +6,7 @@
 //!   agent's `accept()` returns): copy the origin to `ST_BY_TUPLE` under the client's address.
 //! - `STATE_CB` to `TCP_CLOSE`: delete both entries, so a finished connection leaves nothing behind.
 
-use core::ptr::{addr_of, read_volatile};
+use core::ptr::read_volatile;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -82,28 +82,38 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 #[inline(always)]
 fn tuple_key(ctx: &SockOpsContext) -> Option<TupleKey> {
     let ops = ctx.ops;
-    // SAFETY: `ops` is the kernel's bpf_sock_ops context. The sock_ops context only allows 4-byte
-    // loads of these fields, so each word is read on its own.
-    let client = unsafe {
-        let family = read_volatile(addr_of!((*ops).family));
-        // local_port is in host byte order.
-        let port = read_volatile(addr_of!((*ops).local_port)) as u16;
-        if family == AF_INET {
-            Addr::v4(read_volatile(addr_of!((*ops).local_ip4)).to_ne_bytes(), port)
-        } else if family == AF_INET6 {
-            let ip6 = addr_of!((*ops).local_ip6) as *const u32;
-            let words = [
-                read_volatile(ip6),
-                read_volatile(ip6.add(1)),
-                read_volatile(ip6.add(2)),
-                read_volatile(ip6.add(3)),
-            ];
-            Addr::tuple_form(words_to_bytes(words), port)
-        } else {
-            return None;
-        }
+    // Every field is read up front with a volatile load, before branching on the family.
+    // Verifier: "dereference of modified ctx ptr R1 off=28 disallowed" when the loads sat in the
+    // two branches, or were plain loads LLVM could sink into them: it merged them into one load
+    // through a selected pointer (ctx + 28 or ctx + 60), and sock_ops only allows 4-byte loads at a
+    // constant offset from the context itself.
+    // SAFETY: `ops` is the kernel's bpf_sock_ops context; these fields are readable for any socket.
+    let (family, port, ip4, ip6) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_port),
+            read_volatile(&(*ops).local_ip4),
+            [
+                read_volatile(&(*ops).local_ip6[0]),
+                read_volatile(&(*ops).local_ip6[1]),
+                read_volatile(&(*ops).local_ip6[2]),
+                read_volatile(&(*ops).local_ip6[3]),
+            ],
+        )
+    };
+    // local_port is in host byte order.
+    let port = port as u16;
+    let client = if family == AF_INET {
+        Addr::v4(ip4.to_ne_bytes(), port)
+    } else if family == AF_INET6 {
+        Addr::tuple_form(words_to_bytes(ip6), port)
+    } else {
+        return None;
     };
     // SAFETY: bpf_get_netns_cookie accepts a sock_ops context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    Some(TupleKey { client, netns_cookie })
+    Some(TupleKey {
+        client,
+        netns_cookie,
+    })
 }

@@ -5,9 +5,11 @@
 //! Every other call keeps the kernel's answer: the program returns 1 without touching `retval`,
 //! `optlen` or `optval`. Several agents may sit on one cgroup; each answers only for its own map.
 
-use core::ptr::{addr_of, addr_of_mut, read_volatile, write_unaligned, write_volatile};
+use core::ptr::{addr_of_mut, read_volatile, write_unaligned, write_volatile};
 
-use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_get_netns_cookie, programs::SockoptContext};
+use aya_ebpf::{
+    EbpfContext as _, helpers::generated::bpf_get_netns_cookie, programs::SockoptContext,
+};
 use snowtrail_common::{Addr, Counter, TupleKey};
 
 use crate::maps::{ST_BY_TUPLE, bump, words_to_bytes};
@@ -54,7 +56,10 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> i32 {
     };
     // SAFETY: bpf_get_netns_cookie accepts a sockopt context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let Some(origin) = ST_BY_TUPLE.get_ptr(TupleKey { client: peer, netns_cookie }) else {
+    let Some(origin) = ST_BY_TUPLE.get_ptr(TupleKey {
+        client: peer,
+        netns_cookie,
+    }) else {
         return DONE;
     };
     // SAFETY: a successful lookup points at a live map value; Addr is plain data.
@@ -116,30 +121,38 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> i32 {
 #[inline(always)]
 fn peer(ctx: &SockoptContext) -> Option<Addr> {
     // SAFETY: `sk` of a sockopt context is the socket being asked about (a full socket).
-    unsafe {
-        let sk = (*ctx.sockopt).__bindgen_anon_1.sk;
-        if sk.is_null() {
-            return None;
-        }
-        if read_volatile(addr_of!((*sk).protocol)) != IPPROTO_TCP {
-            return None;
-        }
-        let family = read_volatile(addr_of!((*sk).family));
-        // dst_port is in network byte order.
-        let port = u16::from_be(read_volatile(addr_of!((*sk).dst_port)));
-        if family == AF_INET {
-            Some(Addr::v4(read_volatile(addr_of!((*sk).dst_ip4)).to_ne_bytes(), port))
-        } else if family == AF_INET6 {
-            let ip6 = addr_of!((*sk).dst_ip6) as *const u32;
-            let words = [
-                read_volatile(ip6),
-                read_volatile(ip6.add(1)),
-                read_volatile(ip6.add(2)),
-                read_volatile(ip6.add(3)),
-            ];
-            Some(Addr::tuple_form(words_to_bytes(words), port))
-        } else {
-            None
-        }
+    let sk = unsafe { (*ctx.sockopt).__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // Every field is read up front with a volatile load at its own offset, before branching on the
+    // family. Verifier: "R2 pointer arithmetic on sock prohibited" when LLVM computed the address
+    // of dst_ip4 / dst_ip6 into a register (to share one load between the branches).
+    // SAFETY: these bpf_sock fields are readable for any full socket.
+    let (protocol, family, port_be, ip4, ip6) = unsafe {
+        (
+            read_volatile(&(*sk).protocol),
+            read_volatile(&(*sk).family),
+            read_volatile(&(*sk).dst_port),
+            read_volatile(&(*sk).dst_ip4),
+            [
+                read_volatile(&(*sk).dst_ip6[0]),
+                read_volatile(&(*sk).dst_ip6[1]),
+                read_volatile(&(*sk).dst_ip6[2]),
+                read_volatile(&(*sk).dst_ip6[3]),
+            ],
+        )
+    };
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    // dst_port is in network byte order.
+    let port = u16::from_be(port_be);
+    if family == AF_INET {
+        Some(Addr::v4(ip4.to_ne_bytes(), port))
+    } else if family == AF_INET6 {
+        Some(Addr::tuple_form(words_to_bytes(ip6), port))
+    } else {
+        None
     }
 }
