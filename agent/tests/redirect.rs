@@ -16,7 +16,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,18 @@ peer, local = s.getpeername(), s.getsockname()
 print(json.dumps({"peer": [peer[0], peer[1]], "local": [local[0], local[1]]}), flush=True)
 s.recv(1)
 s.close()
+"#;
+
+/// A client that connects to 127.77.0.3:443 over and over until killed.
+const LOOPING_CLIENT: &str = r#"
+import socket
+while True:
+    s = socket.socket()
+    try:
+        s.connect(("127.77.0.3", 443))
+    except OSError:
+        pass
+    s.close()
 "#;
 
 fn is_root() -> bool {
@@ -481,9 +494,14 @@ fn fails_closed_then_takes_over_then_fails_open() {
     drop(stream);
     outsider.finish();
 
-    // A new agent (another port) adopts the pinned links: no re-attach needed.
+    // A new agent adopts the pinned links: no re-attach needed. It listens on another port and has
+    // another map size, so it only works if the links now run its programs on its new maps.
     let second = Listeners::new();
-    let r = start(&pins, &second);
+    let cfg = RedirectConfig {
+        max_connections: 2048,
+        ..pins.config()
+    };
+    let r = Redirect::start(&cfg, second.port, &own_cgroup()).unwrap();
     assert_eq!(r.attached(), vec![cg.id()]);
     let client = Client::spawn(Some(&cg.dir), 4, "127.77.0.2", 443, false);
     check_redirected(&r, &second.v4, client, cg.id(), real_addr);
@@ -497,6 +515,83 @@ fn fails_closed_then_takes_over_then_fails_open() {
     assert_eq!(client.peer(), real_addr);
     drop(stream);
     client.finish();
+}
+
+#[test]
+fn takeover_leaves_no_gap() {
+    require_root!();
+    // Anything reaching this server escaped redirection.
+    let real = TcpListener::bind("127.77.0.3:443").expect("bind 127.77.0.3:443");
+    real.set_nonblocking(true).unwrap();
+    let cg = TestCgroup::new("nogap");
+    let pins = Pins::new("nogap");
+    let listeners = Listeners::new();
+    let mut r = start(&pins, &listeners);
+    r.attach(&cg.dir).unwrap();
+
+    // The agent's listener stays open across restarts; a thread accepts and closes.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let listener = listeners.v4.try_clone().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (accepted, stop) = (accepted.clone(), stop.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok(_) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        })
+    };
+    // An enrolled client connecting in a loop the whole time.
+    let looping = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && exec "$2" -c "$3""#)
+        .arg("sh")
+        .arg(&cg.dir)
+        .arg(PYTHON)
+        .arg(LOOPING_CLIENT)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let looping = Client {
+        child: looping,
+        line: mpsc::channel().1,
+    };
+
+    let before = accepted.load(Ordering::Relaxed);
+    for round in 0..6 {
+        // Alternate a crash (drop) and a fail-closed stop, then start again on the same pins.
+        if round % 2 == 0 {
+            drop(r);
+        } else {
+            r.shutdown(false).unwrap();
+        }
+        r = start(&pins, &listeners);
+    }
+    // Let the client be seen connecting after the last takeover too.
+    let deadline = Instant::now() + PATIENCE;
+    let after = accepted.load(Ordering::Relaxed);
+    while accepted.load(Ordering::Relaxed) <= after {
+        assert!(
+            Instant::now() < deadline,
+            "the looping client stopped getting through"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    drop(looping);
+    stop.store(true, Ordering::Relaxed);
+    acceptor.join().unwrap();
+    assert!(accepted.load(Ordering::Relaxed) > before);
+    match real.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("a connection escaped redirection during takeover: {other:?}"),
+    }
+    r.shutdown(true).unwrap();
 }
 
 #[test]
@@ -525,6 +620,17 @@ fn detach_and_detach_pinned() {
     assert!(r.attached().contains(&gone_id));
     r.detach_id(gone_id).unwrap();
     assert_eq!(r.attached(), vec![b.id()]);
+
+    // A pinned cgroup removed while the daemon is down is dropped by the next start.
+    let removed = TestCgroup::new("detach-removed");
+    r.attach(&removed.dir).unwrap();
+    let removed_id = removed.id();
+    drop(r);
+    drop(removed);
+    let mut r = start(&pins, &listeners);
+    assert_eq!(r.attached(), vec![b.id()]);
+    assert!(!pins.dir.join("links").join(removed_id.to_string()).exists());
+    r.attach(&b.dir).unwrap(); // adopted, so already attached
 
     // The daemon goes away without a clean stop: the pinned links keep redirecting...
     drop(r);
