@@ -53,12 +53,7 @@ pub fn try_connect4(ctx: &SockAddrContext) -> i32 {
     let Some((settings, port)) = intercepted(ty, protocol, port_be) else {
         return ALLOW;
     };
-    let octets = ip.to_ne_bytes();
-    if port == settings.listen_port && octets == LOOPBACK4 {
-        // Already aimed at the listener (e.g. rewritten by a program of a nested cgroup).
-        return ALLOW;
-    }
-    match record(ctx, settings, Addr::v4(octets, port)) {
+    match record(ctx, settings, Addr::v4(ip.to_ne_bytes(), port)) {
         Step::Pass => ALLOW,
         Step::Refuse => REFUSE,
         Step::Redirect => {
@@ -101,16 +96,14 @@ pub fn try_connect6(ctx: &SockAddrContext) -> i32 {
     } else {
         LOOPBACK6
     };
-    if port == settings.listen_port && ip == target {
-        return ALLOW;
-    }
     match record(ctx, settings, original) {
         Step::Pass => ALLOW,
         Step::Refuse => REFUSE,
         Step::Redirect => {
             let t = bytes_to_words(&target);
             // Verifier: "dereference of modified ctx ptr" when user_ip6 is written as an array
-            // (LLVM turns it into byte stores into the context). One volatile u32 store per word.
+            // (LLVM turns it into stores through a computed pointer). One volatile u32 store per
+            // word, each at its own constant offset.
             // SAFETY: connect6 may write user_ip6 and user_port (4-byte stores).
             unsafe {
                 write_volatile(&mut (*sa).user_ip6[0], t[0]);

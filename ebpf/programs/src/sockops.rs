@@ -55,15 +55,19 @@ fn established(ctx: &SockOpsContext) {
     if ST_BY_TUPLE.insert(key, origin, u64::from(BPF_ANY)).is_err() {
         bump(Counter::StoreFailed);
     }
-    // Programs attached while the connect was in flight missed TCP_CONNECT_CB.
-    want_state_changes(ctx);
 }
 
 fn closed(ctx: &SockOpsContext) {
+    let cookie = cookie(ctx);
+    // Only a redirected socket may remove a tuple entry: another socket can share the client's
+    // local address and port (SO_REUSEADDR) while connected elsewhere.
+    if ST_ORIGINS.get_ptr(cookie).is_none() {
+        return;
+    }
     if let Some(key) = tuple_key(ctx) {
         let _ = ST_BY_TUPLE.remove(key);
     }
-    let _ = ST_ORIGINS.remove(cookie(ctx));
+    let _ = ST_ORIGINS.remove(cookie);
 }
 
 #[inline(always)]

@@ -1,9 +1,10 @@
 //! `cgroup/getsockopt` on the agent's own cgroup: answers `SO_ORIGINAL_DST` (`SOL_IP`, 80) with a
-//! `sockaddr_in` and `IP6T_SO_ORIGINAL_DST` (`SOL_IPV6`, 80) with a `sockaddr_in6` for an accepted
-//! socket whose peer is a redirected client in `ST_BY_TUPLE`.
+//! `sockaddr_in` and `IP6T_SO_ORIGINAL_DST` (`SOL_IPV6`, 80) with a `sockaddr_in6` for a socket
+//! accepted on the agent's listener whose peer is a redirected client in `ST_BY_TUPLE`.
 //!
 //! Every other call keeps the kernel's answer: the program returns 1 without touching `retval`,
-//! `optlen` or `optval`. Several agents may sit on one cgroup; each answers only for its own map.
+//! `optlen` or `optval`. Several agents may sit on one cgroup; each answers only for sockets on its
+//! own listener port found in its own map.
 
 use core::ptr::{addr_of_mut, read_volatile, write_unaligned, write_volatile};
 
@@ -12,7 +13,7 @@ use aya_ebpf::{
 };
 use snowtrail_common::{Addr, Counter, TupleKey};
 
-use crate::maps::{ST_BY_TUPLE, bump, words_to_bytes};
+use crate::maps::{ST_BY_TUPLE, bump, settings, words_to_bytes};
 
 /// getsockopt programs return 1 to let the (possibly rewritten) answer through.
 const DONE: i32 = 1;
@@ -51,9 +52,14 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> i32 {
     if optname != ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
         return DONE;
     }
-    let Some(peer) = peer(ctx) else {
+    let Some((local_port, peer)) = accepted(ctx) else {
         return DONE;
     };
+    // Only sockets accepted on this agent's listener: another agent may sit on the same cgroup.
+    match settings() {
+        Some(s) if s.listen_port == local_port => {}
+        _ => return DONE,
+    }
     // SAFETY: bpf_get_netns_cookie accepts a sockopt context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let Some(origin) = ST_BY_TUPLE.get_ptr(TupleKey {
@@ -117,9 +123,10 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> i32 {
     DONE
 }
 
-/// The remote address of the socket asked about, in tuple form, when it is a TCP socket.
+/// The local port and the remote address (in tuple form) of the socket asked about, when it is a
+/// TCP socket.
 #[inline(always)]
-fn peer(ctx: &SockoptContext) -> Option<Addr> {
+fn accepted(ctx: &SockoptContext) -> Option<(u16, Addr)> {
     // SAFETY: `sk` of a sockopt context is the socket being asked about (a full socket).
     let sk = unsafe { (*ctx.sockopt).__bindgen_anon_1.sk };
     if sk.is_null() {
@@ -129,10 +136,11 @@ fn peer(ctx: &SockoptContext) -> Option<Addr> {
     // family. Verifier: "R2 pointer arithmetic on sock prohibited" when LLVM computed the address
     // of dst_ip4 / dst_ip6 into a register (to share one load between the branches).
     // SAFETY: these bpf_sock fields are readable for any full socket.
-    let (protocol, family, port_be, ip4, ip6) = unsafe {
+    let (protocol, family, src_port, port_be, ip4, ip6) = unsafe {
         (
             read_volatile(&(*sk).protocol),
             read_volatile(&(*sk).family),
+            read_volatile(&(*sk).src_port),
             read_volatile(&(*sk).dst_port),
             read_volatile(&(*sk).dst_ip4),
             [
@@ -146,12 +154,13 @@ fn peer(ctx: &SockoptContext) -> Option<Addr> {
     if protocol != IPPROTO_TCP {
         return None;
     }
-    // dst_port is in network byte order.
+    // src_port is in host byte order, dst_port in network byte order.
+    let local_port = src_port as u16;
     let port = u16::from_be(port_be);
     if family == AF_INET {
-        Some(Addr::v4(ip4.to_ne_bytes(), port))
+        Some((local_port, Addr::v4(ip4.to_ne_bytes(), port)))
     } else if family == AF_INET6 {
-        Some(Addr::tuple_form(words_to_bytes(ip6), port))
+        Some((local_port, Addr::tuple_form(words_to_bytes(ip6), port)))
     } else {
         None
     }
