@@ -631,6 +631,12 @@ mod tests {
     }
 
     #[test]
+    fn redirect_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Redirect>();
+    }
+
+    #[test]
     fn comm_stops_at_nul() {
         let mut origin = Origin {
             original_dst: Addr::default(),

@@ -32,12 +32,8 @@ pub fn try_sockops(ctx: &SockOpsContext) -> u32 {
             }
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx),
-        BPF_SOCK_OPS_STATE_CB => {
-            // args[0] is the old state, args[1] the new one.
-            if ctx.arg(1) == BPF_TCP_CLOSE {
-                closed(ctx);
-            }
-        }
+        // args[0] is the old state, args[1] the new one.
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => closed(ctx),
         _ => {}
     }
     1
