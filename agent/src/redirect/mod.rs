@@ -196,7 +196,7 @@ impl Redirect {
         }
         let progs = program_fds(&self.ebpf)?;
         let adopted = if self.layout.set_dir(id).exists() {
-            // Pinned by another handle on the same pin directory (e.g. after `detach_pinned` raced).
+            // Pinned but not held here: published by another agent on this pin directory.
             pins::adopt_set(&self.layout, id, &progs)?
         } else {
             None
@@ -243,7 +243,8 @@ impl Redirect {
     }
 
     /// Counters summed over CPUs, and the number of live entries in ST_ORIGINS and ST_BY_TUPLE (tests
-    /// check that finished connections leave nothing).
+    /// check that finished connections leave nothing). Walks both maps: for metric scrapes, not for
+    /// every connection.
     pub fn counters(&self) -> Result<Counters, Error> {
         let counters: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, MAP_COUNTERS)?;
         let sum = |c: Counter| -> Result<u64, Error> {
