@@ -1,75 +1,657 @@
-//! Kernel redirection (interface stand-in; the loader replaces this file).
-#![allow(missing_docs, unused_variables)]
+//! Kernel-side redirection: loads snowtrail's eBPF programs (built from `ebpf/programs` and embedded
+//! at build time), attaches them to enrolled cgroups, keeps maps and links pinned under `pin_dir`, and
+//! reads what the programs record. This is the only module of the agent with `unsafe` (in `sys`).
+//!
+//! It does not decide which cgroups are enrolled (`enroll`), accept connections (`proxy`), or check
+//! that an enrolled cgroup shares the agent's network namespace (the programs refuse such sockets).
+//!
+//! # Lifecycle
+//! - [`Redirect::start`] loads the programs, adopts the maps and links a previous run left pinned
+//!   (each link switches to the new program with one atomic `BPF_LINK_UPDATE`, so enrolled sockets
+//!   are redirected throughout), writes the settings, and attaches `getsockopt` to the agent's cgroup.
+//! - [`Redirect::attach`] / [`Redirect::detach`] manage enrolled cgroups; their links are pinned and
+//!   outlive the daemon.
+//! - [`Redirect::shutdown`]`(false)` (fail closed) leaves everything pinned: enrolled connects keep
+//!   going to the closed listener and are refused. `shutdown(true)` (fail open) removes everything.
+//!   A crash is the same as `shutdown(false)`. [`detach_pinned`] cleans up with the daemon down.
+//!
+//! # For the daemon
+//! The listener must be created by a process already in `agent_cgroup`: the getsockopt program is
+//! chosen by the cgroup a socket was created in, and an accepted socket inherits the listener's.
+//! The daemon must run in the initial pid namespace (its own connections are recognised by pid).
+
+mod error;
+mod pins;
+mod sys;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-pub use snowtrail_common::Origin;
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::Program;
+use aya::{Ebpf, EbpfLoader};
+use snowtrail_common::{
+    COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, MAP_BY_TUPLE, MAP_COUNTERS, MAP_ORIGINS,
+    MAP_PORTS, MAP_SETTINGS, MAX_PORTS, Settings, TupleKey,
+};
 
+pub use error::Error;
+pub use snowtrail_common::{Addr, Origin};
+
+use pins::{GETSOCKOPT, HOOKS, Layout, LinkSet, ProgramFds};
+
+/// The compiled eBPF object, embedded so the agent is one self-contained binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snowtrail"));
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("not implemented")]
-    Unimplemented,
-}
-#[derive(Debug, Clone)]
+/// Where links and maps are pinned unless configured otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/snowtrail";
+
+/// Where the bpf file system is mounted when it is not mounted yet.
+const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+
+/// Every map of the object; all are pinned.
+const MAPS: [&str; 5] = [
+    MAP_SETTINGS,
+    MAP_PORTS,
+    MAP_ORIGINS,
+    MAP_BY_TUPLE,
+    MAP_COUNTERS,
+];
+
+/// The `[redirect]` settings this module needs, so it can be configured without the whole config.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedirectConfig {
+    /// Destination ports whose TCP connects are redirected (`redirect.ports`, default 443).
     pub ports: Vec<u16>,
+    /// bpffs directory holding the pinned maps and links (default `/sys/fs/bpf/snowtrail`).
     pub pin_dir: PathBuf,
+    /// Capacity of each connection map (`redirect.max_connections`).
     pub max_connections: u32,
 }
-#[derive(Debug, Default, Clone)]
+
+impl Default for RedirectConfig {
+    fn default() -> Self {
+        RedirectConfig {
+            ports: vec![443],
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// What the programs counted and how many records are live, for metrics and for tests that check
+/// finished connections leave nothing behind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Connects to an intercepted port the programs saw.
     pub seen: u64,
+    /// Connects redirected to the listener.
     pub redirected: u64,
+    /// Connects refused because the socket was in another network namespace.
     pub refused_netns: u64,
+    /// Records that could not be stored (origins: connect refused; tuples: lookup will miss).
     pub store_failed: u64,
+    /// `SO_ORIGINAL_DST` questions the getsockopt program answered.
     pub original_dst_answered: u64,
+    /// Entries in `ST_ORIGINS` (redirected sockets not yet closed).
     pub live_origins: usize,
+    /// Entries in `ST_BY_TUPLE` (established redirected connections not yet closed).
     pub live_tuples: usize,
 }
-pub struct Redirect;
+
+/// The loaded programs and the cgroups they are attached to; one per running agent.
+pub struct Redirect {
+    ebpf: Ebpf,
+    layout: Layout,
+    netns_cookie: u64,
+    /// The getsockopt link on the agent's cgroup; never pinned, it goes with the agent.
+    agent_link: Option<OwnedFd>,
+    sets: BTreeMap<u64, LinkSet>,
+}
+
+impl fmt::Debug for Redirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redirect")
+            .field("pin_dir", &self.layout.root())
+            .field("netns_cookie", &self.netns_cookie)
+            .field("attached", &self.attached())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Redirect {
+    /// Loads the programs, adopts pinned maps/links left by a previous run (takeover without a gap),
+    /// writes Settings {listen_port, enabled: 1, agent_tgid: own pid, agent_netns_cookie: own netns
+    /// cookie} and ST_PORTS, and attaches getsockopt to `agent_cgroup` (the daemon's own cgroup
+    /// directory). Mounts bpffs at /sys/fs/bpf if it is not mounted.
     pub fn start(
         cfg: &RedirectConfig,
         listen_port: u16,
         agent_cgroup: &Path,
     ) -> Result<Redirect, Error> {
-        Err(Error::Unimplemented)
+        validate(cfg, listen_port)?;
+        ensure_bpffs(&cfg.pin_dir)?;
+        let layout = Layout::new(&cfg.pin_dir);
+        layout.create()?;
+        retire_incompatible_maps(&layout, cfg.max_connections)?;
+
+        let mut loader = EbpfLoader::new();
+        for name in MAPS {
+            loader.map_pin_path(name, layout.map(name));
+        }
+        loader
+            .map_max_entries(MAP_ORIGINS, cfg.max_connections)
+            .map_max_entries(MAP_BY_TUPLE, cfg.max_connections);
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        load_programs(&mut ebpf)?;
+
+        let netns_cookie = sys::own_netns_cookie().map_err(Error::NetnsCookie)?;
+        write_ports(&mut ebpf, &cfg.ports)?;
+        write_settings(
+            &mut ebpf,
+            Settings {
+                listen_port,
+                enabled: 1,
+                agent_tgid: std::process::id(),
+                agent_netns_cookie: netns_cookie,
+            },
+        )?;
+
+        let agent_link = attach_agent(&ebpf, agent_cgroup)?;
+
+        pins::discard_staging(&layout)?;
+        let (ids, _) = layout.scan()?;
+        let progs = program_fds(&ebpf)?;
+        let mut sets = BTreeMap::new();
+        for id in ids {
+            if let Some(set) = pins::adopt_set(&layout, id, &progs)? {
+                tracing::info!(cgroup_id = id, "adopted pinned cgroup links");
+                sets.insert(id, set);
+            }
+        }
+        Ok(Redirect {
+            ebpf,
+            layout,
+            netns_cookie,
+            agent_link: Some(agent_link),
+            sets,
+        })
     }
+
+    /// Attaches connect4/6, sockops, getpeername4/6 to the cgroup directory and pins the links under
+    /// pin_dir (so they outlive the daemon). Idempotent: attaching a cgroup already attached (e.g.
+    /// adopted at start) is Ok.
     pub fn attach(&mut self, cgroup_dir: &Path) -> Result<(), Error> {
-        Err(Error::Unimplemented)
+        let id = crate::cgroup::id_of(cgroup_dir)?;
+        if self.sets.contains_key(&id) {
+            return Ok(());
+        }
+        let progs = program_fds(&self.ebpf)?;
+        let adopted = if self.layout.set_dir(id).exists() {
+            // Pinned but not held here: published by another agent on this pin directory.
+            pins::adopt_set(&self.layout, id, &progs)?
+        } else {
+            None
+        };
+        let set = match adopted {
+            Some(set) => set,
+            None => pins::create_set(&self.layout, id, cgroup_dir, &progs)?,
+        };
+        self.sets.insert(id, set);
+        Ok(())
     }
+
+    /// Detaches and unpins the links of that cgroup; a cgroup that is not attached is Ok.
     pub fn detach(&mut self, cgroup_dir: &Path) -> Result<(), Error> {
-        Err(Error::Unimplemented)
+        let id = crate::cgroup::id_of(cgroup_dir)?;
+        self.detach_id(id)
     }
+
+    /// Cgroup ids currently attached (including adopted ones), so the daemon can reconcile with its
+    /// enrollments.
     pub fn attached(&self) -> Vec<u64> {
-        vec![]
+        self.sets.keys().copied().collect()
     }
+
+    /// Detaches by cgroup id (for a pinned cgroup whose directory is gone or no longer enrolled).
     pub fn detach_id(&mut self, cgroup_id: u64) -> Result<(), Error> {
-        Err(Error::Unimplemented)
+        let held = self.sets.remove(&cgroup_id);
+        pins::remove_set(&self.layout, cgroup_id, held).map(drop)
     }
+
+    /// The origin record of an accepted connection, by its peer address (the client's local address),
+    /// using the agent's netns cookie.
     pub fn lookup(&self, peer: SocketAddr) -> Result<Option<Origin>, Error> {
-        Err(Error::Unimplemented)
+        let map: HashMap<&MapData, TupleKey, Origin> = map_ref(&self.ebpf, MAP_BY_TUPLE)?;
+        let key = TupleKey {
+            client: tuple_addr(peer),
+            netns_cookie: self.netns_cookie,
+        };
+        match map.get(&key, 0) {
+            Ok(origin) => Ok(Some(origin)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(Error::map(MAP_BY_TUPLE, e)),
+        }
     }
+
+    /// Counters summed over CPUs, and the number of live entries in ST_ORIGINS and ST_BY_TUPLE (tests
+    /// check that finished connections leave nothing). Walks both maps: for metric scrapes, not for
+    /// every connection.
     pub fn counters(&self) -> Result<Counters, Error> {
-        Err(Error::Unimplemented)
+        let counters: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, MAP_COUNTERS)?;
+        let sum = |c: Counter| -> Result<u64, Error> {
+            let values = counters
+                .get(&(c as u32), 0)
+                .map_err(|e| Error::map(MAP_COUNTERS, e))?;
+            Ok(values.iter().sum())
+        };
+        let origins: HashMap<&MapData, u64, Origin> = map_ref(&self.ebpf, MAP_ORIGINS)?;
+        let tuples: HashMap<&MapData, TupleKey, Origin> = map_ref(&self.ebpf, MAP_BY_TUPLE)?;
+        Ok(Counters {
+            seen: sum(Counter::Seen)?,
+            redirected: sum(Counter::Redirected)?,
+            refused_netns: sum(Counter::RefusedNetns)?,
+            store_failed: sum(Counter::StoreFailed)?,
+            original_dst_answered: sum(Counter::OriginalDstAnswered)?,
+            live_origins: count_keys(origins.keys(), MAP_ORIGINS)?,
+            live_tuples: count_keys(tuples.keys(), MAP_BY_TUPLE)?,
+        })
     }
-    pub fn shutdown(self, detach: bool) -> Result<(), Error> {
-        Err(Error::Unimplemented)
+
+    /// Clean stop. detach=false (fail closed, the default): keep links and maps pinned so enrolled
+    /// traffic keeps being redirected to the (now closed) listener and gets refused. detach=true
+    /// (fail_open): detach everything and remove the pins.
+    pub fn shutdown(mut self, detach: bool) -> Result<(), Error> {
+        if let Some(link) = self.agent_link.take() {
+            let _ = sys::link_detach(link.as_fd());
+        }
+        if !detach {
+            // The pid may be reused by an enrolled process once the agent is gone: exempt nobody.
+            return update_settings(&mut self.ebpf, |s| s.agent_tgid = 0);
+        }
+        // Stop redirecting at once, even if some link below cannot be removed.
+        update_settings(&mut self.ebpf, |s| s.enabled = 0)?;
+        for id in self.attached() {
+            self.detach_id(id)?;
+        }
+        pins::remove_all_sets(&self.layout)?;
+        remove_map_pins(&self.layout)
     }
 }
+
+/// SO_ORIGINAL_DST (or IP6T_SO_ORIGINAL_DST for v6 sockets) of an accepted socket, answered by the
+/// getsockopt program.
 pub fn original_dst(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    Err(io::Error::other("unimplemented"))
+    sys::original_dst(fd)
 }
+
+/// Detaches and removes everything pinned under pin_dir; works with the daemon down (`snowtrail
+/// detach`). Returns how many links were removed.
 pub fn detach_pinned(pin_dir: &Path) -> Result<usize, Error> {
-    Err(Error::Unimplemented)
+    if !pin_dir.exists() {
+        return Ok(0);
+    }
+    let layout = Layout::new(pin_dir);
+    // Stop redirecting first, even if a link cannot be removed below.
+    disable_pinned(&layout);
+    let removed = pins::remove_all_sets(&layout)?;
+    remove_map_pins(&layout)?;
+    Ok(removed)
 }
-pub fn addr_to_socket(a: &snowtrail_common::Addr) -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], a.port))
+
+/// Converts a recorded address to a socket address (v4-mapped → V4), e.g. to connect upstream.
+pub fn socket_addr(addr: &Addr) -> SocketAddr {
+    let v6 = Ipv6Addr::from(addr.ip);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, addr.port)),
+        None => SocketAddr::V6(SocketAddrV6::new(v6, addr.port, 0, 0)),
+    }
 }
-pub fn comm_to_string(c: &[u8; 16]) -> String {
-    String::new()
+
+/// The caller's command name of an origin as text, for logs and the audit.
+pub fn comm(origin: &Origin) -> String {
+    let end = origin
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(origin.comm.len());
+    String::from_utf8_lossy(&origin.comm[..end]).into_owned()
+}
+
+/// The key form of a peer address: v4 and v4-mapped alike as v4-mapped `FAMILY_INET`.
+fn tuple_addr(peer: SocketAddr) -> Addr {
+    let ip = match peer.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    Addr::tuple_form(ip.octets(), peer.port())
+}
+
+fn validate(cfg: &RedirectConfig, listen_port: u16) -> Result<(), Error> {
+    let bad = |m: String| Err(Error::Config(m));
+    if cfg.ports.is_empty() {
+        return bad("redirect.ports is empty".into());
+    }
+    if cfg.ports.len() > MAX_PORTS as usize {
+        return bad(format!(
+            "redirect.ports lists {} ports; at most {MAX_PORTS}",
+            cfg.ports.len()
+        ));
+    }
+    if cfg.ports.contains(&0) || listen_port == 0 {
+        return bad("port 0 cannot be intercepted or listened on".into());
+    }
+    if cfg.ports.contains(&listen_port) {
+        return bad(format!(
+            "the listen port {listen_port} is also an intercepted port"
+        ));
+    }
+    if cfg.max_connections == 0 {
+        return bad("redirect.max_connections is 0".into());
+    }
+    if !cfg.pin_dir.is_absolute() {
+        return bad(format!("pin_dir {} is not absolute", cfg.pin_dir.display()));
+    }
+    Ok(())
+}
+
+/// Mounts bpffs at /sys/fs/bpf when the pin directory is below it and it is not mounted, then checks
+/// that the pin directory is on a bpf file system.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
+    // Two starts in one process must not both mount (the second mount would hide the first).
+    static MOUNTING: Mutex<()> = Mutex::new(());
+    let _guard = MOUNTING.lock().unwrap_or_else(|p| p.into_inner());
+    let mount = Path::new(BPFFS_MOUNT);
+    if pin_dir.starts_with(mount) && !is_bpffs(mount) {
+        fs::create_dir_all(mount).map_err(|e| Error::MountBpffs(mount.to_owned(), e))?;
+        nix::mount::mount(
+            Some("bpf"),
+            mount,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| Error::MountBpffs(mount.to_owned(), e.into()))?;
+        tracing::info!(path = %mount.display(), "mounted bpffs");
+    }
+    fs::create_dir_all(pin_dir).map_err(|e| Error::PinDir(pin_dir.to_owned(), e))?;
+    if !is_bpffs(pin_dir) {
+        return Err(Error::PinDir(
+            pin_dir.to_owned(),
+            io::Error::other("not on a bpf file system (bpffs)"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// Unpins maps whose shape no longer matches (another version, or a changed `max_connections`).
+/// Links still pointing at old programs keep the old maps alive until they are updated.
+fn retire_incompatible_maps(layout: &Layout, max_connections: u32) -> Result<(), Error> {
+    use std::mem::size_of;
+    let expected = [
+        (MAP_SETTINGS, 4, size_of::<Settings>(), 1),
+        (MAP_PORTS, 2, 1, MAX_PORTS),
+        (MAP_ORIGINS, 8, size_of::<Origin>(), max_connections),
+        (
+            MAP_BY_TUPLE,
+            size_of::<TupleKey>(),
+            size_of::<Origin>(),
+            max_connections,
+        ),
+        (MAP_COUNTERS, 4, 8, COUNTER_SLOTS),
+    ];
+    for (name, key_size, value_size, max_entries) in expected {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let fits = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .is_ok_and(|info| {
+                info.key_size() as usize == key_size
+                    && info.value_size() as usize == value_size
+                    && info.max_entries() == max_entries
+            });
+        if !fits {
+            tracing::info!(map = name, "pinned map has another shape; replacing it");
+            fs::remove_file(&path).map_err(|e| Error::PinnedMap(path.clone(), e))?;
+        }
+    }
+    Ok(())
+}
+
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
+    for hook in HOOKS.iter().chain([&GETSOCKOPT]) {
+        let name = hook.program;
+        let loaded = match ebpf.program_mut(name) {
+            Some(Program::CgroupSockAddr(p)) => p.load(),
+            Some(Program::SockOps(p)) => p.load(),
+            Some(Program::CgroupSockopt(p)) => p.load(),
+            _ => return Err(Error::MissingProgram(name)),
+        };
+        loaded.map_err(|e| Error::ProgramLoad {
+            program: name,
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
+}
+
+fn program_fd<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<BorrowedFd<'a>, Error> {
+    let program = ebpf.program(name).ok_or(Error::MissingProgram(name))?;
+    let fd = program.fd().map_err(|e| Error::ProgramLoad {
+        program: name,
+        source: Box::new(e),
+    })?;
+    Ok(fd.as_fd())
+}
+
+fn program_fds(ebpf: &Ebpf) -> Result<ProgramFds<'_>, Error> {
+    let fds = HOOKS
+        .iter()
+        .map(|h| program_fd(ebpf, h.program))
+        .collect::<Result<Vec<_>, _>>()?;
+    fds.try_into()
+        .map_err(|_| Error::MissingProgram("cgroup hooks"))
+}
+
+fn attach_agent(ebpf: &Ebpf, agent_cgroup: &Path) -> Result<OwnedFd, Error> {
+    let prog = program_fd(ebpf, GETSOCKOPT.program)?;
+    let cgroup =
+        fs::File::open(agent_cgroup).map_err(|e| Error::OpenCgroup(agent_cgroup.to_owned(), e))?;
+    sys::link_create(prog, cgroup.as_fd(), GETSOCKOPT.attach_type).map_err(|source| Error::Attach {
+        program: GETSOCKOPT.program,
+        cgroup: agent_cgroup.to_owned(),
+        source,
+    })
+}
+
+fn map_ref<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, Error>
+where
+    M: TryFrom<&'a aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.map(name).ok_or(Error::MissingMap(name))?;
+    M::try_from(map).map_err(|e| Error::map(name, e))
+}
+
+fn count_keys<K>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    name: &'static str,
+) -> Result<usize, Error> {
+    let mut n = 0;
+    for key in keys {
+        key.map_err(|e| Error::map(name, e))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn write_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), Error> {
+    let map = ebpf
+        .map_mut(MAP_PORTS)
+        .ok_or(Error::MissingMap(MAP_PORTS))?;
+    let mut map: HashMap<&mut MapData, u16, u8> =
+        HashMap::try_from(map).map_err(|e| Error::map(MAP_PORTS, e))?;
+    let stale: Vec<u16> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|p| !ports.contains(p))
+        .collect();
+    for &port in ports {
+        map.insert(port, 1, 0)
+            .map_err(|e| Error::map(MAP_PORTS, e))?;
+    }
+    for port in stale {
+        map.remove(&port).map_err(|e| Error::map(MAP_PORTS, e))?;
+    }
+    Ok(())
+}
+
+fn settings_array(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Settings>, Error> {
+    let map = ebpf
+        .map_mut(MAP_SETTINGS)
+        .ok_or(Error::MissingMap(MAP_SETTINGS))?;
+    Array::try_from(map).map_err(|e| Error::map(MAP_SETTINGS, e))
+}
+
+fn write_settings(ebpf: &mut Ebpf, settings: Settings) -> Result<(), Error> {
+    settings_array(ebpf)?
+        .set(0, settings, 0)
+        .map_err(|e| Error::map(MAP_SETTINGS, e))
+}
+
+fn update_settings(ebpf: &mut Ebpf, change: impl FnOnce(&mut Settings)) -> Result<(), Error> {
+    let mut array = settings_array(ebpf)?;
+    let mut settings = array.get(&0, 0).map_err(|e| Error::map(MAP_SETTINGS, e))?;
+    change(&mut settings);
+    array
+        .set(0, settings, 0)
+        .map_err(|e| Error::map(MAP_SETTINGS, e))
+}
+
+/// Best effort: turns the pinned programs into pass-through before their links are removed.
+fn disable_pinned(layout: &Layout) {
+    let Ok(map) = MapData::from_pin(layout.map(MAP_SETTINGS)) else {
+        return;
+    };
+    let Ok(mut array) = Array::<MapData, Settings>::try_from(aya::maps::Map::Array(map)) else {
+        return;
+    };
+    if let Ok(mut settings) = array.get(&0, 0) {
+        settings.enabled = 0;
+        let _ = array.set(0, settings, 0);
+    }
+}
+
+fn remove_map_pins(layout: &Layout) -> Result<(), Error> {
+    for name in MAPS {
+        let path = layout.map(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::PinnedMap(path, e)),
+        }
+    }
+    for dir in [layout.maps_dir(), layout.root().to_owned()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::PinDir(dir, e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_form_of_peers() {
+        let v4: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        assert_eq!(tuple_addr(v4), tuple_addr(mapped));
+        assert_eq!(tuple_addr(v4).family, snowtrail_common::FAMILY_INET);
+        let v6: SocketAddr = "[::1]:40000".parse().unwrap();
+        assert_eq!(tuple_addr(v6).family, snowtrail_common::FAMILY_INET6);
+    }
+
+    #[test]
+    fn addr_round_trip() {
+        assert_eq!(
+            socket_addr(&Addr::v4([127, 77, 0, 1], 443)),
+            "127.77.0.1:443".parse().unwrap()
+        );
+        let mut loopback = [0u8; 16];
+        loopback[15] = 1;
+        assert_eq!(
+            socket_addr(&Addr::v6(loopback, 443)),
+            "[::1]:443".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn config_checks() {
+        let cfg = RedirectConfig::default();
+        assert!(validate(&cfg, 943).is_ok());
+        assert!(matches!(validate(&cfg, 443), Err(Error::Config(_))));
+        assert!(matches!(
+            validate(
+                &RedirectConfig {
+                    ports: vec![],
+                    ..cfg.clone()
+                },
+                943
+            ),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            validate(
+                &RedirectConfig {
+                    pin_dir: "rel".into(),
+                    ..cfg
+                },
+                943
+            ),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn redirect_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Redirect>();
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut origin = Origin {
+            original_dst: Addr::default(),
+            timestamp_ns: 0,
+            cgroup_id: 0,
+            netns_cookie: 0,
+            socket_cookie: 0,
+            pid: 0,
+            tgid: 0,
+            uid: 0,
+            gid: 0,
+            comm: [0; 16],
+        };
+        origin.comm[..7].copy_from_slice(b"python3");
+        assert_eq!(comm(&origin), "python3");
+    }
 }

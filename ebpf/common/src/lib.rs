@@ -7,8 +7,10 @@
 #![no_std]
 #![warn(missing_docs)]
 
-/// Name of the map of intercepted destination ports (`HashMap<u16, u8>`).
+/// Name of the map of intercepted destination ports (`HashMap<u16, u8>`, port in host byte order).
 pub const MAP_PORTS: &str = "ST_PORTS";
+/// Capacity of [`MAP_PORTS`]: how many distinct ports `redirect.ports` may list.
+pub const MAX_PORTS: u32 = 64;
 /// Name of the single-entry array holding [`Settings`].
 pub const MAP_SETTINGS: &str = "ST_SETTINGS";
 /// Name of the LRU map from a client socket's cookie to its [`Origin`].
@@ -84,6 +86,10 @@ pub struct Origin {
 }
 
 /// Key of [`MAP_BY_TUPLE`]: the client's side of the redirected connection, as the proxy sees its peer.
+///
+/// `client` is always in [`Addr::tuple_form`] (IPv4 and v4-mapped IPv6 both as v4-mapped bytes with
+/// `FAMILY_INET`), because a client's dual-stack socket and the proxy's IPv4 socket name the same
+/// endpoint in different families.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TupleKey {
@@ -103,7 +109,7 @@ pub enum Counter {
     Redirected = 1,
     /// connect() calls refused because the socket lived in another network namespace.
     RefusedNetns = 2,
-    /// Origin records that could not be stored (map full).
+    /// Records that could not be stored: an origin (its connect() is refused) or a tuple (sockops).
     StoreFailed = 3,
     /// SO_ORIGINAL_DST questions answered.
     OriginalDstAnswered = 4,
@@ -125,6 +131,53 @@ impl Addr {
             _pad: 0,
         }
     }
+
+    /// Builds an address from 16 IPv6 bytes as the client's socket named it.
+    pub const fn v6(ip: [u8; 16], port: u16) -> Self {
+        Addr {
+            ip,
+            port,
+            family: FAMILY_INET6,
+            _pad: 0,
+        }
+    }
+
+    /// Whether `ip` holds an IPv4 address (`::ffff:a.b.c.d`).
+    pub const fn is_v4_mapped(&self) -> bool {
+        is_v4_mapped(&self.ip)
+    }
+
+    /// The form [`TupleKey::client`] uses: the family is `FAMILY_INET` for v4-mapped bytes, else
+    /// `FAMILY_INET6`, whatever family the socket that saw the address had.
+    pub const fn tuple_form(ip: [u8; 16], port: u16) -> Self {
+        let family = if is_v4_mapped(&ip) {
+            FAMILY_INET
+        } else {
+            FAMILY_INET6
+        };
+        Addr {
+            ip,
+            port,
+            family,
+            _pad: 0,
+        }
+    }
+}
+
+/// Whether 16 IPv6 bytes are an IPv4-mapped address (`::ffff:a.b.c.d`).
+pub const fn is_v4_mapped(ip: &[u8; 16]) -> bool {
+    ip[0] == 0
+        && ip[1] == 0
+        && ip[2] == 0
+        && ip[3] == 0
+        && ip[4] == 0
+        && ip[5] == 0
+        && ip[6] == 0
+        && ip[7] == 0
+        && ip[8] == 0
+        && ip[9] == 0
+        && ip[10] == 0xff
+        && ip[11] == 0xff
 }
 
 #[cfg(feature = "user")]
@@ -154,5 +207,16 @@ mod tests {
         let a = Addr::v4([127, 77, 0, 1], 443);
         assert_eq!(&a.ip[10..], &[0xff, 0xff, 127, 77, 0, 1]);
         assert_eq!(a.family, FAMILY_INET);
+        assert!(a.is_v4_mapped());
+    }
+
+    #[test]
+    fn tuple_form_unifies_families() {
+        let v4 = Addr::v4([127, 0, 0, 1], 5000);
+        assert_eq!(Addr::tuple_form(v4.ip, 5000), v4);
+        let mut loopback6 = [0u8; 16];
+        loopback6[15] = 1;
+        assert_eq!(Addr::tuple_form(loopback6, 5000).family, FAMILY_INET6);
+        assert!(!Addr::v6(loopback6, 1).is_v4_mapped());
     }
 }

@@ -1,11 +1,63 @@
+//! snowtrail's kernel half: the cgroup programs that redirect enrolled TCP connections to the agent's
+//! listener and let the agent learn where each connection was going.
+//!
+//! | program | attached to | job |
+//! |---|---|---|
+//! | `st_connect4`, `st_connect6` | enrolled cgroups | rewrite intercepted connects to the listener, record the origin |
+//! | `st_sockops` | enrolled cgroups | key the origin by the client's address once established; forget it on close |
+//! | `st_peername4`, `st_peername6` | enrolled cgroups | `getpeername()` shows the original destination |
+//! | `st_getsockopt` | the agent's own cgroup | answer `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` |
+//!
+//! Each entry point is a thin wrapper around `try_<name>` in its module. The programs keep no state of
+//! their own beyond the maps in [`maps`]; the agent fills `ST_SETTINGS` and `ST_PORTS` before attaching.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+mod connect;
+mod maps;
+mod peername;
+mod sockops;
+mod sockopt;
 
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, cgroup_sockopt, sock_ops},
+    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+};
+
+/// `cgroup/connect4`: redirects intercepted IPv4 TCP connects.
 #[cgroup_sock_addr(connect4)]
-pub fn snowtrail_connect4(_ctx: SockAddrContext) -> i32 {
-    1
+pub fn st_connect4(ctx: SockAddrContext) -> i32 {
+    connect::try_connect4(&ctx)
+}
+
+/// `cgroup/connect6`: redirects intercepted IPv6 (and v4-mapped) TCP connects.
+#[cgroup_sock_addr(connect6)]
+pub fn st_connect6(ctx: SockAddrContext) -> i32 {
+    connect::try_connect6(&ctx)
+}
+
+/// `sockops`: publishes origins by tuple when established and removes them when closed.
+#[sock_ops]
+pub fn st_sockops(ctx: SockOpsContext) -> u32 {
+    sockops::try_sockops(&ctx)
+}
+
+/// `cgroup/getpeername4`: reports the original IPv4 destination.
+#[cgroup_sock_addr(getpeername4)]
+pub fn st_peername4(ctx: SockAddrContext) -> i32 {
+    peername::try_peername4(&ctx)
+}
+
+/// `cgroup/getpeername6`: reports the original IPv6 (or v4-mapped) destination.
+#[cgroup_sock_addr(getpeername6)]
+pub fn st_peername6(ctx: SockAddrContext) -> i32 {
+    peername::try_peername6(&ctx)
+}
+
+/// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` for connections the agent accepted.
+#[cgroup_sockopt(getsockopt)]
+pub fn st_getsockopt(ctx: SockoptContext) -> i32 {
+    sockopt::try_getsockopt(&ctx)
 }
 
 #[cfg(not(test))]

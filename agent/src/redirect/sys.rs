@@ -1,0 +1,230 @@
+//! The few system calls the loader makes itself, because aya 0.14 offers no file descriptor of a
+//! cgroup link, no `BPF_LINK_UPDATE` or `BPF_LINK_DETACH` for one, and no `SO_ORIGINAL_DST` or
+//! `SO_NETNS_COOKIE` reading. Every `unsafe` block of the agent that talks to the kernel is here.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+
+use libc::{c_int, c_long, c_void, socklen_t};
+
+const BPF_OBJ_PIN: c_int = 6;
+const BPF_OBJ_GET: c_int = 7;
+const BPF_LINK_CREATE: c_int = 28;
+const BPF_LINK_UPDATE: c_int = 29;
+const BPF_LINK_DETACH: c_int = 34;
+
+/// `SO_NETNS_COOKIE` (asm-generic value; libc does not export it for every target).
+const SO_NETNS_COOKIE: c_int = 71;
+/// `SO_ORIGINAL_DST` at `SOL_IP` and `IP6T_SO_ORIGINAL_DST` at `SOL_IPV6`.
+const SO_ORIGINAL_DST: c_int = 80;
+
+/// `bpf_attr` for `BPF_OBJ_PIN` / `BPF_OBJ_GET`. The kernel zero-fills the union past what is passed.
+#[repr(C)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `bpf_attr` for `BPF_LINK_CREATE` on a cgroup.
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// `bpf_attr` for `BPF_LINK_UPDATE`.
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// `bpf_attr` for `BPF_LINK_DETACH`.
+#[repr(C)]
+struct LinkDetachAttr {
+    link_fd: u32,
+}
+
+fn bpf<T>(cmd: c_int, attr: &mut T) -> io::Result<c_long> {
+    // SAFETY: `attr` points to a live, fully initialised prefix of `union bpf_attr` for `cmd`, and
+    // the size passed is exactly its size; the kernel reads (and for some commands writes) only that.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut c_void,
+            size_of::<T>() as u32,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn owned_fd(ret: c_long) -> io::Result<OwnedFd> {
+    let fd = RawFd::try_from(ret).map_err(|_| io::Error::other("bpf() returned an invalid fd"))?;
+    // SAFETY: the kernel just returned this descriptor (close-on-exec) and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Attaches a loaded program to a cgroup as a new bpf_link (always multi-attach for cgroup links).
+pub(super) fn link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+    };
+    bpf(BPF_LINK_CREATE, &mut attr).and_then(owned_fd)
+}
+
+/// Pins a bpf object (here: a link) at `path` on a bpf file system.
+pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Opens a pinned bpf object.
+pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    bpf(BPF_OBJ_GET, &mut attr).and_then(owned_fd)
+}
+
+/// Swaps the program of a link atomically: the cgroup is never without a program.
+/// Fails with `ENOLINK` when the link's cgroup is gone.
+pub(super) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Detaches a link now, whoever else still holds it or pins it.
+pub(super) fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// Reads a fixed-size socket option into `value`; returns the length the kernel wrote.
+fn getsockopt_into<T>(
+    fd: BorrowedFd<'_>,
+    level: c_int,
+    name: c_int,
+    value: &mut T,
+) -> io::Result<usize> {
+    let mut len = size_of::<T>() as socklen_t;
+    // SAFETY: `value` is valid for writes of `len` bytes and `len` is a live socklen_t.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value as *mut T as *mut c_void,
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(len as usize)
+    }
+}
+
+/// The network namespace cookie of the namespace a fresh socket of this process lives in.
+pub(super) fn own_netns_cookie() -> io::Result<u64> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    getsockopt_into(sock.as_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut cookie)?;
+    Ok(cookie)
+}
+
+/// `SO_ORIGINAL_DST` for an IPv4 socket, `IP6T_SO_ORIGINAL_DST` for an IPv6 one (v4-mapped → V4).
+pub(super) fn original_dst(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    let mut domain: c_int = 0;
+    getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, &mut domain)?;
+    match domain {
+        libc::AF_INET => {
+            // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
+            let mut sin: libc::sockaddr_in = unsafe { zeroed() };
+            let len = getsockopt_into(fd, libc::SOL_IP, SO_ORIGINAL_DST, &mut sin)?;
+            if len < size_of::<libc::sockaddr_in>()
+                || sin.sin_family != libc::AF_INET as libc::sa_family_t
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "SO_ORIGINAL_DST gave no sockaddr_in",
+                ));
+            }
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: sockaddr_in6 is plain data; all zeroes is a valid value.
+            let mut sin6: libc::sockaddr_in6 = unsafe { zeroed() };
+            let len = getsockopt_into(fd, libc::SOL_IPV6, SO_ORIGINAL_DST, &mut sin6)?;
+            if len < size_of::<libc::sockaddr_in6>()
+                || sin6.sin6_family != libc::AF_INET6 as libc::sa_family_t
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "IP6T_SO_ORIGINAL_DST gave no sockaddr_in6",
+                ));
+            }
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            Ok(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
+            })
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not an IPv4 or IPv6 socket",
+        )),
+    }
+}
