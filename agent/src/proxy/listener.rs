@@ -192,7 +192,7 @@ async fn serve(
     stats.open.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let event_time = SystemTime::now();
-    let dst = crate::redirect::addr_to_socket(&origin.original_dst);
+    let dst = crate::redirect::socket_addr(&origin.original_dst);
     let mut event = connection_event(&inputs, id, peer, dst, &origin, event_time);
     debug!(dst = %dst, pid = origin.tgid, identity = ?event.workload_identity, "accepted");
 
@@ -359,7 +359,7 @@ fn connection_event(
     e.tgid = Some(origin.tgid);
     e.uid = Some(origin.uid);
     e.gid = Some(origin.gid);
-    e.comm = Some(crate::redirect::comm_to_string(&origin.comm));
+    e.comm = Some(crate::redirect::comm(origin));
     e.cgroup_id = Some(origin.cgroup_id);
     e.src_ip = Some(peer.ip());
     e.src_port = Some(peer.port());
