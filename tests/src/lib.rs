@@ -178,10 +178,10 @@ impl Daemon {
             .context("cannot start snowtrail run")?;
         self.child = Some(child);
         let ready = wait_for(Duration::from_secs(60), || {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Some(Err(status));
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                return Some(Err(status));
             }
             let out = self.cli(&["status"]).ok()?;
             out.status.success().then_some(Ok(()))
@@ -287,17 +287,17 @@ impl Drop for Daemon {
             .output();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         // Exec cgroups this daemon made.
-        if let Ok(text) = std::fs::read_to_string(self.state_dir.join("enrollments.json")) {
-            if let (Ok(v), Ok(mount)) = (
+        if let Ok(text) = std::fs::read_to_string(self.state_dir.join("enrollments.json"))
+            && let (Ok(v), Ok(mount)) = (
                 serde_json::from_str::<serde_json::Value>(&text),
                 snowtrail::cgroup::mount_point(),
-            ) {
-                for e in v["enrollments"].as_array().into_iter().flatten() {
-                    if e["kind"] == "exec" {
-                        if let Some(c) = e["cgroup"].as_str() {
-                            remove_cgroup(&mount.join(c.trim_start_matches('/')));
-                        }
-                    }
+            )
+        {
+            for e in v["enrollments"].as_array().into_iter().flatten() {
+                if e["kind"] == "exec"
+                    && let Some(c) = e["cgroup"].as_str()
+                {
+                    remove_cgroup(&mount.join(c.trim_start_matches('/')));
                 }
             }
         }

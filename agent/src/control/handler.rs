@@ -241,10 +241,10 @@ impl DaemonHandler {
     }
 
     fn exec_end(&self, cgroup: &str) {
-        if let Ok(mut r) = self.registry.write() {
-            if let Err(e) = r.mark_ended(cgroup) {
-                warn!(%cgroup, error = %e, "could not record the end of an exec");
-            }
+        if let Ok(mut r) = self.registry.write()
+            && let Err(e) = r.mark_ended(cgroup)
+        {
+            warn!(%cgroup, error = %e, "could not record the end of an exec");
         }
         self.reap(cgroup);
     }
@@ -287,20 +287,20 @@ impl DaemonHandler {
                 Ok(r) => r.dir_of(&e.cgroup),
                 Err(_) => return,
             };
-            if let Ok(id) = crate::cgroup::id_of(&dir) {
-                if id != e.cgroup_id {
-                    if let Ok(mut r) = self.redirect.write() {
-                        let _ = r.detach_id(e.cgroup_id);
-                        match r.attach(&dir) {
-                            Ok(()) => {
-                                info!(cgroup = %e.cgroup, "cgroup was recreated; attached again")
-                            }
-                            Err(err) => warn!(cgroup = %e.cgroup, error = %err, "re-attach failed"),
+            if let Ok(id) = crate::cgroup::id_of(&dir)
+                && id != e.cgroup_id
+            {
+                if let Ok(mut r) = self.redirect.write() {
+                    let _ = r.detach_id(e.cgroup_id);
+                    match r.attach(&dir) {
+                        Ok(()) => {
+                            info!(cgroup = %e.cgroup, "cgroup was recreated; attached again")
                         }
+                        Err(err) => warn!(cgroup = %e.cgroup, error = %err, "re-attach failed"),
                     }
-                    if let Ok(mut reg) = self.registry.write() {
-                        reg.set_cgroup_id(&e.cgroup, id);
-                    }
+                }
+                if let Ok(mut reg) = self.registry.write() {
+                    reg.set_cgroup_id(&e.cgroup, id);
                 }
             }
         }
@@ -321,15 +321,15 @@ impl DaemonHandler {
             };
             match crate::cgroup::id_of(&dir) {
                 Ok(id) => {
-                    if let Ok(mut r) = self.redirect.write() {
-                        if let Err(err) = r.attach(&dir) {
-                            warn!(cgroup = %e.cgroup, error = %err, "could not attach a saved enrollment");
-                        }
+                    if let Ok(mut r) = self.redirect.write()
+                        && let Err(err) = r.attach(&dir)
+                    {
+                        warn!(cgroup = %e.cgroup, error = %err, "could not attach a saved enrollment");
                     }
-                    if id != e.cgroup_id {
-                        if let Ok(mut reg) = self.registry.write() {
-                            reg.set_cgroup_id(&e.cgroup, id);
-                        }
+                    if id != e.cgroup_id
+                        && let Ok(mut reg) = self.registry.write()
+                    {
+                        reg.set_cgroup_id(&e.cgroup, id);
                     }
                     live_ids.push(id);
                     info!(cgroup = %e.cgroup, identity = %e.identity, "enrollment restored");
@@ -399,13 +399,13 @@ fn check_same_netns(dir: &Path) -> Result<(), String> {
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         for pid in crate::cgroup::procs(&d).unwrap_or_default() {
-            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
-                if m.ino() != own {
-                    return Err(format!(
-                        "cgroup {} holds process {pid} in another network namespace; containers with their own network namespace are not supported yet",
-                        dir.display()
-                    ));
-                }
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                && m.ino() != own
+            {
+                return Err(format!(
+                    "cgroup {} holds process {pid} in another network namespace; containers with their own network namespace are not supported yet",
+                    dir.display()
+                ));
             }
         }
         if let Ok(rd) = std::fs::read_dir(&d) {

@@ -336,10 +336,10 @@ async fn forward(
                 Ok(u) => u,
                 Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("{e}")),
             };
-            if !parts.headers.contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(authority) {
-                    parts.headers.insert(header::HOST, v);
-                }
+            if !parts.headers.contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(authority)
+            {
+                parts.headers.insert(header::HOST, v);
             }
             let mut send = send.lock().await;
             match send.ready().await {

@@ -368,13 +368,13 @@ fn connection_event(
     let process_cgroup = crate::cgroup::cgroup_of(Some(origin.tgid))
         .ok()
         .map(|p| p.to_string_lossy().into_owned());
-    if let Ok(reg) = inputs.registry.read() {
-        if let Some(a) = reg.attribute(process_cgroup.as_deref(), origin.cgroup_id) {
-            a.connections.fetch_add(1, Ordering::Relaxed);
-            e.workload_identity = Some(a.identity);
-            e.labels = a.labels;
-            e.cgroup_path = a.cgroup_path.or(Some(a.enrolled_cgroup));
-        }
+    if let Ok(reg) = inputs.registry.read()
+        && let Some(a) = reg.attribute(process_cgroup.as_deref(), origin.cgroup_id)
+    {
+        a.connections.fetch_add(1, Ordering::Relaxed);
+        e.workload_identity = Some(a.identity);
+        e.labels = a.labels;
+        e.cgroup_path = a.cgroup_path.or(Some(a.enrolled_cgroup));
     }
     if e.cgroup_path.is_none() {
         e.cgroup_path = process_cgroup;

@@ -34,7 +34,7 @@ impl HostMatcher {
     /// Whether `name` (an SNI, any case) is to be intercepted.
     pub fn matches(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        self.exact.iter().any(|e| *e == name)
+        self.exact.contains(&name)
             || self
                 .suffixes
                 .iter()

@@ -54,23 +54,22 @@ impl LeafResolver {
     /// The certificate chain and key for `server_name`, minted if not cached or past half its life.
     pub fn certified_key(&self, server_name: &str) -> Result<Arc<CertifiedKey>, Error> {
         let name = server_name.to_ascii_lowercase();
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((ck, minted)) = cache.get(&name) {
-                if minted.elapsed() < LEAF_VALIDITY / 2 {
-                    return Ok(ck.clone());
-                }
-            }
+        if let Ok(cache) = self.cache.lock()
+            && let Some((ck, minted)) = cache.get(&name)
+            && minted.elapsed() < LEAF_VALIDITY / 2
+        {
+            return Ok(ck.clone());
         }
         let ck = Arc::new(self.mint(&name)?);
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= MAX_CACHED && !cache.contains_key(&name) {
-                if let Some(oldest) = cache
+            if cache.len() >= MAX_CACHED
+                && !cache.contains_key(&name)
+                && let Some(oldest) = cache
                     .iter()
                     .min_by_key(|(_, (_, t))| *t)
                     .map(|(k, _)| k.clone())
-                {
-                    cache.remove(&oldest);
-                }
+            {
+                cache.remove(&oldest);
             }
             cache.insert(name, (ck.clone(), Instant::now()));
         }
