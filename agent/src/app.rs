@@ -107,6 +107,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         stats,
         listen: proxy_addrs.iter().map(ToString::to_string).collect(),
         started,
+        ca_bundle: ca.bundle_path(),
     });
     handler.restore();
 

@@ -17,6 +17,15 @@ use anyhow::Context as _;
 
 use crate::control::{Client, Reply, Request};
 
+/// The variables through which drivers find their trusted roots: Python connector 4.x (requests),
+/// connector 5.x and OpenSSL-based clients, curl, and Node.
+pub const CA_ENV: &[&str] = &[
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+];
+
 /// The running child, for the signal forwarder.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
@@ -35,12 +44,16 @@ pub fn run(
     mut client: Client,
     identity: String,
     labels: BTreeMap<String, String>,
+    ca_env: bool,
     command: &[String],
 ) -> anyhow::Result<ExitCode> {
     let (program, args) = command.split_first().context("no command given")?;
     let reply = client.call(&Request::ExecBegin { identity, labels })?;
     let Reply::Enrolled {
-        cgroup, cgroup_dir, ..
+        cgroup,
+        cgroup_dir,
+        ca_bundle,
+        ..
     } = reply
     else {
         anyhow::bail!("the daemon did not return the exec cgroup");
@@ -50,6 +63,11 @@ pub fn run(
 
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
+    if let (true, Some(bundle)) = (ca_env, &ca_bundle) {
+        for var in CA_ENV {
+            cmd.env(var, bundle);
+        }
+    }
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
     // (open, write, close) on memory prepared before the fork.
     unsafe {

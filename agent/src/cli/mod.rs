@@ -55,9 +55,16 @@ enum Command {
         who: Who,
     },
     /// Run a command in a new enrolled cgroup; its output and exit code pass through.
+    ///
+    /// The command's environment gets REQUESTS_CA_BUNDLE, SSL_CERT_FILE and NODE_EXTRA_CA_CERTS
+    /// pointing at a bundle of the system's roots plus the agent's CA, so Python (4.x and 5.x)
+    /// and Node drivers trust the agent's certificates.
     Exec {
         #[command(flatten)]
         who: Who,
+        /// Leave the command's CA environment variables alone.
+        #[arg(long)]
+        no_ca_env: bool,
         /// The command and its arguments (after `--`).
         #[arg(
             required = true,
@@ -230,10 +237,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec { who, command } => {
+        Command::Exec {
+            who,
+            no_ca_env,
+            command,
+        } => {
             let client = connect(&cli.config, &cli.control_socket, "exec")?;
             let labels = crate::enroll::labels_from(who.labels)?;
-            exec::run(client, who.identity, labels, &command)
+            exec::run(client, who.identity, labels, !no_ca_env, &command)
         }
         Command::Unenroll { cgroup, identity } => {
             let mut client = connect(&cli.config, &cli.control_socket, "unenroll")?;

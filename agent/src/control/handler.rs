@@ -32,6 +32,8 @@ pub struct DaemonHandler {
     pub listen: Vec<String>,
     /// When the daemon started.
     pub started: Instant,
+    /// The CA bundle `exec` hands to workloads.
+    pub ca_bundle: PathBuf,
 }
 
 fn refused(message: impl ToString) -> Response {
@@ -165,6 +167,7 @@ impl DaemonHandler {
         Ok(Reply::Enrolled {
             cgroup: rel,
             cgroup_dir: dir,
+            ca_bundle: run_id.as_ref().map(|_| self.ca_bundle.clone()),
             run_id,
         })
     }

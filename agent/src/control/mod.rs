@@ -94,6 +94,9 @@ pub enum Reply {
         cgroup_dir: PathBuf,
         /// The run id (exec only).
         run_id: Option<String>,
+        /// The bundle of trusted roots (system plus the agent's CA) exec points workloads at.
+        #[serde(default)]
+        ca_bundle: Option<PathBuf>,
     },
     /// Enrollments removed.
     Removed {
