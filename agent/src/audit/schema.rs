@@ -1,0 +1,763 @@
+//! The audit table's Arrow schema, its documentation, and the conversion between [`Event`]s and
+//! Arrow record batches.
+//!
+//! One table, one row per event; the columns are exactly the fields of [`Event`], in the same order,
+//! listed once in the `columns!` table below together with each column's documentation and, where
+//! OCSF Datastore Activity (class_uid 6005) has a name for the same thing, that name. The documentation
+//! travels with the data: every Arrow field carries `description` and `ocsf` metadata, which the
+//! Parquet files keep in their embedded Arrow schema.
+//!
+//! Types are chosen for analysts' tools (DuckDB, Spark, Athena, pyarrow):
+//! - `event_time`, `decided_at`: `timestamp[us, tz=UTC]`;
+//! - `event_id`: the UUID as a lower-case hyphenated string (joins and filters need no casts);
+//! - integers are signed (Spark and Athena lack unsigned types): ports as `int32`, every other
+//!   integer as `int64` (a `u64` above `i64::MAX` is stored as `i64::MAX`);
+//! - IP addresses as strings; `labels` as `map<string, string>`; `flags` as `list<string>`;
+//! - `event_time`, `event_id`, `event_kind`, `host`, `agent_version`, `labels` and `flags` are never
+//!   null (an empty map or list when there is nothing); every other column is null where not known.
+//!
+//! The schema version is stored in each file's key-value metadata under [`META_SCHEMA_VERSION`]. A
+//! later version only adds columns (DECISIONS.md 9), so readers combine versions by name
+//! (`union_by_name` in DuckDB, `mergeSchema` in Spark). Reading a batch back into events accepts files
+//! that lack columns added later (they read as null).
+//!
+//! This module does no I/O: file writing is in `files`, reading directories in `inspect`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{
+    Array, ArrayBuilder, ArrayRef, AsArray, BooleanBuilder, Int32Builder, Int64Builder,
+    ListBuilder, MapBuilder, MapFieldNames, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{
+    DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
+};
+use arrow::error::ArrowError;
+use uuid::Uuid;
+
+use super::event::{Event, EventKind};
+
+/// The schema version this build writes; bumped whenever columns are added.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Key-value metadata key holding [`SCHEMA_VERSION`] in every Parquet file.
+pub const META_SCHEMA_VERSION: &str = "snowtrail.schema_version";
+
+/// Why a record batch could not be read back as events.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// A column this build knows has another type in the file.
+    #[error("column {column}: expected {expected}, found {found}")]
+    ColumnType {
+        /// The column's name.
+        column: &'static str,
+        /// The type this build writes.
+        expected: String,
+        /// The type found.
+        found: String,
+    },
+    /// A column that is never null is missing or holds a null.
+    #[error("column {0} is missing or null")]
+    Missing(&'static str),
+    /// A value does not parse (a UUID, an event kind, an IP address).
+    #[error("column {column}: bad value {value:?}")]
+    BadValue {
+        /// The column's name.
+        column: &'static str,
+        /// The offending value.
+        value: String,
+    },
+    /// Arrow refused the batch (a bug: the builders and the schema disagree).
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+}
+
+/// The documentation of one column, as printed by tools and embedded in the Arrow field metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnDoc {
+    /// The column's name.
+    pub name: &'static str,
+    /// The OCSF Datastore Activity (6005) attribute for the same thing, if there is one.
+    pub ocsf: Option<&'static str>,
+    /// Whether the Parquet writer dictionary-encodes the column (low cardinality).
+    pub dictionary: bool,
+    /// What the column holds.
+    pub doc: &'static str,
+}
+
+/// How one Rust field type maps to an Arrow column; implemented for every type `Event` uses.
+trait ColumnValue: Sized {
+    type Builder: ArrayBuilder;
+    fn builder(capacity: usize) -> Self::Builder;
+    fn append(b: &mut Self::Builder, v: &Self);
+    /// Reads row `row` of `col` (None: the file predates the column).
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError>;
+    fn data_type() -> DataType {
+        Self::builder(0).finish().data_type().clone()
+    }
+    fn nullable() -> bool {
+        true
+    }
+}
+
+fn wrong_type(name: &'static str, expected: DataType, col: &dyn Array) -> SchemaError {
+    SchemaError::ColumnType {
+        column: name,
+        expected: expected.to_string(),
+        found: col.data_type().to_string(),
+    }
+}
+
+fn read_str<'a>(
+    col: Option<&'a dyn Array>,
+    row: usize,
+    name: &'static str,
+) -> Result<Option<&'a str>, SchemaError> {
+    let Some(col) = col else { return Ok(None) };
+    let a = col
+        .as_string_opt::<i32>()
+        .ok_or_else(|| wrong_type(name, DataType::Utf8, col))?;
+    Ok(a.is_valid(row).then(|| a.value(row)))
+}
+
+fn read_i64(
+    col: Option<&dyn Array>,
+    row: usize,
+    name: &'static str,
+) -> Result<Option<i64>, SchemaError> {
+    let Some(col) = col else { return Ok(None) };
+    let a = col
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| wrong_type(name, DataType::Int64, col))?;
+    Ok(a.is_valid(row).then(|| a.value(row)))
+}
+
+fn micros(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Turns microseconds since the epoch back into a `SystemTime`.
+pub fn from_micros(us: i64) -> SystemTime {
+    if us >= 0 {
+        UNIX_EPOCH + Duration::from_micros(us.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_micros(us.unsigned_abs())
+    }
+}
+
+impl ColumnValue for String {
+    type Builder = StringBuilder;
+    fn builder(capacity: usize) -> Self::Builder {
+        StringBuilder::with_capacity(capacity, capacity * 16)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_value(v);
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        read_str(col, row, name)?
+            .map(str::to_owned)
+            .ok_or(SchemaError::Missing(name))
+    }
+    fn nullable() -> bool {
+        false
+    }
+}
+
+impl ColumnValue for Option<String> {
+    type Builder = StringBuilder;
+    fn builder(capacity: usize) -> Self::Builder {
+        StringBuilder::with_capacity(capacity, capacity * 8)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_option(v.as_deref());
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        Ok(read_str(col, row, name)?.map(str::to_owned))
+    }
+}
+
+impl ColumnValue for Uuid {
+    type Builder = StringBuilder;
+    fn builder(capacity: usize) -> Self::Builder {
+        StringBuilder::with_capacity(capacity, capacity * 36)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        b.append_value(v.hyphenated().encode_lower(&mut buf));
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        let s = read_str(col, row, name)?.ok_or(SchemaError::Missing(name))?;
+        Uuid::parse_str(s).map_err(|_| SchemaError::BadValue {
+            column: name,
+            value: s.to_owned(),
+        })
+    }
+    fn nullable() -> bool {
+        false
+    }
+}
+
+impl ColumnValue for EventKind {
+    type Builder = StringBuilder;
+    fn builder(capacity: usize) -> Self::Builder {
+        StringBuilder::with_capacity(capacity, capacity * 8)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_value(v.as_str());
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        let s = read_str(col, row, name)?.ok_or(SchemaError::Missing(name))?;
+        EventKind::parse(s).ok_or_else(|| SchemaError::BadValue {
+            column: name,
+            value: s.to_owned(),
+        })
+    }
+    fn nullable() -> bool {
+        false
+    }
+}
+
+impl ColumnValue for SystemTime {
+    type Builder = TimestampMicrosecondBuilder;
+    fn builder(capacity: usize) -> Self::Builder {
+        TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC")
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_value(micros(*v));
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        <Option<SystemTime>>::read(col, row, name)?.ok_or(SchemaError::Missing(name))
+    }
+    fn nullable() -> bool {
+        false
+    }
+}
+
+impl ColumnValue for Option<SystemTime> {
+    type Builder = TimestampMicrosecondBuilder;
+    fn builder(capacity: usize) -> Self::Builder {
+        TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone("UTC")
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_option(v.map(micros));
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        let Some(col) = col else { return Ok(None) };
+        let a = col
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| wrong_type(name, Self::data_type(), col))?;
+        Ok(a.is_valid(row).then(|| from_micros(a.value(row))))
+    }
+}
+
+impl ColumnValue for Option<u16> {
+    type Builder = Int32Builder;
+    fn builder(capacity: usize) -> Self::Builder {
+        Int32Builder::with_capacity(capacity)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_option(v.map(i32::from));
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        let Some(col) = col else { return Ok(None) };
+        let a = col
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| wrong_type(name, DataType::Int32, col))?;
+        if !a.is_valid(row) {
+            return Ok(None);
+        }
+        let v = a.value(row);
+        u16::try_from(v)
+            .map(Some)
+            .map_err(|_| SchemaError::BadValue {
+                column: name,
+                value: v.to_string(),
+            })
+    }
+}
+
+impl ColumnValue for Option<u32> {
+    type Builder = Int64Builder;
+    fn builder(capacity: usize) -> Self::Builder {
+        Int64Builder::with_capacity(capacity)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_option(v.map(i64::from));
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        read_i64(col, row, name)?
+            .map(|v| {
+                u32::try_from(v).map_err(|_| SchemaError::BadValue {
+                    column: name,
+                    value: v.to_string(),
+                })
+            })
+            .transpose()
+    }
+}
+
+impl ColumnValue for Option<u64> {
+    type Builder = Int64Builder;
+    fn builder(capacity: usize) -> Self::Builder {
+        Int64Builder::with_capacity(capacity)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_option(v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)));
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        read_i64(col, row, name)?
+            .map(|v| {
+                u64::try_from(v).map_err(|_| SchemaError::BadValue {
+                    column: name,
+                    value: v.to_string(),
+                })
+            })
+            .transpose()
+    }
+}
+
+impl ColumnValue for Option<bool> {
+    type Builder = BooleanBuilder;
+    fn builder(capacity: usize) -> Self::Builder {
+        BooleanBuilder::with_capacity(capacity)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        b.append_option(*v);
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        let Some(col) = col else { return Ok(None) };
+        let a = col
+            .as_boolean_opt()
+            .ok_or_else(|| wrong_type(name, DataType::Boolean, col))?;
+        Ok(a.is_valid(row).then(|| a.value(row)))
+    }
+}
+
+impl ColumnValue for Option<IpAddr> {
+    type Builder = StringBuilder;
+    fn builder(capacity: usize) -> Self::Builder {
+        StringBuilder::with_capacity(capacity, capacity * 16)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        use std::fmt::Write;
+        match v {
+            // The builder is a fmt::Write into its value buffer: no temporary String per row.
+            Some(ip) => {
+                let _ = write!(b, "{ip}");
+                b.append_value("");
+            }
+            None => b.append_null(),
+        }
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        read_str(col, row, name)?
+            .map(|s| {
+                s.parse().map_err(|_| SchemaError::BadValue {
+                    column: name,
+                    value: s.to_owned(),
+                })
+            })
+            .transpose()
+    }
+}
+
+impl ColumnValue for BTreeMap<String, String> {
+    type Builder = MapBuilder<StringBuilder, StringBuilder>;
+    fn builder(capacity: usize) -> Self::Builder {
+        // Parquet's own names for map entries, so every reader sees a standard MAP.
+        let names = MapFieldNames {
+            entry: "key_value".into(),
+            key: "key".into(),
+            value: "value".into(),
+        };
+        MapBuilder::with_capacity(
+            Some(names),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            capacity,
+        )
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        for (k, val) in v {
+            b.keys().append_value(k);
+            b.values().append_value(val);
+        }
+        // Appending a valid entry cannot fail: keys and values were appended in step.
+        let _ = b.append(true);
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        let Some(col) = col else {
+            return Ok(BTreeMap::new());
+        };
+        let m = col
+            .as_map_opt()
+            .ok_or_else(|| wrong_type(name, Self::data_type(), col))?;
+        let mut out = BTreeMap::new();
+        if m.is_null(row) {
+            return Ok(out);
+        }
+        let entries = m.value(row);
+        let keys = entries
+            .column(0)
+            .as_string_opt::<i32>()
+            .ok_or(SchemaError::Missing(name))?;
+        let values = entries
+            .column(1)
+            .as_string_opt::<i32>()
+            .ok_or(SchemaError::Missing(name))?;
+        for i in 0..entries.len() {
+            let v = if values.is_valid(i) {
+                values.value(i)
+            } else {
+                ""
+            };
+            out.insert(keys.value(i).to_owned(), v.to_owned());
+        }
+        Ok(out)
+    }
+    fn nullable() -> bool {
+        false
+    }
+}
+
+impl ColumnValue for Vec<String> {
+    type Builder = ListBuilder<StringBuilder>;
+    fn builder(capacity: usize) -> Self::Builder {
+        ListBuilder::with_capacity(StringBuilder::new(), capacity).with_field(Field::new(
+            "element",
+            DataType::Utf8,
+            false,
+        ))
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        for s in v {
+            b.values().append_value(s);
+        }
+        b.append(true);
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        let Some(col) = col else {
+            return Ok(Vec::new());
+        };
+        let l = col
+            .as_list_opt::<i32>()
+            .ok_or_else(|| wrong_type(name, Self::data_type(), col))?;
+        if l.is_null(row) {
+            return Ok(Vec::new());
+        }
+        let items = l.value(row);
+        let s = items
+            .as_string_opt::<i32>()
+            .ok_or(SchemaError::Missing(name))?;
+        Ok(s.iter().flatten().map(str::to_owned).collect())
+    }
+    fn nullable() -> bool {
+        false
+    }
+}
+
+fn field<T: ColumnValue>(
+    name: &'static str,
+    ocsf: Option<&'static str>,
+    doc: &'static str,
+) -> Field {
+    let mut meta = HashMap::from([("description".to_owned(), doc.to_owned())]);
+    if let Some(o) = ocsf {
+        meta.insert("ocsf".to_owned(), o.to_owned());
+    }
+    Field::new(name, T::data_type(), T::nullable()).with_metadata(meta)
+}
+
+macro_rules! columns {
+    ($( $name:ident : $ty:ty, dict = $dict:expr, ocsf = $ocsf:expr, $doc:expr; )*) => {
+        /// Every column's documentation, in schema order.
+        pub const COLUMNS: &[ColumnDoc] = &[
+            $( ColumnDoc { name: stringify!($name), ocsf: $ocsf, dictionary: $dict, doc: $doc }, )*
+        ];
+
+        fn build_fields() -> Vec<Field> {
+            vec![ $( field::<$ty>(stringify!($name), $ocsf, $doc), )* ]
+        }
+
+        /// Accumulates events column by column and hands them out as record batches; reused across
+        /// batches so that appending an event allocates nothing beyond the columns' own growth.
+        pub struct EventBatchBuilder {
+            rows: usize,
+            $( $name: <$ty as ColumnValue>::Builder, )*
+        }
+
+        impl EventBatchBuilder {
+            /// Starts empty builders sized for `capacity` rows.
+            pub fn new(capacity: usize) -> Self {
+                EventBatchBuilder { rows: 0, $( $name: <$ty as ColumnValue>::builder(capacity), )* }
+            }
+
+            /// Appends one event as a row.
+            pub fn append(&mut self, e: &Event) {
+                $( <$ty as ColumnValue>::append(&mut self.$name, &e.$name); )*
+                self.rows += 1;
+            }
+
+            /// Takes the rows appended so far as one batch and leaves the builder empty.
+            pub fn finish(&mut self) -> Result<RecordBatch, SchemaError> {
+                let columns: Vec<ArrayRef> = vec![ $( ArrayBuilder::finish(&mut self.$name), )* ];
+                self.rows = 0;
+                Ok(RecordBatch::try_new(schema(), columns)?)
+            }
+        }
+
+        /// Reads every row of a batch (of this or an earlier schema version) back into events.
+        pub fn events_from_batch(batch: &RecordBatch) -> Result<Vec<Event>, SchemaError> {
+            $( let $name = batch.column_by_name(stringify!($name)).map(|a| a.as_ref()); )*
+            (0..batch.num_rows())
+                .map(|row| {
+                    Ok(Event { $( $name: <$ty as ColumnValue>::read($name, row, stringify!($name))?, )* })
+                })
+                .collect()
+        }
+    };
+}
+
+columns! {
+    event_time: SystemTime, dict = false, ocsf = Some("time"),
+        "When the agent saw the event (for a query: received the statement); files are partitioned by it.";
+    event_id: Uuid, dict = false, ocsf = Some("metadata.uid"),
+        "UUID v7 of the event, unique; the key that makes the trail exactly-once.";
+    event_kind: EventKind, dict = true, ocsf = Some("activity_name"),
+        "connection, login, logout, query, denial or lifecycle.";
+    host: String, dict = true, ocsf = Some("device.hostname"),
+        "Host name of the machine the agent runs on.";
+    agent_version: String, dict = true, ocsf = Some("metadata.product.version"),
+        "Version of the agent that recorded the event.";
+    pid: Option<u32>, dict = false, ocsf = Some("actor.process.tid"),
+        "Thread id of the calling process.";
+    tgid: Option<u32>, dict = true, ocsf = Some("actor.process.pid"),
+        "Process id of the caller.";
+    ppid: Option<u32>, dict = true, ocsf = Some("actor.process.parent_process.pid"),
+        "Parent process id of the caller.";
+    uid: Option<u32>, dict = true, ocsf = Some("actor.process.user.uid"),
+        "Real user id of the caller.";
+    gid: Option<u32>, dict = true, ocsf = Some("actor.process.user.groups"),
+        "Real group id of the caller.";
+    user_name: Option<String>, dict = true, ocsf = Some("actor.process.user.name"),
+        "User name of uid.";
+    comm: Option<String>, dict = true, ocsf = Some("actor.process.name"),
+        "The caller's comm (process name).";
+    exe: Option<String>, dict = true, ocsf = Some("actor.process.file.path"),
+        "The caller's executable path.";
+    cmdline: Option<String>, dict = false, ocsf = Some("actor.process.cmd_line"),
+        "The caller's command line, bounded in length.";
+    cgroup_path: Option<String>, dict = true, ocsf = None,
+        "The caller's cgroup, relative to the cgroup2 mount.";
+    cgroup_id: Option<u64>, dict = true, ocsf = None,
+        "The caller's cgroup id (the cgroup directory's inode number).";
+    systemd_unit: Option<String>, dict = true, ocsf = None,
+        "The systemd unit the caller's cgroup belongs to.";
+    container_id: Option<String>, dict = true, ocsf = Some("container.uid"),
+        "A container id found in the cgroup path.";
+    pod_uid: Option<String>, dict = true, ocsf = Some("container.pod_uuid"),
+        "A Kubernetes pod UID found in the cgroup path.";
+    workload_identity: Option<String>, dict = true, ocsf = Some("actor.app_name"),
+        "The enrolled workload's identity (snowtrail enroll/exec --identity).";
+    labels: BTreeMap<String, String>, dict = true, ocsf = None,
+        "The enrollment's labels as a map (OCSF's metadata.labels is a flat list).";
+    human_identity: Option<String>, dict = true, ocsf = Some("actor.user.name"),
+        "The human behind the workload, when known.";
+    src_ip: Option<IpAddr>, dict = true, ocsf = Some("src_endpoint.ip"),
+        "The client's IP address.";
+    src_port: Option<u16>, dict = false, ocsf = Some("src_endpoint.port"),
+        "The client's port.";
+    dst_ip: Option<IpAddr>, dict = true, ocsf = Some("dst_endpoint.ip"),
+        "The destination IP address the client connected to.";
+    dst_port: Option<u16>, dict = true, ocsf = Some("dst_endpoint.port"),
+        "The destination port the client connected to.";
+    sni: Option<String>, dict = true, ocsf = Some("dst_endpoint.hostname"),
+        "The TLS server name the client sent.";
+    connection_mode: Option<String>, dict = true, ocsf = None,
+        "intercepted or passthrough (connection events).";
+    connection_id: Option<u64>, dict = false, ocsf = Some("connection_info.uid"),
+        "The agent's id of the connection; joins the events of one connection.";
+    close_reason: Option<String>, dict = true, ocsf = None,
+        "Why a connection ended: client_closed, upstream_closed, idle_timeout, connect_failed, ...";
+    account: Option<String>, dict = true, ocsf = Some("cloud.account.uid"),
+        "Snowflake account.";
+    login_user: Option<String>, dict = true, ocsf = Some("user.name"),
+        "The Snowflake user named at login.";
+    authenticator: Option<String>, dict = true, ocsf = Some("auth_protocol"),
+        "The authenticator used at login.";
+    role: Option<String>, dict = true, ocsf = None,
+        "Snowflake role in effect.";
+    warehouse: Option<String>, dict = true, ocsf = None,
+        "Snowflake warehouse in effect.";
+    database: Option<String>, dict = true, ocsf = Some("database.name"),
+        "Snowflake database in effect.";
+    schema: Option<String>, dict = true, ocsf = None,
+        "Snowflake schema in effect.";
+    snowflake_session_id: Option<String>, dict = false, ocsf = Some("session.uid"),
+        "Snowflake's session id.";
+    session_id: Option<String>, dict = false, ocsf = Some("actor.session.uid"),
+        "The agent's session id; what snowtrail replay --session takes.";
+    correlation_id: Option<String>, dict = false, ocsf = Some("metadata.correlation_uid"),
+        "The run's correlation id, also placed in Snowflake's QUERY_TAG.";
+    request_id: Option<String>, dict = false, ocsf = Some("api.request.uid"),
+        "The driver's request id.";
+    query_id: Option<String>, dict = false, ocsf = Some("query_info.uid"),
+        "Snowflake's query id.";
+    parent_query_id: Option<String>, dict = false, ocsf = None,
+        "For a statement of a multi-statement request, the request's query id.";
+    driver: Option<String>, dict = true, ocsf = None,
+        "Driver name (e.g. PythonConnector, JDBC).";
+    driver_version: Option<String>, dict = true, ocsf = None,
+        "Driver version.";
+    sql_text: Option<String>, dict = false, ocsf = Some("query_info.query_string"),
+        "SQL text with credential literals redacted (all literals with redact_literals).";
+    statement_type: Option<String>, dict = true, ocsf = None,
+        "Statement type: SELECT, INSERT, ...";
+    bind_count: Option<u32>, dict = true, ocsf = None,
+        "Number of bind values sent with the statement.";
+    is_async: Option<bool>, dict = true, ocsf = None,
+        "Whether the statement was submitted asynchronously.";
+    decision: Option<String>, dict = true, ocsf = Some("disposition"),
+        "Policy decision: allow, deny, alert, hold, ...";
+    policy_rule: Option<String>, dict = true, ocsf = Some("policy.name"),
+        "The policy rule that decided.";
+    approver: Option<String>, dict = true, ocsf = None,
+        "Who approved or rejected a held statement.";
+    decided_at: Option<SystemTime>, dict = false, ocsf = None,
+        "When a held statement was approved or rejected.";
+    success: Option<bool>, dict = true, ocsf = Some("status_id"),
+        "Whether the operation succeeded (OCSF status_id 1 Success, 2 Failure).";
+    error_code: Option<String>, dict = true, ocsf = Some("status_code"),
+        "Snowflake's error code, or the agent's own.";
+    sql_state: Option<String>, dict = true, ocsf = None,
+        "SQL state of an error.";
+    error_message: Option<String>, dict = false, ocsf = Some("status_detail"),
+        "Error message.";
+    rows_produced: Option<u64>, dict = false, ocsf = None,
+        "Rows the statement produced.";
+    result_bytes: Option<u64>, dict = false, ocsf = None,
+        "Bytes of result seen by the agent.";
+    chunk_count: Option<u32>, dict = true, ocsf = None,
+        "Number of result chunks.";
+    duration_ms: Option<u64>, dict = false, ocsf = Some("duration"),
+        "Duration in milliseconds.";
+    bytes_in: Option<u64>, dict = false, ocsf = Some("traffic.bytes_out"),
+        "Bytes from the client to the upstream (OCSF counts them from the client's side).";
+    bytes_out: Option<u64>, dict = false, ocsf = Some("traffic.bytes_in"),
+        "Bytes from the upstream to the client.";
+    flags: Vec<String>, dict = true, ocsf = None,
+        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified.";
+    lifecycle_action: Option<String>, dict = true, ocsf = None,
+        "For lifecycle events: start, stop, config_reload, config_rejected, audit_gap, ...";
+    detail: Option<String>, dict = false, ocsf = Some("message"),
+        "Free-text (for audit_gap: JSON) detail of lifecycle and denial events.";
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let meta = HashMap::from([(META_SCHEMA_VERSION.to_owned(), SCHEMA_VERSION.to_string())]);
+    Arc::new(Schema::new_with_metadata(build_fields(), meta))
+});
+
+/// The audit table's Arrow schema (this build's version), with column documentation as field metadata.
+pub fn schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+impl EventBatchBuilder {
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no rows wait in the builder.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+
+    pub(crate) fn full_event() -> Event {
+        let mut e = Event::new(
+            EventKind::Query,
+            UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            "h1",
+        );
+        e.pid = Some(7);
+        e.tgid = Some(8);
+        e.uid = Some(u32::MAX);
+        e.cgroup_id = Some(u64::from(u32::MAX) + 5);
+        e.labels.insert("team".into(), "data".into());
+        e.labels.insert("env".into(), "prod".into());
+        e.src_ip = Some(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        e.dst_ip = Some("10.1.2.3".parse().unwrap());
+        e.src_port = Some(65535);
+        e.sql_text = Some("select 1".into());
+        e.is_async = Some(false);
+        e.success = Some(true);
+        e.decided_at = Some(UNIX_EPOCH + Duration::from_secs(5));
+        e.flags = vec!["alert".into(), "describe_only".into()];
+        e
+    }
+
+    #[test]
+    fn round_trip() {
+        let a = full_event();
+        let b = Event::new(EventKind::Lifecycle, SystemTime::now(), "h2");
+        let mut builder = EventBatchBuilder::new(4);
+        builder.append(&a);
+        builder.append(&b);
+        assert_eq!(builder.len(), 2);
+        let batch = builder.finish().unwrap();
+        assert!(builder.is_empty());
+        let back = events_from_batch(&batch).unwrap();
+        let mut b_us = b.clone();
+        b_us.event_time = from_micros(micros(b.event_time));
+        assert_eq!(back, vec![a, b_us]);
+        // Builders are reusable.
+        builder.append(&full_event());
+        assert_eq!(builder.finish().unwrap().num_rows(), 1);
+    }
+
+    #[test]
+    fn schema_matches_docs() {
+        let s = schema();
+        assert_eq!(s.fields().len(), COLUMNS.len());
+        assert!(matches!(
+            s.field_with_name("event_time").unwrap().data_type(),
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC"
+        ));
+        assert!(matches!(
+            s.field_with_name("labels").unwrap().data_type(),
+            DataType::Map(_, false)
+        ));
+        assert!(
+            s.field_with_name("sql_text")
+                .unwrap()
+                .metadata()
+                .contains_key("ocsf")
+        );
+    }
+
+    #[test]
+    fn older_files_read_missing_columns_as_null() {
+        let mut builder = EventBatchBuilder::new(1);
+        builder.append(&full_event());
+        let batch = builder.finish().unwrap();
+        let idx = batch.schema().index_of("sql_text").unwrap();
+        let mut batch = batch;
+        batch.remove_column(idx);
+        let back = events_from_batch(&batch).unwrap();
+        assert_eq!(back[0].sql_text, None);
+    }
+}
