@@ -396,7 +396,7 @@ mod tests {
         let settings = FileSettings {
             audit_dir: dir.path().to_owned(),
             host: "h".into(),
-            journal_id: Uuid::new_v4(),
+            journal_id: Uuid::now_v7(),
             row_group_rows: 10,
         };
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
