@@ -253,21 +253,21 @@ impl Core {
     }
 
     fn deliver(&self, out: &mut Settled, parquet: &std_mpsc::Sender<PMsg>) {
-        for (ack, r) in out.acks.drain(..) {
-            let _ = ack.send(r);
-        }
+        // Events go to the parquet stage before their acknowledgements are released.
         if !out.events.is_empty() {
             self.events_written
                 .fetch_add(out.events.len() as u64, Ordering::Relaxed);
             let events = std::mem::take(&mut out.events);
-            if let Err(std_mpsc::SendError(PMsg::Events(lost))) = parquet.send(PMsg::Events(events))
-            {
+            if let Err(std_mpsc::SendError(PMsg::Events(lost))) = parquet.send(PMsg::Events(events)) {
                 // The parquet thread is gone (it panicked): the events stay in the journal.
                 tracing::error!(
                     count = lost.len(),
                     "audit parquet stage is gone; events stay in the journal"
                 );
             }
+        }
+        for (ack, r) in out.acks.drain(..) {
+            let _ = ack.send(r);
         }
         if !out.failed.is_empty() {
             let failed = std::mem::take(&mut out.failed);

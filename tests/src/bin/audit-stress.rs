@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
     })
     .await?;
+    eprintln!("run {run}: {:?}", task.recovery());
     println!("ready");
     let mut handles = Vec::new();
     for t in 0..tasks {

@@ -119,3 +119,14 @@ pub fn published_in(audit: &Path, partition: &str) -> Vec<PathBuf> {
         .map(|f| f.path)
         .collect()
 }
+
+/// How many temporary (still open) files a partition holds.
+pub fn open_in(audit: &Path, partition: &str) -> usize {
+    std::fs::read_dir(audit.join(partition))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .count()
+        })
+        .unwrap_or(0)
+}
