@@ -1,5 +1,6 @@
 //! `kill -9` in a loop while events stream: after recovery, every acknowledged event is in exactly
 //! one Parquet file, and nothing else is there but the few events in flight at each kill.
+#![allow(clippy::unwrap_used)]
 
 mod audit_common;
 
@@ -23,11 +24,18 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
     for run in 0..=KILLS {
         let last = run == KILLS;
         let mut cmd = Command::new(bin);
-        cmd.arg(&dirs.state).arg(&dirs.audit).arg(run.to_string()).arg(TASKS.to_string());
+        cmd.arg(&dirs.state)
+            .arg(&dirs.audit)
+            .arg(run.to_string())
+            .arg(TASKS.to_string());
         if last {
             cmd.arg("200");
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
@@ -72,7 +80,10 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
             }
         }
         if last {
-            assert!(status.success(), "the final run must shut down cleanly: {status}");
+            assert!(
+                status.success(),
+                "the final run must shut down cleanly: {status}"
+            );
         }
     }
 
@@ -85,12 +96,25 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
     assert!(dups.is_empty(), "duplicated events: {dups:?}");
     let found: HashSet<Uuid> = count.keys().copied().collect();
     let lost: Vec<_> = acked.difference(&found).collect();
-    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {:?}", lost.len(), lost.first());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
     // Durable but unacknowledged: at most one in flight per task at each kill.
     let extra = found.difference(&acked).count() as u64;
-    assert!(extra <= KILLS * TASKS, "{extra} events that were never acknowledged");
+    assert!(
+        extra <= KILLS * TASKS,
+        "{extra} events that were never acknowledged"
+    );
     assert!(acked.len() as u64 >= KILLS / 2 * 50 + 200 * TASKS);
-    eprintln!("{} acknowledged, {} found, {} in flight at kills", acked.len(), found.len(), extra);
+    eprintln!(
+        "{} acknowledged, {} found, {} in flight at kills",
+        acked.len(),
+        found.len(),
+        extra
+    );
 
     let mut out = Vec::new();
     let report = inspect::verify(&dirs.audit, &mut out).unwrap();

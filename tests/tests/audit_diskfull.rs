@@ -2,6 +2,7 @@
 //! audit directories. While it is full, acknowledgements fail and the writer reports itself unhealthy;
 //! once space is back it recovers by itself, every acknowledged event is in the Parquet files, none of
 //! the failed ones is, and an `audit_gap` lifecycle event records the count and the time range.
+#![allow(clippy::unwrap_used)]
 
 mod audit_common;
 
@@ -65,7 +66,14 @@ async fn disk_full(mode: OnAuditFailure) {
     let fs = Tmpfs::mount("8m");
     let state = fs.path.join("state");
     let audit = fs.path.join("audit");
-    let (w, task) = start(&state, &audit, Arc::new(SystemClock), AuditConfig::default(), mode).await;
+    let (w, task) = start(
+        &state,
+        &audit,
+        Arc::new(SystemClock),
+        AuditConfig::default(),
+        mode,
+    )
+    .await;
     let mut acked = Vec::new();
     let mut failed = Vec::new();
     let t0 = std::time::SystemTime::now();
@@ -115,11 +123,14 @@ async fn disk_full(mode: OnAuditFailure) {
     for id in &failed {
         assert!(!ids.contains(id), "failed event {id} was written anyway");
     }
-    let gaps: Vec<_> =
-        events.iter().filter(|e| e.lifecycle_action.as_deref() == Some("audit_gap")).collect();
+    let gaps: Vec<_> = events
+        .iter()
+        .filter(|e| e.lifecycle_action.as_deref() == Some("audit_gap"))
+        .collect();
     assert_eq!(gaps.len(), 1, "one audit_gap event");
     assert_eq!(events.len(), acked.len() + 1);
-    let detail: serde_json::Value = serde_json::from_str(gaps[0].detail.as_deref().unwrap()).unwrap();
+    let detail: serde_json::Value =
+        serde_json::from_str(gaps[0].detail.as_deref().unwrap()).unwrap();
     assert_eq!(detail["count"], failed.len() as u64);
     let mode_name = match mode {
         OnAuditFailure::Block => "block",
@@ -128,7 +139,11 @@ async fn disk_full(mode: OnAuditFailure) {
     assert_eq!(detail["on_audit_failure"], mode_name);
     assert!(detail["from"].as_str().unwrap().ends_with('Z') && detail["to"].is_string());
     let mut out = Vec::new();
-    assert!(inspect::verify(&audit, &mut out).unwrap().ok(), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        inspect::verify(&audit, &mut out).unwrap().ok(),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

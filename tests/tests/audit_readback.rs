@@ -1,6 +1,7 @@
 //! Read-back by the tools analysts use: DuckDB and pyarrow read the whole audit directory with hive
 //! partitioning and return exactly the events written, with the right types. Also exercises the
 //! `audit ls|tail|verify` and `replay` library functions on the same directory.
+#![allow(clippy::unwrap_used)]
 
 mod audit_common;
 
@@ -52,7 +53,11 @@ fn all_kinds() -> Vec<Event> {
     for i in 0..60u64 {
         // Three hours: 10:00, 11:00 and 12:00 on 2024-05-01.
         let t = at((i % 3) * 3600 + i, 0);
-        let kind = if i == 0 || i == 5 { EventKind::Query } else { kinds[(i % 6) as usize] };
+        let kind = if i == 0 || i == 5 {
+            EventKind::Query
+        } else {
+            kinds[(i % 6) as usize]
+        };
         let mut e = rich_event(kind, t, i);
         if i == 0 {
             e.event_time = at(0, 0);
@@ -70,9 +75,14 @@ fn all_kinds() -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_and_pyarrow_read_back_exactly_what_was_written() {
     let dirs = Dirs::new();
-    let (w, task) =
-        start(&dirs.state, &dirs.audit, Arc::new(SystemClock), AuditConfig::default(), OnAuditFailure::Block)
-            .await;
+    let (w, task) = start(
+        &dirs.state,
+        &dirs.audit,
+        Arc::new(SystemClock),
+        AuditConfig::default(),
+        OnAuditFailure::Block,
+    )
+    .await;
     let events = all_kinds();
     let acks: Vec<_> = events.iter().cloned().map(|e| w.submit(e)).collect();
     for a in acks {
@@ -81,14 +91,31 @@ async fn duckdb_and_pyarrow_read_back_exactly_what_was_written() {
     task.shutdown().await.unwrap();
 
     let py = python();
-    assert!(py.exists(), "no Python with duckdb and pyarrow at {} (run `cargo xtask setup` or set SNOWTRAIL_PYTHON)", py.display());
-    let out = Command::new(&py).arg("-c").arg(SCRIPT).arg(&dirs.audit).output().unwrap();
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        py.exists(),
+        "no Python with duckdb and pyarrow at {} (run `cargo xtask setup` or set SNOWTRAIL_PYTHON)",
+        py.display()
+    );
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(&dirs.audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let want: BTreeSet<String> = events.iter().map(|e| e.event_id.to_string()).collect();
     let ids = |k: &str| -> Vec<String> {
-        v[k].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect()
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_owned())
+            .collect()
     };
     for k in ["duckdb_ids", "pyarrow_ids"] {
         let got = ids(k);
@@ -105,18 +132,42 @@ async fn duckdb_and_pyarrow_read_back_exactly_what_was_written() {
     assert_eq!(dt["pid"], "BIGINT");
     assert_eq!(dt["src_port"], "INTEGER");
     assert_eq!(dt["success"], "BOOLEAN");
-    assert!(dt["hour"].is_string() && dt["date"].is_string(), "hive partition columns: {dt}");
-    assert_eq!(v["duckdb_sample"], serde_json::json!(["data", "['alert', 'describe_only']", "True", "10"]));
-    assert_eq!(v["duckdb_per_hour"], serde_json::json!({"10": 20, "11": 20, "12": 20}));
+    assert!(
+        dt["hour"].is_string() && dt["date"].is_string(),
+        "hive partition columns: {dt}"
+    );
+    assert_eq!(
+        v["duckdb_sample"],
+        serde_json::json!(["data", "['alert', 'describe_only']", "True", "10"])
+    );
+    assert_eq!(
+        v["duckdb_per_hour"],
+        serde_json::json!({"10": 20, "11": 20, "12": 20})
+    );
 
     let pt = &v["pyarrow_types"];
     assert_eq!(pt["event_time"], "timestamp[us, tz=UTC]");
     // pyarrow may print the entries' field name after the types.
-    assert!(pt["labels"].as_str().unwrap().starts_with("map<string, string"), "{pt}");
-    assert!(pt["flags"].as_str().unwrap().starts_with("list<element: string"), "{pt}");
+    assert!(
+        pt["labels"]
+            .as_str()
+            .unwrap()
+            .starts_with("map<string, string"),
+        "{pt}"
+    );
+    assert!(
+        pt["flags"]
+            .as_str()
+            .unwrap()
+            .starts_with("list<element: string"),
+        "{pt}"
+    );
     assert_eq!(pt["rows_produced"], "int64");
     let row = &v["pyarrow_row"];
-    assert_eq!(row["labels"], serde_json::json!([["n", "5"], ["team", "data"]]));
+    assert_eq!(
+        row["labels"],
+        serde_json::json!([["n", "5"], ["team", "data"]])
+    );
     assert_eq!(row["flags"], serde_json::json!(["alert", "describe_only"]));
     assert_eq!(row["event_time"], "2024-05-01T12:00:05+00:00");
     assert_eq!(row["src_ip"], "127.0.0.1");
@@ -132,9 +183,14 @@ async fn duckdb_and_pyarrow_read_back_exactly_what_was_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ls_tail_verify_replay() {
     let dirs = Dirs::new();
-    let (w, task) =
-        start(&dirs.state, &dirs.audit, Arc::new(SystemClock), AuditConfig::default(), OnAuditFailure::Block)
-            .await;
+    let (w, task) = start(
+        &dirs.state,
+        &dirs.audit,
+        Arc::new(SystemClock),
+        AuditConfig::default(),
+        OnAuditFailure::Block,
+    )
+    .await;
     for e in all_kinds() {
         w.submit(e).await.unwrap();
     }
@@ -147,11 +203,20 @@ async fn ls_tail_verify_replay() {
     assert!(text.contains("date=2024-05-01/hour=11"), "{text}");
 
     let mut out = Vec::new();
-    let opts = TailOptions { n: 5, ..TailOptions::default() };
+    let opts = TailOptions {
+        n: 5,
+        ..TailOptions::default()
+    };
     inspect::tail(&dirs.audit, &opts, &mut out, &|| true).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), 6, "{text}");
-    assert!(text.lines().last().unwrap().starts_with("2024-05-01T12:00:59"), "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with("2024-05-01T12:00:59"),
+        "{text}"
+    );
 
     // --kind query --identity dbt --json, following until the stop flag: one poll, then stop.
     let polls = AtomicUsize::new(0);
@@ -164,10 +229,16 @@ async fn ls_tail_verify_replay() {
         n: 100,
         poll: std::time::Duration::from_millis(1),
     };
-    inspect::tail(&dirs.audit, &opts, &mut out, &|| polls.fetch_add(1, Ordering::Relaxed) >= 1).unwrap();
+    inspect::tail(&dirs.audit, &opts, &mut out, &|| {
+        polls.fetch_add(1, Ordering::Relaxed) >= 1
+    })
+    .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(polls.load(Ordering::Relaxed), 2);
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(!lines.is_empty());
     for l in &lines {
         assert_eq!(l["event_kind"], "query");
@@ -184,7 +255,12 @@ async fn ls_tail_verify_replay() {
     let tmp = part.join(".test-host-x.parquet.tmp");
     std::fs::write(&tmp, b"half").unwrap();
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
-    std::fs::File::options().write(true).open(&tmp).unwrap().set_modified(old).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let r = inspect::verify(&dirs.audit, &mut Vec::new()).unwrap();
     assert!(!r.ok() && r.problems[0].contains("leftover temporary file"));
     std::fs::remove_file(&tmp).unwrap();

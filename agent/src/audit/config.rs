@@ -78,6 +78,7 @@ impl Default for AuditConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

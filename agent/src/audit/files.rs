@@ -374,6 +374,7 @@ pub fn footer_value<'a>(meta: &'a ParquetMetaData, key: &str) -> Option<&'a str>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::audit::EventKind;

@@ -380,6 +380,7 @@ impl std::fmt::Display for SeqRanges {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::audit::EventKind;

@@ -93,11 +93,8 @@ pub fn recover(
     for (first, path) in &segments {
         report.next_seq = report.next_seq.max(*first);
         let end = read_segment(path, |_, payload| {
-            match serde_json::from_slice::<TimeOnly>(payload) {
-                Ok(t) => {
-                    hours.insert(hour_of(t.event_time));
-                }
-                Err(_) => {}
+            if let Ok(t) = serde_json::from_slice::<TimeOnly>(payload) {
+                hours.insert(hour_of(t.event_time));
             }
             Ok(())
         })?;
@@ -124,12 +121,11 @@ pub fn recover(
                 }
             } else if name.starts_with(settings.host.as_str()) && name.ends_with(".parquet") {
                 let meta = read_footer(&entry.path())?;
-                if footer_value(&meta, META_JOURNAL_ID) == Some(journal_id.as_str()) {
-                    if let Some(seqs) =
+                if footer_value(&meta, META_JOURNAL_ID) == Some(journal_id.as_str())
+                    && let Some(seqs) =
                         footer_value(&meta, META_JOURNAL_SEQS).and_then(SeqRanges::parse)
-                    {
-                        published.extend(&seqs);
-                    }
+                {
+                    published.extend(&seqs);
                 }
             }
         }
@@ -233,6 +229,7 @@ pub fn read_events(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::audit::journal::encode_record;

@@ -683,6 +683,7 @@ impl EventBatchBuilder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::net::Ipv6Addr;

@@ -11,13 +11,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use snowtrail::audit::{
-    AuditConfig, AuditWriter, Event, EventKind, EventSink, OnAuditFailure, SystemClock, WriterOptions,
+    AuditConfig, AuditWriter, Event, EventKind, EventSink, OnAuditFailure, SystemClock,
+    WriterOptions,
 };
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(args.len() >= 5, "usage: audit-stress STATE_DIR AUDIT_DIR RUN TASKS [COUNT]");
+    anyhow::ensure!(
+        args.len() >= 5,
+        "usage: audit-stress STATE_DIR AUDIT_DIR RUN TASKS [COUNT]"
+    );
     let state = PathBuf::from(&args[1]);
     let audit = PathBuf::from(&args[2]);
     let run: u64 = args[3].parse()?;
@@ -48,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
             while count.is_none_or(|c| i < c) {
                 let mut e = Event::new(EventKind::Query, SystemTime::now(), "stress-host");
                 e.detail = Some(format!("run={run} task={t} i={i}"));
-                e.sql_text = Some(format!("insert into t values ({i}, 'some text to make rows realistic')"));
+                e.sql_text = Some(format!(
+                    "insert into t values ({i}, 'some text to make rows realistic')"
+                ));
                 e.workload_identity = Some("stress".into());
                 e.labels.insert("run".into(), run.to_string());
                 let id = e.event_id;

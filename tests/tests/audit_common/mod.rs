@@ -1,6 +1,6 @@
 //! Helpers shared by the `audit_*` tests: event fixtures, a writer on temporary directories, and the
 //! Python interpreter that has DuckDB and pyarrow.
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +25,14 @@ pub fn rich_event(kind: EventKind, t: SystemTime, i: u64) -> Event {
     e.tgid = Some(1000);
     e.uid = Some(1001);
     e.comm = Some("python3".into());
-    e.workload_identity = Some(if i % 2 == 0 { "etl-nightly" } else { "dbt" }.into());
+    e.workload_identity = Some(
+        if i.is_multiple_of(2) {
+            "etl-nightly"
+        } else {
+            "dbt"
+        }
+        .into(),
+    );
     e.labels.insert("team".into(), "data".into());
     e.labels.insert("n".into(), i.to_string());
     e.src_ip = Some("127.0.0.1".parse().unwrap());
@@ -42,14 +49,14 @@ pub fn rich_event(kind: EventKind, t: SystemTime, i: u64) -> Event {
         e.statement_type = Some("SELECT".into());
         e.query_id = Some(format!("01b2-{i}"));
         e.decision = Some("allow".into());
-        e.success = Some(i % 7 != 0);
+        e.success = Some(!i.is_multiple_of(7));
         e.duration_ms = Some(i * 3);
         e.rows_produced = Some(i);
         e.is_async = Some(false);
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             e.flags = vec!["alert".into(), "describe_only".into()];
         }
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             e.error_code = Some("002003".into());
             e.error_message = Some("Object does not exist".into());
         }
