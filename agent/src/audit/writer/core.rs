@@ -34,6 +34,7 @@ pub(super) enum PMsg {
 pub(super) struct Health {
     pub(super) healthy: AtomicBool,
     pub(super) gap_events: AtomicU64,
+    pub(super) syncs: AtomicU64,
 }
 
 pub(super) struct Pending {

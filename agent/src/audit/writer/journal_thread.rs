@@ -48,6 +48,7 @@ pub(super) fn run_sync(core: &Core, parquet: &std_mpsc::Sender<PMsg>) {
             match result {
                 Ok(()) => {
                     st.synced = st.synced.max(target);
+                    core.health.syncs.fetch_add(1, Ordering::Relaxed);
                     core.settle(&mut st, Ok(target), &mut out);
                 }
                 Err(e) => {
