@@ -52,7 +52,9 @@ impl OnAuditFailure {
 pub struct AuditConfig {
     /// Whether the proxy waits for the intent's acknowledgement before forwarding a statement.
     pub durability: Durability,
-    /// Upper bound in milliseconds on how long events wait for an fdatasync while one is in flight.
+    /// How long, in milliseconds, events may wait for an fdatasync while another is in flight. The
+    /// writer keeps one fdatasync in flight and starts the next the moment it returns, so events wait
+    /// at most one fdatasync; a disk slower than this window is reported in the log.
     pub batch_window_ms: u64,
     /// A Parquet file closes once it reaches about this many bytes.
     pub max_file_bytes: u64,

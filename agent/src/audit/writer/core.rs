@@ -80,6 +80,8 @@ pub(super) struct Core {
     pub(super) journal: JournalDir,
     pub(super) events_written: AtomicU64,
     pub(super) files_published: AtomicU64,
+    /// `batch_window_ms`: an fdatasync slower than this is reported, since events behind it wait longer.
+    pub(super) batch_window: std::time::Duration,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc as std_mpsc};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::mpsc;
@@ -17,10 +17,13 @@ use crate::audit::{AuditError, Event, EventKind};
 
 /// Most events the journal thread encodes into one write.
 const MAX_BATCH: usize = 1024;
+/// A slow fdatasync is reported at most this often.
+const SLOW_SYNC_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// The sync thread: one fdatasync at a time, started as soon as there is unsynced data.
 pub(super) fn run_sync(core: &Core, parquet: &std_mpsc::Sender<PMsg>) {
     let mut out = Settled::default();
+    let mut last_slow_report: Option<Instant> = None;
     loop {
         let (target, file) = {
             let mut st = lock(&core.sync);
@@ -38,10 +41,22 @@ pub(super) fn run_sync(core: &Core, parquet: &std_mpsc::Sender<PMsg>) {
             st.in_flight = true;
             (st.written, st.file.clone())
         };
+        let started = Instant::now();
         let result = match file {
             Some(f) => f.sync_data(),
             None => Ok(()),
         };
+        let took = started.elapsed();
+        if took > core.batch_window
+            && last_slow_report.is_none_or(|t| t.elapsed() >= SLOW_SYNC_REPORT_EVERY)
+        {
+            last_slow_report = Some(Instant::now());
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                batch_window_ms = core.batch_window.as_millis() as u64,
+                "journal fdatasync slower than batch_window_ms; events behind it waited longer"
+            );
+        }
         {
             let mut st = lock(&core.sync);
             st.in_flight = false;

@@ -11,8 +11,9 @@
 //!   as the in-flight one returns (DECISIONS.md 12). One fdatasync at a time on purpose: after a
 //!   failed fsync, Linux may report success to a concurrent one for pages it dropped, so overlapping
 //!   fsyncs could acknowledge lost events. An event waits therefore at most for the in-flight
-//!   fdatasync and its own; `batch_window_ms` is the bound this must stay within on healthy disks.
-//!   When an fdatasync returns, the sync thread resolves the acknowledgements it covers and passes the
+//!   fdatasync and its own, never for a timer: an idle agent pays one fdatasync per statement, a busy
+//!   one shares each. `batch_window_ms` is the wait this must stay within; an fdatasync slower than
+//!   the window is logged (at most once a minute). When an fdatasync returns, the sync thread resolves the acknowledgements it covers and passes the
 //!   events on to Parquet (only durable events reach Parquet).
 //! - **parquet**: appends events to the open file of their hour (`event_time`, UTC), closes files
 //!   at the hour boundary (writer clock), at `max_file_bytes`, at `max_file_age_s`, a few seconds
@@ -25,7 +26,12 @@
 //! second. Events that fail are counted as a gap; once writing works again the writer records one
 //! `lifecycle` event with `lifecycle_action = "audit_gap"` and the count and time range in `detail`.
 //! Whether statements are refused meanwhile (`on_audit_failure = "block"`) or go ahead (`"allow"`)
-//! is the proxy's decision; the writer's behaviour is the same in both modes.
+//! is the proxy's decision; the writer's behaviour is the same in both modes. Likewise
+//! `durability`: the writer always acknowledges after the fdatasync, and the proxy decides whether
+//! to wait for that before forwarding.
+//!
+//! Dropping the [`WriterTask`] without [`shutdown`](WriterTask::shutdown) leaves open files to the
+//! next start's recovery (their events are in the journal); nothing acknowledged is lost.
 //!
 //! A Parquet failure does not fail acknowledgements (the events are durable in the journal); the
 //! file is dropped and rebuilt from the journal every few seconds until it can be written.
@@ -253,6 +259,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         journal,
         events_written: AtomicU64::new(0),
         files_published: AtomicU64::new(0),
+        batch_window: Duration::from_millis(opts.config.batch_window_ms),
     });
 
     let (tx, rx) = mpsc::channel(opts.config.channel_capacity.max(1));
