@@ -187,7 +187,6 @@ impl JournalWriter {
 
     pub(super) fn write_batch(&mut self, batch: &mut Vec<(Event, Option<AckTx>)>) {
         self.buf.clear();
-        let first_seq = self.next_seq;
         let mut ends = Vec::with_capacity(batch.len());
         let base = self.seg_base + self.seg_len;
         for (e, ack) in batch.iter_mut() {
@@ -210,7 +209,6 @@ impl JournalWriter {
         };
         if let Err(e) = std::io::Write::write_all(file, &self.buf) {
             tracing::error!(error = %e, "audit journal write failed");
-            self.next_seq = first_seq.max(self.next_seq);
             self.on_error(batch, &format!("write: {e}"));
             return;
         }
@@ -301,13 +299,25 @@ impl JournalWriter {
 
     /// Starts a fresh segment after a failure or a rotation; returns whether the journal is writable.
     pub(super) fn reopen(&mut self) -> bool {
+        let mut out = Settled::default();
         let synced = {
             let mut st = lock(&self.core.sync);
             while st.in_flight {
                 st = self.core.cv.wait(st).unwrap_or_else(|e| e.into_inner());
             }
+            // Events written after a failed fdatasync are past the synced length and are about to
+            // be cut off: they fail too (a rotation comes here with nothing pending).
+            if !st.pending.is_empty() {
+                let err =
+                    AuditError::Journal("the journal failed before this event was synced".into());
+                self.core.settle(&mut st, Err(err), &mut out);
+            }
             st.synced
         };
+        for (ack, r) in out.acks.drain(..) {
+            let _ = ack.send(r);
+        }
+        self.core.release(out.failed.drain(..));
         if let Some(old) = self.file.take() {
             // Drop whatever reached the file but was never acknowledged.
             let keep = synced.saturating_sub(self.seg_base);

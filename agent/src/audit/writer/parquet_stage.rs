@@ -117,9 +117,18 @@ impl ParquetStage {
         for h in due {
             self.close(h);
         }
-        for f in self.open.values_mut() {
+        let mut broken = Vec::new();
+        for (hour, f) in self.open.iter_mut() {
             if let Err(e) = f.flush() {
-                tracing::warn!(error = %e, "audit parquet flush failed");
+                tracing::error!(error = %e, "audit parquet write failed; kept in the journal");
+                broken.push((*hour, e));
+            }
+        }
+        // A file whose write failed may be damaged: drop it and rebuild it from the journal.
+        for (hour, e) in broken {
+            if let Some(f) = self.open.remove(&hour) {
+                let a = f.abandon(e);
+                self.failed.entry(hour).or_default().extend(&a.seqs);
             }
         }
         if !self.failed.is_empty() && Instant::now() >= self.next_retry {
