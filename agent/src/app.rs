@@ -15,7 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::audit::{Event, EventKind, EventSink, LogSink};
+use crate::audit::{
+    AuditWriter, Event, EventKind, EventSink, SystemClock, WriterOptions, WriterTask,
+};
 use crate::config::Config;
 use crate::control::handler::DaemonHandler;
 use crate::enroll::Registry;
@@ -41,19 +43,52 @@ pub struct App {
     sweeper_task: JoinHandle<()>,
     redirect: Arc<RwLock<Redirect>>,
     sink: Arc<dyn EventSink>,
+    writer_task: WriterTask,
     host: String,
+    signals: Signals,
+}
+
+/// The stop signals the daemon listens for.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
 }
 
 /// Starts the daemon.
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let started = Instant::now();
+    // Catch SIGTERM/SIGINT from the first moment: one that arrives while starting must stop the
+    // daemon cleanly, not kill it with the default action.
+    let signals = Signals::new()?;
     create_private_dir(&config.state_dir)?;
     std::fs::create_dir_all(&config.audit_dir)
         .with_context(|| format!("cannot create audit_dir {}", config.audit_dir.display()))?;
     let host = host_name();
     info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
 
-    let sink: Arc<dyn EventSink> = Arc::new(LogSink);
+    // The audit comes first: recovery turns what a previous run left in the journal into Parquet
+    // before any new traffic is served.
+    let (writer, writer_task) = AuditWriter::start(WriterOptions {
+        state_dir: config.state_dir.clone(),
+        audit_dir: config.audit_dir.clone(),
+        host: host.clone(),
+        config: config.audit.clone(),
+        on_failure: config.on_audit_failure,
+        clock: Arc::new(SystemClock),
+    })
+    .await
+    .context("cannot start the audit writer")?;
+    let sink: Arc<dyn EventSink> = Arc::new(writer);
     let (ca, _) =
         crate::tls::Ca::init(&config.state_dir, &host).context("cannot set up the agent's CA")?;
     let ca = Arc::new(ca);
@@ -147,7 +182,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         sweeper_task,
         redirect,
         sink,
+        writer_task,
         host,
+        signals,
     };
     app.lifecycle("start", None).await;
     info!(listen = ?app.bound.proxy, control = %app.bound.control_socket.display(), "snowtrail is running");
@@ -173,13 +210,10 @@ impl App {
     }
 
     /// Waits for SIGTERM or SIGINT, then stops.
-    pub async fn run_until_signalled(self) -> anyhow::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    pub async fn run_until_signalled(mut self) -> anyhow::Result<()> {
         let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            _ = self.signals.term.recv() => "SIGTERM",
+            _ = self.signals.int.recv() => "SIGINT",
         };
         info!(signal = which, "stopping");
         self.stop().await
@@ -210,7 +244,16 @@ impl App {
         let mut e = Event::new(EventKind::Lifecycle, SystemTime::now(), &self.host);
         e.lifecycle_action = Some("stop".into());
         e.pid = Some(std::process::id());
-        let _ = self.sink.submit(e).await;
+        if let Err(err) = self.sink.submit(e).await {
+            warn!(error = %err, "stop event not recorded");
+        }
+        drop(self.sink);
+        let report = self
+            .writer_task
+            .shutdown()
+            .await
+            .context("audit writer shutdown")?;
+        info!(?report, "audit closed");
         Ok(())
     }
 }

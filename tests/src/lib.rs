@@ -102,7 +102,8 @@ impl Daemon {
         let text = format!(
             "state_dir = {state:?}\naudit_dir = {audit:?}\ncontrol_socket = {sock:?}\nfail_open = {fo}\n{extra}\n\
              [redirect]\nlisten_port = {listen_port}\npin_dir = {pins:?}\n\
-             [proxy]\ndrain_timeout_s = 2\n",
+             [proxy]\ndrain_timeout_s = 2\n\
+             [audit]\nmax_file_age_s = 1\n",
             state = state_dir.display().to_string(),
             audit = audit_dir.display().to_string(),
             sock = socket.display().to_string(),
@@ -248,9 +249,13 @@ impl Daemon {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The audit events the daemon recorded so far (every run), as JSON values.
+    /// The audit events in the daemon's published Parquet files (every run), as JSON values.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        events_from_log(&self.logs())
+        snowtrail::audit::inspect::read_events(&self.audit_dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| serde_json::to_value(e).ok())
+            .collect()
     }
 
     /// Waits until an event matching `pred` was recorded.
@@ -263,19 +268,6 @@ impl Daemon {
         })
         .with_context(|| format!("no matching event; events:\n{:#?}", self.events()))
     }
-}
-
-/// Extracts the audit events from a JSON log.
-pub fn events_from_log(log: &str) -> Vec<serde_json::Value> {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == "audit event")
-        .filter_map(|v| {
-            v["fields"]["event"]
-                .as_str()
-                .and_then(|s| serde_json::from_str(s).ok())
-        })
-        .collect()
 }
 
 impl Drop for Daemon {

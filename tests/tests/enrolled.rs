@@ -521,3 +521,66 @@ fn cli_errors_are_clear() {
     );
     assert!(out.status.signal().is_none());
 }
+
+#[test]
+fn the_audit_cli_reads_what_the_daemon_wrote() {
+    let mut d = daemon("auditcli");
+    let _server = PeerServer::start("127.77.0.7:443".parse().unwrap()).unwrap();
+    let r = exec_client(&d, "e2e-audit", &["team=audit"], "127.77.0.7", 443, "auto");
+    assert!(is_proxied(&r), "{r}");
+    let pid = r["pid"].as_u64();
+    let ev = d.wait_event(|e| e["tgid"].as_u64() == pid).unwrap();
+    d.stop().unwrap();
+    let dir = d.audit_dir.to_string_lossy().into_owned();
+
+    let ls = d.cli_ok(&["audit", "ls", &dir]).unwrap();
+    assert!(ls.contains("date="), "{ls}");
+    let verify = d.cli(&["audit", "verify", &dir]).unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
+    let tail = d
+        .cli_ok(&[
+            "audit",
+            "tail",
+            "--json",
+            "--kind",
+            "connection",
+            "--identity",
+            "e2e-audit",
+            "--dir",
+            &dir,
+        ])
+        .unwrap();
+    let rows: Vec<Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{tail}");
+    assert_eq!(rows[0]["event_id"], ev["event_id"]);
+
+    // Start and stop were recorded as lifecycle events.
+    let all = d.events();
+    let actions: Vec<&str> = all
+        .iter()
+        .filter(|e| e["event_kind"] == "lifecycle")
+        .filter_map(|e| e["lifecycle_action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"start") && actions.contains(&"stop"),
+        "{actions:?}"
+    );
+
+    let conn = ev["connection_id"].as_u64().unwrap().to_string();
+    let replay = d
+        .cli_ok(&["replay", "--session", &conn, "--dir", &dir])
+        .unwrap();
+    assert!(replay.contains("connection"), "{replay}");
+    let out = d
+        .cli(&["replay", "--session", "no-such-session", "--dir", &dir])
+        .unwrap();
+    assert!(!out.status.success());
+}

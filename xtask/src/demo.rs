@@ -6,7 +6,6 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,7 +45,7 @@ impl Drop for Guard {
 
 /// Runs the demo.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    crate::setup::run(&crate::setup::Options::default())?;
+    let env = crate::setup::run(&crate::setup::Options::default())?;
     let root = root();
     step("building the agent (eBPF programs included)");
     sh(Command::new("cargo")
@@ -128,38 +127,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         );
     }
 
-    step("what the agent recorded (connection events)");
-    let start = Instant::now();
-    let events = loop {
-        let events = connection_events(&log_path);
-        if !events.is_empty() || start.elapsed() > Duration::from_secs(10) {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if events.is_empty() {
-        bail!(
-            "the agent recorded no connection; its log:\n{}",
-            std::fs::read_to_string(&log_path)?
-        );
-    }
-    for e in &events {
-        println!(
-            "  {kind}: pid {pid} ({comm}) identity {id} labels {labels} cgroup {cg}\n    -> {dst}:{port}  {bin}B in / {bout}B out  {dur} ms  {reason}",
-            kind = e["event_kind"].as_str().unwrap_or("?"),
-            pid = e["tgid"],
-            comm = e["comm"].as_str().unwrap_or("?"),
-            id = e["workload_identity"].as_str().unwrap_or("-"),
-            labels = e["labels"],
-            cg = e["cgroup_path"].as_str().unwrap_or("-"),
-            dst = e["dst_ip"].as_str().unwrap_or("?"),
-            port = e["dst_port"],
-            bin = e["bytes_in"],
-            bout = e["bytes_out"],
-            dur = e["duration_ms"],
-            reason = e["close_reason"].as_str().unwrap_or(""),
-        );
-    }
+    step("the agent's status");
     if let Ok(o) = cli(&["status"]) {
         print!("{}", String::from_utf8_lossy(&o.stdout));
     }
@@ -172,31 +140,27 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             .status();
         let _ = c.wait();
     }
+    step("the audit trail, read with DuckDB as an analyst would");
+    let audit = dir.join("audit");
+    let query = format!(
+        "import duckdb\n\
+         duckdb.sql(\"\"\"SELECT strftime(event_time, '%H:%M:%S') AS time, event_kind AS kind, \
+         coalesce(lifecycle_action, connection_mode) AS what, workload_identity AS identity, labels, comm, tgid AS pid, \
+         dst_ip || ':' || dst_port AS destination, bytes_in, bytes_out, close_reason \
+         FROM read_parquet('{}/**/*.parquet', hive_partitioning = true) ORDER BY event_time\"\"\").show(max_width=250)\n",
+        audit.display()
+    );
+    sh(Command::new(&env.python).arg("-c").arg(query))?;
     if opts.verbose {
         println!(
-            "log: {}\nstate: {}",
+            "log: {}\nstate: {}\naudit: {}",
             log_path.display(),
-            dir.join("state").display()
+            dir.join("state").display(),
+            audit.display()
         );
     }
     step("demo complete");
     Ok(())
-}
-
-fn connection_events(log: &Path) -> Vec<serde_json::Value> {
-    let Ok(text) = std::fs::read_to_string(log) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == "audit event")
-        .filter_map(|v| {
-            v["fields"]["event"]
-                .as_str()
-                .and_then(|s| serde_json::from_str(s).ok())
-        })
-        .filter(|e: &serde_json::Value| e["event_kind"] == "connection")
-        .collect()
 }
 
 fn serve_http(listener: TcpListener) {

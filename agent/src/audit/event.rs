@@ -41,6 +41,21 @@ impl EventKind {
             EventKind::Lifecycle => "lifecycle",
         }
     }
+
+    /// Every kind, for tools that list or validate kinds.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Connection,
+        EventKind::Login,
+        EventKind::Logout,
+        EventKind::Query,
+        EventKind::Denial,
+        EventKind::Lifecycle,
+    ];
+
+    /// The kind stored as `s` in the `event_kind` column, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// A row of the audit table. Build one with [`Event::new`] and fill the columns the event knows.

@@ -2,11 +2,39 @@
 //!
 //! Every part of the agent that has something to record builds an [`Event`] and hands it to an
 //! [`EventSink`]. The sink acknowledges an event once it is durable; whoever needs that guarantee
-//! (a statement about to go upstream) awaits the [`Ack`].
+//! (a statement about to go upstream) awaits the [`Ack`]. The promise: every event the agent
+//! acknowledges ends up in exactly one Parquet file, whatever happens to the process.
+//!
+//! Files, one concern each:
+//! - `event`: the row ([`Event`], [`EventKind`]); `schema`: the Arrow schema, its documentation
+//!   (with OCSF Datastore Activity names) and the Event ↔ Arrow conversion;
+//! - `journal`: the write-ahead journal's format; `files`: Parquet layout, naming and atomic publish;
+//! - `recovery`: journal → Parquet at start, and the exactly-once argument;
+//! - `writer`: [`AuditWriter`] and its threads (group commit, rotation, failure handling);
+//! - `clock`, `config`: injected time and the `[audit]` settings;
+//! - `inspect`: the `audit ls|tail|verify` and `replay` commands as library functions.
+//!
+//! Not here: redaction of secrets (done before an event is built), shipping files elsewhere,
+//! retention, and tamper evidence (`_digests/`, a later issue).
 
+mod clock;
+mod config;
 mod event;
+pub mod files;
+pub mod inspect;
+pub mod journal;
+pub mod recovery;
+pub mod schema;
+mod writer;
 
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{
+    AuditConfig, DEFAULT_BATCH_WINDOW_MS, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_ROW_GROUP_ROWS, Durability, OnAuditFailure,
+};
 pub use event::{Event, EventKind};
+pub use recovery::RecoveryReport;
+pub use writer::{AuditWriter, ShutdownReport, WriterOptions, WriterTask};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +49,12 @@ pub enum AuditError {
     /// Writing or syncing the journal failed (disk full, directory unwritable).
     #[error("audit journal write failed: {0}")]
     Journal(String),
+    /// Start-up could not open the journal or turn what it held into Parquet.
+    #[error("audit recovery failed: {0}")]
+    Recovery(String),
+    /// A writer thread died or could not be started (a bug or resource exhaustion).
+    #[error("audit writer failed: {0}")]
+    Internal(String),
 }
 
 /// The acknowledgement of one submitted event: resolves once the event is durable or failed.
@@ -46,23 +80,4 @@ impl EventSink for LogSink {
         }
         Box::pin(std::future::ready(Ok(())))
     }
-}
-
-/// The `[audit]` section (provisional: the writer defines the full set).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
-    /// How long events wait for a shared fsync.
-    pub batch_window_ms: u64,
-}
-
-/// What happens to statements while the audit cannot be written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnAuditFailure {
-    /// Refuse statements until the writer recovers.
-    #[default]
-    Block,
-    /// Let statements through and record the gap.
-    Allow,
 }

@@ -96,6 +96,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the audit trail: list files, show recent events, verify the files.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Show one session's events in order, as a timeline.
+    Replay {
+        /// The agent's session id (or a connection id).
+        #[arg(long, value_name = "ID")]
+        session: String,
+        /// Audit directory (default: the configuration's audit_dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The agent's certificate authority.
     Ca {
         #[command(subcommand)]
@@ -107,6 +121,51 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         pin_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Files by hour: how many, how many events, how many bytes.
+    Ls {
+        /// Audit directory (default: the configuration's audit_dir).
+        dir: Option<PathBuf>,
+    },
+    /// The most recent events as a table; with -f, keep showing new ones.
+    Tail {
+        /// Keep following new files.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only this workload identity.
+        #[arg(long, value_name = "NAME")]
+        identity: Option<String>,
+        /// Only this kind: connection, login, logout, query, denial, lifecycle.
+        #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+        kind: Option<crate::audit::EventKind>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// How many recent events to show first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Audit directory (default: the configuration's audit_dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Check every file: readable, known schema, event counts, no leftover temporary files.
+    Verify {
+        /// Audit directory (default: the configuration's audit_dir).
+        dir: Option<PathBuf>,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<crate::audit::EventKind, String> {
+    crate::audit::EventKind::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = crate::audit::EventKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
+        format!("unknown kind {s:?}; one of {}", all.join(", "))
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +236,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let app = crate::app::build(config).await?;
                 app.run_until_signalled().await
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command } => audit_command(cli.config.as_deref(), command),
+        Command::Replay { session, dir } => {
+            let dir = audit_dir(cli.config.as_deref(), dir)?;
+            let n = crate::audit::inspect::replay(&dir, &session, &mut std::io::stdout().lock())?;
+            if n == 0 {
+                anyhow::bail!("no events of session {session} under {}", dir.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Ca { command } => {
@@ -282,6 +350,55 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The audit directory a command reads: the one given, else the configuration's.
+fn audit_dir(config: Option<&std::path::Path>, dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match dir {
+        Some(d) => Ok(d),
+        None => Ok(Config::load(config)?.audit_dir),
+    }
+}
+
+fn audit_command(
+    config: Option<&std::path::Path>,
+    command: AuditCommand,
+) -> anyhow::Result<ExitCode> {
+    use crate::audit::inspect;
+    let mut out = std::io::stdout().lock();
+    match command {
+        AuditCommand::Ls { dir } => {
+            inspect::ls(&audit_dir(config, dir)?, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Tail {
+            follow,
+            identity,
+            kind,
+            json,
+            lines,
+            dir,
+        } => {
+            let opts = inspect::TailOptions {
+                follow,
+                identity,
+                kind,
+                json,
+                n: lines,
+                ..inspect::TailOptions::default()
+            };
+            inspect::tail(&audit_dir(config, dir)?, &opts, &mut out, &|| false)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify { dir } => {
+            let report = inspect::verify(&audit_dir(config, dir)?, &mut out)?;
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -1,0 +1,621 @@
+//! The audit trail for people: `audit ls`, `audit tail`, `audit verify` and `replay`, as library
+//! functions that write to any `Write` and return a `Result`, so the CLI and the tests share them.
+//!
+//! They read the Parquet files under an audit directory (no daemon needed) and never change them.
+//! Argument parsing and exit codes belong to the `cli` module.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use arrow::datatypes::SchemaRef;
+use chrono::{DateTime, SecondsFormat, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::errors::ParquetError;
+
+use super::event::{Event, EventKind};
+use super::files::{FileError, footer_value, hour_of, is_hidden, partition_rel, read_footer};
+use super::schema::{META_SCHEMA_VERSION, SCHEMA_VERSION, SchemaError, events_from_batch, schema};
+
+/// A temporary file younger than this is taken for one the agent is still writing.
+const TEMP_IN_PROGRESS: Duration = Duration::from_secs(2 * 3600);
+
+/// Why an inspection command failed (as opposed to finding problems, which `verify` reports).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InspectError {
+    /// A directory could not be listed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A file's footer could not be read.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A file's data could not be read.
+    #[error("{path}: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: ParquetError,
+    },
+    /// A file's rows are not audit events.
+    #[error("{path}: {source}")]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: SchemaError,
+    },
+    /// Writing the output failed.
+    #[error("output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// One published Parquet file of the audit directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// The file's path.
+    pub path: PathBuf,
+    /// Its partition, `date=YYYY-MM-DD/hour=HH`.
+    pub partition: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<fs::DirEntry>, InspectError> {
+    let io_err = |source| InspectError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries = fs::read_dir(dir)
+        .map_err(io_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io_err)?;
+    entries.sort_by_key(|e| e.file_name());
+    Ok(entries)
+}
+
+/// Walks `date=*/hour=*` under `dir`, calling `f(partition, entry)` for every file, hidden ones too.
+fn walk(
+    dir: &Path,
+    mut f: impl FnMut(&str, &fs::DirEntry) -> Result<(), InspectError>,
+) -> Result<(), InspectError> {
+    for date in read_dir_sorted(dir)? {
+        let dname = date.file_name().to_string_lossy().into_owned();
+        if !dname.starts_with("date=") || !date.path().is_dir() {
+            continue;
+        }
+        for hour in read_dir_sorted(&date.path())? {
+            let hname = hour.file_name().to_string_lossy().into_owned();
+            if !hname.starts_with("hour=") || !hour.path().is_dir() {
+                continue;
+            }
+            let partition = format!("{dname}/{hname}");
+            for file in read_dir_sorted(&hour.path())? {
+                f(&partition, &file)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The published Parquet files under `dir`, in partition and name order (temporary files skipped).
+pub fn list_files(dir: &Path) -> Result<Vec<FileEntry>, InspectError> {
+    let mut out = Vec::new();
+    walk(dir, |partition, e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_hidden(&name) || !name.ends_with(".parquet") {
+            return Ok(());
+        }
+        let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+        out.push(FileEntry {
+            path: e.path(),
+            partition: partition.to_owned(),
+            bytes,
+        });
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, InspectError> {
+    let f = File::open(path).map_err(|source| InspectError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| InspectError::Parquet {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads every event of one file.
+pub fn read_file_events(path: &Path) -> Result<Vec<Event>, InspectError> {
+    let reader = open_reader(path)?
+        .build()
+        .map_err(|source| InspectError::Parquet {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| InspectError::Parquet {
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
+        out.extend(
+            events_from_batch(&batch).map_err(|source| InspectError::Schema {
+                path: path.to_owned(),
+                source,
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+/// Reads every event under `dir`, in event time order.
+pub fn read_events(dir: &Path) -> Result<Vec<Event>, InspectError> {
+    let mut out = Vec::new();
+    for f in list_files(dir)? {
+        out.extend(read_file_events(&f.path)?);
+    }
+    out.sort_by_key(|e| e.event_time);
+    Ok(out)
+}
+
+fn fmt_time(t: SystemTime) -> String {
+    DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// What `audit ls` found, for callers that want numbers rather than text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LsSummary {
+    /// Files.
+    pub files: usize,
+    /// Events (rows) in all files.
+    pub events: u64,
+    /// Bytes of all files.
+    pub bytes: u64,
+}
+
+/// `snowtrail audit ls`: files per hour partition with their events and bytes.
+pub fn ls(dir: &Path, out: &mut dyn Write) -> Result<LsSummary, InspectError> {
+    let mut per_hour: BTreeMap<String, LsSummary> = BTreeMap::new();
+    for f in list_files(dir)? {
+        let rows = read_footer(&f.path)?.file_metadata().num_rows();
+        let h = per_hour.entry(f.partition.clone()).or_default();
+        h.files += 1;
+        h.events += u64::try_from(rows).unwrap_or(0);
+        h.bytes += f.bytes;
+    }
+    writeln!(
+        out,
+        "{:<28} {:>6} {:>10} {:>12}",
+        "PARTITION", "FILES", "EVENTS", "BYTES"
+    )?;
+    let mut total = LsSummary::default();
+    for (p, s) in &per_hour {
+        writeln!(
+            out,
+            "{p:<28} {:>6} {:>10} {:>12}",
+            s.files, s.events, s.bytes
+        )?;
+        total.files += s.files;
+        total.events += s.events;
+        total.bytes += s.bytes;
+    }
+    writeln!(
+        out,
+        "{:<28} {:>6} {:>10} {:>12}",
+        "total", total.files, total.events, total.bytes
+    )?;
+    Ok(total)
+}
+
+/// What `audit tail` shows.
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    /// Keep watching for new files (`-f`).
+    pub follow: bool,
+    /// Only events of this workload (or human) identity.
+    pub identity: Option<String>,
+    /// Only events of this kind.
+    pub kind: Option<EventKind>,
+    /// One JSON object per line instead of a table.
+    pub json: bool,
+    /// How many of the most recent events to show first (`-n`).
+    pub n: usize,
+    /// How often `-f` looks for new files.
+    pub poll: Duration,
+}
+
+impl Default for TailOptions {
+    fn default() -> Self {
+        TailOptions {
+            follow: false,
+            identity: None,
+            kind: None,
+            json: false,
+            n: 20,
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+impl TailOptions {
+    fn matches(&self, e: &Event) -> bool {
+        self.kind.is_none_or(|k| k == e.event_kind)
+            && self.identity.as_deref().is_none_or(|id| {
+                e.workload_identity.as_deref() == Some(id)
+                    || e.human_identity.as_deref() == Some(id)
+            })
+    }
+}
+
+/// An event as a JSON object with readable times, for `--json` output.
+pub fn event_json(e: &Event) -> serde_json::Value {
+    let mut v = serde_json::to_value(e).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("event_time".into(), fmt_time(e.event_time).into());
+        obj.insert("decided_at".into(), e.decided_at.map(fmt_time).into());
+        obj.retain(|_, v| !v.is_null());
+    }
+    v
+}
+
+fn one_line(s: &str, max: usize) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() > max {
+        let mut t: String = flat.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    } else {
+        flat
+    }
+}
+
+fn outcome(e: &Event) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = &e.decision {
+        parts.push(d.clone());
+    }
+    match e.success {
+        Some(true) => parts.push("ok".into()),
+        Some(false) => parts.push(format!(
+            "failed{}",
+            e.error_code
+                .as_ref()
+                .map(|c| format!(" {c}"))
+                .unwrap_or_default()
+        )),
+        None => {}
+    }
+    parts.join(" ")
+}
+
+fn what(e: &Event) -> String {
+    e.sql_text
+        .as_deref()
+        .or(e.lifecycle_action.as_deref())
+        .or(e.detail.as_deref())
+        .or(e.sni.as_deref())
+        .or(e.error_message.as_deref())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn print_events(events: &[Event], opts: &TailOptions, out: &mut dyn Write) -> io::Result<()> {
+    for e in events {
+        if opts.json {
+            writeln!(out, "{}", event_json(e))?;
+        } else {
+            writeln!(
+                out,
+                "{:<24} {:<10} {:<20} {:<16} {:<12} {}",
+                fmt_time(e.event_time),
+                e.event_kind.as_str(),
+                one_line(e.workload_identity.as_deref().unwrap_or("-"), 20),
+                one_line(e.login_user.as_deref().unwrap_or("-"), 16),
+                one_line(&outcome(e), 12),
+                one_line(&what(e), 100)
+            )?;
+        }
+    }
+    out.flush()
+}
+
+/// `snowtrail audit tail`: the `n` most recent matching events; with `follow`, then the events of
+/// every file published later, until `stop()` returns true.
+pub fn tail(
+    dir: &Path,
+    opts: &TailOptions,
+    out: &mut dyn Write,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), InspectError> {
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut events = Vec::new();
+    for f in list_files(dir)? {
+        events.extend(
+            read_file_events(&f.path)?
+                .into_iter()
+                .filter(|e| opts.matches(e)),
+        );
+        seen.insert(f.path);
+    }
+    events.sort_by_key(|e| e.event_time);
+    let skip = events.len().saturating_sub(opts.n);
+    if !opts.json {
+        writeln!(
+            out,
+            "{:<24} {:<10} {:<20} {:<16} {:<12} WHAT",
+            "TIME", "KIND", "IDENTITY", "USER", "OUTCOME"
+        )?;
+    }
+    print_events(&events[skip..], opts, out)?;
+    while opts.follow && !stop() {
+        std::thread::sleep(opts.poll);
+        let mut fresh = Vec::new();
+        for f in list_files(dir)? {
+            if seen.insert(f.path.clone()) {
+                fresh.extend(
+                    read_file_events(&f.path)?
+                        .into_iter()
+                        .filter(|e| opts.matches(e)),
+                );
+            }
+        }
+        fresh.sort_by_key(|e| e.event_time);
+        print_events(&fresh, opts, out)?;
+    }
+    Ok(())
+}
+
+/// What `audit verify` found; [`ok`](VerifyReport::ok) decides the exit code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Parquet files checked.
+    pub files: usize,
+    /// Events read.
+    pub events: u64,
+    /// Event ids found in more than one row.
+    pub duplicate_ids: u64,
+    /// Temporary files young enough to belong to a running agent (not a problem).
+    pub temp_in_progress: usize,
+    /// Every problem, one line each.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether the directory is sound: every file readable with a known schema, no duplicates, no
+    /// leftover temporary files.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn check_schema(file: &SchemaRef) -> Vec<String> {
+    let ours = schema();
+    let mut problems = Vec::new();
+    for f in file.fields() {
+        match ours.field_with_name(f.name()) {
+            Ok(o) if o.data_type() == f.data_type() => {}
+            Ok(o) => problems.push(format!(
+                "column {} is {}, expected {}",
+                f.name(),
+                f.data_type(),
+                o.data_type()
+            )),
+            Err(_) => problems.push(format!("unknown column {}", f.name())),
+        }
+    }
+    for required in ["event_time", "event_id", "event_kind"] {
+        if file.field_with_name(required).is_err() {
+            problems.push(format!("column {required} is missing"));
+        }
+    }
+    problems
+}
+
+fn verify_file(
+    path: &Path,
+    partition: &str,
+    ids: &mut HashSet<u128>,
+    report: &mut VerifyReport,
+) -> Vec<String> {
+    let meta = match read_footer(path) {
+        Ok(m) => m,
+        Err(e) => return vec![format!("unreadable footer: {e}")],
+    };
+    let mut problems = Vec::new();
+    match footer_value(&meta, META_SCHEMA_VERSION).map(str::parse::<u32>) {
+        Some(Ok(v)) if v <= SCHEMA_VERSION => {}
+        Some(Ok(v)) => problems.push(format!(
+            "schema version {v} is newer than this tool's {SCHEMA_VERSION}"
+        )),
+        _ => problems.push("no schema version in the key-value metadata".to_owned()),
+    }
+    let builder = match open_reader(path) {
+        Ok(b) => b,
+        Err(e) => {
+            problems.push(format!("unreadable: {e}"));
+            return problems;
+        }
+    };
+    problems.extend(check_schema(builder.schema()));
+    if !problems.is_empty() {
+        return problems;
+    }
+    let events = match read_file_events(path) {
+        Ok(ev) => ev,
+        Err(e) => {
+            problems.push(format!("unreadable rows: {e}"));
+            return problems;
+        }
+    };
+    if i64::try_from(events.len()).ok() != Some(meta.file_metadata().num_rows()) {
+        problems.push(format!(
+            "{} rows read, footer says {}",
+            events.len(),
+            meta.file_metadata().num_rows()
+        ));
+    }
+    let mut misplaced = 0;
+    for e in &events {
+        if !ids.insert(e.event_id.as_u128()) {
+            report.duplicate_ids += 1;
+            problems.push(format!("duplicate event id {}", e.event_id));
+        }
+        if partition_rel(hour_of(e.event_time)).to_string_lossy() != partition {
+            misplaced += 1;
+        }
+    }
+    if misplaced > 0 {
+        problems.push(format!(
+            "{misplaced} events outside the file's hour partition"
+        ));
+    }
+    report.events += events.len() as u64;
+    problems
+}
+
+/// `snowtrail audit verify`: checks that every file is readable with a known schema, counts events,
+/// and looks for duplicate event ids and leftover temporary files; prints one line per file.
+pub fn verify(dir: &Path, out: &mut dyn Write) -> Result<VerifyReport, InspectError> {
+    let mut report = VerifyReport::default();
+    let mut ids = HashSet::new();
+    let mut lines = Vec::new();
+    walk(dir, |partition, e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.ends_with(".tmp") {
+            let age = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok());
+            if age.is_some_and(|a| a < TEMP_IN_PROGRESS) {
+                report.temp_in_progress += 1;
+                lines.push(format!("writing  {}", path.display()));
+            } else {
+                let p = format!("{}: leftover temporary file", path.display());
+                lines.push(format!("PROBLEM  {p}"));
+                report.problems.push(p);
+            }
+            return Ok(());
+        }
+        if is_hidden(&name) || !name.ends_with(".parquet") {
+            return Ok(());
+        }
+        report.files += 1;
+        let before = report.events;
+        let problems = verify_file(&path, partition, &mut ids, &mut report);
+        if problems.is_empty() {
+            lines.push(format!(
+                "ok       {} ({} events)",
+                path.display(),
+                report.events - before
+            ));
+        }
+        for p in problems {
+            let p = format!("{}: {p}", path.display());
+            lines.push(format!("PROBLEM  {p}"));
+            report.problems.push(p);
+        }
+        Ok(())
+    })?;
+    for l in &lines {
+        writeln!(out, "{l}")?;
+    }
+    writeln!(
+        out,
+        "{} files, {} events, {} problems{}",
+        report.files,
+        report.events,
+        report.problems.len(),
+        if report.temp_in_progress > 0 {
+            format!(", {} files being written", report.temp_in_progress)
+        } else {
+            String::new()
+        }
+    )?;
+    Ok(report)
+}
+
+/// `snowtrail replay --session ID`: the session's events (by `session_id`, or `connection_id` for
+/// now) in time order, as a timeline of statements, timings and outcomes; returns how many.
+pub fn replay(dir: &Path, session: &str, out: &mut dyn Write) -> Result<usize, InspectError> {
+    let events: Vec<Event> = read_events(dir)?
+        .into_iter()
+        .filter(|e| {
+            e.session_id.as_deref() == Some(session)
+                || e.connection_id.is_some_and(|c| c.to_string() == session)
+        })
+        .collect();
+    let Some(first) = events.first() else {
+        writeln!(out, "no events for session {session}")?;
+        return Ok(0);
+    };
+    let t0 = first.event_time;
+    let last = events.last().map_or(t0, |e| e.event_time);
+    writeln!(
+        out,
+        "session {session}: {} events, {} .. {}",
+        events.len(),
+        fmt_time(t0),
+        fmt_time(last)
+    )?;
+    let ctx = events
+        .iter()
+        .find(|e| e.login_user.is_some() || e.workload_identity.is_some());
+    if let Some(c) = ctx {
+        writeln!(
+            out,
+            "identity {}  user {}  account {}  process {} (pid {})",
+            c.workload_identity.as_deref().unwrap_or("-"),
+            c.login_user.as_deref().unwrap_or("-"),
+            c.account.as_deref().unwrap_or("-"),
+            c.comm.as_deref().unwrap_or("-"),
+            c.tgid.map_or("-".to_owned(), |p| p.to_string())
+        )?;
+    }
+    for e in &events {
+        let offset = e.event_time.duration_since(t0).unwrap_or_default();
+        let mut timing = Vec::new();
+        if let Some(d) = e.duration_ms {
+            timing.push(format!("{d} ms"));
+        }
+        if let Some(r) = e.rows_produced {
+            timing.push(format!("{r} rows"));
+        }
+        if let Some(q) = &e.query_id {
+            timing.push(format!("query {q}"));
+        }
+        writeln!(
+            out,
+            "+{:>9.3}s  {:<10} {:<12} {}{}",
+            offset.as_secs_f64(),
+            e.event_kind.as_str(),
+            one_line(&outcome(e), 12),
+            one_line(&what(e), 120),
+            if timing.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", timing.join(", "))
+            }
+        )?;
+        if let Some(m) = &e.error_message {
+            writeln!(out, "{:>13}error: {}", "", one_line(m, 160))?;
+        }
+    }
+    Ok(events.len())
+}

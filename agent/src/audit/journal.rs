@@ -1,0 +1,446 @@
+//! The write-ahead journal: where an event is made durable before it is acknowledged.
+//!
+//! Layout under `<state_dir>/journal/`:
+//! - `id`: a UUID naming this journal, written once. Parquet files record it with the journal
+//!   sequence numbers they hold, so a recreated journal (state directory wiped) can never be confused
+//!   with an older one whose sequence numbers overlap.
+//! - `<first_seq, 20 digits>.wal`: segments, in sequence order. Each starts with a 16-byte header
+//!   (`SEGMENT_MAGIC`, then the first sequence number, little-endian) followed by records:
+//!   `len: u32 LE | crc32: u32 LE | seq: u64 LE | payload (len bytes, the event as JSON)`, the CRC
+//!   covering `seq` and `payload`. Sequence numbers increase by one per record, across segments and
+//!   restarts (a segment's name carries the counter even when it is empty).
+//!
+//! A crash can leave a torn tail: a partial header or payload, or a CRC mismatch. Reading stops at
+//! the first such record of a segment; only records that were never acknowledged can be there,
+//! because an acknowledgement waits for the fdatasync that covers the whole record.
+//!
+//! This module only encodes, appends and reads; when to sync, rotate and delete is the writer's
+//! business, and turning records into Parquet is recovery's.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::event::Event;
+
+/// The first eight bytes of every segment; the last byte is the format version.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"STJRNL\0\x01";
+/// Bytes of a segment header.
+pub const HEADER_LEN: u64 = 16;
+/// Bytes of a record header (length, CRC, sequence number).
+pub const RECORD_HEADER_LEN: usize = 16;
+/// A record longer than this is taken for garbage (SQL text is capped at 1 MB by Snowflake).
+pub const MAX_RECORD_LEN: u32 = 64 * 1024 * 1024;
+/// A segment is sealed and a new one started once it grows past this.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why the journal could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// A file system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The journal's `id` file does not hold a UUID.
+    #[error("journal id file {0} is not a UUID")]
+    BadId(PathBuf),
+    /// A segment does not start with the journal's magic.
+    #[error("{0} is not a journal segment")]
+    BadSegment(PathBuf),
+    /// An event's encoding is longer than [`MAX_RECORD_LEN`].
+    #[error("event of {0} bytes is too large for the journal")]
+    TooLarge(usize),
+    /// An event could not be encoded (a bug).
+    #[error("event could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
+    move |source| JournalError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Makes a directory's entries (created, renamed or removed files) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The journal directory and its identity.
+#[derive(Debug, Clone)]
+pub struct JournalDir {
+    /// `<state_dir>/journal`.
+    pub path: PathBuf,
+    /// This journal's id, recorded in every Parquet file made from it.
+    pub id: Uuid,
+}
+
+impl JournalDir {
+    /// Opens the journal under `state_dir`, creating the directory and its id on first use.
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        let path = state_dir.join("journal");
+        if !path.is_dir() {
+            fs::create_dir_all(&path).map_err(io_err("create", &path))?;
+            sync_dir(state_dir).map_err(io_err("sync", state_dir))?;
+        }
+        let id_path = path.join("id");
+        let id = match fs::read_to_string(&id_path) {
+            Ok(s) => Uuid::parse_str(s.trim()).map_err(|_| JournalError::BadId(id_path.clone()))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let id = Uuid::now_v7();
+                let tmp = path.join(".id.tmp");
+                let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+                f.write_all(format!("{id}\n").as_bytes())
+                    .map_err(io_err("write", &tmp))?;
+                f.sync_all().map_err(io_err("sync", &tmp))?;
+                fs::rename(&tmp, &id_path).map_err(io_err("rename", &id_path))?;
+                sync_dir(&path).map_err(io_err("sync", &path))?;
+                id
+            }
+            Err(e) => return Err(io_err("read", &id_path)(e)),
+        };
+        Ok(JournalDir { path, id })
+    }
+
+    /// The segments present, in sequence order, as (first sequence number, path).
+    pub fn segments(&self) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.path).map_err(io_err("list", &self.path))? {
+            let entry = entry.map_err(io_err("list", &self.path))?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+                continue;
+            };
+            if let Ok(first) = stem.parse::<u64>() {
+                out.push((first, entry.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The path of the segment whose first record has sequence number `first_seq`.
+    pub fn segment_path(&self, first_seq: u64) -> PathBuf {
+        self.path.join(format!("{first_seq:020}.wal"))
+    }
+
+    /// Creates a new, durable, empty segment (header written, file and directory synced).
+    pub fn create_segment(&self, first_seq: u64) -> Result<(PathBuf, File), JournalError> {
+        let path = self.segment_path(first_seq);
+        let mut f = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        let mut header = [0u8; HEADER_LEN as usize];
+        header[..8].copy_from_slice(&SEGMENT_MAGIC);
+        header[8..].copy_from_slice(&first_seq.to_le_bytes());
+        let written = f.write_all(&header).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            drop(f);
+            let _ = fs::remove_file(&path);
+            return Err(io_err("write", &path)(e));
+        }
+        sync_dir(&self.path).map_err(io_err("sync", &self.path))?;
+        Ok((path, f))
+    }
+}
+
+/// Appends one record for `event` with sequence number `seq` to `buf` (reused across calls, so the
+/// hot path allocates only when the buffer must grow).
+pub fn encode_record(buf: &mut Vec<u8>, seq: u64, event: &Event) -> Result<(), JournalError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    if let Err(e) = serde_json::to_writer(&mut *buf, event) {
+        buf.truncate(start);
+        return Err(e.into());
+    }
+    let payload_len = buf.len() - start - RECORD_HEADER_LEN;
+    let len = match u32::try_from(payload_len) {
+        Ok(len) if len <= MAX_RECORD_LEN => len,
+        _ => {
+            buf.truncate(start);
+            return Err(JournalError::TooLarge(payload_len));
+        }
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&seq.to_le_bytes());
+    crc.update(&buf[start + RECORD_HEADER_LEN..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.finalize().to_le_bytes());
+    buf[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
+    Ok(())
+}
+
+/// What reading a segment found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SegmentEnd {
+    /// Records read intact.
+    pub records: u64,
+    /// Whether reading stopped at a torn or corrupt record rather than at the end of the file.
+    pub torn: bool,
+    /// Bytes of the intact prefix (header included).
+    pub valid_len: u64,
+    /// The sequence number after the last intact record (the header's first one if there is none).
+    pub next_seq: u64,
+}
+
+/// Reads a segment's intact records in order, calling `f(seq, payload)` for each; stops at the first
+/// torn or corrupt record.
+pub fn read_segment(
+    path: &Path,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), JournalError>,
+) -> Result<SegmentEnd, JournalError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut header = [0u8; HEADER_LEN as usize];
+    match r.read_exact(&mut header) {
+        Ok(()) => {}
+        // A segment whose header never reached the disk holds nothing.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+            return Ok(SegmentEnd {
+                torn: true,
+                ..SegmentEnd::default()
+            });
+        }
+        Err(e) => return Err(io_err("read", path)(e)),
+    }
+    if header[..8] != SEGMENT_MAGIC {
+        return Err(JournalError::BadSegment(path.to_owned()));
+    }
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&header[8..]);
+    let mut end = SegmentEnd {
+        valid_len: HEADER_LEN,
+        next_seq: u64::from_le_bytes(first),
+        ..SegmentEnd::default()
+    };
+    let mut payload = Vec::new();
+    loop {
+        let mut rh = [0u8; RECORD_HEADER_LEN];
+        match read_full(&mut r, &mut rh).map_err(io_err("read", path))? {
+            0 => return Ok(end),
+            n if n < RECORD_HEADER_LEN => {
+                end.torn = true;
+                return Ok(end);
+            }
+            _ => {}
+        }
+        let word = |i: usize| u32::from_le_bytes([rh[i], rh[i + 1], rh[i + 2], rh[i + 3]]);
+        let (len, crc) = (word(0), word(4));
+        let mut seq_bytes = [0u8; 8];
+        seq_bytes.copy_from_slice(&rh[8..]);
+        let seq = u64::from_le_bytes(seq_bytes);
+        if len > MAX_RECORD_LEN {
+            end.torn = true;
+            return Ok(end);
+        }
+        payload.resize(len as usize, 0);
+        if read_full(&mut r, &mut payload).map_err(io_err("read", path))? < payload.len() {
+            end.torn = true;
+            return Ok(end);
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&seq_bytes);
+        h.update(&payload);
+        if h.finalize() != crc {
+            end.torn = true;
+            return Ok(end);
+        }
+        f(seq, &payload)?;
+        end.records += 1;
+        end.valid_len += RECORD_HEADER_LEN as u64 + u64::from(len);
+        end.next_seq = seq + 1;
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Decodes a record's payload.
+pub fn decode_event(payload: &[u8]) -> Result<Event, serde_json::Error> {
+    serde_json::from_slice(payload)
+}
+
+/// A set of journal sequence numbers kept as sorted, disjoint, inclusive ranges; what a Parquet file
+/// records about the journal records it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeqRanges(Vec<(u64, u64)>);
+
+impl SeqRanges {
+    /// Adds `seq`; cheap when sequence numbers come in increasing order, as they do.
+    pub fn insert(&mut self, seq: u64) {
+        if let Some(last) = self.0.last_mut() {
+            if seq == last.1 + 1 {
+                last.1 = seq;
+                return;
+            }
+            if seq > last.1 {
+                self.0.push((seq, seq));
+                return;
+            }
+        } else {
+            self.0.push((seq, seq));
+            return;
+        }
+        if self.contains(seq) {
+            return;
+        }
+        let pos = self.0.partition_point(|r| r.1 < seq);
+        self.0.insert(pos, (seq, seq));
+        self.normalize();
+    }
+
+    /// Adds every number of `other`.
+    pub fn extend(&mut self, other: &SeqRanges) {
+        self.0.extend_from_slice(&other.0);
+        self.normalize();
+    }
+
+    fn normalize(&mut self) {
+        self.0.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.0.len());
+        for &(a, b) in &self.0 {
+            match out.last_mut() {
+                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                _ => out.push((a, b)),
+            }
+        }
+        self.0 = out;
+    }
+
+    /// Whether `seq` is in the set.
+    pub fn contains(&self, seq: u64) -> bool {
+        let i = self.0.partition_point(|r| r.1 < seq);
+        self.0.get(i).is_some_and(|r| r.0 <= seq)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many numbers the set holds.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|(a, b)| b - a + 1).sum()
+    }
+
+    /// The ranges, sorted.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+
+    /// Parses the form written by `Display` (`1-5,9-9`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut out = SeqRanges::default();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-')?;
+            let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+            if a > b {
+                return None;
+            }
+            out.0.push((a, b));
+        }
+        out.normalize();
+        Some(out)
+    }
+}
+
+impl std::fmt::Display for SeqRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (a, b)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}-{b}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::audit::EventKind;
+    use std::time::SystemTime;
+
+    #[test]
+    fn records_round_trip_and_torn_tail_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = JournalDir::open(dir.path()).unwrap();
+        assert_eq!(JournalDir::open(dir.path()).unwrap().id, j.id);
+        let (path, mut f) = j.create_segment(10).unwrap();
+        let mut buf = Vec::new();
+        let events: Vec<Event> = (0..3)
+            .map(|_| Event::new(EventKind::Query, SystemTime::now(), "h"))
+            .collect();
+        for (i, e) in events.iter().enumerate() {
+            encode_record(&mut buf, 10 + i as u64, e).unwrap();
+        }
+        f.write_all(&buf).unwrap();
+        // A torn tail: half of a fourth record.
+        let mut tail = Vec::new();
+        encode_record(&mut tail, 13, &events[0]).unwrap();
+        f.write_all(&tail[..tail.len() / 2]).unwrap();
+        let mut got = Vec::new();
+        let end = read_segment(&path, |seq, p| {
+            got.push((seq, decode_event(p).unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        assert!(end.torn);
+        assert_eq!(end.records, 3);
+        assert_eq!(end.next_seq, 13);
+        assert_eq!(end.valid_len, HEADER_LEN + buf.len() as u64);
+        assert_eq!(got.into_iter().map(|g| g.1).collect::<Vec<_>>(), events);
+        assert_eq!(j.segments().unwrap(), vec![(10, path.clone())]);
+
+        // A flipped byte in the second record stops reading after the first.
+        let mut bytes = fs::read(&path).unwrap();
+        let second = HEADER_LEN as usize + (buf.len() / 3) + RECORD_HEADER_LEN + 3;
+        bytes[second] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let end = read_segment(&path, |_, _| Ok(())).unwrap();
+        assert!(end.torn);
+        assert!(end.records >= 1 && end.records < 3);
+    }
+
+    #[test]
+    fn seq_ranges() {
+        let mut r = SeqRanges::default();
+        for s in [1, 2, 3, 7, 8, 5, 4] {
+            r.insert(s);
+        }
+        assert_eq!(r.to_string(), "1-5,7-8");
+        assert!(r.contains(4) && !r.contains(6) && r.contains(8) && !r.contains(0));
+        assert_eq!(r.count(), 7);
+        assert_eq!(SeqRanges::parse("1-5,7-8"), Some(r.clone()));
+        assert_eq!(SeqRanges::parse(""), Some(SeqRanges::default()));
+        assert_eq!(SeqRanges::parse("5-1"), None);
+        let mut o = SeqRanges::parse("6-6,100-101").unwrap();
+        o.extend(&r);
+        assert_eq!(o.to_string(), "1-8,100-101");
+    }
+}

@@ -1,0 +1,232 @@
+//! The state the writer's threads share: the sync state (written and synced positions, pending
+//! events and their acknowledgements, the gap), the journal's segment table, and the messages
+//! between threads. Settling pending events and releasing journal records happen here, under one
+//! lock each; the threads' loops are elsewhere.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc as std_mpsc};
+use std::time::SystemTime;
+
+use tokio::sync::oneshot;
+
+use crate::audit::journal::{JournalDir, SeqRanges, sync_dir};
+use crate::audit::{AuditError, Event};
+
+pub(super) type AckTx = oneshot::Sender<Result<(), AuditError>>;
+
+// Events travel by value: boxing them would cost an allocation per event, and the channel's
+// slots are allocated once.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Msg {
+    Event(Event, AckTx),
+    Tick,
+    Shutdown,
+}
+
+pub(super) enum PMsg {
+    Events(Vec<(u64, Event)>),
+    Shutdown(std_mpsc::Sender<u64>),
+}
+
+pub(super) struct Health {
+    pub(super) healthy: AtomicBool,
+    pub(super) gap_events: AtomicU64,
+    pub(super) syncs: AtomicU64,
+}
+
+pub(super) struct Pending {
+    pub(super) end: u64,
+    pub(super) seq: u64,
+    pub(super) event: Event,
+    pub(super) ack: Option<AckTx>,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Gap {
+    pub(super) count: u64,
+    pub(super) first: SystemTime,
+    pub(super) last: SystemTime,
+}
+
+pub(super) struct SyncState {
+    pub(super) file: Option<Arc<File>>,
+    pub(super) written: u64,
+    pub(super) synced: u64,
+    pub(super) pending: VecDeque<Pending>,
+    pub(super) in_flight: bool,
+    pub(super) failed: bool,
+    pub(super) stop: bool,
+    /// Events that failed since the last `audit_gap` event was made durable.
+    pub(super) gap: Option<Gap>,
+    /// The `audit_gap` event in flight and the gap it reports, put back if it fails too.
+    pub(super) gap_carry: Option<(uuid::Uuid, Gap)>,
+}
+
+pub(super) struct Seg {
+    pub(super) first_seq: u64,
+    pub(super) path: PathBuf,
+    pub(super) outstanding: u64,
+    pub(super) sealed: bool,
+}
+
+pub(super) struct Core {
+    pub(super) sync: Mutex<SyncState>,
+    pub(super) cv: Condvar,
+    pub(super) segs: Mutex<VecDeque<Seg>>,
+    pub(super) health: Arc<Health>,
+    pub(super) journal: JournalDir,
+    pub(super) events_written: AtomicU64,
+    pub(super) files_published: AtomicU64,
+    /// `batch_window_ms`: an fdatasync slower than this is reported, since events behind it wait longer.
+    pub(super) batch_window: std::time::Duration,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The results of settling pending events, delivered outside the lock.
+#[derive(Default)]
+pub(super) struct Settled {
+    pub(super) acks: Vec<(AckTx, Result<(), AuditError>)>,
+    pub(super) events: Vec<(u64, Event)>,
+    pub(super) failed: Vec<u64>,
+}
+
+impl Gap {
+    pub(super) fn merge(gap: &mut Option<Gap>, other: Gap) {
+        match gap {
+            Some(g) => {
+                g.count += other.count;
+                g.first = g.first.min(other.first);
+                g.last = g.last.max(other.last);
+            }
+            None => *gap = Some(other),
+        }
+    }
+
+    /// Counts one failed event, unless it is the `audit_gap` event itself, whose gap is put back.
+    pub(super) fn fail_event(st: &mut SyncState, health: &Health, e: &Event) {
+        if let Some((id, g)) = st.gap_carry
+            && id == e.event_id
+        {
+            st.gap_carry = None;
+            Gap::merge(&mut st.gap, g);
+            return;
+        }
+        Gap::add(&mut st.gap, e.event_time);
+        health.gap_events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn add(gap: &mut Option<Gap>, t: SystemTime) {
+        match gap {
+            Some(g) => {
+                g.count += 1;
+                g.first = g.first.min(t);
+                g.last = g.last.max(t);
+            }
+            None => {
+                *gap = Some(Gap {
+                    count: 1,
+                    first: t,
+                    last: t,
+                })
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Resolves pending events up to `upto` as durable, or every pending event as failed.
+    pub(super) fn settle(
+        &self,
+        st: &mut SyncState,
+        outcome: Result<u64, AuditError>,
+        out: &mut Settled,
+    ) {
+        match outcome {
+            Ok(upto) => {
+                while st.pending.front().is_some_and(|p| p.end <= upto) {
+                    let Some(p) = st.pending.pop_front() else {
+                        break;
+                    };
+                    if let Some(ack) = p.ack {
+                        out.acks.push((ack, Ok(())));
+                    } else if st.gap_carry.is_some_and(|(id, _)| id == p.event.event_id) {
+                        st.gap_carry = None;
+                    }
+                    out.events.push((p.seq, p.event));
+                }
+            }
+            Err(e) => {
+                let pending = std::mem::take(&mut st.pending);
+                for p in pending {
+                    Gap::fail_event(st, &self.health, &p.event);
+                    if let Some(ack) = p.ack {
+                        out.acks.push((ack, Err(e.clone())));
+                    }
+                    out.failed.push(p.seq);
+                }
+            }
+        }
+    }
+
+    pub(super) fn deliver(&self, out: &mut Settled, parquet: &std_mpsc::Sender<PMsg>) {
+        // Events go to the parquet stage before their acknowledgements are released.
+        if !out.events.is_empty() {
+            self.events_written
+                .fetch_add(out.events.len() as u64, Ordering::Relaxed);
+            let events = std::mem::take(&mut out.events);
+            if let Err(std_mpsc::SendError(PMsg::Events(lost))) = parquet.send(PMsg::Events(events))
+            {
+                // The parquet thread is gone (it panicked): the events stay in the journal.
+                tracing::error!(
+                    count = lost.len(),
+                    "audit parquet stage is gone; events stay in the journal"
+                );
+            }
+        }
+        for (ack, r) in out.acks.drain(..) {
+            let _ = ack.send(r);
+        }
+        if !out.failed.is_empty() {
+            let failed = std::mem::take(&mut out.failed);
+            self.release(failed.iter().copied());
+        }
+    }
+
+    /// Marks journal records as no longer needed (published or failed) and deletes the sealed
+    /// segments at the front whose records are all released.
+    pub(super) fn release(&self, seqs: impl Iterator<Item = u64>) {
+        let mut doomed = Vec::new();
+        {
+            let mut segs = lock(&self.segs);
+            for seq in seqs {
+                let i = segs.partition_point(|s| s.first_seq <= seq);
+                if let Some(seg) = i.checked_sub(1).and_then(|i| segs.get_mut(i)) {
+                    seg.outstanding = seg.outstanding.saturating_sub(1);
+                }
+            }
+            while segs.front().is_some_and(|s| s.sealed && s.outstanding == 0) {
+                if let Some(s) = segs.pop_front() {
+                    doomed.push(s.path);
+                }
+            }
+        }
+        for path in &doomed {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "journal segment could not be removed");
+            }
+        }
+        if !doomed.is_empty() {
+            let _ = sync_dir(&self.journal.path);
+        }
+    }
+
+    pub(super) fn release_ranges(&self, seqs: &SeqRanges) {
+        self.release(seqs.ranges().iter().flat_map(|&(a, b)| a..=b));
+    }
+}
