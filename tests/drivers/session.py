@@ -44,11 +44,15 @@ def error_of(e):
     }
 
 
-def rows_of(cur):
+def rows_of(cur, fetch_first=False):
+    # 5.x loads the result of get_results_from_sfqid lazily: description is set by a fetch.
+    rows = cur.fetchall() if fetch_first else None
     if cur.description is None:
         return None, None
     cols = [d[0] for d in cur.description]
-    return cols, [[plain(v) for v in r] for r in cur.fetchall()]
+    if rows is None:
+        rows = cur.fetchall()
+    return cols, [[plain(v) for v in r] for r in rows]
 
 
 def run(conn, spec):
@@ -76,7 +80,7 @@ def run(conn, spec):
         else:
             cur.execute(sql, spec.get("params"), **kwargs)
             out["sfqid"] = cur.sfqid
-        cols, rows = rows_of(cur)
+        cols, rows = rows_of(cur, fetch_first=bool(spec.get("async")))
         out["columns"], out["rows"] = cols, rows
         out["rowcount"] = cur.rowcount
         if spec.get("num_statements") is not None:

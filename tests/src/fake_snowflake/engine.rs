@@ -9,6 +9,9 @@ use super::state::{Inner, MAX_TABLE_ROWS, Session, Table};
 
 /// Rows a `/*sf_chunks*/` result has unless `/*rows:N*/` says otherwise (as in the capture).
 pub const DEFAULT_CHUNKED_ROWS: usize = 350;
+/// The query of a presigned stage URL: GCS V4 style, naming the `x-goog-*` headers it authorises
+/// (connector 5.2.0 refuses a conditional upload whose headers are not signed).
+pub const PRESIGNED_QUERY: &str = "X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential=fake%2F20260101%2Fauto%2Fstorage%2Fgoog4_request&X-Goog-Date=20260101T000000Z&X-Goog-Expires=3600&X-Goog-SignedHeaders=host%3Bx-goog-if-generation-match%3Bx-goog-meta-sfc-digest&X-Goog-Signature=fake";
 /// Most rows `/*rows:N*/` may ask for.
 pub const MAX_GENERATED_ROWS: usize = 1_000_000;
 
@@ -190,7 +193,10 @@ pub fn execute(
             };
             let (location, url_path) = stage_location(session, &stage);
             Outcome::Transfer(json!({
-                "stageInfo": stage_info(&location, Some(format!("{base_url}/fs_bucket/{url_path}{target}"))),
+                "stageInfo": stage_info(
+                    &location,
+                    Some(format!("{base_url}/fs_bucket/{url_path}{target}?{PRESIGNED_QUERY}")),
+                ),
                 "src_locations": [file],
                 "parallel": 4,
                 "threshold": 209_715_200,
@@ -212,7 +218,7 @@ pub fn execute(
                 .collect();
             let urls: Vec<String> = files
                 .iter()
-                .map(|f| format!("{base_url}/fs_bucket/{prefix}{f}"))
+                .map(|f| format!("{base_url}/fs_bucket/{prefix}{f}?{PRESIGNED_QUERY}"))
                 .collect();
             Outcome::Transfer(json!({
                 "stageInfo": stage_info(&location, None),
@@ -233,8 +239,14 @@ pub fn execute(
                 .iter()
                 .filter(|(k, _)| k.starts_with(&prefix))
                 .map(|(k, f)| {
+                    // `DB/SCHEMA/STG1/a.csv.gz` is listed as `stg1/a.csv.gz`.
+                    let name = k.splitn(3, '/').nth(2).unwrap_or(k);
+                    let name = match name.split_once('/') {
+                        Some((stage, file)) => format!("{}/{file}", stage.to_ascii_lowercase()),
+                        None => name.to_ascii_lowercase(),
+                    };
                     vec![
-                        Some(k.to_ascii_lowercase()),
+                        Some(name),
                         Some(f.bytes.len().to_string()),
                         f.digest.clone(),
                         Some(httpdate(f.uploaded)),

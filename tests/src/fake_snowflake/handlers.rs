@@ -767,11 +767,16 @@ fn monitoring(inner: &mut Inner, qid: &str) -> Reply {
         s.pending -= 1;
         q["status"] = json!("RUNNING");
         q["state"] = json!("RUNNING");
-    } else if let Some((code, _, message)) = &s.failed {
+    } else if let Some((code, sql_state, message)) = &s.failed {
         q["status"] = json!("FAILED_WITH_ERROR");
         q["state"] = json!("FAILED_WITH_ERROR");
         q["errorCode"] = json!(code);
         q["errorMessage"] = json!(message);
+        // 4.8.1 reads the SQL state of a failed async statement from `data.sqlState`.
+        return Reply::json(&json!({
+            "data": {"queries": [q], "sqlState": sql_state},
+            "code": null, "message": null, "success": true
+        }));
     }
     Reply::json(&json!({
         "data": {"queries": [q]}, "code": null, "message": null, "success": true
@@ -815,6 +820,10 @@ fn stage_object(inner: &mut Inner, req: &RecordedRequest, method: &str, path: &s
     let key = decode(path.trim_start_matches("/fs_bucket/"));
     match method {
         "PUT" => {
+            let create_only = req.header("x-goog-if-generation-match") == Some("0");
+            if create_only && inner.stage.contains_key(&key) {
+                return Reply::text(412, "PreconditionFailed");
+            }
             let digest = req
                 .header("x-goog-meta-sfc-digest")
                 .or_else(|| req.header("x-amz-meta-sfc-digest"))
