@@ -166,10 +166,11 @@ fn which(program: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The JSON lines a session script printed.
+/// The step lines a session script printed (objects with a `step`; driver log lines are skipped).
 pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str(l.trim()).ok())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .filter(|v| v.get("step").is_some())
         .collect()
 }
