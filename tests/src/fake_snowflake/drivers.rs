@@ -80,7 +80,11 @@ pub fn scripts_dir() -> PathBuf {
 }
 
 /// Writes a hosts file mapping each of `hosts` to `ip` (plus localhost) into `dir`.
-pub fn write_hosts_file(dir: &Path, ip: std::net::IpAddr, hosts: &[&str]) -> anyhow::Result<PathBuf> {
+pub fn write_hosts_file(
+    dir: &Path,
+    ip: std::net::IpAddr,
+    hosts: &[&str],
+) -> anyhow::Result<PathBuf> {
     let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
     for h in hosts {
         text.push_str(&format!("{ip} {h}\n"));

@@ -75,7 +75,9 @@ pub fn execute(
         };
         return Outcome::Error(SfError::no_such_object("Object", &name));
     }
-    let generated = markers.rows.or(markers.chunks.then_some(DEFAULT_CHUNKED_ROWS));
+    let generated = markers
+        .rows
+        .or(markers.chunks.then_some(DEFAULT_CHUNKED_ROWS));
     match stmt {
         Statement::Select { items, from, limit } => {
             let base = select(inner, &items, from.as_deref(), limit);
@@ -379,7 +381,10 @@ fn literal_item(item: &str) -> (Column, Option<String>) {
     let (ty, value) = if let Some(s) = expr.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
         (ColType::Text, Some(s.replace("''", "'")))
     } else if e == "true" || e == "false" {
-        (ColType::Boolean, Some(if e == "true" { "1" } else { "0" }.to_owned()))
+        (
+            ColType::Boolean,
+            Some(if e == "true" { "1" } else { "0" }.to_owned()),
+        )
     } else if e == "null" {
         (ColType::Text, None)
     } else if expr.parse::<i64>().is_ok() {
@@ -463,7 +468,10 @@ fn stage_location(session: &Session, stage: &str) -> (String, String) {
     let name = name.trim_start_matches('~');
     let name = if name.is_empty() { "USER_STAGE" } else { name };
     let db = session.database.clone().unwrap_or_else(|| "DB".to_owned());
-    let schema = session.schema.clone().unwrap_or_else(|| "PUBLIC".to_owned());
+    let schema = session
+        .schema
+        .clone()
+        .unwrap_or_else(|| "PUBLIC".to_owned());
     let path = if path.is_empty() {
         String::new()
     } else {

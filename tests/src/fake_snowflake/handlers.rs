@@ -91,18 +91,20 @@ pub fn route(state: &State, req: &RecordedRequest, ctx: &Ctx) -> Reply {
             Err(r) => r,
         },
         ("POST", "/session") => {
-            if let Ok(s) = authenticate(&inner, req) {
-                if req.query_param("delete").as_deref() == Some("true") {
-                    inner.close_session(s.id);
-                }
+            if let Ok(s) = authenticate(&inner, req)
+                && req.query_param("delete").as_deref() == Some("true")
+            {
+                inner.close_session(s.id);
             }
             ok_null()
         }
         ("POST", "/queries/v1/query-request") => query_request(&mut inner, req, ctx),
         ("POST", "/queries/v1/abort-request") => {
-            let rid = req
-                .json()
-                .and_then(|b| b.get("requestId").and_then(Value::as_str).map(str::to_owned));
+            let rid = req.json().and_then(|b| {
+                b.get("requestId")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
             if let Some(qid) = rid.and_then(|r| inner.qid_for_request(&r)) {
                 abort(&mut inner, &qid);
             }
@@ -119,14 +121,18 @@ pub fn route(state: &State, req: &RecordedRequest, ctx: &Ctx) -> Reply {
             ok_null()
         }
         ("GET", p) if p.starts_with("/queries/") && p.ends_with("/result") => {
-            let qid = p.trim_start_matches("/queries/").trim_end_matches("/result");
+            let qid = p
+                .trim_start_matches("/queries/")
+                .trim_end_matches("/result");
             match authenticate(&inner, req) {
                 Ok(_) => result_poll(&mut inner, qid),
                 Err(r) => r,
             }
         }
         ("GET", p) if p.starts_with("/monitoring/queries/") => {
-            let qid = p.trim_start_matches("/monitoring/queries/").trim_start_matches('/');
+            let qid = p
+                .trim_start_matches("/monitoring/queries/")
+                .trim_start_matches('/');
             match authenticate(&inner, req) {
                 Ok(_) => monitoring(&mut inner, qid),
                 Err(r) => r,
@@ -321,8 +327,8 @@ fn jwt_looks_valid(token: &str) -> bool {
     if parts.len() != 3 {
         return false;
     }
-    let Ok(payload) = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(parts[1].trim_end_matches('='))
+    let Ok(payload) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1].trim_end_matches('='))
     else {
         return false;
     };
@@ -603,7 +609,8 @@ fn finish(
 ) -> Finished {
     match outcome {
         Outcome::Rows(rs) => {
-            let env = success_envelope(inner, ctx, qid, session, &rs, markers.arrow, markers.chunks);
+            let env =
+                success_envelope(inner, ctx, qid, session, &rs, markers.arrow, markers.chunks);
             (env, None, Some(rs))
         }
         Outcome::Error(e) => (
@@ -691,7 +698,9 @@ fn multi(
     }
     let rs = ResultSet {
         columns: vec![Column::new("multiple statement execution", ColType::Text)],
-        rows: vec![vec![Some("Multiple statements executed successfully.".into())]],
+        rows: vec![vec![Some(
+            "Multiple statements executed successfully.".into(),
+        )]],
         statement_type: statement_type::MULTI,
     };
     let mut env = success_envelope(inner, ctx, qid, session, &rs, markers.arrow, false);
@@ -703,11 +712,11 @@ fn multi(
 }
 
 fn abort(inner: &mut Inner, qid: &str) {
-    if let Some(s) = inner.stored_mut(qid) {
-        if s.pending > 0 {
-            s.aborted = true;
-            s.pending = 0;
-        }
+    if let Some(s) = inner.stored_mut(qid)
+        && s.pending > 0
+    {
+        s.aborted = true;
+        s.pending = 0;
     }
 }
 
@@ -840,7 +849,14 @@ fn stage_object(inner: &mut Inner, req: &RecordedRequest, method: &str, path: &s
         }
         "HEAD" | "GET" => match inner.stage.get(&key) {
             Some(f) => {
-                let mut r = Reply::bytes(200, if method == "GET" { f.bytes.clone() } else { Vec::new() });
+                let mut r = Reply::bytes(
+                    200,
+                    if method == "GET" {
+                        f.bytes.clone()
+                    } else {
+                        Vec::new()
+                    },
+                );
                 if let Some(d) = &f.digest {
                     r.headers.push(("x-goog-meta-sfc-digest", d.clone()));
                 }

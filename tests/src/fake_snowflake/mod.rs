@@ -191,7 +191,10 @@ impl FakeSnowflake {
 
     /// The `POST /queries/v1/query-request` requests received so far.
     pub fn query_requests(&self) -> Vec<RecordedRequest> {
-        self.requests().into_iter().filter(|r| r.is_query()).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r.is_query())
+            .collect()
     }
 
     /// The `sqlText` of every query-request received so far.

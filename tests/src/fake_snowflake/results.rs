@@ -161,8 +161,15 @@ impl ResultSet {
                 .iter()
                 .map(|c| {
                     let (byte_length, length, scale, precision) = match c.ty {
-                        ColType::Fixed { scale } => (json!(null), json!(null), json!(scale), json!(38)),
-                        ColType::Text => (json!(16_777_216), json!(16_777_216), json!(null), json!(null)),
+                        ColType::Fixed { scale } => {
+                            (json!(null), json!(null), json!(scale), json!(38))
+                        }
+                        ColType::Text => (
+                            json!(16_777_216),
+                            json!(16_777_216),
+                            json!(null),
+                            json!(null),
+                        ),
                         ColType::Boolean | ColType::Real => {
                             (json!(null), json!(null), json!(null), json!(null))
                         }
@@ -297,7 +304,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn arrow_stream_reads_back() {
+    fn arrow_stream_reads_back() -> anyhow::Result<()> {
         let rs = ResultSet::generated(
             vec![
                 Column::new("ID", ColType::Fixed { scale: 0 }),
@@ -306,13 +313,17 @@ mod tests {
             3,
             statement_type::SELECT,
         );
-        let bytes = rs.arrow_stream(&rs.rows).unwrap();
-        let reader = arrow::ipc::reader::StreamReader::try_new(&bytes[..], None).unwrap();
+        let bytes = rs.arrow_stream(&rs.rows)?;
+        let reader = arrow::ipc::reader::StreamReader::try_new(&bytes[..], None)?;
         let schema = reader.schema();
         assert_eq!(schema.field(0).metadata()["logicalType"], "FIXED");
-        let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        let mut n = 0;
+        for b in reader {
+            n += b?.num_rows();
+        }
         assert_eq!(n, 3);
         assert_eq!(scaled_integer("12.5", 2), Some(1250));
+        Ok(())
     }
 
     #[test]

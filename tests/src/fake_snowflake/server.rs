@@ -159,18 +159,19 @@ async fn handle(
     } else {
         raw.to_vec()
     };
-    let host = parts
+    let authority = parts
         .uri
         .authority()
-        .map(|a| a.host().to_owned())
+        .map(|a| a.as_str().to_owned())
         .or_else(|| {
             parts
                 .headers
                 .get("host")
                 .and_then(|h| h.to_str().ok())
-                .map(|h| strip_port(h).to_owned())
+                .map(str::to_owned)
         })
         .unwrap_or_default();
+    let host = strip_port(&authority).to_owned();
     let accepts_gzip = parts
         .headers
         .get("accept-encoding")
@@ -181,6 +182,7 @@ async fn handle(
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         version: format!("{:?}", parts.version),
+        host: authority.clone(),
         headers: parts
             .headers
             .iter()
@@ -212,7 +214,10 @@ async fn handle(
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map_or(host, |h| &h[1..]);
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| h.trim_start_matches('['));
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }

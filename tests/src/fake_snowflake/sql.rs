@@ -239,7 +239,10 @@ pub fn classify(sql: &str) -> Statement {
         "create" => classify_create(&text, &lwords, &words),
         "drop" => {
             let mut i = 1;
-            let kind = words.get(i).map(|w| w.to_ascii_uppercase()).unwrap_or_default();
+            let kind = words
+                .get(i)
+                .map(|w| w.to_ascii_uppercase())
+                .unwrap_or_default();
             i += 1;
             let if_exists = lwords.get(i).map(String::as_str) == Some("if")
                 && lwords.get(i + 1).map(String::as_str) == Some("exists");
@@ -273,12 +276,21 @@ pub fn classify(sql: &str) -> Statement {
         "update" => Statement::Update(words.get(1).map(|w| object_name(w)).unwrap_or_default()),
         "delete" => {
             let from = lwords.iter().position(|w| w == "from").unwrap_or(1);
-            Statement::Delete(words.get(from + 1).map(|w| object_name(w)).unwrap_or_default())
+            Statement::Delete(
+                words
+                    .get(from + 1)
+                    .map(|w| object_name(w))
+                    .unwrap_or_default(),
+            )
         }
         "put" => {
             let file = words
                 .get(1)
-                .map(|w| w.trim_matches('\'').trim_start_matches("file://").to_owned())
+                .map(|w| {
+                    w.trim_matches('\'')
+                        .trim_start_matches("file://")
+                        .to_owned()
+                })
                 .unwrap_or_default();
             let stage = words.get(2).map(|w| stage_name(w)).unwrap_or_default();
             let opt = |name: &str, default: bool| {
@@ -298,7 +310,11 @@ pub fn classify(sql: &str) -> Statement {
             stage: words.get(1).map(|w| stage_name(w)).unwrap_or_default(),
             local: words
                 .get(2)
-                .map(|w| w.trim_matches('\'').trim_start_matches("file://").to_owned())
+                .map(|w| {
+                    w.trim_matches('\'')
+                        .trim_start_matches("file://")
+                        .to_owned()
+                })
                 .unwrap_or_default(),
         },
         "list" | "ls" => Statement::List(words.get(1).map(|w| stage_name(w)).unwrap_or_default()),
@@ -350,7 +366,10 @@ fn classify_create(text: &str, lwords: &[String], words: &[&str]) -> Statement {
     ) {
         i += 1;
     }
-    let kind = words.get(i).map(|w| w.to_ascii_uppercase()).unwrap_or_default();
+    let kind = words
+        .get(i)
+        .map(|w| w.to_ascii_uppercase())
+        .unwrap_or_default();
     i += 1;
     let if_not_exists = lwords.get(i).map(String::as_str) == Some("if")
         && lwords.get(i + 1).map(String::as_str) == Some("not")

@@ -32,6 +32,8 @@ pub struct RecordedRequest {
     pub query: Option<String>,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub version: String,
+    /// The host the request named (`:authority` in HTTP/2, else `Host`), port included if sent.
+    pub host: String,
     /// Headers in order, names lower-case.
     pub headers: Vec<(String, String)>,
     /// The body after undoing any `Content-Encoding: gzip`.
@@ -301,7 +303,10 @@ fn customers() -> Table {
 fn new_token(id: u64) -> String {
     format!(
         "ver:1-hint:{id}-{}",
-        uuid::Uuid::now_v7().simple().to_string().to_ascii_uppercase()
+        uuid::Uuid::now_v7()
+            .simple()
+            .to_string()
+            .to_ascii_uppercase()
     )
 }
 
