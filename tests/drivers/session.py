@@ -99,6 +99,24 @@ def run(conn, spec):
     emit(out)
 
 
+def fresh_key_file():
+    import tempfile
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    f = tempfile.NamedTemporaryFile(prefix="snowtrail-jwt-", suffix=".p8", delete=False)
+    f.write(pem)
+    f.close()
+    return f.name
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--host", required=True)
@@ -109,6 +127,7 @@ def main():
     p.add_argument("--password", default="snow")
     p.add_argument("--authenticator")
     p.add_argument("--token")
+    p.add_argument("--private-key-file", help="for SNOWFLAKE_JWT; a fresh key is made if absent")
     p.add_argument("--database", default="db1")
     p.add_argument("--schema", default="schema1")
     p.add_argument("--query-tag")
@@ -135,6 +154,8 @@ def main():
         kwargs["authenticator"] = a.authenticator
         if a.token:
             kwargs["token"] = a.token
+        if a.authenticator.upper() == "SNOWFLAKE_JWT":
+            kwargs["private_key_file"] = a.private_key_file or fresh_key_file()
     else:
         kwargs["password"] = a.password
     if a.query_tag:

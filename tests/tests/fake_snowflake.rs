@@ -301,3 +301,188 @@ fn connector_5_2_0_session_over_http2() -> anyhow::Result<()> {
 fn node_sdk_3_3_0_session() -> anyhow::Result<()> {
     full_session(Driver::Node, [127, 77, 1, 6])
 }
+
+/// Key pair (JWT), OAuth and programmatic access token logins, each followed by a statement.
+fn authenticators(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("snowtrail-fake-sf-auth-")
+        .tempdir()?;
+    let fake = start_fake(ip, dir.path())?;
+    for (auth, token) in [
+        ("SNOWFLAKE_JWT", None),
+        ("OAUTH", Some("oauth-access-token")),
+        ("PROGRAMMATIC_ACCESS_TOKEN", Some("pat-secret")),
+    ] {
+        fake.clear_requests();
+        let mut args = vec!["--authenticator", auth];
+        if let Some(t) = token {
+            args.extend(["--token", t]);
+        }
+        args.push(SELECT_1);
+        let lines = run_driver(driver, &fake, dir.path(), &args)?;
+        ensure!(lines[0]["ok"] == true, "{auth}: {:#?}", lines);
+        ensure!(
+            lines
+                .iter()
+                .any(|l| l["sql"] == SELECT_1 && l["rows"] == serde_json::json!([[1]])),
+            "{auth}: {lines:#?}"
+        );
+        let login = fake
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/session/v1/login-request")
+            .and_then(|r| r.json())
+            .context("no login")?;
+        let data = &login["data"];
+        ensure!(
+            data["AUTHENTICATOR"]
+                .as_str()
+                .map(str::to_ascii_uppercase)
+                .as_deref()
+                == Some(auth),
+            "{auth}: {data}"
+        );
+        match token {
+            Some(t) => ensure!(data["TOKEN"] == t, "{auth}: {data}"),
+            None => ensure!(
+                data["TOKEN"]
+                    .as_str()
+                    .is_some_and(|t| t.split('.').count() == 3),
+                "no JWT: {data}"
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn connector_4_8_1_authenticators() -> anyhow::Result<()> {
+    authenticators(Driver::Py4, [127, 77, 1, 7])
+}
+
+#[test]
+fn connector_5_2_0_authenticators() -> anyhow::Result<()> {
+    authenticators(Driver::Py5, [127, 77, 1, 8])
+}
+
+/// Sends one raw HTTP/1.1 request and returns the status line and the body.
+fn raw_http(addr: SocketAddr, head: &str, body: &[u8]) -> anyhow::Result<(String, Vec<u8>)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.lines().next().unwrap_or("").to_owned();
+    Ok((status, out[split + 4..].to_vec()))
+}
+
+/// Plain-HTTP mode: a gzip'd login body is decoded and logged, a query runs with the token it
+/// gave, the double-slash monitoring form answers, and an oversized body is refused with 413.
+#[test]
+fn plain_http_gzip_bodies_and_limits() -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir()?;
+    let fake = FakeSnowflake::start(FakeOptions {
+        tls: false,
+        ca_dir: dir.path().join("ca"),
+        max_body_bytes: 64 << 10,
+        ..FakeOptions::default()
+    })?;
+    let addr = fake.addr();
+    let login = br#"{"data":{"LOGIN_NAME":"fake","PASSWORD":"snow","ACCOUNT_NAME":"xy12345"}}"#;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(login)?;
+    let gz = gz.finish()?;
+    let (status, body) = raw_http(
+        addr,
+        &format!(
+            "POST /session/v1/login-request?databaseName=db1 HTTP/1.1\r\nhost: {ACCOUNT_HOST}\r\n\
+             content-type: application/json\r\ncontent-encoding: gzip\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            gz.len()
+        ),
+        &gz,
+    )?;
+    ensure!(status.contains("200"), "{status}");
+    let v: Value = serde_json::from_slice(&body)?;
+    ensure!(v["success"] == true, "{v}");
+    for field in [
+        "token",
+        "masterToken",
+        "sessionId",
+        "validityInSeconds",
+        "masterValidityInSeconds",
+    ] {
+        ensure!(
+            !v["data"][field].is_null(),
+            "login answer lacks {field}: {v}"
+        );
+    }
+    ensure!(v["data"]["sessionInfo"]["databaseName"] == "DB1", "{v}");
+    let token = v["data"]["token"].as_str().context("token")?;
+    let logged = fake.requests();
+    ensure!(logged[0].body == login, "the log holds the decoded body");
+    ensure!(logged[0].header("content-encoding") == Some("gzip"));
+
+    let q = br#"{"sqlText":"select 'x' as a, 2 as b","asyncExec":true}"#;
+    let (_, body) = raw_http(
+        addr,
+        &format!(
+            "POST /queries/v1/query-request?requestId=r1 HTTP/1.1\r\nhost: {ACCOUNT_HOST}\r\n\
+             authorization: Snowflake Token=\"{token}\"\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n",
+            q.len()
+        ),
+        q,
+    )?;
+    let v: Value = serde_json::from_slice(&body)?;
+    ensure!(v["code"] == "333334", "{v}");
+    let qid = v["data"]["queryId"].as_str().context("queryId")?;
+    let (_, body) = raw_http(
+        addr,
+        &format!(
+            "GET /monitoring/queries//{qid} HTTP/1.1\r\nhost: {ACCOUNT_HOST}\r\n\
+             authorization: Snowflake Token=\"{token}\"\r\nconnection: close\r\n\r\n"
+        ),
+        b"",
+    )?;
+    let v: Value = serde_json::from_slice(&body)?;
+    ensure!(v["data"]["queries"][0]["status"] == "SUCCESS", "{v}");
+    let (_, body) = raw_http(
+        addr,
+        &format!(
+            "GET /queries/{qid}/result HTTP/1.1\r\nhost: {ACCOUNT_HOST}\r\n\
+             authorization: Snowflake Token=\"{token}\"\r\nconnection: close\r\n\r\n"
+        ),
+        b"",
+    )?;
+    let v: Value = serde_json::from_slice(&body)?;
+    ensure!(
+        v["data"]["rowset"] == serde_json::json!([["x", "2"]]),
+        "{v}"
+    );
+    ensure!(
+        v["data"]["returned"] == 1 && v["data"]["queryId"] == qid,
+        "{v}"
+    );
+
+    let big = vec![b' '; 65 << 10];
+    let (status, _) = raw_http(
+        addr,
+        &format!(
+            "POST /queries/v1/query-request HTTP/1.1\r\nhost: {ACCOUNT_HOST}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            big.len()
+        ),
+        &big,
+    )?;
+    ensure!(status.contains("413"), "{status}");
+    Ok(())
+}
