@@ -486,3 +486,52 @@ fn plain_http_gzip_bodies_and_limits() -> anyhow::Result<()> {
     ensure!(status.contains("413"), "{status}");
     Ok(())
 }
+
+/// PUT to the fake stage (presigned GCS-style URL on the storage host), LIST, GET back.
+fn stage_transfer(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("snowtrail-fake-sf-stage-")
+        .tempdir()?;
+    let fake = start_fake(ip, dir.path())?;
+    let file = dir.path().join("data1.csv");
+    std::fs::write(&file, "1,one\n2,two\n")?;
+    let down = dir.path().join("down");
+    std::fs::create_dir_all(&down)?;
+    let put = format!("put file://{} @stg1", file.display());
+    let get = format!("get @stg1 file://{}/", down.display());
+    let lines = run_driver(driver, &fake, dir.path(), &[&put, "list @stg1", &get])?;
+    let find = |sql: &str| {
+        lines
+            .iter()
+            .find(|l| l["sql"] == sql && l.get("error").is_none())
+            .with_context(|| format!("{sql}: {lines:#?}"))
+    };
+    ensure!(find(&put)?["rows"][0][6] == "UPLOADED", "{lines:#?}");
+    ensure!(
+        find("list @stg1")?["rows"][0][0] == "stg1/data1.csv.gz",
+        "{lines:#?}"
+    );
+    ensure!(find(&get)?["rows"][0][2] == "DOWNLOADED", "{lines:#?}");
+    let got = std::fs::read(down.join("data1.csv.gz"))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&got[..]), &mut text)?;
+    ensure!(text == "1,one\n2,two\n", "{text:?}");
+    let reqs = fake.requests();
+    let upload = reqs
+        .iter()
+        .find(|r| r.method == "PUT" && r.path.starts_with("/fs_bucket/"))
+        .context("no upload reached the stage")?;
+    ensure!(upload.host.starts_with(STORAGE_HOST), "{}", upload.host);
+    ensure!(upload.header("x-goog-meta-sfc-digest").is_some());
+    Ok(())
+}
+
+#[test]
+fn connector_4_8_1_put_get() -> anyhow::Result<()> {
+    stage_transfer(Driver::Py4, [127, 77, 1, 9])
+}
+
+#[test]
+fn connector_5_2_0_put_get() -> anyhow::Result<()> {
+    stage_transfer(Driver::Py5, [127, 77, 1, 10])
+}

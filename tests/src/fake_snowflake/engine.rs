@@ -13,7 +13,7 @@ pub const DEFAULT_CHUNKED_ROWS: usize = 350;
 /// (connector 5.2.0 refuses a conditional upload whose headers are not signed).
 pub const PRESIGNED_QUERY: &str = "X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential=fake%2F20260101%2Fauto%2Fstorage%2Fgoog4_request&X-Goog-Date=20260101T000000Z&X-Goog-Expires=3600&X-Goog-SignedHeaders=host%3Bx-goog-if-generation-match%3Bx-goog-meta-sfc-digest&X-Goog-Signature=fake";
 /// Most rows `/*rows:N*/` may ask for.
-pub const MAX_GENERATED_ROWS: usize = 1_000_000;
+pub const MAX_GENERATED_ROWS: usize = 200_000;
 
 /// A Snowflake error as the driver receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -476,7 +476,7 @@ fn success_envelope(
             }));
             bodies.push(body);
         }
-        inner.chunks.insert(qid.to_owned(), bodies);
+        inner.insert_chunks(qid, bodies);
         d.insert("chunks".into(), Value::Array(cfgs));
         d.insert("qrmk".into(), json!(CHUNK_KEY));
         d.insert(

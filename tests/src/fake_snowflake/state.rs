@@ -16,6 +16,8 @@ use super::results::{ColType, Column, ResultSet};
 pub const MAX_LOGGED_REQUESTS: usize = 20_000;
 /// Most statement results kept for polling and `result_scan`.
 pub const MAX_STORED_RESULTS: usize = 2_000;
+/// Most statements whose result chunks are kept for download.
+pub const MAX_CHUNKED_RESULTS: usize = 64;
 /// Most rows a table keeps.
 pub const MAX_TABLE_ROWS: usize = 100_000;
 /// Most bytes of staged files kept in all.
@@ -153,8 +155,9 @@ pub struct Inner {
     pub expired_requests: HashSet<String>,
     results: HashMap<String, Stored>,
     results_order: VecDeque<String>,
-    /// Result chunks by query id: raw bodies (before gzip) and their content type.
+    /// Result chunks by query id: raw bodies (before gzip).
     pub chunks: HashMap<String, Vec<Vec<u8>>>,
+    chunks_order: VecDeque<String>,
     /// Tables by upper-cased name.
     pub tables: HashMap<String, Table>,
     /// Staged files by `STAGE/name`.
@@ -175,6 +178,7 @@ impl Inner {
             results: HashMap::new(),
             results_order: VecDeque::new(),
             chunks: HashMap::new(),
+            chunks_order: VecDeque::new(),
             tables,
             stage: BTreeMap::new(),
         }
@@ -232,6 +236,18 @@ impl Inner {
         while self.results_order.len() > MAX_STORED_RESULTS {
             if let Some(old) = self.results_order.pop_front() {
                 self.results.remove(&old);
+                self.chunks.remove(&old);
+            }
+        }
+    }
+
+    /// Keeps a result's chunks, evicting the oldest past [`MAX_CHUNKED_RESULTS`].
+    pub fn insert_chunks(&mut self, qid: &str, bodies: Vec<Vec<u8>>) {
+        if self.chunks.insert(qid.to_owned(), bodies).is_none() {
+            self.chunks_order.push_back(qid.to_owned());
+        }
+        while self.chunks_order.len() > MAX_CHUNKED_RESULTS {
+            if let Some(old) = self.chunks_order.pop_front() {
                 self.chunks.remove(&old);
             }
         }
