@@ -473,6 +473,45 @@ fn plain_http_gzip_bodies_and_limits() -> anyhow::Result<()> {
         "{v}"
     );
 
+    // A slow statement aborted by its query id (5.x form) answers "canceled" to its poll; a
+    // heartbeat and the 4.x abort form answer success.
+    let auth = format!("authorization: Snowflake Token=\"{token}\"\r\n");
+    let post = |path: &str, body: &[u8]| -> anyhow::Result<Value> {
+        let (_, b) = raw_http(
+            addr,
+            &format!(
+                "POST {path} HTTP/1.1\r\nhost: {ACCOUNT_HOST}\r\n{auth}content-length: {}\r\n\
+                 connection: close\r\n\r\n",
+                body.len()
+            ),
+            body,
+        )?;
+        Ok(serde_json::from_slice(&b)?)
+    };
+    let v = post(
+        "/queries/v1/query-request?requestId=r2",
+        br#"{"sqlText":"/*slow:5*/ select 1"}"#,
+    )?;
+    ensure!(v["code"] == "333333", "{v}");
+    let slow_qid = v["data"]["queryId"].as_str().context("queryId")?.to_owned();
+    ensure!(post(&format!("/queries/{slow_qid}/abort-request"), b"{}")?["success"] == true);
+    let (_, b) = raw_http(
+        addr,
+        &format!(
+            "GET /queries/{slow_qid}/result HTTP/1.1\r\nhost: {ACCOUNT_HOST}\r\n{auth}\
+             connection: close\r\n\r\n"
+        ),
+        b"",
+    )?;
+    let v: Value = serde_json::from_slice(&b)?;
+    ensure!(v["code"] == "000604", "{v}");
+    ensure!(post("/session/heartbeat", b"")?["success"] == true);
+    let v = post(
+        "/queries/v1/abort-request",
+        br#"{"sqlText":"select 1","requestId":"r9"}"#,
+    )?;
+    ensure!(v["success"] == true, "{v}");
+
     let big = vec![b' '; 65 << 10];
     let (status, _) = raw_http(
         addr,

@@ -29,6 +29,7 @@
 pub mod drivers;
 pub mod engine;
 pub mod handlers;
+pub mod queries;
 pub mod results;
 pub mod server;
 pub mod sql;
