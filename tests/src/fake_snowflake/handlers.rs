@@ -1,5 +1,7 @@
-//! The REST endpoints: each takes the recorded request and answers with the envelope real
-//! Snowflake sends, modelled field for field on the captured exchanges.
+//! Routing, and the session endpoints (login, token renewal, heartbeat, logout, telemetry) and the
+//! fake stage (`/fs_bucket/...`): each takes the recorded request and answers with the envelope
+//! real Snowflake sends, modelled field for field on the captured exchanges. The statement
+//! endpoints are in `queries`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
