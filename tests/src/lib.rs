@@ -5,6 +5,7 @@
 //! failing test leaves nothing behind and the suite can run twice in a row.
 
 pub mod client;
+pub mod fake_snowflake;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
