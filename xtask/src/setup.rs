@@ -5,7 +5,9 @@
 //! 1. the nightly toolchain's `rust-src` (the eBPF crate builds `core` from source);
 //! 2. `bpf-linker` 0.13, built against the nightly's own LLVM 22 shared library (the default
 //!    feature wants an LLVM this machine does not have);
-//! 3. a Python venv under `target/snowtrail-env/venv` with the pinned test tools (DuckDB, pyarrow).
+//! 3. Python venvs under `target/snowtrail-env/`: `venv` with the test tools (DuckDB, pyarrow), and
+//!    `py4` / `py5` with the two generations of Snowflake's Python connector (they cannot share one);
+//! 4. Snowflake's Node driver under `target/snowtrail-env/node`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,8 +19,14 @@ use crate::util::{output, root, sh, step};
 
 /// bpf-linker release the eBPF build is known to work with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Python packages the tests use, pinned.
+/// Python packages the tests use to read the audit, pinned.
 const PYTHON_REQUIREMENTS: &[&str] = &["duckdb==2.0.0", "pyarrow==26.0.1"];
+/// The classic, pure-Python connector (HTTP/1.1, gzip bodies, trusts REQUESTS_CA_BUNDLE).
+const PY4_REQUIREMENTS: &[&str] = &["snowflake-connector-python==4.8.1"];
+/// The current connector with its Rust core (HTTP/2, trusts SSL_CERT_FILE and the system store).
+const PY5_REQUIREMENTS: &[&str] = &["snowflake-connector-python==5.2.0"];
+/// Snowflake's Node driver (trusts NODE_EXTRA_CA_CERTS).
+const NODE_PACKAGE: &str = "snowflake-sdk@3.3.0";
 
 /// Options of `setup`.
 #[derive(Debug, Args, Default)]
@@ -30,8 +38,14 @@ pub struct Options {
 
 /// Paths the other tasks hand to tests.
 pub struct Env {
-    /// The venv's Python.
+    /// The Python with DuckDB and pyarrow.
     pub python: PathBuf,
+    /// The Python with connector 4.8.1.
+    pub py4: PathBuf,
+    /// The Python with connector 5.2.0.
+    pub py5: PathBuf,
+    /// The `node_modules` holding snowflake-sdk.
+    pub node_modules: PathBuf,
 }
 
 /// Installs what is missing.
@@ -39,8 +53,31 @@ pub fn run(opts: &Options) -> anyhow::Result<Env> {
     let sysroot = nightly_sysroot()?;
     rust_src(&sysroot, opts.force)?;
     bpf_linker(&sysroot, opts.force)?;
-    let python = venv(opts.force)?;
-    Ok(Env { python })
+    let python = venv(
+        "venv",
+        PYTHON_REQUIREMENTS,
+        "the audit read-back tools (DuckDB, pyarrow)",
+        opts.force,
+    )?;
+    let py4 = venv(
+        "py4",
+        PY4_REQUIREMENTS,
+        "snowflake-connector-python 4.8.1",
+        opts.force,
+    )?;
+    let py5 = venv(
+        "py5",
+        PY5_REQUIREMENTS,
+        "snowflake-connector-python 5.2.0",
+        opts.force,
+    )?;
+    let node_modules = node(opts.force)?;
+    Ok(Env {
+        python,
+        py4,
+        py5,
+        node_modules,
+    })
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
@@ -118,15 +155,17 @@ fn bpf_linker(sysroot: &Path, force: bool) -> anyhow::Result<()> {
         .env_remove("RUSTUP_TOOLCHAIN"))
 }
 
-fn venv(force: bool) -> anyhow::Result<PathBuf> {
-    let dir = root().join("target/snowtrail-env/venv");
+fn venv(name: &str, requirements: &[&str], what: &str, force: bool) -> anyhow::Result<PathBuf> {
+    let dir = root().join("target/snowtrail-env").join(name);
     let python = dir.join("bin/python");
     let stamp = dir.join(".snowtrail-requirements");
-    let wanted = PYTHON_REQUIREMENTS.join("\n");
+    let wanted = requirements.join("\n");
     if !force && python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(python);
     }
-    step("creating the Python test venv (DuckDB, pyarrow)");
+    step(&format!(
+        "installing {what} into target/snowtrail-env/{name}"
+    ));
     if !python.exists() || force {
         let _ = std::fs::remove_dir_all(&dir);
         sh(Command::new("python3").arg("-m").arg("venv").arg(&dir))?;
@@ -139,7 +178,37 @@ fn venv(force: bool) -> anyhow::Result<PathBuf> {
             "--quiet",
             "--disable-pip-version-check",
         ])
-        .args(PYTHON_REQUIREMENTS))?;
+        .args(requirements))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
+}
+
+fn node(force: bool) -> anyhow::Result<PathBuf> {
+    let dir = root().join("target/snowtrail-env/node");
+    let modules = dir.join("node_modules");
+    let stamp = dir.join(".snowtrail-requirements");
+    if !force
+        && modules.join("snowflake-sdk/package.json").exists()
+        && std::fs::read_to_string(&stamp).is_ok_and(|s| s == NODE_PACKAGE)
+    {
+        return Ok(modules);
+    }
+    step(&format!(
+        "installing {NODE_PACKAGE} into target/snowtrail-env/node"
+    ));
+    std::fs::create_dir_all(&dir)?;
+    sh(Command::new("npm")
+        .arg("install")
+        .arg("--prefix")
+        .arg(&dir)
+        .args([
+            "--save-exact",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            NODE_PACKAGE,
+        ]))
+    .context("npm is needed for the Node driver tests")?;
+    std::fs::write(&stamp, NODE_PACKAGE)?;
+    Ok(modules)
 }

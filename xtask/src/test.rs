@@ -70,6 +70,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ])
         .args(&opts.harness_args)
         .env("SNOWTRAIL_PYTHON", &env.python)
+        .env("SNOWTRAIL_PY4", &env.py4)
+        .env("SNOWTRAIL_PY5", &env.py5)
+        .env("SNOWTRAIL_NODE_MODULES", &env.node_modules)
         .env("SNOWTRAIL_BIN", &bin))?;
     step("all tests passed");
     Ok(())
