@@ -45,10 +45,10 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut hosts = args.hosts.clone();
-    if let Some(h) = &args.storage_host {
-        if !hosts.contains(h) {
-            hosts.push(h.clone());
-        }
+    if let Some(h) = &args.storage_host
+        && !hosts.contains(h)
+    {
+        hosts.push(h.clone());
     }
     let fake = FakeSnowflake::start(FakeOptions {
         addr: args.listen,
