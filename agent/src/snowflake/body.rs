@@ -84,7 +84,11 @@ pub enum BodyError {
 ///
 /// Identity bodies are borrowed; gzip bodies are decoded into a buffer whose capacity never
 /// exceeds `limit`.
-pub fn decode(encoding: ContentEncoding, body: &[u8], limit: usize) -> Result<Cow<'_, [u8]>, BodyError> {
+pub fn decode(
+    encoding: ContentEncoding,
+    body: &[u8],
+    limit: usize,
+) -> Result<Cow<'_, [u8]>, BodyError> {
     match encoding {
         ContentEncoding::Identity => {
             if body.len() > limit {
@@ -157,15 +161,28 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, BodyError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn header_values() {
-        assert_eq!(ContentEncoding::from_header(None), Ok(ContentEncoding::Identity));
-        assert_eq!(ContentEncoding::from_header(Some(b"")), Ok(ContentEncoding::Identity));
-        assert_eq!(ContentEncoding::from_header(Some(b" GZip ")), Ok(ContentEncoding::Gzip));
-        assert_eq!(ContentEncoding::from_header(Some(b"x-gzip")), Ok(ContentEncoding::Gzip));
+        assert_eq!(
+            ContentEncoding::from_header(None),
+            Ok(ContentEncoding::Identity)
+        );
+        assert_eq!(
+            ContentEncoding::from_header(Some(b"")),
+            Ok(ContentEncoding::Identity)
+        );
+        assert_eq!(
+            ContentEncoding::from_header(Some(b" GZip ")),
+            Ok(ContentEncoding::Gzip)
+        );
+        assert_eq!(
+            ContentEncoding::from_header(Some(b"x-gzip")),
+            Ok(ContentEncoding::Gzip)
+        );
         assert!(matches!(
             ContentEncoding::from_header(Some(b"br")),
             Err(BodyError::UnsupportedEncoding { .. })
@@ -178,7 +195,10 @@ mod tests {
         let data = br#"{"sqlText":"select 1"}"#;
         assert_eq!(decode_body(None, data, 1024).unwrap().as_ref(), data);
         let gz = gzip(data);
-        assert_eq!(decode_body(Some(b"gzip"), &gz, 1024).unwrap().as_ref(), data);
+        assert_eq!(
+            decode_body(Some(b"gzip"), &gz, 1024).unwrap().as_ref(),
+            data
+        );
         assert_eq!(
             decode(ContentEncoding::Identity, data, 3),
             Err(BodyError::TooLarge {
@@ -192,7 +212,10 @@ mod tests {
     fn concatenated_members_are_one_body() {
         let mut two = gzip(b"{\"a\":");
         two.extend(gzip(b"1}"));
-        assert_eq!(decode(ContentEncoding::Gzip, &two, 100).unwrap().as_ref(), b"{\"a\":1}");
+        assert_eq!(
+            decode(ContentEncoding::Gzip, &two, 100).unwrap().as_ref(),
+            b"{\"a\":1}"
+        );
     }
 
     #[test]
@@ -207,7 +230,10 @@ mod tests {
         }
         // Exactly at the limit is fine.
         let exact = gzip(&vec![7u8; 1000]);
-        assert_eq!(decode(ContentEncoding::Gzip, &exact, 1000).unwrap().len(), 1000);
+        assert_eq!(
+            decode(ContentEncoding::Gzip, &exact, 1000).unwrap().len(),
+            1000
+        );
         assert!(matches!(
             decode(ContentEncoding::Gzip, &exact, 999),
             Err(BodyError::TooLarge { .. })
@@ -226,20 +252,32 @@ mod tests {
     fn malformed_gzip_is_not_too_large() {
         for bad in [&b"not gzip at all"[..], &b""[..]] {
             assert!(
-                matches!(decode(ContentEncoding::Gzip, bad, 1 << 20), Err(BodyError::Malformed { .. })),
+                matches!(
+                    decode(ContentEncoding::Gzip, bad, 1 << 20),
+                    Err(BodyError::Malformed { .. })
+                ),
                 "{bad:?}"
             );
         }
         let mut gz = gzip(b"{\"sqlText\":\"select 1\"}");
         let n = gz.len();
         gz.truncate(n - 3);
-        assert!(matches!(decode(ContentEncoding::Gzip, &gz, 1 << 20), Err(BodyError::Malformed { .. })));
+        assert!(matches!(
+            decode(ContentEncoding::Gzip, &gz, 1 << 20),
+            Err(BodyError::Malformed { .. })
+        ));
         let mut gz = gzip(b"{}");
         gz.extend_from_slice(b"trailing");
-        assert!(matches!(decode(ContentEncoding::Gzip, &gz, 1 << 20), Err(BodyError::Malformed { .. })));
+        assert!(matches!(
+            decode(ContentEncoding::Gzip, &gz, 1 << 20),
+            Err(BodyError::Malformed { .. })
+        ));
         let mut gz = gzip(b"{\"a\":1}");
         let n = gz.len();
         gz[n - 6] ^= 0xff; // the CRC
-        assert!(matches!(decode(ContentEncoding::Gzip, &gz, 1 << 20), Err(BodyError::Malformed { .. })));
+        assert!(matches!(
+            decode(ContentEncoding::Gzip, &gz, 1 << 20),
+            Err(BodyError::Malformed { .. })
+        ));
     }
 }

@@ -139,11 +139,7 @@ fn parse_params(query: &str) -> RequestParams {
         }
         let value = form_decode(v);
         match key.as_str() {
-            "requestId" | "request_id" => {
-                if p.request_id.is_none() {
-                    p.request_id = non_empty(value);
-                }
-            }
+            "requestId" | "request_id" if p.request_id.is_none() => p.request_id = non_empty(value),
             "request_guid" => p.request_guid = non_empty(value),
             "retryCount" => p.retry_count = value.parse().ok(),
             "retryReason" => p.retry_reason = non_empty(value),
@@ -193,6 +189,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -208,24 +205,50 @@ mod tests {
     fn every_captured_shape() {
         let qid = "90e2c28c-d5bb-42ae-b700-7d9033aa54a5";
         assert_eq!(
-            ep("POST", "/session/v1/login-request?databaseName=db1&schemaName=schema1&warehouse=&roleName=").0,
+            ep(
+                "POST",
+                "/session/v1/login-request?databaseName=db1&schemaName=schema1&warehouse=&roleName="
+            )
+            .0,
             Endpoint::Login
         );
-        assert_eq!(ep("POST", "/queries/v1/query-request?requestId=a").0, Endpoint::Query);
-        assert_eq!(ep("POST", "/session/token-request?requestId=a").0, Endpoint::TokenRequest);
-        assert_eq!(ep("POST", "/session/heartbeat").0, Endpoint::Heartbeat);
-        assert_eq!(ep("POST", "/session/heartbeat?requestId=x").0, Endpoint::Heartbeat);
-        assert_eq!(ep("POST", "/session?delete=true").0, Endpoint::Logout);
-        assert_eq!(ep("POST", "/session?delete=true&requestId=a&request_guid=b").0, Endpoint::Logout);
-        assert_eq!(ep("POST", "/session").0, Endpoint::Other);
-        assert_eq!(ep("POST", "/queries/v1/abort-request").0, Endpoint::Abort { query_id: None });
         assert_eq!(
-            ep("POST", "/queries/01b2c3d4-0000-0000-0000-000000000001/abort-request").0,
+            ep("POST", "/queries/v1/query-request?requestId=a").0,
+            Endpoint::Query
+        );
+        assert_eq!(
+            ep("POST", "/session/token-request?requestId=a").0,
+            Endpoint::TokenRequest
+        );
+        assert_eq!(ep("POST", "/session/heartbeat").0, Endpoint::Heartbeat);
+        assert_eq!(
+            ep("POST", "/session/heartbeat?requestId=x").0,
+            Endpoint::Heartbeat
+        );
+        assert_eq!(ep("POST", "/session?delete=true").0, Endpoint::Logout);
+        assert_eq!(
+            ep("POST", "/session?delete=true&requestId=a&request_guid=b").0,
+            Endpoint::Logout
+        );
+        assert_eq!(ep("POST", "/session").0, Endpoint::Other);
+        assert_eq!(
+            ep("POST", "/queries/v1/abort-request").0,
+            Endpoint::Abort { query_id: None }
+        );
+        assert_eq!(
+            ep(
+                "POST",
+                "/queries/01b2c3d4-0000-0000-0000-000000000001/abort-request"
+            )
+            .0,
             Endpoint::Abort {
                 query_id: Some("01b2c3d4-0000-0000-0000-000000000001".into())
             }
         );
-        for path in [format!("/monitoring/queries/{qid}"), format!("/monitoring/queries//{qid}?requestId=r")] {
+        for path in [
+            format!("/monitoring/queries/{qid}"),
+            format!("/monitoring/queries//{qid}?requestId=r"),
+        ] {
             assert_eq!(
                 ep("GET", &path).0,
                 Endpoint::Monitoring {
@@ -240,17 +263,32 @@ mod tests {
             }
         );
         assert_eq!(ep("POST", "/telemetry/send").0, Endpoint::Telemetry);
-        assert_eq!(ep("POST", "/telemetry/send?request_guid=x").0, Endpoint::Telemetry);
-        assert_eq!(ep("GET", "/fake-stage-results/x/0?X-Amz-Signature=fake").0, Endpoint::Other);
-        assert_eq!(ep("PUT", "/fs_bucket/DB1/SCHEMA1/STG1/data1.csv").0, Endpoint::Other);
+        assert_eq!(
+            ep("POST", "/telemetry/send?request_guid=x").0,
+            Endpoint::Telemetry
+        );
+        assert_eq!(
+            ep("GET", "/fake-stage-results/x/0?X-Amz-Signature=fake").0,
+            Endpoint::Other
+        );
+        assert_eq!(
+            ep("PUT", "/fs_bucket/DB1/SCHEMA1/STG1/data1.csv").0,
+            Endpoint::Other
+        );
         // Method matters.
         assert_eq!(ep("GET", "/queries/v1/query-request").0, Endpoint::Other);
-        assert_eq!(ep("POST", &format!("/monitoring/queries/{qid}")).0, Endpoint::Other);
+        assert_eq!(
+            ep("POST", &format!("/monitoring/queries/{qid}")).0,
+            Endpoint::Other
+        );
     }
 
     #[test]
     fn normalised_variants_still_match() {
-        assert_eq!(ep("POST", "//queries/v1//query-request/").0, Endpoint::Query);
+        assert_eq!(
+            ep("POST", "//queries/v1//query-request/").0,
+            Endpoint::Query
+        );
         assert_eq!(ep("post", "/queries/v1/query%2Drequest").0, Endpoint::Query);
     }
 
@@ -289,7 +327,12 @@ mod tests {
     fn from_http_types() {
         let uri: http::Uri = "/queries/abc/result?requestId=r".parse().unwrap();
         let (e, p) = classify_uri(&http::Method::GET, &uri);
-        assert_eq!(e, Endpoint::ResultPoll { query_id: "abc".into() });
+        assert_eq!(
+            e,
+            Endpoint::ResultPoll {
+                query_id: "abc".into()
+            }
+        );
         assert_eq!(p.request_id.as_deref(), Some("r"));
         assert_eq!(e.name(), "result_poll");
     }

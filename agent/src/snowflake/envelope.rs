@@ -59,9 +59,9 @@ impl Refusal {
         // timeout; 000603 its internal error, with the SQL standard's state for the cause.
         // 390101 is "user access disabled": a login error no driver retries or renews on.
         let (query_code, sql_state) = match self {
-            Refusal::PolicyDenied { .. } | Refusal::ApprovalRejected | Refusal::IdentityUnverified => {
-                ("003001", "42501")
-            }
+            Refusal::PolicyDenied { .. }
+            | Refusal::ApprovalRejected
+            | Refusal::IdentityUnverified => ("003001", "42501"),
             Refusal::ApprovalTimedOut => ("000630", "57014"),
             Refusal::RequestTooLarge { .. } => ("000603", "54000"),
             Refusal::Unparsed => ("000603", "22000"),
@@ -80,19 +80,25 @@ impl Refusal {
             Refusal::PolicyDenied { rule } => {
                 format!("SQL access control error: denied by snowtrail policy rule '{rule}'.")
             }
-            Refusal::ApprovalRejected => "SQL access control error: the statement was rejected by a snowtrail approver.".to_owned(),
+            Refusal::ApprovalRejected => {
+                "SQL access control error: the statement was rejected by a snowtrail approver."
+                    .to_owned()
+            }
             Refusal::ApprovalTimedOut => {
                 "Statement was not approved in time and was canceled by snowtrail.".to_owned()
             }
             Refusal::RequestTooLarge { limit } => {
                 format!("Request refused by snowtrail: the body is larger than {limit} bytes.")
             }
-            Refusal::Unparsed => "Request refused by snowtrail: the body could not be read.".to_owned(),
+            Refusal::Unparsed => {
+                "Request refused by snowtrail: the body could not be read.".to_owned()
+            }
             Refusal::AuditUnavailable => {
                 "Request refused by snowtrail: the audit trail is unavailable.".to_owned()
             }
             Refusal::IdentityUnverified => {
-                "SQL access control error: snowtrail could not verify the workload's identity.".to_owned()
+                "SQL access control error: snowtrail could not verify the workload's identity."
+                    .to_owned()
             }
         }
     }
@@ -230,6 +236,7 @@ pub fn monitoring_status(query_id: &str, status: &str) -> Reply {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::snowflake::login::parse_login_response;
@@ -238,7 +245,9 @@ mod tests {
 
     fn all() -> Vec<Refusal> {
         vec![
-            Refusal::PolicyDenied { rule: "no-drop".into() },
+            Refusal::PolicyDenied {
+                rule: "no-drop".into(),
+            },
             Refusal::ApprovalRejected,
             Refusal::ApprovalTimedOut,
             Refusal::RequestTooLarge { limit: 8 << 20 },
@@ -261,11 +270,19 @@ mod tests {
             assert!(r.sql_state.as_deref().is_some_and(|s| s.len() == 5));
             let code = r.code.unwrap();
             assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
-            assert!(![codes::SESSION_EXPIRED, codes::MASTER_TOKEN_EXPIRED].contains(&code.as_str()));
+            assert!(
+                ![codes::SESSION_EXPIRED, codes::MASTER_TOKEN_EXPIRED].contains(&code.as_str())
+            );
             assert_eq!(r.message.as_deref(), Some(reason.message().as_str()));
         }
-        let r = parse_query_response(&query_error(&Refusal::PolicyDenied { rule: "r".into() }, "q").body).unwrap();
-        assert_eq!((r.code.as_deref(), r.sql_state.as_deref()), (Some("003001"), Some("42501")));
+        let r = parse_query_response(
+            &query_error(&Refusal::PolicyDenied { rule: "r".into() }, "q").body,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.code.as_deref(), r.sql_state.as_deref()),
+            (Some("003001"), Some("42501"))
+        );
     }
 
     #[test]
@@ -301,7 +318,10 @@ mod tests {
             limit: 10,
             encoding: crate::snowflake::body::ContentEncoding::Gzip,
         };
-        assert_eq!(Refusal::from(&too_large), Refusal::RequestTooLarge { limit: 10 });
+        assert_eq!(
+            Refusal::from(&too_large),
+            Refusal::RequestTooLarge { limit: 10 }
+        );
         let bad = BodyError::UnsupportedEncoding { value: "br".into() };
         assert_eq!(Refusal::from(&bad), Refusal::Unparsed);
         assert_eq!(Refusal::from(&too_large).label(), "request_too_large");

@@ -91,7 +91,9 @@ pub enum RewriteError {
     },
     /// The agent's own part of a QUERY_TAG does not fit in Snowflake's limit even with the
     /// workload's part dropped: a configuration fault of the agent, not of the workload.
-    #[error("the agent's QUERY_TAG part is {agent_chars} characters, over the {limit}-character limit")]
+    #[error(
+        "the agent's QUERY_TAG part is {agent_chars} characters, over the {limit}-character limit"
+    )]
     TagTooLong {
         /// Snowflake's limit in characters.
         limit: usize,

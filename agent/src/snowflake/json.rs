@@ -44,7 +44,10 @@ pub(crate) fn sanitize(what: &'static str, err: &serde_json::Error) -> ParseErro
 }
 
 /// Parses a whole body as `T`; trailing bytes other than whitespace are an error.
-pub(crate) fn from_slice<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, ParseError> {
+pub(crate) fn from_slice<T: DeserializeOwned>(
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, ParseError> {
     serde_json::from_slice(body).map_err(|e| sanitize(what, &e))
 }
 
@@ -261,7 +264,8 @@ impl<'a> RawObject<'a> {
         key: &str,
         value: &T,
     ) -> Result<(), RewriteError> {
-        let raw = serde_json::value::to_raw_value(value).map_err(|_| RewriteError::Serialize { what })?;
+        let raw =
+            serde_json::value::to_raw_value(value).map_err(|_| RewriteError::Serialize { what })?;
         match self.entries.iter_mut().find(|(k, _)| k == key) {
             Some((_, slot)) => *slot = RawSlot::Owned(raw),
             None => self.entries.push((key.to_owned(), RawSlot::Owned(raw))),
@@ -315,6 +319,7 @@ pub(crate) fn is_null(raw: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -330,7 +335,13 @@ mod tests {
         let err = from_slice::<T>("test", br#"{"n":1,"n":2}"#).unwrap_err();
         assert!(err.to_string().contains("duplicate field `n`"), "{err}");
         let err = from_slice::<T>("test", br#"{"n":1"#).unwrap_err();
-        assert!(matches!(err, ParseError::Json { kind: JsonErrorKind::Truncated, .. }));
+        assert!(matches!(
+            err,
+            ParseError::Json {
+                kind: JsonErrorKind::Truncated,
+                ..
+            }
+        ));
     }
 
     #[test]

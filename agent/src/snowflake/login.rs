@@ -71,7 +71,9 @@ impl Authenticator {
             "USERNAME_PASSWORD_MFA" => Authenticator::PasswordMfa,
             "ID_TOKEN" => Authenticator::IdToken,
             "WORKLOAD_IDENTITY" => Authenticator::WorkloadIdentity,
-            upper if upper.starts_with("HTTPS://") => Authenticator::Okta { url: raw.to_owned() },
+            upper if upper.starts_with("HTTPS://") => Authenticator::Okta {
+                url: raw.to_owned(),
+            },
             _ => Authenticator::Other(raw.to_owned()),
         }
     }
@@ -254,10 +256,13 @@ pub fn parse_login_request(body: &[u8]) -> Result<LoginRequest, ParseError> {
         .get("QUERY_TAG")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let client = d.client_app_id.filter(|s| !s.is_empty()).map(|name| Driver {
-        name,
-        version: d.client_app_version.filter(|s| !s.is_empty()),
-    });
+    let client = d
+        .client_app_id
+        .filter(|s| !s.is_empty())
+        .map(|name| Driver {
+            name,
+            version: d.client_app_version.filter(|s| !s.is_empty()),
+        });
     let application = d
         .client_environment
         .as_ref()
@@ -301,8 +306,7 @@ pub(crate) fn looks_like_jwt(token: &str) -> bool {
         && parts.iter().all(|p| {
             let p = p.trim_end_matches('=');
             !p.is_empty()
-                && p
-                    .bytes()
+                && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
@@ -493,7 +497,13 @@ pub fn rewrite_login_tokens(
     session_handle: &str,
     master_handle: &str,
 ) -> Result<(Vec<u8>, UpstreamTokens), RewriteError> {
-    rewrite_data_tokens(RESPONSE, body, ["token", "masterToken"], session_handle, master_handle)
+    rewrite_data_tokens(
+        RESPONSE,
+        body,
+        ["token", "masterToken"],
+        session_handle,
+        master_handle,
+    )
 }
 
 /// Shared by login and renewal responses: replaces two token fields of `data`.
@@ -507,7 +517,12 @@ pub(crate) fn rewrite_data_tokens(
     let mut top = RawObject::parse(what, body)?;
     let data_text = match top.get("data") {
         Some(slot) if !json::is_null(slot.get()) => slot.get().to_owned(),
-        _ => return Err(RewriteError::Absent { what, field: "data" }),
+        _ => {
+            return Err(RewriteError::Absent {
+                what,
+                field: "data",
+            });
+        }
     };
     let mut data = RawObject::parse_str(what, &data_text)?;
     let read = |data: &RawObject<'_>, key: &'static str| -> Result<Option<Secret>, RewriteError> {
@@ -542,6 +557,7 @@ pub(crate) fn rewrite_data_tokens(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -588,7 +604,10 @@ mod tests {
         assert_eq!(r.token_for_validation(), Some(jwt));
         assert!(!format!("{r:?}").contains("c2lnbmF0dXJl"));
 
-        let r = parse_login_request(br#"{"data":{"AUTHENTICATOR":"oauth","TOKEN":"my-oauth-access-token"}}"#).unwrap();
+        let r = parse_login_request(
+            br#"{"data":{"AUTHENTICATOR":"oauth","TOKEN":"my-oauth-access-token"}}"#,
+        )
+        .unwrap();
         assert_eq!(r.authenticator, Authenticator::OAuth);
         assert_eq!(r.token_shape, Some(TokenShape::Opaque));
         assert_eq!(r.jwt_claims, None);
@@ -600,7 +619,10 @@ mod tests {
         for (raw, want) in [
             (None, Authenticator::Snowflake),
             (Some("SNOWFLAKE"), Authenticator::Snowflake),
-            (Some("PROGRAMMATIC_ACCESS_TOKEN"), Authenticator::ProgrammaticAccessToken),
+            (
+                Some("PROGRAMMATIC_ACCESS_TOKEN"),
+                Authenticator::ProgrammaticAccessToken,
+            ),
             (Some("externalbrowser"), Authenticator::ExternalBrowser),
             (Some("USERNAME_PASSWORD_MFA"), Authenticator::PasswordMfa),
             (
@@ -609,7 +631,10 @@ mod tests {
                     url: "https://acme.okta.com".into(),
                 },
             ),
-            (Some("SOMETHING_NEW"), Authenticator::Other("SOMETHING_NEW".into())),
+            (
+                Some("SOMETHING_NEW"),
+                Authenticator::Other("SOMETHING_NEW".into()),
+            ),
         ] {
             assert_eq!(Authenticator::parse(raw), want);
         }
@@ -618,10 +643,17 @@ mod tests {
 
     #[test]
     fn user_agents() {
-        let d = driver_from_user_agent("PythonConnector/5.2.0 (linux-x86_64) CPython/3.11.7").unwrap();
-        assert_eq!((d.name.as_str(), d.version.as_deref()), ("PythonConnector", Some("5.2.0")));
+        let d =
+            driver_from_user_agent("PythonConnector/5.2.0 (linux-x86_64) CPython/3.11.7").unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.version.as_deref()),
+            ("PythonConnector", Some("5.2.0"))
+        );
         let d = driver_from_user_agent("JavaScript/3.3.0 (linux-x64) NodeJS/20.20.2").unwrap();
-        assert_eq!((d.name.as_str(), d.version.as_deref()), ("JavaScript", Some("3.3.0")));
+        assert_eq!(
+            (d.name.as_str(), d.version.as_deref()),
+            ("JavaScript", Some("3.3.0"))
+        );
         let d = driver_from_user_agent("curl").unwrap();
         assert_eq!(d.version, None);
         assert_eq!(driver_from_user_agent("  "), None);
@@ -641,7 +673,10 @@ mod tests {
 
     #[test]
     fn malformed_requests() {
-        assert!(matches!(parse_login_request(b"{}"), Err(ParseError::MissingField { field: "data", .. })));
+        assert!(matches!(
+            parse_login_request(b"{}"),
+            Err(ParseError::MissingField { field: "data", .. })
+        ));
         let err = parse_login_request(br#"{"data":{"TOKEN":12345678}}"#).unwrap_err();
         assert!(matches!(err, ParseError::Json { .. }));
         assert!(!err.to_string().contains("12345678"), "{err}");
@@ -669,7 +704,10 @@ mod tests {
         assert_eq!(r.session_info.warehouse, None);
         assert_eq!(r.session_info.role.as_deref(), Some("PUBLIC"));
         assert_eq!(r.server_version.as_deref(), Some("10.0.0"));
-        assert_eq!(r.parameters, vec![("AUTOCOMMIT".to_owned(), Value::Bool(true))]);
+        assert_eq!(
+            r.parameters,
+            vec![("AUTOCOMMIT".to_owned(), Value::Bool(true))]
+        );
         assert!(!format!("{r:?}").contains("sess-tok"));
 
         let failed = br#"{"code":"390100","data":{"nextAction":"RETRY_LOGIN","authnMethod":"USERNAME_PASSWORD"},"message":"Incorrect username or password was specified.","success":false,"headers":null}"#;
@@ -682,7 +720,8 @@ mod tests {
 
     #[test]
     fn token_rewrite_preserves_everything_else() {
-        let (body, upstream) = rewrite_login_tokens(RESP.as_bytes(), "st-handle-1", "mt-handle-1").unwrap();
+        let (body, upstream) =
+            rewrite_login_tokens(RESP.as_bytes(), "st-handle-1", "mt-handle-1").unwrap();
         assert_eq!(upstream.session_token_for_brokering(), "sess-tok");
         assert_eq!(upstream.master_token_for_brokering(), Some("master-tok"));
         assert!(!format!("{upstream:?}").contains("tok\""));

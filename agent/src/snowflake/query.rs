@@ -73,7 +73,10 @@ impl QueryRequest {
 impl std::fmt::Debug for QueryRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueryRequest")
-            .field("sql_text", &redact_sql(&self.sql_text, RedactMode::Credentials))
+            .field(
+                "sql_text",
+                &redact_sql(&self.sql_text, RedactMode::Credentials),
+            )
             .field("async_exec", &self.async_exec)
             .field("sequence_id", &self.sequence_id)
             .field("describe_only", &self.describe_only)
@@ -153,7 +156,10 @@ pub fn parse_query_request(body: &[u8]) -> Result<QueryRequest, ParseError> {
 ///
 /// `workload_tag` is the statement's own tag or, without one, the session's. Fails only when the
 /// agent's part alone is over the limit.
-pub fn merge_query_tag(workload_tag: Option<&str>, agent: &Map<String, Value>) -> Result<String, RewriteError> {
+pub fn merge_query_tag(
+    workload_tag: Option<&str>,
+    agent: &Map<String, Value>,
+) -> Result<String, RewriteError> {
     let agent_value = Value::Object(agent.clone());
     let minimal = tag_text(&[("snowtrail", &agent_value)]);
     if char_len(&minimal) > QUERY_TAG_MAX_CHARS {
@@ -218,11 +224,17 @@ const ELLIPSIS: char = '…';
 
 /// The workload's tag as `{"app": "<tag, shortened>", "snowtrail": {...}}`.
 fn fit_app(tag: &str, agent: &Value) -> String {
-    let full = tag_text(&[("app", &Value::String(tag.to_owned())), ("snowtrail", agent)]);
+    let full = tag_text(&[
+        ("app", &Value::String(tag.to_owned())),
+        ("snowtrail", agent),
+    ]);
     if char_len(&full) <= QUERY_TAG_MAX_CHARS {
         return full;
     }
-    let overhead = char_len(&tag_text(&[("app", &Value::String(String::new())), ("snowtrail", agent)]));
+    let overhead = char_len(&tag_text(&[
+        ("app", &Value::String(String::new())),
+        ("snowtrail", agent),
+    ]));
     // The caller checked that the agent's part fits with an empty workload part.
     let budget = QUERY_TAG_MAX_CHARS.saturating_sub(overhead + 1);
     let mut short = truncate_escaped(tag, budget).to_owned();
@@ -284,10 +296,11 @@ pub fn set_query_tag(
     let tag = merge_query_tag(statement_tag.or(session_tag), agent)?;
     let params_bytes = match &params_text {
         Some(text) => {
-            let mut params = RawObject::parse_str(REQUEST, text).map_err(|_| RewriteError::NotAnObject {
-                what: REQUEST,
-                field: "parameters",
-            })?;
+            let mut params =
+                RawObject::parse_str(REQUEST, text).map_err(|_| RewriteError::NotAnObject {
+                    what: REQUEST,
+                    field: "parameters",
+                })?;
             params.set(REQUEST, "QUERY_TAG", &tag)?;
             params.to_vec(REQUEST)?
         }
@@ -297,13 +310,14 @@ pub fn set_query_tag(
             params.to_vec(REQUEST)?
         }
     };
-    let params_raw: &serde_json::value::RawValue =
-        serde_json::from_slice(&params_bytes).map_err(|_| RewriteError::Serialize { what: REQUEST })?;
+    let params_raw: &serde_json::value::RawValue = serde_json::from_slice(&params_bytes)
+        .map_err(|_| RewriteError::Serialize { what: REQUEST })?;
     top.set(REQUEST, "parameters", params_raw)?;
     Ok((top.to_vec(REQUEST)?, tag))
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -353,16 +367,22 @@ mod tests {
     fn refuses_ambiguous_or_incomplete_bodies() {
         assert!(matches!(
             parse_query_request(br#"{"asyncExec":false}"#),
-            Err(ParseError::MissingField { field: "sqlText", .. })
+            Err(ParseError::MissingField {
+                field: "sqlText",
+                ..
+            })
         ));
-        assert!(parse_query_request(br#"{"sqlText":"select 1","sqlText":"drop table t"}"#).is_err());
+        assert!(
+            parse_query_request(br#"{"sqlText":"select 1","sqlText":"drop table t"}"#).is_err()
+        );
         assert!(parse_query_request(br#"{"sqlText":"select 1"} {"sqlText":"x"}"#).is_err());
         assert!(parse_query_request(br#"{"sqlText":"select 1","asyncExec":"yes"}"#).is_err());
     }
 
     #[test]
     fn debug_redacts_credentials() {
-        let r = parse_query_request(br#"{"sqlText":"create user u password = 'Hunter2!'"}"#).unwrap();
+        let r =
+            parse_query_request(br#"{"sqlText":"create user u password = 'Hunter2!'"}"#).unwrap();
         let dbg = format!("{r:?}");
         assert!(!dbg.contains("Hunter2"), "{dbg}");
         assert!(dbg.contains("'***'"), "{dbg}");
@@ -372,7 +392,10 @@ mod tests {
     fn tag_merge_forms() {
         let a = agent();
         let t = merge_query_tag(None, &a).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&t).unwrap(), json!({"snowtrail": a}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&t).unwrap(),
+            json!({"snowtrail": a})
+        );
         let t = merge_query_tag(Some("nightly-load"), &a).unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(&t).unwrap(),
@@ -385,7 +408,10 @@ mod tests {
         );
         // A workload claiming the agent's key does not keep it.
         let t = merge_query_tag(Some(r#"{"snowtrail":"forged"}"#), &a).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&t).unwrap(), json!({"snowtrail": a}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&t).unwrap(),
+            json!({"snowtrail": a})
+        );
         // JSON that is not an object is kept as text.
         let t = merge_query_tag(Some("[1,2]"), &a).unwrap();
         assert_eq!(serde_json::from_str::<Value>(&t).unwrap()["app"], "[1,2]");
@@ -396,13 +422,20 @@ mod tests {
         let a = agent();
         let long = "q\"\\\n".repeat(1000) + "é";
         let t = merge_query_tag(Some(&long), &a).unwrap();
-        assert!(t.chars().count() <= QUERY_TAG_MAX_CHARS, "{}", t.chars().count());
+        assert!(
+            t.chars().count() <= QUERY_TAG_MAX_CHARS,
+            "{}",
+            t.chars().count()
+        );
         let v: Value = serde_json::from_str(&t).unwrap();
         assert_eq!(v["snowtrail"], Value::Object(a.clone()));
         let app = v["app"].as_str().unwrap();
         assert!(app.ends_with(ELLIPSIS));
         assert!(long.starts_with(app.trim_end_matches(ELLIPSIS)));
-        assert!(t.chars().count() > QUERY_TAG_MAX_CHARS - 10, "too much was cut");
+        assert!(
+            t.chars().count() > QUERY_TAG_MAX_CHARS - 10,
+            "too much was cut"
+        );
 
         let obj = json!({"team": "x".repeat(3000), "note": "y".repeat(500), "n": 1}).to_string();
         let t = merge_query_tag(Some(&obj), &a).unwrap();
@@ -434,20 +467,33 @@ mod tests {
         let before: Value = serde_json::from_slice(body).unwrap();
         let mut after: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(after["parameters"]["QUERY_TAG"], Value::String(tag.clone()));
-        assert_eq!(serde_json::from_str::<Value>(&tag).unwrap()["app"], "per-statement-tag");
+        assert_eq!(
+            serde_json::from_str::<Value>(&tag).unwrap()["app"],
+            "per-statement-tag"
+        );
         after["parameters"]["QUERY_TAG"] = before["parameters"]["QUERY_TAG"].clone();
         assert_eq!(after, before);
-        assert_eq!(parse_query_request(&out).unwrap().query_tag(), Some(tag.as_str()));
+        assert_eq!(
+            parse_query_request(&out).unwrap().query_tag(),
+            Some(tag.as_str())
+        );
 
         // No parameters: added; the session's tag is the workload's.
-        let (out, tag) = set_query_tag(br#"{"sqlText":"select 1"}"#, Some("session-tag"), &agent()).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&tag).unwrap()["app"], "session-tag");
+        let (out, tag) =
+            set_query_tag(br#"{"sqlText":"select 1"}"#, Some("session-tag"), &agent()).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&tag).unwrap()["app"],
+            "session-tag"
+        );
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["parameters"]["QUERY_TAG"], Value::String(tag));
         assert_eq!(v["sqlText"], "select 1");
 
         // Empty and null parameters.
-        for body in [&br#"{"sqlText":"s","parameters":{}}"#[..], br#"{"sqlText":"s","parameters":null}"#] {
+        for body in [
+            &br#"{"sqlText":"s","parameters":{}}"#[..],
+            br#"{"sqlText":"s","parameters":null}"#,
+        ] {
             let (out, _) = set_query_tag(body, None, &agent()).unwrap();
             assert!(parse_query_request(&out).unwrap().query_tag().is_some());
         }

@@ -73,7 +73,10 @@ pub(crate) struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     pub(crate) fn new(sql: &'a str) -> Self {
-        Lexer { b: sql.as_bytes(), i: 0 }
+        Lexer {
+            b: sql.as_bytes(),
+            i: 0,
+        }
     }
 
     fn at(&self, j: usize) -> Option<u8> {
@@ -158,7 +161,10 @@ impl Iterator for Lexer<'_> {
             (Kind::Word, j)
         } else if c.is_ascii_digit() {
             let mut j = start + 1;
-            while self.at(j).is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_') {
+            while self
+                .at(j)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
+            {
                 j += 1;
             }
             (Kind::Number, j)
@@ -172,13 +178,23 @@ impl Iterator for Lexer<'_> {
 
 /// True when a name (option, parameter, column) marks its value as a credential.
 pub(crate) fn is_secret_name(name: &str) -> bool {
-    let u = name.trim_matches('"').trim_start_matches('$').to_ascii_uppercase();
+    let u = name
+        .trim_matches('"')
+        .trim_start_matches('$')
+        .to_ascii_uppercase();
     if u.contains("PUBLIC_KEY") || u.ends_with("KEY_ID") {
         return false;
     }
-    ["PASSWORD", "SECRET", "TOKEN", "PASSCODE", "PASSPHRASE", "CREDENTIAL"]
-        .iter()
-        .any(|w| u.contains(w))
+    [
+        "PASSWORD",
+        "SECRET",
+        "TOKEN",
+        "PASSCODE",
+        "PASSPHRASE",
+        "CREDENTIAL",
+    ]
+    .iter()
+    .any(|w| u.contains(w))
         || u.ends_with("KEY")
         || u.split('_').any(|part| part == "KEY" || part == "KEYS")
 }
@@ -217,7 +233,11 @@ pub fn redact_sql(sql: &str, mode: RedactMode) -> Cow<'_, str> {
                     copied = tok.end;
                 }
                 // `NAME = 'a' 'b'`: a literal right after a secret one stays secret.
-                state = if secret { State::AfterEq(true) } else { State::Idle };
+                state = if secret {
+                    State::AfterEq(true)
+                } else {
+                    State::Idle
+                };
             }
             Kind::Punct => {
                 let c = text.as_bytes()[0];
@@ -227,7 +247,9 @@ pub fn redact_sql(sql: &str, mode: RedactMode) -> Cow<'_, str> {
                     (b'>', State::AfterEq(s)) if prev_punct == Some(b'=') => State::AfterEq(s),
                     (b'(', s) => {
                         depth += 1;
-                        if matches!(s, State::AfterName(true) | State::AfterEq(true)) && secret_block.is_none() {
+                        if matches!(s, State::AfterName(true) | State::AfterEq(true))
+                            && secret_block.is_none()
+                        {
                             secret_block = Some(depth);
                         }
                         State::Idle
@@ -256,6 +278,7 @@ pub fn redact_sql(sql: &str, mode: RedactMode) -> Cow<'_, str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -311,13 +334,22 @@ mod tests {
                 "select * from users where name = 'password' and \"PASSWORD\" = 'p1'",
                 "select * from users where name = 'password' and \"PASSWORD\" = '***'",
             ),
-            ("call set_creds(password => 'pw')", "call set_creds(password => '***')"),
+            (
+                "call set_creds(password => 'pw')",
+                "call set_creds(password => '***')",
+            ),
             (
                 "put file:///tmp/a.csv @s; alter user u set password='x2'",
                 "put file:///tmp/a.csv @s; alter user u set password='***'",
             ),
-            ("select 'a' // password = 'not code'", "select 'a' // password = 'not code'"),
-            ("create user u password='unterminated", "create user u password='***'"),
+            (
+                "select 'a' // password = 'not code'",
+                "select 'a' // password = 'not code'",
+            ),
+            (
+                "create user u password='unterminated",
+                "create user u password='***'",
+            ),
             ("select $$x$$, 1", "select $$x$$, 1"),
         ];
         for (input, want) in cases {
@@ -328,10 +360,16 @@ mod tests {
     #[test]
     fn all_literals_mode() {
         assert_eq!(
-            redact_sql("select 'a', $$b$$, \"c\" from t where x = 'it''s' -- 'd'", RedactMode::AllLiterals),
+            redact_sql(
+                "select 'a', $$b$$, \"c\" from t where x = 'it''s' -- 'd'",
+                RedactMode::AllLiterals
+            ),
             "select '***', '***', \"c\" from t where x = '***' -- 'd'"
         );
-        assert!(matches!(redact_sql("select 1", RedactMode::AllLiterals), Cow::Borrowed(_)));
+        assert!(matches!(
+            redact_sql("select 1", RedactMode::AllLiterals),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -354,7 +392,16 @@ mod tests {
         ] {
             assert!(is_secret_name(secret), "{secret}");
         }
-        for public in ["RSA_PUBLIC_KEY", "RSA_PUBLIC_KEY_2", "AWS_KEY_ID", "KMS_KEY_ID", "COMMENT", "KEYWORD", "URL", "TYPE"] {
+        for public in [
+            "RSA_PUBLIC_KEY",
+            "RSA_PUBLIC_KEY_2",
+            "AWS_KEY_ID",
+            "KMS_KEY_ID",
+            "COMMENT",
+            "KEYWORD",
+            "URL",
+            "TYPE",
+        ] {
             assert!(!is_secret_name(public), "{public}");
         }
     }
@@ -399,7 +446,10 @@ mod tests {
 
     fn pieces() -> impl Strategy<Value = Vec<Piece>> {
         prop::collection::vec(
-            prop_oneof![plain().prop_map(Piece::Plain), literal().prop_map(Piece::Literal)],
+            prop_oneof![
+                plain().prop_map(Piece::Plain),
+                literal().prop_map(Piece::Literal)
+            ],
             0..24,
         )
     }

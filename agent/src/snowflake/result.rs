@@ -456,11 +456,13 @@ pub fn parse_query_response(body: &[u8]) -> Result<QueryResponse, ParseError> {
         .collect();
     r.total = d.total;
     r.returned = d.returned;
-    r.result_format = d.query_result_format.map(|f| match f.to_ascii_lowercase().as_str() {
-        "arrow" => ResultFormat::Arrow,
-        "json" => ResultFormat::Json,
-        _ => ResultFormat::Other(f),
-    });
+    r.result_format = d
+        .query_result_format
+        .map(|f| match f.to_ascii_lowercase().as_str() {
+            "arrow" => ResultFormat::Arrow,
+            "json" => ResultFormat::Json,
+            _ => ResultFormat::Other(f),
+        });
     r.rowset_rows = d.rowset.map(|n| n.0);
     r.rowset_base64_len = d.rowset_base64.map(|n| n.0);
     r.chunks = d
@@ -468,10 +470,11 @@ pub fn parse_query_response(body: &[u8]) -> Result<QueryResponse, ParseError> {
         .unwrap_or_default()
         .into_iter()
         .map(|c| {
-            let url = url_field(RESPONSE, "chunks[].url", c.url)?.ok_or(ParseError::MissingField {
-                what: RESPONSE,
-                field: "chunks[].url",
-            })?;
+            let url =
+                url_field(RESPONSE, "chunks[].url", c.url)?.ok_or(ParseError::MissingField {
+                    what: RESPONSE,
+                    field: "chunks[].url",
+                })?;
             Ok(Chunk {
                 url,
                 row_count: c.row_count,
@@ -498,7 +501,10 @@ pub fn parse_query_response(body: &[u8]) -> Result<QueryResponse, ParseError> {
                 })
         })
         .collect::<Result<_, _>>()?;
-    r.stage_info = d.stage_info.map(|s| s.into_stage_info(RESPONSE)).transpose()?;
+    r.stage_info = d
+        .stage_info
+        .map(|s| s.into_stage_info(RESPONSE))
+        .transpose()?;
     r.command = d.command.map(|c| match c.to_ascii_uppercase().as_str() {
         "UPLOAD" => FileCommand::Upload,
         "DOWNLOAD" => FileCommand::Download,
@@ -584,6 +590,7 @@ pub fn parse_monitoring_response(body: &[u8]) -> Result<MonitoringResponse, Pars
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -608,16 +615,26 @@ mod tests {
         .unwrap();
         assert_eq!(r.status, QueryStatus::InProgress);
         assert_eq!(r.query_id.as_deref(), Some("01b-hold"));
-        assert_eq!(r.get_result_url.as_deref(), Some("/queries/01b-hold/result"));
-        let r = parse_query_response(br#"{"data":{"queryId":"q"},"code":"333334","success":true}"#).unwrap();
+        assert_eq!(
+            r.get_result_url.as_deref(),
+            Some("/queries/01b-hold/result")
+        );
+        let r = parse_query_response(br#"{"data":{"queryId":"q"},"code":"333334","success":true}"#)
+            .unwrap();
         assert_eq!(r.status, QueryStatus::AsyncDetached);
         let r = parse_query_response(
             br#"{"data":{"nextAction":"RENEW_SESSION"},"code":"390112","message":"expired","success":false}"#,
         )
         .unwrap();
         assert_eq!(r.status, QueryStatus::SessionExpired);
-        let r = parse_query_response(br#"{"data":null,"code":261000,"message":"x","success":false,"headers":null}"#).unwrap();
-        assert_eq!((r.status, r.code.as_deref()), (QueryStatus::Failed, Some("261000")));
+        let r = parse_query_response(
+            br#"{"data":null,"code":261000,"message":"x","success":false,"headers":null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.status, r.code.as_deref()),
+            (QueryStatus::Failed, Some("261000"))
+        );
     }
 
     #[test]
@@ -629,11 +646,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.result_ids, vec!["01a", "01b"]);
-        assert_eq!(r.result_types, vec![StatementType::Select, StatementType::Insert]);
+        assert_eq!(
+            r.result_types,
+            vec![StatementType::Select, StatementType::Insert]
+        );
         assert_eq!(r.result_format, Some(ResultFormat::Json));
         assert_eq!(r.rowset_rows, Some(2));
         assert_eq!(r.final_warehouse.as_deref(), Some("WH"));
-        assert!(parse_query_response(br#"{"data":{"resultTypes":"4096,x"},"success":true}"#).is_err());
+        assert!(
+            parse_query_response(br#"{"data":{"resultTypes":"4096,x"},"success":true}"#).is_err()
+        );
     }
 
     #[test]
@@ -645,7 +667,10 @@ mod tests {
             "success":true}"#;
         let r = parse_query_response(body).unwrap();
         let s = r.stage_info.as_ref().unwrap();
-        assert_eq!(s.credential_names, vec!["AWS_KEY_ID", "AWS_SECRET_KEY", "AWS_TOKEN"]);
+        assert_eq!(
+            s.credential_names,
+            vec!["AWS_KEY_ID", "AWS_SECRET_KEY", "AWS_TOKEN"]
+        );
         assert!(r.has_encryption_material);
         assert_eq!(r.command, Some(FileCommand::Download));
         assert_eq!(r.presigned_urls.len(), 1);
@@ -657,16 +682,28 @@ mod tests {
 
     #[test]
     fn malformed_responses() {
-        assert!(parse_query_response(br#"{"data":{"chunks":[{"rowCount":1}]},"success":true}"#).is_err());
-        assert!(parse_query_response(br#"{"data":{"chunks":[{"url":"nope"}]},"success":true}"#).is_err());
-        assert!(parse_query_response(br#"{"data":{"queryId":"a","queryId":"b"},"success":true}"#).is_err());
+        assert!(
+            parse_query_response(br#"{"data":{"chunks":[{"rowCount":1}]},"success":true}"#)
+                .is_err()
+        );
+        assert!(
+            parse_query_response(br#"{"data":{"chunks":[{"url":"nope"}]},"success":true}"#)
+                .is_err()
+        );
+        assert!(
+            parse_query_response(br#"{"data":{"queryId":"a","queryId":"b"},"success":true}"#)
+                .is_err()
+        );
         assert!(parse_query_response(br#"{"data":{"rowset":"x"},"success":true}"#).is_err());
         assert!(parse_query_response(b"").is_err());
     }
 
     #[test]
     fn monitoring() {
-        let r = parse_monitoring_response(br#"{"data":{"queries":[{"status":"SUCCESS"}]},"success":true}"#).unwrap();
+        let r = parse_monitoring_response(
+            br#"{"data":{"queries":[{"status":"SUCCESS"}]},"success":true}"#,
+        )
+        .unwrap();
         assert_eq!(r.queries[0].status.as_deref(), Some("SUCCESS"));
         let r = parse_monitoring_response(
             br#"{"data":{"queries":[{"id":"q1","status":"FAILED_WITH_ERROR","errorCode":"100038","sqlText":"x"}]},"code":null,"success":true}"#,

@@ -213,12 +213,15 @@ pub fn parse_simple_response(body: &[u8]) -> Result<SimpleResponse, ParseError> 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn token_request_keeps_the_old_token_private() {
-        let r = parse_token_request(br#"{"oldSessionToken":"LTv-old-token","requestType":"RENEW"}"#).unwrap();
+        let r =
+            parse_token_request(br#"{"oldSessionToken":"LTv-old-token","requestType":"RENEW"}"#)
+                .unwrap();
         assert!(r.is_renewal() && r.has_old_session_token);
         assert_eq!(r.old_session_token_for_renewal(), Some("LTv-old-token"));
         assert!(!format!("{r:?}").contains("LTv-old-token"));
@@ -244,8 +247,14 @@ mod tests {
 
     #[test]
     fn abort_bodies() {
-        let r = parse_abort_request(br#"{"sqlText":"select 1","requestId":"00000000-0000-4000-8000-000000000000"}"#).unwrap();
-        assert_eq!(r.request_id.as_deref(), Some("00000000-0000-4000-8000-000000000000"));
+        let r = parse_abort_request(
+            br#"{"sqlText":"select 1","requestId":"00000000-0000-4000-8000-000000000000"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.request_id.as_deref(),
+            Some("00000000-0000-4000-8000-000000000000")
+        );
         assert_eq!(r.sql_text.as_deref(), Some("select 1"));
         assert_eq!(parse_abort_request(b"{}").unwrap().request_id, None);
         assert_eq!(parse_abort_request(b"").unwrap().sql_text, None);
@@ -254,7 +263,9 @@ mod tests {
 
     #[test]
     fn simple_envelopes() {
-        let r = parse_simple_response(br#"{"data":null,"code":null,"message":null,"success":true}"#).unwrap();
+        let r =
+            parse_simple_response(br#"{"data":null,"code":null,"message":null,"success":true}"#)
+                .unwrap();
         assert!(r.success && r.code.is_none());
         let r = parse_simple_response(
             br#"{"data":null,"code":"390103","message":"Session token not found in the request data.","success":false,"headers":null}"#,

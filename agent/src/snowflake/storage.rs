@@ -59,11 +59,13 @@ pub(crate) fn url_field(
 ) -> Result<Option<StorageUrl>, ParseError> {
     match value.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(url) => StorageUrl::parse(url).map(Some).ok_or(ParseError::InvalidField {
-            what,
-            field,
-            reason: "expected an absolute URL",
-        }),
+        Some(url) => StorageUrl::parse(url)
+            .map(Some)
+            .ok_or(ParseError::InvalidField {
+                what,
+                field,
+                reason: "expected an absolute URL",
+            }),
     }
 }
 
@@ -142,7 +144,11 @@ impl StageInfo {
     /// on flags the agent cannot see).
     pub fn derived_hosts(&self) -> Vec<String> {
         let mut hosts = Vec::new();
-        let region = self.region.as_deref().map(str::trim).filter(|r| !r.is_empty());
+        let region = self
+            .region
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
         let end_point = self.end_point.as_deref().and_then(endpoint_host);
         match self.location_type {
             LocationType::S3 => {
@@ -211,7 +217,9 @@ fn is_dns_name(h: &str) -> bool {
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -301,6 +309,7 @@ pub fn hosts_to_learn(resp: &QueryResponse) -> Vec<LearnedHost> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -330,9 +339,14 @@ mod tests {
         assert_eq!(u.port, None);
         assert_eq!(u.path, "/results/01b/main/data_0_0_0");
         assert!(!format!("{u} {u:?}").contains("Signature"));
-        let u = StorageUrl::parse("http://127.0.0.1:8784/fake-stage-results/x/0?X-Amz-Signature=fake").unwrap();
+        let u =
+            StorageUrl::parse("http://127.0.0.1:8784/fake-stage-results/x/0?X-Amz-Signature=fake")
+                .unwrap();
         assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", Some(8784)));
-        assert_eq!(u.to_string(), "http://127.0.0.1:8784/fake-stage-results/x/0");
+        assert_eq!(
+            u.to_string(),
+            "http://127.0.0.1:8784/fake-stage-results/x/0"
+        );
         assert_eq!(StorageUrl::parse("/relative/path"), None);
         assert_eq!(StorageUrl::parse("not a url"), None);
     }
@@ -351,12 +365,18 @@ mod tests {
             ]
         );
         s.end_point = Some("s3-fips.us-gov-west-1.amazonaws.com".into());
-        assert_eq!(s.derived_hosts()[0], "sfc-stage-bucket.s3-fips.us-gov-west-1.amazonaws.com");
+        assert_eq!(
+            s.derived_hosts()[0],
+            "sfc-stage-bucket.s3-fips.us-gov-west-1.amazonaws.com"
+        );
         s.end_point = None;
         s.region = Some("cn-north-1".into());
         assert_eq!(
             s.derived_hosts(),
-            vec!["sfc-stage-bucket.s3.cn-north-1.amazonaws.com.cn", "s3.cn-north-1.amazonaws.com.cn"]
+            vec![
+                "sfc-stage-bucket.s3.cn-north-1.amazonaws.com.cn",
+                "s3.cn-north-1.amazonaws.com.cn"
+            ]
         );
     }
 
@@ -366,18 +386,31 @@ mod tests {
         s.storage_account = Some("sfcacct01".into());
         assert_eq!(s.derived_hosts(), vec!["sfcacct01.blob.core.windows.net"]);
         s.end_point = Some("blob.core.usgovcloudapi.net".into());
-        assert_eq!(s.derived_hosts(), vec!["sfcacct01.blob.core.usgovcloudapi.net"]);
+        assert_eq!(
+            s.derived_hosts(),
+            vec!["sfcacct01.blob.core.usgovcloudapi.net"]
+        );
         s.storage_account = None;
         assert!(s.derived_hosts().is_empty());
 
         let mut s = stage(LocationType::Gcs, "gcs-bucket/path/");
         assert_eq!(
             s.derived_hosts(),
-            vec!["storage.googleapis.com", "gcs-bucket.storage.googleapis.com"]
+            vec![
+                "storage.googleapis.com",
+                "gcs-bucket.storage.googleapis.com"
+            ]
         );
         s.region = Some("me-central2".into());
-        assert!(s.derived_hosts().contains(&"storage.me-central2.rep.googleapis.com".to_owned()));
-        assert!(stage(LocationType::LocalFs, "/tmp/x").derived_hosts().is_empty());
+        assert!(
+            s.derived_hosts()
+                .contains(&"storage.me-central2.rep.googleapis.com".to_owned())
+        );
+        assert!(
+            stage(LocationType::LocalFs, "/tmp/x")
+                .derived_hosts()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -387,6 +420,9 @@ mod tests {
         assert!(s.derived_hosts().iter().all(|h| !h.contains(' ')));
         assert_eq!(s.derived_hosts(), vec!["s3.us-east-1.amazonaws.com"]);
         assert!(stage(LocationType::S3, "").derived_hosts().is_empty());
-        assert_eq!(endpoint_host("https://s3-fips.amazonaws.com/"), Some("s3-fips.amazonaws.com".into()));
+        assert_eq!(
+            endpoint_host("https://s3-fips.amazonaws.com/"),
+            Some("s3-fips.amazonaws.com".into())
+        );
     }
 }
