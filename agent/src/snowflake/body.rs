@@ -111,6 +111,26 @@ pub fn decode_body<'a>(
     decode(ContentEncoding::from_header(content_encoding)?, body, limit)
 }
 
+/// Decodes a request or response body given its headers: more than one `Content-Encoding`
+/// header is refused, since a peer could read them as a chain of codings.
+pub fn decode_with_headers<'a>(
+    headers: &http::HeaderMap,
+    body: &'a [u8],
+    limit: usize,
+) -> Result<Cow<'a, [u8]>, BodyError> {
+    let mut values = headers.get_all(http::header::CONTENT_ENCODING).iter();
+    let first = values.next();
+    if let Some(second) = values.next() {
+        return Err(BodyError::UnsupportedEncoding {
+            value: String::from_utf8_lossy(second.as_bytes())
+                .chars()
+                .take(64)
+                .collect(),
+        });
+    }
+    decode_body(first.map(http::HeaderValue::as_bytes), body, limit)
+}
+
 /// Gzips `data`, for re-encoding a rewritten request body the way the driver sent it.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -206,6 +226,26 @@ mod tests {
                 encoding: ContentEncoding::Identity
             })
         );
+    }
+
+    #[test]
+    fn from_headers() {
+        let gz = gzip(b"{}");
+        let mut h = http::HeaderMap::new();
+        assert_eq!(decode_with_headers(&h, b"{}", 10).unwrap().as_ref(), b"{}");
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("gzip"),
+        );
+        assert_eq!(decode_with_headers(&h, &gz, 10).unwrap().as_ref(), b"{}");
+        h.append(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("gzip"),
+        );
+        assert!(matches!(
+            decode_with_headers(&h, &gz, 10),
+            Err(BodyError::UnsupportedEncoding { .. })
+        ));
     }
 
     #[test]

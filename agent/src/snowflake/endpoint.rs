@@ -93,11 +93,7 @@ pub struct RequestParams {
 /// Classifies a request given its method, its path and its raw query string (without `?`).
 pub fn classify(method: &str, path: &str, query: Option<&str>) -> (Endpoint, RequestParams) {
     let params = parse_params(query.unwrap_or(""));
-    let segments: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| percent_decode(s).unwrap_or_else(|| s.to_owned()))
-        .collect();
+    let segments = normalize_path(path);
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let post = method.eq_ignore_ascii_case("POST");
     let get = method.eq_ignore_ascii_case("GET");
@@ -126,6 +122,30 @@ pub fn classify(method: &str, path: &str, query: Option<&str>) -> (Endpoint, Req
 /// Classifies an [`http`] request line (the proxy's own types).
 pub fn classify_uri(method: &http::Method, uri: &http::Uri) -> (Endpoint, RequestParams) {
     classify(method.as_str(), uri.path(), uri.query())
+}
+
+/// Classifies an [`http::Request`] as the proxy holds it.
+pub fn classify_request<B>(request: &http::Request<B>) -> (Endpoint, RequestParams) {
+    classify_uri(request.method(), request.uri())
+}
+
+/// The path's segments as a server would route them: empty and `.` segments dropped, `..`
+/// applied, `;parameters` cut off (servlet containers ignore them), each segment
+/// percent-decoded.
+fn normalize_path(path: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let raw = raw.split(';').next().unwrap_or("");
+        let seg = percent_decode(raw).unwrap_or_else(|| raw.to_owned());
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            _ => out.push(seg),
+        }
+    }
+    out
 }
 
 fn parse_params(query: &str) -> RequestParams {
@@ -290,6 +310,18 @@ mod tests {
             Endpoint::Query
         );
         assert_eq!(ep("post", "/queries/v1/query%2Drequest").0, Endpoint::Query);
+        assert_eq!(
+            ep("POST", "/queries/v1/query-request;jsessionid=1").0,
+            Endpoint::Query
+        );
+        assert_eq!(
+            ep("POST", "/telemetry/../queries/./v1/query-request").0,
+            Endpoint::Query
+        );
+        assert_eq!(
+            ep("POST", "/queries%2Fv1%2Fquery-request").0,
+            Endpoint::Other
+        );
     }
 
     #[test]
@@ -335,5 +367,9 @@ mod tests {
         );
         assert_eq!(p.request_id.as_deref(), Some("r"));
         assert_eq!(e.name(), "result_poll");
+        let req = http::Request::post("/session?delete=true&requestId=r")
+            .body(())
+            .unwrap();
+        assert_eq!(classify_request(&req).0, Endpoint::Logout);
     }
 }

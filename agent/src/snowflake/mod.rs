@@ -35,8 +35,10 @@ pub mod result;
 pub mod session;
 pub mod storage;
 
-pub use body::{BodyError, ContentEncoding, decode_body, gzip};
-pub use endpoint::{Endpoint, LoginTarget, RequestParams, classify, classify_uri};
+pub use body::{BodyError, ContentEncoding, decode_body, decode_with_headers, gzip};
+pub use endpoint::{
+    Endpoint, LoginTarget, RequestParams, classify, classify_request, classify_uri,
+};
 pub use envelope::{Refusal, Reply};
 pub use error::{ParseError, RewriteError};
 pub use login::{

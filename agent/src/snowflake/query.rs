@@ -154,8 +154,9 @@ pub fn parse_query_request(body: &[u8]) -> Result<QueryRequest, ParseError> {
 /// the workload's tag when that is a JSON object, else the workload's tag kept as `"app"`; at most
 /// [`QUERY_TAG_MAX_CHARS`] characters, shortening the workload's string values first.
 ///
-/// `workload_tag` is the statement's own tag or, without one, the session's. Fails only when the
-/// agent's part alone is over the limit.
+/// `workload_tag` is the statement's own tag or, without one, the session's. A workload object's
+/// own `"snowtrail"` key is replaced, so a workload cannot speak for the agent. Fails only when
+/// the agent's part alone is over the limit.
 pub fn merge_query_tag(
     workload_tag: Option<&str>,
     agent: &Map<String, Value>,
