@@ -1,2 +1,107 @@
 //! The Snowflake REST protocol as typed requests and responses (no I/O).
+//!
+//! Drivers (connector 4.x and 5.x, Node, JDBC, Go) speak JSON over HTTP to a handful of endpoints.
+//! This module turns what crosses the proxy into typed values and back:
+//!
+//! ```text
+//!  method + path + query ──► endpoint::classify ──► Endpoint + RequestParams
+//!  body bytes + Content-Encoding ──► body::decode (size-capped gzip) ──► JSON bytes
+//!  JSON bytes ──► login / query / session / result parsers ──► typed requests and responses
+//!  typed facts ──► storage::hosts_to_learn (chunk, presigned and stage hosts)
+//!  agent decisions ──► envelope (Snowflake-shaped answers the agent gives itself)
+//!  SQL text ──► redact (credential literals replaced for the audit)
+//! ```
+//!
+//! What it does not do: no sockets, no clocks, no policy, no audit writing. Every parser reads the
+//! whole input before returning, a body that does not parse is an error (never a partial value),
+//! duplicate known keys are refused (a proxy and Snowflake must not read two different statements
+//! out of one body), and errors never quote the input, so a secret in a malformed body cannot reach
+//! a log line through an error message. Secrets (passwords, tokens, the old session token of a
+//! renewal, stage credentials, presigned URL signatures) are either dropped while parsing or held
+//! in a private field that only an accessor named for its later use can read; `Debug` prints none.
+//!
+//! The wire as captured from real drivers is described in `PROTOCOL.md` of the shared wire
+//! captures; `tests/snowflake_wire.rs` parses the captured exchanges.
+
+pub mod body;
+pub mod endpoint;
+pub mod envelope;
+pub mod error;
 pub mod hosts;
+mod json;
+pub mod login;
+pub mod query;
+pub mod redact;
+pub mod result;
+pub mod session;
+pub mod storage;
+
+pub use body::{BodyError, ContentEncoding, decode_body, decode_with_headers, gzip};
+pub use endpoint::{
+    Endpoint, LoginTarget, RequestParams, classify, classify_request, classify_uri,
+};
+pub use envelope::{Refusal, Reply};
+pub use error::{ParseError, RewriteError};
+pub use login::{
+    Authenticator, Driver, JwtClaims, LoginRequest, LoginResponse, SessionInfo, TokenShape,
+    UpstreamTokens, driver_from_user_agent, parse_login_request, parse_login_response,
+    rewrite_login_tokens,
+};
+pub use query::{
+    BindSummary, QUERY_TAG_MAX_CHARS, QueryRequest, merge_query_tag, parse_query_request,
+    set_query_tag,
+};
+pub use redact::{RedactMode, redact_sql};
+pub use result::{
+    Chunk, Column, FileCommand, MonitoringResponse, QueryResponse, QueryStatus, ResultFormat,
+    StatementType, parse_monitoring_response, parse_query_response,
+};
+pub use session::{
+    AbortRequest, RenewalResponse, SimpleResponse, TokenRequest, parse_abort_request,
+    parse_renewal_response, parse_simple_response, parse_token_request, rewrite_renewal_tokens,
+};
+pub use storage::{HostSource, LearnedHost, LocationType, StageInfo, StorageUrl, hosts_to_learn};
+
+/// Response codes that drivers act on, named once so no module spells them twice.
+pub mod codes {
+    /// A statement is still running: the driver polls `data.getResultUrl` (DECISIONS 16).
+    pub const QUERY_IN_PROGRESS: &str = "333333";
+    /// An `asyncExec` statement was detached: the driver keeps the query id and polls later.
+    pub const QUERY_IN_PROGRESS_ASYNC: &str = "333334";
+    /// The session token expired: the driver renews it with the master token and retries.
+    pub const SESSION_EXPIRED: &str = "390112";
+    /// The master token expired: the driver must log in again.
+    pub const MASTER_TOKEN_EXPIRED: &str = "390114";
+}
+
+/// A credential or token taken from a body, kept only where a later feature needs its value.
+///
+/// Its value is reachable only through an accessor of the struct that holds it, named for that
+/// use, and neither `Debug` nor any error shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    /// The value, for the named accessors of the structs that hold a secret.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}

@@ -1,0 +1,331 @@
+//! What the agent answers a driver itself: the one mapping from the agent's reasons to the
+//! Snowflake-shaped bodies drivers understand.
+//!
+//! A refused statement gets Snowflake's error envelope (`success:false`, `code`, `message`,
+//! `data.errorCode/sqlState/queryId`, as `py5-session/011` captured), so the driver raises its
+//! usual `ProgrammingError`/`SQLException` with the agent's message. A refused login gets the
+//! shape of a failed Snowflake login (`data.nextAction`, code `390xxx`), so the driver shows an
+//! authentication error. A held statement gets `333333` with a hold id and a `getResultUrl`
+//! (DECISIONS 16). All answers are HTTP 200, as Snowflake sends them: a 5xx would make drivers
+//! retry. The codes are chosen so that no driver acts on them (none is 390112/390114, which
+//! trigger renewal, nor 333333/333334 outside the hold).
+
+use serde_json::{Value, json};
+
+use super::body::BodyError;
+use super::codes;
+use super::error::ParseError;
+
+/// Why the agent answers a request itself instead of forwarding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A policy rule denied the statement or login.
+    PolicyDenied {
+        /// The rule's name, as configured by the operator.
+        rule: String,
+    },
+    /// An approver rejected a held statement.
+    ApprovalRejected,
+    /// No approver decided before the hold's timeout.
+    ApprovalTimedOut,
+    /// The request body is over `limits.max_request_bytes` once decoded (DECISIONS 2).
+    RequestTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request body could not be decoded or parsed: it cannot be checked, so it does not pass.
+    Unparsed,
+    /// The audit cannot record the event and the agent fails closed.
+    AuditUnavailable,
+    /// The workload's identity could not be established for a rule that needs it.
+    IdentityUnverified,
+}
+
+/// The Snowflake error a refusal becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WireError {
+    /// `code` and `data.errorCode` of a statement error.
+    query_code: &'static str,
+    /// `data.sqlState` of a statement error.
+    sql_state: &'static str,
+    /// `code` of a login error.
+    login_code: &'static str,
+}
+
+impl Refusal {
+    fn wire(&self) -> WireError {
+        // 003001/42501 is Snowflake's "insufficient privileges"; 000630/57014 its statement
+        // timeout; 000603 its internal error, with the SQL standard's state for the cause.
+        // 390101 is "user access disabled": a login error no driver retries or renews on.
+        let (query_code, sql_state) = match self {
+            Refusal::PolicyDenied { .. }
+            | Refusal::ApprovalRejected
+            | Refusal::IdentityUnverified => ("003001", "42501"),
+            Refusal::ApprovalTimedOut => ("000630", "57014"),
+            Refusal::RequestTooLarge { .. } => ("000603", "54000"),
+            Refusal::Unparsed => ("000603", "22000"),
+            Refusal::AuditUnavailable => ("000603", "58000"),
+        };
+        WireError {
+            query_code,
+            sql_state,
+            login_code: "390101",
+        }
+    }
+
+    /// The message the driver shows (it names the agent, never the request's content).
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::PolicyDenied { rule } => {
+                format!("SQL access control error: denied by snowtrail policy rule '{rule}'.")
+            }
+            Refusal::ApprovalRejected => {
+                "SQL access control error: the statement was rejected by a snowtrail approver."
+                    .to_owned()
+            }
+            Refusal::ApprovalTimedOut => {
+                "Statement was not approved in time and was canceled by snowtrail.".to_owned()
+            }
+            Refusal::RequestTooLarge { limit } => {
+                format!("Request refused by snowtrail: the body is larger than {limit} bytes.")
+            }
+            Refusal::Unparsed => {
+                "Request refused by snowtrail: the body could not be read.".to_owned()
+            }
+            Refusal::AuditUnavailable => {
+                "Request refused by snowtrail: the audit trail is unavailable.".to_owned()
+            }
+            Refusal::IdentityUnverified => {
+                "SQL access control error: snowtrail could not verify the workload's identity."
+                    .to_owned()
+            }
+        }
+    }
+
+    /// A bounded label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::PolicyDenied { .. } => "policy_denied",
+            Refusal::ApprovalRejected => "approval_rejected",
+            Refusal::ApprovalTimedOut => "approval_timed_out",
+            Refusal::RequestTooLarge { .. } => "request_too_large",
+            Refusal::Unparsed => "unparsed",
+            Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::IdentityUnverified => "identity_unverified",
+        }
+    }
+}
+
+impl From<&BodyError> for Refusal {
+    fn from(e: &BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit, .. } => Refusal::RequestTooLarge { limit: *limit },
+            _ => Refusal::Unparsed,
+        }
+    }
+}
+
+impl From<&ParseError> for Refusal {
+    fn from(_: &ParseError) -> Self {
+        Refusal::Unparsed
+    }
+}
+
+/// An answer for the proxy to send: always HTTP 200 with a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The HTTP status (200, as Snowflake answers errors too).
+    pub status: http::StatusCode,
+    /// The JSON body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The `Content-Type` of every reply.
+    pub const CONTENT_TYPE: &'static str = "application/json";
+
+    fn ok(value: Value) -> Reply {
+        Reply {
+            status: http::StatusCode::OK,
+            body: value.to_string().into_bytes(),
+        }
+    }
+}
+
+/// A statement refused: Snowflake's error envelope, with `query_id` (the agent's id for the
+/// statement) as `data.queryId` so the driver reports it as the statement's id.
+pub fn query_error(reason: &Refusal, query_id: &str) -> Reply {
+    let w = reason.wire();
+    Reply::ok(json!({
+        "data": {
+            "internalError": false,
+            "errorCode": w.query_code,
+            "sqlState": w.sql_state,
+            "queryId": query_id,
+        },
+        "code": w.query_code,
+        "message": reason.message(),
+        "success": false,
+        "headers": null,
+    }))
+}
+
+/// A login refused: the shape of a failed Snowflake login, so the driver shows an
+/// authentication error.
+pub fn login_error(reason: &Refusal) -> Reply {
+    let w = reason.wire();
+    Reply::ok(json!({
+        "data": {
+            "nextAction": "RETRY_LOGIN",
+            "authnMethod": null,
+        },
+        "code": w.login_code,
+        "message": reason.message(),
+        "success": false,
+        "headers": null,
+    }))
+}
+
+/// A request to any other endpoint refused (heartbeat, logout, renewal): the plain envelope.
+pub fn session_error(reason: &Refusal) -> Reply {
+    Reply::ok(json!({
+        "data": null,
+        "code": reason.wire().login_code,
+        "message": reason.message(),
+        "success": false,
+        "headers": null,
+    }))
+}
+
+/// The result URL a driver polls for `query_id`.
+pub fn result_url(query_id: &str) -> String {
+    format!("/queries/{query_id}/result")
+}
+
+/// A statement held (DECISIONS 16): `333333` with `query_id` and `get_result_url`; the driver
+/// polls the URL until the code is neither `333333` nor `333334`.
+pub fn in_progress(query_id: &str, get_result_url: &str) -> Reply {
+    Reply::ok(json!({
+        "data": {
+            "queryId": query_id,
+            "getResultUrl": get_result_url,
+            "queryAbortsAfterSecs": 300,
+            "progressDesc": null,
+        },
+        "code": codes::QUERY_IN_PROGRESS,
+        "message": "Query execution in progress. Query will be aborted unless request for result is received within 300 seconds.",
+        "success": true,
+    }))
+}
+
+/// The answer to an abort the agent handles itself (an abort of a held statement).
+pub fn abort_ok() -> Reply {
+    Reply::ok(json!({"data": null, "code": null, "message": null, "success": true}))
+}
+
+/// The answer to a monitoring request for a statement the agent holds: `status` as Snowflake
+/// reports it (`RUNNING` while held).
+pub fn monitoring_status(query_id: &str, status: &str) -> Reply {
+    Reply::ok(json!({
+        "data": {"queries": [{"id": query_id, "status": status}]},
+        "code": null,
+        "message": null,
+        "success": true,
+    }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::snowflake::login::parse_login_response;
+    use crate::snowflake::result::{QueryStatus, parse_monitoring_response, parse_query_response};
+    use crate::snowflake::session::parse_simple_response;
+
+    fn all() -> Vec<Refusal> {
+        vec![
+            Refusal::PolicyDenied {
+                rule: "no-drop".into(),
+            },
+            Refusal::ApprovalRejected,
+            Refusal::ApprovalTimedOut,
+            Refusal::RequestTooLarge { limit: 8 << 20 },
+            Refusal::Unparsed,
+            Refusal::AuditUnavailable,
+            Refusal::IdentityUnverified,
+        ]
+    }
+
+    #[test]
+    fn query_errors_parse_back_as_failures() {
+        for reason in all() {
+            let reply = query_error(&reason, "hold-0001");
+            assert_eq!(reply.status, http::StatusCode::OK);
+            let r = parse_query_response(&reply.body).unwrap();
+            assert!(!r.success);
+            assert_eq!(r.status, QueryStatus::Failed);
+            assert_eq!(r.query_id.as_deref(), Some("hold-0001"));
+            assert_eq!(r.code, r.error_code);
+            assert!(r.sql_state.as_deref().is_some_and(|s| s.len() == 5));
+            let code = r.code.unwrap();
+            assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
+            assert!(
+                ![codes::SESSION_EXPIRED, codes::MASTER_TOKEN_EXPIRED].contains(&code.as_str())
+            );
+            assert_eq!(r.message.as_deref(), Some(reason.message().as_str()));
+        }
+        let r = parse_query_response(
+            &query_error(&Refusal::PolicyDenied { rule: "r".into() }, "q").body,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.code.as_deref(), r.sql_state.as_deref()),
+            (Some("003001"), Some("42501"))
+        );
+    }
+
+    #[test]
+    fn login_errors_parse_back_as_failed_logins() {
+        for reason in all() {
+            let r = parse_login_response(&login_error(&reason).body).unwrap();
+            assert!(!r.success && !r.has_session_token);
+            assert_eq!(r.code.as_deref(), Some("390101"));
+            assert_eq!(r.next_action.as_deref(), Some("RETRY_LOGIN"));
+            let s = parse_simple_response(&session_error(&reason).body).unwrap();
+            assert!(!s.success);
+        }
+    }
+
+    #[test]
+    fn hold_answers() {
+        let url = result_url("hold-42");
+        assert_eq!(url, "/queries/hold-42/result");
+        let r = parse_query_response(&in_progress("hold-42", &url).body).unwrap();
+        assert_eq!(r.status, QueryStatus::InProgress);
+        assert!(r.success);
+        assert_eq!(r.query_id.as_deref(), Some("hold-42"));
+        assert_eq!(r.get_result_url.as_deref(), Some("/queries/hold-42/result"));
+        assert!(parse_simple_response(&abort_ok().body).unwrap().success);
+        let m = parse_monitoring_response(&monitoring_status("hold-42", "RUNNING").body).unwrap();
+        assert_eq!(m.queries[0].id.as_deref(), Some("hold-42"));
+        assert_eq!(m.queries[0].status.as_deref(), Some("RUNNING"));
+    }
+
+    #[test]
+    fn mapping_from_errors() {
+        let too_large = BodyError::TooLarge {
+            limit: 10,
+            encoding: crate::snowflake::body::ContentEncoding::Gzip,
+        };
+        assert_eq!(
+            Refusal::from(&too_large),
+            Refusal::RequestTooLarge { limit: 10 }
+        );
+        let bad = BodyError::UnsupportedEncoding { value: "br".into() };
+        assert_eq!(Refusal::from(&bad), Refusal::Unparsed);
+        assert_eq!(Refusal::from(&too_large).label(), "request_too_large");
+        let labels: std::collections::BTreeSet<_> = all().iter().map(Refusal::label).collect();
+        assert_eq!(labels.len(), all().len());
+    }
+}
