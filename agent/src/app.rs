@@ -131,6 +131,21 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         tls: Some(Arc::new(tls)),
         hosts: crate::snowflake::hosts::HostMatcher::new(&config.tls.intercept_hosts),
         unidentified: config.tls.unidentified,
+        inspector: Arc::new(proxy::exchange::Inspector {
+            sink: sink.clone(),
+            tracker: proxy::sessions::Tracker::default(),
+            limits: proxy::exchange::Limits {
+                max_request_bytes: config.limits.max_request_bytes,
+                max_response_inspect_bytes: config.limits.max_response_inspect_bytes,
+            },
+            redact: if config.redact_literals {
+                crate::snowflake::RedactMode::AllLiterals
+            } else {
+                crate::snowflake::RedactMode::Credentials
+            },
+            durability: config.audit.durability,
+            on_audit_failure: config.on_audit_failure,
+        }),
     });
     let proxy = Proxy::new(listeners, inputs)?;
     let proxy_addrs = proxy.addresses();

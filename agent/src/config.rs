@@ -99,8 +99,34 @@ pub struct Config {
     pub proxy: ProxySection,
     /// TLS interception.
     pub tls: TlsSection,
+    /// How much the proxy buffers to inspect.
+    pub limits: LimitsSection,
     /// The audit writer.
     pub audit: AuditConfig,
+}
+
+/// Largest request body (login, statement) inspected; larger ones are refused (DECISIONS 2).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+/// Largest response body buffered for inspection; larger ones stream on, flagged `uninspected`.
+pub const DEFAULT_MAX_RESPONSE_INSPECT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The `[limits]` section: bounds on what the proxy holds in memory to inspect.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest inspected request body, decoded.
+    pub max_request_bytes: usize,
+    /// Largest response body buffered for inspection.
+    pub max_response_inspect_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_response_inspect_bytes: DEFAULT_MAX_RESPONSE_INSPECT_BYTES,
+        }
+    }
 }
 
 /// What to do with a connection on an intercepted port that cannot be identified (no SNI, not TLS).
@@ -176,6 +202,7 @@ impl Default for Config {
             redirect: RedirectSection::default(),
             proxy: ProxySection::default(),
             tls: TlsSection::default(),
+            limits: LimitsSection::default(),
             audit: AuditConfig::default(),
         }
     }

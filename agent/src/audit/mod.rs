@@ -65,6 +65,20 @@ pub trait EventSink: Send + Sync + 'static {
     /// Takes an event; the returned [`Ack`] resolves when it is durable. Dropping the ack is fine for
     /// callers that do not need to wait.
     fn submit(&self, event: Event) -> Ack;
+
+    /// Journals a statement's intent before it is forwarded; the row is written when `submit`
+    /// brings the completed event with the same `event_id`, or flagged `outcome_unknown` if that
+    /// never comes. Until the writer supports intents, an intent is acknowledged without a record.
+    fn submit_intent(&self, event: Event) -> Ack {
+        drop(event);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Whether the sink can record events now; the proxy refuses statements while it cannot
+    /// (`on_audit_failure = "block"`).
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// A sink that writes each event to the log and acknowledges at once; for tools and tests that run

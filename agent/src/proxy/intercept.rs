@@ -88,11 +88,13 @@ enum Upstream {
 }
 
 /// Serves one intercepted connection to its end.
+#[allow(clippy::too_many_arguments)] // one call site; each is a distinct input of the connection
 pub async fn serve<C>(
     client: C,
     sni: String,
     dst: SocketAddr,
     tls: &TlsInputs,
+    inspect: Option<Arc<super::exchange::ConnCtx>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     mut force_close: watch::Receiver<bool>,
@@ -156,8 +158,19 @@ where
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let upstream = upstream.clone();
             let authority = authority.clone();
+            let inspect = inspect.clone();
             requests.fetch_add(1, Ordering::Relaxed);
-            async move { Ok::<_, Infallible>(forward(req, &upstream, &authority).await) }
+            async move {
+                let req = req.map(|b| b.boxed());
+                let resp = match &inspect {
+                    Some(ctx) => {
+                        super::exchange::handle(req, ctx, |r| forward(r, &upstream, &authority))
+                            .await
+                    }
+                    None => forward(req, &upstream, &authority).await,
+                };
+                Ok::<_, Infallible>(resp)
+            }
         })
     };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -285,7 +298,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Sends one request upstream in the form that side speaks, and returns its response.
 async fn forward(
-    req: Request<Incoming>,
+    req: Request<Body>,
     upstream: &Upstream,
     default_authority: &str,
 ) -> Response<Body> {
@@ -309,7 +322,6 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let body = body.boxed();
     let result = match upstream {
         Upstream::Failed(e) => return error_response(StatusCode::BAD_GATEWAY, e),
         Upstream::H2(send) => {

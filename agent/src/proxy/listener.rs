@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt as _;
 
 use super::passthrough::{self, CloseReason};
 use super::prefixed::Prefixed;
-use super::{Error, Inputs, intercept};
+use super::{Error, Inputs, exchange, intercept};
 use crate::audit::{Event, EventKind};
 use crate::config::Unidentified;
 use crate::redirect::Origin;
@@ -236,8 +236,21 @@ async fn serve(
         (Route::Intercept(sni), Some(tls)) => {
             event.connection_mode = Some("intercepted".into());
             let client = Prefixed::new(prefix, client);
-            let done =
-                intercept::serve(client, sni, dst, tls, connect_timeout, idle_timeout, force).await;
+            let ctx = Arc::new(exchange::ConnCtx {
+                base: event.clone(),
+                inspector: inputs.inspector.clone(),
+            });
+            let done = intercept::serve(
+                client,
+                sni,
+                dst,
+                tls,
+                Some(ctx),
+                connect_timeout,
+                idle_timeout,
+                force,
+            )
+            .await;
             stats.bytes_in.fetch_add(done.bytes_in, Ordering::Relaxed);
             stats.bytes_out.fetch_add(done.bytes_out, Ordering::Relaxed);
             event.bytes_in = Some(done.bytes_in);

@@ -6,10 +6,12 @@
 //! up the origin record, [`passthrough`] splices bytes. A connection that arrives without an origin
 //! record is refused: the agent must never be an open relay.
 
+pub mod exchange;
 pub mod intercept;
 pub mod listener;
 pub mod passthrough;
 pub mod prefixed;
+pub mod sessions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -50,6 +52,8 @@ pub struct Inputs {
     pub hosts: crate::snowflake::hosts::HostMatcher,
     /// What happens to connections without SNI or not TLS.
     pub unidentified: crate::config::Unidentified,
+    /// Reads the Snowflake protocol of intercepted connections.
+    pub inspector: Arc<exchange::Inspector>,
 }
 
 /// Connection counters, shared with the control socket's status.

@@ -23,6 +23,7 @@
 //! The wire as captured from real drivers is described in `PROTOCOL.md` of the shared wire
 //! captures; `tests/snowflake_wire.rs` parses the captured exchanges.
 
+pub mod auth;
 pub mod body;
 pub mod endpoint;
 pub mod envelope;

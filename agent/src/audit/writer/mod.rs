@@ -135,6 +135,10 @@ impl AuditWriter {
 }
 
 impl EventSink for AuditWriter {
+    fn healthy(&self) -> bool {
+        AuditWriter::healthy(self)
+    }
+
     fn submit(&self, event: Event) -> Ack {
         let (ack_tx, ack_rx) = oneshot::channel();
         let recv = async move { ack_rx.await.unwrap_or(Err(AuditError::Closed)) };

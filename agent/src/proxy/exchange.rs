@@ -1,0 +1,623 @@
+//! One intercepted HTTP exchange with Snowflake, read as the protocol it is: logins, statements,
+//! polls, renewals and logouts become audit events; everything else streams through untouched.
+//!
+//! The protocol knowledge is in [`crate::snowflake`]; this module moves bytes around it. Request
+//! bodies that are inspected are buffered up to `limits.max_request_bytes` (a larger one is refused
+//! with a Snowflake-shaped error, as is one that cannot be parsed: an unreadable request could carry
+//! anything past the audit). Response bodies are buffered up to `limits.max_response_inspect_bytes`;
+//! past that they stream on and the event is flagged `uninspected` (DECISIONS 2). The workload gets
+//! the upstream's bytes exactly as sent.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::{BodyExt as _, Full};
+use tracing::{debug, warn};
+
+use super::intercept::Body;
+use super::sessions::{Session, Tracker};
+use crate::audit::{Durability, Event, EventKind, EventSink, OnAuditFailure};
+use crate::snowflake::{self, Endpoint, QueryStatus, RedactMode, Refusal};
+
+/// Limits on what the proxy buffers to inspect.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body inspected (decoded); larger ones are refused.
+    pub max_request_bytes: usize,
+    /// Largest response body buffered for inspection; larger ones stream on uninspected.
+    pub max_response_inspect_bytes: usize,
+}
+
+/// What every inspected exchange shares.
+pub struct Inspector {
+    /// Where events go.
+    pub sink: Arc<dyn EventSink>,
+    /// Sessions and statements in flight.
+    pub tracker: Tracker,
+    /// Buffering limits.
+    pub limits: Limits,
+    /// How SQL is redacted in the audit.
+    pub redact: RedactMode,
+    /// Whether a statement's intent must be durable before it is forwarded.
+    pub durability: Durability,
+    /// What to do with statements while the audit cannot record them.
+    pub on_audit_failure: OnAuditFailure,
+}
+
+/// One intercepted connection's part: who is on it, shared by its exchanges.
+pub struct ConnCtx {
+    /// The connection's who/where columns, copied into each event.
+    pub base: Event,
+    /// The shared inspector.
+    pub inspector: Arc<Inspector>,
+}
+
+impl ConnCtx {
+    /// A new event of `kind` carrying the connection's columns.
+    fn event(&self, kind: EventKind, at: SystemTime, session: Option<&Session>) -> Event {
+        let mut e = self.base.clone();
+        e.event_id = uuid::Uuid::now_v7();
+        e.event_kind = kind;
+        e.event_time = at;
+        e.connection_mode = None;
+        e.close_reason = None;
+        e.bytes_in = None;
+        e.bytes_out = None;
+        e.duration_ms = None;
+        e.success = None;
+        e.flags.clear();
+        if let Some(s) = session {
+            fill_session(&mut e, s);
+        }
+        e
+    }
+}
+
+fn fill_session(e: &mut Event, s: &Session) {
+    e.session_id = Some(s.id.clone());
+    e.snowflake_session_id.clone_from(&s.snowflake_session_id);
+    e.account.clone_from(&s.account);
+    e.login_user.clone_from(&s.login_user);
+    e.authenticator.clone_from(&s.authenticator);
+    e.driver.clone_from(&s.driver);
+    e.driver_version.clone_from(&s.driver_version);
+    if let Ok(c) = s.context.lock() {
+        e.role.clone_from(&c.role);
+        e.warehouse.clone_from(&c.warehouse);
+        e.database.clone_from(&c.database);
+        e.schema.clone_from(&c.schema);
+    }
+}
+
+fn elapsed_ms(started: Instant) -> Option<u64> {
+    Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Serves one exchange: inspects what the protocol says to inspect, sends the request upstream
+/// with `send`, and returns the response for the client.
+pub async fn handle<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let (endpoint, params) = snowflake::classify_uri(req.method(), req.uri());
+    debug!(endpoint = endpoint.name(), "exchange");
+    match endpoint {
+        Endpoint::Login => login(req, ctx, send).await,
+        Endpoint::Query => query(req, params.request_id, ctx, send).await,
+        Endpoint::ResultPoll { query_id } => poll(req, &query_id, ctx, send).await,
+        Endpoint::TokenRequest => renewal(req, ctx, send).await,
+        Endpoint::Logout => logout(req, ctx, send).await,
+        _ => send(req).await,
+    }
+}
+
+/// A body read whole, or too big to hold (then handed back as a stream replaying what was read).
+enum Collected {
+    Whole(Bytes),
+    TooLarge(Body),
+    Failed(String),
+}
+
+/// Reads `body` up to `limit` bytes.
+async fn collect(mut body: Body, limit: usize) -> Collected {
+    let mut buf = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Collected::Whole(buf.freeze()),
+            Some(Err(e)) => return Collected::Failed(e.to_string()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                    if buf.len() > limit {
+                        let head = Full::new(buf.freeze()).map_err(|never| match never {});
+                        let rest = chain(head.boxed(), body);
+                        return Collected::TooLarge(rest);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `first`, then `second`, as one body.
+fn chain(first: Body, second: Body) -> Body {
+    Chain {
+        first: Some(first),
+        second,
+    }
+    .boxed()
+}
+
+/// Two bodies, one after the other.
+struct Chain {
+    first: Option<Body>,
+    second: Body,
+}
+
+impl hyper::body::Body for Chain {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        if let Some(first) = self.first.as_mut() {
+            match std::pin::Pin::new(first).poll_frame(cx) {
+                std::task::Poll::Ready(None) => self.first = None,
+                other => return other,
+            }
+        }
+        std::pin::Pin::new(&mut self.second).poll_frame(cx)
+    }
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// The answer the agent gives instead of Snowflake.
+fn reply(r: snowflake::envelope::Reply) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(r.body)));
+    *resp.status_mut() = r.status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(snowflake::envelope::Reply::CONTENT_TYPE),
+    );
+    resp
+}
+
+/// Reads a request body for inspection; `Err` is the refusal to answer with.
+async fn read_request(
+    parts: &http::request::Parts,
+    body: Body,
+    limits: Limits,
+) -> Result<(Bytes, Vec<u8>), Refusal> {
+    let bytes = match collect(body, limits.max_request_bytes).await {
+        Collected::Whole(b) => b,
+        Collected::TooLarge(_) => {
+            return Err(Refusal::RequestTooLarge {
+                limit: limits.max_request_bytes,
+            });
+        }
+        Collected::Failed(_) => return Err(Refusal::Unparsed),
+    };
+    let decoded = snowflake::decode_with_headers(&parts.headers, &bytes, limits.max_request_bytes)
+        .map_err(|e| match e {
+            snowflake::BodyError::TooLarge { .. } => Refusal::RequestTooLarge {
+                limit: limits.max_request_bytes,
+            },
+            _ => Refusal::Unparsed,
+        })?
+        .into_owned();
+    Ok((bytes, decoded))
+}
+
+/// A response read for inspection: the bytes to hand on and their decoded form, or a stream.
+enum Inspected {
+    Read {
+        parts: http::response::Parts,
+        raw: Bytes,
+        decoded: Option<Vec<u8>>,
+    },
+    Streamed(Response<Body>),
+}
+
+async fn read_response(resp: Response<Body>, limit: usize) -> Inspected {
+    let (parts, body) = resp.into_parts();
+    match collect(body, limit).await {
+        Collected::Whole(raw) => {
+            let decoded = snowflake::decode_with_headers(&parts.headers, &raw, limit)
+                .ok()
+                .map(|d| d.into_owned());
+            Inspected::Read {
+                parts,
+                raw,
+                decoded,
+            }
+        }
+        Collected::TooLarge(body) => Inspected::Streamed(Response::from_parts(parts, body)),
+        Collected::Failed(e) => {
+            warn!(error = %e, "upstream response body failed");
+            Inspected::Streamed(Response::from_parts(parts, full(Bytes::new())))
+        }
+    }
+}
+
+async fn login<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let at = SystemTime::now();
+    let started = Instant::now();
+    let ins = &ctx.inspector;
+    let (parts, body) = req.into_parts();
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut event = ctx.event(EventKind::Login, at, None);
+    let (raw, decoded) = match read_request(&parts, body, ins.limits).await {
+        Ok(b) => b,
+        Err(refusal) => return refuse_login(ctx, event, refusal).await,
+    };
+    let parsed = match snowflake::parse_login_request(&decoded) {
+        Ok(p) => p,
+        Err(_) => return refuse_login(ctx, event, Refusal::Unparsed).await,
+    };
+    event.account.clone_from(&parsed.account);
+    event.login_user.clone_from(&parsed.login_name);
+    event.authenticator = Some(parsed.authenticator.as_str().to_owned());
+    if let Some(d) = parsed.driver(user_agent.as_deref()) {
+        event.driver = Some(d.name);
+        event.driver_version = d.version;
+    }
+    let resp = send(Request::from_parts(parts, full(raw))).await;
+    let status = resp.status();
+    let out = match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+        Inspected::Read {
+            parts,
+            raw,
+            decoded,
+        } => {
+            match decoded.as_deref().map(snowflake::parse_login_response) {
+                Some(Ok(r)) => {
+                    event.success = Some(r.success);
+                    event.error_code.clone_from(&r.code);
+                    event.error_message = if r.success { None } else { r.message.clone() };
+                    event.snowflake_session_id.clone_from(&r.session_id);
+                    event.role.clone_from(&r.session_info.role);
+                    event.warehouse.clone_from(&r.session_info.warehouse);
+                    event.database.clone_from(&r.session_info.database);
+                    event.schema.clone_from(&r.session_info.schema);
+                    if r.success {
+                        if let Some(token) = decoded
+                            .as_deref()
+                            .and_then(snowflake::auth::issued_session_token)
+                        {
+                            let session = Arc::new(Session {
+                                id: uuid::Uuid::now_v7().to_string(),
+                                snowflake_session_id: r.session_id.clone(),
+                                account: event.account.clone(),
+                                login_user: event.login_user.clone(),
+                                authenticator: event.authenticator.clone(),
+                                driver: event.driver.clone(),
+                                driver_version: event.driver_version.clone(),
+                                context: Arc::new(std::sync::Mutex::new(
+                                    super::sessions::Context {
+                                        role: r.session_info.role.clone(),
+                                        warehouse: r.session_info.warehouse.clone(),
+                                        database: r.session_info.database.clone(),
+                                        schema: r.session_info.schema.clone(),
+                                    },
+                                )),
+                            });
+                            event.session_id = Some(session.id.clone());
+                            ins.tracker.insert(&token, session);
+                        }
+                    }
+                }
+                _ => {
+                    event.success = Some(status.is_success());
+                    event.flags.push("unparsed".into());
+                }
+            }
+            Response::from_parts(parts, full(raw))
+        }
+        Inspected::Streamed(resp) => {
+            event.flags.push("uninspected".into());
+            resp
+        }
+    };
+    event.duration_ms = elapsed_ms(started);
+    drop(ins.sink.submit(event));
+    out
+}
+
+async fn refuse_login(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
+    event.event_kind = EventKind::Denial;
+    event.success = Some(false);
+    event.decision = Some("deny".into());
+    event.error_message = Some(refusal.message());
+    event.detail = Some(refusal.label().to_owned());
+    drop(ctx.inspector.sink.submit(event));
+    reply(snowflake::envelope::login_error(&refusal))
+}
+
+async fn query<F, Fut>(
+    req: Request<Body>,
+    request_id: Option<String>,
+    ctx: &ConnCtx,
+    send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let started = Instant::now();
+    let ins = &ctx.inspector;
+    let (parts, body) = req.into_parts();
+    let session = ins
+        .tracker
+        .lookup(snowflake::auth::authorization_token(&parts.headers));
+    // A retry with the same request id is the same statement (DECISIONS 10).
+    let retried = request_id
+        .as_deref()
+        .and_then(|r| ins.tracker.take_request(r));
+    let mut event = match retried {
+        Some(e) => e,
+        None => {
+            let mut e = ctx.event(EventKind::Query, SystemTime::now(), session.as_deref());
+            e.request_id.clone_from(&request_id);
+            e
+        }
+    };
+    let (raw, decoded) = match read_request(&parts, body, ins.limits).await {
+        Ok(b) => b,
+        Err(refusal) => return refuse_query(ctx, event, refusal).await,
+    };
+    let parsed = match snowflake::parse_query_request(&decoded) {
+        Ok(p) => p,
+        Err(_) => return refuse_query(ctx, event, Refusal::Unparsed).await,
+    };
+    event.sql_text = Some(snowflake::redact_sql(&parsed.sql_text, ins.redact).into_owned());
+    event.bind_count = parsed
+        .bindings
+        .as_ref()
+        .and_then(|b| u32::try_from(b.count).ok());
+    event.is_async = Some(parsed.async_exec);
+    if parsed.describe_only && !event.flags.iter().any(|f| f == "describe_only") {
+        event.flags.push("describe_only".into());
+    }
+    if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
+        return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
+    }
+    if ins.durability == Durability::BeforeForward {
+        if let Err(e) = ins.sink.submit_intent(event.clone()).await {
+            if ins.on_audit_failure == OnAuditFailure::Block {
+                warn!(error = %e, "statement refused: its audit record could not be made durable");
+                return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
+            }
+            event.flags.push("audit_gap".into());
+        }
+    }
+    let resp = send(Request::from_parts(parts, full(raw))).await;
+    let status = resp.status();
+    let out = match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+        Inspected::Read {
+            parts,
+            raw,
+            decoded,
+        } => {
+            match decoded.as_deref().map(snowflake::parse_query_response) {
+                Some(Ok(r)) => {
+                    apply_query_response(&mut event, &r, raw.len(), session.as_deref());
+                    match r.status {
+                        QueryStatus::InProgress | QueryStatus::AsyncDetached => {
+                            event.duration_ms = elapsed_ms(started);
+                            match r.query_id.as_deref() {
+                                Some(qid) => ins.tracker.park_query(qid, event),
+                                None => complete(ins, event),
+                            }
+                        }
+                        QueryStatus::SessionExpired => match request_id.as_deref() {
+                            Some(rid) => ins.tracker.park_request(rid, event),
+                            None => complete(ins, event),
+                        },
+                        QueryStatus::Complete | QueryStatus::Failed => {
+                            event.duration_ms = elapsed_ms(started);
+                            complete(ins, event);
+                        }
+                    }
+                }
+                _ => {
+                    event.success = Some(status.is_success());
+                    event.flags.push("unparsed".into());
+                    event.duration_ms = elapsed_ms(started);
+                    complete(ins, event);
+                }
+            }
+            Response::from_parts(parts, full(raw))
+        }
+        Inspected::Streamed(resp) => {
+            event.flags.push("uninspected".into());
+            event.duration_ms = elapsed_ms(started);
+            complete(ins, event);
+            resp
+        }
+    };
+    out
+}
+
+/// Fills a query event from Snowflake's answer.
+fn apply_query_response(
+    event: &mut Event,
+    r: &snowflake::QueryResponse,
+    body_len: usize,
+    session: Option<&Session>,
+) {
+    event.query_id = r.query_id.clone().or(event.query_id.take());
+    match r.status {
+        QueryStatus::Complete => event.success = Some(true),
+        QueryStatus::Failed => {
+            event.success = Some(false);
+            event.error_code = r.error_code.clone().or_else(|| r.code.clone());
+            event.sql_state.clone_from(&r.sql_state);
+            event.error_message.clone_from(&r.message);
+        }
+        _ => {}
+    }
+    if let Some(t) = &r.statement_type {
+        event.statement_type = Some(t.as_str().to_owned());
+    }
+    if matches!(r.status, QueryStatus::Complete) {
+        event.rows_produced = r.total.or(r.returned).or(r.rowset_rows);
+        event.result_bytes = Some(u64::try_from(body_len).unwrap_or(u64::MAX));
+        event.chunk_count = u32::try_from(r.chunks.len()).ok();
+    }
+    if let Some(s) = session {
+        if let Ok(mut c) = s.context.lock() {
+            if r.final_role.is_some() {
+                c.role.clone_from(&r.final_role);
+            }
+            if r.final_warehouse.is_some() {
+                c.warehouse.clone_from(&r.final_warehouse);
+            }
+            if r.final_database.is_some() {
+                c.database.clone_from(&r.final_database);
+            }
+            if r.final_schema.is_some() {
+                c.schema.clone_from(&r.final_schema);
+            }
+        }
+    }
+}
+
+/// Records a finished statement; its durability is not waited on (DECISIONS 12).
+fn complete(ins: &Inspector, event: Event) {
+    drop(ins.sink.submit(event));
+}
+
+async fn refuse_query(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
+    let qid = uuid::Uuid::now_v7().to_string();
+    event.event_kind = EventKind::Denial;
+    event.success = Some(false);
+    event.decision = Some("deny".into());
+    event.query_id = Some(qid.clone());
+    event.error_message = Some(refusal.message());
+    event.detail = Some(refusal.label().to_owned());
+    drop(ctx.inspector.sink.submit(event));
+    reply(snowflake::envelope::query_error(&refusal, &qid))
+}
+
+async fn poll<F, Fut>(req: Request<Body>, query_id: &str, ctx: &ConnCtx, send: F) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let ins = &ctx.inspector;
+    let Some(mut event) = ins.tracker.take_query(query_id) else {
+        return send(req).await;
+    };
+    let session = ins
+        .tracker
+        .lookup(snowflake::auth::authorization_token(req.headers()));
+    let resp = send(req).await;
+    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+        Inspected::Read {
+            parts,
+            raw,
+            decoded,
+        } => {
+            match decoded.as_deref().map(snowflake::parse_query_response) {
+                Some(Ok(r))
+                    if matches!(
+                        r.status,
+                        QueryStatus::InProgress | QueryStatus::AsyncDetached
+                    ) =>
+                {
+                    ins.tracker.park_query(query_id, event);
+                }
+                Some(Ok(r)) => {
+                    apply_query_response(&mut event, &r, raw.len(), session.as_deref());
+                    complete(ins, event);
+                }
+                _ => {
+                    event.flags.push("unparsed".into());
+                    complete(ins, event);
+                }
+            }
+            Response::from_parts(parts, full(raw))
+        }
+        Inspected::Streamed(resp) => {
+            event.flags.push("uninspected".into());
+            complete(ins, event);
+            resp
+        }
+    }
+}
+
+async fn renewal<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let ins = &ctx.inspector;
+    // The renewal carries the master token in Authorization and the old session token in the
+    // body; the session is found by the old token.
+    let (parts, body) = req.into_parts();
+    let (raw, decoded) = match read_request(&parts, body, ins.limits).await {
+        Ok(b) => b,
+        Err(refusal) => return reply(snowflake::envelope::session_error(&refusal)),
+    };
+    let old = serde_json::from_slice::<serde_json::Value>(&decoded)
+        .ok()
+        .and_then(|v| {
+            v.get("oldSessionToken")
+                .and_then(|t| t.as_str())
+                .map(str::to_owned)
+        });
+    let session = ins.tracker.lookup(old.as_deref());
+    let resp = send(Request::from_parts(parts, full(raw))).await;
+    let Some(session) = session else { return resp };
+    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+        Inspected::Read {
+            parts,
+            raw,
+            decoded,
+        } => {
+            if let Some(token) = decoded
+                .as_deref()
+                .and_then(snowflake::auth::issued_session_token)
+            {
+                ins.tracker.insert(&token, session);
+            }
+            Response::from_parts(parts, full(raw))
+        }
+        Inspected::Streamed(resp) => resp,
+    }
+}
+
+async fn logout<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let ins = &ctx.inspector;
+    let started = Instant::now();
+    let session = ins
+        .tracker
+        .remove(snowflake::auth::authorization_token(req.headers()));
+    let mut event = ctx.event(EventKind::Logout, SystemTime::now(), session.as_deref());
+    let resp = send(req).await;
+    event.success = Some(resp.status().is_success());
+    event.duration_ms = elapsed_ms(started);
+    drop(ins.sink.submit(event));
+    resp
+}

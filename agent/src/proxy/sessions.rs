@@ -1,0 +1,198 @@
+//! Snowflake sessions and statements in flight, as the proxy sees them across connections.
+//!
+//! A driver logs in on one connection and may send its statements over others (a pool, or h2
+//! streams): requests name their session by the token in `Authorization`. The tracker keys each
+//! session by a keyed hash of that token (the token itself is not kept) and remembers who logged
+//! in. Statements whose outcome comes later (a `333333` poll, a retry after token renewal) wait
+//! here by query id or request id. Everything is bounded: past the bounds the oldest entries go.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher as _, RandomState};
+use std::sync::{Arc, Mutex};
+
+use crate::audit::Event;
+
+/// Most sessions tracked at once.
+pub const MAX_SESSIONS: usize = 65_536;
+/// Most statements waiting for their outcome at once.
+pub const MAX_PENDING: usize = 65_536;
+
+/// What the agent knows of one Snowflake session.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// The agent's own id of the session (a UUID v7), the `session_id` column.
+    pub id: String,
+    /// Snowflake's session id.
+    pub snowflake_session_id: Option<String>,
+    /// The account named at login.
+    pub account: Option<String>,
+    /// The user named at login.
+    pub login_user: Option<String>,
+    /// The authenticator of the login.
+    pub authenticator: Option<String>,
+    /// Driver name.
+    pub driver: Option<String>,
+    /// Driver version.
+    pub driver_version: Option<String>,
+    /// Role, warehouse, database, schema in effect (updated from query responses).
+    pub context: Arc<Mutex<Context>>,
+}
+
+/// A session's current role, warehouse, database and schema.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Role.
+    pub role: Option<String>,
+    /// Warehouse.
+    pub warehouse: Option<String>,
+    /// Database.
+    pub database: Option<String>,
+    /// Schema.
+    pub schema: Option<String>,
+}
+
+/// A bounded map that forgets its oldest entries.
+struct Bounded<V> {
+    map: HashMap<String, V>,
+    order: VecDeque<String>,
+    max: usize,
+}
+
+impl<V> Bounded<V> {
+    fn new(max: usize) -> Self {
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    fn insert(&mut self, key: String, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        while self.map.len() > self.max {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        // Keys removed by `take` leave stale entries in `order`; drop them once they dominate.
+        if self.order.len() > 2 * self.max.max(16) {
+            let map = &self.map;
+            self.order.retain(|k| map.contains_key(k));
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    fn take(&mut self, key: &str) -> Option<V> {
+        self.map.remove(key)
+    }
+}
+
+/// Sessions by token, and statements waiting for their outcome.
+pub struct Tracker {
+    hasher: RandomState,
+    sessions: Mutex<Bounded<Arc<Session>>>,
+    by_query_id: Mutex<Bounded<Event>>,
+    by_request_id: Mutex<Bounded<Event>>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            hasher: RandomState::new(),
+            sessions: Mutex::new(Bounded::new(MAX_SESSIONS)),
+            by_query_id: Mutex::new(Bounded::new(MAX_PENDING)),
+            by_request_id: Mutex::new(Bounded::new(MAX_PENDING)),
+        }
+    }
+}
+
+impl Tracker {
+    fn key(&self, token: &str) -> String {
+        format!("{:016x}", self.hasher.hash_one(token))
+    }
+
+    /// Records a session under the token the login (or a renewal) issued.
+    pub fn insert(&self, token: &str, session: Arc<Session>) {
+        let key = self.key(token);
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(key, session);
+        }
+    }
+
+    /// The session a request's token belongs to.
+    pub fn lookup(&self, token: Option<&str>) -> Option<Arc<Session>> {
+        let key = self.key(token?);
+        self.sessions.lock().ok()?.get(&key).cloned()
+    }
+
+    /// Forgets a session's token (logout).
+    pub fn remove(&self, token: Option<&str>) -> Option<Arc<Session>> {
+        let key = self.key(token?);
+        self.sessions.lock().ok()?.take(&key)
+    }
+
+    /// Parks a statement until a poll of `query_id` brings its outcome.
+    pub fn park_query(&self, query_id: &str, event: Event) {
+        if let Ok(mut m) = self.by_query_id.lock() {
+            m.insert(query_id.to_owned(), event);
+        }
+    }
+
+    /// Takes the statement parked under `query_id`.
+    pub fn take_query(&self, query_id: &str) -> Option<Event> {
+        self.by_query_id.lock().ok()?.take(query_id)
+    }
+
+    /// Parks a statement that the driver will send again with the same request id (after a
+    /// session renewal): the retry is the same statement (DECISIONS 10).
+    pub fn park_request(&self, request_id: &str, event: Event) {
+        if let Ok(mut m) = self.by_request_id.lock() {
+            m.insert(request_id.to_owned(), event);
+        }
+    }
+
+    /// Takes the statement parked under `request_id`.
+    pub fn take_request(&self, request_id: &str) -> Option<Event> {
+        self.by_request_id.lock().ok()?.take(request_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_by_token_and_bounds() {
+        let t = Tracker::default();
+        let s = Arc::new(Session {
+            id: "s1".into(),
+            ..Session::default()
+        });
+        t.insert("token-a", s.clone());
+        assert_eq!(t.lookup(Some("token-a")).unwrap().id, "s1");
+        assert!(t.lookup(Some("token-b")).is_none());
+        assert!(t.lookup(None).is_none());
+        assert!(t.remove(Some("token-a")).is_some());
+        assert!(t.lookup(Some("token-a")).is_none());
+
+        let mut b = Bounded::new(2);
+        b.insert("1".into(), 1);
+        b.insert("2".into(), 2);
+        b.insert("3".into(), 3);
+        assert!(b.get("1").is_none());
+        assert_eq!(b.take("3"), Some(3));
+        for i in 0..100 {
+            b.insert(i.to_string(), i);
+            b.take(&i.to_string());
+        }
+        assert!(b.order.len() <= 2 * 16 + 1);
+    }
+}
