@@ -493,6 +493,7 @@ mod tests {
                 NAME.into(),
                 dst,
                 &tls,
+                None,
                 Duration::from_secs(5),
                 Duration::from_secs(30),
                 rx,
