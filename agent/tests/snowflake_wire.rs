@@ -227,10 +227,8 @@ fn every_captured_exchange_classifies_and_parses() {
                 parse_abort_request(&x.body()).unwrap();
                 assert!(parse_simple_response(x.resp()).unwrap().success);
             }
-            Endpoint::Monitoring { .. } => {
-                if ok200 {
-                    assert!(parse_monitoring_response(x.resp()).unwrap().success);
-                }
+            Endpoint::Monitoring { .. } if ok200 => {
+                assert!(parse_monitoring_response(x.resp()).unwrap().success);
             }
             _ => {}
         }

@@ -296,31 +296,28 @@ where
                     event.warehouse.clone_from(&r.session_info.warehouse);
                     event.database.clone_from(&r.session_info.database);
                     event.schema.clone_from(&r.session_info.schema);
-                    if r.success {
-                        if let Some(token) = decoded
+                    if r.success
+                        && let Some(token) = decoded
                             .as_deref()
                             .and_then(snowflake::auth::issued_session_token)
-                        {
-                            let session = Arc::new(Session {
-                                id: uuid::Uuid::now_v7().to_string(),
-                                snowflake_session_id: r.session_id.clone(),
-                                account: event.account.clone(),
-                                login_user: event.login_user.clone(),
-                                authenticator: event.authenticator.clone(),
-                                driver: event.driver.clone(),
-                                driver_version: event.driver_version.clone(),
-                                context: Arc::new(std::sync::Mutex::new(
-                                    super::sessions::Context {
-                                        role: r.session_info.role.clone(),
-                                        warehouse: r.session_info.warehouse.clone(),
-                                        database: r.session_info.database.clone(),
-                                        schema: r.session_info.schema.clone(),
-                                    },
-                                )),
-                            });
-                            event.session_id = Some(session.id.clone());
-                            ins.tracker.insert(&token, session);
-                        }
+                    {
+                        let session = Arc::new(Session {
+                            id: uuid::Uuid::now_v7().to_string(),
+                            snowflake_session_id: r.session_id.clone(),
+                            account: event.account.clone(),
+                            login_user: event.login_user.clone(),
+                            authenticator: event.authenticator.clone(),
+                            driver: event.driver.clone(),
+                            driver_version: event.driver_version.clone(),
+                            context: Arc::new(std::sync::Mutex::new(super::sessions::Context {
+                                role: r.session_info.role.clone(),
+                                warehouse: r.session_info.warehouse.clone(),
+                                database: r.session_info.database.clone(),
+                                schema: r.session_info.schema.clone(),
+                            })),
+                        });
+                        event.session_id = Some(session.id.clone());
+                        ins.tracker.insert(&token, session);
                     }
                 }
                 _ => {
@@ -398,18 +395,19 @@ where
     if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
         return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
     }
-    if ins.durability == Durability::BeforeForward {
-        if let Err(e) = ins.sink.submit_intent(event.clone()).await {
-            if ins.on_audit_failure == OnAuditFailure::Block {
-                warn!(error = %e, "statement refused: its audit record could not be made durable");
-                return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
-            }
-            event.flags.push("audit_gap".into());
+    if ins.durability == Durability::BeforeForward
+        && let Err(e) = ins.sink.submit_intent(event.clone()).await
+    {
+        if ins.on_audit_failure == OnAuditFailure::Block {
+            warn!(error = %e, "statement refused: its audit record could not be made durable");
+            return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
         }
+        event.flags.push("audit_gap".into());
     }
     let resp = send(Request::from_parts(parts, full(raw))).await;
     let status = resp.status();
-    let out = match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+
+    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
         Inspected::Read {
             parts,
             raw,
@@ -451,8 +449,7 @@ where
             complete(ins, event);
             resp
         }
-    };
-    out
+    }
 }
 
 /// Fills a query event from Snowflake's answer.
@@ -481,20 +478,20 @@ fn apply_query_response(
         event.result_bytes = Some(u64::try_from(body_len).unwrap_or(u64::MAX));
         event.chunk_count = u32::try_from(r.chunks.len()).ok();
     }
-    if let Some(s) = session {
-        if let Ok(mut c) = s.context.lock() {
-            if r.final_role.is_some() {
-                c.role.clone_from(&r.final_role);
-            }
-            if r.final_warehouse.is_some() {
-                c.warehouse.clone_from(&r.final_warehouse);
-            }
-            if r.final_database.is_some() {
-                c.database.clone_from(&r.final_database);
-            }
-            if r.final_schema.is_some() {
-                c.schema.clone_from(&r.final_schema);
-            }
+    if let Some(s) = session
+        && let Ok(mut c) = s.context.lock()
+    {
+        if r.final_role.is_some() {
+            c.role.clone_from(&r.final_role);
+        }
+        if r.final_warehouse.is_some() {
+            c.warehouse.clone_from(&r.final_warehouse);
+        }
+        if r.final_database.is_some() {
+            c.database.clone_from(&r.final_database);
+        }
+        if r.final_schema.is_some() {
+            c.schema.clone_from(&r.final_schema);
         }
     }
 }

@@ -1,0 +1,293 @@
+//! End-to-end interception: unmodified Snowflake drivers (connector 4.8.1, 5.2.0 over HTTP/2, Node
+//! sdk 3.3.0) run under `snowtrail exec`, reach the fake Snowflake over TLS through the agent, and
+//! every login, statement and logout lands in the audit with the process that sent it. Root only.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::Value;
+use snowtrail_tests::fake_snowflake::drivers::{self, CA_VARS, Driver};
+use snowtrail_tests::fake_snowflake::{FakeOptions, FakeSnowflake};
+use snowtrail_tests::{Daemon, DaemonOptions, unique_port};
+
+const PORT_BASE: u16 = 29_530;
+const ACCOUNT_HOST: &str = "xy12345.snowflakecomputing.com";
+const PASSWORD: &str = "s3cret-pa55word";
+
+const SELECT_1: &str = "select 1";
+const CUSTOMERS: &str = "select * from customers";
+const MISSING: &str = "select * from no_such_table";
+const EXPIRE: &str = "/*expire_token*/ select 7 as renewed";
+const SLOW: &str = "/*slow:2*/ select 42 as answer";
+const SECRET_DDL: &str = "create user bob password = 'hunter2-secret'";
+
+struct Setup {
+    daemon: Daemon,
+    fake: FakeSnowflake,
+    dir: tempfile::TempDir,
+}
+
+fn setup(name: &str, ip: [u8; 4]) -> anyhow::Result<Setup> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("snowtrail-{name}-"))
+        .tempdir()?;
+    let fake = FakeSnowflake::start(FakeOptions {
+        addr: SocketAddr::from((ip, 443)),
+        tls: true,
+        hosts: vec![
+            ACCOUNT_HOST.to_owned(),
+            "*.snowflakecomputing.com".to_owned(),
+        ],
+        ca_dir: dir.path().join("fake-ca"),
+        bad_password: Some("wrong-password".to_owned()),
+        ..FakeOptions::default()
+    })?;
+    let opts = DaemonOptions {
+        extra_top: format!(
+            "[tls]\nupstream_extra_roots = [{:?}]\n",
+            fake.ca_pem_path().display().to_string()
+        ),
+        ..DaemonOptions::default()
+    };
+    let daemon = Daemon::start(name, unique_port(PORT_BASE), &opts)?;
+    Ok(Setup { daemon, fake, dir })
+}
+
+/// Runs a driver session under `snowtrail exec`; the driver trusts only what exec gives it.
+fn run_session(
+    s: &Setup,
+    driver: Driver,
+    identity: &str,
+    statements: &[&str],
+) -> anyhow::Result<Vec<Value>> {
+    let hosts = drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[ACCOUNT_HOST])?;
+    let mut args = vec![
+        "--host".to_owned(),
+        ACCOUNT_HOST.to_owned(),
+        "--password".to_owned(),
+        PASSWORD.to_owned(),
+    ];
+    args.extend(statements.iter().map(|s| (*s).to_owned()));
+    // The fake's CA is only what session_command would trust; the CA variables are cleared
+    // below so that the trust comes from `snowtrail exec` alone.
+    let inner = drivers::session_command(driver, &hosts, Path::new("/nonexistent"), &args)?;
+    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
+    cmd.arg("--control-socket")
+        .arg(&s.daemon.socket)
+        .args([
+            "exec",
+            "--identity",
+            identity,
+            "--label",
+            "suite=intercept",
+            "--",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    for v in CA_VARS {
+        cmd.env_remove(v);
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run snowtrail exec")?;
+    let lines = drivers::json_lines(&out.stdout);
+    if lines.is_empty() {
+        bail!(
+            "{} printed nothing ({}):\n{}\n{}\n{}",
+            driver.name(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            s.daemon.logs()
+        );
+    }
+    Ok(lines)
+}
+
+fn statement<'a>(lines: &'a [Value], sql: &str) -> anyhow::Result<&'a Value> {
+    lines
+        .iter()
+        .find(|l| l["step"] == "statement" && l["sql"] == sql)
+        .with_context(|| format!("no output for {sql:?} in {lines:#?}"))
+}
+
+fn query_event<'a>(events: &'a [Value], sql_prefix: &str) -> anyhow::Result<&'a Value> {
+    let found: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event_kind"] == "query"
+                && e["sql_text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(sql_prefix))
+        })
+        .collect();
+    ensure!(
+        found.len() == 1,
+        "expected one query event for {sql_prefix:?}, got {found:#?}"
+    );
+    Ok(found[0])
+}
+
+fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
+    let identity = format!("e2e-{}", driver.name().replace(['.', ' '], "-"));
+    let s = setup(&identity, ip)?;
+    let statements = [SELECT_1, CUSTOMERS, MISSING, EXPIRE, SLOW, SECRET_DDL];
+    let lines = run_session(&s, driver, &identity, &statements)?;
+    ensure!(
+        lines[0]["step"] == "connect" && lines[0]["ok"] == true,
+        "login failed: {lines:#?}"
+    );
+    ensure!(
+        statement(&lines, SELECT_1)?["rows"] == serde_json::json!([[1]]),
+        "{lines:#?}"
+    );
+    ensure!(
+        statement(&lines, CUSTOMERS)?["rows"]
+            .as_array()
+            .map(Vec::len)
+            == Some(3)
+    );
+    ensure!(statement(&lines, MISSING)?["error"]["errno"] == 2003);
+    ensure!(
+        statement(&lines, EXPIRE)?["rows"] == serde_json::json!([[7]]),
+        "{lines:#?}"
+    );
+    ensure!(
+        statement(&lines, SLOW)?["rows"] == serde_json::json!([[42]]),
+        "{lines:#?}"
+    );
+    ensure!(
+        lines
+            .last()
+            .is_some_and(|l| l["step"] == "close" && l["ok"] == true),
+        "{lines:#?}"
+    );
+
+    // Everything reached the real upstream through the agent.
+    ensure!(
+        s.fake.sql_texts().iter().any(|t| t == CUSTOMERS),
+        "the fake never saw the statements"
+    );
+
+    let events = snowtrail_tests::wait_for(std::time::Duration::from_secs(20), || {
+        let ev = s.daemon.events();
+        ev.iter().any(|e| e["event_kind"] == "logout").then_some(ev)
+    })
+    .with_context(|| format!("no logout event: {:#?}", s.daemon.events()))?;
+    let mine: Vec<Value> = events
+        .into_iter()
+        .filter(|e| e["workload_identity"] == identity.as_str())
+        .collect();
+
+    let login = mine
+        .iter()
+        .find(|e| e["event_kind"] == "login")
+        .context("no login event")?;
+    ensure!(login["success"] == true, "{login}");
+    ensure!(
+        login["account"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("xy12345")),
+        "{login}"
+    );
+    ensure!(login["login_user"] == "fake", "{login}");
+    ensure!(login["sni"] == ACCOUNT_HOST, "{login}");
+    ensure!(login["labels"]["suite"] == "intercept", "{login}");
+    let session_id = login["session_id"]
+        .as_str()
+        .context("login without session id")?
+        .to_owned();
+    let driver_name = login["driver"].as_str().unwrap_or_default();
+    ensure!(
+        driver_name.contains("Python")
+            || driver_name.contains("JavaScript")
+            || driver_name.contains("Node"),
+        "{login}"
+    );
+
+    let select = query_event(&mine, SELECT_1)?;
+    ensure!(
+        select["success"] == true && select["rows_produced"] == 1,
+        "{select}"
+    );
+    ensure!(
+        select["query_id"] == statement(&lines, SELECT_1)?["sfqid"],
+        "{select}"
+    );
+    ensure!(select["session_id"] == session_id.as_str(), "{select}");
+    ensure!(select["login_user"] == "fake", "{select}");
+    ensure!(select["statement_type"].as_str().is_some(), "{select}");
+    ensure!(
+        select["comm"].as_str().is_some_and(|c| !c.is_empty()),
+        "{select}"
+    );
+    ensure!(select["tgid"].as_u64().is_some(), "{select}");
+    ensure!(query_event(&mine, CUSTOMERS)?["rows_produced"] == 3);
+
+    let missing = query_event(&mine, MISSING)?;
+    ensure!(missing["success"] == false, "{missing}");
+    ensure!(
+        missing["error_code"] == "002003" && missing["sql_state"] == "42S02",
+        "{missing}"
+    );
+
+    // A statement answered 390112 and retried after renewal is one statement, on the same session.
+    let renewed = query_event(&mine, EXPIRE)?;
+    ensure!(
+        renewed["success"] == true && renewed["session_id"] == session_id.as_str(),
+        "{renewed}"
+    );
+    // A statement answered 333333 and polled is one statement, completed by the poll.
+    let slow = query_event(&mine, SLOW)?;
+    ensure!(
+        slow["success"] == true && slow["rows_produced"] == 1,
+        "{slow}"
+    );
+
+    // Credentials never reach the audit.
+    let ddl = query_event(&mine, "create user bob")?;
+    ensure!(
+        ddl["sql_text"] == "create user bob password = '***'",
+        "{ddl}"
+    );
+    let all = serde_json::to_string(&mine)?;
+    ensure!(
+        !all.contains(PASSWORD) && !all.contains("hunter2-secret"),
+        "a secret reached the audit"
+    );
+
+    let logout = mine
+        .iter()
+        .find(|e| e["event_kind"] == "logout")
+        .context("no logout")?;
+    ensure!(logout["session_id"] == session_id.as_str(), "{logout}");
+    let conn = mine
+        .iter()
+        .find(|e| e["event_kind"] == "connection" && e["connection_mode"] == "intercepted")
+        .context("no intercepted connection event")?;
+    ensure!(conn["sni"] == ACCOUNT_HOST, "{conn}");
+    Ok(())
+}
+
+#[test]
+fn connector_4_8_1_through_the_agent() -> anyhow::Result<()> {
+    intercepted_session(Driver::Py4, [127, 77, 3, 4])
+}
+
+#[test]
+fn connector_5_2_0_over_http2_through_the_agent() -> anyhow::Result<()> {
+    intercepted_session(Driver::Py5, [127, 77, 3, 5])
+}
+
+#[test]
+fn node_sdk_3_3_0_through_the_agent() -> anyhow::Result<()> {
+    intercepted_session(Driver::Node, [127, 77, 3, 6])
+}
