@@ -206,6 +206,41 @@ impl<'de> Deserialize<'de> for KeysOnly {
     }
 }
 
+/// A JSON object read in order, refusing duplicate keys (a map type would keep one of them
+/// silently, and Snowflake might keep the other).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct UniqueMap<V>(pub(crate) Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Vis<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Vis<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueMap<V>, A::Error> {
+                let mut entries: Vec<(String, V)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                    }
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(UniqueMap(entries))
+            }
+        }
+        d.deserialize_map(Vis(std::marker::PhantomData))
+    }
+}
+
+impl UniqueMap<serde_json::Value> {
+    /// The entries as a JSON map.
+    pub(crate) fn into_map(self) -> serde_json::Map<String, serde_json::Value> {
+        self.0.into_iter().collect()
+    }
+}
+
 /// A value slot of a [`RawObject`]: the input's bytes untouched, or a replacement.
 #[derive(Debug)]
 pub(crate) enum RawSlot<'a> {
@@ -359,6 +394,13 @@ mod tests {
         assert!(RawObject::parse("t", br#"{"a":1,"a":2}"#).is_err());
         assert!(RawObject::parse("t", br#"[1]"#).is_err());
         assert!(RawObject::parse("t", br#"{"a":1} x"#).is_err());
+    }
+
+    #[test]
+    fn unique_maps() {
+        let m: UniqueMap<u8> = serde_json::from_str(r#"{"b":1,"a":2}"#).unwrap();
+        assert_eq!(m.0, vec![("b".to_owned(), 1), ("a".to_owned(), 2)]);
+        assert!(serde_json::from_str::<UniqueMap<u8>>(r#"{"a":1,"a":2}"#).is_err());
     }
 
     #[test]

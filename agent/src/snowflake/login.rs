@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::Secret;
 use super::error::{ParseError, RewriteError};
-use super::json::{self, RawObject, opt_code};
+use super::json::{self, RawObject, UniqueMap, opt_code};
 
 const REQUEST: &str = "login request";
 const RESPONSE: &str = "login response";
@@ -221,7 +221,7 @@ struct WireLoginData {
     authenticator: Option<String>,
     client_app_id: Option<String>,
     client_app_version: Option<String>,
-    session_parameters: Option<Map<String, Value>>,
+    session_parameters: Option<UniqueMap<Value>>,
     client_environment: Option<Value>,
     password: Option<IgnoredAny>,
     token: Option<Secret>,
@@ -251,7 +251,10 @@ pub fn parse_login_request(body: &[u8]) -> Result<LoginRequest, ParseError> {
         .zip(present)
         .filter_map(|(k, p)| p.then_some(*k))
         .collect();
-    let session_parameters = d.session_parameters.unwrap_or_default();
+    let session_parameters = d
+        .session_parameters
+        .map(UniqueMap::into_map)
+        .unwrap_or_default();
     let query_tag = session_parameters
         .get("QUERY_TAG")
         .and_then(Value::as_str)

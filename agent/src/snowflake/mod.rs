@@ -20,8 +20,14 @@
 //! renewal, stage credentials, presigned URL signatures) are either dropped while parsing or held
 //! in a private field that only an accessor named for its later use can read; `Debug` prints none.
 //!
+//! The only ways to a secret's value, each for a later brokering feature:
+//! [`LoginRequest::token_for_validation`], [`TokenRequest::old_session_token_for_renewal`] and
+//! [`UpstreamTokens`]' `session_token_for_brokering`/`master_token_for_brokering` (the tokens
+//! [`rewrite_login_tokens`] and [`rewrite_renewal_tokens`] replace with agent handles).
+//!
 //! The wire as captured from real drivers is described in `PROTOCOL.md` of the shared wire
-//! captures; `tests/snowflake_wire.rs` parses the captured exchanges.
+//! captures; `tests/snowflake_wire.rs` parses the captured exchanges, and `fuzz/` at the
+//! repository root has a cargo-fuzz target per parser.
 
 pub mod auth;
 pub mod body;

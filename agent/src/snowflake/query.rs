@@ -5,13 +5,11 @@
 //! [`set_query_tag`] writes the agent's tag into `parameters.QUERY_TAG` as DECISIONS 15 says and
 //! leaves every other field of the body as it was.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::{ParseError, RewriteError};
-use super::json::{self, BindShape, RawObject};
+use super::json::{self, BindShape, RawObject, UniqueMap};
 use super::redact::{RedactMode, redact_sql};
 
 const REQUEST: &str = "query request";
@@ -98,8 +96,8 @@ struct WireQueryRequest {
     describe_only: Option<bool>,
     is_internal: Option<bool>,
     query_submission_time: Option<i64>,
-    parameters: Option<Map<String, Value>>,
-    bindings: Option<BTreeMap<String, WireBind>>,
+    parameters: Option<UniqueMap<Value>>,
+    bindings: Option<UniqueMap<WireBind>>,
     bind_stage: Option<String>,
 }
 
@@ -117,19 +115,18 @@ pub fn parse_query_request(body: &[u8]) -> Result<QueryRequest, ParseError> {
         what: REQUEST,
         field: "sqlText",
     })?;
-    let bindings = w.bindings.map(|b| {
+    let bindings = w.bindings.map(|UniqueMap(mut entries)| {
         // Keys are positions ("1", "2", ... "10"): order them as numbers.
-        let mut entries: Vec<(&String, &WireBind)> = b.iter().collect();
-        entries.sort_by_key(|(k, _)| (k.parse::<u64>().unwrap_or(u64::MAX), (*k).clone()));
-        let rows = b
-            .values()
-            .filter_map(|v| match v.value {
+        entries.sort_by_key(|(k, _)| (k.parse::<u64>().unwrap_or(u64::MAX), k.clone()));
+        let rows = entries
+            .iter()
+            .filter_map(|(_, v)| match v.value {
                 Some(BindShape::Array(n)) => Some(n),
                 _ => None,
             })
             .max();
         BindSummary {
-            count: b.len(),
+            count: entries.len(),
             rows,
             types: entries
                 .iter()
@@ -144,7 +141,7 @@ pub fn parse_query_request(body: &[u8]) -> Result<QueryRequest, ParseError> {
         describe_only: w.describe_only.unwrap_or(false),
         is_internal: w.is_internal.unwrap_or(false),
         query_submission_time: w.query_submission_time,
-        parameters: w.parameters.unwrap_or_default(),
+        parameters: w.parameters.map(UniqueMap::into_map).unwrap_or_default(),
         bindings,
         bind_stage: w.bind_stage,
     })
@@ -378,6 +375,10 @@ mod tests {
         );
         assert!(parse_query_request(br#"{"sqlText":"select 1"} {"sqlText":"x"}"#).is_err());
         assert!(parse_query_request(br#"{"sqlText":"select 1","asyncExec":"yes"}"#).is_err());
+        let dup_param = br#"{"sqlText":"s","parameters":{"MULTI_STATEMENT_COUNT":1,"MULTI_STATEMENT_COUNT":0}}"#;
+        assert!(parse_query_request(dup_param).is_err());
+        let dup_bind = br#"{"sqlText":"s","bindings":{"1":{"type":"TEXT","value":"a"},"1":{"type":"TEXT","value":"b"}}}"#;
+        assert!(parse_query_request(dup_bind).is_err());
     }
 
     #[test]
