@@ -22,6 +22,8 @@ const MISSING: &str = "select * from no_such_table";
 const EXPIRE: &str = "/*expire_token*/ select 7 as renewed";
 const SLOW: &str = "/*slow:2*/ select 42 as answer";
 const SECRET_DDL: &str = "create user bob password = 'hunter2-secret'";
+const ASYNC_SQL: &str = "select 5 as later";
+const ASYNC: &str = r#"{"sql": "select 5 as later", "async": true}"#;
 
 struct Setup {
     daemon: Daemon,
@@ -139,7 +141,9 @@ fn query_event<'a>(events: &'a [Value], sql_prefix: &str) -> anyhow::Result<&'a 
 fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
     let identity = format!("e2e-{}", driver.name().replace(['.', ' '], "-"));
     let s = setup(&identity, ip)?;
-    let statements = [SELECT_1, CUSTOMERS, MISSING, EXPIRE, SLOW, SECRET_DDL];
+    let statements = [
+        SELECT_1, CUSTOMERS, MISSING, EXPIRE, SLOW, SECRET_DDL, ASYNC,
+    ];
     let lines = run_session(&s, driver, &identity, &statements)?;
     ensure!(
         lines[0]["step"] == "connect" && lines[0]["ok"] == true,
@@ -250,6 +254,17 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
     ensure!(
         slow["success"] == true && slow["rows_produced"] == 1,
         "{slow}"
+    );
+
+    // An async statement is one event, completed when the agent sees its outcome.
+    ensure!(
+        statement(&lines, ASYNC_SQL)?["rows"] == serde_json::json!([[5]]),
+        "{lines:#?}"
+    );
+    let later = query_event(&mine, ASYNC_SQL)?;
+    ensure!(
+        later["is_async"] == true && later["success"] == true,
+        "{later}"
     );
 
     // Credentials never reach the audit.

@@ -109,6 +109,7 @@ where
         Endpoint::Login => login(req, ctx, send).await,
         Endpoint::Query => query(req, params.request_id, ctx, send).await,
         Endpoint::ResultPoll { query_id } => poll(req, &query_id, ctx, send).await,
+        Endpoint::Monitoring { query_id } => monitoring(req, &query_id, ctx, send).await,
         Endpoint::TokenRequest => renewal(req, ctx, send).await,
         Endpoint::Logout => logout(req, ctx, send).await,
         _ => send(req).await,
@@ -555,6 +556,76 @@ where
         Inspected::Streamed(resp) => {
             event.flags.push("uninspected".into());
             complete(ins, event);
+            resp
+        }
+    }
+}
+
+/// States of `GET /monitoring/queries/<qid>` that mean the statement is over.
+const MONITOR_DONE_OK: &[&str] = &["SUCCESS"];
+const MONITOR_DONE_FAILED: &[&str] = &[
+    "FAILED_WITH_ERROR",
+    "FAILED_WITH_INCIDENT",
+    "ABORTED",
+    "DISCONNECTED",
+];
+
+/// The status of an async statement: when it says the statement ended, the parked event is
+/// completed (its rows come with the result fetch the driver makes next, a statement of its own).
+async fn monitoring<F, Fut>(
+    req: Request<Body>,
+    query_id: &str,
+    ctx: &ConnCtx,
+    send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let ins = &ctx.inspector;
+    let Some(mut event) = ins.tracker.take_query(query_id) else {
+        return send(req).await;
+    };
+    let resp = send(req).await;
+    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+        Inspected::Read {
+            parts,
+            raw,
+            decoded,
+        } => {
+            let status = decoded
+                .as_deref()
+                .and_then(|d| snowflake::parse_monitoring_response(d).ok())
+                .and_then(|m| {
+                    m.queries
+                        .into_iter()
+                        .find(|q| q.id.as_deref().is_none_or(|id| id == query_id))
+                });
+            match status {
+                Some(q)
+                    if q.status
+                        .as_deref()
+                        .is_some_and(|s| MONITOR_DONE_OK.contains(&s)) =>
+                {
+                    event.success = Some(true);
+                    complete(ins, event);
+                }
+                Some(q)
+                    if q.status
+                        .as_deref()
+                        .is_some_and(|s| MONITOR_DONE_FAILED.contains(&s)) =>
+                {
+                    event.success = Some(false);
+                    event.error_code = q.error_code;
+                    event.error_message = q.status;
+                    complete(ins, event);
+                }
+                _ => ins.tracker.park_query(query_id, event),
+            }
+            Response::from_parts(parts, full(raw))
+        }
+        Inspected::Streamed(resp) => {
+            ins.tracker.park_query(query_id, event);
             resp
         }
     }
