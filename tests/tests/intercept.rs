@@ -24,6 +24,8 @@ const SLOW: &str = "/*slow:2*/ select 42 as answer";
 const SECRET_DDL: &str = "create user bob password = 'hunter2-secret'";
 const ASYNC_SQL: &str = "select 5 as later";
 const ASYNC: &str = r#"{"sql": "select 5 as later", "async": true}"#;
+const MULTI_SQL: &str = "select 11 as first; select 'a;b' as second";
+const MULTI: &str = r#"{"sql": "select 11 as first; select 'a;b' as second", "num_statements": 2}"#;
 
 struct Setup {
     daemon: Daemon,
@@ -121,19 +123,14 @@ fn statement<'a>(lines: &'a [Value], sql: &str) -> anyhow::Result<&'a Value> {
         .with_context(|| format!("no output for {sql:?} in {lines:#?}"))
 }
 
-fn query_event<'a>(events: &'a [Value], sql_prefix: &str) -> anyhow::Result<&'a Value> {
+fn query_event<'a>(events: &'a [Value], sql: &str) -> anyhow::Result<&'a Value> {
     let found: Vec<&Value> = events
         .iter()
-        .filter(|e| {
-            e["event_kind"] == "query"
-                && e["sql_text"]
-                    .as_str()
-                    .is_some_and(|t| t.starts_with(sql_prefix))
-        })
+        .filter(|e| e["event_kind"] == "query" && e["sql_text"] == sql)
         .collect();
     ensure!(
         found.len() == 1,
-        "expected one query event for {sql_prefix:?}, got {found:#?}"
+        "expected one query event for {sql:?}, got {found:#?}"
     );
     Ok(found[0])
 }
@@ -142,7 +139,7 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
     let identity = format!("e2e-{}", driver.name().replace(['.', ' '], "-"));
     let s = setup(&identity, ip)?;
     let statements = [
-        SELECT_1, CUSTOMERS, MISSING, EXPIRE, SLOW, SECRET_DDL, ASYNC,
+        SELECT_1, CUSTOMERS, MISSING, EXPIRE, SLOW, SECRET_DDL, ASYNC, MULTI,
     ];
     let lines = run_session(&s, driver, &identity, &statements)?;
     ensure!(
@@ -183,7 +180,9 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
 
     let events = snowtrail_tests::wait_for(std::time::Duration::from_secs(20), || {
         let ev = s.daemon.events();
-        ev.iter().any(|e| e["event_kind"] == "logout").then_some(ev)
+        (ev.iter().any(|e| e["event_kind"] == "logout")
+            && ev.iter().any(|e| e["connection_mode"] == "intercepted"))
+        .then_some(ev)
     })
     .with_context(|| format!("no logout event: {:#?}", s.daemon.events()))?;
     let mine: Vec<Value> = events
@@ -267,8 +266,25 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
         "{later}"
     );
 
+    // A multi-statement request is one event per statement, tied by the request's query id.
+    ensure!(
+        statement(&lines, MULTI_SQL)?.get("error").is_none(),
+        "{lines:#?}"
+    );
+    let first = query_event(&mine, "select 11 as first")?;
+    let second = query_event(&mine, "select 'a;b' as second")?;
+    ensure!(first["parent_query_id"].is_string(), "{first}");
+    ensure!(
+        first["parent_query_id"] == second["parent_query_id"],
+        "{first} {second}"
+    );
+    ensure!(
+        first["query_id"] != second["query_id"] && first["query_id"] != first["parent_query_id"],
+        "{first}"
+    );
+
     // Credentials never reach the audit.
-    let ddl = query_event(&mine, "create user bob")?;
+    let ddl = query_event(&mine, "create user bob password = '***'")?;
     ensure!(
         ddl["sql_text"] == "create user bob password = '***'",
         "{ddl}"

@@ -429,6 +429,10 @@ where
                             Some(rid) => ins.tracker.park_request(rid, event),
                             None => complete(ins, event),
                         },
+                        QueryStatus::Complete if !r.result_ids.is_empty() => {
+                            event.duration_ms = elapsed_ms(started);
+                            complete_children(ins, event, &r, &parsed.sql_text);
+                        }
                         QueryStatus::Complete | QueryStatus::Failed => {
                             event.duration_ms = elapsed_ms(started);
                             complete(ins, event);
@@ -494,6 +498,30 @@ fn apply_query_response(
         if r.final_schema.is_some() {
             c.schema.clone_from(&r.final_schema);
         }
+    }
+}
+
+/// A multi-statement request: one event per statement, each with its own query id and the
+/// request's in `parent_query_id` (DECISIONS 10). The first keeps the request's event id, so the
+/// intent journaled before forwarding is completed by it.
+fn complete_children(ins: &Inspector, parent: Event, r: &snowflake::QueryResponse, sql: &str) {
+    let texts = snowflake::statements::split_statements(sql);
+    let split_ok = texts.len() == r.result_ids.len();
+    for (i, child_id) in r.result_ids.iter().enumerate() {
+        let mut e = parent.clone();
+        if i > 0 {
+            e.event_id = uuid::Uuid::now_v7();
+        }
+        e.parent_query_id.clone_from(&parent.query_id);
+        e.query_id = Some(child_id.clone());
+        e.rows_produced = None;
+        e.result_bytes = None;
+        e.chunk_count = None;
+        e.statement_type = r.result_types.get(i).map(|t| t.as_str().to_owned());
+        if split_ok {
+            e.sql_text = Some(snowflake::redact_sql(texts[i], ins.redact).into_owned());
+        }
+        complete(ins, e);
     }
 }
 

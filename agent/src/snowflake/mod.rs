@@ -41,6 +41,7 @@ pub mod query;
 pub mod redact;
 pub mod result;
 pub mod session;
+pub mod statements;
 pub mod storage;
 
 pub use body::{BodyError, ContentEncoding, decode_body, decode_with_headers, gzip};
