@@ -59,6 +59,47 @@ fn setup(name: &str, ip: [u8; 4]) -> anyhow::Result<Setup> {
     Ok(Setup { daemon, fake, dir })
 }
 
+/// Runs the same session directly against the fake (not enrolled, trusting the fake's CA).
+fn run_direct(s: &Setup, driver: Driver, statements: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let hosts = drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[ACCOUNT_HOST])?;
+    let mut args = vec![
+        "--host".to_owned(),
+        ACCOUNT_HOST.to_owned(),
+        "--password".to_owned(),
+        PASSWORD.to_owned(),
+    ];
+    args.extend(statements.iter().map(|s| (*s).to_owned()));
+    let out = drivers::session_command(driver, &hosts, s.fake.ca_pem_path(), &args)?
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    Ok(drivers::json_lines(&out.stdout))
+}
+
+/// A session's output without what differs from run to run (query ids, error texts naming them).
+fn comparable(lines: &[Value]) -> Vec<Value> {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                o.remove("sfqid");
+                if let Some(e) = o.get_mut("error").and_then(Value::as_object_mut) {
+                    e.remove("msg");
+                }
+                o.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    lines
+        .iter()
+        .map(|l| {
+            let mut l = l.clone();
+            strip(&mut l);
+            l
+        })
+        .collect()
+}
+
 /// Runs a driver session under `snowtrail exec`; the driver trusts only what exec gives it.
 fn run_session(
     s: &Setup,
@@ -170,6 +211,15 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
             .last()
             .is_some_and(|l| l["step"] == "close" && l["ok"] == true),
         "{lines:#?}"
+    );
+
+    // The workload sees exactly what it sees without the agent.
+    let direct = run_direct(&s, driver, &statements)?;
+    let (a, b) = (comparable(&lines), comparable(&direct));
+    let diff: Vec<(&Value, &Value)> = a.iter().zip(&b).filter(|(x, y)| x != y).collect();
+    ensure!(
+        a.len() == b.len() && diff.is_empty(),
+        "results differ through the agent: {diff:#?}"
     );
 
     // Everything reached the real upstream through the agent.
@@ -294,6 +344,36 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
         !all.contains(PASSWORD) && !all.contains("hunter2-secret"),
         "a secret reached the audit"
     );
+    // Nor the journal, byte for byte, nor the Parquet files as DuckDB reads them back.
+    for entry in walk(&s.daemon.state_dir.join("journal")) {
+        let bytes = std::fs::read(&entry)?;
+        for secret in [PASSWORD.as_bytes(), b"hunter2-secret".as_slice()] {
+            ensure!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "a secret is in {}",
+                entry.display()
+            );
+        }
+    }
+    let dump = duckdb_dump(&s.daemon.audit_dir)?;
+    ensure!(
+        dump.contains("create user bob password = '***'"),
+        "DuckDB did not read the audit"
+    );
+    ensure!(
+        !dump.contains(PASSWORD) && !dump.contains("hunter2-secret"),
+        "a secret is in the Parquet files"
+    );
+    // The direct run, not enrolled, produced no query event.
+    ensure!(
+        s.daemon
+            .events()
+            .iter()
+            .filter(|e| e["event_kind"] == "query")
+            .count()
+            == mine.iter().filter(|e| e["event_kind"] == "query").count(),
+        "a query event came from outside the enrolled workload"
+    );
 
     let logout = mine
         .iter()
@@ -306,6 +386,39 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
         .context("no intercepted connection event")?;
     ensure!(conn["sni"] == ACCOUNT_HOST, "{conn}");
     Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Every audit row as text, read by DuckDB with hive partitioning.
+fn duckdb_dump(audit: &Path) -> anyhow::Result<String> {
+    let script = format!(
+        "import duckdb\nfor (row,) in duckdb.sql(\"SELECT to_json(t)::VARCHAR FROM read_parquet('{}/**/*.parquet', hive_partitioning = true) t\").fetchall():\n    print(row)\n",
+        audit.display()
+    );
+    let out = Command::new(snowtrail_tests::python())
+        .arg("-c")
+        .arg(script)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]
