@@ -47,6 +47,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
 /// How long each TLS handshake may take.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long a chunked result's event waits for its chunk downloads.
+pub const DEFAULT_CHUNK_WAIT_S: u64 = 300;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +186,9 @@ pub struct ProxySection {
     pub hello_timeout_ms: u64,
     /// TLS handshake timeout on either side, in milliseconds.
     pub handshake_timeout_ms: u64,
+    /// How long a chunked result's event waits for the chunk downloads before it is recorded
+    /// with the flag `chunks_unseen`, in seconds.
+    pub chunk_wait_s: u64,
 }
 
 impl Default for Config {
@@ -229,6 +234,7 @@ impl Default for ProxySection {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            chunk_wait_s: DEFAULT_CHUNK_WAIT_S,
         }
     }
 }

@@ -14,6 +14,9 @@ use snowtrail_tests::{Daemon, DaemonOptions, unique_port};
 
 const PORT_BASE: u16 = 29_530;
 const ACCOUNT_HOST: &str = "xy12345.snowflakecomputing.com";
+/// Where the fake serves result chunks: a storage host the agent learns from query responses.
+const STORAGE_HOST: &str = "stage.fake-snowflake.test";
+const CHUNKED: &str = "/*sf_chunks*/ select id, name from big";
 const PASSWORD: &str = "s3cret-pa55word";
 
 const SELECT_1: &str = "select 1";
@@ -43,8 +46,10 @@ fn setup(name: &str, ip: [u8; 4]) -> anyhow::Result<Setup> {
         hosts: vec![
             ACCOUNT_HOST.to_owned(),
             "*.snowflakecomputing.com".to_owned(),
+            STORAGE_HOST.to_owned(),
         ],
         ca_dir: dir.path().join("fake-ca"),
+        storage_host: Some(STORAGE_HOST.to_owned()),
         bad_password: Some("wrong-password".to_owned()),
         ..FakeOptions::default()
     })?;
@@ -61,7 +66,11 @@ fn setup(name: &str, ip: [u8; 4]) -> anyhow::Result<Setup> {
 
 /// Runs the same session directly against the fake (not enrolled, trusting the fake's CA).
 fn run_direct(s: &Setup, driver: Driver, statements: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let hosts = drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[ACCOUNT_HOST])?;
+    let hosts = drivers::write_hosts_file(
+        s.dir.path(),
+        s.fake.addr().ip(),
+        &[ACCOUNT_HOST, STORAGE_HOST],
+    )?;
     let mut args = vec![
         "--host".to_owned(),
         ACCOUNT_HOST.to_owned(),
@@ -107,7 +116,11 @@ fn run_session(
     identity: &str,
     statements: &[&str],
 ) -> anyhow::Result<Vec<Value>> {
-    let hosts = drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[ACCOUNT_HOST])?;
+    let hosts = drivers::write_hosts_file(
+        s.dir.path(),
+        s.fake.addr().ip(),
+        &[ACCOUNT_HOST, STORAGE_HOST],
+    )?;
     let mut args = vec![
         "--host".to_owned(),
         ACCOUNT_HOST.to_owned(),
@@ -180,7 +193,7 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
     let identity = format!("e2e-{}", driver.name().replace(['.', ' '], "-"));
     let s = setup(&identity, ip)?;
     let statements = [
-        SELECT_1, CUSTOMERS, MISSING, EXPIRE, SLOW, SECRET_DDL, ASYNC, MULTI,
+        SELECT_1, CUSTOMERS, MISSING, EXPIRE, SLOW, SECRET_DDL, ASYNC, MULTI, CHUNKED,
     ];
     let lines = run_session(&s, driver, &identity, &statements)?;
     ensure!(
@@ -231,10 +244,29 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
     let events = snowtrail_tests::wait_for(std::time::Duration::from_secs(20), || {
         let ev = s.daemon.events();
         (ev.iter().any(|e| e["event_kind"] == "logout")
-            && ev.iter().any(|e| e["connection_mode"] == "intercepted"))
+            && ev
+                .iter()
+                .any(|e| e["connection_mode"] == "intercepted" && e["sni"] == ACCOUNT_HOST)
+            && ev
+                .iter()
+                .any(|e| e["connection_mode"] == "intercepted" && e["sni"] == STORAGE_HOST))
         .then_some(ev)
     })
-    .with_context(|| format!("no logout event: {:#?}", s.daemon.events()))?;
+    .with_context(|| {
+        let conns: Vec<String> = s
+            .daemon
+            .events()
+            .iter()
+            .filter(|e| e["event_kind"] != "query")
+            .map(|e| {
+                format!(
+                    "{} {} {} {}",
+                    e["event_kind"], e["sni"], e["connection_mode"], e["workload_identity"]
+                )
+            })
+            .collect();
+        format!("missing events: {conns:#?}")
+    })?;
     let mine: Vec<Value> = events
         .into_iter()
         .filter(|e| e["workload_identity"] == identity.as_str())
@@ -331,6 +363,42 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
     ensure!(
         first["query_id"] != second["query_id"] && first["query_id"] != first["parent_query_id"],
         "{first}"
+    );
+
+    // A chunked result: the chunks come from the storage host the response names, and the
+    // statement's event counts them (it is recorded once every chunk was downloaded).
+    ensure!(
+        statement(&lines, CHUNKED)?["rows"].as_array().map(Vec::len) == Some(350),
+        "{lines:#?}"
+    );
+    let chunked = query_event(&mine, CHUNKED)?;
+    ensure!(
+        chunked["rows_produced"] == 350 && chunked["chunk_count"] == 3,
+        "{chunked}"
+    );
+    ensure!(
+        !chunked["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "chunks_unseen")),
+        "{chunked}"
+    );
+    // The chunk downloads went to the storage host, which the agent learned from the response
+    // and intercepted for this workload.
+    ensure!(
+        s.fake
+            .requests()
+            .iter()
+            .filter(
+                |r| r.host.starts_with(STORAGE_HOST) && r.path.starts_with("/fake-stage-results/")
+            )
+            .count()
+            >= 3,
+        "the chunks were not fetched from the storage host: {:?}",
+        s.fake
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}", r.host, r.path))
+            .collect::<Vec<_>>()
     );
 
     // Credentials never reach the audit.

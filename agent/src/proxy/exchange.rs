@@ -45,6 +45,8 @@ pub struct Inspector {
     pub durability: Durability,
     /// What to do with statements while the audit cannot record them.
     pub on_audit_failure: OnAuditFailure,
+    /// How long a chunked result's event waits for its chunk downloads.
+    pub chunk_wait: std::time::Duration,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.
@@ -112,7 +114,84 @@ where
         Endpoint::Monitoring { query_id } => monitoring(req, &query_id, ctx, send).await,
         Endpoint::TokenRequest => renewal(req, ctx, send).await,
         Endpoint::Logout => logout(req, ctx, send).await,
-        _ => send(req).await,
+        _ => other(req, ctx, send).await,
+    }
+}
+
+/// Anything else: streamed through; a download of a result chunk is counted for its statement.
+async fn other<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_owned())
+        })
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let pending = ctx.inspector.tracker.take_chunk(&host, req.uri().path());
+    let resp = send(req).await;
+    let Some(pending) = pending else { return resp };
+    let sink = ctx.inspector.sink.clone();
+    resp.map(|body| {
+        Counted {
+            inner: body,
+            bytes: 0,
+            on_end: Some(Box::new(move |bytes| {
+                if let Some(event) = pending.chunk_done(bytes) {
+                    drop(sink.submit(event));
+                }
+            })),
+        }
+        .boxed()
+    })
+}
+
+/// A body that counts its bytes and reports the total once, at its end (or when dropped early).
+struct Counted {
+    inner: Body,
+    bytes: u64,
+    on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => {
+                if let Some(f) = self.on_end.take() {
+                    f(self.bytes);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(self.bytes);
+        }
     }
 }
 
@@ -433,8 +512,14 @@ where
                             event.duration_ms = elapsed_ms(started);
                             complete_children(ins, event, &r, &parsed.sql_text);
                         }
+                        QueryStatus::Complete if !r.chunks.is_empty() => {
+                            event.duration_ms = elapsed_ms(started);
+                            learn_hosts(ins, &ctx.base, &r);
+                            await_chunks(ins, event, &r);
+                        }
                         QueryStatus::Complete | QueryStatus::Failed => {
                             event.duration_ms = elapsed_ms(started);
+                            learn_hosts(ins, &ctx.base, &r);
                             complete(ins, event);
                         }
                     }
@@ -523,6 +608,34 @@ fn complete_children(ins: &Inspector, parent: Event, r: &snowflake::QueryRespons
         }
         complete(ins, e);
     }
+}
+
+/// Intercepts, for this cgroup, the storage hosts a response points the driver at (DECISIONS 3).
+fn learn_hosts(ins: &Inspector, base: &Event, r: &snowflake::QueryResponse) {
+    let Some(cgroup_id) = base.cgroup_id else {
+        return;
+    };
+    for h in snowflake::hosts_to_learn(r) {
+        ins.tracker.learn_host(cgroup_id, &h.host);
+    }
+}
+
+/// Holds a chunked result's event until its chunks were downloaded (their bytes are added), or
+/// until `chunk_wait` passes (then it is flagged `chunks_unseen`).
+fn await_chunks(ins: &Inspector, event: Event, r: &snowflake::QueryResponse) {
+    let pending = super::sessions::PendingResult::new(event, r.chunks.len());
+    for c in &r.chunks {
+        ins.tracker
+            .expect_chunk(&c.url.host, &c.url.path, pending.clone());
+    }
+    let sink = ins.sink.clone();
+    let wait = ins.chunk_wait;
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        if let Some(event) = pending.finish(true) {
+            drop(sink.submit(event));
+        }
+    });
 }
 
 /// Records a finished statement; its durability is not waited on (DECISIONS 12).

@@ -206,7 +206,12 @@ async fn serve(
         Peeked::Hello(hello) => {
             event.sni = hello.sni.clone();
             match (hello.sni, &inputs.tls) {
-                (Some(sni), Some(_)) if inputs.hosts.matches(&sni) => Route::Intercept(sni),
+                (Some(sni), Some(_))
+                    if inputs.hosts.matches(&sni)
+                        || inputs.inspector.tracker.is_learned(origin.cgroup_id, &sni) =>
+                {
+                    Route::Intercept(sni)
+                }
                 (Some(_), _) => Route::Passthrough,
                 (None, _) => {
                     event.flags.push("no_sni".into());

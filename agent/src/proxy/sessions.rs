@@ -8,7 +8,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::audit::Event;
 
@@ -95,12 +97,60 @@ impl<V> Bounded<V> {
     }
 }
 
+/// How long a storage host learned from a query response stays intercepted for its cgroup.
+pub const LEARNED_HOST_TTL: Duration = Duration::from_secs(4 * 3600);
+
+/// A statement whose result comes partly in chunks: its event waits for the chunk downloads.
+pub struct PendingResult {
+    event: Mutex<Option<Event>>,
+    expected: usize,
+    seen: AtomicUsize,
+    bytes: AtomicU64,
+}
+
+impl PendingResult {
+    /// Holds `event` until `expected` chunks were downloaded.
+    pub fn new(event: Event, expected: usize) -> Arc<PendingResult> {
+        Arc::new(PendingResult {
+            event: Mutex::new(Some(event)),
+            expected,
+            seen: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts one downloaded chunk; returns the completed event once every chunk was seen.
+    pub fn chunk_done(&self, bytes: u64) -> Option<Event> {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen >= self.expected {
+            self.finish(false)
+        } else {
+            None
+        }
+    }
+
+    /// Takes the event for completion (once): with the chunk bytes added, and flagged
+    /// `chunks_unseen` when `incomplete`.
+    pub fn finish(&self, incomplete: bool) -> Option<Event> {
+        let mut event = self.event.lock().ok()?.take()?;
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        event.result_bytes = Some(event.result_bytes.unwrap_or(0) + bytes);
+        if incomplete {
+            event.flags.push("chunks_unseen".into());
+        }
+        Some(event)
+    }
+}
+
 /// Sessions by token, and statements waiting for their outcome.
 pub struct Tracker {
     hasher: RandomState,
     sessions: Mutex<Bounded<Arc<Session>>>,
     by_query_id: Mutex<Bounded<Event>>,
     by_request_id: Mutex<Bounded<Event>>,
+    chunks: Mutex<Bounded<Arc<PendingResult>>>,
+    learned: Mutex<Bounded<Instant>>,
 }
 
 impl Default for Tracker {
@@ -110,6 +160,8 @@ impl Default for Tracker {
             sessions: Mutex::new(Bounded::new(MAX_SESSIONS)),
             by_query_id: Mutex::new(Bounded::new(MAX_PENDING)),
             by_request_id: Mutex::new(Bounded::new(MAX_PENDING)),
+            chunks: Mutex::new(Bounded::new(MAX_PENDING)),
+            learned: Mutex::new(Bounded::new(MAX_SESSIONS)),
         }
     }
 }
@@ -159,6 +211,38 @@ impl Tracker {
         }
     }
 
+    /// Expects a download of `host` + `path` (a chunk URL without its signature) for `pending`.
+    pub fn expect_chunk(&self, host: &str, path: &str, pending: Arc<PendingResult>) {
+        if let Ok(mut m) = self.chunks.lock() {
+            m.insert(format!("{host}{path}"), pending);
+        }
+    }
+
+    /// The statement a download of `host` + `path` belongs to.
+    pub fn take_chunk(&self, host: &str, path: &str) -> Option<Arc<PendingResult>> {
+        self.chunks.lock().ok()?.take(&format!("{host}{path}"))
+    }
+
+    /// Intercepts `host` for connections from cgroup `cgroup_id` for a while (DECISIONS 3).
+    pub fn learn_host(&self, cgroup_id: u64, host: &str) {
+        if let Ok(mut m) = self.learned.lock() {
+            m.insert(
+                format!("{cgroup_id}/{}", host.to_ascii_lowercase()),
+                Instant::now() + LEARNED_HOST_TTL,
+            );
+        }
+    }
+
+    /// Whether `host` was learned for connections from cgroup `cgroup_id` and has not expired.
+    pub fn is_learned(&self, cgroup_id: u64, host: &str) -> bool {
+        let key = format!("{cgroup_id}/{}", host.to_ascii_lowercase());
+        self.learned
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     /// Takes the statement parked under `request_id`.
     pub fn take_request(&self, request_id: &str) -> Option<Event> {
         self.by_request_id.lock().ok()?.take(request_id)
@@ -194,5 +278,42 @@ mod tests {
             b.take(&i.to_string());
         }
         assert!(b.order.len() <= 2 * 16 + 1);
+    }
+
+    #[test]
+    fn learned_hosts_are_per_cgroup() {
+        let t = Tracker::default();
+        t.learn_host(7, "Bucket.S3.amazonaws.com");
+        assert!(t.is_learned(7, "bucket.s3.amazonaws.com"));
+        assert!(!t.is_learned(8, "bucket.s3.amazonaws.com"));
+        assert!(!t.is_learned(7, "other.s3.amazonaws.com"));
+    }
+
+    #[test]
+    fn a_chunked_result_completes_once_with_its_chunk_bytes() {
+        let mut e = Event::new(
+            crate::audit::EventKind::Query,
+            std::time::SystemTime::now(),
+            "h",
+        );
+        e.result_bytes = Some(100);
+        let p = PendingResult::new(e, 2);
+        assert!(p.chunk_done(10).is_none());
+        let done = p.chunk_done(20).unwrap();
+        assert_eq!(done.result_bytes, Some(130));
+        assert!(done.flags.is_empty());
+        assert!(p.finish(true).is_none(), "completed once");
+
+        let p = PendingResult::new(
+            Event::new(
+                crate::audit::EventKind::Query,
+                std::time::SystemTime::now(),
+                "h",
+            ),
+            3,
+        );
+        assert!(p.chunk_done(5).is_none());
+        let late = p.finish(true).unwrap();
+        assert_eq!(late.flags, vec!["chunks_unseen".to_string()]);
     }
 }
