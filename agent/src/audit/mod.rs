@@ -29,10 +29,11 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    AuditConfig, DEFAULT_BATCH_WINDOW_MS, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_ROW_GROUP_ROWS, Durability, OnAuditFailure,
+    AuditConfig, DEFAULT_BATCH_WINDOW_MS, DEFAULT_CHANNEL_CAPACITY, DEFAULT_INTENT_TIMEOUT_S,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PENDING_INTENTS, DEFAULT_ROW_GROUP_ROWS,
+    DEFAULT_SEGMENT_BYTES, Durability, OnAuditFailure,
 };
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
 pub use recovery::RecoveryReport;
 pub use writer::{AuditWriter, ShutdownReport, WriterOptions, WriterTask};
 
@@ -55,6 +56,11 @@ pub enum AuditError {
     /// A writer thread died or could not be started (a bug or resource exhaustion).
     #[error("audit writer failed: {0}")]
     Internal(String),
+    /// A completion came for an intent the writer had already written with `outcome_unknown`
+    /// (it waited longer than `intent_timeout_s`, or was the oldest beyond `max_pending_intents`);
+    /// the statement keeps that row and the completion is not recorded.
+    #[error("the statement's intent was already recorded with outcome_unknown")]
+    IntentExpired,
 }
 
 /// The acknowledgement of one submitted event: resolves once the event is durable or failed.
@@ -62,9 +68,19 @@ pub type Ack = Pin<Box<dyn Future<Output = Result<(), AuditError>> + Send>>;
 
 /// Where events go. Implemented by the audit writer; a logging sink stands in where no writer runs.
 pub trait EventSink: Send + Sync + 'static {
-    /// Takes an event; the returned [`Ack`] resolves when it is durable. Dropping the ack is fine for
-    /// callers that do not need to wait.
+    /// Takes a complete event; the returned [`Ack`] resolves when it is durable. If an intent with
+    /// the same `event_id` is pending, this event completes it: the event is the statement's one
+    /// row. Dropping the ack is fine for callers that do not need to wait.
     fn submit(&self, event: Event) -> Ack;
+
+    /// Journals `event` as a statement's intent; the [`Ack`] resolves when it is durable (what
+    /// `durability = "before_forward"` waits for before the statement goes upstream). No row is
+    /// written for it while it is pending: the complete event submitted later with the same
+    /// `event_id` is the row. An intent never completed (the agent crashed or stopped first, it
+    /// waited longer than `intent_timeout_s`, or it was the oldest beyond `max_pending_intents`) is
+    /// written as it is, with the flag `outcome_unknown`. Submitting an intent again while it is
+    /// pending replaces it.
+    fn submit_intent(&self, event: Event) -> Ack;
 }
 
 /// A sink that writes each event to the log and acknowledges at once; for tools and tests that run
@@ -77,6 +93,14 @@ impl EventSink for LogSink {
         match serde_json::to_string(&event) {
             Ok(line) => tracing::info!(target: "snowtrail::audit", event = %line, "audit event"),
             Err(e) => tracing::warn!(error = %e, "audit event could not be serialised"),
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn submit_intent(&self, event: Event) -> Ack {
+        match serde_json::to_string(&event) {
+            Ok(line) => tracing::debug!(target: "snowtrail::audit", event = %line, "audit intent"),
+            Err(e) => tracing::warn!(error = %e, "audit intent could not be serialised"),
         }
         Box::pin(std::future::ready(Ok(())))
     }

@@ -28,12 +28,17 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use serde::Deserialize;
+use uuid::Uuid;
 
+use super::event::Event;
 use super::files::{
     FileError, FileSettings, META_JOURNAL_ID, META_JOURNAL_SEQS, OpenFile, footer_value, hour_of,
     read_footer,
 };
-use super::journal::{JournalDir, JournalError, SeqRanges, decode_event, read_segment, sync_dir};
+use super::journal::{
+    JournalDir, JournalError, RecordKind, SeqRanges, decode_event, read_segment, split_payload,
+    sync_dir,
+};
 
 /// Why recovery could not finish; the agent must not serve traffic then.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +63,10 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Records already in a published file.
     pub already_published: u64,
-    /// Records written to new files.
+    /// Rows written to new files.
     pub recovered: u64,
+    /// Of those, intents nobody completed, written with the flag `outcome_unknown`.
+    pub outcome_unknown: u64,
     /// Records whose payload could not be decoded (logged; none are expected).
     pub undecodable: u64,
     /// Files published by recovery.
@@ -73,6 +80,143 @@ pub struct RecoveryReport {
 #[derive(Deserialize)]
 struct TimeOnly {
     event_time: SystemTime,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    event_id: Uuid,
+}
+
+/// How [`replay`] treats a journal record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Not part of this replay.
+    Skip,
+    /// Already in a published file: no row, but it settles a pending intent with its `event_id`
+    /// (that intent's row is published, under a later copy or with its completion).
+    Published,
+    /// To be turned into rows.
+    Write,
+}
+
+/// What a [`replay`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Replayed {
+    /// Records taken as published.
+    pub(crate) published: u64,
+    /// Rows handed out.
+    pub(crate) rows: u64,
+    /// Of those, intents nobody completed.
+    pub(crate) unknown: u64,
+    /// Records that could not be decoded.
+    pub(crate) undecodable: u64,
+}
+
+/// Turns journal records into rows the way the writer does, in sequence order: a complete event is
+/// a row (record `seq`) and takes with it the pending intent records with its `event_id`
+/// (`intents`); an intent record waits; after the last record, every intent still waiting is a row
+/// of its own (its last record `seq`, earlier copies in `intents`) with the flag
+/// `outcome_unknown`. Calls `row(intents, seq, event)` for each row.
+///
+/// Recovery replays every record not in a published file; the parquet thread replays exactly the
+/// records of a file it must rebuild. Memory: the ids and numbers of waiting intents, not their
+/// events (those are read again at the end).
+pub(crate) fn replay<E: From<JournalError>>(
+    paths: &[impl AsRef<Path>],
+    take: impl Fn(u64) -> Take,
+    mut row: impl FnMut(&[u64], u64, Event) -> Result<(), E>,
+) -> Result<Replayed, E> {
+    let mut stats = Replayed::default();
+    let mut waiting: HashMap<Uuid, Vec<u64>> = HashMap::new();
+    let mut failed: Option<E> = None;
+    let undecodable = |seq: u64, path: &Path, e: serde_json::Error| {
+        tracing::error!(seq, error = %e, segment = %path.display(), "journal record cannot be decoded");
+    };
+    for path in paths {
+        let path = path.as_ref();
+        read_segment(path, |seq, payload| {
+            if failed.is_some() {
+                return Ok(());
+            }
+            match take(seq) {
+                Take::Skip => {}
+                Take::Published => {
+                    stats.published += 1;
+                    if !waiting.is_empty()
+                        && let Ok(h) = serde_json::from_slice::<IdOnly>(split_payload(payload).1)
+                    {
+                        waiting.remove(&h.event_id);
+                    }
+                }
+                Take::Write => match split_payload(payload) {
+                    (RecordKind::Intent, json) => match serde_json::from_slice::<IdOnly>(json) {
+                        Ok(h) => waiting.entry(h.event_id).or_default().push(seq),
+                        Err(e) => {
+                            undecodable(seq, path, e);
+                            stats.undecodable += 1;
+                        }
+                    },
+                    (RecordKind::Event, json) => match serde_json::from_slice::<Event>(json) {
+                        Ok(event) => {
+                            let intents = waiting.remove(&event.event_id).unwrap_or_default();
+                            stats.rows += 1;
+                            if let Err(e) = row(&intents, seq, event) {
+                                failed = Some(e);
+                            }
+                        }
+                        Err(e) => {
+                            undecodable(seq, path, e);
+                            stats.undecodable += 1;
+                        }
+                    },
+                },
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if waiting.is_empty() {
+        return Ok(stats);
+    }
+    // Intents nobody completed: the last record of each is its row.
+    let mut last: HashMap<u64, Vec<u64>> = HashMap::with_capacity(waiting.len());
+    for (_, mut seqs) in waiting {
+        if let Some(l) = seqs.pop() {
+            last.insert(l, seqs);
+        }
+    }
+    for path in paths {
+        let path = path.as_ref();
+        read_segment(path, |seq, payload| {
+            if failed.is_some() {
+                return Ok(());
+            }
+            let Some(earlier) = last.remove(&seq) else {
+                return Ok(());
+            };
+            match decode_event(payload) {
+                Ok(mut event) => {
+                    event.mark_outcome_unknown();
+                    stats.rows += 1;
+                    stats.unknown += 1;
+                    if let Err(e) = row(&earlier, seq, event) {
+                        failed = Some(e);
+                    }
+                }
+                Err(e) => {
+                    undecodable(seq, path, e);
+                    stats.undecodable += 1;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
 }
 
 /// Runs recovery; on success the journal directory holds no segment and every journaled event is in
@@ -93,7 +237,7 @@ pub fn recover(
     for (first, path) in &segments {
         report.next_seq = report.next_seq.max(*first);
         let end = read_segment(path, |_, payload| {
-            if let Ok(t) = serde_json::from_slice::<TimeOnly>(payload) {
+            if let Ok(t) = serde_json::from_slice::<TimeOnly>(split_payload(payload).1) {
                 hours.insert(hour_of(t.event_time));
             }
             Ok(())
@@ -137,53 +281,47 @@ pub fn recover(
     // Pass 2: write what no file holds.
     let mut open: HashMap<i64, OpenFile> = HashMap::new();
     let mut done: BTreeMap<i64, usize> = BTreeMap::new();
-    let mut result: Result<(), RecoveryError> = Ok(());
-    for (_, path) in &segments {
-        read_segment(path, |seq, payload| {
-            if published.contains(seq) {
-                report.already_published += 1;
-                return Ok(());
-            }
-            let event = match decode_event(payload) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(seq, error = %e, segment = %path.display(), "journal record cannot be decoded");
-                    report.undecodable += 1;
-                    return Ok(());
-                }
-            };
-            if result.is_err() {
-                return Ok(());
-            }
+    let paths: Vec<&Path> = segments.iter().map(|(_, p)| p.as_path()).collect();
+    let take = |seq| {
+        if published.contains(seq) {
+            Take::Published
+        } else {
+            Take::Write
+        }
+    };
+    let mut recovered = 0;
+    let stats = replay(
+        &paths,
+        take,
+        |intents, seq, event| -> Result<(), RecoveryError> {
             let hour = hour_of(event.event_time);
-            let step = (|| -> Result<(), RecoveryError> {
-                let file = match open.remove(&hour) {
-                    Some(f) => f,
-                    None => OpenFile::create(settings, hour, &event, seq, now, true)?,
-                };
-                let mut file = file;
-                file.append(seq, &event)?;
-                if file.size() >= max_file_bytes {
-                    let p = file.publish().map_err(|a| a.error)?;
-                    report.recovered += p.rows;
-                    *done.entry(hour).or_default() += 1;
-                } else {
-                    open.insert(hour, file);
-                }
-                Ok(())
-            })();
-            if let Err(e) = step {
-                result = Err(e);
+            let mut file = match open.remove(&hour) {
+                Some(f) => f,
+                None => OpenFile::create(settings, hour, &event, seq, now, true)?,
+            };
+            file.append(seq, &event)?;
+            for &s in intents {
+                file.cover(s);
+            }
+            if file.size() >= max_file_bytes {
+                let p = file.publish().map_err(|a| a.error)?;
+                recovered += p.rows;
+                *done.entry(hour).or_default() += 1;
+            } else {
+                open.insert(hour, file);
             }
             Ok(())
-        })?;
-    }
-    result?;
+        },
+    )?;
     for (hour, file) in open {
         let p = file.publish().map_err(|a| a.error)?;
-        report.recovered += p.rows;
+        recovered += p.rows;
         *done.entry(hour).or_default() += 1;
     }
+    report.recovered = recovered;
+    report.already_published = stats.published;
+    report.outcome_unknown = stats.unknown;
+    report.undecodable = stats.undecodable;
     report.files = done.values().sum();
 
     // Every record is now in exactly one file: the segments can go.
@@ -202,30 +340,6 @@ pub fn recover(
         })?;
     }
     Ok(report)
-}
-
-/// Reads the events with sequence numbers in `wanted` from the segments at `paths`, in order.
-pub fn read_events(
-    paths: &[impl AsRef<Path>],
-    wanted: &SeqRanges,
-    mut f: impl FnMut(u64, super::Event),
-) -> Result<u64, JournalError> {
-    let mut found = 0;
-    for path in paths {
-        read_segment(path.as_ref(), |seq, payload| {
-            if wanted.contains(seq) {
-                match decode_event(payload) {
-                    Ok(e) => {
-                        found += 1;
-                        f(seq, e);
-                    }
-                    Err(e) => tracing::error!(seq, error = %e, "journal record cannot be decoded"),
-                }
-            }
-            Ok(())
-        })?;
-    }
-    Ok(found)
 }
 
 #[cfg(test)]

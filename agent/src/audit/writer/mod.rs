@@ -40,6 +40,7 @@
 //! journal and sync threads), `parquet_stage` (the parquet thread); this file holds the public API.
 
 mod core;
+mod intents;
 mod journal_thread;
 mod parquet_stage;
 
@@ -52,8 +53,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::core::{Core, Health, Msg, PMsg, Seg, SyncState, lock};
-use self::journal_thread::{JournalWriter, run_sync};
+use self::core::{AckTx, Core, Health, Msg, PMsg, Seg, SyncState, lock};
+use self::intents::Intents;
+use self::journal_thread::{JournalWriter, Throttled, run_sync};
 use self::parquet_stage::ParquetStage;
 use super::clock::Clock;
 use super::config::{AuditConfig, OnAuditFailure};
@@ -106,6 +108,9 @@ pub struct ShutdownReport {
     pub gap_events: u64,
     /// Durable events that could not be written to Parquet and stay in the journal for the next start.
     pub left_in_journal: u64,
+    /// Intents written with the flag `outcome_unknown` since start: past `intent_timeout_s`,
+    /// beyond `max_pending_intents`, or still pending at this shutdown.
+    pub intents_unknown: u64,
 }
 
 impl AuditWriter {
@@ -136,9 +141,19 @@ impl AuditWriter {
 
 impl EventSink for AuditWriter {
     fn submit(&self, event: Event) -> Ack {
+        self.send(event, Msg::Event)
+    }
+
+    fn submit_intent(&self, event: Event) -> Ack {
+        self.send(event, Msg::Intent)
+    }
+}
+
+impl AuditWriter {
+    fn send(&self, event: Event, msg: fn(Event, AckTx) -> Msg) -> Ack {
         let (ack_tx, ack_rx) = oneshot::channel();
         let recv = async move { ack_rx.await.unwrap_or(Err(AuditError::Closed)) };
-        match self.tx.try_send(Msg::Event(event, ack_tx)) {
+        match self.tx.try_send(msg(event, ack_tx)) {
             Ok(()) => Box::pin(recv),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 Box::pin(std::future::ready(Err(AuditError::Closed)))
@@ -204,12 +219,16 @@ impl WriterTask {
                 files_published: core.files_published.load(Ordering::Relaxed),
                 gap_events: core.health.gap_events.load(Ordering::Relaxed),
                 left_in_journal: left,
+                intents_unknown: core.intents_unknown.load(Ordering::Relaxed),
             })
         })
         .await
         .map_err(|e| AuditError::Internal(format!("shutdown task failed: {e}")))?
     }
 }
+
+/// Room for one batch of records, reserved once.
+const MAX_BATCH_HINT: usize = 1024;
 
 fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), AuditError> {
     let rec = |e: &dyn std::fmt::Display| AuditError::Recovery(e.to_string());
@@ -247,6 +266,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
             stop: false,
             gap: None,
             gap_carry: None,
+            undo: Vec::new(),
         }),
         cv: Condvar::new(),
         segs: Mutex::new(VecDeque::from([Seg {
@@ -259,6 +279,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         journal,
         events_written: AtomicU64::new(0),
         files_published: AtomicU64::new(0),
+        intents_unknown: AtomicU64::new(0),
         batch_window: Duration::from_millis(opts.config.batch_window_ms),
     });
 
@@ -277,6 +298,9 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         failed: BTreeMap::new(),
         next_retry: Instant::now(),
         ticker: tx.downgrade(),
+        next_tick: Instant::now(),
+        intents: HashMap::new(),
+        payload: Vec::new(),
     };
     let parquet = std::thread::Builder::new()
         .name("audit-parquet".into())
@@ -301,6 +325,16 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         clock: opts.clock.clone(),
         on_failure: opts.on_failure,
         parquet: ptx.clone(),
+        seg_first: report.next_seq,
+        segment_bytes: opts.config.segment_bytes.max(HEADER_LEN + 1),
+        intents: Intents::new(
+            opts.config.max_pending_intents,
+            Duration::from_secs(opts.config.intent_timeout_s),
+        ),
+        staged: Vec::with_capacity(MAX_BATCH_HINT),
+        next_maintenance: Instant::now(),
+        late: Throttled::default(),
+        overflow: Throttled::default(),
     };
     let journal = std::thread::Builder::new()
         .name("audit-journal".into())
