@@ -531,6 +531,65 @@ mod tests {
     }
 
     #[test]
+    fn intent_records_and_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = JournalDir::open(dir.path()).unwrap();
+        let (path, mut f) = j.create_segment(1).unwrap();
+        let e = Event::new(EventKind::Query, SystemTime::now(), "h");
+        let mut buf = Vec::new();
+        encode_kind(&mut buf, 1, RecordKind::Intent, &e).unwrap();
+        let second = buf.len() as u64;
+        encode_record(&mut buf, 2, &e).unwrap();
+        f.write_all(&buf).unwrap();
+        let mut kinds = Vec::new();
+        read_segment(&path, |seq, p| {
+            let (kind, _) = split_payload(p);
+            assert_eq!(decode_event(p).unwrap(), e);
+            kinds.push((seq, kind));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            kinds,
+            vec![(1, RecordKind::Intent), (2, RecordKind::Event)]
+        );
+
+        // Read back by position, then copied forward under a new number.
+        let file = File::open(&path).unwrap();
+        let mut payload = Vec::new();
+        read_record_at(&file, &path, HEADER_LEN, 1, &mut payload).unwrap();
+        assert_eq!(split_payload(&payload).0, RecordKind::Intent);
+        assert!(matches!(
+            read_record_at(&file, &path, HEADER_LEN, 7, &mut payload),
+            Err(JournalError::BadRecord { seq: 7, .. })
+        ));
+        assert!(read_record_at(&file, &path, HEADER_LEN + second, 2, &mut payload).is_ok());
+        assert!(read_record_at(&file, &path, 1 << 20, 3, &mut payload).is_err());
+        read_record_at(&file, &path, HEADER_LEN, 1, &mut payload).unwrap();
+        let mut copy = Vec::new();
+        encode_payload(&mut copy, 3, &payload).unwrap();
+        f.write_all(&copy).unwrap();
+        let mut last = None;
+        read_segment(&path, |seq, p| {
+            last = Some((seq, split_payload(p).0, decode_event(p).unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(last, Some((3, RecordKind::Intent, e)));
+    }
+
+    #[test]
+    fn seq_ranges_out_of_order() {
+        let mut r = SeqRanges::default();
+        for s in [10, 12, 14, 11, 13, 1, 3, 2, 20, 19, 21] {
+            r.insert(s);
+        }
+        assert_eq!(r.to_string(), "1-3,10-14,19-21");
+        r.insert(12);
+        assert_eq!(r.count(), 11);
+    }
+
+    #[test]
     fn seq_ranges() {
         let mut r = SeqRanges::default();
         for s in [1, 2, 3, 7, 8, 5, 4] {

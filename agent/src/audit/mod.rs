@@ -56,9 +56,9 @@ pub enum AuditError {
     /// A writer thread died or could not be started (a bug or resource exhaustion).
     #[error("audit writer failed: {0}")]
     Internal(String),
-    /// A completion came for an intent the writer had already written with `outcome_unknown`
-    /// (it waited longer than `intent_timeout_s`, or was the oldest beyond `max_pending_intents`);
-    /// the statement keeps that row and the completion is not recorded.
+    /// A completion (or the intent again) came for an intent the writer had already written with
+    /// `outcome_unknown` (it waited longer than `intent_timeout_s`, or was the oldest beyond
+    /// `max_pending_intents`); the statement keeps that row and this event is not recorded.
     #[error("the statement's intent was already recorded with outcome_unknown")]
     IntentExpired,
 }

@@ -346,10 +346,11 @@ pub fn recover(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::audit::journal::encode_record;
-    use crate::audit::{Event, EventKind};
+    use crate::audit::journal::{RecordKind, encode_kind, encode_record};
+    use crate::audit::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
     use std::io::Write;
     use std::time::{Duration, UNIX_EPOCH};
+    use super::super::files::read_footer;
 
     fn settings(dir: &Path, journal: &JournalDir) -> FileSettings {
         FileSettings {
@@ -412,5 +413,105 @@ mod tests {
         let r = recover(&journal, &s, u64::MAX, t0).unwrap();
         assert_eq!(r.records, 0);
         assert_eq!(all_ids(&s.audit_dir), want);
+    }
+
+    /// Writes `records` (kind, event) as one segment starting at `first`.
+    fn segment(journal: &JournalDir, first: u64, records: &[(RecordKind, &Event)]) {
+        let (_, mut seg) = journal.create_segment(first).unwrap();
+        let mut buf = Vec::new();
+        for (i, (kind, e)) in records.iter().enumerate() {
+            encode_kind(&mut buf, first + i as u64, *kind, e).unwrap();
+        }
+        seg.write_all(&buf).unwrap();
+    }
+
+    fn completed(intent: &Event) -> Event {
+        let mut c = intent.clone();
+        c.query_id = Some("01-done".into());
+        c.success = Some(true);
+        c
+    }
+
+    fn footer_seqs(audit: &Path) -> SeqRanges {
+        let mut all = SeqRanges::default();
+        for f in crate::audit::inspect::list_files(audit).unwrap() {
+            let meta = read_footer(&f.path).unwrap();
+            all.extend(&SeqRanges::parse(footer_value(&meta, META_JOURNAL_SEQS).unwrap()).unwrap());
+        }
+        all
+    }
+
+    /// Intents meet their completions across segments; an intent copied forward is one statement;
+    /// intents nobody completed are written once with outcome_unknown.
+    #[test]
+    fn intents_pair_across_segments_and_the_rest_are_unknown() {
+        use RecordKind::{Event as E, Intent as I};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalDir::open(dir.path()).unwrap();
+        let s = settings(dir.path(), &journal);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = Event::new(EventKind::Query, t0, "h");
+        let b = Event::new(EventKind::Query, t0, "h");
+        let c = Event::new(EventKind::Query, t0 + Duration::from_secs(3600), "h");
+        let plain = Event::new(EventKind::Login, t0, "h");
+        let a_done = completed(&a);
+        segment(&journal, 1, &[(I, &a), (I, &b), (E, &plain)]);
+        // b copied forward into the next segment, its original still there (a crash before the
+        // first segment was deleted).
+        segment(&journal, 4, &[(E, &a_done), (I, &c), (I, &b)]);
+
+        let r = recover(&journal, &s, u64::MAX, t0).unwrap();
+        assert_eq!(r.records, 6);
+        assert_eq!(r.recovered, 4);
+        assert_eq!(r.outcome_unknown, 2);
+        let rows = crate::audit::inspect::read_events(&s.audit_dir).unwrap();
+        let by_id: HashMap<_, _> = rows.iter().map(|e| (e.event_id, e)).collect();
+        assert_eq!(rows.len(), 4, "one row per statement");
+        assert_eq!(by_id[&a.event_id], &a_done);
+        assert_eq!(by_id[&plain.event_id], &plain);
+        for e in [&b, &c] {
+            let row = by_id[&e.event_id];
+            assert_eq!(row.flags, vec![FLAG_OUTCOME_UNKNOWN.to_owned()]);
+            assert_eq!(row.query_id, None);
+        }
+        // Every record is accounted for in some footer.
+        assert_eq!(footer_seqs(&s.audit_dir).to_string(), "1-6");
+        assert!(journal.segments().unwrap().is_empty());
+        assert_eq!(recover(&journal, &s, u64::MAX, t0).unwrap().records, 0);
+    }
+
+    /// The crash this is about with intents: the statement's row is published under the intent's
+    /// latest copy, but an older segment still holds the original record. It must not come back as
+    /// an outcome_unknown row.
+    #[test]
+    fn a_published_row_settles_stale_copies_of_its_intent() {
+        use RecordKind::{Event as E, Intent as I};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalDir::open(dir.path()).unwrap();
+        let s = settings(dir.path(), &journal);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let x = Event::new(EventKind::Query, t0, "h");
+        let y = Event::new(EventKind::Query, t0, "h");
+        let x_done = completed(&x);
+        // seq 1: x, 2: y (originals); 3: x copy, 4: x completed, 5: y copy.
+        segment(&journal, 1, &[(I, &x), (I, &y)]);
+        segment(&journal, 3, &[(I, &x), (E, &x_done), (I, &y)]);
+        // Published before the crash: x's completed row (records 3 and 4) and y as unknown
+        // (record 5, at shutdown or after its timeout).
+        let hour = hour_of(t0);
+        let mut f = OpenFile::create(&s, hour, &x_done, 4, t0, false).unwrap();
+        f.append(4, &x_done).unwrap();
+        f.cover(3);
+        let mut y_unknown = y.clone();
+        y_unknown.mark_outcome_unknown();
+        f.append(5, &y_unknown).unwrap();
+        f.publish().unwrap();
+
+        let r = recover(&journal, &s, u64::MAX, t0).unwrap();
+        assert_eq!(r.already_published, 3);
+        assert_eq!(r.recovered, 0, "{r:?}");
+        let rows = crate::audit::inspect::read_events(&s.audit_dir).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(journal.segments().unwrap().is_empty());
     }
 }

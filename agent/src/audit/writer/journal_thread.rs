@@ -296,7 +296,9 @@ impl JournalWriter {
                 Item::Event(e) => (e, RecordKind::Event),
                 Item::Intent(e) => (e, RecordKind::Intent),
             };
-            if kind == RecordKind::Event && self.intents.is_late(&event.event_id) {
+            // A completion (or a resubmitted intent) of a statement already written with
+            // outcome_unknown would be a second row: refused.
+            if self.intents.is_late(&event.event_id) {
                 if let Some(n) = self.late.hit() {
                     tracing::warn!(
                         event_id = %event.event_id,
