@@ -121,7 +121,10 @@ async fn a_completion_after_its_hour_closed_goes_to_a_new_file_of_that_hour() {
         .into_iter()
         .find(|p| *p != first)
         .unwrap();
-    assert_eq!(inspect::read_file_events(&second).unwrap(), vec![done.clone()]);
+    assert_eq!(
+        inspect::read_file_events(&second).unwrap(),
+        vec![done.clone()]
+    );
 
     let report = task.shutdown().await.unwrap();
     assert_eq!(report.intents_unknown, 0);

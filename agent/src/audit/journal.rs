@@ -549,10 +549,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(
-            kinds,
-            vec![(1, RecordKind::Intent), (2, RecordKind::Event)]
-        );
+        assert_eq!(kinds, vec![(1, RecordKind::Intent), (2, RecordKind::Event)]);
 
         // Read back by position, then copied forward under a new number.
         let file = File::open(&path).unwrap();

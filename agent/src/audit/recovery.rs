@@ -345,12 +345,12 @@ pub fn recover(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::files::read_footer;
     use super::*;
     use crate::audit::journal::{RecordKind, encode_kind, encode_record};
     use crate::audit::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
     use std::io::Write;
     use std::time::{Duration, UNIX_EPOCH};
-    use super::super::files::read_footer;
 
     fn settings(dir: &Path, journal: &JournalDir) -> FileSettings {
         FileSettings {

@@ -9,9 +9,9 @@
 //! With `--intents` the tasks behave like the proxy with `durability = "before_forward"`: most
 //! events are statements, submitted as an intent (line `I <id>` once acknowledged) and then
 //! completed with the same id (line `C <id>` once acknowledged), some at once, some many
-//! statements later, some never; the rest are plain events (line `<id>`). Small journal segments
-//! and a small `max_pending_intents` make kills land around segment rotation, intents copied
-//! forward and intents given up on for the bound.
+//! statements later, some never; the rest are plain events (line `<id>`). Small journal segments,
+//! and a small `max_pending_intents` or `intent_timeout_s` (every other run), make kills land
+//! around segment rotation, intents copied forward, and intents given up on.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -83,7 +83,12 @@ async fn main() -> anyhow::Result<()> {
     };
     if intents {
         config.segment_bytes = 64 * 1024;
-        config.max_pending_intents = 64;
+        // Runs alternate between giving up on intents for the bound and for the timeout.
+        if run.is_multiple_of(2) {
+            config.max_pending_intents = 128;
+        } else {
+            config.intent_timeout_s = 1;
+        }
     }
     let (writer, task) = AuditWriter::start(WriterOptions {
         state_dir: state,
@@ -105,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
             while count.is_none_or(|c| i < c) {
                 let e = statement(run, t, i);
                 let id = e.event_id;
-                if !intents || i % 8 == 0 {
+                if !intents || i.is_multiple_of(8) {
                     if writer.submit(e).await.is_ok() {
                         print(format!("{id}\n"));
                     }

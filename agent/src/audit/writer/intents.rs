@@ -44,12 +44,20 @@ pub(super) struct Intents {
     /// Arrival order as (generation, id); entries no longer in the table are skipped lazily and
     /// swept out when they outnumber the live ones.
     order: VecDeque<(u64, Uuid)>,
+    /// The intents given up on, newest last, so that their completions are refused; at most
+    /// `expired_cap` of them (16 bytes each), far more than can be pending.
     expired: HashSet<Uuid>,
     expired_order: VecDeque<Uuid>,
+    expired_cap: usize,
     next_generation: u64,
     max_pending: usize,
     timeout: Duration,
 }
+
+/// How many intents given up on are remembered, at least; and at least this many times
+/// `max_pending_intents`.
+const MIN_EXPIRED_REMEMBERED: usize = 65_536;
+const EXPIRED_REMEMBERED_PER_PENDING: usize = 4;
 
 impl Intents {
     pub(super) fn new(max_pending: usize, timeout: Duration) -> Self {
@@ -58,6 +66,9 @@ impl Intents {
             order: VecDeque::new(),
             expired: HashSet::new(),
             expired_order: VecDeque::new(),
+            expired_cap: max_pending
+                .saturating_mul(EXPIRED_REMEMBERED_PER_PENDING)
+                .max(MIN_EXPIRED_REMEMBERED),
             next_generation: 0,
             max_pending: max_pending.max(1),
             timeout,
@@ -215,7 +226,7 @@ impl Intents {
         self.table.remove(&id);
         if self.expired.insert(id) {
             self.expired_order.push_back(id);
-            if self.expired_order.len() > self.max_pending
+            if self.expired_order.len() > self.expired_cap
                 && let Some(old) = self.expired_order.pop_front()
             {
                 self.expired.remove(&old);
