@@ -5,12 +5,26 @@
 //! (a statement about to go upstream) awaits the [`Ack`]. The promise: every event the agent
 //! acknowledges ends up in exactly one Parquet file, whatever happens to the process.
 //!
+//! A statement is recorded in two steps but is one row (DECISIONS.md 10–12). Before it goes
+//! upstream the proxy submits its *intent* ([`EventSink::submit_intent`]) and, with
+//! `durability = "before_forward"`, awaits its acknowledgement; when the response comes back it
+//! submits the *completion* ([`EventSink::submit`], same `event_id` and `event_time`) and does not
+//! wait. The completion is the statement's row. An intent that is never completed (the agent
+//! crashed or stopped first, or the intent waited past `intent_timeout_s` or was the oldest beyond
+//! `max_pending_intents`) is written as it is, with the flag `outcome_unknown`; a completion that
+//! comes after that is refused ([`AuditError::IntentExpired`]). Either way one row, exactly once:
+//! the journal records both kinds, and the writer and recovery pair them by `event_id` in journal
+//! order (`recovery` has the argument).
+//!
 //! Files, one concern each:
 //! - `event`: the row ([`Event`], [`EventKind`]); `schema`: the Arrow schema, its documentation
 //!   (with OCSF Datastore Activity names) and the Event ↔ Arrow conversion;
-//! - `journal`: the write-ahead journal's format; `files`: Parquet layout, naming and atomic publish;
-//! - `recovery`: journal → Parquet at start, and the exactly-once argument;
-//! - `writer`: [`AuditWriter`] and its threads (group commit, rotation, failure handling);
+//! - `journal`: the write-ahead journal's format (event and intent records); `files`: Parquet
+//!   layout, naming and atomic publish;
+//! - `recovery`: journal → Parquet at start (pairing intents with completions), and the
+//!   exactly-once argument;
+//! - `writer`: [`AuditWriter`] and its threads (group commit, rotation, pending intents, failure
+//!   handling);
 //! - `clock`, `config`: injected time and the `[audit]` settings;
 //! - `inspect`: the `audit ls|tail|verify` and `replay` commands as library functions.
 //!

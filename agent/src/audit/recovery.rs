@@ -1,26 +1,60 @@
 //! Start-up recovery: turns every journal segment left behind into Parquet, exactly once, before the
 //! writer serves traffic.
 //!
+//! Rows and records. Most rows stand for one journal record (an event). A statement's row stands
+//! for several: its completion and the intent record it completes; an intent nobody completed is
+//! a row of its own (flag `outcome_unknown`) standing for its latest intent record. An intent can
+//! have several records: the writer copies a pending intent forward out of an old segment (so that
+//! a long statement does not hold the journal), and a resubmitted intent replaces the earlier one;
+//! each new record supersedes the previous one. A published file lists in its footer every record
+//! its rows stand for.
+//!
 //! The argument, step by step:
-//! 1. An event is acknowledged only after the fdatasync that covers its whole journal record, so
-//!    every acknowledged event is an intact record of some segment (a torn tail holds only
+//! 1. An event or intent is acknowledged only after the fdatasync that covers its whole journal
+//!    record, so every acknowledged one is an intact record of some segment (a torn tail holds only
 //!    unacknowledged ones, and reading stops there).
-//! 2. A segment is deleted only once every event in it is in a published file (renamed into place,
-//!    directory synced), so a journaled event is always either in a segment or in a file.
-//! 3. A published file names, in its footer, the journal (`snowtrail.journal_id`) and the sequence
-//!    numbers (`snowtrail.journal_seqs`) it holds. The rename is the commit point: a file is either
-//!    absent or complete. A file holds events of one hour, so the files that can hold a journaled
-//!    event are in the partition of that event's hour.
-//! 4. Recovery reads the segments, lists the partitions of the hours they touch, reads the footers of
-//!    this journal's files there, and writes exactly the events no file holds, through the same
-//!    publish protocol; then it deletes the segments. A crash anywhere in recovery leaves either the
-//!    segments (and recovery runs again, skipping what it published) or nothing left to do.
+//! 2. A record is released, and may leave the journal, only when a published file lists it, when a
+//!    later record of the same intent is durable (it is superseded), or when it failed (never
+//!    acknowledged). Segments are deleted whole and oldest first, so what the journal holds is
+//!    always a suffix: if a record is there, every later record is too.
+//! 3. A published file names, in its footer, the journal (`snowtrail.journal_id`) and the records
+//!    (`snowtrail.journal_seqs`) its rows stand for. The rename is the commit point: a file is
+//!    either absent or complete. A file holds rows of one hour (the row's `event_time`).
+//! 4. Rows are made one way everywhere (the parquet thread, its rebuilds, and here: `replay`):
+//!    in journal order, a complete event takes with it the pending intent records with its
+//!    `event_id`; an intent record waits. The live writer writes a waiting intent as
+//!    `outcome_unknown` when the journal thread gives up on it (timeout, bound; an in-memory
+//!    decision sent down the same ordered path) or at shutdown; recovery does so for the intents
+//!    still waiting after the last record. The journal thread decides, in journal order, whether a
+//!    complete event completes a pending intent or comes too late (the intent was given up on); a
+//!    late one is refused and never journaled. So a statement never gets both a completed row and
+//!    an `outcome_unknown` row, and a live row always lists the statement's last intent record and
+//!    the completion: nothing of the statement is journaled after them.
+//! 5. Recovery reads the segments, lists the partitions of the hours they touch, reads the footers of
+//!    this journal's files there, and replays the records no file lists. A listed record yields no
+//!    row but settles a waiting intent with its `event_id`: that statement's row is published (an
+//!    earlier copy of its intent, superseded and released without being listed, may still be in
+//!    the journal). The files that can list a journaled record are found: a statement's row lies in
+//!    the hour of its last record (its completion, or its latest intent record), which by 2 is in
+//!    the journal whenever any record of the statement is, so its hour is listed. Recovery writes
+//!    its rows through the same publish protocol, then deletes the segments. A crash anywhere in
+//!    recovery leaves either the segments (and recovery runs again, skipping what it published) or
+//!    nothing left to do.
 //!
 //! So a crash between a Parquet rename and the journal's truncation costs nothing: the footer says the
-//! events are already out. Left-over temporary files (`.*.tmp`) of this host are removed.
+//! records are already out. And every acknowledged intent ends as exactly one row: the completed one
+//! if its completion reached the journal (acknowledged or not), else the intent with
+//! `outcome_unknown`. Left-over temporary files (`.*.tmp`) of this host are removed.
+//!
+//! Limits: a late completion is recognised from a bounded memory of the intents given up on (at
+//! least 65,536 and four times `max_pending_intents`); one that comes after more intents than that
+//! were given up on is recorded as a row of its own, a second row for the statement. That memory,
+//! like the pending intents themselves, does not survive a restart, which cannot matter: a
+//! completion is submitted by the process that submitted the intent.
 //!
 //! Recovery does not repair Parquet files, and it reads the journal twice (event times first, then
-//! the events that are missing) so that its memory stays bounded by the open files' row buffers.
+//! the records that are missing; a third time for the events of intents nobody completed) so that
+//! its memory stays bounded by the open files' row buffers and the ids of waiting intents.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;

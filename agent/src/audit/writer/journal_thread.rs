@@ -339,7 +339,7 @@ impl JournalWriter {
                         if let Some(n) = self.overflow.hit() {
                             tracing::warn!(
                                 count = n,
-                                max_pending_intents = self.intents.len(),
+                                pending = self.intents.len(),
                                 "too many statements in flight: the oldest intents are written \
                                  with outcome_unknown"
                             );

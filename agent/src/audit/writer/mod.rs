@@ -2,10 +2,16 @@
 //! commit, acknowledges them, and turns them into hourly Parquet files.
 //!
 //! Three threads, so that no tokio worker ever waits on the disk:
-//! - **journal** (owns the bounded channel's receiver): takes every event waiting in the channel,
-//!   encodes them into one buffer, appends it to the current segment with one `write`, and queues
-//!   their acknowledgements behind the written position. It rotates segments at
-//!   [`SEGMENT_BYTES`](super::journal::SEGMENT_BYTES), and after a failure reopens a fresh segment.
+//! - **journal** (owns the bounded channel's receiver): takes every event and intent waiting in the
+//!   channel, encodes them into one buffer, appends it to the current segment with one `write`,
+//!   and queues their acknowledgements behind the written position. It rotates segments at
+//!   `segment_bytes` (default [`SEGMENT_BYTES`](super::journal::SEGMENT_BYTES)), and after a
+//!   failure reopens a fresh segment. It keeps the table of pending intents (`intents`): a complete
+//!   event with a pending intent's id completes it, one whose intent was given up on is refused
+//!   with [`AuditError::IntentExpired`]; once a second it gives up on intents older than
+//!   `intent_timeout_s` (and on the oldest whenever a new one would exceed `max_pending_intents`),
+//!   and it copies forward the pending intents that alone hold sealed segments at the front of the
+//!   journal (their other records all published), so a long statement never holds old segments.
 //! - **sync**: whenever the written position is ahead of the synced one and no fdatasync is in
 //!   flight, it starts one at once; events written meanwhile wait for the next, which starts as soon
 //!   as the in-flight one returns (DECISIONS.md 12). One fdatasync at a time on purpose: after a
@@ -13,12 +19,17 @@
 //!   fsyncs could acknowledge lost events. An event waits therefore at most for the in-flight
 //!   fdatasync and its own, never for a timer: an idle agent pays one fdatasync per statement, a busy
 //!   one shares each. `batch_window_ms` is the wait this must stay within; an fdatasync slower than
-//!   the window is logged (at most once a minute). When an fdatasync returns, the sync thread resolves the acknowledgements it covers and passes the
-//!   events on to Parquet (only durable events reach Parquet).
-//! - **parquet**: appends events to the open file of their hour (`event_time`, UTC), closes files
-//!   at the hour boundary (writer clock), at `max_file_bytes`, at `max_file_age_s`, a few seconds
-//!   after opening for rows that arrived after their hour closed, and at shutdown; publishes them
-//!   atomically (`files`), then releases the journal segments whose events are all published.
+//!   the window is logged (at most once a minute). When an fdatasync returns, the sync thread
+//!   resolves the acknowledgements it covers and passes the records on to Parquet (only durable
+//!   records reach Parquet), in journal order.
+//! - **parquet**: keeps where each pending intent's latest record is (no row for it yet; the event
+//!   itself is read back from the journal if it is ever needed), appends each complete event to the
+//!   open file of its hour (`event_time`, UTC) together with the intent it completes, writes the
+//!   intents given up on (and, at shutdown, those still pending) with `outcome_unknown`, closes
+//!   files at the hour boundary (writer clock), at `max_file_bytes`, at `max_file_age_s`, a few
+//!   seconds after opening for rows that arrived after their hour closed (a completion after its
+//!   hour's file closed, for one), and at shutdown; publishes them atomically (`files`), then
+//!   releases the journal records they hold, and the segments whose records are all released.
 //!
 //! On a journal write or sync failure (disk full, directory unwritable) every unsynced event's
 //! acknowledgement fails with [`AuditError::Journal`], [`AuditWriter::healthy`] turns false, the
@@ -36,8 +47,18 @@
 //! A Parquet failure does not fail acknowledgements (the events are durable in the journal); the
 //! file is dropped and rebuilt from the journal every few seconds until it can be written.
 //!
-//! Files: `core` (state the threads share, and how pending events settle), `journal_thread` (the
-//! journal and sync threads), `parquet_stage` (the parquet thread); this file holds the public API.
+//! A journal record that fails takes back what it did to the intent table (a failed intent is no
+//! longer pending; a failed completion leaves its intent pending), so an intent's completion
+//! submitted anyway under `on_audit_failure = "allow"` is the statement's row, and a failed
+//! completion's intent is still written once, as `outcome_unknown` if nothing completes it.
+//!
+//! Memory for intents: the journal thread keeps about a hundred bytes per pending intent and 16
+//! per intent given up on (a bounded number), the parquet thread a few dozen per pending intent;
+//! intent events are not kept.
+//!
+//! Files: `core` (state the threads share, and how pending records settle), `intents` (the
+//! journal thread's intent table), `journal_thread` (the journal and sync threads),
+//! `parquet_stage` (the parquet thread); this file holds the public API.
 
 mod core;
 mod intents;
@@ -100,7 +121,8 @@ pub struct WriterTask {
 /// What a clean shutdown did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Events made durable since start (the writer's own lifecycle events included).
+    /// Journal records made durable since start: events, intents (a statement counts its intent
+    /// and its completion), the writer's own lifecycle events, and intents copied forward.
     pub events_written: u64,
     /// Parquet files published since start (recovery's not included).
     pub files_published: u64,
