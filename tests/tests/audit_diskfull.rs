@@ -198,32 +198,40 @@ async fn disk_full_with_intents() {
 
     let filler_path = fs.path.join("filler");
     let filler = fill(&filler_path);
-    // Fail until the writer knows the journal is not writable.
+    // The first records to meet the full disk: a's completion, then c's intent (each fails, unless
+    // it still fit in a page the journal already had).
+    let a_done = completed(&a);
+    let a_first = w.submit(a_done.clone()).await;
+    let c = statement(3);
+    let c_first = w.submit_intent(c.clone()).await;
+    // Fail until the writer knows the journal is not writable; then d's intent fails at once.
     let mut i = 10;
     while w.healthy() {
         let _ = w.submit(rich_event(EventKind::Login, t0, i)).await;
         i += 1;
     }
-    let c = statement(3);
-    let c_intent = w.submit_intent(c.clone()).await;
+    let d = statement(4);
+    let d_intent = w.submit_intent(d.clone()).await;
     assert!(
-        matches!(c_intent, Err(AuditError::Journal(_))),
-        "{c_intent:?}"
+        matches!(d_intent, Err(AuditError::Journal(_))),
+        "{d_intent:?}"
     );
-    let a_done = completed(&a);
-    let a_first = w.submit(a_done.clone()).await;
     assert!(
-        matches!(a_first, Err(AuditError::Journal(_))),
-        "{a_first:?}"
+        a_first.is_err() || c_first.is_err(),
+        "nothing failed on a full disk"
     );
 
     drop(filler);
     std::fs::remove_file(&filler_path).unwrap();
     wait_until("the writer to recover", || w.healthy());
-    // Under `allow` the statement c went upstream anyway: its completion is its row.
-    let c_done = completed(&c);
+    // Under `allow` the statements went upstream anyway: their completions are their rows.
+    let (c_done, d_done) = (completed(&c), completed(&d));
     w.submit(c_done.clone()).await.unwrap();
-    w.submit(a_done.clone()).await.unwrap();
+    w.submit(d_done.clone()).await.unwrap();
+    if a_first.is_err() {
+        // Its intent is still pending: completed now.
+        w.submit(a_done.clone()).await.unwrap();
+    }
     let report = task.shutdown().await.unwrap();
     assert_eq!(report.intents_unknown, 1);
     assert_eq!(report.left_in_journal, 0);
@@ -239,6 +247,7 @@ async fn disk_full_with_intents() {
     }
     assert_eq!(rows[&a.event_id], a_done);
     assert_eq!(rows[&c.event_id], c_done);
+    assert_eq!(rows[&d.event_id], d_done);
     let mut b_unknown = b.clone();
     b_unknown.flags.push("outcome_unknown".into());
     assert_eq!(rows[&b.event_id], b_unknown);

@@ -304,7 +304,7 @@ impl JournalWriter {
                         event_id = %event.event_id,
                         query_id = event.query_id.as_deref().unwrap_or(""),
                         count = n,
-                        "statement completions came after their intents were written with \
+                        "statement events came after their intents were written with \
                          outcome_unknown (intent_timeout_s or max_pending_intents); not recorded"
                     );
                 }
@@ -359,8 +359,8 @@ impl JournalWriter {
                     };
                     let time = event.event_time;
                     let undo = self.intents.record(id, loc, time, now);
-                    // The event itself is not needed any more: it is read back from the journal
-                    // if it is ever written as an intent.
+                    // The event itself is not kept: should the intent become a row of its own
+                    // (outcome_unknown), it is read back from the journal.
                     drop(event);
                     staged.push(Pending {
                         end,
