@@ -1,5 +1,7 @@
 //! `kill -9` in a loop while events stream: after recovery, every acknowledged event is in exactly
-//! one Parquet file, and nothing else is there but the few events in flight at each kill.
+//! one Parquet file, and nothing else is there but the few events in flight at each kill. The same
+//! with statement intents: every acknowledged intent is exactly one row, the completed one if its
+//! completion was acknowledged, else the completed one or the intent flagged `outcome_unknown`.
 #![allow(clippy::unwrap_used)]
 
 mod audit_common;
@@ -10,17 +12,46 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use snowtrail::audit::inspect;
+use snowtrail::audit::{Event, FLAG_OUTCOME_UNKNOWN, inspect};
 use uuid::Uuid;
 
 const KILLS: u64 = 24;
 const TASKS: u64 = 8;
 
-#[test]
-fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
-    let dirs = audit_common::Dirs::new();
+/// What the stress binary acknowledged over all runs.
+#[derive(Default)]
+struct Acked {
+    /// Plain events.
+    events: HashSet<Uuid>,
+    /// Intents.
+    intents: HashSet<Uuid>,
+    /// Completions of intents.
+    completions: HashSet<Uuid>,
+}
+
+impl Acked {
+    /// Takes one line of the stress binary's output; a partial line (cut by the kill) is ignored.
+    fn take(&mut self, line: &str) {
+        let (set, id) = match line.split_once(' ') {
+            Some(("I", id)) => (&mut self.intents, id),
+            Some(("C", id)) => (&mut self.completions, id),
+            _ => (&mut self.events, line),
+        };
+        if let Ok(id) = Uuid::parse_str(id) {
+            set.insert(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len() + self.intents.len()
+    }
+}
+
+/// Runs the stress binary KILLS times, killing it with SIGKILL at varied moments, then once more to
+/// a clean shutdown; returns what it acknowledged and the rows found afterwards.
+fn kill_loop(dirs: &audit_common::Dirs, intents: bool) -> (Acked, Vec<Event>) {
     let bin = env!("CARGO_BIN_EXE_audit-stress");
-    let mut acked: HashSet<Uuid> = HashSet::new();
+    let mut acked = Acked::default();
     for run in 0..=KILLS {
         let last = run == KILLS;
         let mut cmd = Command::new(bin);
@@ -30,6 +61,9 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
             .arg(TASKS.to_string());
         if last {
             cmd.arg("200");
+        }
+        if intents {
+            cmd.arg("--intents");
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -50,6 +84,9 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
         let target = match run % 6 {
             0 => 0,
             1 => 3,
+            // With intents, some runs last a few seconds: long enough for intents to time out and
+            // to be copied forward out of old segments (the writer does both once a second).
+            2 | 5 if intents => 15_000 + (run * 97) % 900,
             _ => 50 + (run * 97) % 900,
         };
         let mut seen = 0u64;
@@ -62,7 +99,7 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
                     match rx.recv_timeout(Duration::from_secs(60)) {
                         Ok(l) if l == "ready" => {}
                         Ok(l) => {
-                            acked.insert(Uuid::parse_str(&l).unwrap());
+                            acked.take(&l);
                             seen += 1;
                         }
                         Err(e) => panic!("run {run}: stress binary stopped streaming: {e}"),
@@ -75,9 +112,7 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
         reader.join().unwrap();
         // Lines written before the kill are complete (one write each); a partial one cannot parse.
         for l in rx.try_iter() {
-            if let Ok(id) = Uuid::parse_str(&l) {
-                acked.insert(id);
-            }
+            acked.take(&l);
         }
         if last {
             assert!(
@@ -86,16 +121,25 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
             );
         }
     }
+    (acked, inspect::read_events(&dirs.audit).unwrap())
+}
 
-    let events = inspect::read_events(&dirs.audit).unwrap();
+/// What every run must leave: no duplicate, nothing acknowledged lost, few unacknowledged extras,
+/// files that verify, and an emptied journal. Returns the rows by id.
+fn check_common(
+    dirs: &audit_common::Dirs,
+    acked: &Acked,
+    events: &[Event],
+) -> HashMap<Uuid, Event> {
     let mut count: HashMap<Uuid, u32> = HashMap::new();
-    for e in &events {
+    for e in events {
         *count.entry(e.event_id).or_default() += 1;
     }
     let dups: Vec<_> = count.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "duplicated events: {dups:?}");
     let found: HashSet<Uuid> = count.keys().copied().collect();
-    let lost: Vec<_> = acked.difference(&found).collect();
+    let all_acked: HashSet<Uuid> = acked.events.union(&acked.intents).copied().collect();
+    let lost: Vec<_> = all_acked.difference(&found).collect();
     assert!(
         lost.is_empty(),
         "{} acknowledged events lost, e.g. {:?}",
@@ -103,15 +147,14 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
         lost.first()
     );
     // Durable but unacknowledged: at most one in flight per task at each kill.
-    let extra = found.difference(&acked).count() as u64;
+    let extra = found.difference(&all_acked).count() as u64;
     assert!(
         extra <= KILLS * TASKS,
         "{extra} events that were never acknowledged"
     );
-    assert!(acked.len() as u64 >= KILLS / 2 * 50 + 200 * TASKS);
     eprintln!(
         "{} acknowledged, {} found, {} in flight at kills",
-        acked.len(),
+        all_acked.len(),
         found.len(),
         extra
     );
@@ -127,4 +170,64 @@ fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
         .collect();
     assert_eq!(segments.len(), 1);
     assert_eq!(segments[0].metadata().unwrap().len(), 16);
+    events.iter().map(|e| (e.event_id, e.clone())).collect()
+}
+
+#[test]
+fn kill_9_loop_keeps_exactly_the_acknowledged_events() {
+    let dirs = audit_common::Dirs::new();
+    let (acked, events) = kill_loop(&dirs, false);
+    assert!(acked.intents.is_empty());
+    assert!(acked.len() as u64 >= KILLS / 2 * 50 + 200 * TASKS);
+    check_common(&dirs, &acked, &events);
+}
+
+#[test]
+fn kill_9_loop_keeps_one_row_per_acknowledged_intent() {
+    let dirs = audit_common::Dirs::new();
+    let (acked, events) = kill_loop(&dirs, true);
+    assert!(acked.len() as u64 >= KILLS / 2 * 50 + 200 * TASKS);
+    assert!(!acked.completions.is_empty() && !acked.events.is_empty());
+    let rows = check_common(&dirs, &acked, &events);
+
+    let unknown = |e: &Event| e.flags.iter().any(|f| f == FLAG_OUTCOME_UNKNOWN);
+    let completed = |e: &Event| e.query_id.is_some() && !unknown(e);
+    let (mut n_completed, mut n_unknown) = (0, 0);
+    for id in &acked.intents {
+        let row = &rows[id];
+        if acked.completions.contains(id) {
+            assert!(
+                completed(row),
+                "intent {id}: its completion was acknowledged but the row is {row:?}"
+            );
+        } else {
+            // Either the completion reached the disk unacknowledged, or nobody completed it.
+            assert!(
+                completed(row) || (unknown(row) && row.query_id.is_none()),
+                "intent {id}: neither completed nor outcome_unknown: {row:?}"
+            );
+        }
+        if unknown(row) {
+            n_unknown += 1;
+        } else {
+            n_completed += 1;
+        }
+    }
+    for id in &acked.completions {
+        assert!(
+            acked.intents.contains(id),
+            "completion {id} without an intent"
+        );
+    }
+    for e in &events {
+        // Plain events are neither: the flag only marks intents.
+        if acked.events.contains(&e.event_id) {
+            assert!(!unknown(e) && e.query_id.is_none());
+        }
+    }
+    eprintln!(
+        "{} intents: {n_completed} completed, {n_unknown} outcome_unknown",
+        acked.intents.len()
+    );
+    assert!(n_unknown > 0 && n_completed > 0);
 }

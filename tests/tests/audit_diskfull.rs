@@ -2,6 +2,7 @@
 //! audit directories. While it is full, acknowledgements fail and the writer reports itself unhealthy;
 //! once space is back it recovers by itself, every acknowledged event is in the Parquet files, none of
 //! the failed ones is, and an `audit_gap` lifecycle event records the count and the time range.
+//! Statement intents and completions that fail there still give one row per statement.
 #![allow(clippy::unwrap_used)]
 
 mod audit_common;
@@ -154,4 +155,106 @@ async fn disk_full_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_allow() {
     disk_full(OnAuditFailure::Allow).await;
+}
+
+/// Statement intents through a full disk: an intent that fails is no statement of its own (its
+/// completion, submitted anyway under `allow`, is the row), a completion that fails leaves its
+/// intent pending (completed again later, or written with `outcome_unknown` at shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_with_intents() {
+    let fs = Tmpfs::mount("8m");
+    let state = fs.path.join("state");
+    let audit = fs.path.join("audit");
+    let (w, task) = start(
+        &state,
+        &audit,
+        Arc::new(SystemClock),
+        AuditConfig::default(),
+        OnAuditFailure::Allow,
+    )
+    .await;
+    // Now, to the microsecond the files keep.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let t0 =
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(since_epoch.as_micros() as u64);
+    let statement = |i| {
+        let mut e = rich_event(EventKind::Query, t0, i);
+        e.query_id = None;
+        e.success = None;
+        e
+    };
+    let completed = |e: &snowtrail::audit::Event| {
+        let mut c = e.clone();
+        c.query_id = Some("01-done".into());
+        c.success = Some(true);
+        c
+    };
+    // a: completed while the disk is full; b: never completed.
+    let (a, b) = (statement(1), statement(2));
+    w.submit_intent(a.clone()).await.unwrap();
+    w.submit_intent(b.clone()).await.unwrap();
+
+    let filler_path = fs.path.join("filler");
+    let filler = fill(&filler_path);
+    // The first records to meet the full disk: a's completion, then c's intent (each fails, unless
+    // it still fit in a page the journal already had).
+    let a_done = completed(&a);
+    let a_first = w.submit(a_done.clone()).await;
+    let c = statement(3);
+    let c_first = w.submit_intent(c.clone()).await;
+    // Fail until the writer knows the journal is not writable; then d's intent fails at once.
+    let mut i = 10;
+    while w.healthy() {
+        let _ = w.submit(rich_event(EventKind::Login, t0, i)).await;
+        i += 1;
+    }
+    let d = statement(4);
+    let d_intent = w.submit_intent(d.clone()).await;
+    assert!(
+        matches!(d_intent, Err(AuditError::Journal(_))),
+        "{d_intent:?}"
+    );
+    assert!(
+        a_first.is_err() || c_first.is_err(),
+        "nothing failed on a full disk"
+    );
+
+    drop(filler);
+    std::fs::remove_file(&filler_path).unwrap();
+    wait_until("the writer to recover", || w.healthy());
+    // Under `allow` the statements went upstream anyway: their completions are their rows.
+    let (c_done, d_done) = (completed(&c), completed(&d));
+    w.submit(c_done.clone()).await.unwrap();
+    w.submit(d_done.clone()).await.unwrap();
+    if a_first.is_err() {
+        // Its intent is still pending: completed now.
+        w.submit(a_done.clone()).await.unwrap();
+    }
+    let report = task.shutdown().await.unwrap();
+    assert_eq!(report.intents_unknown, 1);
+    assert_eq!(report.left_in_journal, 0);
+
+    let events = inspect::read_events(&audit).unwrap();
+    let mut rows = std::collections::HashMap::new();
+    for e in &events {
+        assert!(
+            rows.insert(e.event_id, e.clone()).is_none(),
+            "duplicate {}",
+            e.event_id
+        );
+    }
+    assert_eq!(rows[&a.event_id], a_done);
+    assert_eq!(rows[&c.event_id], c_done);
+    assert_eq!(rows[&d.event_id], d_done);
+    let mut b_unknown = b.clone();
+    b_unknown.flags.push("outcome_unknown".into());
+    assert_eq!(rows[&b.event_id], b_unknown);
+    let mut out = Vec::new();
+    assert!(
+        inspect::verify(&audit, &mut out).unwrap().ok(),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }

@@ -13,6 +13,12 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 122_880;
 /// Default for [`AuditConfig::channel_capacity`].
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 8192;
+/// Default for [`AuditConfig::intent_timeout_s`]: an hour.
+pub const DEFAULT_INTENT_TIMEOUT_S: u64 = 3600;
+/// Default for [`AuditConfig::max_pending_intents`].
+pub const DEFAULT_MAX_PENDING_INTENTS: usize = 100_000;
+/// Default for [`AuditConfig::segment_bytes`]: 64 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = super::journal::SEGMENT_BYTES;
 
 /// When a statement's intent must be durable relative to forwarding it; read by the proxy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +70,17 @@ pub struct AuditConfig {
     pub row_group_rows: usize,
     /// How many submitted events may wait for the writer before submitters are held back.
     pub channel_capacity: usize,
+    /// How long, in seconds, a statement's intent waits for its completion; past it the intent is
+    /// written as its own row with the flag `outcome_unknown`, and a completion that comes later is
+    /// refused ([`AuditError::IntentExpired`](super::AuditError::IntentExpired)).
+    pub intent_timeout_s: u64,
+    /// How many intents may wait for their completion at once; beyond it the oldest is written
+    /// with `outcome_unknown` (and a warning), as if it had timed out.
+    pub max_pending_intents: usize,
+    /// A journal segment is sealed and the next one started past this many bytes. Sealed segments
+    /// are deleted once their events are in published files; intents still pending in them are
+    /// copied forward first, so a long statement never holds old segments.
+    pub segment_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -75,6 +92,9 @@ impl Default for AuditConfig {
             max_file_age_s: None,
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            intent_timeout_s: DEFAULT_INTENT_TIMEOUT_S,
+            max_pending_intents: DEFAULT_MAX_PENDING_INTENTS,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
         }
     }
 }
@@ -94,6 +114,15 @@ mod tests {
         assert_eq!(c.durability, Durability::Async);
         assert_eq!(c.batch_window_ms, 3);
         assert_eq!(c.max_file_age_s, Some(60));
+        assert_eq!(c.intent_timeout_s, 3600);
+        assert_eq!(c.max_pending_intents, 100_000);
+        let c: AuditConfig =
+            toml::from_str("intent_timeout_s = 5\nmax_pending_intents = 7\nsegment_bytes = 4096")
+                .unwrap();
+        assert_eq!(
+            (c.intent_timeout_s, c.max_pending_intents, c.segment_bytes),
+            (5, 7, 4096)
+        );
         assert!(toml::from_str::<AuditConfig>("bogus = 1").is_err());
         #[derive(Deserialize)]
         struct Top {

@@ -206,7 +206,17 @@ pub struct Event {
     pub detail: Option<String>,
 }
 
+/// The flag of a statement whose intent was recorded but whose completion never was.
+pub const FLAG_OUTCOME_UNKNOWN: &str = "outcome_unknown";
+
 impl Event {
+    /// Adds `outcome_unknown` to `flags` (once): the row of an intent nobody completed.
+    pub(crate) fn mark_outcome_unknown(&mut self) {
+        if !self.flags.iter().any(|f| f == FLAG_OUTCOME_UNKNOWN) {
+            self.flags.push(FLAG_OUTCOME_UNKNOWN.to_owned());
+        }
+    }
+
     /// Starts an event of `kind` at `event_time` with a fresh UUID v7 and this host's name and version.
     pub fn new(kind: EventKind, event_time: SystemTime, host: &str) -> Self {
         Event {

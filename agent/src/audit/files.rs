@@ -268,6 +268,12 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Records that the file also stands for journal record `seq`: an intent that the last row
+    /// appended completes (so recovery knows the intent is published with it).
+    pub fn cover(&mut self, seq: u64) {
+        self.seqs.insert(seq);
+    }
+
     /// Hands buffered rows to the Parquet encoder.
     pub fn flush(&mut self) -> Result<(), FileError> {
         if self.builder.is_empty() {

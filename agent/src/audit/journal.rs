@@ -6,9 +6,12 @@
 //!   with an older one whose sequence numbers overlap.
 //! - `<first_seq, 20 digits>.wal`: segments, in sequence order. Each starts with a 16-byte header
 //!   (`SEGMENT_MAGIC`, then the first sequence number, little-endian) followed by records:
-//!   `len: u32 LE | crc32: u32 LE | seq: u64 LE | payload (len bytes, the event as JSON)`, the CRC
-//!   covering `seq` and `payload`. Sequence numbers increase by one per record, across segments and
-//!   restarts (a segment's name carries the counter even when it is empty).
+//!   `len: u32 LE | crc32: u32 LE | seq: u64 LE | payload (len bytes)`, the CRC covering `seq` and
+//!   `payload`. Sequence numbers increase by one per record, across segments and restarts (a
+//!   segment's name carries the counter even when it is empty).
+//! - A payload is the event as JSON (it starts with `{`) for a complete event, or the byte
+//!   [`INTENT_TAG`] followed by the event as JSON for a statement's intent ([`RecordKind`]). Segments
+//!   written before intents existed hold only the first form and read the same.
 //!
 //! A crash can leave a torn tail: a partial header or payload, or a CRC mismatch. Reading stops at
 //! the first such record of a segment; only records that were never acknowledged can be there,
@@ -33,8 +36,29 @@ pub const HEADER_LEN: u64 = 16;
 pub const RECORD_HEADER_LEN: usize = 16;
 /// A record longer than this is taken for garbage (SQL text is capped at 1 MB by Snowflake).
 pub const MAX_RECORD_LEN: u32 = 64 * 1024 * 1024;
-/// A segment is sealed and a new one started once it grows past this.
+/// A segment is sealed and a new one started once it grows past this (the default of
+/// `audit.segment_bytes`).
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The first byte of an intent record's payload; a complete event's payload starts with `{`.
+pub const INTENT_TAG: u8 = b'I';
+
+/// What a journal record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A complete event: a row of its own, or the row of the pending intent with its `event_id`.
+    Event,
+    /// A statement's intent: no row of its own while it waits for the complete event with its
+    /// `event_id`; written with the flag `outcome_unknown` if that never comes.
+    Intent,
+}
+
+/// Splits a record's payload into its kind and the event's JSON.
+pub fn split_payload(payload: &[u8]) -> (RecordKind, &[u8]) {
+    match payload.split_first() {
+        Some((&INTENT_TAG, json)) => (RecordKind::Intent, json),
+        _ => (RecordKind::Event, payload),
+    }
+}
 
 /// Why the journal could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +86,16 @@ pub enum JournalError {
     /// An event could not be encoded (a bug).
     #[error("event could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The record expected at a position is not there intact.
+    #[error("{path}: no intact record {seq} at byte {pos}")]
+    BadRecord {
+        /// The segment.
+        path: PathBuf,
+        /// The expected sequence number.
+        seq: u64,
+        /// The byte offset in the segment.
+        pos: u64,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
@@ -160,12 +194,39 @@ impl JournalDir {
 /// Appends one record for `event` with sequence number `seq` to `buf` (reused across calls, so the
 /// hot path allocates only when the buffer must grow).
 pub fn encode_record(buf: &mut Vec<u8>, seq: u64, event: &Event) -> Result<(), JournalError> {
+    encode_kind(buf, seq, RecordKind::Event, event)
+}
+
+/// Appends one record of `kind` for `event` with sequence number `seq` to `buf`.
+pub fn encode_kind(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    kind: RecordKind,
+    event: &Event,
+) -> Result<(), JournalError> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    if kind == RecordKind::Intent {
+        buf.push(INTENT_TAG);
+    }
     if let Err(e) = serde_json::to_writer(&mut *buf, event) {
         buf.truncate(start);
         return Err(e.into());
     }
+    finish_record(buf, start, seq)
+}
+
+/// Appends a record with sequence number `seq` holding `payload` as it is (a record's payload
+/// copied forward under a new number).
+pub fn encode_payload(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) -> Result<(), JournalError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    buf.extend_from_slice(payload);
+    finish_record(buf, start, seq)
+}
+
+/// Fills in the header of the record that starts at `start` and runs to the end of `buf`.
+fn finish_record(buf: &mut Vec<u8>, start: usize, seq: u64) -> Result<(), JournalError> {
     let payload_len = buf.len() - start - RECORD_HEADER_LEN;
     let len = match u32::try_from(payload_len) {
         Ok(len) if len <= MAX_RECORD_LEN => len,
@@ -180,6 +241,50 @@ pub fn encode_record(buf: &mut Vec<u8>, seq: u64, event: &Event) -> Result<(), J
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.finalize().to_le_bytes());
     buf[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
+    Ok(())
+}
+
+/// Reads the record `seq` that starts at byte `pos` of the segment `file` (at `path`) into
+/// `payload`, checking its number and CRC.
+pub fn read_record_at(
+    file: &File,
+    path: &Path,
+    pos: u64,
+    seq: u64,
+    payload: &mut Vec<u8>,
+) -> Result<(), JournalError> {
+    use std::os::unix::fs::FileExt;
+    let bad = || JournalError::BadRecord {
+        path: path.to_owned(),
+        seq,
+        pos,
+    };
+    let mut rh = [0u8; RECORD_HEADER_LEN];
+    file.read_exact_at(&mut rh, pos)
+        .map_err(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => bad(),
+            _ => io_err("read", path)(e),
+        })?;
+    let word = |i: usize| u32::from_le_bytes([rh[i], rh[i + 1], rh[i + 2], rh[i + 3]]);
+    let (len, crc) = (word(0), word(4));
+    let mut seq_bytes = [0u8; 8];
+    seq_bytes.copy_from_slice(&rh[8..]);
+    if u64::from_le_bytes(seq_bytes) != seq || len > MAX_RECORD_LEN {
+        return Err(bad());
+    }
+    payload.clear();
+    payload.resize(len as usize, 0);
+    file.read_exact_at(payload, pos + RECORD_HEADER_LEN as u64)
+        .map_err(|e| match e.kind() {
+            ErrorKind::UnexpectedEof => bad(),
+            _ => io_err("read", path)(e),
+        })?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq_bytes);
+    h.update(payload);
+    if h.finalize() != crc {
+        return Err(bad());
+    }
     Ok(())
 }
 
@@ -278,9 +383,9 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Decodes a record's payload.
+/// Decodes the event of a record's payload, of either kind.
 pub fn decode_event(payload: &[u8]) -> Result<Event, serde_json::Error> {
-    serde_json::from_slice(payload)
+    serde_json::from_slice(split_payload(payload).1)
 }
 
 /// A set of journal sequence numbers kept as sorted, disjoint, inclusive ranges; what a Parquet file
@@ -289,27 +394,25 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, serde_json::Error> {
 pub struct SeqRanges(Vec<(u64, u64)>);
 
 impl SeqRanges {
-    /// Adds `seq`; cheap when sequence numbers come in increasing order, as they do.
+    /// Adds `seq`; cheap when sequence numbers come in increasing order, as they mostly do (an
+    /// intent's number comes in late, with the row that completes it).
     pub fn insert(&mut self, seq: u64) {
-        if let Some(last) = self.0.last_mut() {
-            if seq == last.1 + 1 {
-                last.1 = seq;
-                return;
-            }
-            if seq > last.1 {
-                self.0.push((seq, seq));
-                return;
-            }
-        } else {
-            self.0.push((seq, seq));
+        // The first range that ends at or after `seq`: every range before it ends before `seq`.
+        let i = self.0.partition_point(|r| r.1 < seq);
+        if self.0.get(i).is_some_and(|r| r.0 <= seq) {
             return;
         }
-        if self.contains(seq) {
-            return;
+        let joins_prev = i > 0 && self.0[i - 1].1.checked_add(1) == Some(seq);
+        let joins_next = self.0.get(i).is_some_and(|r| r.0 == seq + 1);
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                self.0[i - 1].1 = self.0[i].1;
+                self.0.remove(i);
+            }
+            (true, false) => self.0[i - 1].1 = seq,
+            (false, true) => self.0[i].0 = seq,
+            (false, false) => self.0.insert(i, (seq, seq)),
         }
-        let pos = self.0.partition_point(|r| r.1 < seq);
-        self.0.insert(pos, (seq, seq));
-        self.normalize();
     }
 
     /// Adds every number of `other`.
@@ -425,6 +528,62 @@ mod tests {
         let end = read_segment(&path, |_, _| Ok(())).unwrap();
         assert!(end.torn);
         assert!(end.records >= 1 && end.records < 3);
+    }
+
+    #[test]
+    fn intent_records_and_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = JournalDir::open(dir.path()).unwrap();
+        let (path, mut f) = j.create_segment(1).unwrap();
+        let e = Event::new(EventKind::Query, SystemTime::now(), "h");
+        let mut buf = Vec::new();
+        encode_kind(&mut buf, 1, RecordKind::Intent, &e).unwrap();
+        let second = buf.len() as u64;
+        encode_record(&mut buf, 2, &e).unwrap();
+        f.write_all(&buf).unwrap();
+        let mut kinds = Vec::new();
+        read_segment(&path, |seq, p| {
+            let (kind, _) = split_payload(p);
+            assert_eq!(decode_event(p).unwrap(), e);
+            kinds.push((seq, kind));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(kinds, vec![(1, RecordKind::Intent), (2, RecordKind::Event)]);
+
+        // Read back by position, then copied forward under a new number.
+        let file = File::open(&path).unwrap();
+        let mut payload = Vec::new();
+        read_record_at(&file, &path, HEADER_LEN, 1, &mut payload).unwrap();
+        assert_eq!(split_payload(&payload).0, RecordKind::Intent);
+        assert!(matches!(
+            read_record_at(&file, &path, HEADER_LEN, 7, &mut payload),
+            Err(JournalError::BadRecord { seq: 7, .. })
+        ));
+        assert!(read_record_at(&file, &path, HEADER_LEN + second, 2, &mut payload).is_ok());
+        assert!(read_record_at(&file, &path, 1 << 20, 3, &mut payload).is_err());
+        read_record_at(&file, &path, HEADER_LEN, 1, &mut payload).unwrap();
+        let mut copy = Vec::new();
+        encode_payload(&mut copy, 3, &payload).unwrap();
+        f.write_all(&copy).unwrap();
+        let mut last = None;
+        read_segment(&path, |seq, p| {
+            last = Some((seq, split_payload(p).0, decode_event(p).unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(last, Some((3, RecordKind::Intent, e)));
+    }
+
+    #[test]
+    fn seq_ranges_out_of_order() {
+        let mut r = SeqRanges::default();
+        for s in [10, 12, 14, 11, 13, 1, 3, 2, 20, 19, 21] {
+            r.insert(s);
+        }
+        assert_eq!(r.to_string(), "1-3,10-14,19-21");
+        r.insert(12);
+        assert_eq!(r.count(), 11);
     }
 
     #[test]

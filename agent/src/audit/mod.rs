@@ -5,12 +5,26 @@
 //! (a statement about to go upstream) awaits the [`Ack`]. The promise: every event the agent
 //! acknowledges ends up in exactly one Parquet file, whatever happens to the process.
 //!
+//! A statement is recorded in two steps but is one row (DECISIONS.md 10–12). Before it goes
+//! upstream the proxy submits its *intent* ([`EventSink::submit_intent`]) and, with
+//! `durability = "before_forward"`, awaits its acknowledgement; when the response comes back it
+//! submits the *completion* ([`EventSink::submit`], same `event_id` and `event_time`) and does not
+//! wait. The completion is the statement's row. An intent that is never completed (the agent
+//! crashed or stopped first, or the intent waited past `intent_timeout_s` or was the oldest beyond
+//! `max_pending_intents`) is written as it is, with the flag `outcome_unknown`; a completion that
+//! comes after that is refused ([`AuditError::IntentExpired`]). Either way one row, exactly once:
+//! the journal records both kinds, and the writer and recovery pair them by `event_id` in journal
+//! order (`recovery` has the argument).
+//!
 //! Files, one concern each:
 //! - `event`: the row ([`Event`], [`EventKind`]); `schema`: the Arrow schema, its documentation
 //!   (with OCSF Datastore Activity names) and the Event ↔ Arrow conversion;
-//! - `journal`: the write-ahead journal's format; `files`: Parquet layout, naming and atomic publish;
-//! - `recovery`: journal → Parquet at start, and the exactly-once argument;
-//! - `writer`: [`AuditWriter`] and its threads (group commit, rotation, failure handling);
+//! - `journal`: the write-ahead journal's format (event and intent records); `files`: Parquet
+//!   layout, naming and atomic publish;
+//! - `recovery`: journal → Parquet at start (pairing intents with completions), and the
+//!   exactly-once argument;
+//! - `writer`: [`AuditWriter`] and its threads (group commit, rotation, pending intents, failure
+//!   handling);
 //! - `clock`, `config`: injected time and the `[audit]` settings;
 //! - `inspect`: the `audit ls|tail|verify` and `replay` commands as library functions.
 //!
@@ -29,10 +43,11 @@ mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    AuditConfig, DEFAULT_BATCH_WINDOW_MS, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_ROW_GROUP_ROWS, Durability, OnAuditFailure,
+    AuditConfig, DEFAULT_BATCH_WINDOW_MS, DEFAULT_CHANNEL_CAPACITY, DEFAULT_INTENT_TIMEOUT_S,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PENDING_INTENTS, DEFAULT_ROW_GROUP_ROWS,
+    DEFAULT_SEGMENT_BYTES, Durability, OnAuditFailure,
 };
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
 pub use recovery::RecoveryReport;
 pub use writer::{AuditWriter, ShutdownReport, WriterOptions, WriterTask};
 
@@ -55,6 +70,11 @@ pub enum AuditError {
     /// A writer thread died or could not be started (a bug or resource exhaustion).
     #[error("audit writer failed: {0}")]
     Internal(String),
+    /// A completion (or the intent again) came for an intent the writer had already written with
+    /// `outcome_unknown` (it waited longer than `intent_timeout_s`, or was the oldest beyond
+    /// `max_pending_intents`); the statement keeps that row and this event is not recorded.
+    #[error("the statement's intent was already recorded with outcome_unknown")]
+    IntentExpired,
 }
 
 /// The acknowledgement of one submitted event: resolves once the event is durable or failed.
@@ -62,17 +82,19 @@ pub type Ack = Pin<Box<dyn Future<Output = Result<(), AuditError>> + Send>>;
 
 /// Where events go. Implemented by the audit writer; a logging sink stands in where no writer runs.
 pub trait EventSink: Send + Sync + 'static {
-    /// Takes an event; the returned [`Ack`] resolves when it is durable. Dropping the ack is fine for
-    /// callers that do not need to wait.
+    /// Takes a complete event; the returned [`Ack`] resolves when it is durable. If an intent with
+    /// the same `event_id` is pending, this event completes it: the event is the statement's one
+    /// row. Dropping the ack is fine for callers that do not need to wait.
     fn submit(&self, event: Event) -> Ack;
 
-    /// Journals a statement's intent before it is forwarded; the row is written when `submit`
-    /// brings the completed event with the same `event_id`, or flagged `outcome_unknown` if that
-    /// never comes. Until the writer supports intents, an intent is acknowledged without a record.
-    fn submit_intent(&self, event: Event) -> Ack {
-        drop(event);
-        Box::pin(std::future::ready(Ok(())))
-    }
+    /// Journals `event` as a statement's intent; the [`Ack`] resolves when it is durable (what
+    /// `durability = "before_forward"` waits for before the statement goes upstream). No row is
+    /// written for it while it is pending: the complete event submitted later with the same
+    /// `event_id` is the row. An intent never completed (the agent crashed or stopped first, it
+    /// waited longer than `intent_timeout_s`, or it was the oldest beyond `max_pending_intents`) is
+    /// written as it is, with the flag `outcome_unknown`. Submitting an intent again while it is
+    /// pending replaces it.
+    fn submit_intent(&self, event: Event) -> Ack;
 
     /// Whether the sink can record events now; the proxy refuses statements while it cannot
     /// (`on_audit_failure = "block"`).
@@ -91,6 +113,14 @@ impl EventSink for LogSink {
         match serde_json::to_string(&event) {
             Ok(line) => tracing::info!(target: "snowtrail::audit", event = %line, "audit event"),
             Err(e) => tracing::warn!(error = %e, "audit event could not be serialised"),
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn submit_intent(&self, event: Event) -> Ack {
+        match serde_json::to_string(&event) {
+            Ok(line) => tracing::debug!(target: "snowtrail::audit", event = %line, "audit intent"),
+            Err(e) => tracing::warn!(error = %e, "audit intent could not be serialised"),
         }
         Box::pin(std::future::ready(Ok(())))
     }

@@ -1,26 +1,60 @@
 //! Start-up recovery: turns every journal segment left behind into Parquet, exactly once, before the
 //! writer serves traffic.
 //!
+//! Rows and records. Most rows stand for one journal record (an event). A statement's row stands
+//! for several: its completion and the intent record it completes; an intent nobody completed is
+//! a row of its own (flag `outcome_unknown`) standing for its latest intent record. An intent can
+//! have several records: the writer copies a pending intent forward out of an old segment (so that
+//! a long statement does not hold the journal), and a resubmitted intent replaces the earlier one;
+//! each new record supersedes the previous one. A published file lists in its footer every record
+//! its rows stand for.
+//!
 //! The argument, step by step:
-//! 1. An event is acknowledged only after the fdatasync that covers its whole journal record, so
-//!    every acknowledged event is an intact record of some segment (a torn tail holds only
+//! 1. An event or intent is acknowledged only after the fdatasync that covers its whole journal
+//!    record, so every acknowledged one is an intact record of some segment (a torn tail holds only
 //!    unacknowledged ones, and reading stops there).
-//! 2. A segment is deleted only once every event in it is in a published file (renamed into place,
-//!    directory synced), so a journaled event is always either in a segment or in a file.
-//! 3. A published file names, in its footer, the journal (`snowtrail.journal_id`) and the sequence
-//!    numbers (`snowtrail.journal_seqs`) it holds. The rename is the commit point: a file is either
-//!    absent or complete. A file holds events of one hour, so the files that can hold a journaled
-//!    event are in the partition of that event's hour.
-//! 4. Recovery reads the segments, lists the partitions of the hours they touch, reads the footers of
-//!    this journal's files there, and writes exactly the events no file holds, through the same
-//!    publish protocol; then it deletes the segments. A crash anywhere in recovery leaves either the
-//!    segments (and recovery runs again, skipping what it published) or nothing left to do.
+//! 2. A record is released, and may leave the journal, only when a published file lists it, when a
+//!    later record of the same intent is durable (it is superseded), or when it failed (never
+//!    acknowledged). Segments are deleted whole and oldest first, so what the journal holds is
+//!    always a suffix: if a record is there, every later record is too.
+//! 3. A published file names, in its footer, the journal (`snowtrail.journal_id`) and the records
+//!    (`snowtrail.journal_seqs`) its rows stand for. The rename is the commit point: a file is
+//!    either absent or complete. A file holds rows of one hour (the row's `event_time`).
+//! 4. Rows are made one way everywhere (the parquet thread, its rebuilds, and here: `replay`):
+//!    in journal order, a complete event takes with it the pending intent records with its
+//!    `event_id`; an intent record waits. The live writer writes a waiting intent as
+//!    `outcome_unknown` when the journal thread gives up on it (timeout, bound; an in-memory
+//!    decision sent down the same ordered path) or at shutdown; recovery does so for the intents
+//!    still waiting after the last record. The journal thread decides, in journal order, whether a
+//!    complete event completes a pending intent or comes too late (the intent was given up on); a
+//!    late one is refused and never journaled. So a statement never gets both a completed row and
+//!    an `outcome_unknown` row, and a live row always lists the statement's last intent record and
+//!    the completion: nothing of the statement is journaled after them.
+//! 5. Recovery reads the segments, lists the partitions of the hours they touch, reads the footers of
+//!    this journal's files there, and replays the records no file lists. A listed record yields no
+//!    row but settles a waiting intent with its `event_id`: that statement's row is published (an
+//!    earlier copy of its intent, superseded and released without being listed, may still be in
+//!    the journal). The files that can list a journaled record are found: a statement's row lies in
+//!    the hour of its last record (its completion, or its latest intent record), which by 2 is in
+//!    the journal whenever any record of the statement is, so its hour is listed. Recovery writes
+//!    its rows through the same publish protocol, then deletes the segments. A crash anywhere in
+//!    recovery leaves either the segments (and recovery runs again, skipping what it published) or
+//!    nothing left to do.
 //!
 //! So a crash between a Parquet rename and the journal's truncation costs nothing: the footer says the
-//! events are already out. Left-over temporary files (`.*.tmp`) of this host are removed.
+//! records are already out. And every acknowledged intent ends as exactly one row: the completed one
+//! if its completion reached the journal (acknowledged or not), else the intent with
+//! `outcome_unknown`. Left-over temporary files (`.*.tmp`) of this host are removed.
+//!
+//! Limits: a late completion is recognised from a bounded memory of the intents given up on (at
+//! least 65,536 and four times `max_pending_intents`); one that comes after more intents than that
+//! were given up on is recorded as a row of its own, a second row for the statement. That memory,
+//! like the pending intents themselves, does not survive a restart, which cannot matter: a
+//! completion is submitted by the process that submitted the intent.
 //!
 //! Recovery does not repair Parquet files, and it reads the journal twice (event times first, then
-//! the events that are missing) so that its memory stays bounded by the open files' row buffers.
+//! the records that are missing; a third time for the events of intents nobody completed) so that
+//! its memory stays bounded by the open files' row buffers and the ids of waiting intents.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -28,12 +62,17 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use serde::Deserialize;
+use uuid::Uuid;
 
+use super::event::Event;
 use super::files::{
     FileError, FileSettings, META_JOURNAL_ID, META_JOURNAL_SEQS, OpenFile, footer_value, hour_of,
     read_footer,
 };
-use super::journal::{JournalDir, JournalError, SeqRanges, decode_event, read_segment, sync_dir};
+use super::journal::{
+    JournalDir, JournalError, RecordKind, SeqRanges, decode_event, read_segment, split_payload,
+    sync_dir,
+};
 
 /// Why recovery could not finish; the agent must not serve traffic then.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +97,10 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Records already in a published file.
     pub already_published: u64,
-    /// Records written to new files.
+    /// Rows written to new files.
     pub recovered: u64,
+    /// Of those, intents nobody completed, written with the flag `outcome_unknown`.
+    pub outcome_unknown: u64,
     /// Records whose payload could not be decoded (logged; none are expected).
     pub undecodable: u64,
     /// Files published by recovery.
@@ -73,6 +114,143 @@ pub struct RecoveryReport {
 #[derive(Deserialize)]
 struct TimeOnly {
     event_time: SystemTime,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    event_id: Uuid,
+}
+
+/// How [`replay`] treats a journal record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Not part of this replay.
+    Skip,
+    /// Already in a published file: no row, but it settles a pending intent with its `event_id`
+    /// (that intent's row is published, under a later copy or with its completion).
+    Published,
+    /// To be turned into rows.
+    Write,
+}
+
+/// What a [`replay`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Replayed {
+    /// Records taken as published.
+    pub(crate) published: u64,
+    /// Rows handed out.
+    pub(crate) rows: u64,
+    /// Of those, intents nobody completed.
+    pub(crate) unknown: u64,
+    /// Records that could not be decoded.
+    pub(crate) undecodable: u64,
+}
+
+/// Turns journal records into rows the way the writer does, in sequence order: a complete event is
+/// a row (record `seq`) and takes with it the pending intent records with its `event_id`
+/// (`intents`); an intent record waits; after the last record, every intent still waiting is a row
+/// of its own (its last record `seq`, earlier copies in `intents`) with the flag
+/// `outcome_unknown`. Calls `row(intents, seq, event)` for each row.
+///
+/// Recovery replays every record not in a published file; the parquet thread replays exactly the
+/// records of a file it must rebuild. Memory: the ids and numbers of waiting intents, not their
+/// events (those are read again at the end).
+pub(crate) fn replay<E: From<JournalError>>(
+    paths: &[impl AsRef<Path>],
+    take: impl Fn(u64) -> Take,
+    mut row: impl FnMut(&[u64], u64, Event) -> Result<(), E>,
+) -> Result<Replayed, E> {
+    let mut stats = Replayed::default();
+    let mut waiting: HashMap<Uuid, Vec<u64>> = HashMap::new();
+    let mut failed: Option<E> = None;
+    let undecodable = |seq: u64, path: &Path, e: serde_json::Error| {
+        tracing::error!(seq, error = %e, segment = %path.display(), "journal record cannot be decoded");
+    };
+    for path in paths {
+        let path = path.as_ref();
+        read_segment(path, |seq, payload| {
+            if failed.is_some() {
+                return Ok(());
+            }
+            match take(seq) {
+                Take::Skip => {}
+                Take::Published => {
+                    stats.published += 1;
+                    if !waiting.is_empty()
+                        && let Ok(h) = serde_json::from_slice::<IdOnly>(split_payload(payload).1)
+                    {
+                        waiting.remove(&h.event_id);
+                    }
+                }
+                Take::Write => match split_payload(payload) {
+                    (RecordKind::Intent, json) => match serde_json::from_slice::<IdOnly>(json) {
+                        Ok(h) => waiting.entry(h.event_id).or_default().push(seq),
+                        Err(e) => {
+                            undecodable(seq, path, e);
+                            stats.undecodable += 1;
+                        }
+                    },
+                    (RecordKind::Event, json) => match serde_json::from_slice::<Event>(json) {
+                        Ok(event) => {
+                            let intents = waiting.remove(&event.event_id).unwrap_or_default();
+                            stats.rows += 1;
+                            if let Err(e) = row(&intents, seq, event) {
+                                failed = Some(e);
+                            }
+                        }
+                        Err(e) => {
+                            undecodable(seq, path, e);
+                            stats.undecodable += 1;
+                        }
+                    },
+                },
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if waiting.is_empty() {
+        return Ok(stats);
+    }
+    // Intents nobody completed: the last record of each is its row.
+    let mut last: HashMap<u64, Vec<u64>> = HashMap::with_capacity(waiting.len());
+    for (_, mut seqs) in waiting {
+        if let Some(l) = seqs.pop() {
+            last.insert(l, seqs);
+        }
+    }
+    for path in paths {
+        let path = path.as_ref();
+        read_segment(path, |seq, payload| {
+            if failed.is_some() {
+                return Ok(());
+            }
+            let Some(earlier) = last.remove(&seq) else {
+                return Ok(());
+            };
+            match decode_event(payload) {
+                Ok(mut event) => {
+                    event.mark_outcome_unknown();
+                    stats.rows += 1;
+                    stats.unknown += 1;
+                    if let Err(e) = row(&earlier, seq, event) {
+                        failed = Some(e);
+                    }
+                }
+                Err(e) => {
+                    undecodable(seq, path, e);
+                    stats.undecodable += 1;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
 }
 
 /// Runs recovery; on success the journal directory holds no segment and every journaled event is in
@@ -93,7 +271,7 @@ pub fn recover(
     for (first, path) in &segments {
         report.next_seq = report.next_seq.max(*first);
         let end = read_segment(path, |_, payload| {
-            if let Ok(t) = serde_json::from_slice::<TimeOnly>(payload) {
+            if let Ok(t) = serde_json::from_slice::<TimeOnly>(split_payload(payload).1) {
                 hours.insert(hour_of(t.event_time));
             }
             Ok(())
@@ -137,53 +315,47 @@ pub fn recover(
     // Pass 2: write what no file holds.
     let mut open: HashMap<i64, OpenFile> = HashMap::new();
     let mut done: BTreeMap<i64, usize> = BTreeMap::new();
-    let mut result: Result<(), RecoveryError> = Ok(());
-    for (_, path) in &segments {
-        read_segment(path, |seq, payload| {
-            if published.contains(seq) {
-                report.already_published += 1;
-                return Ok(());
-            }
-            let event = match decode_event(payload) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(seq, error = %e, segment = %path.display(), "journal record cannot be decoded");
-                    report.undecodable += 1;
-                    return Ok(());
-                }
-            };
-            if result.is_err() {
-                return Ok(());
-            }
+    let paths: Vec<&Path> = segments.iter().map(|(_, p)| p.as_path()).collect();
+    let take = |seq| {
+        if published.contains(seq) {
+            Take::Published
+        } else {
+            Take::Write
+        }
+    };
+    let mut recovered = 0;
+    let stats = replay(
+        &paths,
+        take,
+        |intents, seq, event| -> Result<(), RecoveryError> {
             let hour = hour_of(event.event_time);
-            let step = (|| -> Result<(), RecoveryError> {
-                let file = match open.remove(&hour) {
-                    Some(f) => f,
-                    None => OpenFile::create(settings, hour, &event, seq, now, true)?,
-                };
-                let mut file = file;
-                file.append(seq, &event)?;
-                if file.size() >= max_file_bytes {
-                    let p = file.publish().map_err(|a| a.error)?;
-                    report.recovered += p.rows;
-                    *done.entry(hour).or_default() += 1;
-                } else {
-                    open.insert(hour, file);
-                }
-                Ok(())
-            })();
-            if let Err(e) = step {
-                result = Err(e);
+            let mut file = match open.remove(&hour) {
+                Some(f) => f,
+                None => OpenFile::create(settings, hour, &event, seq, now, true)?,
+            };
+            file.append(seq, &event)?;
+            for &s in intents {
+                file.cover(s);
+            }
+            if file.size() >= max_file_bytes {
+                let p = file.publish().map_err(|a| a.error)?;
+                recovered += p.rows;
+                *done.entry(hour).or_default() += 1;
+            } else {
+                open.insert(hour, file);
             }
             Ok(())
-        })?;
-    }
-    result?;
+        },
+    )?;
     for (hour, file) in open {
         let p = file.publish().map_err(|a| a.error)?;
-        report.recovered += p.rows;
+        recovered += p.rows;
         *done.entry(hour).or_default() += 1;
     }
+    report.recovered = recovered;
+    report.already_published = stats.published;
+    report.outcome_unknown = stats.unknown;
+    report.undecodable = stats.undecodable;
     report.files = done.values().sum();
 
     // Every record is now in exactly one file: the segments can go.
@@ -204,36 +376,13 @@ pub fn recover(
     Ok(report)
 }
 
-/// Reads the events with sequence numbers in `wanted` from the segments at `paths`, in order.
-pub fn read_events(
-    paths: &[impl AsRef<Path>],
-    wanted: &SeqRanges,
-    mut f: impl FnMut(u64, super::Event),
-) -> Result<u64, JournalError> {
-    let mut found = 0;
-    for path in paths {
-        read_segment(path.as_ref(), |seq, payload| {
-            if wanted.contains(seq) {
-                match decode_event(payload) {
-                    Ok(e) => {
-                        found += 1;
-                        f(seq, e);
-                    }
-                    Err(e) => tracing::error!(seq, error = %e, "journal record cannot be decoded"),
-                }
-            }
-            Ok(())
-        })?;
-    }
-    Ok(found)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::files::read_footer;
     use super::*;
-    use crate::audit::journal::encode_record;
-    use crate::audit::{Event, EventKind};
+    use crate::audit::journal::{RecordKind, encode_kind, encode_record};
+    use crate::audit::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
     use std::io::Write;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -298,5 +447,150 @@ mod tests {
         let r = recover(&journal, &s, u64::MAX, t0).unwrap();
         assert_eq!(r.records, 0);
         assert_eq!(all_ids(&s.audit_dir), want);
+    }
+
+    /// Writes `records` (kind, event) as one segment starting at `first`.
+    fn segment(journal: &JournalDir, first: u64, records: &[(RecordKind, &Event)]) {
+        let (_, mut seg) = journal.create_segment(first).unwrap();
+        let mut buf = Vec::new();
+        for (i, (kind, e)) in records.iter().enumerate() {
+            encode_kind(&mut buf, first + i as u64, *kind, e).unwrap();
+        }
+        seg.write_all(&buf).unwrap();
+    }
+
+    fn completed(intent: &Event) -> Event {
+        let mut c = intent.clone();
+        c.query_id = Some("01-done".into());
+        c.success = Some(true);
+        c
+    }
+
+    fn footer_seqs(audit: &Path) -> SeqRanges {
+        let mut all = SeqRanges::default();
+        for f in crate::audit::inspect::list_files(audit).unwrap() {
+            let meta = read_footer(&f.path).unwrap();
+            all.extend(&SeqRanges::parse(footer_value(&meta, META_JOURNAL_SEQS).unwrap()).unwrap());
+        }
+        all
+    }
+
+    /// Intents meet their completions across segments; an intent copied forward is one statement;
+    /// intents nobody completed are written once with outcome_unknown.
+    #[test]
+    fn intents_pair_across_segments_and_the_rest_are_unknown() {
+        use RecordKind::{Event as E, Intent as I};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalDir::open(dir.path()).unwrap();
+        let s = settings(dir.path(), &journal);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = Event::new(EventKind::Query, t0, "h");
+        let b = Event::new(EventKind::Query, t0, "h");
+        let c = Event::new(EventKind::Query, t0 + Duration::from_secs(3600), "h");
+        let plain = Event::new(EventKind::Login, t0, "h");
+        let a_done = completed(&a);
+        segment(&journal, 1, &[(I, &a), (I, &b), (E, &plain)]);
+        // b copied forward into the next segment, its original still there (a crash before the
+        // first segment was deleted).
+        segment(&journal, 4, &[(E, &a_done), (I, &c), (I, &b)]);
+
+        let r = recover(&journal, &s, u64::MAX, t0).unwrap();
+        assert_eq!(r.records, 6);
+        assert_eq!(r.recovered, 4);
+        assert_eq!(r.outcome_unknown, 2);
+        let rows = crate::audit::inspect::read_events(&s.audit_dir).unwrap();
+        let by_id: HashMap<_, _> = rows.iter().map(|e| (e.event_id, e)).collect();
+        assert_eq!(rows.len(), 4, "one row per statement");
+        assert_eq!(by_id[&a.event_id], &a_done);
+        assert_eq!(by_id[&plain.event_id], &plain);
+        for e in [&b, &c] {
+            let row = by_id[&e.event_id];
+            assert_eq!(row.flags, vec![FLAG_OUTCOME_UNKNOWN.to_owned()]);
+            assert_eq!(row.query_id, None);
+        }
+        // Every record is accounted for in some footer.
+        assert_eq!(footer_seqs(&s.audit_dir).to_string(), "1-6");
+        assert!(journal.segments().unwrap().is_empty());
+        assert_eq!(recover(&journal, &s, u64::MAX, t0).unwrap().records, 0);
+    }
+
+    /// The crash this is about with intents: the statement's row is published under the intent's
+    /// latest copy, but an older segment still holds the original record. It must not come back as
+    /// an outcome_unknown row.
+    #[test]
+    fn a_published_row_settles_stale_copies_of_its_intent() {
+        use RecordKind::{Event as E, Intent as I};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalDir::open(dir.path()).unwrap();
+        let s = settings(dir.path(), &journal);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let x = Event::new(EventKind::Query, t0, "h");
+        let y = Event::new(EventKind::Query, t0, "h");
+        let x_done = completed(&x);
+        // seq 1: x, 2: y (originals); 3: x copy, 4: x completed, 5: y copy.
+        segment(&journal, 1, &[(I, &x), (I, &y)]);
+        segment(&journal, 3, &[(I, &x), (E, &x_done), (I, &y)]);
+        // Published before the crash: x's completed row (records 3 and 4) and y as unknown
+        // (record 5, at shutdown or after its timeout).
+        let hour = hour_of(t0);
+        let mut f = OpenFile::create(&s, hour, &x_done, 4, t0, false).unwrap();
+        f.append(4, &x_done).unwrap();
+        f.cover(3);
+        let mut y_unknown = y.clone();
+        y_unknown.mark_outcome_unknown();
+        f.append(5, &y_unknown).unwrap();
+        f.publish().unwrap();
+
+        let r = recover(&journal, &s, u64::MAX, t0).unwrap();
+        assert_eq!(r.already_published, 3);
+        assert_eq!(r.recovered, 0, "{r:?}");
+        let rows = crate::audit::inspect::read_events(&s.audit_dir).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(journal.segments().unwrap().is_empty());
+    }
+
+    /// What the parquet thread does to rebuild a file: replay exactly the records it held.
+    #[test]
+    fn replaying_some_records_gives_the_same_rows() {
+        use RecordKind::{Event as E, Intent as I};
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalDir::open(dir.path()).unwrap();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (x, y, other) = (
+            Event::new(EventKind::Query, t0, "h"),
+            Event::new(EventKind::Query, t0, "h"),
+            Event::new(EventKind::Query, t0, "h"),
+        );
+        let x_done = completed(&x);
+        segment(&journal, 1, &[(I, &x), (E, &other), (E, &x_done), (I, &y)]);
+        let paths: Vec<_> = journal
+            .segments()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.1)
+            .collect();
+        let held = SeqRanges::parse("1-1,3-4").unwrap();
+        let mut rows = Vec::new();
+        let take = |seq| {
+            if held.contains(seq) {
+                Take::Write
+            } else {
+                Take::Skip
+            }
+        };
+        let stats = replay(
+            &paths,
+            take,
+            |intents, seq, e| -> Result<(), RecoveryError> {
+                rows.push((intents.to_vec(), seq, e));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!((stats.rows, stats.unknown), (2, 1));
+        assert_eq!(rows[0], (vec![1], 3, x_done));
+        let mut y_unknown = y.clone();
+        y_unknown.mark_outcome_unknown();
+        assert_eq!(rows[1], (vec![], 4, y_unknown));
     }
 }

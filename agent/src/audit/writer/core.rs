@@ -1,6 +1,6 @@
 //! The state the writer's threads share: the sync state (written and synced positions, pending
-//! events and their acknowledgements, the gap), the journal's segment table, and the messages
-//! between threads. Settling pending events and releasing journal records happen here, under one
+//! records and their acknowledgements, the gap), the journal's segment table, and the messages
+//! between threads. Settling pending records and releasing journal records happen here, under one
 //! lock each; the threads' loops are elsewhere.
 
 use std::collections::VecDeque;
@@ -11,7 +11,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc as std_mpsc};
 use std::time::SystemTime;
 
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
+use super::intents::Undo;
 use crate::audit::journal::{JournalDir, SeqRanges, sync_dir};
 use crate::audit::{AuditError, Event};
 
@@ -22,12 +24,56 @@ pub(super) type AckTx = oneshot::Sender<Result<(), AuditError>>;
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Msg {
     Event(Event, AckTx),
+    Intent(Event, AckTx),
     Tick,
     Shutdown,
 }
 
+/// Where a journal record is: its number, its segment (by first number) and its byte offset there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RecordLoc {
+    pub(super) seq: u64,
+    pub(super) seg: u64,
+    pub(super) pos: u64,
+}
+
+/// What travels from the journal thread to the parquet thread, in journal order.
+// By value, for the same reason as `Msg`.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Rec {
+    /// A complete event (its own row, or the row of the pending intent with its id).
+    Event(Event),
+    /// An intent record: a new intent, one submitted again, or one copied forward out of an old
+    /// segment; the parquet thread keeps only where its latest record is (the event is read back
+    /// from the journal if it is ever needed).
+    Intent {
+        id: Uuid,
+        time: SystemTime,
+        loc: RecordLoc,
+        /// A copy made by the writer (no acknowledgement, not counted in a gap if it fails).
+        copy: bool,
+    },
+    /// Not a journal record: the writer stopped waiting for this intent's completion (timeout or
+    /// bound), so the parquet thread writes it with `outcome_unknown`.
+    Expire(Uuid),
+}
+
+impl Rec {
+    pub(super) fn is_copy(&self) -> bool {
+        matches!(self, Rec::Intent { copy: true, .. })
+    }
+
+    pub(super) fn id_and_time(&self) -> Option<(Uuid, SystemTime)> {
+        match self {
+            Rec::Event(e) => Some((e.event_id, e.event_time)),
+            Rec::Intent { id, time, .. } => Some((*id, *time)),
+            Rec::Expire(_) => None,
+        }
+    }
+}
+
 pub(super) enum PMsg {
-    Events(Vec<(u64, Event)>),
+    Events(Vec<(u64, Rec)>),
     Shutdown(std_mpsc::Sender<u64>),
 }
 
@@ -38,10 +84,13 @@ pub(super) struct Health {
 }
 
 pub(super) struct Pending {
+    /// The position the record ends at (for an `Expire`, the position written when it was decided).
     pub(super) end: u64,
     pub(super) seq: u64,
-    pub(super) event: Event,
+    pub(super) rec: Rec,
     pub(super) ack: Option<AckTx>,
+    /// How to take back the record's change to the journal thread's intent table if it fails.
+    pub(super) undo: Option<Undo>,
 }
 
 #[derive(Clone, Copy)]
@@ -63,6 +112,8 @@ pub(super) struct SyncState {
     pub(super) gap: Option<Gap>,
     /// The `audit_gap` event in flight and the gap it reports, put back if it fails too.
     pub(super) gap_carry: Option<(uuid::Uuid, Gap)>,
+    /// Intent table changes of records that failed, for the journal thread to take back.
+    pub(super) undo: Vec<Undo>,
 }
 
 pub(super) struct Seg {
@@ -80,6 +131,8 @@ pub(super) struct Core {
     pub(super) journal: JournalDir,
     pub(super) events_written: AtomicU64,
     pub(super) files_published: AtomicU64,
+    /// Intents written with `outcome_unknown`.
+    pub(super) intents_unknown: AtomicU64,
     /// `batch_window_ms`: an fdatasync slower than this is reported, since events behind it wait longer.
     pub(super) batch_window: std::time::Duration,
 }
@@ -92,7 +145,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub(super) struct Settled {
     pub(super) acks: Vec<(AckTx, Result<(), AuditError>)>,
-    pub(super) events: Vec<(u64, Event)>,
+    pub(super) events: Vec<(u64, Rec)>,
     pub(super) failed: Vec<u64>,
 }
 
@@ -109,15 +162,15 @@ impl Gap {
     }
 
     /// Counts one failed event, unless it is the `audit_gap` event itself, whose gap is put back.
-    pub(super) fn fail_event(st: &mut SyncState, health: &Health, e: &Event) {
-        if let Some((id, g)) = st.gap_carry
-            && id == e.event_id
+    pub(super) fn fail_event(st: &mut SyncState, health: &Health, id: Uuid, time: SystemTime) {
+        if let Some((gap_id, g)) = st.gap_carry
+            && gap_id == id
         {
             st.gap_carry = None;
             Gap::merge(&mut st.gap, g);
             return;
         }
-        Gap::add(&mut st.gap, e.event_time);
+        Gap::add(&mut st.gap, time);
         health.gap_events.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -140,7 +193,8 @@ impl Gap {
 }
 
 impl Core {
-    /// Resolves pending events up to `upto` as durable, or every pending event as failed.
+    /// Resolves pending records up to `upto` as durable, or every pending record as failed (an
+    /// `Expire` is never failed: it needs no disk, so it goes on to Parquet either way).
     pub(super) fn settle(
         &self,
         st: &mut SyncState,
@@ -155,18 +209,29 @@ impl Core {
                     };
                     if let Some(ack) = p.ack {
                         out.acks.push((ack, Ok(())));
-                    } else if st.gap_carry.is_some_and(|(id, _)| id == p.event.event_id) {
+                    } else if let Rec::Event(e) = &p.rec
+                        && st.gap_carry.is_some_and(|(id, _)| id == e.event_id)
+                    {
                         st.gap_carry = None;
                     }
-                    out.events.push((p.seq, p.event));
+                    out.events.push((p.seq, p.rec));
                 }
             }
             Err(e) => {
                 let pending = std::mem::take(&mut st.pending);
                 for p in pending {
-                    Gap::fail_event(st, &self.health, &p.event);
+                    let Some((id, time)) = p.rec.id_and_time() else {
+                        out.events.push((p.seq, p.rec));
+                        continue;
+                    };
+                    if !p.rec.is_copy() {
+                        Gap::fail_event(st, &self.health, id, time);
+                    }
                     if let Some(ack) = p.ack {
                         out.acks.push((ack, Err(e.clone())));
+                    }
+                    if let Some(u) = p.undo {
+                        st.undo.push(u);
                     }
                     out.failed.push(p.seq);
                 }
@@ -175,10 +240,15 @@ impl Core {
     }
 
     pub(super) fn deliver(&self, out: &mut Settled, parquet: &std_mpsc::Sender<PMsg>) {
-        // Events go to the parquet stage before their acknowledgements are released.
+        // Records go to the parquet stage before their acknowledgements are released.
         if !out.events.is_empty() {
+            let records = out
+                .events
+                .iter()
+                .filter(|(_, r)| !matches!(r, Rec::Expire(_)))
+                .count();
             self.events_written
-                .fetch_add(out.events.len() as u64, Ordering::Relaxed);
+                .fetch_add(records as u64, Ordering::Relaxed);
             let events = std::mem::take(&mut out.events);
             if let Err(std_mpsc::SendError(PMsg::Events(lost))) = parquet.send(PMsg::Events(events))
             {

@@ -1,45 +1,105 @@
-//! The journal thread (encode, append, rotate, reopen after failure) and the sync thread (one
-//! fdatasync at a time, then acknowledgements). See the parent module for the design.
+//! The journal thread (encode, append, rotate, reopen after failure; the intent table: timeouts,
+//! the bound, copying intents forward) and the sync thread (one fdatasync at a time, then
+//! acknowledgements). See the parent module for the design.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
-use super::core::{AckTx, Core, Gap, Msg, PMsg, Pending, Seg, Settled, lock};
+use super::core::{AckTx, Core, Gap, Msg, PMsg, Pending, Rec, RecordLoc, Seg, Settled, lock};
+use super::intents::{IntentEntry, Intents};
 use crate::audit::clock::Clock;
 use crate::audit::config::OnAuditFailure;
-use crate::audit::journal::{HEADER_LEN, SEGMENT_BYTES, encode_record};
+use crate::audit::journal::{HEADER_LEN, RecordKind, encode_kind, encode_payload, read_record_at};
 use crate::audit::{AuditError, Event, EventKind};
 
 /// Most events the journal thread encodes into one write.
 const MAX_BATCH: usize = 1024;
-/// A slow fdatasync is reported at most this often.
+/// A slow fdatasync is reported at most this often; so are late completions and intents given up
+/// on for the bound.
 const SLOW_SYNC_REPORT_EVERY: Duration = Duration::from_secs(60);
+/// How often the journal thread looks for timed-out intents and for intents to copy forward.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
+/// Most intent records copied forward in one round (the rest follow a round later), so that a
+/// round never holds up the events behind it for long.
+const MAX_CARRY: usize = 4096;
+
+/// What a submitter handed the journal thread.
+pub(super) enum Item {
+    Event(Event),
+    Intent(Event),
+}
+
+impl Item {
+    fn event(&self) -> &Event {
+        match self {
+            Item::Event(e) | Item::Intent(e) => e,
+        }
+    }
+}
+
+/// A count reported to the log at most once a minute.
+#[derive(Default)]
+pub(super) struct Throttled {
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl Throttled {
+    /// Counts one; returns the count to report, if it is time.
+    fn hit(&mut self) -> Option<u64> {
+        self.count += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= SLOW_SYNC_REPORT_EVERY)
+        {
+            self.last = Some(Instant::now());
+            return Some(std::mem::take(&mut self.count));
+        }
+        None
+    }
+}
 
 /// The sync thread: one fdatasync at a time, started as soon as there is unsynced data.
 pub(super) fn run_sync(core: &Core, parquet: &std_mpsc::Sender<PMsg>) {
     let mut out = Settled::default();
     let mut last_slow_report: Option<Instant> = None;
     loop {
-        let (target, file) = {
+        let job = {
             let mut st = lock(&core.sync);
-            loop {
+            let sync = loop {
+                // Records already covered by a sync (an `Expire` decided after it) go on at once.
+                if !st.in_flight && st.pending.front().is_some_and(|p| p.end <= st.synced) {
+                    let upto = st.synced;
+                    core.settle(&mut st, Ok(upto), &mut out);
+                    break false;
+                }
                 let work =
                     !st.failed && !st.in_flight && st.written > st.synced && st.file.is_some();
                 if work {
-                    break;
+                    break true;
                 }
                 if st.stop && !st.in_flight && (st.failed || st.written == st.synced) {
                     return;
                 }
                 st = core.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            };
+            if sync {
+                st.in_flight = true;
+                Some((st.written, st.file.clone()))
+            } else {
+                None
             }
-            st.in_flight = true;
-            (st.written, st.file.clone())
+        };
+        let Some((target, file)) = job else {
+            core.deliver(&mut out, parquet);
+            continue;
         };
         let started = Instant::now();
         let result = match file {
@@ -96,11 +156,21 @@ pub(super) struct JournalWriter {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) on_failure: OnAuditFailure,
     pub(super) parquet: std_mpsc::Sender<PMsg>,
+    /// First sequence number of the current segment (its name).
+    pub(super) seg_first: u64,
+    /// `audit.segment_bytes`.
+    pub(super) segment_bytes: u64,
+    pub(super) intents: Intents,
+    /// Records of the batch being written, reused.
+    pub(super) staged: Vec<Pending>,
+    pub(super) next_maintenance: Instant,
+    pub(super) late: Throttled,
+    pub(super) overflow: Throttled,
 }
 
 impl JournalWriter {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> Self {
-        let mut batch: Vec<(Event, Option<AckTx>)> = Vec::with_capacity(MAX_BATCH);
+        let mut batch: Vec<(Item, Option<AckTx>)> = Vec::with_capacity(MAX_BATCH);
         let mut stopping = false;
         while !stopping {
             let Some(first) = rx.blocking_recv() else {
@@ -109,7 +179,8 @@ impl JournalWriter {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Event(e, ack) => batch.push((e, Some(ack))),
+                    Msg::Event(e, ack) => batch.push((Item::Event(e), Some(ack))),
+                    Msg::Intent(e, ack) => batch.push((Item::Intent(e), Some(ack))),
                     Msg::Tick => {}
                     Msg::Shutdown => {
                         // Refuse new submissions; what is already queued is still written.
@@ -131,8 +202,10 @@ impl JournalWriter {
         self
     }
 
-    /// Reopens after a failure if needed, adds a pending `audit_gap` event, writes the batch.
-    pub(super) fn step(&mut self, batch: &mut Vec<(Event, Option<AckTx>)>) {
+    /// Reopens after a failure if needed, adds a pending `audit_gap` event, writes the batch (and,
+    /// once a second, what the intent table needs: timeouts, copies out of old segments).
+    pub(super) fn step(&mut self, batch: &mut Vec<(Item, Option<AckTx>)>) {
+        self.apply_undo();
         let failed = lock(&self.core.sync).failed || self.file.is_none();
         if failed && !self.reopen() {
             self.fail(batch, "the journal is not writable");
@@ -142,10 +215,26 @@ impl JournalWriter {
         if let Some(g) = gap {
             let e = self.gap_event(g);
             lock(&self.core.sync).gap_carry = Some((e.event_id, g));
-            batch.insert(0, (e, None));
+            batch.insert(0, (Item::Event(e), None));
         }
-        if !batch.is_empty() {
-            self.write_batch(batch);
+        let maintain = Instant::now() >= self.next_maintenance;
+        if !batch.is_empty() || maintain {
+            self.write_batch(batch, maintain);
+        }
+    }
+
+    /// Takes back the intent table changes of records that failed, newest first.
+    fn apply_undo(&mut self) {
+        let mut undo = {
+            let mut st = lock(&self.core.sync);
+            if st.undo.is_empty() {
+                return;
+            }
+            std::mem::take(&mut st.undo)
+        };
+        undo.sort_unstable_by_key(|u| std::cmp::Reverse(u.seq));
+        for u in undo {
+            self.intents.undo(u);
         }
     }
 
@@ -172,74 +261,271 @@ impl JournalWriter {
     }
 
     /// Fails a batch that cannot be written at all.
-    pub(super) fn fail(&mut self, batch: &mut Vec<(Event, Option<AckTx>)>, why: &str) {
+    pub(super) fn fail(&mut self, batch: &mut Vec<(Item, Option<AckTx>)>, why: &str) {
         if batch.is_empty() {
             return;
         }
         let mut st = lock(&self.core.sync);
-        for (e, ack) in batch.drain(..) {
-            Gap::fail_event(&mut st, &self.core.health, &e);
+        for (item, ack) in batch.drain(..) {
+            let e = item.event();
+            Gap::fail_event(&mut st, &self.core.health, e.event_id, e.event_time);
             if let Some(ack) = ack {
                 let _ = ack.send(Err(AuditError::Journal(why.to_owned())));
             }
         }
     }
 
-    pub(super) fn write_batch(&mut self, batch: &mut Vec<(Event, Option<AckTx>)>) {
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    pub(super) fn write_batch(&mut self, batch: &mut Vec<(Item, Option<AckTx>)>, maintain: bool) {
         self.buf.clear();
-        let mut ends = Vec::with_capacity(batch.len());
+        let mut staged = std::mem::take(&mut self.staged);
+        staged.clear();
         let base = self.seg_base + self.seg_len;
-        for (e, ack) in batch.iter_mut() {
-            match encode_record(&mut self.buf, self.next_seq, e) {
-                Ok(()) => {
-                    ends.push(Some((self.next_seq, base + self.buf.len() as u64)));
-                    self.next_seq += 1;
+        if maintain {
+            self.maintain(base, &mut staged);
+        }
+        let now = self.clock.now();
+        for (item, ack) in batch.drain(..) {
+            let start = self.buf.len();
+            let (event, kind) = match item {
+                Item::Event(e) => (e, RecordKind::Event),
+                Item::Intent(e) => (e, RecordKind::Intent),
+            };
+            // A completion (or a resubmitted intent) of a statement already written with
+            // outcome_unknown would be a second row: refused.
+            if self.intents.is_late(&event.event_id) {
+                if let Some(n) = self.late.hit() {
+                    tracing::warn!(
+                        event_id = %event.event_id,
+                        query_id = event.query_id.as_deref().unwrap_or(""),
+                        count = n,
+                        "statement events came after their intents were written with \
+                         outcome_unknown (intent_timeout_s or max_pending_intents); not recorded"
+                    );
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, "audit event cannot be journaled");
-                    if let Some(ack) = ack.take() {
-                        let _ = ack.send(Err(AuditError::Journal(err.to_string())));
-                    }
-                    ends.push(None);
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(AuditError::IntentExpired));
                 }
+                continue;
             }
-        }
-        let Some(file) = self.file.as_mut() else {
-            return self.fail(batch, "the journal is not open");
-        };
-        if let Err(e) = std::io::Write::write_all(file, &self.buf) {
-            tracing::error!(error = %e, "audit journal write failed");
-            self.on_error(batch, &format!("write: {e}"));
-            return;
-        }
-        let written = ends.iter().flatten().count() as u64;
-        if let Some(seg) = lock(&self.core.segs).back_mut() {
-            seg.outstanding += written;
-        }
-        {
-            let mut st = lock(&self.core.sync);
-            for ((event, ack), end) in batch.drain(..).zip(ends) {
-                if let Some((seq, end)) = end {
-                    st.pending.push_back(Pending {
+            if let Err(err) = encode_kind(&mut self.buf, self.next_seq, kind, &event) {
+                tracing::error!(error = %err, "audit event cannot be journaled");
+                if let Some(ack) = ack {
+                    let _ = ack.send(Err(AuditError::Journal(err.to_string())));
+                }
+                continue;
+            }
+            let seq = self.take_seq();
+            let end = base + self.buf.len() as u64;
+            let id = event.event_id;
+            match kind {
+                RecordKind::Event => {
+                    let undo = self.intents.complete(id, seq);
+                    staged.push(Pending {
                         end,
                         seq,
-                        event,
+                        rec: Rec::Event(event),
                         ack,
+                        undo,
+                    });
+                }
+                RecordKind::Intent => {
+                    if let Some(oldest) = self.intents.make_room(&id) {
+                        if let Some(n) = self.overflow.hit() {
+                            tracing::warn!(
+                                count = n,
+                                pending = self.intents.len(),
+                                "too many statements in flight: the oldest intents are written \
+                                 with outcome_unknown"
+                            );
+                        }
+                        staged.push(Pending {
+                            end,
+                            seq: 0,
+                            rec: Rec::Expire(oldest),
+                            ack: None,
+                            undo: None,
+                        });
+                    }
+                    let loc = RecordLoc {
+                        seq,
+                        seg: self.seg_first,
+                        pos: self.seg_len + start as u64,
+                    };
+                    let time = event.event_time;
+                    let undo = self.intents.record(id, loc, time, now);
+                    // The event itself is not kept: should the intent become a row of its own
+                    // (outcome_unknown), it is read back from the journal.
+                    drop(event);
+                    staged.push(Pending {
+                        end,
+                        seq,
+                        rec: Rec::Intent {
+                            id,
+                            time,
+                            loc,
+                            copy: false,
+                        },
+                        ack,
+                        undo: Some(undo),
                     });
                 }
             }
+        }
+        let records = staged
+            .iter()
+            .filter(|p| !matches!(p.rec, Rec::Expire(_)))
+            .count() as u64;
+        if records > 0 {
+            let written = match self.file.as_mut() {
+                Some(file) => std::io::Write::write_all(file, &self.buf).map_err(|e| {
+                    tracing::error!(error = %e, "audit journal write failed");
+                    format!("write: {e}")
+                }),
+                None => Err("the journal is not open".to_owned()),
+            };
+            if let Err(why) = written {
+                self.on_error(&mut staged, &why);
+                self.staged = staged;
+                return;
+            }
+            if let Some(seg) = lock(&self.core.segs).back_mut() {
+                seg.outstanding += records;
+            }
+        }
+        {
+            let mut st = lock(&self.core.sync);
+            st.pending.extend(staged.drain(..));
             st.written = base + self.buf.len() as u64;
             self.core.cv.notify_all();
         }
+        self.staged = staged;
         self.seg_len += self.buf.len() as u64;
-        if self.seg_len >= SEGMENT_BYTES {
+        if self.seg_len >= self.segment_bytes {
             self.rotate();
         }
     }
 
-    /// A write or sync of the current segment failed: fail everything unsynced and mark the journal
+    /// Gives up on intents past `intent_timeout_s`, and copies forward the intents that alone hold
+    /// sealed segments at the front of the journal, so those segments can go.
+    fn maintain(&mut self, base: u64, staged: &mut Vec<Pending>) {
+        self.next_maintenance = Instant::now() + MAINTAIN_EVERY;
+        if self.intents.is_empty() {
+            return;
+        }
+        let mut expired = Vec::new();
+        self.intents.expire_due(self.clock.now(), &mut expired);
+        if !expired.is_empty() {
+            tracing::info!(
+                count = expired.len(),
+                "statements without a completion past intent_timeout_s are written with outcome_unknown"
+            );
+        }
+        for id in expired {
+            staged.push(Pending {
+                end: base + self.buf.len() as u64,
+                seq: 0,
+                rec: Rec::Expire(id),
+                ack: None,
+                undo: None,
+            });
+        }
+        self.carry(base, staged);
+    }
+
+    /// Copies the pending intents out of the sealed segments at the front that nothing else holds
+    /// (every other record in them is published). Once a copy is durable the parquet thread
+    /// releases the old record, and the segment is deleted.
+    fn carry(&mut self, base: u64, staged: &mut Vec<Pending>) {
+        let front: Vec<(u64, u64)> = lock(&self.core.segs)
+            .iter()
+            .take_while(|s| s.sealed)
+            .map(|s| (s.first_seq, s.outstanding))
+            .collect();
+        let mut from = Vec::new();
+        for (first, outstanding) in front {
+            if outstanding == 0 {
+                continue; // about to be deleted
+            }
+            let n = self.intents.count_in(first);
+            if n == 0 || outstanding > n {
+                break; // held by events not yet published: nothing behind it can go either
+            }
+            from.push(first);
+        }
+        if from.is_empty() {
+            return;
+        }
+        let mut entries: Vec<(Uuid, IntentEntry)> = Vec::new();
+        self.intents.in_segments(&from, &mut entries);
+        let now = self.clock.now();
+        let mut payload = Vec::new();
+        let mut reading: Option<(u64, PathBuf, File)> = None;
+        let mut moved = 0usize;
+        for (id, entry) in entries.into_iter().take(MAX_CARRY) {
+            if reading
+                .as_ref()
+                .is_none_or(|(seg, _, _)| *seg != entry.loc.seg)
+            {
+                let path = self.core.journal.segment_path(entry.loc.seg);
+                match File::open(&path) {
+                    Ok(f) => reading = Some((entry.loc.seg, path, f)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "journal segment cannot be read to copy intents forward");
+                        reading = None;
+                        continue;
+                    }
+                }
+            }
+            let Some((_, path, file)) = reading.as_ref() else {
+                continue;
+            };
+            if let Err(e) = read_record_at(file, path, entry.loc.pos, entry.loc.seq, &mut payload) {
+                tracing::warn!(error = %e, "pending intent cannot be copied forward; its segment stays");
+                continue;
+            }
+            let start = self.buf.len();
+            if encode_payload(&mut self.buf, self.next_seq, &payload).is_err() {
+                continue;
+            }
+            let seq = self.take_seq();
+            let loc = RecordLoc {
+                seq,
+                seg: self.seg_first,
+                pos: self.seg_len + start as u64,
+            };
+            let undo = self.intents.record(id, loc, entry.time, now);
+            staged.push(Pending {
+                end: base + self.buf.len() as u64,
+                seq,
+                rec: Rec::Intent {
+                    id,
+                    time: entry.time,
+                    loc,
+                    copy: true,
+                },
+                ack: None,
+                undo: Some(undo),
+            });
+            moved += 1;
+        }
+        if moved > 0 {
+            tracing::debug!(
+                moved,
+                segments = from.len(),
+                "pending intents copied forward out of old journal segments"
+            );
+        }
+    }
+
+    /// A write of the current segment failed: fail everything unsynced and mark the journal
     /// failed; [`reopen`](Self::reopen) cuts the segment back and starts a new one.
-    pub(super) fn on_error(&mut self, batch: &mut Vec<(Event, Option<AckTx>)>, why: &str) {
+    pub(super) fn on_error(&mut self, staged: &mut Vec<Pending>, why: &str) {
         let err = AuditError::Journal(why.to_owned());
         let mut out = Settled::default();
         {
@@ -250,17 +536,25 @@ impl JournalWriter {
             st.failed = true;
             self.core.health.healthy.store(false, Ordering::Relaxed);
             self.core.settle(&mut st, Err(err.clone()), &mut out);
-            for (e, ack) in batch.drain(..) {
-                Gap::fail_event(&mut st, &self.core.health, &e);
-                if let Some(ack) = ack {
+            // The staged records never counted as outstanding: fail them without releasing.
+            for p in staged.drain(..) {
+                let Some((id, time)) = p.rec.id_and_time() else {
+                    out.events.push((p.seq, p.rec));
+                    continue;
+                };
+                if !p.rec.is_copy() {
+                    Gap::fail_event(&mut st, &self.core.health, id, time);
+                }
+                if let Some(ack) = p.ack {
                     out.acks.push((ack, Err(err.clone())));
+                }
+                if let Some(u) = p.undo {
+                    st.undo.push(u);
                 }
             }
         }
-        for (ack, r) in out.acks.drain(..) {
-            let _ = ack.send(r);
-        }
-        self.core.release(out.failed.drain(..));
+        self.core.deliver(&mut out, &self.parquet);
+        self.apply_undo();
     }
 
     /// Seals the current segment (synced whole) and starts the next.
@@ -314,10 +608,8 @@ impl JournalWriter {
             }
             st.synced
         };
-        for (ack, r) in out.acks.drain(..) {
-            let _ = ack.send(r);
-        }
-        self.core.release(out.failed.drain(..));
+        self.core.deliver(&mut out, &self.parquet);
+        self.apply_undo();
         if let Some(old) = self.file.take() {
             // Drop whatever reached the file but was never acknowledged.
             let keep = synced.saturating_sub(self.seg_base);
@@ -362,6 +654,7 @@ impl JournalWriter {
         }
         self.seg_base = synced;
         self.seg_len = HEADER_LEN;
+        self.seg_first = self.next_seq;
         self.file = Some(file);
         {
             let mut st = lock(&self.core.sync);

@@ -2,10 +2,16 @@
 //! commit, acknowledges them, and turns them into hourly Parquet files.
 //!
 //! Three threads, so that no tokio worker ever waits on the disk:
-//! - **journal** (owns the bounded channel's receiver): takes every event waiting in the channel,
-//!   encodes them into one buffer, appends it to the current segment with one `write`, and queues
-//!   their acknowledgements behind the written position. It rotates segments at
-//!   [`SEGMENT_BYTES`](super::journal::SEGMENT_BYTES), and after a failure reopens a fresh segment.
+//! - **journal** (owns the bounded channel's receiver): takes every event and intent waiting in the
+//!   channel, encodes them into one buffer, appends it to the current segment with one `write`,
+//!   and queues their acknowledgements behind the written position. It rotates segments at
+//!   `segment_bytes` (default [`SEGMENT_BYTES`](super::journal::SEGMENT_BYTES)), and after a
+//!   failure reopens a fresh segment. It keeps the table of pending intents (`intents`): a complete
+//!   event with a pending intent's id completes it, one whose intent was given up on is refused
+//!   with [`AuditError::IntentExpired`]; once a second it gives up on intents older than
+//!   `intent_timeout_s` (and on the oldest whenever a new one would exceed `max_pending_intents`),
+//!   and it copies forward the pending intents that alone hold sealed segments at the front of the
+//!   journal (their other records all published), so a long statement never holds old segments.
 //! - **sync**: whenever the written position is ahead of the synced one and no fdatasync is in
 //!   flight, it starts one at once; events written meanwhile wait for the next, which starts as soon
 //!   as the in-flight one returns (DECISIONS.md 12). One fdatasync at a time on purpose: after a
@@ -13,12 +19,17 @@
 //!   fsyncs could acknowledge lost events. An event waits therefore at most for the in-flight
 //!   fdatasync and its own, never for a timer: an idle agent pays one fdatasync per statement, a busy
 //!   one shares each. `batch_window_ms` is the wait this must stay within; an fdatasync slower than
-//!   the window is logged (at most once a minute). When an fdatasync returns, the sync thread resolves the acknowledgements it covers and passes the
-//!   events on to Parquet (only durable events reach Parquet).
-//! - **parquet**: appends events to the open file of their hour (`event_time`, UTC), closes files
-//!   at the hour boundary (writer clock), at `max_file_bytes`, at `max_file_age_s`, a few seconds
-//!   after opening for rows that arrived after their hour closed, and at shutdown; publishes them
-//!   atomically (`files`), then releases the journal segments whose events are all published.
+//!   the window is logged (at most once a minute). When an fdatasync returns, the sync thread
+//!   resolves the acknowledgements it covers and passes the records on to Parquet (only durable
+//!   records reach Parquet), in journal order.
+//! - **parquet**: keeps where each pending intent's latest record is (no row for it yet; the event
+//!   itself is read back from the journal if it is ever needed), appends each complete event to the
+//!   open file of its hour (`event_time`, UTC) together with the intent it completes, writes the
+//!   intents given up on (and, at shutdown, those still pending) with `outcome_unknown`, closes
+//!   files at the hour boundary (writer clock), at `max_file_bytes`, at `max_file_age_s`, a few
+//!   seconds after opening for rows that arrived after their hour closed (a completion after its
+//!   hour's file closed, for one), and at shutdown; publishes them atomically (`files`), then
+//!   releases the journal records they hold, and the segments whose records are all released.
 //!
 //! On a journal write or sync failure (disk full, directory unwritable) every unsynced event's
 //! acknowledgement fails with [`AuditError::Journal`], [`AuditWriter::healthy`] turns false, the
@@ -36,10 +47,21 @@
 //! A Parquet failure does not fail acknowledgements (the events are durable in the journal); the
 //! file is dropped and rebuilt from the journal every few seconds until it can be written.
 //!
-//! Files: `core` (state the threads share, and how pending events settle), `journal_thread` (the
-//! journal and sync threads), `parquet_stage` (the parquet thread); this file holds the public API.
+//! A journal record that fails takes back what it did to the intent table (a failed intent is no
+//! longer pending; a failed completion leaves its intent pending), so an intent's completion
+//! submitted anyway under `on_audit_failure = "allow"` is the statement's row, and a failed
+//! completion's intent is still written once, as `outcome_unknown` if nothing completes it.
+//!
+//! Memory for intents: the journal thread keeps about a hundred bytes per pending intent and 16
+//! per intent given up on (a bounded number), the parquet thread a few dozen per pending intent;
+//! intent events are not kept.
+//!
+//! Files: `core` (state the threads share, and how pending records settle), `intents` (the
+//! journal thread's intent table), `journal_thread` (the journal and sync threads),
+//! `parquet_stage` (the parquet thread); this file holds the public API.
 
 mod core;
+mod intents;
 mod journal_thread;
 mod parquet_stage;
 
@@ -52,8 +74,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::core::{Core, Health, Msg, PMsg, Seg, SyncState, lock};
-use self::journal_thread::{JournalWriter, run_sync};
+use self::core::{AckTx, Core, Health, Msg, PMsg, Seg, SyncState, lock};
+use self::intents::Intents;
+use self::journal_thread::{JournalWriter, Throttled, run_sync};
 use self::parquet_stage::ParquetStage;
 use super::clock::Clock;
 use super::config::{AuditConfig, OnAuditFailure};
@@ -98,7 +121,8 @@ pub struct WriterTask {
 /// What a clean shutdown did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Events made durable since start (the writer's own lifecycle events included).
+    /// Journal records made durable since start: events, intents (a statement counts its intent
+    /// and its completion), the writer's own lifecycle events, and intents copied forward.
     pub events_written: u64,
     /// Parquet files published since start (recovery's not included).
     pub files_published: u64,
@@ -106,6 +130,9 @@ pub struct ShutdownReport {
     pub gap_events: u64,
     /// Durable events that could not be written to Parquet and stay in the journal for the next start.
     pub left_in_journal: u64,
+    /// Intents written with the flag `outcome_unknown` since start: past `intent_timeout_s`,
+    /// beyond `max_pending_intents`, or still pending at this shutdown.
+    pub intents_unknown: u64,
 }
 
 impl AuditWriter {
@@ -140,9 +167,19 @@ impl EventSink for AuditWriter {
     }
 
     fn submit(&self, event: Event) -> Ack {
+        self.send(event, Msg::Event)
+    }
+
+    fn submit_intent(&self, event: Event) -> Ack {
+        self.send(event, Msg::Intent)
+    }
+}
+
+impl AuditWriter {
+    fn send(&self, event: Event, msg: fn(Event, AckTx) -> Msg) -> Ack {
         let (ack_tx, ack_rx) = oneshot::channel();
         let recv = async move { ack_rx.await.unwrap_or(Err(AuditError::Closed)) };
-        match self.tx.try_send(Msg::Event(event, ack_tx)) {
+        match self.tx.try_send(msg(event, ack_tx)) {
             Ok(()) => Box::pin(recv),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 Box::pin(std::future::ready(Err(AuditError::Closed)))
@@ -208,12 +245,16 @@ impl WriterTask {
                 files_published: core.files_published.load(Ordering::Relaxed),
                 gap_events: core.health.gap_events.load(Ordering::Relaxed),
                 left_in_journal: left,
+                intents_unknown: core.intents_unknown.load(Ordering::Relaxed),
             })
         })
         .await
         .map_err(|e| AuditError::Internal(format!("shutdown task failed: {e}")))?
     }
 }
+
+/// Room for one batch of records, reserved once.
+const MAX_BATCH_HINT: usize = 1024;
 
 fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), AuditError> {
     let rec = |e: &dyn std::fmt::Display| AuditError::Recovery(e.to_string());
@@ -251,6 +292,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
             stop: false,
             gap: None,
             gap_carry: None,
+            undo: Vec::new(),
         }),
         cv: Condvar::new(),
         segs: Mutex::new(VecDeque::from([Seg {
@@ -263,6 +305,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         journal,
         events_written: AtomicU64::new(0),
         files_published: AtomicU64::new(0),
+        intents_unknown: AtomicU64::new(0),
         batch_window: Duration::from_millis(opts.config.batch_window_ms),
     });
 
@@ -281,6 +324,9 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         failed: BTreeMap::new(),
         next_retry: Instant::now(),
         ticker: tx.downgrade(),
+        next_tick: Instant::now(),
+        intents: HashMap::new(),
+        payload: Vec::new(),
     };
     let parquet = std::thread::Builder::new()
         .name("audit-parquet".into())
@@ -305,6 +351,16 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         clock: opts.clock.clone(),
         on_failure: opts.on_failure,
         parquet: ptx.clone(),
+        seg_first: report.next_seq,
+        segment_bytes: opts.config.segment_bytes.max(HEADER_LEN + 1),
+        intents: Intents::new(
+            opts.config.max_pending_intents,
+            Duration::from_secs(opts.config.intent_timeout_s),
+        ),
+        staged: Vec::with_capacity(MAX_BATCH_HINT),
+        next_maintenance: Instant::now(),
+        late: Throttled::default(),
+        overflow: Throttled::default(),
     };
     let journal = std::thread::Builder::new()
         .name("audit-journal".into())
