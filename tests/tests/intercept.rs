@@ -503,3 +503,85 @@ fn connector_5_2_0_over_http2_through_the_agent() -> anyhow::Result<()> {
 fn node_sdk_3_3_0_through_the_agent() -> anyhow::Result<()> {
     intercepted_session(Driver::Node, [127, 77, 3, 6])
 }
+
+/// A statement in flight when the daemon is killed: its intent was made durable before it went
+/// upstream, so after the restart the audit has it, marked `outcome_unknown`.
+#[test]
+fn a_statement_in_flight_at_a_crash_is_recorded_as_outcome_unknown() -> anyhow::Result<()> {
+    let mut s = setup("e2e-crash", [127, 77, 3, 7])?;
+    let hosts = drivers::write_hosts_file(
+        s.dir.path(),
+        s.fake.addr().ip(),
+        &[ACCOUNT_HOST, STORAGE_HOST],
+    )?;
+    let held = "/*slow:100000*/ select 9 as never_done";
+    let args = vec![
+        "--host".to_owned(),
+        ACCOUNT_HOST.to_owned(),
+        "--password".to_owned(),
+        PASSWORD.to_owned(),
+        held.to_owned(),
+    ];
+    let inner = drivers::session_command(Driver::Py4, &hosts, Path::new("/nonexistent"), &args)?;
+    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
+    cmd.arg("--control-socket")
+        .arg(&s.daemon.socket)
+        .args(["exec", "--identity", "e2e-crash", "--"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    for v in CA_VARS {
+        cmd.env_remove(v);
+    }
+    let mut workload = cmd.spawn()?;
+    // Wait until the statement reached the fake, and is being polled.
+    let reached = snowtrail_tests::wait_for(std::time::Duration::from_secs(30), || {
+        s.fake
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/result"))
+            .then_some(())
+    });
+    s.daemon.kill();
+    let _ = workload.kill();
+    let _ = workload.wait();
+    ensure!(
+        reached.is_some(),
+        "the held statement never reached the fake"
+    );
+    s.daemon.start_again()?;
+    let row = snowtrail_tests::wait_for(std::time::Duration::from_secs(20), || {
+        s.daemon
+            .events()
+            .into_iter()
+            .find(|e| e["event_kind"] == "query" && e["sql_text"] == held)
+    })
+    .with_context(|| {
+        format!(
+            "no row for the statement in flight: {:#?}",
+            s.daemon.events()
+        )
+    })?;
+    ensure!(
+        row["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "outcome_unknown")),
+        "{row}"
+    );
+    ensure!(row["workload_identity"] == "e2e-crash", "{row}");
+    let rows = s
+        .daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["sql_text"] == held)
+        .count();
+    ensure!(rows == 1, "the statement has {rows} rows");
+    Ok(())
+}
