@@ -64,13 +64,8 @@ fn setup(name: &str, ip: [u8; 4]) -> anyhow::Result<Setup> {
     Ok(Setup { daemon, fake, dir })
 }
 
-/// Runs the same session directly against the fake (not enrolled, trusting the fake's CA).
-fn run_direct(s: &Setup, driver: Driver, statements: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let hosts = drivers::write_hosts_file(
-        s.dir.path(),
-        s.fake.addr().ip(),
-        &[ACCOUNT_HOST, STORAGE_HOST],
-    )?;
+/// The session script's arguments: the account host, the password, then the statements.
+fn session_args(statements: &[&str]) -> Vec<String> {
     let mut args = vec![
         "--host".to_owned(),
         ACCOUNT_HOST.to_owned(),
@@ -78,9 +73,67 @@ fn run_direct(s: &Setup, driver: Driver, statements: &[&str]) -> anyhow::Result<
         PASSWORD.to_owned(),
     ];
     args.extend(statements.iter().map(|s| (*s).to_owned()));
-    let out = drivers::session_command(driver, &hosts, s.fake.ca_pem_path(), &args)?
-        .stdin(std::process::Stdio::null())
-        .output()?;
+    args
+}
+
+/// The hosts file mapping the account and storage hosts to the fake.
+fn hosts_file(s: &Setup) -> anyhow::Result<std::path::PathBuf> {
+    drivers::write_hosts_file(
+        s.dir.path(),
+        s.fake.addr().ip(),
+        &[ACCOUNT_HOST, STORAGE_HOST],
+    )
+}
+
+/// A driver session run under `snowtrail exec --identity <identity>`. The CA variables are
+/// cleared so that the driver's trust comes from `snowtrail exec` alone, as on a clean host.
+fn exec_session(
+    s: &Setup,
+    driver: Driver,
+    identity: &str,
+    statements: &[&str],
+) -> anyhow::Result<Command> {
+    let inner = drivers::session_command(
+        driver,
+        &hosts_file(s)?,
+        Path::new("/nonexistent"),
+        &session_args(statements),
+    )?;
+    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
+    cmd.arg("--control-socket")
+        .arg(&s.daemon.socket)
+        .args([
+            "exec",
+            "--identity",
+            identity,
+            "--label",
+            "suite=intercept",
+            "--",
+        ])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(std::process::Stdio::null());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    for v in CA_VARS {
+        cmd.env_remove(v);
+    }
+    Ok(cmd)
+}
+
+/// Runs the same session directly against the fake (not enrolled, trusting the fake's CA).
+fn run_direct(s: &Setup, driver: Driver, statements: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let out = drivers::session_command(
+        driver,
+        &hosts_file(s)?,
+        s.fake.ca_pem_path(),
+        &session_args(statements),
+    )?
+    .stdin(std::process::Stdio::null())
+    .output()?;
     Ok(drivers::json_lines(&out.stdout))
 }
 
@@ -116,44 +169,7 @@ fn run_session(
     identity: &str,
     statements: &[&str],
 ) -> anyhow::Result<Vec<Value>> {
-    let hosts = drivers::write_hosts_file(
-        s.dir.path(),
-        s.fake.addr().ip(),
-        &[ACCOUNT_HOST, STORAGE_HOST],
-    )?;
-    let mut args = vec![
-        "--host".to_owned(),
-        ACCOUNT_HOST.to_owned(),
-        "--password".to_owned(),
-        PASSWORD.to_owned(),
-    ];
-    args.extend(statements.iter().map(|s| (*s).to_owned()));
-    // The fake's CA is only what session_command would trust; the CA variables are cleared
-    // below so that the trust comes from `snowtrail exec` alone.
-    let inner = drivers::session_command(driver, &hosts, Path::new("/nonexistent"), &args)?;
-    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
-    cmd.arg("--control-socket")
-        .arg(&s.daemon.socket)
-        .args([
-            "exec",
-            "--identity",
-            identity,
-            "--label",
-            "suite=intercept",
-            "--",
-        ])
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    for v in CA_VARS {
-        cmd.env_remove(v);
-    }
-    let out = cmd
-        .stdin(std::process::Stdio::null())
+    let out = exec_session(s, driver, identity, statements)?
         .output()
         .context("cannot run snowtrail exec")?;
     let lines = drivers::json_lines(&out.stdout);
@@ -509,37 +525,10 @@ fn node_sdk_3_3_0_through_the_agent() -> anyhow::Result<()> {
 #[test]
 fn a_statement_in_flight_at_a_crash_is_recorded_as_outcome_unknown() -> anyhow::Result<()> {
     let mut s = setup("e2e-crash", [127, 77, 3, 7])?;
-    let hosts = drivers::write_hosts_file(
-        s.dir.path(),
-        s.fake.addr().ip(),
-        &[ACCOUNT_HOST, STORAGE_HOST],
-    )?;
     let held = "/*slow:100000*/ select 9 as never_done";
-    let args = vec![
-        "--host".to_owned(),
-        ACCOUNT_HOST.to_owned(),
-        "--password".to_owned(),
-        PASSWORD.to_owned(),
-        held.to_owned(),
-    ];
-    let inner = drivers::session_command(Driver::Py4, &hosts, Path::new("/nonexistent"), &args)?;
-    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
-    cmd.arg("--control-socket")
-        .arg(&s.daemon.socket)
-        .args(["exec", "--identity", "e2e-crash", "--"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+    let mut cmd = exec_session(&s, Driver::Py4, "e2e-crash", &[held])?;
+    cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    for v in CA_VARS {
-        cmd.env_remove(v);
-    }
     let mut workload = cmd.spawn()?;
     // Wait until the statement reached the fake, and is being polled.
     let reached = snowtrail_tests::wait_for(std::time::Duration::from_secs(30), || {
