@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod drain;
 pub mod enroll;
+pub mod identity;
 pub mod proxy;
 pub mod redirect;
 pub mod snowflake;

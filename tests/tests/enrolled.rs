@@ -69,6 +69,8 @@ fn exec_client_is_proxied_and_attributed() {
     assert_eq!(ev["labels"]["team"], "data");
     assert_eq!(ev["labels"]["tier"], "gold");
     assert_eq!(ev["comm"], "python3");
+    assert!(ev["exe"].as_str().unwrap().contains("python"), "{ev}");
+    assert_eq!(ev["user_name"], "root");
     assert_eq!(ev["dst_ip"], "127.77.0.1");
     assert_eq!(ev["dst_port"], 443);
     assert_eq!(ev["connection_mode"], "passthrough");

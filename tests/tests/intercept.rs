@@ -331,6 +331,18 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
         "{select}"
     );
     ensure!(select["tgid"].as_u64().is_some(), "{select}");
+    let exe = select["exe"].as_str().unwrap_or_default();
+    ensure!(exe.contains("python") || exe.contains("node"), "{select}");
+    ensure!(
+        select["user_name"] == "root" && select["ppid"].as_u64().is_some(),
+        "{select}"
+    );
+    ensure!(
+        select["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("session.")),
+        "{select}"
+    );
     ensure!(query_event(&mine, CUSTOMERS)?["rows_produced"] == 3);
 
     let missing = query_event(&mine, MISSING)?;

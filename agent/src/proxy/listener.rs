@@ -379,6 +379,11 @@ fn connection_event(
     e.gid = Some(origin.gid);
     e.comm = Some(crate::redirect::comm(origin));
     e.cgroup_id = Some(origin.cgroup_id);
+    let process = crate::identity::ProcessInfo::read(origin.tgid, origin.uid);
+    e.exe = process.exe;
+    e.cmdline = process.cmdline;
+    e.ppid = process.ppid;
+    e.user_name = process.user_name;
     e.src_ip = Some(peer.ip());
     e.src_port = Some(peer.port());
     e.dst_ip = Some(dst.ip());
