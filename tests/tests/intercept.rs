@@ -16,7 +16,7 @@ const PORT_BASE: u16 = 29_530;
 const ACCOUNT_HOST: &str = "xy12345.snowflakecomputing.com";
 /// Where the fake serves result chunks: a storage host the agent learns from query responses.
 const STORAGE_HOST: &str = "stage.fake-snowflake.test";
-const CHUNKED: &str = "/*sf_chunks*/ select id, name from big";
+const CHUNKED: &str = "/*sf_chunks*/ /*rows:12000*/ select id, name from big";
 const PASSWORD: &str = "s3cret-pa55word";
 
 const SELECT_1: &str = "select 1";
@@ -396,12 +396,12 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
     // A chunked result: the chunks come from the storage host the response names, and the
     // statement's event counts them (it is recorded once every chunk was downloaded).
     ensure!(
-        statement(&lines, CHUNKED)?["rows"].as_array().map(Vec::len) == Some(350),
+        statement(&lines, CHUNKED)?["rows"].as_array().map(Vec::len) == Some(12_000),
         "{lines:#?}"
     );
     let chunked = query_event(&mine, CHUNKED)?;
     ensure!(
-        chunked["rows_produced"] == 350 && chunked["chunk_count"] == 3,
+        chunked["rows_produced"] == 12_000 && chunked["chunk_count"] == 3,
         "{chunked}"
     );
     ensure!(
