@@ -7,7 +7,8 @@
 //!    feature wants an LLVM this machine does not have);
 //! 3. Python venvs under `target/snowtrail-env/`: `venv` with the test tools (DuckDB, pyarrow), and
 //!    `py4` / `py5` with the two generations of Snowflake's Python connector (they cannot share one);
-//! 4. Snowflake's Node driver under `target/snowtrail-env/node`.
+//! 4. Snowflake's Node driver under `target/snowtrail-env/node`;
+//! 5. stunnel from Debian, the TLS terminator put in front of fakesnow in the tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,8 +22,12 @@ use crate::util::{output, root, sh, step};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Python packages the tests use to read the audit, pinned.
 const PYTHON_REQUIREMENTS: &[&str] = &["duckdb==2.0.0", "pyarrow==26.0.1"];
-/// The classic, pure-Python connector (HTTP/1.1, gzip bodies, trusts REQUESTS_CA_BUNDLE).
-const PY4_REQUIREMENTS: &[&str] = &["snowflake-connector-python==4.8.1"];
+/// The classic, pure-Python connector (HTTP/1.1, gzip bodies, trusts REQUESTS_CA_BUNDLE), and
+/// fakesnow, the third-party fake Snowflake that needs a connector before 5.
+const PY4_REQUIREMENTS: &[&str] = &[
+    "snowflake-connector-python==4.8.1",
+    "fakesnow[server]==0.12.1",
+];
 /// The current connector with its Rust core (HTTP/2, trusts SSL_CERT_FILE and the system store).
 const PY5_REQUIREMENTS: &[&str] = &["snowflake-connector-python==5.2.0"];
 /// Snowflake's Node driver (trusts NODE_EXTRA_CA_CERTS).
@@ -72,6 +77,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Env> {
         opts.force,
     )?;
     let node_modules = node(opts.force)?;
+    stunnel()?;
     Ok(Env {
         python,
         py4,
@@ -181,6 +187,25 @@ fn venv(name: &str, requirements: &[&str], what: &str, force: bool) -> anyhow::R
         .args(requirements))?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
+}
+
+fn stunnel() -> anyhow::Result<()> {
+    if output(Command::new("stunnel").arg("-version")).is_some()
+        || Path::new("/usr/bin/stunnel").exists()
+    {
+        return Ok(());
+    }
+    step("installing stunnel4 from Debian");
+    let install = || {
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "stunnel4"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if install().is_err() {
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        install()?;
+    }
+    Ok(())
 }
 
 fn node(force: bool) -> anyhow::Result<PathBuf> {
