@@ -20,8 +20,9 @@ use tracing::{debug, warn};
 use super::body::{Collected, Counted, collect, full};
 use super::intercept::Body;
 use super::sessions::{Session, Tracker};
+use super::statement;
 use crate::audit::{Durability, Event, EventKind, EventSink, OnAuditFailure};
-use crate::snowflake::{self, Endpoint, QueryStatus, RedactMode, Refusal};
+use crate::snowflake::{self, Endpoint, RedactMode, Refusal};
 
 /// Limits on what the proxy buffers to inspect.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +61,12 @@ pub struct ConnCtx {
 
 impl ConnCtx {
     /// A new event of `kind` carrying the connection's columns.
-    fn event(&self, kind: EventKind, at: SystemTime, session: Option<&Session>) -> Event {
+    pub(super) fn event(
+        &self,
+        kind: EventKind,
+        at: SystemTime,
+        session: Option<&Session>,
+    ) -> Event {
         let mut e = self.base.clone();
         e.event_id = uuid::Uuid::now_v7();
         e.event_kind = kind;
@@ -79,7 +85,7 @@ impl ConnCtx {
     }
 }
 
-fn fill_session(e: &mut Event, s: &Session) {
+pub(super) fn fill_session(e: &mut Event, s: &Session) {
     e.session_id = Some(s.id.clone());
     e.snowflake_session_id.clone_from(&s.snowflake_session_id);
     e.account.clone_from(&s.account);
@@ -95,7 +101,7 @@ fn fill_session(e: &mut Event, s: &Session) {
     }
 }
 
-fn elapsed_ms(started: Instant) -> Option<u64> {
+pub(super) fn elapsed_ms(started: Instant) -> Option<u64> {
     Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -110,9 +116,9 @@ where
     debug!(endpoint = endpoint.name(), "exchange");
     match endpoint {
         Endpoint::Login => login(req, ctx, send).await,
-        Endpoint::Query => query(req, params.request_id, ctx, send).await,
-        Endpoint::ResultPoll { query_id } => poll(req, &query_id, ctx, send).await,
-        Endpoint::Monitoring { query_id } => monitoring(req, &query_id, ctx, send).await,
+        Endpoint::Query => statement::query(req, params.request_id, ctx, send).await,
+        Endpoint::ResultPoll { query_id } => statement::poll(req, &query_id, ctx, send).await,
+        Endpoint::Monitoring { query_id } => statement::monitoring(req, &query_id, ctx, send).await,
         Endpoint::TokenRequest => renewal(req, ctx, send).await,
         Endpoint::Logout => logout(req, ctx, send).await,
         _ => other(req, ctx, send).await,
@@ -156,7 +162,7 @@ where
 }
 
 /// The answer the agent gives instead of Snowflake.
-fn reply(r: snowflake::envelope::Reply) -> Response<Body> {
+pub(super) fn reply(r: snowflake::envelope::Reply) -> Response<Body> {
     let mut resp = Response::new(full(Bytes::from(r.body)));
     *resp.status_mut() = r.status;
     resp.headers_mut().insert(
@@ -167,7 +173,7 @@ fn reply(r: snowflake::envelope::Reply) -> Response<Body> {
 }
 
 /// Reads a request body for inspection; `Err` is the refusal to answer with.
-async fn read_request(
+pub(super) async fn read_request(
     parts: &http::request::Parts,
     body: Body,
     limits: Limits,
@@ -193,7 +199,8 @@ async fn read_request(
 }
 
 /// A response read for inspection: the bytes to hand on and their decoded form, or a stream.
-enum Inspected {
+pub(super) enum Inspected {
+    /// Read whole: the headers, the bytes to hand on, and their decoded form.
     Read {
         parts: http::response::Parts,
         raw: Bytes,
@@ -202,7 +209,7 @@ enum Inspected {
     Streamed(Response<Body>),
 }
 
-async fn read_response(resp: Response<Body>, limit: usize) -> Inspected {
+pub(super) async fn read_response(resp: Response<Body>, limit: usize) -> Inspected {
     let (parts, body) = resp.into_parts();
     match collect(body, limit).await {
         Collected::Whole(raw) => {
@@ -312,359 +319,19 @@ where
     out
 }
 
-async fn refuse_login(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
+/// Turns an event into the record of a refusal.
+pub(super) fn mark_denied(event: &mut Event, refusal: &Refusal) {
     event.event_kind = EventKind::Denial;
     event.success = Some(false);
     event.decision = Some("deny".into());
     event.error_message = Some(refusal.message());
     event.detail = Some(refusal.label().to_owned());
+}
+
+async fn refuse_login(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
+    mark_denied(&mut event, &refusal);
     drop(ctx.inspector.sink.submit(event));
     reply(snowflake::envelope::login_error(&refusal))
-}
-
-async fn query<F, Fut>(
-    req: Request<Body>,
-    request_id: Option<String>,
-    ctx: &ConnCtx,
-    send: F,
-) -> Response<Body>
-where
-    F: FnOnce(Request<Body>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
-{
-    let started = Instant::now();
-    let ins = &ctx.inspector;
-    let (parts, body) = req.into_parts();
-    let session = ins
-        .tracker
-        .lookup(snowflake::auth::authorization_token(&parts.headers));
-    // A retry with the same request id is the same statement (DECISIONS 10).
-    let retried = request_id
-        .as_deref()
-        .and_then(|r| ins.tracker.take_request(r));
-    let mut event = match retried {
-        Some(e) => e,
-        None => {
-            let mut e = ctx.event(EventKind::Query, SystemTime::now(), session.as_deref());
-            e.request_id.clone_from(&request_id);
-            e
-        }
-    };
-    let (raw, decoded) = match read_request(&parts, body, ins.limits).await {
-        Ok(b) => b,
-        Err(refusal) => return refuse_query(ctx, event, refusal).await,
-    };
-    let parsed = match snowflake::parse_query_request(&decoded) {
-        Ok(p) => p,
-        Err(_) => return refuse_query(ctx, event, Refusal::Unparsed).await,
-    };
-    event.sql_text = Some(snowflake::redact_sql(&parsed.sql_text, ins.redact).into_owned());
-    event.bind_count = parsed
-        .bindings
-        .as_ref()
-        .and_then(|b| u32::try_from(b.count).ok());
-    event.is_async = Some(parsed.async_exec);
-    if parsed.describe_only && !event.flags.iter().any(|f| f == "describe_only") {
-        event.flags.push("describe_only".into());
-    }
-    if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
-        return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
-    }
-    if ins.durability == Durability::BeforeForward
-        && let Err(e) = ins.sink.submit_intent(event.clone()).await
-    {
-        if ins.on_audit_failure == OnAuditFailure::Block {
-            warn!(error = %e, "statement refused: its audit record could not be made durable");
-            return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
-        }
-        event.flags.push("audit_gap".into());
-    }
-    let resp = send(Request::from_parts(parts, full(raw))).await;
-    let status = resp.status();
-
-    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
-        Inspected::Read {
-            parts,
-            raw,
-            decoded,
-        } => {
-            match decoded.as_deref().map(snowflake::parse_query_response) {
-                Some(Ok(r)) => {
-                    apply_query_response(&mut event, &r, raw.len(), session.as_deref());
-                    match r.status {
-                        QueryStatus::InProgress | QueryStatus::AsyncDetached => {
-                            event.duration_ms = elapsed_ms(started);
-                            match r.query_id.as_deref() {
-                                Some(qid) => ins.tracker.park_query(qid, event),
-                                None => complete(ins, event),
-                            }
-                        }
-                        QueryStatus::SessionExpired => match request_id.as_deref() {
-                            Some(rid) => ins.tracker.park_request(rid, event),
-                            None => complete(ins, event),
-                        },
-                        QueryStatus::Complete if !r.result_ids.is_empty() => {
-                            event.duration_ms = elapsed_ms(started);
-                            complete_children(ins, event, &r, &parsed.sql_text);
-                        }
-                        QueryStatus::Complete if !r.chunks.is_empty() => {
-                            event.duration_ms = elapsed_ms(started);
-                            learn_hosts(ins, &ctx.base, &r);
-                            await_chunks(ins, event, &r);
-                        }
-                        QueryStatus::Complete | QueryStatus::Failed => {
-                            event.duration_ms = elapsed_ms(started);
-                            learn_hosts(ins, &ctx.base, &r);
-                            complete(ins, event);
-                        }
-                    }
-                }
-                _ => {
-                    event.success = Some(status.is_success());
-                    event.flags.push("unparsed".into());
-                    event.duration_ms = elapsed_ms(started);
-                    complete(ins, event);
-                }
-            }
-            Response::from_parts(parts, full(raw))
-        }
-        Inspected::Streamed(resp) => {
-            event.flags.push("uninspected".into());
-            event.duration_ms = elapsed_ms(started);
-            complete(ins, event);
-            resp
-        }
-    }
-}
-
-/// Fills a query event from Snowflake's answer.
-fn apply_query_response(
-    event: &mut Event,
-    r: &snowflake::QueryResponse,
-    body_len: usize,
-    session: Option<&Session>,
-) {
-    event.query_id = r.query_id.clone().or(event.query_id.take());
-    match r.status {
-        QueryStatus::Complete => event.success = Some(true),
-        QueryStatus::Failed => {
-            event.success = Some(false);
-            event.error_code = r.error_code.clone().or_else(|| r.code.clone());
-            event.sql_state.clone_from(&r.sql_state);
-            event.error_message.clone_from(&r.message);
-        }
-        _ => {}
-    }
-    if let Some(t) = &r.statement_type {
-        event.statement_type = Some(t.as_str().to_owned());
-    }
-    if matches!(r.status, QueryStatus::Complete) {
-        event.rows_produced = r.total.or(r.returned).or(r.rowset_rows);
-        event.result_bytes = Some(u64::try_from(body_len).unwrap_or(u64::MAX));
-        event.chunk_count = u32::try_from(r.chunks.len()).ok();
-    }
-    if let Some(s) = session
-        && let Ok(mut c) = s.context.lock()
-    {
-        if r.final_role.is_some() {
-            c.role.clone_from(&r.final_role);
-        }
-        if r.final_warehouse.is_some() {
-            c.warehouse.clone_from(&r.final_warehouse);
-        }
-        if r.final_database.is_some() {
-            c.database.clone_from(&r.final_database);
-        }
-        if r.final_schema.is_some() {
-            c.schema.clone_from(&r.final_schema);
-        }
-    }
-}
-
-/// A multi-statement request: one event per statement, each with its own query id and the
-/// request's in `parent_query_id` (DECISIONS 10). The first keeps the request's event id, so the
-/// intent journaled before forwarding is completed by it.
-fn complete_children(ins: &Inspector, parent: Event, r: &snowflake::QueryResponse, sql: &str) {
-    let texts = snowflake::statements::split_statements(sql);
-    let split_ok = texts.len() == r.result_ids.len();
-    for (i, child_id) in r.result_ids.iter().enumerate() {
-        let mut e = parent.clone();
-        if i > 0 {
-            e.event_id = uuid::Uuid::now_v7();
-        }
-        e.parent_query_id.clone_from(&parent.query_id);
-        e.query_id = Some(child_id.clone());
-        e.rows_produced = None;
-        e.result_bytes = None;
-        e.chunk_count = None;
-        e.statement_type = r.result_types.get(i).map(|t| t.as_str().to_owned());
-        if split_ok {
-            e.sql_text = Some(snowflake::redact_sql(texts[i], ins.redact).into_owned());
-        }
-        complete(ins, e);
-    }
-}
-
-/// Intercepts, for this cgroup, the storage hosts a response points the driver at (DECISIONS 3).
-fn learn_hosts(ins: &Inspector, base: &Event, r: &snowflake::QueryResponse) {
-    let Some(cgroup_id) = base.cgroup_id else {
-        return;
-    };
-    for h in snowflake::hosts_to_learn(r) {
-        ins.tracker.learn_host(cgroup_id, &h.host);
-    }
-}
-
-/// Holds a chunked result's event until its chunks were downloaded (their bytes are added), or
-/// until `chunk_wait` passes (then it is flagged `chunks_unseen`).
-fn await_chunks(ins: &Inspector, event: Event, r: &snowflake::QueryResponse) {
-    let pending = super::sessions::PendingResult::new(event, r.chunks.len());
-    for c in &r.chunks {
-        ins.tracker
-            .expect_chunk(&c.url.host, &c.url.path, pending.clone());
-    }
-    let sink = ins.sink.clone();
-    let wait = ins.chunk_wait;
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        if let Some(event) = pending.finish(true) {
-            drop(sink.submit(event));
-        }
-    });
-}
-
-/// Records a finished statement; its durability is not waited on (DECISIONS 12).
-fn complete(ins: &Inspector, event: Event) {
-    drop(ins.sink.submit(event));
-}
-
-async fn refuse_query(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
-    let qid = uuid::Uuid::now_v7().to_string();
-    event.event_kind = EventKind::Denial;
-    event.success = Some(false);
-    event.decision = Some("deny".into());
-    event.query_id = Some(qid.clone());
-    event.error_message = Some(refusal.message());
-    event.detail = Some(refusal.label().to_owned());
-    drop(ctx.inspector.sink.submit(event));
-    reply(snowflake::envelope::query_error(&refusal, &qid))
-}
-
-async fn poll<F, Fut>(req: Request<Body>, query_id: &str, ctx: &ConnCtx, send: F) -> Response<Body>
-where
-    F: FnOnce(Request<Body>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
-{
-    let ins = &ctx.inspector;
-    let Some(mut event) = ins.tracker.take_query(query_id) else {
-        return send(req).await;
-    };
-    let session = ins
-        .tracker
-        .lookup(snowflake::auth::authorization_token(req.headers()));
-    let resp = send(req).await;
-    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
-        Inspected::Read {
-            parts,
-            raw,
-            decoded,
-        } => {
-            match decoded.as_deref().map(snowflake::parse_query_response) {
-                Some(Ok(r))
-                    if matches!(
-                        r.status,
-                        QueryStatus::InProgress | QueryStatus::AsyncDetached
-                    ) =>
-                {
-                    ins.tracker.park_query(query_id, event);
-                }
-                Some(Ok(r)) => {
-                    apply_query_response(&mut event, &r, raw.len(), session.as_deref());
-                    complete(ins, event);
-                }
-                _ => {
-                    event.flags.push("unparsed".into());
-                    complete(ins, event);
-                }
-            }
-            Response::from_parts(parts, full(raw))
-        }
-        Inspected::Streamed(resp) => {
-            event.flags.push("uninspected".into());
-            complete(ins, event);
-            resp
-        }
-    }
-}
-
-/// States of `GET /monitoring/queries/<qid>` that mean the statement is over.
-const MONITOR_DONE_OK: &[&str] = &["SUCCESS"];
-const MONITOR_DONE_FAILED: &[&str] = &[
-    "FAILED_WITH_ERROR",
-    "FAILED_WITH_INCIDENT",
-    "ABORTED",
-    "DISCONNECTED",
-];
-
-/// The status of an async statement: when it says the statement ended, the parked event is
-/// completed (its rows come with the result fetch the driver makes next, a statement of its own).
-async fn monitoring<F, Fut>(
-    req: Request<Body>,
-    query_id: &str,
-    ctx: &ConnCtx,
-    send: F,
-) -> Response<Body>
-where
-    F: FnOnce(Request<Body>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
-{
-    let ins = &ctx.inspector;
-    let Some(mut event) = ins.tracker.take_query(query_id) else {
-        return send(req).await;
-    };
-    let resp = send(req).await;
-    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
-        Inspected::Read {
-            parts,
-            raw,
-            decoded,
-        } => {
-            let status = decoded
-                .as_deref()
-                .and_then(|d| snowflake::parse_monitoring_response(d).ok())
-                .and_then(|m| {
-                    m.queries
-                        .into_iter()
-                        .find(|q| q.id.as_deref().is_none_or(|id| id == query_id))
-                });
-            match status {
-                Some(q)
-                    if q.status
-                        .as_deref()
-                        .is_some_and(|s| MONITOR_DONE_OK.contains(&s)) =>
-                {
-                    event.success = Some(true);
-                    complete(ins, event);
-                }
-                Some(q)
-                    if q.status
-                        .as_deref()
-                        .is_some_and(|s| MONITOR_DONE_FAILED.contains(&s)) =>
-                {
-                    event.success = Some(false);
-                    event.error_code = q.error_code;
-                    event.error_message = q.status;
-                    complete(ins, event);
-                }
-                _ => ins.tracker.park_query(query_id, event),
-            }
-            Response::from_parts(parts, full(raw))
-        }
-        Inspected::Streamed(resp) => {
-            ins.tracker.park_query(query_id, event);
-            resp
-        }
-    }
 }
 
 async fn renewal<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>

@@ -13,6 +13,7 @@ pub mod listener;
 pub mod passthrough;
 pub mod prefixed;
 pub mod sessions;
+mod statement;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
