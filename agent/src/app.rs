@@ -135,6 +135,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             sink: sink.clone(),
             tracker: proxy::sessions::Tracker::default(),
             limits: proxy::exchange::Limits {
+                budget: proxy::body::Budget::new(config.limits.inspect_budget_bytes),
                 max_request_bytes: config.limits.max_request_bytes,
                 max_response_inspect_bytes: config.limits.max_response_inspect_bytes,
             },

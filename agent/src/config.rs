@@ -111,6 +111,8 @@ pub struct Config {
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// Largest response body buffered for inspection; larger ones stream on, flagged `uninspected`.
 pub const DEFAULT_MAX_RESPONSE_INSPECT_BYTES: usize = 64 * 1024 * 1024;
+/// Memory all inspection buffers share, so memory stays bounded at any concurrency.
+pub const DEFAULT_INSPECT_BUDGET_BYTES: usize = 512 * 1024 * 1024;
 
 /// The `[limits]` section: bounds on what the proxy holds in memory to inspect.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -120,6 +122,8 @@ pub struct LimitsSection {
     pub max_request_bytes: usize,
     /// Largest response body buffered for inspection.
     pub max_response_inspect_bytes: usize,
+    /// Memory all inspections share; when it is spent, new inspections wait.
+    pub inspect_budget_bytes: usize,
 }
 
 impl Default for LimitsSection {
@@ -127,6 +131,7 @@ impl Default for LimitsSection {
         LimitsSection {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_inspect_bytes: DEFAULT_MAX_RESPONSE_INSPECT_BYTES,
+            inspect_budget_bytes: DEFAULT_INSPECT_BUDGET_BYTES,
         }
     }
 }

@@ -1,10 +1,112 @@
 //! Response and request bodies as the exchange inspector handles them: read up to a limit (or
 //! handed back whole as a stream when larger), counted as they pass, chained back together.
+//!
+//! Every byte held for inspection is paid for from one [`Budget`] shared by all connections
+//! (DECISIONS 2): when it is spent, a new inspection waits until others hand their bytes on. The
+//! bytes keep their share of the budget until the body carrying them onward has been dropped.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::intercept::Body;
+
+/// The unit the budget is counted in.
+const UNIT: usize = 1024;
+
+/// The memory all inspections share.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    units: usize,
+}
+
+impl Budget {
+    /// A budget of `bytes` (rounded down to whole KiB, at least one).
+    pub fn new(bytes: usize) -> Budget {
+        let units = (bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        Budget {
+            sem: Arc::new(Semaphore::new(units)),
+            units,
+        }
+    }
+
+    /// The budget in bytes.
+    pub fn bytes(&self) -> usize {
+        self.units * UNIT
+    }
+
+    /// Bytes not held by any inspection now.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits() * UNIT
+    }
+
+    /// Waits for `units` more of the budget and adds them to `held`.
+    async fn reserve(&self, held: &mut Option<OwnedSemaphorePermit>, units: usize) -> bool {
+        let Ok(n) = u32::try_from(units) else {
+            return false;
+        };
+        match self.sem.clone().acquire_many_owned(n).await {
+            Ok(p) => {
+                match held {
+                    Some(h) => h.merge(p),
+                    None => *held = Some(p),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Bytes read for inspection, with their share of the budget.
+pub(super) struct Held {
+    /// The bytes.
+    pub(super) bytes: Bytes,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Held {
+    /// How many bytes.
+    pub(super) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// A body carrying the bytes onward; the budget share is returned when it is dropped.
+    pub(super) fn into_body(self) -> Body {
+        HeldBody {
+            inner: Full::new(self.bytes),
+            _permit: self.permit,
+        }
+        .boxed()
+    }
+}
+
+/// A whole body that keeps its share of the budget while it lives.
+struct HeldBody {
+    inner: Full<Bytes>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|never| match never {})
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A body that counts its bytes and reports the total once, at its end (or when dropped early).
 pub(super) struct Counted {
@@ -49,25 +151,41 @@ impl Drop for Counted {
 
 /// A body read whole, or too big to hold (then handed back as a stream replaying what was read).
 pub(super) enum Collected {
-    Whole(Bytes),
+    Whole(Held),
     TooLarge(Body),
     Failed(String),
 }
 
-/// Reads `body` up to `limit` bytes.
-pub(super) async fn collect(mut body: Body, limit: usize) -> Collected {
+/// Reads `body` up to `limit` bytes, paying for what it holds from `budget`.
+pub(super) async fn collect(mut body: Body, limit: usize, budget: &Budget) -> Collected {
+    let limit = limit.min(budget.bytes());
     let mut buf = BytesMut::new();
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let mut units = 0usize;
     loop {
         match body.frame().await {
-            None => return Collected::Whole(buf.freeze()),
+            None => {
+                return Collected::Whole(Held {
+                    bytes: buf.freeze(),
+                    permit,
+                });
+            }
             Some(Err(e)) => return Collected::Failed(e.to_string()),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
                     if buf.len() > limit {
+                        // Too big to inspect: hand everything on as a stream, holding nothing.
+                        drop(permit);
                         let head = Full::new(buf.freeze()).map_err(|never| match never {});
-                        let rest = chain(head.boxed(), body);
-                        return Collected::TooLarge(rest);
+                        return Collected::TooLarge(chain(head.boxed(), body));
+                    }
+                    let needed = buf.len().div_ceil(UNIT);
+                    if needed > units {
+                        if !budget.reserve(&mut permit, needed - units).await {
+                            return Collected::Failed("inspection budget closed".into());
+                        }
+                        units = needed;
                     }
                 }
             }
@@ -110,4 +228,52 @@ impl hyper::body::Body for Chain {
 
 pub(super) fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn body_of(n: usize) -> Body {
+        Full::new(Bytes::from(vec![7u8; n]))
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    #[tokio::test]
+    async fn held_bytes_pay_from_the_budget_until_their_body_is_dropped() {
+        let budget = Budget::new(8 * 1024);
+        let Collected::Whole(held) = collect(body_of(6 * 1024), 1 << 20, &budget).await else {
+            panic!("not whole");
+        };
+        assert_eq!(held.len(), 6 * 1024);
+        assert_eq!(budget.available(), 2 * 1024);
+
+        // A second inspection needing more than is left waits...
+        let b2 = budget.clone();
+        let waiting = tokio::spawn(async move { collect(body_of(4 * 1024), 1 << 20, &b2).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        // ...until the first body has been carried on and dropped.
+        let body = held.into_body();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes.len(), 6 * 1024);
+        let Collected::Whole(second) = waiting.await.unwrap() else {
+            panic!("not whole");
+        };
+        assert_eq!(second.len(), 4 * 1024);
+        drop(second);
+        assert_eq!(budget.available(), 8 * 1024);
+    }
+
+    #[tokio::test]
+    async fn too_large_streams_on_and_holds_nothing() {
+        let budget = Budget::new(64 * 1024);
+        let Collected::TooLarge(rest) = collect(body_of(10_000), 4096, &budget).await else {
+            panic!("not too large");
+        };
+        assert_eq!(budget.available(), 64 * 1024);
+        assert_eq!(rest.collect().await.unwrap().to_bytes().len(), 10_000);
+    }
 }

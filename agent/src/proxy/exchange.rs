@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt as _;
 use tracing::{debug, warn};
 
-use super::body::{Collected, Counted, collect, full};
+use super::body::{Collected, Counted, Held, collect, full};
 use super::intercept::Body;
 use super::sessions::{Session, Tracker};
 use super::statement;
@@ -25,8 +25,10 @@ use crate::audit::{Durability, Event, EventKind, EventSink, OnAuditFailure};
 use crate::snowflake::{self, Endpoint, RedactMode, Refusal};
 
 /// Limits on what the proxy buffers to inspect.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
+    /// The memory every inspection shares (`limits.inspect_budget_bytes`).
+    pub budget: super::body::Budget,
     /// Largest request body inspected (decoded); larger ones are refused.
     pub max_request_bytes: usize,
     /// Largest response body buffered for inspection; larger ones stream on uninspected.
@@ -176,9 +178,9 @@ pub(super) fn reply(r: snowflake::envelope::Reply) -> Response<Body> {
 pub(super) async fn read_request(
     parts: &http::request::Parts,
     body: Body,
-    limits: Limits,
-) -> Result<(Bytes, Vec<u8>), Refusal> {
-    let bytes = match collect(body, limits.max_request_bytes).await {
+    limits: &Limits,
+) -> Result<(Held, Vec<u8>), Refusal> {
+    let bytes = match collect(body, limits.max_request_bytes, &limits.budget).await {
         Collected::Whole(b) => b,
         Collected::TooLarge(_) => {
             return Err(Refusal::RequestTooLarge {
@@ -187,14 +189,15 @@ pub(super) async fn read_request(
         }
         Collected::Failed(_) => return Err(Refusal::Unparsed),
     };
-    let decoded = snowflake::decode_with_headers(&parts.headers, &bytes, limits.max_request_bytes)
-        .map_err(|e| match e {
-            snowflake::BodyError::TooLarge { .. } => Refusal::RequestTooLarge {
-                limit: limits.max_request_bytes,
-            },
-            _ => Refusal::Unparsed,
-        })?
-        .into_owned();
+    let decoded =
+        snowflake::decode_with_headers(&parts.headers, &bytes.bytes, limits.max_request_bytes)
+            .map_err(|e| match e {
+                snowflake::BodyError::TooLarge { .. } => Refusal::RequestTooLarge {
+                    limit: limits.max_request_bytes,
+                },
+                _ => Refusal::Unparsed,
+            })?
+            .into_owned();
     Ok((bytes, decoded))
 }
 
@@ -203,17 +206,18 @@ pub(super) enum Inspected {
     /// Read whole: the headers, the bytes to hand on, and their decoded form.
     Read {
         parts: http::response::Parts,
-        raw: Bytes,
+        raw: Held,
         decoded: Option<Vec<u8>>,
     },
     Streamed(Response<Body>),
 }
 
-pub(super) async fn read_response(resp: Response<Body>, limit: usize) -> Inspected {
+pub(super) async fn read_response(resp: Response<Body>, limits: &Limits) -> Inspected {
+    let limit = limits.max_response_inspect_bytes;
     let (parts, body) = resp.into_parts();
-    match collect(body, limit).await {
+    match collect(body, limit, &limits.budget).await {
         Collected::Whole(raw) => {
-            let decoded = snowflake::decode_with_headers(&parts.headers, &raw, limit)
+            let decoded = snowflake::decode_with_headers(&parts.headers, &raw.bytes, limit)
                 .ok()
                 .map(|d| d.into_owned());
             Inspected::Read {
@@ -245,7 +249,7 @@ where
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut event = ctx.event(EventKind::Login, at, None);
-    let (raw, decoded) = match read_request(&parts, body, ins.limits).await {
+    let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
         Ok(b) => b,
         Err(refusal) => return refuse_login(ctx, event, refusal).await,
     };
@@ -260,9 +264,9 @@ where
         event.driver = Some(d.name);
         event.driver_version = d.version;
     }
-    let resp = send(Request::from_parts(parts, full(raw))).await;
+    let resp = send(Request::from_parts(parts, raw.into_body())).await;
     let status = resp.status();
-    let out = match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+    let out = match read_response(resp, &ins.limits).await {
         Inspected::Read {
             parts,
             raw,
@@ -307,7 +311,7 @@ where
                     event.flags.push("unparsed".into());
                 }
             }
-            Response::from_parts(parts, full(raw))
+            Response::from_parts(parts, raw.into_body())
         }
         Inspected::Streamed(resp) => {
             event.flags.push("uninspected".into());
@@ -343,7 +347,7 @@ where
     // The renewal carries the master token in Authorization and the old session token in the
     // body; the session is found by the old token.
     let (parts, body) = req.into_parts();
-    let (raw, decoded) = match read_request(&parts, body, ins.limits).await {
+    let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
         Ok(b) => b,
         Err(refusal) => return reply(snowflake::envelope::session_error(&refusal)),
     };
@@ -355,9 +359,9 @@ where
                 .map(str::to_owned)
         });
     let session = ins.tracker.lookup(old.as_deref());
-    let resp = send(Request::from_parts(parts, full(raw))).await;
+    let resp = send(Request::from_parts(parts, raw.into_body())).await;
     let Some(session) = session else { return resp };
-    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+    match read_response(resp, &ins.limits).await {
         Inspected::Read {
             parts,
             raw,
@@ -369,7 +373,7 @@ where
             {
                 ins.tracker.insert(&token, session);
             }
-            Response::from_parts(parts, full(raw))
+            Response::from_parts(parts, raw.into_body())
         }
         Inspected::Streamed(resp) => resp,
     }

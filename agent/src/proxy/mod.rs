@@ -6,7 +6,7 @@
 //! up the origin record, [`passthrough`] splices bytes. A connection that arrives without an origin
 //! record is refused: the agent must never be an open relay.
 
-mod body;
+pub mod body;
 pub mod exchange;
 pub mod intercept;
 pub mod listener;

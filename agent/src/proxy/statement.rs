@@ -8,7 +8,6 @@ use std::time::{Instant, SystemTime};
 use http::{Request, Response};
 use tracing::warn;
 
-use super::body::full;
 use super::exchange::{
     ConnCtx, Inspected, Inspector, elapsed_ms, mark_denied, read_request, read_response, reply,
 };
@@ -45,7 +44,7 @@ where
             e
         }
     };
-    let (raw, decoded) = match read_request(&parts, body, ins.limits).await {
+    let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
         Ok(b) => b,
         Err(refusal) => return refuse_query(ctx, event, refusal).await,
     };
@@ -74,10 +73,10 @@ where
         }
         event.flags.push("audit_gap".into());
     }
-    let resp = send(Request::from_parts(parts, full(raw))).await;
+    let resp = send(Request::from_parts(parts, raw.into_body())).await;
     let status = resp.status();
 
-    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+    match read_response(resp, &ins.limits).await {
         Inspected::Read {
             parts,
             raw,
@@ -121,7 +120,7 @@ where
                     complete(ins, event);
                 }
             }
-            Response::from_parts(parts, full(raw))
+            Response::from_parts(parts, raw.into_body())
         }
         Inspected::Streamed(resp) => {
             event.flags.push("uninspected".into());
@@ -259,7 +258,7 @@ where
         .tracker
         .lookup(snowflake::auth::authorization_token(req.headers()));
     let resp = send(req).await;
-    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+    match read_response(resp, &ins.limits).await {
         Inspected::Read {
             parts,
             raw,
@@ -283,7 +282,7 @@ where
                     complete(ins, event);
                 }
             }
-            Response::from_parts(parts, full(raw))
+            Response::from_parts(parts, raw.into_body())
         }
         Inspected::Streamed(resp) => {
             event.flags.push("uninspected".into());
@@ -319,7 +318,7 @@ where
         return send(req).await;
     };
     let resp = send(req).await;
-    match read_response(resp, ins.limits.max_response_inspect_bytes).await {
+    match read_response(resp, &ins.limits).await {
         Inspected::Read {
             parts,
             raw,
@@ -354,7 +353,7 @@ where
                 }
                 _ => ins.tracker.park_query(query_id, event),
             }
-            Response::from_parts(parts, full(raw))
+            Response::from_parts(parts, raw.into_body())
         }
         Inspected::Streamed(resp) => {
             ins.tracker.park_query(query_id, event);
