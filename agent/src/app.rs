@@ -147,6 +147,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             durability: config.audit.durability,
             on_audit_failure: config.on_audit_failure,
             chunk_wait: Duration::from_secs(config.proxy.chunk_wait_s),
+            transfer_quiet: Duration::from_millis(config.proxy.transfer_quiet_ms),
         }),
     });
     let proxy = Proxy::new(listeners, inputs)?;

@@ -49,6 +49,8 @@ pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// How long a chunked result's event waits for its chunk downloads.
 pub const DEFAULT_CHUNK_WAIT_S: u64 = 300;
+/// Default `proxy.transfer_quiet_ms`.
+pub const DEFAULT_TRANSFER_QUIET_MS: u64 = 10_000;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +196,10 @@ pub struct ProxySection {
     /// How long a chunked result's event waits for the chunk downloads before it is recorded
     /// with the flag `chunks_unseen`, in seconds.
     pub chunk_wait_s: u64,
+    /// How long a PUT/GET statement's transfers must have been idle before its event is
+    /// recorded with their totals, in milliseconds (a driver pauses between files while it
+    /// compresses the next one).
+    pub transfer_quiet_ms: u64,
 }
 
 impl Default for Config {
@@ -240,6 +246,7 @@ impl Default for ProxySection {
             hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             chunk_wait_s: DEFAULT_CHUNK_WAIT_S,
+            transfer_quiet_ms: DEFAULT_TRANSFER_QUIET_MS,
         }
     }
 }

@@ -103,7 +103,7 @@ impl Daemon {
         let text = format!(
             "state_dir = {state:?}\naudit_dir = {audit:?}\ncontrol_socket = {sock:?}\nfail_open = {fo}\n{extra}\n\
              [redirect]\nlisten_port = {listen_port}\npin_dir = {pins:?}\n\
-             [proxy]\ndrain_timeout_s = 2\n\
+             [proxy]\ndrain_timeout_s = 2\ntransfer_quiet_ms = 1000\n\
              [audit]\nmax_file_age_s = 1\n",
             state = state_dir.display().to_string(),
             audit = audit_dir.display().to_string(),

@@ -608,3 +608,92 @@ fn a_statement_in_flight_at_a_crash_is_recorded_as_outcome_unknown() -> anyhow::
     ensure!(rows == 1, "the statement has {rows} rows");
     Ok(())
 }
+
+/// PUT and GET through the agent: the transfers go to the storage host the statement's answer
+/// names, which the agent intercepts for this workload, and each statement's event carries the
+/// bytes its transfers moved.
+fn stage_transfers(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
+    let identity = format!("stage-{}", driver.name().replace(['.', ' '], "-"));
+    let s = setup(&identity, ip)?;
+    let file = s.dir.path().join("data1.csv");
+    std::fs::write(&file, "1,one\n2,two\n3,three\n")?;
+    let down = s.dir.path().join("down");
+    std::fs::create_dir_all(&down)?;
+    let put = format!("put file://{} @stg1", file.display());
+    let get = format!("get @stg1 file://{}/", down.display());
+    let lines = run_session(&s, driver, &identity, &["create stage stg1", &put, &get])?;
+    ensure!(
+        statement(&lines, &put)?["rows"][0][6] == "UPLOADED",
+        "{lines:#?}"
+    );
+    ensure!(
+        statement(&lines, &get)?["rows"][0][2] == "DOWNLOADED",
+        "{lines:#?}"
+    );
+    let size = std::fs::metadata(down.join("data1.csv.gz"))?.len();
+
+    let events = snowtrail_tests::wait_for(std::time::Duration::from_secs(30), || {
+        let ev = s.daemon.events();
+        ev.iter()
+            .any(|e| e["event_kind"] == "query" && e["sql_text"] == get.as_str())
+            .then_some(ev)
+    })
+    .with_context(|| format!("no event for the GET: {:#?}", s.daemon.events()))?;
+    let puts: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event_kind"] == "query"
+                && e["sql_text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("put "))
+        })
+        .collect();
+    ensure!(!puts.is_empty(), "no PUT event: {events:#?}");
+    for e in &puts {
+        ensure!(
+            !e["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "transfer_unseen")),
+            "{e}"
+        );
+        ensure!(e["workload_identity"] == identity.as_str(), "{e}");
+    }
+    let sent: u64 = puts
+        .iter()
+        .filter_map(|e| e["stage_bytes_sent"].as_u64())
+        .sum();
+    ensure!(
+        sent == size,
+        "the PUT events count {sent} bytes sent, the file has {size}: {puts:#?}"
+    );
+    let get_event = query_event(&events, &get)?;
+    ensure!(
+        get_event["stage_bytes_received"] == size
+            && get_event["stage_requests"].as_u64() >= Some(1),
+        "{get_event}"
+    );
+    // The transfers really went through the agent: an intercepted connection to the storage host.
+    ensure!(
+        events.iter().any(|e| e["event_kind"] == "connection"
+            && e["connection_mode"] == "intercepted"
+            && e["sni"] == STORAGE_HOST),
+        "no intercepted storage connection"
+    );
+    // Presigned URLs reach the audit without their signature.
+    let all = serde_json::to_string(&events)?;
+    ensure!(
+        !all.contains("X-Goog-Signature"),
+        "a signature reached the audit"
+    );
+    Ok(())
+}
+
+#[test]
+fn connector_4_8_1_stage_transfers_are_counted() -> anyhow::Result<()> {
+    stage_transfers(Driver::Py4, [127, 77, 3, 8])
+}
+
+#[test]
+fn connector_5_2_0_stage_transfers_are_counted() -> anyhow::Result<()> {
+    stage_transfers(Driver::Py5, [127, 77, 3, 9])
+}

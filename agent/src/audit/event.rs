@@ -204,6 +204,12 @@ pub struct Event {
     pub lifecycle_action: Option<String>,
     /// Free text detail for lifecycle and denial events.
     pub detail: Option<String>,
+    /// For a PUT/GET statement, the storage requests its transfers made through the agent.
+    pub stage_requests: Option<u32>,
+    /// For a PUT/GET statement, the bytes its transfers sent to storage (uploads).
+    pub stage_bytes_sent: Option<u64>,
+    /// For a PUT/GET statement, the bytes its transfers received from storage (downloads).
+    pub stage_bytes_received: Option<u64>,
 }
 
 /// The flag of a statement whose intent was recorded but whose completion never was.
@@ -286,6 +292,9 @@ impl Event {
             flags: Vec::new(),
             lifecycle_action: None,
             detail: None,
+            stage_requests: None,
+            stage_bytes_sent: None,
+            stage_bytes_received: None,
         }
     }
 }

@@ -268,11 +268,17 @@ columns! {
     bytes_out: Option<u64>, dict = false, ocsf = Some("traffic.bytes_in"),
         "Bytes from the upstream to the client.";
     flags: Vec<String>, dict = true, ocsf = None,
-        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified.";
+        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified.";
     lifecycle_action: Option<String>, dict = true, ocsf = None,
         "For lifecycle events: start, stop, config_reload, config_rejected, audit_gap, ...";
     detail: Option<String>, dict = false, ocsf = Some("message"),
         "Free-text (for audit_gap: JSON) detail of lifecycle and denial events.";
+    stage_requests: Option<u32>, dict = false, ocsf = None,
+        "For a PUT/GET statement: the storage requests of its transfers seen by the agent.";
+    stage_bytes_sent: Option<u64>, dict = false, ocsf = None,
+        "For a PUT/GET statement: bytes its transfers sent to storage (uploads).";
+    stage_bytes_received: Option<u64>, dict = false, ocsf = None,
+        "For a PUT/GET statement: bytes its transfers received from storage (downloads).";
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

@@ -21,6 +21,7 @@ use super::body::{Collected, Counted, Held, collect, full};
 use super::intercept::Body;
 use super::sessions::{Session, Tracker};
 use super::statement;
+use super::transfer::PendingTransfer;
 use crate::audit::{Durability, Event, EventKind, EventSink, OnAuditFailure};
 use crate::snowflake::{self, Endpoint, RedactMode, Refusal};
 
@@ -51,6 +52,8 @@ pub struct Inspector {
     pub on_audit_failure: OnAuditFailure,
     /// How long a chunked result's event waits for its chunk downloads.
     pub chunk_wait: std::time::Duration,
+    /// How long a PUT/GET statement's transfers must be idle before its event is recorded.
+    pub transfer_quiet: std::time::Duration,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.
@@ -145,6 +148,15 @@ where
         })
         .unwrap_or_default()
         .to_ascii_lowercase();
+    let transfer = ctx.base.cgroup_id.and_then(|cgroup_id| {
+        ctx.inspector
+            .tracker
+            .transfers
+            .find(cgroup_id, &host, req.uri().path())
+    });
+    if let Some(transfer) = transfer {
+        return stage_transfer(req, transfer, send).await;
+    }
     let pending = ctx.inspector.tracker.take_chunk(&host, req.uri().path());
     let resp = send(req).await;
     let Some(pending) = pending else { return resp };
@@ -158,6 +170,39 @@ where
                     drop(sink.submit(event));
                 }
             })),
+        }
+        .boxed()
+    })
+}
+
+/// A request of a PUT/GET statement's transfer: streamed both ways, its bytes counted for the
+/// statement.
+async fn stage_transfer<F, Fut>(
+    req: Request<Body>,
+    transfer: Arc<PendingTransfer>,
+    send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    debug!(method = %req.method(), path = req.uri().path(), "stage transfer");
+    transfer.begin();
+    let sent = transfer.clone();
+    let req = req.map(|body| {
+        Counted {
+            inner: body,
+            bytes: 0,
+            on_end: Some(Box::new(move |bytes| sent.sent(bytes))),
+        }
+        .boxed()
+    });
+    let resp = send(req).await;
+    resp.map(|body| {
+        Counted {
+            inner: body,
+            bytes: 0,
+            on_end: Some(Box::new(move |bytes| transfer.end(bytes))),
         }
         .boxed()
     })

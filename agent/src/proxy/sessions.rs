@@ -151,6 +151,8 @@ pub struct Tracker {
     by_request_id: Mutex<Bounded<Event>>,
     chunks: Mutex<Bounded<Arc<PendingResult>>>,
     learned: Mutex<Bounded<Instant>>,
+    /// PUT/GET statements waiting for their stage transfers.
+    pub transfers: super::transfer::TransferBook,
 }
 
 impl Default for Tracker {
@@ -162,6 +164,7 @@ impl Default for Tracker {
             by_request_id: Mutex::new(Bounded::new(MAX_PENDING)),
             chunks: Mutex::new(Bounded::new(MAX_PENDING)),
             learned: Mutex::new(Bounded::new(MAX_SESSIONS)),
+            transfers: super::transfer::TransferBook::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ use super::exchange::{
 };
 use super::intercept::Body;
 use super::sessions::Session;
+use super::transfer::PendingTransfer;
 use crate::audit::{Durability, Event, EventKind, OnAuditFailure};
 use crate::snowflake::{self, QueryStatus, Refusal};
 
@@ -100,6 +101,11 @@ where
                         QueryStatus::Complete if !r.result_ids.is_empty() => {
                             event.duration_ms = elapsed_ms(started);
                             complete_children(ins, event, &r, &parsed.sql_text);
+                        }
+                        QueryStatus::Complete if r.command.is_some() => {
+                            event.duration_ms = elapsed_ms(started);
+                            learn_hosts(ins, &ctx.base, &r);
+                            await_transfers(ctx, event, &r);
                         }
                         QueryStatus::Complete if !r.chunks.is_empty() => {
                             event.duration_ms = elapsed_ms(started);
@@ -226,6 +232,48 @@ fn await_chunks(ins: &Inspector, event: Event, r: &snowflake::QueryResponse) {
         }
     });
 }
+
+/// Holds a PUT/GET statement's event while its stage transfers run, and completes it with their
+/// totals once they have gone quiet, or when `chunk_wait` passes.
+fn await_transfers(ctx: &ConnCtx, event: Event, r: &snowflake::QueryResponse) {
+    let ins = &ctx.inspector;
+    let (Some(cgroup_id), Some(stage)) = (event.cgroup_id, r.stage_info.as_ref()) else {
+        complete(ins, event);
+        return;
+    };
+    let targets = snowflake::transfer_targets(r);
+    if targets.is_empty() {
+        complete(ins, event);
+        return;
+    }
+    let pending = PendingTransfer::new(event);
+    let location = stage.location.as_deref().unwrap_or_default();
+    for done in ins
+        .tracker
+        .transfers
+        .register(cgroup_id, location, targets, pending.clone())
+    {
+        complete(ins, done);
+    }
+    let ins = ctx.inspector.clone();
+    let deadline = tokio::time::Instant::now() + ins.chunk_wait;
+    let quiet = ins.transfer_quiet;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(quiet.min(TRANSFER_POLL)).await;
+            if pending.settled(quiet) || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        ins.tracker.transfers.remove(&pending);
+        if let Some(event) = pending.finish(true) {
+            complete(&ins, event);
+        }
+    });
+}
+
+/// How often a held PUT/GET event checks whether its transfers are over.
+const TRANSFER_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Records a finished statement; its durability is not waited on (DECISIONS 12).
 fn complete(ins: &Inspector, event: Event) {

@@ -68,7 +68,10 @@ pub use session::{
     AbortRequest, RenewalResponse, SimpleResponse, TokenRequest, parse_abort_request,
     parse_renewal_response, parse_simple_response, parse_token_request, rewrite_renewal_tokens,
 };
-pub use storage::{HostSource, LearnedHost, LocationType, StageInfo, StorageUrl, hosts_to_learn};
+pub use storage::{
+    HostSource, LearnedHost, LocationType, StageInfo, StorageUrl, TransferTarget, hosts_to_learn,
+    transfer_targets,
+};
 
 /// Response codes that drivers act on, named once so no module spells them twice.
 pub mod codes {

@@ -308,6 +308,77 @@ pub fn hosts_to_learn(resp: &QueryResponse) -> Vec<LearnedHost> {
     out
 }
 
+/// Where the transfers of a PUT/GET statement go: requests to `host` whose path starts with
+/// `path_prefix` belong to that statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferTarget {
+    /// Lower-case host name.
+    pub host: String,
+    /// The object path (or its stage prefix), starting with `/`.
+    pub path_prefix: String,
+}
+
+impl TransferTarget {
+    /// Whether a request to `host` for `path` is one of this target's transfers.
+    pub fn matches(&self, host: &str, path: &str) -> bool {
+        self.host.eq_ignore_ascii_case(host) && path.starts_with(&self.path_prefix)
+    }
+}
+
+/// The targets of a PUT/GET answer's transfers: every presigned URL, and the stage location under
+/// each host form a driver may use (virtual-hosted, where the bucket is in the host, and
+/// path-style, where it starts the path). Empty for an answer that is not a file command.
+pub fn transfer_targets(resp: &QueryResponse) -> Vec<TransferTarget> {
+    let mut out: Vec<TransferTarget> = Vec::new();
+    if resp.command.is_none() {
+        return out;
+    }
+    let mut add = |host: &str, path_prefix: String| {
+        let t = TransferTarget {
+            host: host.to_ascii_lowercase(),
+            path_prefix,
+        };
+        if !t.path_prefix.is_empty() && !out.contains(&t) {
+            out.push(t);
+        }
+    };
+    for url in &resp.presigned_urls {
+        add(&url.host, url.path.clone());
+    }
+    let Some(stage) = &resp.stage_info else {
+        return out;
+    };
+    if let Some(url) = &stage.presigned_url {
+        add(&url.host, url.path.clone());
+    }
+    let location = stage
+        .location
+        .as_deref()
+        .unwrap_or("")
+        .trim_start_matches('/');
+    if location.is_empty() || matches!(stage.location_type, LocationType::LocalFs) {
+        return out;
+    }
+    let bucket = stage.bucket().unwrap_or("");
+    let in_bucket = location
+        .split_once('/')
+        .map_or("", |(_, rest)| rest)
+        .to_owned();
+    for host in stage.derived_hosts() {
+        let virtual_hosted = !matches!(stage.location_type, LocationType::Azure)
+            && !bucket.is_empty()
+            && host.len() > bucket.len()
+            && host[..bucket.len()].eq_ignore_ascii_case(bucket)
+            && host.as_bytes()[bucket.len()] == b'.';
+        if virtual_hosted {
+            add(&host, format!("/{in_bucket}"));
+        } else {
+            add(&host, format!("/{location}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -424,5 +495,51 @@ mod tests {
             endpoint_host("https://s3-fips.amazonaws.com/"),
             Some("s3-fips.amazonaws.com".into())
         );
+    }
+
+    #[test]
+    fn transfer_targets_cover_presigned_urls_and_both_s3_forms() {
+        let gcs = crate::snowflake::parse_query_response(
+            br#"{"data":{"stageInfo":{"locationType":"GCS","location":"DB1.SCHEMA1.STG1/",
+            "presignedUrl":"https://stage.example/fs_bucket/DB1/SCHEMA1/STG1/data1.csv.gz?X-Goog-Signature=s"},
+            "src_locations":["data1.csv"],"command":"UPLOAD"},"success":true}"#,
+        )
+        .unwrap();
+        let t = transfer_targets(&gcs);
+        assert!(t.iter().any(|t| t.host == "stage.example"
+            && t.path_prefix == "/fs_bucket/DB1/SCHEMA1/STG1/data1.csv.gz"));
+        assert!(t[0].matches("Stage.Example", "/fs_bucket/DB1/SCHEMA1/STG1/data1.csv.gz"));
+        assert!(!t[0].matches("stage.example", "/fs_bucket/DB1/SCHEMA1/STG1/other"));
+
+        let s3 = crate::snowflake::parse_query_response(
+            br#"{"data":{"stageInfo":{"locationType":"S3","location":"sfc-bucket/stages/abc/",
+            "region":"us-west-2","creds":{"AWS_KEY_ID":"k","AWS_SECRET_KEY":"s"}},
+            "src_locations":["a.csv"],"command":"DOWNLOAD"},"success":true}"#,
+        )
+        .unwrap();
+        let t = transfer_targets(&s3);
+        let hit = |host: &str, path: &str| t.iter().any(|t| t.matches(host, path));
+        assert!(hit(
+            "sfc-bucket.s3.us-west-2.amazonaws.com",
+            "/stages/abc/a.csv.gz"
+        ));
+        assert!(hit(
+            "s3.us-west-2.amazonaws.com",
+            "/sfc-bucket/stages/abc/a.csv.gz"
+        ));
+        assert!(!hit(
+            "s3.us-west-2.amazonaws.com",
+            "/other-bucket/stages/abc/a.csv.gz"
+        ));
+        assert!(!hit(
+            "sfc-bucket.s3.us-west-2.amazonaws.com",
+            "/stages/other/a.csv.gz"
+        ));
+
+        let plain = crate::snowflake::parse_query_response(
+            br#"{"data":{"rowset":[["1"]],"rowtype":[]},"success":true}"#,
+        )
+        .unwrap();
+        assert!(transfer_targets(&plain).is_empty(), "not a file command");
     }
 }
