@@ -8,6 +8,8 @@ A STATEMENT is SQL text, or a JSON object:
   {"sql": "...", "many": [[...], [...]]}   executemany (array binding)
   {"sql": "...", "tag": "x"}               per-statement QUERY_TAG
   {"sql": "...", "async": true}            execute_async, then get_results_from_sfqid
+  {"sql": "...", "abort": true}            execute_async, then abort_query (POST /queries/<id>/abort-request)
+  {"sql": "...", "timeout": N}             execute with a timeout (the driver cancels by request id)
   {"sql": "...", "num_statements": 2}      multi-statement; rows of every result set
 Lines: {"step": "connect", ...}, then {"step": "statement", "sql", "sfqid", "rowcount",
 "rows", "columns"} or {"step": "statement", "sql", "error": {"errno", "sqlstate", "msg",
@@ -69,6 +71,14 @@ def run(conn, spec):
             kwargs["_statement_params"] = {"QUERY_TAG": spec["tag"]}
         if spec.get("num_statements") is not None:
             kwargs["num_statements"] = spec["num_statements"]
+        if spec.get("abort"):
+            cur.execute_async(sql, spec.get("params"), **kwargs)
+            out["sfqid"] = cur.sfqid
+            out["aborted"] = bool(cur.abort_query(cur.sfqid))
+            emit(out)
+            return
+        if spec.get("timeout") is not None:
+            kwargs["timeout"] = spec["timeout"]
         if spec.get("async"):
             cur.execute_async(sql, spec.get("params"), **kwargs)
             qid = cur.sfqid

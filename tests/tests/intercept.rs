@@ -697,3 +697,51 @@ fn connector_4_8_1_stage_transfers_are_counted() -> anyhow::Result<()> {
 fn connector_5_2_0_stage_transfers_are_counted() -> anyhow::Result<()> {
     stage_transfers(Driver::Py5, [127, 77, 3, 9])
 }
+
+/// Aborts in both URL forms: `abort_query` names the query id in the path; a statement that
+/// times out is cancelled by its request id in the body (`/queries/v1/abort-request`). Each
+/// aborted statement is one event, failed and flagged `aborted`.
+#[test]
+fn aborted_statements_are_recorded_once() -> anyhow::Result<()> {
+    let identity = "abort-py4";
+    let s = setup(identity, [127, 77, 3, 10])?;
+    let by_id = "/*slow:1000000*/ select 1 as aborted_by_id";
+    let by_timeout = "/*slow:1000000*/ select 2 as cancelled_by_timeout";
+    let spec_id = serde_json::json!({"sql": by_id, "abort": true}).to_string();
+    let spec_timeout = serde_json::json!({"sql": by_timeout, "timeout": 2}).to_string();
+    let lines = run_session(&s, Driver::Py4, identity, &[&spec_id, &spec_timeout])?;
+    ensure!(statement(&lines, by_id)?["aborted"] == true, "{lines:#?}");
+    ensure!(
+        statement(&lines, by_timeout)?.get("error").is_some(),
+        "{lines:#?}"
+    );
+    let abort_forms: Vec<String> = s
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/abort-request"))
+        .map(|r| r.path.clone())
+        .collect();
+    ensure!(
+        abort_forms.iter().any(|p| p == "/queries/v1/abort-request")
+            && abort_forms.iter().any(|p| p != "/queries/v1/abort-request"),
+        "both abort forms should reach the fake: {abort_forms:?}"
+    );
+    let events = snowtrail_tests::wait_for(std::time::Duration::from_secs(20), || {
+        let ev = s.daemon.events();
+        ev.iter().any(|e| e["event_kind"] == "logout").then_some(ev)
+    })
+    .context("no logout event")?;
+    for sql in [by_id, by_timeout] {
+        let e = query_event(&events, sql)?;
+        ensure!(e["success"] == false, "{e}");
+        ensure!(
+            e["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "aborted")),
+            "{e}"
+        );
+        ensure!(e["query_id"].is_string(), "{e}");
+    }
+    Ok(())
+}

@@ -268,7 +268,7 @@ columns! {
     bytes_out: Option<u64>, dict = false, ocsf = Some("traffic.bytes_in"),
         "Bytes from the upstream to the client.";
     flags: Vec<String>, dict = true, ocsf = None,
-        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified.";
+        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified.";
     lifecycle_action: Option<String>, dict = true, ocsf = None,
         "For lifecycle events: start, stop, config_reload, config_rejected, audit_gap, ...";
     detail: Option<String>, dict = false, ocsf = Some("message"),

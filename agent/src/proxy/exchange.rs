@@ -126,6 +126,7 @@ where
         Endpoint::Monitoring { query_id } => statement::monitoring(req, &query_id, ctx, send).await,
         Endpoint::TokenRequest => renewal(req, ctx, send).await,
         Endpoint::Logout => logout(req, ctx, send).await,
+        Endpoint::Abort { query_id } => abort(req, query_id, ctx, send).await,
         _ => other(req, ctx, send).await,
     }
 }
@@ -366,6 +367,53 @@ where
     event.duration_ms = elapsed_ms(started);
     drop(ins.sink.submit(event));
     out
+}
+
+/// An abort (both URL forms): forwarded; when Snowflake accepts it, the statement it names,
+/// parked while it ran (async or answered `333333`), is recorded as failed with the flag
+/// `aborted`. A statement still waiting for its first answer needs nothing: Snowflake answers
+/// it with the cancellation error, which its own event records.
+async fn abort<F, Fut>(
+    req: Request<Body>,
+    query_id: Option<String>,
+    ctx: &ConnCtx,
+    send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let ins = &ctx.inspector;
+    let (parts, body) = req.into_parts();
+    let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
+        Ok(b) => b,
+        Err(refusal) => return reply(snowflake::envelope::session_error(&refusal)),
+    };
+    let request_id = serde_json::from_slice::<serde_json::Value>(&decoded)
+        .ok()
+        .and_then(|v| v.get("requestId")?.as_str().map(str::to_owned));
+    let resp = send(Request::from_parts(parts, raw.into_body())).await;
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let parked = match (&query_id, &request_id) {
+        (Some(qid), _) => ins.tracker.take_query(qid),
+        (None, Some(rid)) => ins.tracker.take_query_by_request(rid),
+        (None, None) => None,
+    };
+    match parked {
+        Some(mut event) => {
+            debug!(query_id = ?event.query_id, "statement aborted by the client");
+            event.success = Some(false);
+            event.error_message = Some("aborted by the client".into());
+            event.flags.push("aborted".into());
+            drop(ins.sink.submit(event));
+        }
+        None => ins
+            .tracker
+            .note_aborted(query_id.as_deref(), request_id.as_deref()),
+    }
+    resp
 }
 
 /// Turns an event into the record of a refusal.

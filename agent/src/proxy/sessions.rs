@@ -53,6 +53,14 @@ pub struct Context {
     pub schema: Option<String>,
 }
 
+fn abort_keys(query_id: Option<&str>, request_id: Option<&str>) -> Vec<String> {
+    query_id
+        .map(|q| format!("q:{q}"))
+        .into_iter()
+        .chain(request_id.map(|r| format!("r:{r}")))
+        .collect()
+}
+
 /// A bounded map that forgets its oldest entries.
 struct Bounded<V> {
     map: HashMap<String, V>,
@@ -151,6 +159,7 @@ pub struct Tracker {
     by_request_id: Mutex<Bounded<Event>>,
     chunks: Mutex<Bounded<Arc<PendingResult>>>,
     learned: Mutex<Bounded<Instant>>,
+    aborted: Mutex<Bounded<()>>,
     /// PUT/GET statements waiting for their stage transfers.
     pub transfers: super::transfer::TransferBook,
 }
@@ -164,6 +173,7 @@ impl Default for Tracker {
             by_request_id: Mutex::new(Bounded::new(MAX_PENDING)),
             chunks: Mutex::new(Bounded::new(MAX_PENDING)),
             learned: Mutex::new(Bounded::new(MAX_SESSIONS)),
+            aborted: Mutex::new(Bounded::new(MAX_PENDING)),
             transfers: super::transfer::TransferBook::default(),
         }
     }
@@ -204,6 +214,42 @@ impl Tracker {
     /// Takes the statement parked under `query_id`.
     pub fn take_query(&self, query_id: &str) -> Option<Event> {
         self.by_query_id.lock().ok()?.take(query_id)
+    }
+
+    /// Remembers that the client aborted the statement with this query id or request id, while
+    /// it was not parked (a poll of it was in flight): its completion is flagged `aborted`.
+    pub fn note_aborted(&self, query_id: Option<&str>, request_id: Option<&str>) {
+        if let Ok(mut m) = self.aborted.lock() {
+            for key in abort_keys(query_id, request_id) {
+                m.insert(key, ());
+            }
+        }
+    }
+
+    /// Whether the client aborted this statement (once: the mark is consumed).
+    pub fn take_aborted(&self, query_id: Option<&str>, request_id: Option<&str>) -> bool {
+        let Ok(mut m) = self.aborted.lock() else {
+            return false;
+        };
+        if m.map.is_empty() {
+            return false;
+        }
+        let mut hit = false;
+        for key in abort_keys(query_id, request_id) {
+            hit |= m.take(&key).is_some();
+        }
+        hit
+    }
+
+    /// Takes the parked statement the driver sent with `request_id` (a 4.x abort names it so).
+    pub fn take_query_by_request(&self, request_id: &str) -> Option<Event> {
+        let mut m = self.by_query_id.lock().ok()?;
+        let key = m
+            .map
+            .iter()
+            .find(|(_, e)| e.request_id.as_deref() == Some(request_id))
+            .map(|(k, _)| k.clone())?;
+        m.take(&key)
     }
 
     /// Parks a statement that the driver will send again with the same request id (after a

@@ -276,7 +276,14 @@ fn await_transfers(ctx: &ConnCtx, event: Event, r: &snowflake::QueryResponse) {
 const TRANSFER_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Records a finished statement; its durability is not waited on (DECISIONS 12).
-fn complete(ins: &Inspector, event: Event) {
+fn complete(ins: &Inspector, mut event: Event) {
+    if ins
+        .tracker
+        .take_aborted(event.query_id.as_deref(), event.request_id.as_deref())
+        && !event.flags.iter().any(|f| f == "aborted")
+    {
+        event.flags.push("aborted".into());
+    }
     drop(ins.sink.submit(event));
 }
 
