@@ -74,6 +74,21 @@ impl Held {
         self.bytes.len()
     }
 
+    /// Pays, from `budget`, for `bytes` more held alongside these (their decoded copy): the
+    /// share is returned with this one's. `false` when the budget closed or could never hold
+    /// them together with these bytes (waiting would never end).
+    pub(super) async fn pay_for(&mut self, budget: &Budget, bytes: usize) -> bool {
+        let units = bytes.div_ceil(UNIT);
+        if units == 0 {
+            return true;
+        }
+        let held = self.permit.as_ref().map_or(0, |p| p.num_permits());
+        if held.saturating_add(units) > budget.units {
+            return false;
+        }
+        budget.reserve(&mut self.permit, units).await
+    }
+
     /// A body carrying the bytes onward; the budget share is returned when it is dropped.
     pub(super) fn into_body(self) -> Body {
         HeldBody {
@@ -239,6 +254,27 @@ mod tests {
         Full::new(Bytes::from(vec![7u8; n]))
             .map_err(|never| match never {})
             .boxed()
+    }
+
+    #[tokio::test]
+    async fn a_decoded_copy_pays_too_and_is_refused_when_it_could_never_fit() {
+        let budget = Budget::new(8 * 1024);
+        let Collected::Whole(mut held) = collect(body_of(3 * 1024), 1 << 20, &budget).await else {
+            panic!("not whole");
+        };
+        assert!(held.pay_for(&budget, 4 * 1024).await);
+        assert_eq!(budget.available(), 1024);
+        assert!(
+            !held.pay_for(&budget, 2 * 1024).await,
+            "9 KiB can never fit an 8 KiB budget"
+        );
+        assert_eq!(budget.available(), 1024, "a refused payment holds nothing");
+        drop(held.into_body());
+        assert_eq!(
+            budget.available(),
+            8 * 1024,
+            "both shares come back together"
+        );
     }
 
     #[tokio::test]

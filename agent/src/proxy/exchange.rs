@@ -226,7 +226,7 @@ pub(super) async fn read_request(
     body: Body,
     limits: &Limits,
 ) -> Result<(Held, Vec<u8>), Refusal> {
-    let bytes = match collect(body, limits.max_request_bytes, &limits.budget).await {
+    let mut bytes = match collect(body, limits.max_request_bytes, &limits.budget).await {
         Collected::Whole(b) => b,
         Collected::TooLarge(_) => {
             return Err(Refusal::RequestTooLarge {
@@ -235,6 +235,13 @@ pub(super) async fn read_request(
         }
         Collected::Failed(_) => return Err(Refusal::Unparsed),
     };
+    let too_large = Refusal::RequestTooLarge {
+        limit: limits.max_request_bytes,
+    };
+    let hint = snowflake::decoded_size_hint(&parts.headers, &bytes.bytes, limits.max_request_bytes);
+    if !bytes.pay_for(&limits.budget, hint).await {
+        return Err(too_large);
+    }
     let decoded =
         snowflake::decode_with_headers(&parts.headers, &bytes.bytes, limits.max_request_bytes)
             .map_err(|e| match e {
@@ -244,6 +251,12 @@ pub(super) async fn read_request(
                 _ => Refusal::Unparsed,
             })?
             .into_owned();
+    if !bytes
+        .pay_for(&limits.budget, decoded.len().saturating_sub(hint))
+        .await
+    {
+        return Err(too_large);
+    }
     Ok((bytes, decoded))
 }
 
@@ -262,10 +275,22 @@ pub(super) async fn read_response(resp: Response<Body>, limits: &Limits) -> Insp
     let limit = limits.max_response_inspect_bytes;
     let (parts, body) = resp.into_parts();
     match collect(body, limit, &limits.budget).await {
-        Collected::Whole(raw) => {
-            let decoded = snowflake::decode_with_headers(&parts.headers, &raw.bytes, limit)
-                .ok()
-                .map(|d| d.into_owned());
+        Collected::Whole(mut raw) => {
+            // The decoded copy pays for its memory too; one the budget cannot hold is not made,
+            // and the response goes on uninspected.
+            let hint = snowflake::decoded_size_hint(&parts.headers, &raw.bytes, limit);
+            let mut decoded = None;
+            if raw.pay_for(&limits.budget, hint).await
+                && let Ok(d) = snowflake::decode_with_headers(&parts.headers, &raw.bytes, limit)
+            {
+                let d = d.into_owned();
+                if raw
+                    .pay_for(&limits.budget, d.len().saturating_sub(hint))
+                    .await
+                {
+                    decoded = Some(d);
+                }
+            }
             Inspected::Read {
                 parts,
                 raw,

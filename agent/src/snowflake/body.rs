@@ -131,6 +131,27 @@ pub fn decode_with_headers<'a>(
     decode_body(first.map(http::HeaderValue::as_bytes), body, limit)
 }
 
+/// How many bytes decoding `body` will most likely produce, capped at `limit`: the body's own
+/// length for identity, the gzip trailer's ISIZE for gzip (exact for a single member under
+/// 4 GiB; a sender can lie, so callers treat it as a first estimate), 0 when unknown. It lets
+/// a caller pay for the decoded copy before making it.
+pub fn decoded_size_hint(headers: &http::HeaderMap, body: &[u8], limit: usize) -> usize {
+    let encoding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .map(http::HeaderValue::as_bytes);
+    match ContentEncoding::from_header(encoding) {
+        Ok(ContentEncoding::Identity) => body.len().min(limit),
+        Ok(ContentEncoding::Gzip) if body.len() >= 18 => {
+            let mut trailer = [0u8; 4];
+            trailer.copy_from_slice(&body[body.len() - 4..]);
+            usize::try_from(u32::from_le_bytes(trailer))
+                .unwrap_or(usize::MAX)
+                .min(limit)
+        }
+        _ => 0,
+    }
+}
+
 /// Gzips `data`, for re-encoding a rewritten request body the way the driver sent it.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -319,5 +340,25 @@ mod tests {
             decode(ContentEncoding::Gzip, &gz, 1 << 20),
             Err(BodyError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn size_hints() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(decoded_size_hint(&h, b"abcdef", 4), 4);
+        assert_eq!(decoded_size_hint(&h, b"abc", 100), 3);
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("gzip"),
+        );
+        let z = gzip(&vec![b'x'; 100_000]);
+        assert_eq!(decoded_size_hint(&h, &z, 1 << 20), 100_000);
+        assert_eq!(decoded_size_hint(&h, &z, 10), 10);
+        assert_eq!(decoded_size_hint(&h, b"short", 100), 0);
+        h.insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("br"),
+        );
+        assert_eq!(decoded_size_hint(&h, &z, 100), 0);
     }
 }

@@ -44,7 +44,9 @@ pub mod session;
 pub mod statements;
 pub mod storage;
 
-pub use body::{BodyError, ContentEncoding, decode_body, decode_with_headers, gzip};
+pub use body::{
+    BodyError, ContentEncoding, decode_body, decode_with_headers, decoded_size_hint, gzip,
+};
 pub use endpoint::{
     Endpoint, LoginTarget, RequestParams, classify, classify_request, classify_uri,
 };
