@@ -39,6 +39,10 @@ const ASYNC_SQL: &str = "select 5 as later";
 const ASYNC: &str = r#"{"sql": "select 5 as later", "async": true}"#;
 const MULTI_SQL: &str = "select 11 as first; select 'a;b' as second";
 const MULTI: &str = r#"{"sql": "select 11 as first; select 'a;b' as second", "num_statements": 2}"#;
+const DDL: &str = "create or replace table e2e_t (id int, name varchar)";
+const INSERT_SQL: &str = "insert into e2e_t (id, name) values (?, ?)";
+const INSERT: &str =
+    r#"{"sql": "insert into e2e_t (id, name) values (?, ?)", "params": [7, "seven"]}"#;
 
 struct Setup {
     daemon: Daemon,
@@ -226,6 +230,8 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
         EXPIRE,
         SLOW,
         SECRET_DDL,
+        DDL,
+        INSERT,
         ASYNC,
         MULTI,
         chunked_sql,
@@ -302,7 +308,15 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
             .collect();
         format!("missing events: {conns:#?}")
     })?;
-    let mine: Vec<Value> = events
+    // From here on the audit is read as an analyst reads it: DuckDB over the Parquet files.
+    let all_rows = duckdb_rows(&s.daemon.audit_dir)?;
+    ensure!(
+        all_rows.len() >= events.len(),
+        "DuckDB read {} rows, the agent had written {}",
+        all_rows.len(),
+        events.len()
+    );
+    let mine: Vec<Value> = all_rows
         .into_iter()
         .filter(|e| e["workload_identity"] == identity.as_str())
         .collect();
@@ -363,6 +377,16 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
         "{select}"
     );
     ensure!(query_event(&mine, CUSTOMERS)?["rows_produced"] == 3);
+    ensure!(query_event(&mine, DDL)?["success"] == true);
+    let insert = query_event(&mine, INSERT_SQL)?;
+    ensure!(
+        insert["bind_count"] == 2 && insert["success"] == true && insert["rows_produced"] == 1,
+        "{insert}"
+    );
+    ensure!(
+        select["pid"].as_u64().is_some() && select["event_time"].is_string(),
+        "{select}"
+    );
 
     let missing = query_event(&mine, MISSING)?;
     ensure!(missing["success"] == false, "{missing}");
@@ -498,11 +522,12 @@ fn intercepted_session(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
         .find(|e| e["event_kind"] == "logout")
         .context("no logout")?;
     ensure!(logout["session_id"] == session_id.as_str(), "{logout}");
-    let conn = mine
-        .iter()
-        .find(|e| e["event_kind"] == "connection" && e["connection_mode"] == "intercepted")
-        .context("no intercepted connection event")?;
-    ensure!(conn["sni"] == ACCOUNT_HOST, "{conn}");
+    ensure!(
+        mine.iter().any(|e| e["event_kind"] == "connection"
+            && e["connection_mode"] == "intercepted"
+            && e["sni"] == ACCOUNT_HOST),
+        "no intercepted connection event to the account host"
+    );
     Ok(())
 }
 
@@ -519,6 +544,14 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Every audit row as JSON, read by DuckDB with hive partitioning.
+fn duckdb_rows(audit: &Path) -> anyhow::Result<Vec<Value>> {
+    duckdb_dump(audit)?
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("DuckDB row: {l}")))
+        .collect()
 }
 
 /// Every audit row as text, read by DuckDB with hive partitioning.
