@@ -272,7 +272,7 @@ columns! {
     lifecycle_action: Option<String>, dict = true, ocsf = None,
         "For lifecycle events: start, stop, config_reload, config_rejected, audit_gap, ...";
     detail: Option<String>, dict = false, ocsf = Some("message"),
-        "Free-text (for audit_gap: JSON) detail of lifecycle and denial events.";
+        "Free-text detail of lifecycle and denial events (for audit_gap: JSON); for a login, its session parameters as JSON.";
     stage_requests: Option<u32>, dict = false, ocsf = None,
         "For a PUT/GET statement: the storage requests of its transfers seen by the agent.";
     stage_bytes_sent: Option<u64>, dict = false, ocsf = None,

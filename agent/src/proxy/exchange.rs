@@ -331,6 +331,10 @@ where
     event.account.clone_from(&parsed.account);
     event.login_user.clone_from(&parsed.login_name);
     event.authenticator = Some(parsed.authenticator.as_str().to_owned());
+    if !parsed.session_parameters.is_empty() {
+        event.detail =
+            serde_json::to_string(&recordable_parameters(&parsed.session_parameters)).ok();
+    }
     if let Some(d) = parsed.driver(user_agent.as_deref()) {
         event.driver = Some(d.name);
         event.driver_version = d.version;
@@ -441,6 +445,28 @@ where
     resp
 }
 
+/// A login's session parameters as the audit keeps them: any whose name speaks of a secret
+/// (PASSWORD, SECRET, TOKEN, KEY) has its value replaced by `***` (DECISIONS 14).
+fn recordable_parameters(
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    params
+        .iter()
+        .map(|(k, v)| {
+            let upper = k.to_ascii_uppercase();
+            let secret = ["PASSWORD", "SECRET", "TOKEN", "KEY"]
+                .iter()
+                .any(|w| upper.contains(w));
+            let v = if secret {
+                serde_json::Value::String("***".into())
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
 /// Turns an event into the record of a refusal.
 pub(super) fn mark_denied(event: &mut Event, refusal: &Refusal) {
     event.event_kind = EventKind::Denial;
@@ -513,4 +539,23 @@ where
     event.duration_ms = elapsed_ms(started);
     drop(ins.sink.submit(event));
     resp
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_session_parameters_are_masked() {
+        let params: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"QUERY_TAG":"etl","CLIENT_SESSION_KEEP_ALIVE":true,"my_api_key":"k","Sso_Token":"t"}"#,
+        )
+        .unwrap();
+        let kept = recordable_parameters(&params);
+        assert_eq!(kept["QUERY_TAG"], "etl");
+        assert_eq!(kept["CLIENT_SESSION_KEEP_ALIVE"], true);
+        assert_eq!(kept["my_api_key"], "***");
+        assert_eq!(kept["Sso_Token"], "***");
+    }
 }
