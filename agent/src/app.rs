@@ -148,6 +148,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             on_audit_failure: config.on_audit_failure,
             chunk_wait: Duration::from_secs(config.proxy.chunk_wait_s),
         }),
+        identity: Arc::new(crate::identity::Resolver::new(
+            crate::identity::DEFAULT_CACHE_ENTRIES,
+        )),
     });
     let proxy = Proxy::new(listeners, inputs)?;
     let proxy_addrs = proxy.addresses();

@@ -50,7 +50,7 @@ impl Handler for DaemonHandler {
                 pid,
                 identity,
                 labels,
-            } => self.enroll(cgroup, pid, identity, labels),
+            } => self.enroll(cgroup, pid, identity, labels, session),
             Request::Unenroll { selector } => self.unenroll(&selector),
             Request::List => {
                 let enrollments = self.registry.read().map(|r| r.list()).unwrap_or_default();
@@ -91,6 +91,7 @@ impl DaemonHandler {
         pid: Option<u32>,
         identity: String,
         labels: BTreeMap<String, String>,
+        session: &Session,
     ) -> Result<Reply, String> {
         enroll::check_identity(&identity).map_err(|e| e.to_string())?;
         let mount = self.mount();
@@ -113,7 +114,7 @@ impl DaemonHandler {
             ));
         }
         check_same_netns(&dir)?;
-        self.add(dir, rel, identity, labels, Kind::Cgroup, None)
+        self.add(dir, rel, identity, labels, Kind::Cgroup, None, session)
     }
 
     fn add(
@@ -124,6 +125,7 @@ impl DaemonHandler {
         labels: BTreeMap<String, String>,
         kind: Kind,
         run_id: Option<String>,
+        session: &Session,
     ) -> Result<Reply, String> {
         let mut registry = self
             .registry
@@ -156,6 +158,13 @@ impl DaemonHandler {
             since: enroll::now_secs(),
             kind,
             ended: false,
+            run_id: run_id.clone(),
+            started_by: crate::identity::process::user_name(session.peer_uid)
+                .or_else(|| Some(session.peer_uid.to_string())),
+            started_by_login: session
+                .peer_pid
+                .and_then(|p| crate::identity::process::login_uid(Path::new("/proc"), p))
+                .map(|uid| crate::identity::process::user_name(uid).unwrap_or(uid.to_string())),
         };
         if let Err(e) = registry.add(enrollment) {
             if let Ok(mut r) = self.redirect.write() {
@@ -231,6 +240,7 @@ impl DaemonHandler {
             labels,
             Kind::Exec,
             Some(run_id),
+            session,
         ) {
             Ok(reply) => {
                 session.exec_cgroups.push(rel);

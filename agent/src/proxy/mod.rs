@@ -56,6 +56,8 @@ pub struct Inputs {
     pub unidentified: crate::config::Unidentified,
     /// Reads the Snowflake protocol of intercepted connections.
     pub inspector: Arc<exchange::Inspector>,
+    /// Who is behind a connection: process, workload, run.
+    pub identity: Arc<crate::identity::Resolver>,
 }
 
 /// Connection counters, shared with the control socket's status.
