@@ -14,6 +14,7 @@ pub mod passthrough;
 pub mod prefixed;
 pub mod sessions;
 mod statement;
+mod tagging;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
