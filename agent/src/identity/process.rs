@@ -84,7 +84,7 @@ pub fn user_name(uid: u32) -> Option<String> {
         .map(|u| u.name)
 }
 
-/// The real uid from `/proc/<pid>/status` (`Uid:	real	effective	saved	fs`).
+/// The real uid from `/proc/<pid>/status` (`Uid:` then real, effective, saved and fs uids).
 fn parse_real_uid(status: &str) -> Option<u32> {
     status
         .lines()
