@@ -364,6 +364,87 @@ mod tests {
     }
 
     #[test]
+    fn an_event_gets_process_enrollment_and_cgroup_path_fields() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("stat"), "btime 1700000000\n").unwrap();
+        let r = Resolver::with_proc_root(root.path(), 8);
+        let id = "ab".repeat(32);
+        let scope = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0c1d2e3f_4a5b_6c7d_8e9f_a0b1c2d3e4f5.slice/cri-containerd-{id}.scope"
+        );
+        fake(root.path(), 1, "systemd", 0, 1, "init", "/init.scope");
+        fake(root.path(), 20, "sh", 1, 50, "sh -c run", &scope);
+        fake(
+            root.path(),
+            30,
+            "python3",
+            20,
+            60,
+            "python3 load.py --password pw",
+            &scope,
+        );
+        let state = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(Path::new("/cg"), state.path()).unwrap();
+        reg.add(crate::enroll::Enrollment {
+            identity: "loader".into(),
+            labels: [("team".to_string(), "data".to_string())].into(),
+            cgroup: scope.clone(),
+            cgroup_id: 77,
+            since: 0,
+            kind: crate::enroll::Kind::Exec,
+            ended: false,
+            run_id: Some("run-9".into()),
+            started_by: Some("root".into()),
+            started_by_login: Some("alice".into()),
+        })
+        .unwrap();
+        let reg = RwLock::new(reg);
+
+        let mut e = Event::new(crate::audit::EventKind::Connection, SystemTime::now(), "h");
+        let a = r.fill_event(&mut e, 30, 0, 77, &reg).unwrap();
+        assert_eq!(a.identity, "loader");
+        assert_eq!(e.workload_identity.as_deref(), Some("loader"));
+        assert_eq!(e.labels["team"], "data");
+        assert_eq!(e.correlation_id.as_deref(), Some("run-9"));
+        assert_eq!(e.started_by.as_deref(), Some("root"));
+        assert_eq!(e.started_by_login.as_deref(), Some("alice"));
+        assert_eq!(e.cgroup_path.as_deref(), Some(scope.as_str()));
+        assert_eq!(e.container_id.as_deref(), Some(id.as_str()));
+        assert_eq!(e.container_runtime.as_deref(), Some("containerd"));
+        assert_eq!(
+            e.pod_uid.as_deref(),
+            Some("0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5")
+        );
+        assert_eq!(e.pod_qos.as_deref(), Some("besteffort"));
+        assert_eq!(e.systemd_unit, Some(format!("cri-containerd-{id}.scope")));
+        assert_eq!(e.ppid, Some(20));
+        assert_eq!(e.parent_chain, vec!["20:sh".to_string()]);
+        assert_eq!(e.cmdline.as_deref(), Some("python3 load.py --password ***"));
+        assert_eq!(e.user_name.as_deref(), Some("root"));
+        assert_eq!(
+            e.process_start_time,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_600))
+        );
+
+        // A process outside every enrollment: its own fields, no workload.
+        fake(
+            root.path(),
+            40,
+            "curl",
+            1,
+            70,
+            "curl x",
+            "/system.slice/cron.service",
+        );
+        let mut e = Event::new(crate::audit::EventKind::Connection, SystemTime::now(), "h");
+        assert!(r.fill_event(&mut e, 40, 0, 5, &reg).is_none());
+        assert_eq!(e.workload_identity, None);
+        assert_eq!(e.correlation_id, None);
+        assert_eq!(e.systemd_unit.as_deref(), Some("cron.service"));
+        assert!(e.parent_chain.is_empty());
+    }
+
+    #[test]
     fn boot_time() {
         assert_eq!(
             parse_boot_time("cpu 1\nbtime 12345\nprocesses 9\n"),
