@@ -149,6 +149,9 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             chunk_wait: Duration::from_secs(config.proxy.chunk_wait_s),
             transfer_quiet: Duration::from_millis(config.proxy.transfer_quiet_ms),
         }),
+        identity: Arc::new(crate::identity::Resolver::new(
+            crate::identity::DEFAULT_CACHE_ENTRIES,
+        )),
     });
     let proxy = Proxy::new(listeners, inputs)?;
     let proxy_addrs = proxy.addresses();

@@ -77,6 +77,15 @@ pub struct Enrollment {
     /// For exec cgroups: the command has ended; the cgroup goes once empty.
     #[serde(default)]
     pub ended: bool,
+    /// For exec cgroups: the run id, which every event of the run carries as its correlation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The user of the control client that made the enrollment or started the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// That client's login user (`loginuid`), when set: the human behind `sudo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by_login: Option<String>,
 }
 
 /// What the proxy attaches to a connection: the enrollment that covers its process.
@@ -92,6 +101,12 @@ pub struct Attribution {
     pub cgroup_path: Option<String>,
     /// The enrollment's connection counter.
     pub connections: Arc<AtomicU64>,
+    /// The exec run's id (the correlation id of its events); `None` for operator enrollments.
+    pub run_id: Option<String>,
+    /// Who made the enrollment or started the run.
+    pub started_by: Option<String>,
+    /// Their login user.
+    pub started_by_login: Option<String>,
 }
 
 /// A row of `snowtrail list`.
@@ -281,6 +296,9 @@ impl Registry {
             enrolled_cgroup: entry.enrollment.cgroup.clone(),
             cgroup_path: process_cgroup.map(str::to_owned),
             connections: entry.connections.clone(),
+            run_id: entry.enrollment.run_id.clone(),
+            started_by: entry.enrollment.started_by.clone(),
+            started_by_login: entry.enrollment.started_by_login.clone(),
         })
     }
 
@@ -396,6 +414,9 @@ mod tests {
             since: 1,
             kind: Kind::Cgroup,
             ended: false,
+            run_id: None,
+            started_by: None,
+            started_by_login: None,
         }
     }
 

@@ -72,6 +72,12 @@ pub fn run_in_cgroup(
     mode: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let mut c = client_command(host, port, mode);
+    join_cgroup(&mut c, cgroup_dir)?;
+    parse(c.output()?)
+}
+
+/// Makes `c` join the cgroup at `cgroup_dir` between fork and exec.
+pub fn join_cgroup(c: &mut Command, cgroup_dir: &Path) -> anyhow::Result<()> {
     let procs = cgroup_dir.join("cgroup.procs");
     let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes())?;
     use std::os::unix::process::CommandExt as _;
@@ -90,7 +96,7 @@ pub fn run_in_cgroup(
             Ok(())
         });
     }
-    parse(c.output()?)
+    Ok(())
 }
 
 /// Parses a client's report from its output.

@@ -204,6 +204,21 @@ pub struct Event {
     pub lifecycle_action: Option<String>,
     /// Free text detail for lifecycle and denial events.
     pub detail: Option<String>,
+
+    // added in schema version 2: workload identity and the run
+    /// The Kubernetes QoS class of the pod (`guaranteed`, `burstable`, `besteffort`).
+    pub pod_qos: Option<String>,
+    /// The runtime of `container_id` (`docker`, `containerd`, `cri-o`, `podman`).
+    pub container_runtime: Option<String>,
+    /// The caller's ancestors inside the enrolled cgroup, nearest first, as `pid:comm`.
+    #[serde(default)]
+    pub parent_chain: Vec<String>,
+    /// When the caller's process started; with `tgid` it names one process for the host's life.
+    pub process_start_time: Option<SystemTime>,
+    /// Who started the `snowtrail exec` run (or enrolled the cgroup): the control client's user.
+    pub started_by: Option<String>,
+    /// The login user (`loginuid`) of whoever started the run, when it was set.
+    pub started_by_login: Option<String>,
     /// For a PUT/GET statement, the storage requests its transfers made through the agent.
     pub stage_requests: Option<u32>,
     /// For a PUT/GET statement, the bytes its transfers sent to storage (uploads).
@@ -292,6 +307,12 @@ impl Event {
             flags: Vec::new(),
             lifecycle_action: None,
             detail: None,
+            pod_qos: None,
+            container_runtime: None,
+            parent_chain: Vec::new(),
+            process_start_time: None,
+            started_by: None,
+            started_by_login: None,
             stage_requests: None,
             stage_bytes_sent: None,
             stage_bytes_received: None,

@@ -428,7 +428,10 @@ mod tests {
         assert_eq!(p.rows, 25);
         let meta = read_footer(&p.path).unwrap();
         assert_eq!(footer_value(&meta, META_JOURNAL_SEQS), Some("5-29"));
-        assert_eq!(footer_value(&meta, META_SCHEMA_VERSION), Some("1"));
+        assert_eq!(
+            footer_value(&meta, META_SCHEMA_VERSION),
+            Some(SCHEMA_VERSION.to_string().as_str())
+        );
         assert_eq!(meta.num_row_groups(), 3);
         let names: Vec<_> = fs::read_dir(&part)
             .unwrap()

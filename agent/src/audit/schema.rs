@@ -43,7 +43,7 @@ use self::convert::micros;
 use self::convert::{ColumnValue, field};
 
 /// The schema version this build writes; bumped whenever columns are added.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Key-value metadata key holding [`SCHEMA_VERSION`] in every Parquet file.
 pub const META_SCHEMA_VERSION: &str = "snowtrail.schema_version";
 
@@ -273,12 +273,24 @@ columns! {
         "For lifecycle events: start, stop, config_reload, config_rejected, audit_gap, ...";
     detail: Option<String>, dict = false, ocsf = Some("message"),
         "Free-text detail of lifecycle and denial events (for audit_gap: JSON); for a login, its session parameters as JSON.";
+    pod_qos: Option<String>, dict = true, ocsf = None,
+        "Kubernetes QoS class of the pod: guaranteed, burstable or besteffort (schema 2).";
+    container_runtime: Option<String>, dict = true, ocsf = None,
+        "Runtime of container_id: docker, containerd, cri-o, podman (schema 2).";
+    parent_chain: Vec<String>, dict = true, ocsf = None,
+        "The caller's ancestors inside the enrolled cgroup, nearest first, as pid:comm (schema 2).";
+    process_start_time: Option<SystemTime>, dict = false, ocsf = Some("actor.process.created_time"),
+        "When the caller's process started; with tgid it names one process (schema 2).";
+    started_by: Option<String>, dict = true, ocsf = None,
+        "User who started the snowtrail exec run or enrolled the cgroup (SO_PEERCRED) (schema 2).";
+    started_by_login: Option<String>, dict = true, ocsf = None,
+        "Login user (loginuid) of whoever started the run or enrolled the cgroup (schema 2).";
     stage_requests: Option<u32>, dict = false, ocsf = None,
-        "For a PUT/GET statement: the storage requests of its transfers seen by the agent.";
+        "For a PUT/GET statement: the storage requests of its transfers seen by the agent (schema 2).";
     stage_bytes_sent: Option<u64>, dict = false, ocsf = None,
-        "For a PUT/GET statement: bytes its transfers sent to storage (uploads).";
+        "For a PUT/GET statement: bytes its transfers sent to storage (uploads) (schema 2).";
     stage_bytes_received: Option<u64>, dict = false, ocsf = None,
-        "For a PUT/GET statement: bytes its transfers received from storage (downloads).";
+        "For a PUT/GET statement: bytes its transfers received from storage (downloads) (schema 2).";
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

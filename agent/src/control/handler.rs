@@ -36,6 +36,28 @@ pub struct DaemonHandler {
     pub ca_bundle: PathBuf,
 }
 
+/// Who made an enrollment (DECISIONS 17) and, for an exec, the run's id.
+struct Started {
+    run_id: Option<String>,
+    by: Option<String>,
+    by_login: Option<String>,
+}
+
+impl Started {
+    /// The control client's user (`SO_PEERCRED`) and its login user (`loginuid`), as names.
+    fn by(session: &Session, run_id: Option<String>) -> Started {
+        let name = |uid: u32| crate::identity::process::user_name(uid).unwrap_or(uid.to_string());
+        Started {
+            run_id,
+            by: Some(name(session.peer_uid)),
+            by_login: session
+                .peer_pid
+                .and_then(|p| crate::identity::process::login_uid(Path::new("/proc"), p))
+                .map(name),
+        }
+    }
+}
+
 fn refused(message: impl ToString) -> Response {
     Response::Error {
         message: message.to_string(),
@@ -50,7 +72,7 @@ impl Handler for DaemonHandler {
                 pid,
                 identity,
                 labels,
-            } => self.enroll(cgroup, pid, identity, labels),
+            } => self.enroll(cgroup, pid, identity, labels, session),
             Request::Unenroll { selector } => self.unenroll(&selector),
             Request::List => {
                 let enrollments = self.registry.read().map(|r| r.list()).unwrap_or_default();
@@ -91,6 +113,7 @@ impl DaemonHandler {
         pid: Option<u32>,
         identity: String,
         labels: BTreeMap<String, String>,
+        session: &Session,
     ) -> Result<Reply, String> {
         enroll::check_identity(&identity).map_err(|e| e.to_string())?;
         let mount = self.mount();
@@ -113,7 +136,14 @@ impl DaemonHandler {
             ));
         }
         check_same_netns(&dir)?;
-        self.add(dir, rel, identity, labels, Kind::Cgroup, None)
+        self.add(
+            dir,
+            rel,
+            identity,
+            labels,
+            Kind::Cgroup,
+            Started::by(session, None),
+        )
     }
 
     fn add(
@@ -123,8 +153,9 @@ impl DaemonHandler {
         identity: String,
         labels: BTreeMap<String, String>,
         kind: Kind,
-        run_id: Option<String>,
+        started: Started,
     ) -> Result<Reply, String> {
+        let run_id = started.run_id;
         let mut registry = self
             .registry
             .write()
@@ -156,6 +187,9 @@ impl DaemonHandler {
             since: enroll::now_secs(),
             kind,
             ended: false,
+            run_id: run_id.clone(),
+            started_by: started.by,
+            started_by_login: started.by_login,
         };
         if let Err(e) = registry.add(enrollment) {
             if let Ok(mut r) = self.redirect.write() {
@@ -230,7 +264,7 @@ impl DaemonHandler {
             identity,
             labels,
             Kind::Exec,
-            Some(run_id),
+            Started::by(session, Some(run_id)),
         ) {
             Ok(reply) => {
                 session.exec_cgroups.push(rel);

@@ -92,6 +92,7 @@ impl ConnCtx {
 
 pub(super) fn fill_session(e: &mut Event, s: &Session) {
     e.session_id = Some(s.id.clone());
+    e.correlation_id = Some(s.correlation_id.clone());
     e.snowflake_session_id.clone_from(&s.snowflake_session_id);
     e.account.clone_from(&s.account);
     e.login_user.clone_from(&s.login_user);
@@ -313,13 +314,15 @@ where
     let at = SystemTime::now();
     let started = Instant::now();
     let ins = &ctx.inspector;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let user_agent = parts
         .headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut event = ctx.event(EventKind::Login, at, None);
+    let (session_id, correlation_id) = super::tagging::new_session_ids(&ctx.base);
+    event.correlation_id = Some(correlation_id.clone());
     let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
         Ok(b) => b,
         Err(refusal) => return refuse_login(ctx, event, refusal).await,
@@ -339,7 +342,16 @@ where
         event.driver = Some(d.name);
         event.driver_version = d.version;
     }
-    let resp = send(Request::from_parts(parts, raw.into_body())).await;
+    // QUERY_TAG in SESSION_PARAMETERS (DECISIONS 15); the rewrite is in `tagging`.
+    let body = super::tagging::login_body(
+        &mut parts,
+        raw,
+        &decoded,
+        &ctx.base,
+        &correlation_id,
+        &session_id,
+    );
+    let resp = send(Request::from_parts(parts, body)).await;
     let status = resp.status();
     let out = match read_response(resp, &ins.limits).await {
         Inspected::Read {
@@ -363,7 +375,8 @@ where
                             .and_then(snowflake::auth::issued_session_token)
                     {
                         let session = Arc::new(Session {
-                            id: uuid::Uuid::now_v7().to_string(),
+                            id: session_id.clone(),
+                            correlation_id: correlation_id.clone(),
                             snowflake_session_id: r.session_id.clone(),
                             account: event.account.clone(),
                             login_user: event.login_user.clone(),
@@ -375,6 +388,7 @@ where
                                 warehouse: r.session_info.warehouse.clone(),
                                 database: r.session_info.database.clone(),
                                 schema: r.session_info.schema.clone(),
+                                query_tag: parsed.query_tag.clone(),
                             })),
                         });
                         event.session_id = Some(session.id.clone());

@@ -379,28 +379,18 @@ fn connection_event(
     e.gid = Some(origin.gid);
     e.comm = Some(crate::redirect::comm(origin));
     e.cgroup_id = Some(origin.cgroup_id);
-    let process = crate::identity::ProcessInfo::read(origin.tgid, origin.uid);
-    e.exe = process.exe;
-    e.cmdline = process.cmdline;
-    e.ppid = process.ppid;
-    e.user_name = process.user_name;
     e.src_ip = Some(peer.ip());
     e.src_port = Some(peer.port());
     e.dst_ip = Some(dst.ip());
     e.dst_port = Some(dst.port());
-    let process_cgroup = crate::cgroup::cgroup_of(Some(origin.tgid))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    if let Ok(reg) = inputs.registry.read()
-        && let Some(a) = reg.attribute(process_cgroup.as_deref(), origin.cgroup_id)
-    {
+    if let Some(a) = inputs.identity.fill_event(
+        &mut e,
+        origin.tgid,
+        origin.uid,
+        origin.cgroup_id,
+        &inputs.registry,
+    ) {
         a.connections.fetch_add(1, Ordering::Relaxed);
-        e.workload_identity = Some(a.identity);
-        e.labels = a.labels;
-        e.cgroup_path = a.cgroup_path.or(Some(a.enrolled_cgroup));
-    }
-    if e.cgroup_path.is_none() {
-        e.cgroup_path = process_cgroup;
     }
     e
 }

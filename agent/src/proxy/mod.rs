@@ -14,6 +14,7 @@ pub mod passthrough;
 pub mod prefixed;
 pub mod sessions;
 mod statement;
+mod tagging;
 pub mod transfer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +58,8 @@ pub struct Inputs {
     pub unidentified: crate::config::Unidentified,
     /// Reads the Snowflake protocol of intercepted connections.
     pub inspector: Arc<exchange::Inspector>,
+    /// Who is behind a connection: process, workload, run.
+    pub identity: Arc<crate::identity::Resolver>,
 }
 
 /// Connection counters, shared with the control socket's status.

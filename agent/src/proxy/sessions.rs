@@ -24,6 +24,8 @@ pub const MAX_PENDING: usize = 65_536;
 pub struct Session {
     /// The agent's own id of the session (a UUID v7), the `session_id` column.
     pub id: String,
+    /// The session's correlation id: its exec run's id, else its own id (`correlation_id`).
+    pub correlation_id: String,
     /// Snowflake's session id.
     pub snowflake_session_id: Option<String>,
     /// The account named at login.
@@ -51,6 +53,9 @@ pub struct Context {
     pub database: Option<String>,
     /// Schema.
     pub schema: Option<String>,
+    /// The workload's own session QUERY_TAG (from the login, then `ALTER SESSION`), which the
+    /// agent merges into each statement's tag.
+    pub query_tag: Option<String>,
 }
 
 fn abort_keys(query_id: Option<&str>, request_id: Option<&str>) -> Vec<String> {

@@ -29,7 +29,7 @@ where
 {
     let started = Instant::now();
     let ins = &ctx.inspector;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let session = ins
         .tracker
         .lookup(snowflake::auth::authorization_token(&parts.headers));
@@ -74,7 +74,9 @@ where
         }
         event.flags.push("audit_gap".into());
     }
-    let resp = send(Request::from_parts(parts, raw.into_body())).await;
+    // QUERY_TAG in the statement's parameters (DECISIONS 15); the rewrite is in `tagging`.
+    let body = super::tagging::query_body(&mut parts, raw, &decoded, session.as_deref(), &ctx.base);
+    let resp = send(Request::from_parts(parts, body)).await;
     let status = resp.status();
 
     match read_response(resp, &ins.limits).await {
@@ -86,6 +88,9 @@ where
             match decoded.as_deref().map(snowflake::parse_query_response) {
                 Some(Ok(r)) => {
                     apply_query_response(&mut event, &r, raw.len(), session.as_deref());
+                    if r.status == QueryStatus::Complete {
+                        super::tagging::note_statement(session.as_deref(), &parsed.sql_text);
+                    }
                     match r.status {
                         QueryStatus::InProgress | QueryStatus::AsyncDetached => {
                             event.duration_ms = elapsed_ms(started);

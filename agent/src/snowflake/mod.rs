@@ -38,6 +38,7 @@ pub mod hosts;
 mod json;
 pub mod login;
 pub mod query;
+pub mod query_tag;
 pub mod redact;
 pub mod result;
 pub mod session;
@@ -61,6 +62,7 @@ pub use query::{
     BindSummary, QUERY_TAG_MAX_CHARS, QueryRequest, merge_query_tag, parse_query_request,
     set_query_tag,
 };
+pub use query_tag::{TagChange, session_tag_change, set_login_query_tag};
 pub use redact::{RedactMode, redact_sql};
 pub use result::{
     Chunk, Column, FileCommand, MonitoringResponse, QueryResponse, QueryStatus, ResultFormat,

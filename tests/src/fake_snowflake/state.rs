@@ -71,6 +71,18 @@ impl RecordedRequest {
         })
     }
 
+    /// The QUERY_TAG the request carried: `parameters.QUERY_TAG` of a query request,
+    /// `data.SESSION_PARAMETERS.QUERY_TAG` of a login request.
+    pub fn query_tag(&self) -> Option<String> {
+        let v = self.json()?;
+        let tag = if self.is_query() {
+            v.get("parameters")?.get("QUERY_TAG")?
+        } else {
+            v.get("data")?.get("SESSION_PARAMETERS")?.get("QUERY_TAG")?
+        };
+        tag.as_str().map(str::to_owned)
+    }
+
     /// Whether this is `POST /queries/v1/query-request`.
     pub fn is_query(&self) -> bool {
         self.method == "POST" && self.path == "/queries/v1/query-request"
