@@ -33,6 +33,9 @@
 
 mod clock;
 mod config;
+pub mod digest;
+pub mod digest_log;
+pub mod digest_verify;
 mod event;
 pub mod files;
 pub mod inspect;
