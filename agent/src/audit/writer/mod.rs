@@ -30,6 +30,9 @@
 //!   seconds after opening for rows that arrived after their hour closed (a completion after its
 //!   hour's file closed, for one), and at shutdown; publishes them atomically (`files`), then
 //!   releases the journal records they hold, and the segments whose records are all released.
+//!   Each file is recorded in the digest log just before its rename (`digest_log`); the thread
+//!   writes the next signed digest every `digest_interval_s` and at shutdown, and start-up writes
+//!   the one a crash interrupted, after recovery.
 //!
 //! On a journal write or sync failure (disk full, directory unwritable) every unsynced event's
 //! acknowledgement fails with [`AuditError::Journal`], [`AuditWriter::healthy`] turns false, the
