@@ -395,7 +395,8 @@ pub fn load_or_create_key(state_dir: &Path) -> Result<SigningKey, DigestError> {
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(io_err("read", urandom))?;
     let key = SigningKey::from_bytes(&seed);
-    let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
+    let tmp_name = format!(".{KEY_FILE}.{}.tmp", std::process::id());
+    let tmp = dir.join(&tmp_name);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -412,7 +413,7 @@ pub fn load_or_create_key(state_dir: &Path) -> Result<SigningKey, DigestError> {
     let dir_file = File::open(&dir).map_err(io_err("open", &dir))?;
     let renamed = renameat2(
         &dir_file,
-        tmp.as_path(),
+        tmp_name.as_str(),
         &dir_file,
         KEY_FILE,
         RenameFlags::RENAME_NOREPLACE,
@@ -445,7 +446,8 @@ pub(crate) fn write_atomic(
     bytes: &[u8],
     replace: bool,
 ) -> Result<PathBuf, DigestError> {
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp_name = format!(".{name}.tmp");
+    let tmp = dir.join(&tmp_name);
     let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
     if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
         let _ = fs::remove_file(&tmp);
@@ -457,7 +459,7 @@ pub(crate) fn write_atomic(
     } else {
         RenameFlags::RENAME_NOREPLACE
     };
-    if let Err(e) = renameat2(&dir_file, tmp.as_path(), &dir_file, name, flags) {
+    if let Err(e) = renameat2(&dir_file, tmp_name.as_str(), &dir_file, name, flags) {
         let _ = fs::remove_file(&tmp);
         return Err(io_err("rename", &tmp)(e.into()));
     }

@@ -383,6 +383,9 @@ impl OpenFile {
             .sync_all()
             .map_err(io_err("sync", &self.tmp))?;
         let dir_file = File::open(&self.dir).map_err(io_err("open", &self.dir))?;
+        // Names relative to the directory's descriptor (the directory itself may be given relative
+        // to the working directory).
+        let tmp_name = Path::new(self.tmp.file_name().unwrap_or_default());
         let mut final_name = self.name.clone();
         if let Some(hook) = &self.on_publish {
             // The digest log must know the file before it becomes visible, so a crash never leaves
@@ -409,7 +412,7 @@ impl OpenFile {
             .map_err(io_err("record in the digest log", &self.tmp))?;
             renameat2(
                 &dir_file,
-                self.tmp.as_path(),
+                tmp_name,
                 &dir_file,
                 final_name.as_str(),
                 RenameFlags::RENAME_NOREPLACE,
@@ -421,7 +424,7 @@ impl OpenFile {
         for attempt in 1.. {
             match renameat2(
                 &dir_file,
-                self.tmp.as_path(),
+                tmp_name,
                 &dir_file,
                 final_name.as_str(),
                 RenameFlags::RENAME_NOREPLACE,
