@@ -17,6 +17,8 @@
 //! - The removal of the newest digest: the state directory's `head.json` names it, so with
 //!   `--state-dir` it is found at once; without, it is found once the next digest links to it
 //!   (and its files, if older than the digest before, show up as named by no digest).
+//! - A file not yet digested that is removed while the agent is down is forgotten: at start, the
+//!   digest log cannot tell it from a file whose rename a crash prevented.
 //! - Someone holding the host's key (root on the host) can rewrite the whole trail, state
 //!   directory included, consistently. Only a copy of the digests or of `head.json` kept elsewhere
 //!   (an external anchor) and `--pubkey` with the key recorded when the host was set up prove
