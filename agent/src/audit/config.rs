@@ -17,6 +17,8 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 8192;
 pub const DEFAULT_INTENT_TIMEOUT_S: u64 = 3600;
 /// Default for [`AuditConfig::max_pending_intents`].
 pub const DEFAULT_MAX_PENDING_INTENTS: usize = 100_000;
+/// Default for [`AuditConfig::digest_interval_s`]: an hour, as CloudTrail.
+pub const DEFAULT_DIGEST_INTERVAL_S: u64 = 3600;
 /// Default for [`AuditConfig::segment_bytes`]: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = super::journal::SEGMENT_BYTES;
 
@@ -81,6 +83,9 @@ pub struct AuditConfig {
     /// are deleted once their events are in published files; intents still pending in them are
     /// copied forward first, so a long statement never holds old segments.
     pub segment_bytes: u64,
+    /// At most this many seconds pass between two signed digests (`_digests/`) naming the files
+    /// closed meanwhile; one is also written at shutdown and, after a crash, at start.
+    pub digest_interval_s: u64,
 }
 
 impl Default for AuditConfig {
@@ -95,6 +100,7 @@ impl Default for AuditConfig {
             intent_timeout_s: DEFAULT_INTENT_TIMEOUT_S,
             max_pending_intents: DEFAULT_MAX_PENDING_INTENTS,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            digest_interval_s: DEFAULT_DIGEST_INTERVAL_S,
         }
     }
 }
@@ -123,6 +129,9 @@ mod tests {
             (c.intent_timeout_s, c.max_pending_intents, c.segment_bytes),
             (5, 7, 4096)
         );
+        assert_eq!(c.digest_interval_s, 3600);
+        let c: AuditConfig = toml::from_str("digest_interval_s = 5\nmax_file_age_s = 10").unwrap();
+        assert_eq!((c.digest_interval_s, c.max_file_age_s), (5, Some(10)));
         assert!(toml::from_str::<AuditConfig>("bogus = 1").is_err());
         #[derive(Deserialize)]
         struct Top {

@@ -148,8 +148,29 @@ pub fn writer_properties(row_group_rows: usize, host: &str, journal_id: Uuid) ->
     b.build()
 }
 
+/// A file about to be renamed into place: what a digest lists about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedFile {
+    /// The final path it is about to get.
+    pub path: PathBuf,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Rows in it.
+    pub rows: u64,
+    /// The earliest `event_time` in it.
+    pub first_event_time: SystemTime,
+    /// The latest `event_time` in it.
+    pub last_event_time: SystemTime,
+}
+
+/// Called with every finished, synced file just before it is renamed into place (the digest log
+/// records it there); an error abandons the publish, whose events stay in the journal.
+pub type PublishHook = std::sync::Arc<dyn Fn(&ClosedFile) -> io::Result<()> + Send + Sync>;
+
 /// What a writer needs to know to create files.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FileSettings {
     /// The audit directory (partitions below it).
     pub audit_dir: PathBuf,
@@ -159,10 +180,24 @@ pub struct FileSettings {
     pub journal_id: Uuid,
     /// Rows per row group.
     pub row_group_rows: usize,
+    /// Told about every file before it is published, if set.
+    pub on_publish: Option<PublishHook>,
+}
+
+impl std::fmt::Debug for FileSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSettings")
+            .field("audit_dir", &self.audit_dir)
+            .field("host", &self.host)
+            .field("journal_id", &self.journal_id)
+            .field("row_group_rows", &self.row_group_rows)
+            .field("on_publish", &self.on_publish.is_some())
+            .finish()
+    }
 }
 
 /// Creates `audit_dir/rel` and makes each new directory's entry durable.
-fn ensure_dir(audit_dir: &Path, rel: &Path) -> Result<PathBuf, FileError> {
+pub(crate) fn ensure_dir(audit_dir: &Path, rel: &Path) -> Result<PathBuf, FileError> {
     if !audit_dir.is_dir() {
         fs::create_dir_all(audit_dir).map_err(io_err("create", audit_dir))?;
     }
@@ -195,6 +230,8 @@ pub struct OpenFile {
     builder: EventBatchBuilder,
     seqs: SeqRanges,
     rows: u64,
+    times: Option<(SystemTime, SystemTime)>,
+    on_publish: Option<PublishHook>,
 }
 
 /// A file that is now visible under its final name.
@@ -254,6 +291,8 @@ impl OpenFile {
             builder: EventBatchBuilder::new(BUFFER_ROWS),
             seqs: SeqRanges::default(),
             rows: 0,
+            times: None,
+            on_publish: settings.on_publish.clone(),
         })
     }
 
@@ -262,6 +301,11 @@ impl OpenFile {
         self.builder.append(event);
         self.seqs.insert(seq);
         self.rows += 1;
+        let t = event.event_time;
+        self.times = Some(match self.times {
+            Some((a, b)) => (a.min(t), b.max(t)),
+            None => (t, t),
+        });
         if self.builder.len() >= BUFFER_ROWS {
             self.flush()?;
         }
@@ -339,11 +383,48 @@ impl OpenFile {
             .sync_all()
             .map_err(io_err("sync", &self.tmp))?;
         let dir_file = File::open(&self.dir).map_err(io_err("open", &self.dir))?;
+        // Names relative to the directory's descriptor (the directory itself may be given relative
+        // to the working directory).
+        let tmp_name = Path::new(self.tmp.file_name().unwrap_or_default());
         let mut final_name = self.name.clone();
+        if let Some(hook) = &self.on_publish {
+            // The digest log must know the file before it becomes visible, so a crash never leaves
+            // a published file that no digest will name; it gets a name that is free now.
+            let mut attempt = 0;
+            while self.dir.join(&final_name).exists() && attempt < 100 {
+                attempt += 1;
+                final_name = format!(
+                    "{}-{attempt}.parquet",
+                    self.name.trim_end_matches(".parquet")
+                );
+            }
+            let (sha256, bytes) =
+                super::digest::sha256_file(&self.tmp).map_err(io_err("read", &self.tmp))?;
+            let (first, last) = self.times.unwrap_or((self.opened_at, self.opened_at));
+            hook(&ClosedFile {
+                path: self.dir.join(&final_name),
+                sha256,
+                bytes,
+                rows: self.rows,
+                first_event_time: first,
+                last_event_time: last,
+            })
+            .map_err(io_err("record in the digest log", &self.tmp))?;
+            renameat2(
+                &dir_file,
+                tmp_name,
+                &dir_file,
+                final_name.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(|e| io_err("rename", &self.tmp)(e.into()))?;
+            dir_file.sync_all().map_err(io_err("sync", &self.dir))?;
+            return Ok(self.dir.join(final_name));
+        }
         for attempt in 1.. {
             match renameat2(
                 &dir_file,
-                self.tmp.as_path(),
+                tmp_name,
                 &dir_file,
                 final_name.as_str(),
                 RenameFlags::RENAME_NOREPLACE,
@@ -405,6 +486,7 @@ mod tests {
             host: "h".into(),
             journal_id: Uuid::now_v7(),
             row_group_rows: 10,
+            on_publish: None,
         };
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let e = Event::new(EventKind::Query, t, "h");

@@ -15,6 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::errors::ParquetError;
 
+use super::digest_verify::{ChainOptions, ChainReport, check_chains};
 use super::event::{Event, EventKind};
 use super::files::{FileError, footer_value, hour_of, is_hidden, partition_rel, read_footer};
 use super::schema::{META_SCHEMA_VERSION, SCHEMA_VERSION, SchemaError, events_from_batch, schema};
@@ -380,6 +381,13 @@ pub fn tail(
     Ok(())
 }
 
+/// What `audit verify` checks besides the files themselves.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// How the signed digests are checked (key, state directory).
+    pub chain: ChainOptions,
+}
+
 /// What `audit verify` found; [`ok`](VerifyReport::ok) decides the exit code.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -391,8 +399,10 @@ pub struct VerifyReport {
     pub duplicate_ids: u64,
     /// Temporary files young enough to belong to a running agent (not a problem).
     pub temp_in_progress: usize,
-    /// Every problem, one line each.
+    /// Every problem, one line each (digest findings included).
     pub problems: Vec<String>,
+    /// What walking the signed digest chains found.
+    pub chain: ChainReport,
 }
 
 impl VerifyReport {
@@ -488,9 +498,21 @@ fn verify_file(
     problems
 }
 
-/// `snowtrail audit verify`: checks that every file is readable with a known schema, counts events,
-/// and looks for duplicate event ids and leftover temporary files; prints one line per file.
+/// `snowtrail audit verify` with default options: see [`verify_with`].
 pub fn verify(dir: &Path, out: &mut dyn Write) -> Result<VerifyReport, InspectError> {
+    verify_with(dir, &VerifyOptions::default(), out)
+}
+
+/// `snowtrail audit verify`: checks that every file is readable with a known schema, counts events,
+/// and looks for duplicate event ids and leftover temporary files; prints one line per file. Then
+/// walks the signed digest chains (`digest_verify`): removed, changed or added files, removed,
+/// reordered or foreign-signed digests are problems; files closed after the newest digest are
+/// reported as not yet covered.
+pub fn verify_with(
+    dir: &Path,
+    opts: &VerifyOptions,
+    out: &mut dyn Write,
+) -> Result<VerifyReport, InspectError> {
     let mut report = VerifyReport::default();
     let mut ids = HashSet::new();
     let mut lines = Vec::new();
@@ -536,6 +558,44 @@ pub fn verify(dir: &Path, out: &mut dyn Write) -> Result<VerifyReport, InspectEr
     for l in &lines {
         writeln!(out, "{l}")?;
     }
+    let parquet: Vec<String> = list_files(dir)?
+        .into_iter()
+        .filter_map(|f| {
+            f.path
+                .strip_prefix(dir)
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+        .collect();
+    let chain = check_chains(dir, &parquet, &opts.chain);
+    for p in &chain.not_yet_covered {
+        writeln!(
+            out,
+            "pending  {} (closed after the newest digest; not yet covered)",
+            p.display()
+        )?;
+    }
+    for n in &chain.notes {
+        writeln!(out, "note     {n}")?;
+    }
+    for f in &chain.findings {
+        writeln!(out, "PROBLEM  {f}")?;
+        report.problems.push(f.clone());
+    }
+    let span = chain.span.map_or(String::new(), |(a, b)| {
+        format!(", events from {} to {}", fmt_time(a), fmt_time(b))
+    });
+    writeln!(
+        out,
+        "digests: {} ({} host{}) cover {} files, {} rows{span}; {} files not yet covered",
+        chain.digests,
+        chain.hosts.len(),
+        if chain.hosts.len() == 1 { "" } else { "s" },
+        chain.covered_files,
+        chain.covered_rows,
+        chain.not_yet_covered.len()
+    )?;
+    report.chain = chain;
     writeln!(
         out,
         "{} files, {} events, {} problems{}",

@@ -25,14 +25,20 @@
 //!   exactly-once argument;
 //! - `writer`: [`AuditWriter`] and its threads (group commit, rotation, pending intents, failure
 //!   handling);
+//! - `digest`: signed digests (tamper evidence): the format, the host's Ed25519 key, naming;
+//!   `digest_log`: the writer's side (files closed since the last digest, the chain head, writing
+//!   a digest on an interval, at shutdown, and after a crash); `digest_verify`: walking the chains;
 //! - `clock`, `config`: injected time and the `[audit]` settings;
 //! - `inspect`: the `audit ls|tail|verify` and `replay` commands as library functions.
 //!
-//! Not here: redaction of secrets (done before an event is built), shipping files elsewhere,
-//! retention, and tamper evidence (`_digests/`, a later issue).
+//! Not here: redaction of secrets (done before an event is built), shipping files elsewhere, and
+//! retention.
 
 mod clock;
 mod config;
+pub mod digest;
+pub mod digest_log;
+pub mod digest_verify;
 mod event;
 pub mod files;
 pub mod inspect;

@@ -392,6 +392,7 @@ mod tests {
             host: "h".into(),
             journal_id: journal.id,
             row_group_rows: 1000,
+            on_publish: None,
         }
     }
 

@@ -96,7 +96,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Read the audit trail: list files, show recent events, verify the files.
+    /// Read the audit trail: list files, show recent events, verify the files and their digests.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -151,10 +151,27 @@ enum AuditCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Check every file: readable, known schema, event counts, no leftover temporary files.
+    /// Check every file (readable, known schema, event counts, no leftover temporary files) and
+    /// walk the signed digest chains: a removed, changed or added file, or a removed, reordered
+    /// or foreign-signed digest is reported and the exit code is 1.
     Verify {
         /// Audit directory (default: the configuration's audit_dir).
         dir: Option<PathBuf>,
+        /// The public key every digest must be signed with (a file holding the line
+        /// `snowtrail audit pubkey` printed); without it, each chain's own first key.
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+        /// The agent's state directory, to find a removed newest digest and tell files not yet
+        /// digested from added ones (default: the configuration's state_dir when DIR is not given).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Print this host's digest-signing public key (`ed25519:` and 64 hex digits), creating the
+    /// key in the state directory if there is none yet.
+    Pubkey {
+        /// The agent's state directory (default: the configuration's state_dir).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -367,6 +384,7 @@ fn audit_command(
     command: AuditCommand,
 ) -> anyhow::Result<ExitCode> {
     use crate::audit::inspect;
+    use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     match command {
         AuditCommand::Ls { dir } => {
@@ -392,13 +410,53 @@ fn audit_command(
             inspect::tail(&audit_dir(config, dir)?, &opts, &mut out, &|| false)?;
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify { dir } => {
-            let report = inspect::verify(&audit_dir(config, dir)?, &mut out)?;
+        AuditCommand::Verify {
+            dir,
+            pubkey,
+            state_dir,
+        } => {
+            let state_dir = match (state_dir, &dir) {
+                (Some(s), _) => Some(s),
+                (None, Some(_)) => None,
+                (None, None) => Some(Config::load(config)?.state_dir),
+            };
+            let pubkey = match pubkey {
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read public key {}", p.display()))?;
+                    Some(
+                        crate::audit::digest::parse_public_key(&text)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let opts = inspect::VerifyOptions {
+                chain: crate::audit::digest_verify::ChainOptions {
+                    pubkey,
+                    state_dir,
+                    recordings_dir: None,
+                },
+            };
+            let report = inspect::verify_with(&audit_dir(config, dir)?, &opts, &mut out)?;
             Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             })
+        }
+        AuditCommand::Pubkey { state_dir } => {
+            let state_dir = match state_dir {
+                Some(s) => s,
+                None => Config::load(config)?.state_dir,
+            };
+            let key = crate::audit::digest::load_or_create_key(&state_dir)?;
+            writeln!(
+                out,
+                "{}",
+                crate::audit::digest::public_key_text(&key.verifying_key())
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

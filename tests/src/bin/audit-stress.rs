@@ -2,9 +2,10 @@
 //! line, as soon as it is acknowledged; the `audit_crash` test kills it with SIGKILL at random
 //! moments and checks that recovery keeps exactly the acknowledged events.
 //!
-//! Usage: `audit-stress STATE_DIR AUDIT_DIR RUN TASKS [COUNT] [--intents]`. Without COUNT it streams
-//! until killed; with COUNT it stops after that many events per task and shuts the writer down
-//! cleanly.
+//! Usage: `audit-stress STATE_DIR AUDIT_DIR RUN TASKS [COUNT] [--intents] [--digest-interval S]`.
+//! Without COUNT it streams until killed; with COUNT it stops after that many events per task and
+//! shuts the writer down cleanly. `--digest-interval` sets `audit.digest_interval_s` (the
+//! `audit_digest` test kills it between digests).
 //!
 //! With `--intents` the tasks behave like the proxy with `durability = "before_forward"`: most
 //! events are statements, submitted as an intent (line `I <id>` once acknowledged) and then
@@ -66,6 +67,12 @@ async fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().collect();
     let intents = args.iter().any(|a| a == "--intents");
     args.retain(|a| a != "--intents");
+    let mut digest_interval = None;
+    if let Some(i) = args.iter().position(|a| a == "--digest-interval") {
+        anyhow::ensure!(i + 1 < args.len(), "--digest-interval needs seconds");
+        digest_interval = Some(args[i + 1].parse::<u64>()?);
+        args.drain(i..=i + 1);
+    }
     anyhow::ensure!(
         args.len() >= 5,
         "usage: audit-stress STATE_DIR AUDIT_DIR RUN TASKS [COUNT] [--intents]"
@@ -81,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
         row_group_rows: 500,
         ..AuditConfig::default()
     };
+    if let Some(s) = digest_interval {
+        config.digest_interval_s = s;
+    }
     if intents {
         config.segment_bytes = 64 * 1024;
         // Runs alternate between giving up on intents for the bound and for the timeout.

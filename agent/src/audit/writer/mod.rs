@@ -30,6 +30,9 @@
 //!   seconds after opening for rows that arrived after their hour closed (a completion after its
 //!   hour's file closed, for one), and at shutdown; publishes them atomically (`files`), then
 //!   releases the journal records they hold, and the segments whose records are all released.
+//!   Each file is recorded in the digest log just before its rename (`digest_log`); the thread
+//!   writes the next signed digest every `digest_interval_s` and at shutdown, and start-up writes
+//!   the one a crash interrupted, after recovery.
 //!
 //! On a journal write or sync failure (disk full, directory unwritable) every unsynced event's
 //! acknowledgement fails with [`AuditError::Journal`], [`AuditWriter::healthy`] turns false, the
@@ -80,7 +83,9 @@ use self::journal_thread::{JournalWriter, Throttled, run_sync};
 use self::parquet_stage::ParquetStage;
 use super::clock::Clock;
 use super::config::{AuditConfig, OnAuditFailure};
-use super::files::{FileSettings, sanitize_host};
+use super::digest::Reason;
+use super::digest_log::DigestLog;
+use super::files::{ClosedFile, FileSettings, sanitize_host};
 use super::journal::{HEADER_LEN, JournalDir};
 use super::recovery::{RecoveryReport, recover};
 use super::{Ack, AuditError, Event, EventSink};
@@ -259,17 +264,44 @@ const MAX_BATCH_HINT: usize = 1024;
 fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), AuditError> {
     let rec = |e: &dyn std::fmt::Display| AuditError::Recovery(e.to_string());
     let journal = JournalDir::open(&opts.state_dir).map_err(|e| rec(&e))?;
+    let host = sanitize_host(&opts.host);
+    let digests = DigestLog::open(
+        &opts.state_dir,
+        &opts.audit_dir,
+        &host,
+        Duration::from_secs(opts.config.digest_interval_s),
+        opts.clock.now(),
+    )
+    .map_err(|e| rec(&e))?;
+    let digests = Arc::new(Mutex::new(digests));
+    let hook_log = digests.clone();
     let settings = FileSettings {
         audit_dir: opts.audit_dir.clone(),
-        host: sanitize_host(&opts.host),
+        host,
         journal_id: journal.id,
         row_group_rows: opts.config.row_group_rows.max(1),
+        on_publish: Some(Arc::new(move |f: &ClosedFile| lock(&hook_log).record(f))),
     };
     let max_file_bytes = opts.config.max_file_bytes.max(1);
     let report =
         recover(&journal, &settings, max_file_bytes, opts.clock.now()).map_err(|e| rec(&e))?;
     if report.records > 0 {
         tracing::info!(?report, "audit journal recovered");
+    }
+    {
+        // Files closed (before a crash, or by recovery just now) that no digest names yet: the
+        // digest the crash interrupted.
+        let mut log = lock(&digests);
+        if !log.pending().is_empty() {
+            match log.write(opts.clock.now(), Reason::Recovery) {
+                Ok(path) => {
+                    tracing::info!(digest = %path, "audit digest interrupted by a crash written")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit digest could not be written; will retry")
+                }
+            }
+        }
     }
     let (seg_path, seg_file) = journal
         .create_segment(report.next_seq)
@@ -327,6 +359,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         next_tick: Instant::now(),
         intents: HashMap::new(),
         payload: Vec::new(),
+        digests,
     };
     let parquet = std::thread::Builder::new()
         .name("audit-parquet".into())

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc as std_mpsc};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -15,6 +15,8 @@ use uuid::Uuid;
 use super::core::{Core, Msg, PMsg, Rec, RecordLoc, lock};
 use crate::audit::Event;
 use crate::audit::clock::Clock;
+use crate::audit::digest::Reason;
+use crate::audit::digest_log::DigestLog;
 use crate::audit::files::{FileSettings, OpenFile, hour_end, hour_of};
 use crate::audit::journal::{JournalError, SeqRanges, decode_event, read_record_at};
 use crate::audit::recovery::{RecoveryError, Take, replay};
@@ -45,6 +47,9 @@ pub(super) struct ParquetStage {
     pub(super) intents: HashMap<Uuid, RecordLoc>,
     /// Reused buffer for reading intents back from the journal.
     pub(super) payload: Vec<u8>,
+    /// The host's digest chain: told about every published file (the publish hook), written
+    /// here every `digest_interval_s` and at shutdown.
+    pub(super) digests: Arc<Mutex<DigestLog>>,
 }
 
 impl ParquetStage {
@@ -77,6 +82,7 @@ impl ParquetStage {
                         self.close(h);
                     }
                     self.retry_failed();
+                    self.write_digest(Reason::Shutdown);
                     let left = self.failed.values().map(SeqRanges::count).sum::<u64>() + unreadable;
                     let _ = reply.send(left);
                     return;
@@ -210,6 +216,9 @@ impl ParquetStage {
         for h in due {
             self.close(h);
         }
+        if lock(&self.digests).due(now) {
+            self.write_digest(Reason::Interval);
+        }
         let mut broken = Vec::new();
         for (hour, f) in self.open.iter_mut() {
             if let Err(e) = f.flush() {
@@ -236,6 +245,15 @@ impl ParquetStage {
         {
             self.next_tick = Instant::now() + JOURNAL_TICK;
             let _ = tx.try_send(Msg::Tick);
+        }
+    }
+
+    /// Writes the next digest (the files published since the last one); a failure is logged and
+    /// retried at the next interval check, the files staying pending.
+    fn write_digest(&mut self, reason: Reason) {
+        let now = self.clock.now();
+        if let Err(e) = lock(&self.digests).write(now, reason) {
+            tracing::error!(error = %e, "audit digest could not be written; will retry");
         }
     }
 
