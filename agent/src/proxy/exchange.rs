@@ -51,6 +51,10 @@ pub struct Inspector {
     pub on_audit_failure: OnAuditFailure,
     /// How long a chunked result's event waits for its chunk downloads.
     pub chunk_wait: std::time::Duration,
+    /// The policy rules in force (issue 6).
+    pub policy: Arc<crate::enforce::LivePolicy>,
+    /// Statements held for approval.
+    pub holds: Arc<super::holds::Holds>,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.

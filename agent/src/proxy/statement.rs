@@ -28,7 +28,7 @@ where
 {
     let started = Instant::now();
     let ins = &ctx.inspector;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let session = ins
         .tracker
         .lookup(snowflake::auth::authorization_token(&parts.headers));
@@ -60,6 +60,20 @@ where
     event.is_async = Some(parsed.async_exec);
     if parsed.describe_only && !event.flags.iter().any(|f| f == "describe_only") {
         event.flags.push("describe_only".into());
+    }
+    // Policy (issue 6): deny, hold for approval, or forward.
+    match super::policy::gate(
+        ctx,
+        &mut parts,
+        session.as_deref(),
+        &parsed.sql_text,
+        &mut event,
+    ) {
+        super::policy::Gate::Forward => {}
+        super::policy::Gate::Refuse(r) => return refuse_query(ctx, event, r).await,
+        super::policy::Gate::Hold(t) => {
+            return super::holds::hold(ctx, event, parts, raw, request_id, t);
+        }
     }
     if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
         return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
@@ -250,6 +264,10 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
+    // Policy (issue 6): a statement held for approval is answered by the agent.
+    if super::holds::is_hold(ctx, query_id) {
+        return super::holds::poll(query_id, ctx, send).await;
+    }
     let ins = &ctx.inspector;
     let Some(mut event) = ins.tracker.take_query(query_id) else {
         return send(req).await;
@@ -313,6 +331,10 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
+    // Policy (issue 6): a statement held for approval is answered by the agent.
+    if super::holds::is_hold(ctx, query_id) {
+        return super::holds::monitoring(query_id);
+    }
     let ins = &ctx.inspector;
     let Some(mut event) = ins.tracker.take_query(query_id) else {
         return send(req).await;
