@@ -119,7 +119,7 @@ enum Command {
     /// Check or try a policy rule file (works without the daemon).
     Policy {
         #[command(subcommand)]
-        command: policy::PolicyCommand,
+        command: Box<policy::PolicyCommand>,
     },
     /// List the statements waiting for approval (their rule says `require_approval`).
     Pending {
@@ -260,7 +260,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command } => policy::run(command),
+        Command::Policy { command } => policy::run(*command),
         Command::Pending { json } => policy::pending(
             connect(&cli.config, &cli.control_socket, "list held statements")?,
             json,

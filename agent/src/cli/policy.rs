@@ -19,7 +19,7 @@ pub(super) enum PolicyCommand {
         file: PathBuf,
     },
     /// Show what a rule file decides for a statement sent by a given workload.
-    Test(TestArgs),
+    Test(Box<TestArgs>),
 }
 
 /// Who sends the statement, and the statement.
@@ -94,7 +94,7 @@ pub(super) fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PolicyCommand::Test(args) => test(args),
+        PolicyCommand::Test(args) => test(*args),
     }
 }
 

@@ -237,7 +237,7 @@ fn objects_of(stmt: &Statement, ctx: &NameContext, c: &mut Classified) {
         }
     }
     let _ = visit_relations(stmt, |rel| {
-        if !written.iter().any(|w| *w == rel)
+        if !written.contains(&rel)
             && let Some(o) = resolve(rel, ctx)
         {
             c.reads.insert(o);
@@ -364,8 +364,7 @@ fn keyword_objects(sql: &str, ctx: &NameContext) -> (BTreeSet<ObjectRef>, BTreeS
             j += 1;
         }
         let mut parts = Vec::new();
-        loop {
-            let Some(t) = toks.get(j) else { break };
+        while let Some(t) = toks.get(j) {
             let s = &sql[t.start..t.end];
             match t.kind {
                 Kind::Word => parts.push(s.to_uppercase()),
