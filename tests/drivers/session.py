@@ -9,6 +9,7 @@ A STATEMENT is SQL text, or a JSON object:
   {"sql": "...", "tag": "x"}               per-statement QUERY_TAG
   {"sql": "...", "async": true}            execute_async, then get_results_from_sfqid
   {"sql": "...", "num_statements": 2}      multi-statement; rows of every result set
+  {"sql": "...", "timeout": 3}             the driver aborts the statement after 3 s
 Lines: {"step": "connect", ...}, then {"step": "statement", "sql", "sfqid", "rowcount",
 "rows", "columns"} or {"step": "statement", "sql", "error": {"errno", "sqlstate", "msg",
 "sfqid"}}, then {"step": "close"}.
@@ -69,6 +70,8 @@ def run(conn, spec):
             kwargs["_statement_params"] = {"QUERY_TAG": spec["tag"]}
         if spec.get("num_statements") is not None:
             kwargs["num_statements"] = spec["num_statements"]
+        if spec.get("timeout") is not None:
+            kwargs["timeout"] = spec["timeout"]
         if spec.get("async"):
             cur.execute_async(sql, spec.get("params"), **kwargs)
             qid = cur.sfqid

@@ -300,9 +300,22 @@ fn a_held_statement_is_approved_from_the_cli_and_another_times_out() -> anyhow::
     ensure!(st["error"]["errno"] == 630, "{st}");
     ensure!(!s.fake.sql_texts().iter().any(|t| t == expired_sql));
 
+    // One the driver aborts while it is held (its own statement timeout): canceled, never sent.
+    let aborted_sql = "select 44 as approve_me_not";
+    let spec = format!(r#"{{"sql": "{aborted_sql}", "timeout": 3}}"#);
+    let lines = run_session(&s, driver, identity, &[spec.as_str()])?;
+    let st = statement(&lines, aborted_sql)?;
+    ensure!(!st["error"].is_null(), "{st}");
+    ensure!(!s.fake.sql_texts().iter().any(|t| t == aborted_sql));
+    ensure!(
+        s.daemon.cli_ok(&["pending", "--json"])?.trim() == "[]",
+        "the aborted statement is still held"
+    );
+
     let events = wait_for(Duration::from_secs(20), || {
         let ev = s.daemon.events();
-        (ev.iter().any(|e| e["sql_text"] == approved_sql)
+        (ev.iter().any(|e| e["sql_text"] == aborted_sql)
+            && ev.iter().any(|e| e["sql_text"] == approved_sql)
             && ev.iter().any(|e| e["sql_text"] == expired_sql))
         .then_some(ev)
     })
@@ -332,5 +345,16 @@ fn a_held_statement_is_approved_from_the_cli_and_another_times_out() -> anyhow::
     ensure!(expired["detail"] == "approval_timed_out", "{expired}");
     ensure!(expired["policy_rule"] == "short-hold", "{expired}");
     ensure!(expired["approver"].is_null(), "{expired}");
+    let aborted = events
+        .iter()
+        .find(|e| e["sql_text"] == aborted_sql)
+        .context("no event")?;
+    ensure!(aborted["success"] == false, "{aborted}");
+    ensure!(
+        aborted["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("canceled by the client")),
+        "{aborted}"
+    );
     Ok(())
 }

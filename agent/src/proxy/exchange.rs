@@ -127,6 +127,10 @@ where
         Endpoint::Monitoring { query_id } => statement::monitoring(req, &query_id, ctx, send).await,
         Endpoint::TokenRequest => renewal(req, ctx, send).await,
         Endpoint::Logout => logout(req, ctx, send).await,
+        // Policy (issue 6): an abort of a statement held for approval is the agent's to answer.
+        Endpoint::Abort { query_id } if super::holds::any(ctx) => {
+            super::holds::abort(req, query_id, ctx, send).await
+        }
         _ => other(req, ctx, send).await,
     }
 }

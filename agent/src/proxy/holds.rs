@@ -181,6 +181,41 @@ impl Holds {
         hold.notify.notify_waiters();
     }
 
+    /// Whether any statement is held.
+    fn is_empty(&self) -> bool {
+        lock(&self.map).is_empty()
+    }
+
+    /// The hold of the statement the driver sent with `request_id`.
+    fn by_request_id(&self, request_id: &str) -> Option<String> {
+        lock(&self.map)
+            .iter()
+            .find(|(_, h)| lock(&h.inner).request_id.as_deref() == Some(request_id))
+            .map(|(id, _)| id.clone())
+    }
+
+    /// The client aborted a held statement: it is dropped, recorded as failed, never forwarded.
+    /// The hold stays (rejected) until a poll collects it or its timer forgets it.
+    fn cancel(&self, id: &str) -> bool {
+        let Some(hold) = self.get(id) else {
+            return false;
+        };
+        {
+            let mut inner = lock(&hold.inner);
+            inner.decided = Some(Decided::Rejected);
+            inner.request = None;
+            if let Some(mut e) = inner.event.take() {
+                e.success = Some(false);
+                e.error_message = Some("canceled by the client while held for approval".into());
+                e.query_id = Some(id.to_owned());
+                drop(self.sink.submit(e));
+            }
+        }
+        info!(hold = id, "held statement canceled by the client");
+        hold.notify.notify_waiters();
+        true
+    }
+
     /// Forgets a hold nobody collected; an approved statement never forwarded is recorded
     /// as such (`outcome_unknown`).
     fn abandon(&self, id: &str) {
@@ -256,6 +291,52 @@ pub(super) fn hold(
         &id,
         &snowflake::envelope::result_url(&id),
     ))
+}
+
+/// Whether any statement is held (aborts are then looked at).
+pub(super) fn any(ctx: &ConnCtx) -> bool {
+    !ctx.inspector.holds.is_empty()
+}
+
+/// An abort request while statements are held: one naming a hold (by query id in the path, or by
+/// request id in the body) cancels it and is answered by the agent; any other goes upstream.
+pub(super) async fn abort<F, Fut>(
+    req: Request<Body>,
+    query_id: Option<String>,
+    ctx: &ConnCtx,
+    send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let holds = &ctx.inspector.holds;
+    if let Some(qid) = query_id {
+        if holds.cancel(&qid) {
+            return reply(snowflake::envelope::abort_ok());
+        }
+        return send(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let (raw, decoded) =
+        match super::exchange::read_request(&parts, body, &ctx.inspector.limits).await {
+            Ok(b) => b,
+            Err(refusal) => return reply(snowflake::envelope::session_error(&refusal)),
+        };
+    let held = serde_json::from_slice::<serde_json::Value>(&decoded)
+        .ok()
+        .and_then(|v| {
+            v.get("requestId")
+                .and_then(|r| r.as_str())
+                .map(str::to_owned)
+        })
+        .and_then(|rid| holds.by_request_id(&rid));
+    if let Some(id) = held
+        && holds.cancel(&id)
+    {
+        return reply(snowflake::envelope::abort_ok());
+    }
+    send(Request::from_parts(parts, raw.into_body())).await
 }
 
 /// Whether `query_id` is a hold (its polls and monitoring are answered by the agent).
