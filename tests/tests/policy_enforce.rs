@@ -142,9 +142,17 @@ message = "drops need a change ticket"
 [rule.when]
 labels = { env = "prod" }
 statement = ["DROP"]
+
+[[rule]]
+name = "watch-second"
+action = "alert"
+[rule.when]
+sql = "as second"
 "#;
 
 const DROP: &str = "drop table orders";
+const MULTI_SQL: &str = "select 11 as first; select 'a;b' as second";
+const MULTI: &str = r#"{"sql": "select 11 as first; select 'a;b' as second", "num_statements": 2}"#;
 const SELECT: &str = "select 1";
 
 /// Runs the DROP and a SELECT; checks the DROP was refused by `rule` and never reached the fake.
@@ -200,6 +208,28 @@ fn a_denied_drop_never_reaches_snowflake_and_a_bad_reload_keeps_the_rules() -> a
         .context("no query event for the select")?;
     ensure!(allowed["decision"] == "allow", "{allowed}");
     ensure!(allowed["policy_rule"] == "default", "{allowed}");
+
+    // A multi-statement request: each statement's event carries its own decision and rule.
+    let lines = run_session(&s, driver, identity, &[MULTI])?;
+    ensure!(
+        statement(&lines, MULTI_SQL)?["error"].is_null(),
+        "{lines:#?}"
+    );
+    let first = s
+        .daemon
+        .wait_event(|e| e["sql_text"] == "select 11 as first")?;
+    let second = s
+        .daemon
+        .wait_event(|e| e["sql_text"] == "select 'a;b' as second")?;
+    ensure!(
+        first["decision"] == "allow" && first["policy_rule"] == "default",
+        "{first}"
+    );
+    ensure!(
+        second["decision"] == "alert" && second["policy_rule"] == "watch-second",
+        "{second}"
+    );
+    ensure!(!first["parent_query_id"].is_null(), "{first}");
 
     // An invalid file written while running: rejected, recorded, and the rules stay.
     std::fs::write(

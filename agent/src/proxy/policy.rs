@@ -17,7 +17,12 @@ pub(super) struct Verdict {
     decision: Option<Decision>,
     /// Whether a statement was classified by keywords only.
     unparsed: bool,
+    /// Each statement's own decision and rule, in request order.
+    each: PerStatement,
 }
+
+/// Each statement's decision name and rule, for the events of a multi-statement request.
+pub(super) type PerStatement = Vec<(String, String)>;
 
 /// Judges a request's SQL (each of its statements; the strictest decision stands).
 pub(super) fn judge(ctx: &ConnCtx, session: Option<&Session>, sql: &str) -> Verdict {
@@ -51,6 +56,19 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&Session>, sql: &str) -> Verd
     Verdict {
         unparsed: j.unparsed(),
         decision: j.verdict().cloned(),
+        each: j
+            .statements
+            .iter()
+            .map(|(_, d)| (d.action.name().to_owned(), d.rule.clone()))
+            .collect(),
+    }
+}
+
+/// Gives each event of a multi-statement request its own statement's decision and rule.
+pub(super) fn mark_child(each: &PerStatement, index: usize, event: &mut Event) {
+    if let Some((decision, rule)) = each.get(index) {
+        event.decision = Some(decision.clone());
+        event.policy_rule = Some(rule.clone());
     }
 }
 
@@ -106,8 +124,8 @@ impl Verdict {
 
 /// What the statement handler does with a statement.
 pub(super) enum Gate {
-    /// Send it upstream.
-    Forward,
+    /// Send it upstream; each statement's own decision goes with it.
+    Forward(PerStatement),
     /// Answer with this error instead.
     Refuse(Refusal),
     /// Hold it for approval, at most this long.
@@ -125,7 +143,7 @@ pub(super) fn gate(
 ) -> Gate {
     if let Some(super::holds::Approved(held)) = parts.extensions.remove() {
         *event = held;
-        return Gate::Forward;
+        return Gate::Forward(Vec::new());
     }
     let v = judge(ctx, session, sql);
     v.mark(event);
@@ -134,6 +152,6 @@ pub(super) fn gate(
     }
     match v.hold() {
         Some(t) => Gate::Hold(t),
-        None => Gate::Forward,
+        None => Gate::Forward(v.each),
     }
 }
