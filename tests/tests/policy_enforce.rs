@@ -256,6 +256,19 @@ fn a_denied_drop_never_reaches_snowflake_and_a_bad_reload_keeps_the_rules() -> a
         e["event_kind"] == "lifecycle" && e["lifecycle_action"] == "policy_reload"
     })?;
     drop_is_denied(&s, driver, identity, "no-drop-v2")?;
+
+    // SIGHUP reloads at once, even an unchanged file, and the daemon keeps running.
+    let status: Value = serde_json::from_str(&s.daemon.cli_ok(&["status", "--json"])?)?;
+    let pid = i32::try_from(status["pid"].as_u64().context("status without pid")?)?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )?;
+    s.daemon.wait_event(|e| {
+        e["lifecycle_action"] == "policy_reload"
+            && e["detail"].as_str().is_some_and(|d| d.contains("SIGHUP"))
+    })?;
+    drop_is_denied(&s, driver, identity, "no-drop-v2")?;
     Ok(())
 }
 
