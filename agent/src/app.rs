@@ -41,6 +41,7 @@ pub struct App {
     proxy_task: JoinHandle<()>,
     control_task: JoinHandle<()>,
     sweeper_task: JoinHandle<()>,
+    policy_task: JoinHandle<()>,
     redirect: Arc<RwLock<Redirect>>,
     sink: Arc<dyn EventSink>,
     writer_task: WriterTask,
@@ -89,6 +90,25 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     .await
     .context("cannot start the audit writer")?;
     let sink: Arc<dyn EventSink> = Arc::new(writer);
+    // The policy: an invalid rule file stops the start, naming its line.
+    let policy = Arc::new(match &config.policy.file {
+        Some(path) => crate::enforce::LivePolicy::load(path)?,
+        None => crate::enforce::LivePolicy::none(),
+    });
+    if let Some(p) = policy.current() {
+        info!(
+            rules = p.rules().len(),
+            default = p.default_action().name(),
+            "policy loaded"
+        );
+        if p.shapes_results() {
+            warn!(
+                "the policy masks columns or limits rows: this agent version refuses the statements those rules match"
+            );
+        }
+    }
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let holds = Arc::new(proxy::holds::Holds::new(sink.clone()));
     let (ca, _) =
         crate::tls::Ca::init(&config.state_dir, &host).context("cannot set up the agent's CA")?;
     let ca = Arc::new(ca);
@@ -148,6 +168,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             on_audit_failure: config.on_audit_failure,
             chunk_wait: Duration::from_secs(config.proxy.chunk_wait_s),
             transfer_quiet: Duration::from_millis(config.proxy.transfer_quiet_ms),
+            policy: policy.clone(),
+            holds: holds.clone(),
         }),
         identity: Arc::new(crate::identity::Resolver::new(
             crate::identity::DEFAULT_CACHE_ENTRIES,
@@ -164,6 +186,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         listen: proxy_addrs.iter().map(ToString::to_string).collect(),
         started,
         ca_bundle: ca.bundle_path(),
+        holds,
     });
     handler.restore();
 
@@ -175,6 +198,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         shutdown_rx.clone(),
     ));
     let proxy_task = tokio::spawn(proxy.run(shutdown_rx.clone()));
+    let policy_task = tokio::spawn(crate::enforce::watch(
+        policy,
+        sink.clone(),
+        host.clone(),
+        Duration::from_millis(config.policy.poll_ms),
+        hangup,
+        shutdown_rx.clone(),
+    ));
     let sweeper_task = {
         let mut stop = shutdown_rx;
         tokio::spawn(async move {
@@ -201,6 +232,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         proxy_task,
         control_task,
         sweeper_task,
+        policy_task,
         redirect,
         sink,
         writer_task,
@@ -246,6 +278,7 @@ impl App {
         let _ = self.shutdown.send(true);
         let _ = self.control_task.await;
         let _ = self.sweeper_task.await;
+        let _ = self.policy_task.await;
         let _ = self.proxy_task.await;
         let _ = std::fs::remove_file(&self.config.control_socket);
         let detach = self.config.fail_open;

@@ -107,6 +107,32 @@ pub struct Config {
     pub limits: LimitsSection,
     /// The audit writer.
     pub audit: AuditConfig,
+    /// The policy rule file.
+    pub policy: PolicySection,
+}
+
+/// How often the daemon looks at the policy file for changes.
+pub const DEFAULT_POLICY_POLL_MS: u64 = 1_000;
+
+/// The `[policy]` section: which rule file the daemon enforces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// The rule file (TOML, see `snowtrail policy check`); without one every statement is allowed.
+    /// An invalid file stops the daemon from starting; an invalid change while running is
+    /// rejected and the previous rules stay in force.
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes, in milliseconds (SIGHUP reloads at once).
+    pub poll_ms: u64,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            file: None,
+            poll_ms: DEFAULT_POLICY_POLL_MS,
+        }
+    }
 }
 
 /// Largest request body (login, statement) inspected; larger ones are refused (DECISIONS 2).
@@ -220,6 +246,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             limits: LimitsSection::default(),
             audit: AuditConfig::default(),
+            policy: PolicySection::default(),
         }
     }
 }
@@ -301,6 +328,17 @@ impl Config {
         }
         if r.max_tracked_connections < 16 {
             return Err("redirect.max_tracked_connections must be at least 16".into());
+        }
+        if self.policy.poll_ms < 50 {
+            return Err("policy.poll_ms must be at least 50".into());
+        }
+        if let Some(f) = &self.policy.file
+            && !f.is_absolute()
+        {
+            return Err(format!(
+                "policy.file must be an absolute path, got {}",
+                f.display()
+            ));
         }
         let p = &self.proxy;
         if p.buffer_bytes < 1024 || p.buffer_bytes > 16 * 1024 * 1024 {

@@ -670,7 +670,14 @@ fn agent_answers_read_like_snowflake_answers() {
     let captured: serde_json::Value =
         serde_json::from_slice(Exchange::load("py5-session", 11).resp()).unwrap();
     let ours: serde_json::Value = serde_json::from_slice(
-        &envelope::query_error(&Refusal::PolicyDenied { rule: "r".into() }, "q-1").body,
+        &envelope::query_error(
+            &Refusal::PolicyDenied {
+                rule: "r".into(),
+                message: None,
+            },
+            "q-1",
+        )
+        .body,
     )
     .unwrap();
     for key in ["code", "message", "success"] {

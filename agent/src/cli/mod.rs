@@ -3,6 +3,7 @@
 
 mod exec;
 mod output;
+mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,6 +115,27 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// Check or try a policy rule file (works without the daemon).
+    Policy {
+        #[command(subcommand)]
+        command: Box<policy::PolicyCommand>,
+    },
+    /// List the statements waiting for approval (their rule says `require_approval`).
+    Pending {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held statement: it goes to Snowflake and the workload gets its answer.
+    Approve {
+        /// The hold id, as `snowtrail pending` shows it.
+        id: String,
+    },
+    /// Reject a held statement: the workload's driver raises an access control error.
+    Reject {
+        /// The hold id, as `snowtrail pending` shows it.
+        id: String,
     },
     /// Detach every pinned program (works with the daemon stopped; enrolled traffic then goes direct).
     Detach {
@@ -255,6 +277,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy { command } => policy::run(*command),
+        Command::Pending { json } => policy::pending(
+            connect(&cli.config, &cli.control_socket, "list held statements")?,
+            json,
+        ),
+        Command::Approve { id } => policy::decide(
+            connect(&cli.config, &cli.control_socket, "approve statements")?,
+            id,
+            true,
+        ),
+        Command::Reject { id } => policy::decide(
+            connect(&cli.config, &cli.control_socket, "reject statements")?,
+            id,
+            false,
+        ),
         Command::Audit { command } => audit_command(cli.config.as_deref(), command),
         Command::Replay { session, dir } => {
             let dir = audit_dir(cli.config.as_deref(), dir)?;

@@ -34,6 +34,8 @@ pub struct DaemonHandler {
     pub started: Instant,
     /// The CA bundle `exec` hands to workloads.
     pub ca_bundle: PathBuf,
+    /// Statements held for approval.
+    pub holds: Arc<crate::proxy::holds::Holds>,
 }
 
 /// Who made an enrollment (DECISIONS 17) and, for an exec, the run's id.
@@ -67,6 +69,13 @@ fn refused(message: impl ToString) -> Response {
 impl Handler for DaemonHandler {
     fn handle(&self, request: Request, session: &mut Session) -> Response {
         let result = match request {
+            Request::Pending => return super::approvals::pending(&self.holds),
+            Request::Approve { id } => {
+                return super::approvals::decide(&self.holds, &id, true, session);
+            }
+            Request::Reject { id } => {
+                return super::approvals::decide(&self.holds, &id, false, session);
+            }
             Request::Enroll {
                 cgroup,
                 pid,

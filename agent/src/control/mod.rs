@@ -8,6 +8,7 @@
 //! This module holds the wire types, the blocking [`Client`] the CLI uses and the daemon's
 //! [`server`]; what each request does lives in [`handler`].
 
+pub mod approvals;
 pub mod handler;
 pub mod server;
 
@@ -60,6 +61,18 @@ pub enum Request {
     },
     /// Daemon health and counters.
     Status,
+    /// List the statements held for approval.
+    Pending,
+    /// Approve a held statement: it is forwarded to Snowflake.
+    Approve {
+        /// The hold id (`snowtrail pending` shows it).
+        id: String,
+    },
+    /// Reject a held statement: the driver gets an error.
+    Reject {
+        /// The hold id.
+        id: String,
+    },
 }
 
 /// The daemon's answer to one request.
@@ -110,6 +123,41 @@ pub enum Reply {
     },
     /// `status`.
     Status(Status),
+    /// The statements held for approval.
+    Pending {
+        /// Oldest first.
+        holds: Vec<HoldInfo>,
+    },
+    /// A hold was decided.
+    Decided {
+        /// The hold.
+        hold: HoldInfo,
+        /// `approved` or `rejected`.
+        decision: String,
+        /// Who decided, as recorded in the audit.
+        approver: String,
+    },
+}
+
+/// A statement held for approval, as `snowtrail pending` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldInfo {
+    /// The hold id (the query id the driver sees while it waits).
+    pub id: String,
+    /// The rule that asked for approval.
+    pub rule: String,
+    /// The workload identity that sent it.
+    pub identity: Option<String>,
+    /// The Snowflake user.
+    pub user: Option<String>,
+    /// The role in effect.
+    pub role: Option<String>,
+    /// The statement, redacted as in the audit.
+    pub sql: String,
+    /// When the agent received it (RFC 3339, UTC).
+    pub received_at: String,
+    /// Seconds left before it times out (and is rejected).
+    pub expires_in_s: u64,
 }
 
 /// What `snowtrail status` shows.

@@ -54,6 +54,10 @@ pub struct Inspector {
     pub chunk_wait: std::time::Duration,
     /// How long a PUT/GET statement's transfers must be idle before its event is recorded.
     pub transfer_quiet: std::time::Duration,
+    /// The policy rules in force (issue 6).
+    pub policy: Arc<crate::enforce::LivePolicy>,
+    /// Statements held for approval.
+    pub holds: Arc<super::holds::Holds>,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.
@@ -435,6 +439,11 @@ where
     let request_id = serde_json::from_slice::<serde_json::Value>(&decoded)
         .ok()
         .and_then(|v| v.get("requestId")?.as_str().map(str::to_owned));
+    // An abort of a statement held for approval is the agent's to answer: the hold is
+    // cancelled and nothing reaches Snowflake (DECISIONS 16).
+    if super::holds::cancel_named(ctx, query_id.as_deref(), request_id.as_deref()) {
+        return reply(snowflake::envelope::abort_ok());
+    }
     let resp = send(Request::from_parts(parts, raw.into_body())).await;
     if !resp.status().is_success() {
         return resp;

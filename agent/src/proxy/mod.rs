@@ -8,9 +8,11 @@
 
 pub mod body;
 pub mod exchange;
+pub mod holds;
 pub mod intercept;
 pub mod listener;
 pub mod passthrough;
+mod policy;
 pub mod prefixed;
 pub mod sessions;
 mod statement;

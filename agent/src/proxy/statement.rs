@@ -62,6 +62,20 @@ where
     if parsed.describe_only && !event.flags.iter().any(|f| f == "describe_only") {
         event.flags.push("describe_only".into());
     }
+    // Policy (issue 6): deny, hold for approval, or forward.
+    let each = match super::policy::gate(
+        ctx,
+        &mut parts,
+        session.as_deref(),
+        &parsed.sql_text,
+        &mut event,
+    ) {
+        super::policy::Gate::Forward(each) => each,
+        super::policy::Gate::Refuse(r) => return refuse_query(ctx, event, r).await,
+        super::policy::Gate::Hold(t) => {
+            return super::holds::hold(ctx, event, parts, raw, request_id, t);
+        }
+    };
     if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
         return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
     }
@@ -105,7 +119,7 @@ where
                         },
                         QueryStatus::Complete if !r.result_ids.is_empty() => {
                             event.duration_ms = elapsed_ms(started);
-                            complete_children(ins, event, &r, &parsed.sql_text);
+                            complete_children(ins, event, &r, &parsed.sql_text, &each);
                         }
                         QueryStatus::Complete if r.command.is_some() => {
                             event.duration_ms = elapsed_ms(started);
@@ -189,7 +203,13 @@ fn apply_query_response(
 /// A multi-statement request: one event per statement, each with its own query id and the
 /// request's in `parent_query_id` (DECISIONS 10). The first keeps the request's event id, so the
 /// intent journaled before forwarding is completed by it.
-fn complete_children(ins: &Inspector, parent: Event, r: &snowflake::QueryResponse, sql: &str) {
+fn complete_children(
+    ins: &Inspector,
+    parent: Event,
+    r: &snowflake::QueryResponse,
+    sql: &str,
+    each: &super::policy::PerStatement,
+) {
     let texts = snowflake::statements::split_statements(sql);
     let split_ok = texts.len() == r.result_ids.len();
     for (i, child_id) in r.result_ids.iter().enumerate() {
@@ -205,6 +225,7 @@ fn complete_children(ins: &Inspector, parent: Event, r: &snowflake::QueryRespons
         e.statement_type = r.result_types.get(i).map(|t| t.as_str().to_owned());
         if split_ok {
             e.sql_text = Some(snowflake::redact_sql(texts[i], ins.redact).into_owned());
+            super::policy::mark_child(each, i, &mut e);
         }
         complete(ins, e);
     }
@@ -310,6 +331,10 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
+    // Policy (issue 6): a statement held for approval is answered by the agent.
+    if super::holds::is_hold(ctx, query_id) {
+        return super::holds::poll(query_id, ctx, send).await;
+    }
     let ins = &ctx.inspector;
     let Some(mut event) = ins.tracker.take_query(query_id) else {
         return send(req).await;
@@ -373,6 +398,10 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
+    // Policy (issue 6): a statement held for approval is answered by the agent.
+    if super::holds::is_hold(ctx, query_id) {
+        return super::holds::monitoring(query_id);
+    }
     let ins = &ctx.inspector;
     let Some(mut event) = ins.tracker.take_query(query_id) else {
         return send(req).await;

@@ -24,6 +24,8 @@ pub enum Refusal {
     PolicyDenied {
         /// The rule's name, as configured by the operator.
         rule: String,
+        /// The rule's own explanation, shown after its name.
+        message: Option<String>,
     },
     /// An approver rejected a held statement.
     ApprovalRejected,
@@ -77,9 +79,14 @@ impl Refusal {
     /// The message the driver shows (it names the agent, never the request's content).
     pub fn message(&self) -> String {
         match self {
-            Refusal::PolicyDenied { rule } => {
-                format!("SQL access control error: denied by snowtrail policy rule '{rule}'.")
-            }
+            Refusal::PolicyDenied {
+                rule,
+                message: None,
+            } => format!("SQL access control error: denied by snowtrail policy rule '{rule}'."),
+            Refusal::PolicyDenied {
+                rule,
+                message: Some(m),
+            } => format!("SQL access control error: denied by snowtrail policy rule '{rule}': {m}"),
             Refusal::ApprovalRejected => {
                 "SQL access control error: the statement was rejected by a snowtrail approver."
                     .to_owned()
@@ -247,6 +254,7 @@ mod tests {
         vec![
             Refusal::PolicyDenied {
                 rule: "no-drop".into(),
+                message: Some("ask the DBA".into()),
             },
             Refusal::ApprovalRejected,
             Refusal::ApprovalTimedOut,
@@ -276,7 +284,14 @@ mod tests {
             assert_eq!(r.message.as_deref(), Some(reason.message().as_str()));
         }
         let r = parse_query_response(
-            &query_error(&Refusal::PolicyDenied { rule: "r".into() }, "q").body,
+            &query_error(
+                &Refusal::PolicyDenied {
+                    rule: "r".into(),
+                    message: None,
+                },
+                "q",
+            )
+            .body,
         )
         .unwrap();
         assert_eq!(

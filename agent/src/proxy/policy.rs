@@ -1,0 +1,157 @@
+//! The proxy's one call into policy: who sent a statement (the connection's enrollment, the
+//! session's account, user and role), the SQL, and back a [`Verdict`] that the statement handler
+//! acts on: forward, refuse, or hold for approval.
+
+use std::time::{Duration, SystemTime};
+
+use super::exchange::ConnCtx;
+use super::sessions::Session;
+use crate::audit::Event;
+use crate::policy::{Action, Decision, NameContext, Subject};
+use crate::snowflake::Refusal;
+
+/// What policy says about one request.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Verdict {
+    /// The deciding rule and its action; `None` when no policy file is configured.
+    decision: Option<Decision>,
+    /// Whether a statement was classified by keywords only.
+    unparsed: bool,
+    /// Each statement's own decision and rule, in request order.
+    each: PerStatement,
+}
+
+/// Each statement's decision name and rule, for the events of a multi-statement request.
+pub(super) type PerStatement = Vec<(String, String)>;
+
+/// Judges a request's SQL (each of its statements; the strictest decision stands).
+pub(super) fn judge(ctx: &ConnCtx, session: Option<&Session>, sql: &str) -> Verdict {
+    let Some(policy) = ctx.inspector.policy.current() else {
+        return Verdict::default();
+    };
+    let base = &ctx.base;
+    let mut who = Subject {
+        identity: base.workload_identity.clone(),
+        labels: base.labels.clone(),
+        human: base.human_identity.clone(),
+        groups: Vec::new(),
+        account: None,
+        user: None,
+        role: None,
+    };
+    let mut names = NameContext::default();
+    if let Some(s) = session {
+        who.account.clone_from(&s.account);
+        who.user.clone_from(&s.login_user);
+        if let Ok(c) = s.context.lock() {
+            who.role.clone_from(&c.role);
+            names.database.clone_from(&c.database);
+            names.schema.clone_from(&c.schema);
+        }
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let j = policy.judge(&who, sql, &names, now);
+    Verdict {
+        unparsed: j.unparsed(),
+        decision: j.verdict().cloned(),
+        each: j
+            .statements
+            .iter()
+            .map(|(_, d)| (d.action.name().to_owned(), d.rule.clone()))
+            .collect(),
+    }
+}
+
+/// Gives each event of a multi-statement request its own statement's decision and rule.
+pub(super) fn mark_child(each: &PerStatement, index: usize, event: &mut Event) {
+    if let Some((decision, rule)) = each.get(index) {
+        event.decision = Some(decision.clone());
+        event.policy_rule = Some(rule.clone());
+    }
+}
+
+impl Verdict {
+    /// Writes the decision, its rule and its flags into the statement's event.
+    pub(super) fn mark(&self, event: &mut Event) {
+        let Some(d) = &self.decision else { return };
+        event.decision = Some(d.action.name().to_owned());
+        event.policy_rule = Some(d.rule.clone());
+        let mut flag = |f: &str| {
+            if !event.flags.iter().any(|x| x == f) {
+                event.flags.push(f.to_owned());
+            }
+        };
+        if self.unparsed {
+            flag("unparsed");
+        }
+        if matches!(d.action, Action::Alert) {
+            flag("alert");
+        }
+    }
+
+    /// The refusal to answer with instead of forwarding, if any.
+    ///
+    /// Masking and row limits act on results, which this version of the agent does not rewrite
+    /// yet: a statement they apply to is refused rather than let through unmasked (fail closed).
+    pub(super) fn refusal(&self) -> Option<Refusal> {
+        let d = self.decision.as_ref()?;
+        match &d.action {
+            Action::Deny { message } => Some(Refusal::PolicyDenied {
+                rule: d.rule.clone(),
+                message: message.clone(),
+            }),
+            Action::Mask { .. } | Action::RowLimit { .. } => Some(Refusal::PolicyDenied {
+                rule: d.rule.clone(),
+                message: Some(format!(
+                    "{} is not enforced by this agent version, so the statement is refused",
+                    d.action.name()
+                )),
+            }),
+            _ => None,
+        }
+    }
+
+    /// How long the statement may wait for an approver, when its rule asks for approval.
+    pub(super) fn hold(&self) -> Option<Duration> {
+        match self.decision.as_ref()?.action {
+            Action::RequireApproval { timeout } => Some(timeout),
+            _ => None,
+        }
+    }
+}
+
+/// What the statement handler does with a statement.
+pub(super) enum Gate {
+    /// Send it upstream; each statement's own decision goes with it.
+    Forward(PerStatement),
+    /// Answer with this error instead.
+    Refuse(Refusal),
+    /// Hold it for approval, at most this long.
+    Hold(Duration),
+}
+
+/// Judges a statement and marks its event; an approved hold's statement passes with the event
+/// recorded when it was held (its approver and decision time filled).
+pub(super) fn gate(
+    ctx: &ConnCtx,
+    parts: &mut http::request::Parts,
+    session: Option<&Session>,
+    sql: &str,
+    event: &mut Event,
+) -> Gate {
+    if let Some(super::holds::Approved(held)) = parts.extensions.remove() {
+        *event = held;
+        return Gate::Forward(Vec::new());
+    }
+    let v = judge(ctx, session, sql);
+    v.mark(event);
+    if let Some(r) = v.refusal() {
+        return Gate::Refuse(r);
+    }
+    match v.hold() {
+        Some(t) => Gate::Hold(t),
+        None => Gate::Forward(v.each),
+    }
+}
