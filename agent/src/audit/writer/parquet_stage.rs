@@ -45,6 +45,8 @@ pub(super) struct ParquetStage {
     pub(super) intents: HashMap<Uuid, RecordLoc>,
     /// Reused buffer for reading intents back from the journal.
     pub(super) payload: Vec<u8>,
+    /// The open files as last shown in `Health::open_files`.
+    pub(super) shown: Vec<PathBuf>,
 }
 
 impl ParquetStage {
@@ -85,6 +87,17 @@ impl ParquetStage {
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
             self.maintain();
+            self.show_open_files();
+        }
+    }
+
+    /// Updates the list of open files `snowtrail status` shows, when it changed.
+    fn show_open_files(&mut self) {
+        let mut now: Vec<PathBuf> = self.open.values().map(OpenFile::path).collect();
+        now.sort_unstable();
+        if now != self.shown {
+            lock(&self.core.health.open_files).clone_from(&now);
+            self.shown = now;
         }
     }
 
