@@ -138,7 +138,10 @@ fn shipped_config_is_every_key_at_its_default() {
     }
     let known: Vec<String> = default_keys().into_iter().map(|(k, _)| k).collect();
     for k in &shown {
-        assert!(known.contains(k), "packaging/config.toml shows unknown key {k}");
+        assert!(
+            known.contains(k),
+            "packaging/config.toml shows unknown key {k}"
+        );
     }
 }
 
@@ -180,7 +183,15 @@ impl ScratchRoot {
             exec sleep 3600
         "#;
         let mut holder = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", setup, "sh"])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                setup,
+                "sh",
+            ])
             .arg(dir.path())
             .arg(deb)
             .stdout(Stdio::piped())
@@ -209,7 +220,10 @@ impl ScratchRoot {
             .arg(self.merged())
             .args(["sh", "-c", script])
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", "/root")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .env("LC_ALL", "C")
@@ -269,7 +283,10 @@ fn deb_installs_upgrades_and_purges_in_a_scratch_root() {
         "/var/log/snowtrail root:root 750",
         "/usr/local/share/ca-certificates/snowtrail-ca.crt root:root 644",
     ] {
-        assert!(stat.lines().any(|l| l == expected), "{expected} not in:\n{stat}");
+        assert!(
+            stat.lines().any(|l| l == expected),
+            "{expected} not in:\n{stat}"
+        );
     }
     let shipped = std::fs::read_to_string(workspace_root().join("packaging/config.toml")).unwrap();
     assert_eq!(root.sh_ok("cat /etc/snowtrail/config.toml"), shipped);
@@ -289,7 +306,10 @@ fn deb_installs_upgrades_and_purges_in_a_scratch_root() {
 
     // The CA is in the scratch root's trust store, and not in the host's.
     let ca = root.sh_ok("cat /var/lib/snowtrail/ca.pem");
-    assert!(trusted(&root, &ca), "postinst did not add the CA to the store");
+    assert!(
+        trusted(&root, &ca),
+        "postinst did not add the CA to the store"
+    );
     let host_store = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap();
     assert!(
         !snowtrail::tls::ca::pem_certs(&host_store)
@@ -321,7 +341,14 @@ fn deb_installs_upgrades_and_purges_in_a_scratch_root() {
             .unwrap_or_else(|| panic!("no {name} check in {report:#}"))
             .clone()
     };
-    for name in ["config", "kernel", "state_dir", "audit_dir", "ca", "trust_store"] {
+    for name in [
+        "config",
+        "kernel",
+        "state_dir",
+        "audit_dir",
+        "ca",
+        "trust_store",
+    ] {
         assert_eq!(check(name)["status"], "pass", "{name}: {report:#}");
     }
     let daemon = check("daemon");
@@ -353,10 +380,11 @@ fn deb_installs_upgrades_and_purges_in_a_scratch_root() {
         root.sh_ok("cat '/var/lib/snowtrail/audit/date=2026-01-01/hour=00/h.parquet'"),
         "kept\n"
     );
-    assert!(root
-        .sh_ok("cat /etc/snowtrail/config.toml")
-        .lines()
-        .any(|l| l == "fail_open = false"));
+    assert!(
+        root.sh_ok("cat /etc/snowtrail/config.toml")
+            .lines()
+            .any(|l| l == "fail_open = false")
+    );
     assert!(trusted(&root, &ca));
 
     // Purge: the CA leaves the store, the state and the config go.
@@ -371,7 +399,10 @@ fn deb_installs_upgrades_and_purges_in_a_scratch_root() {
         "/etc/systemd/system/multi-user.target.wants/snowtrail.service",
     ] {
         assert!(
-            !root.sh(&format!("test -e {gone} || test -L {gone}")).status.success(),
+            !root
+                .sh(&format!("test -e {gone} || test -L {gone}"))
+                .status
+                .success(),
             "{gone} is still there after purge"
         );
     }
@@ -441,7 +472,10 @@ fn rpm_holds_the_files_and_scripts() {
     };
     let post = section("postinstall scriptlet");
     assert!(post.contains("snowtrail ca init"), "{post}");
-    assert!(post.contains("/etc/pki/ca-trust/source/anchors/snowtrail-ca.pem"), "{post}");
+    assert!(
+        post.contains("/etc/pki/ca-trust/source/anchors/snowtrail-ca.pem"),
+        "{post}"
+    );
     assert!(post.contains("update-ca-trust extract"), "{post}");
     let preun = section("preuninstall scriptlet");
     assert!(preun.contains("snowtrail detach"), "{preun}");
@@ -451,9 +485,15 @@ fn rpm_holds_the_files_and_scripts() {
         "{postun}"
     );
     // The packaged binary is the agent, stripped.
-    let size: u64 = rpm_query(&rpm, "--queryformat=%{SIZE}").trim().parse().unwrap();
+    let size: u64 = rpm_query(&rpm, "--queryformat=%{SIZE}")
+        .trim()
+        .parse()
+        .unwrap();
     let bin = std::fs::metadata(snowtrail_bin()).unwrap().len();
-    assert!(size < bin, "the rpm's payload ({size}) should be the stripped binary");
+    assert!(
+        size < bin,
+        "the rpm's payload ({size}) should be the stripped binary"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,7 +501,8 @@ fn rpm_holds_the_files_and_scripts() {
 
 /// The capabilities the unit grants, from `CapabilityBoundingSet=`.
 fn unit_capabilities() -> Vec<String> {
-    let unit = std::fs::read_to_string(workspace_root().join("packaging/snowtrail.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(workspace_root().join("packaging/snowtrail.service")).unwrap();
     let line = unit
         .lines()
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
@@ -475,7 +516,8 @@ fn recv_state(sock: &UnixDatagram, want: &str) -> bool {
     let mut buf = [0u8; 256];
     // Waits for the daemon's message, not for a time: the limit only keeps a broken daemon from
     // hanging the suite.
-    sock.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     while let Ok(n) = sock.recv(&mut buf) {
         if String::from_utf8_lossy(&buf[..n])
             .lines()
@@ -497,7 +539,10 @@ fn daemon_runs_with_the_units_capabilities_and_notifies_readiness() {
         .tempdir()
         .unwrap();
     let port = unique_port(PORT_BASE);
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/snowtrail-test-caps-{}", std::process::id()));
+    let pin_dir = PathBuf::from(format!(
+        "/sys/fs/bpf/snowtrail-test-caps-{}",
+        std::process::id()
+    ));
     let socket = dir.path().join("control.sock");
     let audit_dir = dir.path().join("audit");
     let config = dir.path().join("config.toml");
@@ -518,7 +563,10 @@ fn daemon_runs_with_the_units_capabilities_and_notifies_readiness() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let bounding = format!(
         "-all,{}",
-        caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",")
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
     let mut daemon = Command::new("setpriv")
@@ -564,7 +612,12 @@ fn daemon_runs_with_the_units_capabilities_and_notifies_readiness() {
     // Enrolling attaches (CAP_NET_ADMIN), and the connection's process is identified from /proc
     // even though it has capabilities the daemon lacks (CAP_SYS_PTRACE).
     let server = PeerServer::start("127.77.0.9:443".parse().unwrap()).unwrap();
-    let mut args = vec!["exec".to_owned(), "--identity".into(), "caps-test".into(), "--".into()];
+    let mut args = vec![
+        "exec".to_owned(),
+        "--identity".into(),
+        "caps-test".into(),
+        "--".into(),
+    ];
     args.extend(client_args("127.77.0.9", 443, "auto"));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = cli(&refs);
@@ -585,7 +638,10 @@ fn daemon_runs_with_the_units_capabilities_and_notifies_readiness() {
 
     let out = cli(&["status", "--json"]);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(status["connections_total"].as_u64().unwrap() >= 1, "{status}");
+    assert!(
+        status["connections_total"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
     assert!(status["audit"]["healthy"].as_bool().unwrap(), "{status}");
 
     // doctor sees the running daemon.

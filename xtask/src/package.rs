@@ -63,7 +63,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Built> {
             &opts.profile,
         ]))?;
     }
-    let bin = root.join("target").join(profile_dir(&opts.profile)).join("snowtrail");
+    let bin = root
+        .join("target")
+        .join(profile_dir(&opts.profile))
+        .join("snowtrail");
     if !bin.exists() {
         bail!(
             "{} is missing: build it first, or leave out --no-build",

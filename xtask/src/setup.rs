@@ -234,12 +234,19 @@ pub fn packaging_tools(force: bool) -> anyhow::Result<()> {
         }
         step(&format!("installing {name} {version} (a minute or two)"));
         sh(Command::new("cargo")
-            .args(["install", &format!("{name}@{version}"), "--locked", "--force"])
+            .args([
+                "install",
+                &format!("{name}@{version}"),
+                "--locked",
+                "--force",
+            ])
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
     let missing: Vec<&str> = [("lintian", "lintian"), ("rpm", "rpm")]
         .into_iter()
-        .filter(|(_, bin)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
+        .filter(|(_, bin)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
+        })
         .map(|(pkg, _)| pkg)
         .collect();
     if !missing.is_empty() {

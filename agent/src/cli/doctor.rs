@@ -213,7 +213,9 @@ fn collect(config_path: Option<&Path>, socket: Option<&Path>) -> Vec<Check> {
     ));
     checks.push(ca_check(&config.state_dir));
     checks.push(trust_check(&config.state_dir));
-    let socket = socket.map(Path::to_path_buf).unwrap_or(config.control_socket);
+    let socket = socket
+        .map(Path::to_path_buf)
+        .unwrap_or(config.control_socket);
     checks.push(daemon_check(&socket));
     checks
 }
@@ -246,24 +248,30 @@ fn cgroup_bpf_check(release: &str) -> Check {
 }
 
 /// The verdict on `CONFIG_CGROUP_BPF` from the kernel config text, or failing that the symbols.
-pub fn cgroup_bpf_verdict(
-    config: Option<&str>,
-    symbols: impl FnOnce() -> Option<String>,
-) -> Check {
+pub fn cgroup_bpf_verdict(config: Option<&str>, symbols: impl FnOnce() -> Option<String>) -> Check {
     const NAME: &str = "cgroup_bpf";
     const FIX: &str = "use a kernel built with CONFIG_CGROUP_BPF=y";
     if let Some(text) = config {
         return if text.lines().any(|l| l.trim() == "CONFIG_CGROUP_BPF=y") {
             Check::pass(NAME, "CONFIG_CGROUP_BPF=y in the kernel config")
         } else {
-            Check::fail(NAME, "CONFIG_CGROUP_BPF is not set in the kernel config", FIX)
+            Check::fail(
+                NAME,
+                "CONFIG_CGROUP_BPF is not set in the kernel config",
+                FIX,
+            )
         };
     }
     match symbols() {
-        Some(s) if s.lines().any(|l| l.ends_with(&format!(" {CGROUP_BPF_SYMBOL}"))) => Check::pass(
-            NAME,
-            format!("the kernel has cgroup BPF hooks ({CGROUP_BPF_SYMBOL})"),
-        ),
+        Some(s)
+            if s.lines()
+                .any(|l| l.ends_with(&format!(" {CGROUP_BPF_SYMBOL}"))) =>
+        {
+            Check::pass(
+                NAME,
+                format!("the kernel has cgroup BPF hooks ({CGROUP_BPF_SYMBOL})"),
+            )
+        }
         Some(_) => Check::fail(NAME, "the kernel has no cgroup BPF hooks", FIX),
         None => Check::warn(
             NAME,
@@ -323,10 +331,7 @@ fn privileges_check() -> Check {
         .map(|(_, name)| *name)
         .collect();
     if missing.is_empty() {
-        Check::pass(
-            "privileges",
-            "root, with the capabilities the daemon needs",
-        )
+        Check::pass("privileges", "root, with the capabilities the daemon needs")
     } else {
         Check::warn(
             "privileges",
@@ -373,11 +378,14 @@ fn dir_check(name: &'static str, dir: &Path, mode: u32) -> Check {
 
 /// Free space on the file system holding `dir` (or the nearest existing parent).
 fn space_check(name: &'static str, dir: &Path, unit: u64) -> Check {
-    let probe = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let probe = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     match nix::sys::statvfs::statvfs(probe) {
         Ok(s) => {
-            let free = s.blocks_available() as u64 * s.fragment_size() as u64;
-            let total = s.blocks() as u64 * s.fragment_size() as u64;
+            let free = s.blocks_available().saturating_mul(s.fragment_size());
+            let total = s.blocks().saturating_mul(s.fragment_size());
             space_verdict(name, dir, free, total, unit)
         }
         Err(e) => Check::warn(
@@ -453,10 +461,7 @@ pub fn trust_verdict(ca_pem: &str, store: Option<(&Path, &str)>) -> Check {
         return Check::fail(NAME, "no system trust store found", FIX);
     };
     if crate::tls::ca::pem_certs(text).contains(&ca) {
-        Check::pass(
-            NAME,
-            format!("the agent's CA is in {}", path.display()),
-        )
+        Check::pass(NAME, format!("the agent's CA is in {}", path.display()))
     } else {
         Check::fail(
             NAME,
@@ -553,7 +558,11 @@ mod tests {
         );
         let ok = space_verdict("s", d, 5000 * MIB, 10_000 * MIB, unit);
         assert_eq!(ok.status, Verdict::Pass);
-        assert!(ok.detail.contains("5000 MiB free of 10000 MiB"), "{}", ok.detail);
+        assert!(
+            ok.detail.contains("5000 MiB free of 10000 MiB"),
+            "{}",
+            ok.detail
+        );
     }
 
     #[test]

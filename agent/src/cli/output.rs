@@ -97,7 +97,11 @@ pub fn status_text(s: &Status) -> String {
         s.bytes_in,
         s.bytes_out,
         s.statements,
-        if a.healthy { "writing" } else { "FAILING (journal not writable)" },
+        if a.healthy {
+            "writing"
+        } else {
+            "FAILING (journal not writable)"
+        },
         a.lag_records,
         a.gap_events,
         a.files_published,
@@ -155,7 +159,10 @@ mod tests {
         assert!(t.contains("statements: 7\n"), "{t}");
         assert!(t.contains("programs attached: 2 cgroup(s)"), "{t}");
         assert!(t.contains("audit: writing, lag 3 record(s)"), "{t}");
-        assert!(t.contains("current file: /a/date=2026-11-23/hour=06/h-1.parquet\n"), "{t}");
+        assert!(
+            t.contains("current file: /a/date=2026-11-23/hour=06/h-1.parquet\n"),
+            "{t}"
+        );
         let t = status_text(&Status::default());
         assert!(t.contains("FAILING") && t.contains("(none open)"), "{t}");
     }
