@@ -490,7 +490,7 @@ fn daemon_check(socket: &Path) -> Check {
         Ok(Reply::Status(s)) => Check::pass(
             NAME,
             format!(
-                "running (pid {}, up {}s): {} enrolled cgroup(s), programs attached to {}, {} statement(s) recorded",
+                "running (pid {}, up {}s): {} enrolled cgroup(s), programs attached to {} cgroup(s), {} statement(s) recorded",
                 s.pid, s.uptime_s, s.enrolled, s.programs_attached, s.statements
             ),
         ),
