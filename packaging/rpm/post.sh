@@ -1,6 +1,7 @@
 # snowtrail %post ($1: 1 on install, 2 on upgrade). Creates the state directories and the agent's
 # CA (kept on upgrade), puts the CA into the system trust store, and starts the service on install
 # or restarts it on upgrade (the pinned programs bridge the restart).
+set -e
 install -d -m 0700 /var/lib/snowtrail /var/lib/snowtrail/audit
 install -d -m 0750 /var/log/snowtrail
 snowtrail ca init
