@@ -6,8 +6,8 @@
 //! `SNOWTRAIL_RPM`; else the newest under `target/package/`, which `cargo xtask package --profile
 //! dev --no-build` writes).
 //!
-//! The scratch root is the host's own file system under an overlay whose upper layer is a
-//! temporary directory, in a mount namespace of its own: dpkg runs chrooted in it with the host's
+//! The scratch root is the host's own file system under an overlay whose upper layer is a tmpfs,
+//! in a mount namespace of its own: dpkg runs chrooted in it with the host's
 //! dpkg database, libc and ca-certificates, so the maintainer scripts meet a real Debian system,
 //! yet nothing reaches the host's /etc, trust store or bpffs (the scratch root gets a bpffs of its
 //! own). It takes seconds, needs no network, unlike debootstrap, and is gone when the test ends.
@@ -161,13 +161,16 @@ impl ScratchRoot {
             .prefix("snowtrail-root-")
             .tempdir()
             .unwrap();
-        for d in ["upper", "work", "merged"] {
-            std::fs::create_dir(dir.path().join(d)).unwrap();
-        }
+        std::fs::create_dir(dir.path().join("merged")).unwrap();
+        std::fs::create_dir(dir.path().join("layer")).unwrap();
         let setup = r#"
             set -e
             D="$1"; M="$D/merged"
-            mount -t overlay overlay -o "lowerdir=/,upperdir=$D/upper,workdir=$D/work" "$M"
+            # The upper layer on a tmpfs of the namespace: it works whatever file system holds
+            # /tmp (an overlay root cannot be an upper layer), and vanishes with the namespace.
+            mount -t tmpfs tmpfs "$D/layer"
+            mkdir "$D/layer/upper" "$D/layer/work"
+            mount -t overlay overlay -o "lowerdir=/,upperdir=$D/layer/upper,workdir=$D/layer/work" "$M"
             mount -t proc proc "$M/proc"
             mount --rbind /dev "$M/dev"
             mount --rbind /sys "$M/sys"
