@@ -89,6 +89,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     })
     .await
     .context("cannot start the audit writer")?;
+    let audit_stats = writer.clone();
     let sink: Arc<dyn EventSink> = Arc::new(writer);
     // The policy: an invalid rule file stops the start, naming its line.
     let policy = Arc::new(match &config.policy.file {
@@ -187,6 +188,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         started,
         ca_bundle: ca.bundle_path(),
         holds,
+        audit: Some(audit_stats),
     });
     handler.restore();
 
@@ -241,7 +243,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     };
     app.lifecycle("start", None).await;
     info!(listen = ?app.bound.proxy, control = %app.bound.control_socket.display(), "snowtrail is running");
-    notify_ready();
+    notify_systemd("READY=1");
     Ok(app)
 }
 
@@ -275,6 +277,7 @@ impl App {
     /// Stops accepting, drains connections, then leaves the kernel programs pinned (fail closed) or
     /// detaches them (`fail_open`).
     pub async fn stop(self) -> anyhow::Result<()> {
+        notify_systemd("STOPPING=1");
         let _ = self.shutdown.send(true);
         let _ = self.control_task.await;
         let _ = self.sweeper_task.await;
@@ -330,8 +333,10 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create state_dir {}", dir.display()))
 }
 
-/// Tells systemd the daemon is ready, when it runs under a `Type=notify` unit.
-fn notify_ready() {
+/// Tells systemd the daemon's state (`READY=1` once it serves, `STOPPING=1` when a stop begins),
+/// when it runs under a `Type=notify` unit: one datagram to `$NOTIFY_SOCKET` (a path, or an
+/// abstract name after `@`), the whole of the sd_notify protocol the daemon needs.
+fn notify_systemd(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -343,11 +348,11 @@ fn notify_ready() {
     let result = if let Some(name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt as _;
         std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
     } else {
-        sock.send_to(b"READY=1", std::path::Path::new(&path))
+        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
     };
     if let Err(e) = result {
-        warn!(error = %e, "could not notify systemd");
+        warn!(error = %e, state, "could not notify systemd");
     }
 }

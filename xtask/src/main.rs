@@ -4,6 +4,7 @@
 //! library, a Python venv with the test tools); `demo` and `test` call it first.
 
 mod demo;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -26,6 +27,8 @@ enum Command {
     Demo(demo::Options),
     /// Build once and run every test: formatting, lints, unit, kernel and end-to-end tests.
     Test(test::Options),
+    /// Build the .deb and the .rpm (systemd unit, default config, maintainer scripts).
+    Package(package::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup(o) => setup::run(&o).map(|_| ()),
         Command::Demo(o) => demo::run(&o),
         Command::Test(o) => test::run(&o),
+        Command::Package(o) => package::run(&o).map(|_| ()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,7 +8,9 @@
 //! 3. Python venvs under `target/snowtrail-env/`: `venv` with the test tools (DuckDB, pyarrow), and
 //!    `py4` / `py5` with the two generations of Snowflake's Python connector (they cannot share one);
 //! 4. Snowflake's Node driver under `target/snowtrail-env/node`;
-//! 5. stunnel from Debian, the TLS terminator put in front of fakesnow in the tests.
+//! 5. stunnel from Debian, the TLS terminator put in front of fakesnow in the tests;
+//! 6. the packaging tools: cargo-deb and cargo-generate-rpm (pinned), and from Debian lintian and
+//!    rpm (the package tests check the .deb with lintian and read the .rpm with `rpm -qp`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +34,10 @@ const PY4_REQUIREMENTS: &[&str] = &[
 const PY5_REQUIREMENTS: &[&str] = &["snowflake-connector-python==5.2.0"];
 /// Snowflake's Node driver (trusts NODE_EXTRA_CA_CERTS).
 const NODE_PACKAGE: &str = "snowflake-sdk@3.3.0";
+/// cargo-deb release `cargo xtask package` is known to work with.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+/// cargo-generate-rpm release `cargo xtask package` is known to work with.
+const CARGO_GENERATE_RPM_VERSION: &str = "0.21.1";
 
 /// Options of `setup`.
 #[derive(Debug, Args, Default)]
@@ -78,6 +84,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Env> {
     )?;
     let node_modules = node(opts.force)?;
     stunnel()?;
+    packaging_tools(opts.force)?;
     Ok(Env {
         python,
         py4,
@@ -196,14 +203,55 @@ fn stunnel() -> anyhow::Result<()> {
         return Ok(());
     }
     step("installing stunnel4 from Debian");
+    apt_install(&["stunnel4"])
+}
+
+/// Installs Debian packages, refreshing the package lists once if the first try fails.
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let install = || {
         sh(Command::new("apt-get")
-            .args(["install", "-y", "-q", "stunnel4"])
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"))
     };
     if install().is_err() {
         sh(Command::new("apt-get").args(["update", "-q"]))?;
         install()?;
+    }
+    Ok(())
+}
+
+/// cargo-deb and cargo-generate-rpm at their pinned versions, and lintian and rpm from Debian.
+pub fn packaging_tools(force: bool) -> anyhow::Result<()> {
+    for (name, version) in [
+        ("cargo-deb", CARGO_DEB_VERSION),
+        ("cargo-generate-rpm", CARGO_GENERATE_RPM_VERSION),
+    ] {
+        let present = output(Command::new(name).arg("--version"))
+            .is_some_and(|v| v.split_whitespace().any(|w| w == version));
+        if present && !force {
+            continue;
+        }
+        step(&format!("installing {name} {version} (a minute or two)"));
+        sh(Command::new("cargo")
+            .args([
+                "install",
+                &format!("{name}@{version}"),
+                "--locked",
+                "--force",
+            ])
+            .env_remove("RUSTUP_TOOLCHAIN"))?;
+    }
+    let missing: Vec<&str> = [("lintian", "lintian"), ("rpm", "rpm")]
+        .into_iter()
+        .filter(|(_, bin)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
+        })
+        .map(|(pkg, _)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        step(&format!("installing {} from Debian", missing.join(", ")));
+        apt_install(&missing)?;
     }
     Ok(())
 }

@@ -54,6 +54,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     sh(Command::new("cargo")
         .current_dir(&root)
         .args(["build", "-p", "snowtrail"]))?;
+    // The package tests install the .deb built from this debug binary (no release build in CI).
+    let packages = crate::package::run(&crate::package::Options {
+        profile: "dev".into(),
+        no_build: true,
+        out: root.join("target/package"),
+        deb_only: false,
+        rpm_only: false,
+    })?;
     step("running the tests");
     let bin = root.join("target/debug/snowtrail");
     sh(Command::new("cargo")
@@ -73,7 +81,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .env("SNOWTRAIL_PY4", &env.py4)
         .env("SNOWTRAIL_PY5", &env.py5)
         .env("SNOWTRAIL_NODE_MODULES", &env.node_modules)
-        .env("SNOWTRAIL_BIN", &bin))?;
+        .env("SNOWTRAIL_BIN", &bin)
+        .envs(packages.deb.map(|p| ("SNOWTRAIL_DEB", p)))
+        .envs(packages.rpm.map(|p| ("SNOWTRAIL_RPM", p))))?;
     step("all tests passed");
     Ok(())
 }

@@ -296,6 +296,11 @@ impl OpenFile {
         })
     }
 
+    /// The path the file will have once published (it is written under a hidden temporary name).
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
     /// Adds an event (journal sequence number `seq`) as a row.
     pub fn append(&mut self, seq: u64, event: &Event) -> Result<(), FileError> {
         self.builder.append(event);

@@ -55,7 +55,7 @@ pub use config::{
 };
 pub use event::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
 pub use recovery::RecoveryReport;
-pub use writer::{AuditWriter, ShutdownReport, WriterOptions, WriterTask};
+pub use writer::{AuditWriter, ShutdownReport, WriterOptions, WriterStats, WriterTask};
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,6 +1,7 @@
 //! The command line: `snowtrail run` starts the daemon; every other command is a thin client of the
 //! daemon's control socket, except `detach`, which works on the pinned programs with the daemon down.
 
+mod doctor;
 mod exec;
 mod output;
 mod policy;
@@ -136,6 +137,15 @@ enum Command {
     Reject {
         /// The hold id, as `snowtrail pending` shows it.
         id: String,
+    },
+    /// Check the host and the daemon: kernel features, privileges, directories, the CA, the daemon.
+    ///
+    /// Prints each check as PASS, WARN or FAIL with the fix; exits non-zero when one fails.
+    /// Works with the daemon down (that is one failing check).
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Detach every pinned program (works with the daemon stopped; enrolled traffic then goes direct).
     Detach {
@@ -333,6 +343,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { json } => {
+            doctor::run(cli.config.as_deref(), cli.control_socket.as_deref(), json)
         }
         Command::Detach { pin_dir } => {
             require_root("detach the kernel programs")?;

@@ -65,17 +65,47 @@ pub fn enrollment_table(rows: &[Listed]) -> String {
 
 /// The `snowtrail status` text.
 pub fn status_text(s: &Status) -> String {
+    let a = &s.audit;
+    let files = if a.current_files.is_empty() {
+        "(none open)".to_owned()
+    } else {
+        a.current_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
-        "snowtrail {} running (pid {}, up {}s)\nlistening: {}\nenrolled cgroups: {}\nconnections: {} total, {} open, {} refused\nredirected connects (kernel): {}\n",
+        "snowtrail {} running (pid {}, up {}s)\n\
+         listening: {}\n\
+         programs attached: {} cgroup(s); redirected connects (kernel): {}\n\
+         enrolled cgroups: {}\n\
+         connections: {} total, {} open, {} refused; {} bytes in, {} bytes out\n\
+         statements: {}\n\
+         audit: {}, lag {} record(s) not yet in Parquet, {} event(s) lost, {} file(s) published\n\
+         current file: {}\n",
         s.version,
         s.pid,
         s.uptime_s,
         s.listen.join(", "),
+        s.programs_attached,
+        s.redirected,
         s.enrolled,
         s.connections_total,
         s.connections_open,
         s.connections_refused,
-        s.redirected
+        s.bytes_in,
+        s.bytes_out,
+        s.statements,
+        if a.healthy {
+            "writing"
+        } else {
+            "FAILING (journal not writable)"
+        },
+        a.lag_records,
+        a.gap_events,
+        a.files_published,
+        files,
     )
 }
 
@@ -112,5 +142,31 @@ mod tests {
         );
         assert!(lines[1].ends_with("team=data"));
         assert!(enrollment_table(&[]).contains("no enrollments"));
+    }
+
+    #[test]
+    fn status_shows_audit_and_current_file() {
+        let s = Status {
+            version: "0.1.0".into(),
+            statements: 7,
+            programs_attached: 2,
+            audit: crate::control::AuditStatus {
+                healthy: true,
+                lag_records: 3,
+                current_files: vec!["/a/date=2026-11-23/hour=06/h-1.parquet".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let t = status_text(&s);
+        assert!(t.contains("statements: 7\n"), "{t}");
+        assert!(t.contains("programs attached: 2 cgroup(s)"), "{t}");
+        assert!(t.contains("audit: writing, lag 3 record(s)"), "{t}");
+        assert!(
+            t.contains("current file: /a/date=2026-11-23/hour=06/h-1.parquet\n"),
+            "{t}"
+        );
+        let t = status_text(&Status::default());
+        assert!(t.contains("FAILING") && t.contains("(none open)"), "{t}");
     }
 }

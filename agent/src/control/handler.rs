@@ -9,7 +9,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::server::{Handler, Session};
-use super::{Reply, Request, Response, Status};
+use super::{AuditStatus, Reply, Request, Response, Status};
 use crate::enroll::{self, Enrollment, Kind, Registry, Selector};
 use crate::proxy::ProxyStats;
 use crate::redirect::Redirect;
@@ -36,6 +36,8 @@ pub struct DaemonHandler {
     pub ca_bundle: PathBuf,
     /// Statements held for approval.
     pub holds: Arc<crate::proxy::holds::Holds>,
+    /// The audit writer, for status (`None` where no writer runs).
+    pub audit: Option<crate::audit::AuditWriter>,
 }
 
 /// Who made an enrollment (DECISIONS 17) and, for an exec, the run's id.
@@ -404,13 +406,19 @@ impl DaemonHandler {
     }
 
     fn status(&self) -> Status {
-        let redirected = self
+        let (redirected, programs_attached) = self
             .redirect
             .read()
-            .ok()
-            .and_then(|r| r.counters().ok())
-            .map(|c| c.redirected)
-            .unwrap_or(0);
+            .map(|r| {
+                let redirected = r.counters().map(|c| c.redirected).unwrap_or(0);
+                (redirected, r.attached().len())
+            })
+            .unwrap_or((0, 0));
+        let writer = self
+            .audit
+            .as_ref()
+            .map(crate::audit::AuditWriter::stats)
+            .unwrap_or_default();
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -425,6 +433,18 @@ impl DaemonHandler {
             connections_open: self.stats.open(),
             connections_refused: self.stats.refused(),
             redirected,
+            programs_attached,
+            bytes_in: self.stats.bytes_in(),
+            bytes_out: self.stats.bytes_out(),
+            statements: writer.statements,
+            audit: AuditStatus {
+                healthy: writer.healthy,
+                lag_records: writer.unpublished_records,
+                gap_events: writer.gap_events,
+                durable_records: writer.durable_records,
+                files_published: writer.files_published,
+                current_files: writer.open_files,
+            },
         }
     }
 }

@@ -181,6 +181,38 @@ pub struct Status {
     pub connections_refused: u64,
     /// Kernel counters: connect() calls redirected.
     pub redirected: u64,
+    /// Cgroups the kernel programs are attached to now.
+    #[serde(default)]
+    pub programs_attached: usize,
+    /// Bytes carried from clients to upstreams since start.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes carried from upstreams to clients since start.
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Statements recorded (`query` events) since start.
+    #[serde(default)]
+    pub statements: u64,
+    /// The audit writer's state.
+    #[serde(default)]
+    pub audit: AuditStatus,
+}
+
+/// The audit writer's part of `snowtrail status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// Whether the journal is writable now (false: disk full or directory unwritable).
+    pub healthy: bool,
+    /// Records in the journal not yet in a published Parquet file: how far the files lag.
+    pub lag_records: u64,
+    /// Events that could not be recorded since start.
+    pub gap_events: u64,
+    /// Journal records made durable since start.
+    pub durable_records: u64,
+    /// Parquet files published since start.
+    pub files_published: u64,
+    /// The files being written now, under the names they get when published.
+    pub current_files: Vec<PathBuf>,
 }
 
 /// Why a CLI request failed before the daemon answered.

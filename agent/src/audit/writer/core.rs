@@ -81,6 +81,11 @@ pub(super) struct Health {
     pub(super) healthy: AtomicBool,
     pub(super) gap_events: AtomicU64,
     pub(super) syncs: AtomicU64,
+    /// Complete `query` events submitted: statements recorded (for `snowtrail status`).
+    pub(super) statements: AtomicU64,
+    /// The Parquet files open now, under their final names (updated by the parquet thread when the
+    /// set changes).
+    pub(super) open_files: Mutex<Vec<PathBuf>>,
 }
 
 pub(super) struct Pending {

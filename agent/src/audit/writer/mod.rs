@@ -111,6 +111,27 @@ pub struct WriterOptions {
 pub struct AuditWriter {
     tx: mpsc::Sender<Msg>,
     health: Arc<Health>,
+    core: Arc<Core>,
+}
+
+/// What the writer is doing now, for `snowtrail status`; read from counters, never waits on a thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Whether the journal is writable.
+    pub healthy: bool,
+    /// Complete `query` events submitted since start.
+    pub statements: u64,
+    /// Journal records made durable since start.
+    pub durable_records: u64,
+    /// Records in the journal not yet in a published Parquet file (written or being synced,
+    /// statements in flight, rows of open files): how far the files lag the journal.
+    pub unpublished_records: u64,
+    /// Events that could not be recorded since start.
+    pub gap_events: u64,
+    /// Parquet files published since start.
+    pub files_published: u64,
+    /// The files open now, under the names they will have once published.
+    pub open_files: Vec<PathBuf>,
 }
 
 /// Owns the writer's threads; [`shutdown`](WriterTask::shutdown) stops them cleanly.
@@ -164,6 +185,20 @@ impl AuditWriter {
     pub fn journal_syncs(&self) -> u64 {
         self.health.syncs.load(Ordering::Relaxed)
     }
+
+    /// A snapshot of the writer's counters and open files.
+    pub fn stats(&self) -> WriterStats {
+        let unpublished_records = lock(&self.core.segs).iter().map(|s| s.outstanding).sum();
+        WriterStats {
+            healthy: self.healthy(),
+            statements: self.health.statements.load(Ordering::Relaxed),
+            durable_records: self.core.events_written.load(Ordering::Relaxed),
+            unpublished_records,
+            gap_events: self.gap_events(),
+            files_published: self.core.files_published.load(Ordering::Relaxed),
+            open_files: lock(&self.health.open_files).clone(),
+        }
+    }
 }
 
 impl EventSink for AuditWriter {
@@ -172,6 +207,9 @@ impl EventSink for AuditWriter {
     }
 
     fn submit(&self, event: Event) -> Ack {
+        if event.event_kind == super::EventKind::Query {
+            self.health.statements.fetch_add(1, Ordering::Relaxed);
+        }
         self.send(event, Msg::Event)
     }
 
@@ -312,6 +350,8 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         healthy: AtomicBool::new(true),
         gap_events: AtomicU64::new(0),
         syncs: AtomicU64::new(0),
+        statements: AtomicU64::new(0),
+        open_files: Mutex::new(Vec::new()),
     });
     let core = Arc::new(Core {
         sync: Mutex::new(SyncState {
@@ -360,6 +400,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         intents: HashMap::new(),
         payload: Vec::new(),
         digests,
+        shown: Vec::new(),
     };
     let parquet = std::thread::Builder::new()
         .name("audit-parquet".into())
@@ -403,6 +444,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
     let writer = AuditWriter {
         tx: tx.clone(),
         health,
+        core: core.clone(),
     };
     let task = WriterTask {
         tx,

@@ -50,6 +50,8 @@ pub(super) struct ParquetStage {
     /// The host's digest chain: told about every published file (the publish hook), written
     /// here every `digest_interval_s` and at shutdown.
     pub(super) digests: Arc<Mutex<DigestLog>>,
+    /// The open files as last shown in `Health::open_files`.
+    pub(super) shown: Vec<PathBuf>,
 }
 
 impl ParquetStage {
@@ -91,6 +93,17 @@ impl ParquetStage {
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
             self.maintain();
+            self.show_open_files();
+        }
+    }
+
+    /// Updates the list of open files `snowtrail status` shows, when it changed.
+    fn show_open_files(&mut self) {
+        let mut now: Vec<PathBuf> = self.open.values().map(OpenFile::path).collect();
+        now.sort_unstable();
+        if now != self.shown {
+            lock(&self.core.health.open_files).clone_from(&now);
+            self.shown = now;
         }
     }
 

@@ -1,0 +1,605 @@
+//! `snowtrail doctor`: is this host ready to run the agent, and is the agent running well?
+//!
+//! Each check says pass, warn or fail, what it saw, and for anything short of a pass the fix. The
+//! command exits non-zero when a check fails. It never needs the daemon: a daemon that is down is
+//! one failing check among the others. The verdicts are pure functions of what was read (kernel
+//! release, config text, free bytes, bundle text), so they are unit-tested without a host; the
+//! reading is in [`run`].
+//!
+//! Session recording has no configuration key yet, so there is no recording check; once
+//! `recording.recipient` exists, doctor says whether recording is on.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use crate::control::{Client, Reply, Request};
+
+/// Oldest kernel the agent supports (cgroup socket hooks, `bpf_get_netns_cookie` in them, BTF).
+const MIN_KERNEL: (u32, u32) = (5, 15);
+/// bpffs is expected here (systemd mounts it at boot).
+const BPFFS: &str = "/sys/fs/bpf";
+/// The kernel's type information; the programs are checked against it.
+const BTF: &str = "/sys/kernel/btf/vmlinux";
+/// A kernel function that exists only with `CONFIG_CGROUP_BPF`.
+const CGROUP_BPF_SYMBOL: &str = "__cgroup_bpf_run_filter_sock_addr";
+/// Capabilities the daemon needs (the unit grants exactly these): bit number and name.
+const NEEDED_CAPS: &[(u32, &str)] = &[
+    (39, "CAP_BPF"),
+    (38, "CAP_PERFMON"),
+    (12, "CAP_NET_ADMIN"),
+    (10, "CAP_NET_BIND_SERVICE"),
+    (19, "CAP_SYS_PTRACE"),
+];
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// As it should be.
+    Pass,
+    /// Works, but something deserves attention.
+    Warn,
+    /// The agent cannot work (or is not working) until this is fixed.
+    Fail,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Short, stable name (`kernel`, `daemon`, ...), for scripts reading `--json`.
+    pub name: &'static str,
+    /// Pass, warn or fail.
+    pub status: Verdict,
+    /// What was seen.
+    pub detail: String,
+    /// What to do about it, unless it passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Verdict::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Verdict::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Verdict::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// The whole report, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// No check failed.
+    pub ok: bool,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+}
+
+/// Runs every check and prints the report; the exit code is non-zero when a check failed.
+pub fn run(config: Option<&Path>, socket: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let checks = collect(config, socket);
+    let report = Report {
+        ok: checks.iter().all(|c| c.status != Verdict::Fail),
+        checks,
+    };
+    let out = if json {
+        format!("{}\n", serde_json::to_string_pretty(&report)?)
+    } else {
+        text(&report)
+    };
+    // A reader that goes away (`| head`) is no error of the checks.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes());
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The report as text: one line per check, its fix indented below it, and a summary.
+pub fn text(report: &Report) -> String {
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for c in &report.checks {
+        let tag = match c.status {
+            Verdict::Pass => "PASS",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        out.push_str(&format!("{tag}  {:<width$}  {}\n", c.name, c.detail));
+        if let Some(fix) = &c.fix {
+            out.push_str(&format!("      {:<width$}  fix: {fix}\n", ""));
+        }
+    }
+    let count = |v| report.checks.iter().filter(|c| c.status == v).count();
+    out.push_str(&format!(
+        "{} passed, {} warning(s), {} failed\n",
+        count(Verdict::Pass),
+        count(Verdict::Warn),
+        count(Verdict::Fail)
+    ));
+    out
+}
+
+/// Reads the host and runs each check.
+fn collect(config_path: Option<&Path>, socket: Option<&Path>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let shown = config_path.unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
+    let config = match Config::load(config_path) {
+        Ok(c) => {
+            let what = if shown.exists() {
+                format!("{} is valid", shown.display())
+            } else {
+                format!("{} is absent: every default applies", shown.display())
+            };
+            checks.push(Check::pass("config", what));
+            c
+        }
+        Err(e) => {
+            checks.push(Check::fail(
+                "config",
+                e.to_string(),
+                "correct the key it names (the shipped file lists every key at its default); \
+                 the other checks use the defaults",
+            ));
+            Config::default()
+        }
+    };
+
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    checks.push(kernel_check(&release));
+    checks.push(match crate::cgroup::mount_point() {
+        Ok(m) => Check::pass("cgroup2", format!("cgroup v2 mounted at {}", m.display())),
+        Err(e) => Check::fail(
+            "cgroup2",
+            e.to_string(),
+            "mount cgroup v2 (boot with systemd.unified_cgroup_hierarchy=1, or \
+             `mount -t cgroup2 none /sys/fs/cgroup/unified` for a hybrid layout)",
+        ),
+    });
+    checks.push(cgroup_bpf_check(&release));
+    checks.push(if Path::new(BTF).exists() {
+        Check::pass("btf", format!("{BTF} present"))
+    } else {
+        Check::fail(
+            "btf",
+            format!("{BTF} is missing"),
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (every major distribution's kernel is)",
+        )
+    });
+    checks.push(bpffs_check(&config.redirect.pin_dir));
+    checks.push(privileges_check());
+    checks.push(dir_check("state_dir", &config.state_dir, 0o700));
+    checks.push(dir_check("audit_dir", &config.audit_dir, 0o700));
+    checks.push(space_check(
+        "state_space",
+        &config.state_dir,
+        config.audit.segment_bytes,
+    ));
+    checks.push(space_check(
+        "audit_space",
+        &config.audit_dir,
+        config.audit.max_file_bytes,
+    ));
+    checks.push(ca_check(&config.state_dir));
+    checks.push(trust_check(&config.state_dir));
+    let socket = socket
+        .map(Path::to_path_buf)
+        .unwrap_or(config.control_socket);
+    checks.push(daemon_check(&socket));
+    checks
+}
+
+/// The kernel release against [`MIN_KERNEL`].
+pub fn kernel_check(release: &str) -> Check {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let (maj, min) = MIN_KERNEL;
+    if version >= MIN_KERNEL {
+        Check::pass("kernel", format!("Linux {release} ({maj}.{min} or later)"))
+    } else {
+        Check::fail(
+            "kernel",
+            format!("Linux {release} is older than {maj}.{min}"),
+            format!("upgrade to Linux {maj}.{min} or later"),
+        )
+    }
+}
+
+/// Whether `CONFIG_CGROUP_BPF` is on: from the kernel's config when the host has it, else from
+/// the kernel's symbols.
+fn cgroup_bpf_check(release: &str) -> Check {
+    let config = std::fs::read_to_string(format!("/boot/config-{release}")).ok();
+    let symbols = || std::fs::read_to_string("/proc/kallsyms").ok();
+    cgroup_bpf_verdict(config.as_deref(), symbols)
+}
+
+/// The verdict on `CONFIG_CGROUP_BPF` from the kernel config text, or failing that the symbols.
+pub fn cgroup_bpf_verdict(config: Option<&str>, symbols: impl FnOnce() -> Option<String>) -> Check {
+    const NAME: &str = "cgroup_bpf";
+    const FIX: &str = "use a kernel built with CONFIG_CGROUP_BPF=y";
+    if let Some(text) = config {
+        return if text.lines().any(|l| l.trim() == "CONFIG_CGROUP_BPF=y") {
+            Check::pass(NAME, "CONFIG_CGROUP_BPF=y in the kernel config")
+        } else {
+            Check::fail(
+                NAME,
+                "CONFIG_CGROUP_BPF is not set in the kernel config",
+                FIX,
+            )
+        };
+    }
+    match symbols() {
+        Some(s)
+            if s.lines()
+                .any(|l| l.ends_with(&format!(" {CGROUP_BPF_SYMBOL}"))) =>
+        {
+            Check::pass(
+                NAME,
+                format!("the kernel has cgroup BPF hooks ({CGROUP_BPF_SYMBOL})"),
+            )
+        }
+        Some(_) => Check::fail(NAME, "the kernel has no cgroup BPF hooks", FIX),
+        None => Check::warn(
+            NAME,
+            "cannot tell: no kernel config in /boot and /proc/kallsyms unreadable",
+            "run doctor as root; the daemon's start fails clearly if the hooks are missing",
+        ),
+    }
+}
+
+/// bpffs mounted where the pins go.
+fn bpffs_check(pin_dir: &Path) -> Check {
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+    };
+    // The pin directory itself, or the nearest existing directory above it.
+    let probe = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new(BPFFS));
+    if is_bpffs(probe) {
+        Check::pass(
+            "bpffs",
+            format!("bpffs mounted for the pins ({})", pin_dir.display()),
+        )
+    } else {
+        Check::fail(
+            "bpffs",
+            format!("{} is not on a bpffs", probe.display()),
+            format!(
+                "`mount -t bpf bpf {BPFFS}` (systemd mounts it at boot), or point redirect.pin_dir below a bpffs"
+            ),
+        )
+    }
+}
+
+/// Root, with the capabilities the daemon needs.
+fn privileges_check() -> Check {
+    if !nix::unistd::geteuid().is_root() {
+        return Check::fail(
+            "privileges",
+            "not root: the control socket, the state and the kernel programs are root's",
+            "run `sudo snowtrail doctor`",
+        );
+    }
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let missing: Vec<&str> = NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        Check::pass("privileges", "root, with the capabilities the daemon needs")
+    } else {
+        Check::warn(
+            "privileges",
+            format!("root without {}", missing.join(", ")),
+            "the daemon needs these (the systemd unit grants them); run doctor with them to check the host as the daemon sees it",
+        )
+    }
+}
+
+/// A directory the daemon writes: present, a directory, root's, not writable by others.
+fn dir_check(name: &'static str, dir: &Path, mode: u32) -> Check {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Check::fail(
+            name,
+            format!("{} is not a directory", dir.display()),
+            format!("remove it, or set {name} to a directory"),
+        ),
+        Ok(m) if m.uid() != 0 => Check::fail(
+            name,
+            format!("{} belongs to uid {}", dir.display(), m.uid()),
+            format!("chown root:root {}", dir.display()),
+        ),
+        Ok(m) if m.mode() & 0o022 != 0 => Check::fail(
+            name,
+            format!(
+                "{} is writable by others (mode {:o})",
+                dir.display(),
+                m.mode() & 0o7777
+            ),
+            format!("chmod {mode:o} {}", dir.display()),
+        ),
+        Ok(_) => Check::pass(name, format!("{} is root's", dir.display())),
+        Err(e) => Check::fail(
+            name,
+            format!("{}: {e}", dir.display()),
+            format!(
+                "the package creates it; or `install -d -m {mode:o} {}`",
+                dir.display()
+            ),
+        ),
+    }
+}
+
+/// Free space on the file system holding `dir` (or the nearest existing parent).
+fn space_check(name: &'static str, dir: &Path, unit: u64) -> Check {
+    let probe = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    match nix::sys::statvfs::statvfs(probe) {
+        Ok(s) => {
+            let free = s.blocks_available().saturating_mul(s.fragment_size());
+            let total = s.blocks().saturating_mul(s.fragment_size());
+            space_verdict(name, dir, free, total, unit)
+        }
+        Err(e) => Check::warn(
+            name,
+            format!("cannot measure free space at {}: {e}", probe.display()),
+            "check the file system with df",
+        ),
+    }
+}
+
+/// The verdict on `free` of `total` bytes where files of about `unit` bytes are written: fail when
+/// not one more fits, warn below four of them or 5% of the file system.
+pub fn space_verdict(name: &'static str, dir: &Path, free: u64, total: u64, unit: u64) -> Check {
+    let mib = |b: u64| b / (1024 * 1024);
+    let detail = format!(
+        "{} MiB free of {} MiB at {}",
+        mib(free),
+        mib(total),
+        dir.display()
+    );
+    let fix = "free space there (the audit blocks statements when it cannot write, with on_audit_failure = \"block\")";
+    if free < unit {
+        Check::fail(name, detail, fix)
+    } else if free < unit.saturating_mul(4) || free.saturating_mul(20) < total {
+        Check::warn(name, detail, fix)
+    } else {
+        Check::pass(name, detail)
+    }
+}
+
+/// The agent's CA in the state directory.
+fn ca_check(state_dir: &Path) -> Check {
+    let cert = state_dir.join(crate::tls::ca::CA_CERT_FILE);
+    let key = state_dir.join(crate::tls::ca::CA_KEY_FILE);
+    match (cert.exists(), key.exists()) {
+        (true, true) => Check::pass("ca", format!("{} and its key", cert.display())),
+        _ => Check::fail(
+            "ca",
+            format!("no CA at {}", cert.display()),
+            "`snowtrail ca init` (the package's installation runs it)",
+        ),
+    }
+}
+
+/// The agent's CA in the system trust store.
+fn trust_check(state_dir: &Path) -> Check {
+    let cert = state_dir.join(crate::tls::ca::CA_CERT_FILE);
+    let Ok(pem) = std::fs::read_to_string(&cert) else {
+        return Check::fail(
+            "trust_store",
+            "no CA to look for (see the ca check)",
+            "`snowtrail ca init`, then add it to the system store",
+        );
+    };
+    let store: Option<(PathBuf, String)> = crate::tls::ca::SYSTEM_BUNDLES.iter().find_map(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|t| (PathBuf::from(p), t))
+    });
+    trust_verdict(&pem, store.as_ref().map(|(p, t)| (p.as_path(), t.as_str())))
+}
+
+/// Whether the certificate in `ca_pem` is among the system store's certificates.
+pub fn trust_verdict(ca_pem: &str, store: Option<(&Path, &str)>) -> Check {
+    const NAME: &str = "trust_store";
+    const FIX: &str = "Debian/Ubuntu: `snowtrail ca export > /usr/local/share/ca-certificates/snowtrail-ca.crt && update-ca-certificates`; \
+         RHEL/Fedora: `snowtrail ca export > /etc/pki/ca-trust/source/anchors/snowtrail-ca.pem && update-ca-trust extract` \
+         (the package does this at installation)";
+    let Some(ca) = crate::tls::ca::pem_certs(ca_pem).into_iter().next() else {
+        return Check::fail(NAME, "the CA file holds no certificate", FIX);
+    };
+    let Some((path, text)) = store else {
+        return Check::fail(NAME, "no system trust store found", FIX);
+    };
+    if crate::tls::ca::pem_certs(text).contains(&ca) {
+        Check::pass(NAME, format!("the agent's CA is in {}", path.display()))
+    } else {
+        Check::fail(
+            NAME,
+            format!(
+                "the agent's CA is not in {}: connector 5.x, Go and curl clients will reject the agent",
+                path.display()
+            ),
+            FIX,
+        )
+    }
+}
+
+/// The daemon answering on its control socket, and its health.
+fn daemon_check(socket: &Path) -> Check {
+    const NAME: &str = "daemon";
+    let status = Client::connect(socket).and_then(|mut c| c.call(&Request::Status));
+    match status {
+        Ok(Reply::Status(s)) if !s.audit.healthy => Check::fail(
+            NAME,
+            format!(
+                "running (pid {}), but the audit journal cannot be written",
+                s.pid
+            ),
+            "free space in state_dir, and check `journalctl -u snowtrail`",
+        ),
+        Ok(Reply::Status(s)) => Check::pass(
+            NAME,
+            format!(
+                "running (pid {}, up {}s): {} enrolled cgroup(s), programs attached to {} cgroup(s), {} statement(s) recorded",
+                s.pid, s.uptime_s, s.enrolled, s.programs_attached, s.statements
+            ),
+        ),
+        Ok(_) => Check::fail(
+            NAME,
+            "the daemon answered status with something else",
+            "restart it: `systemctl restart snowtrail`",
+        ),
+        Err(e) => Check::fail(
+            NAME,
+            e.to_string(),
+            "`systemctl start snowtrail` (`journalctl -u snowtrail` says why it stopped)",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_check("6.18.44-fc-v669").status, Verdict::Pass);
+        assert_eq!(kernel_check("5.15.0-91-generic").status, Verdict::Pass);
+        let old = kernel_check("5.4.0-150-generic");
+        assert_eq!(old.status, Verdict::Fail);
+        assert!(old.fix.unwrap().contains("5.15"));
+        assert_eq!(kernel_check("").status, Verdict::Fail);
+    }
+
+    #[test]
+    fn cgroup_bpf_from_config_then_symbols() {
+        let on = cgroup_bpf_verdict(Some("CONFIG_BPF=y\nCONFIG_CGROUP_BPF=y\n"), || None);
+        assert_eq!(on.status, Verdict::Pass);
+        let off = cgroup_bpf_verdict(Some("# CONFIG_CGROUP_BPF is not set\n"), || {
+            panic!("the config decides")
+        });
+        assert_eq!(off.status, Verdict::Fail);
+        let sym = cgroup_bpf_verdict(None, || {
+            Some("0000000000000000 T __cgroup_bpf_run_filter_sock_addr\n".into())
+        });
+        assert_eq!(sym.status, Verdict::Pass);
+        let none = cgroup_bpf_verdict(None, || Some("0000 T other\n".into()));
+        assert_eq!(none.status, Verdict::Fail);
+        assert_eq!(cgroup_bpf_verdict(None, || None).status, Verdict::Warn);
+    }
+
+    #[test]
+    fn space_thresholds() {
+        let d = Path::new("/var/lib/snowtrail");
+        const MIB: u64 = 1024 * 1024;
+        let unit = 256 * MIB;
+        assert_eq!(
+            space_verdict("s", d, 100 * MIB, 10_000 * MIB, unit).status,
+            Verdict::Fail
+        );
+        assert_eq!(
+            space_verdict("s", d, 512 * MIB, 1000 * MIB, unit).status,
+            Verdict::Warn
+        );
+        assert_eq!(
+            space_verdict("s", d, 2000 * MIB, 100_000 * MIB, unit).status,
+            Verdict::Warn,
+            "2% free"
+        );
+        let ok = space_verdict("s", d, 5000 * MIB, 10_000 * MIB, unit);
+        assert_eq!(ok.status, Verdict::Pass);
+        assert!(
+            ok.detail.contains("5000 MiB free of 10000 MiB"),
+            "{}",
+            ok.detail
+        );
+    }
+
+    #[test]
+    fn trust_store_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = crate::tls::Ca::init(dir.path(), "doctor-test").unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let (other_ca, _) = crate::tls::Ca::init(other.path(), "other").unwrap();
+        let store = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let with = format!("{}{}", other_ca.cert_pem(), ca.cert_pem());
+        assert_eq!(
+            trust_verdict(ca.cert_pem(), Some((store, &with))).status,
+            Verdict::Pass
+        );
+        let without = trust_verdict(ca.cert_pem(), Some((store, other_ca.cert_pem())));
+        assert_eq!(without.status, Verdict::Fail);
+        assert!(without.fix.unwrap().contains("update-ca-certificates"));
+        assert_eq!(trust_verdict(ca.cert_pem(), None).status, Verdict::Fail);
+        assert_eq!(trust_verdict("garbage", None).status, Verdict::Fail);
+    }
+
+    #[test]
+    fn text_lists_fixes_and_a_summary() {
+        let report = Report {
+            ok: false,
+            checks: vec![
+                Check::pass("kernel", "Linux 6.1"),
+                Check::fail("daemon", "not running", "systemctl start snowtrail"),
+            ],
+        };
+        let t = text(&report);
+        assert!(t.contains("PASS  kernel  Linux 6.1\n"), "{t}");
+        assert!(t.contains("FAIL  daemon  not running\n"), "{t}");
+        assert!(t.contains("fix: systemctl start snowtrail\n"), "{t}");
+        assert!(t.ends_with("1 passed, 0 warning(s), 1 failed\n"), "{t}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["checks"][1]["status"], "fail");
+        assert!(json["checks"][0].get("fix").is_none());
+    }
+}
