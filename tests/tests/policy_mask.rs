@@ -3,7 +3,7 @@
 //! chunk downloads rewritten), the other columns intact; a truncating row limit hands the driver
 //! N rows (cutting through the chunks) and flags the event `rows_truncated`; a refusing one raises
 //! the driver's ProgrammingError naming the rule; an Arrow result with a masked column is withheld
-//! (fail closed), never passed unmasked. Root only.
+//! (fail closed), never passed unmasked; a long-running statement's polled result is masked too. Root only.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -60,6 +60,7 @@ const TRUNCATED: &str = "/*sf_chunks*/ /*rows:200*/ select id, name from many";
 const CAPPED: &str = "/*rows:5*/ select id from capped";
 const SMALL: &str = "/*rows:2*/ select id from capped";
 const ARROW: &str = "/*arrow*/ select * from customers";
+const SLOW: &str = "/*slow:2*/ select * from customers";
 
 struct Setup {
     daemon: Daemon,
@@ -169,7 +170,7 @@ fn masked_columns_and_row_limits_reach_the_driver_shaped() -> anyhow::Result<()>
     let lines = run_session(
         &s,
         identity,
-        &[CUSTOMERS, CHUNKED, TRUNCATED, CAPPED, SMALL, ARROW],
+        &[CUSTOMERS, CHUNKED, TRUNCATED, CAPPED, SMALL, ARROW, SLOW],
     )?;
 
     // JSON result: EMAIL masked, ID and NAME as Snowflake sent them.
@@ -183,6 +184,9 @@ fn masked_columns_and_row_limits_reach_the_driver_shaped() -> anyhow::Result<()>
             ],
         "{customers:?}"
     );
+
+    // A long-running statement's rows arrive in a poll answer, masked the same way.
+    ensure!(rows(&lines, SLOW)? == customers, "{lines:#?}");
 
     // Chunked result: every row masked, in the inline part and in each chunk; IDs intact.
     let big = rows(&lines, CHUNKED)?;
