@@ -104,7 +104,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         );
         if p.shapes_results() {
             warn!(
-                "the policy masks columns or limits rows: this agent version refuses the statements those rules match"
+                "the policy masks columns or limits rows: results of matching statements are rewritten, and the storage hosts serving their result chunks are intercepted for enrolled workloads"
             );
         }
     }

@@ -164,8 +164,12 @@ where
         return stage_transfer(req, transfer, send).await;
     }
     let pending = ctx.inspector.tracker.take_chunk(&host, req.uri().path());
+    let path = req.uri().path().to_owned();
     let resp = send(req).await;
     let Some(pending) = pending else { return resp };
+    if pending.masking().is_some() {
+        return super::mask::chunk(ctx, pending, &host, &path, resp).await;
+    }
     let sink = ctx.inspector.sink.clone();
     resp.map(|body| {
         Counted {

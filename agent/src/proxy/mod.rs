@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod holds;
 pub mod intercept;
 pub mod listener;
+pub mod mask;
 pub mod passthrough;
 mod policy;
 pub mod prefixed;

@@ -91,23 +91,14 @@ impl Verdict {
         }
     }
 
-    /// The refusal to answer with instead of forwarding, if any.
-    ///
-    /// Masking and row limits act on results, which this version of the agent does not rewrite
-    /// yet: a statement they apply to is refused rather than let through unmasked (fail closed).
+    /// The refusal to answer with instead of forwarding, if any. Masking and row limits pass
+    /// the statement; its result is shaped on the way back (`proxy::mask`).
     pub(super) fn refusal(&self) -> Option<Refusal> {
         let d = self.decision.as_ref()?;
         match &d.action {
             Action::Deny { message } => Some(Refusal::PolicyDenied {
                 rule: d.rule.clone(),
                 message: message.clone(),
-            }),
-            Action::Mask { .. } | Action::RowLimit { .. } => Some(Refusal::PolicyDenied {
-                rule: d.rule.clone(),
-                message: Some(format!(
-                    "{} is not enforced by this agent version, so the statement is refused",
-                    d.action.name()
-                )),
             }),
             _ => None,
         }

@@ -119,6 +119,7 @@ pub struct PendingResult {
     expected: usize,
     seen: AtomicUsize,
     bytes: AtomicU64,
+    masking: Option<super::mask::ChunkMasking>,
 }
 
 impl PendingResult {
@@ -129,7 +130,38 @@ impl PendingResult {
             expected,
             seen: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
+            masking: None,
         })
+    }
+
+    /// Holds `event` until `expected` chunks were downloaded, each rewritten by `masking`.
+    pub fn masked(
+        event: Event,
+        expected: usize,
+        masking: Option<super::mask::ChunkMasking>,
+    ) -> Arc<PendingResult> {
+        Arc::new(PendingResult {
+            event: Mutex::new(Some(event)),
+            expected,
+            seen: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+            masking,
+        })
+    }
+
+    /// How the result's chunk downloads are rewritten, when its rule shapes results.
+    pub fn masking(&self) -> Option<&super::mask::ChunkMasking> {
+        self.masking.as_ref()
+    }
+
+    /// Flags the held event (once), for what happened to one of its chunks.
+    pub fn flag(&self, flag: &str) {
+        if let Ok(mut e) = self.event.lock()
+            && let Some(e) = e.as_mut()
+            && !e.flags.iter().any(|f| f == flag)
+        {
+            e.flags.push(flag.to_owned());
+        }
     }
 
     /// Counts one downloaded chunk; returns the completed event once every chunk was seen.

@@ -76,6 +76,14 @@ where
             return super::holds::hold(ctx, event, parts, raw, request_id, t);
         }
     };
+    // Masking and row limits (issue 6): the result is rewritten below, or withheld.
+    let shaping = super::mask::shaping(ctx, &event);
+    if let Some(r) = shaping
+        .as_ref()
+        .and_then(|s| s.unsupported(each.len(), parsed.async_exec))
+    {
+        return refuse_query(ctx, event, r).await;
+    }
     if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
         return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
     }
@@ -95,13 +103,23 @@ where
 
     match read_response(resp, &ins.limits).await {
         Inspected::Read {
-            parts,
+            mut parts,
             raw,
             decoded,
         } => {
+            let mut shaped = None;
             match decoded.as_deref().map(snowflake::parse_query_response) {
-                Some(Ok(r)) => {
+                Some(Ok(mut r)) => {
                     apply_query_response(&mut event, &r, raw.len(), session.as_deref());
+                    let mut masking = None;
+                    if let Some(s) = &shaping
+                        && r.status == QueryStatus::Complete
+                    {
+                        match s.response(&mut parts, decoded.as_deref(), &mut r, &mut event) {
+                            Ok((body, m)) => (shaped, masking) = (body, m),
+                            Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
+                        }
+                    }
                     if r.status == QueryStatus::Complete {
                         super::tagging::note_statement(session.as_deref(), &parsed.sql_text);
                     }
@@ -129,7 +147,7 @@ where
                         QueryStatus::Complete if !r.chunks.is_empty() => {
                             event.duration_ms = elapsed_ms(started);
                             learn_hosts(ins, &ctx.base, &r);
-                            await_chunks(ins, event, &r);
+                            await_chunks(ins, event, &r, masking);
                         }
                         QueryStatus::Complete | QueryStatus::Failed => {
                             event.duration_ms = elapsed_ms(started);
@@ -142,14 +160,20 @@ where
                     event.success = Some(status.is_success());
                     event.flags.push("unparsed".into());
                     event.duration_ms = elapsed_ms(started);
+                    if let Some(s) = &shaping {
+                        return super::mask::withhold(ctx, event, &s.uninspectable());
+                    }
                     complete(ins, event);
                 }
             }
-            Response::from_parts(parts, raw.into_body())
+            Response::from_parts(parts, shaped.unwrap_or_else(|| raw.into_body()))
         }
         Inspected::Streamed(resp) => {
             event.flags.push("uninspected".into());
             event.duration_ms = elapsed_ms(started);
+            if let Some(s) = &shaping {
+                return super::mask::withhold(ctx, event, &s.uninspectable());
+            }
             complete(ins, event);
             resp
         }
@@ -243,8 +267,13 @@ fn learn_hosts(ins: &Inspector, base: &Event, r: &snowflake::QueryResponse) {
 
 /// Holds a chunked result's event until its chunks were downloaded (their bytes are added), or
 /// until `chunk_wait` passes (then it is flagged `chunks_unseen`).
-fn await_chunks(ins: &Inspector, event: Event, r: &snowflake::QueryResponse) {
-    let pending = super::sessions::PendingResult::new(event, r.chunks.len());
+fn await_chunks(
+    ins: &Inspector,
+    event: Event,
+    r: &snowflake::QueryResponse,
+    masking: Option<super::mask::ChunkMasking>,
+) {
+    let pending = super::sessions::PendingResult::masked(event, r.chunks.len(), masking);
     for c in &r.chunks {
         ins.tracker
             .expect_chunk(&c.url.host, &c.url.path, pending.clone());
@@ -342,13 +371,15 @@ where
     let session = ins
         .tracker
         .lookup(snowflake::auth::authorization_token(req.headers()));
+    let shaping = super::mask::shaping(ctx, &event);
     let resp = send(req).await;
     match read_response(resp, &ins.limits).await {
         Inspected::Read {
-            parts,
+            mut parts,
             raw,
             decoded,
         } => {
+            let mut shaped = None;
             match decoded.as_deref().map(snowflake::parse_query_response) {
                 Some(Ok(r))
                     if matches!(
@@ -358,19 +389,38 @@ where
                 {
                     ins.tracker.park_query(query_id, event);
                 }
-                Some(Ok(r)) => {
+                Some(Ok(mut r)) => {
                     apply_query_response(&mut event, &r, raw.len(), session.as_deref());
-                    complete(ins, event);
+                    let mut masking = None;
+                    if let Some(s) = &shaping
+                        && r.status == QueryStatus::Complete
+                    {
+                        match s.response(&mut parts, decoded.as_deref(), &mut r, &mut event) {
+                            Ok((body, m)) => (shaped, masking) = (body, m),
+                            Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
+                        }
+                    }
+                    if masking.is_some() && !r.chunks.is_empty() {
+                        await_chunks(ins, event, &r, masking);
+                    } else {
+                        complete(ins, event);
+                    }
                 }
                 _ => {
                     event.flags.push("unparsed".into());
+                    if let Some(s) = &shaping {
+                        return super::mask::withhold(ctx, event, &s.uninspectable());
+                    }
                     complete(ins, event);
                 }
             }
-            Response::from_parts(parts, raw.into_body())
+            Response::from_parts(parts, shaped.unwrap_or_else(|| raw.into_body()))
         }
         Inspected::Streamed(resp) => {
             event.flags.push("uninspected".into());
+            if let Some(s) = &shaping {
+                return super::mask::withhold(ctx, event, &s.uninspectable());
+            }
             complete(ins, event);
             resp
         }

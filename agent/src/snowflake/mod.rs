@@ -37,6 +37,7 @@ pub mod error;
 pub mod hosts;
 mod json;
 pub mod login;
+pub mod mask;
 pub mod query;
 pub mod query_tag;
 pub mod redact;

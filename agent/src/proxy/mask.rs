@@ -1,0 +1,259 @@
+//! Result shaping in the data path (issue 6): a statement whose rule masks columns or limits rows
+//! has its response rewritten before the driver reads it, and its chunk downloads buffered,
+//! rewritten and re-encoded. The rewriting itself is [`crate::snowflake::mask`]; this module
+//! moves the bytes and fails closed (DECISIONS 2): a result that cannot be read whole within
+//! `limits.max_response_inspect_bytes`, or cannot be shaped, becomes a Snowflake-shaped error
+//! naming the rule, never the unshaped rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+use tracing::warn;
+
+use super::body::full;
+use super::exchange::{ConnCtx, Inspected, read_response, reply};
+use super::intercept::Body;
+use super::sessions::PendingResult;
+use crate::audit::Event;
+use crate::policy::{Action, OnExceed};
+use crate::snowflake::mask::{ChunkShape, LimitMode, Shape, ShapeError};
+use crate::snowflake::{self, ContentEncoding, QueryResponse, Refusal};
+
+/// The flag of an event whose result lost rows to a truncating row limit.
+pub(super) const ROWS_TRUNCATED: &str = "rows_truncated";
+/// The flag of an event whose result (or one of its chunks) was withheld by its rule.
+pub(super) const RESULT_REFUSED: &str = "result_refused";
+
+/// A statement's shaping: its rule, and the shape (`None` when the rule is no longer in the
+/// policy, so no result of it passes).
+pub(super) struct Shaping {
+    rule: String,
+    shape: Option<Shape>,
+}
+
+/// The shaping a statement's event calls for: its decision is `mask` or `row_limit`, and the
+/// rule's current action says how.
+pub(super) fn shaping(ctx: &ConnCtx, event: &Event) -> Option<Shaping> {
+    let decision = event.decision.as_deref()?;
+    if decision != "mask" && decision != "row_limit" {
+        return None;
+    }
+    let rule = event.policy_rule.clone().unwrap_or_default();
+    let policy = ctx.inspector.policy.current();
+    let action = policy.as_ref().and_then(|p| {
+        if rule == crate::policy::DEFAULT_RULE {
+            Some(p.default_action().clone())
+        } else {
+            p.rules()
+                .iter()
+                .find(|r| r.name == rule)
+                .map(|r| r.action.clone())
+        }
+    });
+    let shape = match action {
+        Some(Action::Mask { columns }) => Some(Shape {
+            mask: columns,
+            row_limit: None,
+        }),
+        Some(Action::RowLimit { rows, on_exceed }) => Some(Shape {
+            mask: Vec::new(),
+            row_limit: Some((
+                rows,
+                match on_exceed {
+                    OnExceed::Refuse => LimitMode::Refuse,
+                    OnExceed::Truncate => LimitMode::Truncate,
+                },
+            )),
+        }),
+        _ => None,
+    };
+    Some(Shaping { rule, shape })
+}
+
+impl Shaping {
+    fn refusal(&self, why: impl Into<String>) -> Refusal {
+        Refusal::PolicyDenied {
+            rule: self.rule.clone(),
+            message: Some(why.into()),
+        }
+    }
+
+    fn shape_error(&self, e: &ShapeError) -> Refusal {
+        self.refusal(format!("{e}, so it is withheld"))
+    }
+
+    /// Requests whose results the agent cannot follow are refused before they are sent: the rows
+    /// of a multi-statement request's statements and of an asynchronous statement are fetched
+    /// later by query id, outside the statement the rule was decided on.
+    pub(super) fn unsupported(&self, statements: usize, async_exec: bool) -> Option<Refusal> {
+        if statements > 1 {
+            return Some(self.refusal(
+                "results of multi-statement requests cannot be masked or limited; send the statements one by one",
+            ));
+        }
+        if async_exec {
+            return Some(self.refusal(
+                "results of asynchronous statements cannot be masked or limited; run it synchronously",
+            ));
+        }
+        None
+    }
+
+    /// The refusal for a response too large to inspect, or one that could not be decoded.
+    pub(super) fn uninspectable(&self) -> Refusal {
+        self.refusal("the result is too large for the agent to inspect, so it is withheld")
+    }
+
+    /// Rewrites a query response by the rule: the new body for the driver (`None` when nothing
+    /// changed), `r.chunks` reduced to the chunks kept, and their shapes for the downloads.
+    pub(super) fn response(
+        &self,
+        parts: &mut http::response::Parts,
+        decoded: Option<&[u8]>,
+        r: &mut QueryResponse,
+        event: &mut Event,
+    ) -> Result<(Option<Body>, Option<ChunkMasking>), Refusal> {
+        let Some(shape) = &self.shape else {
+            return Err(
+                self.refusal("the rule is no longer in the policy, so the result is withheld")
+            );
+        };
+        let decoded = decoded.ok_or_else(|| self.uninspectable())?;
+        let shaped =
+            snowflake::mask::shape_response(decoded, shape).map_err(|e| self.shape_error(&e))?;
+        if shaped.truncated && !event.flags.iter().any(|f| f == ROWS_TRUNCATED) {
+            event.flags.push(ROWS_TRUNCATED.into());
+        }
+        let mut by_path = HashMap::new();
+        let mut kept = Vec::new();
+        for k in shaped.chunks {
+            if let Some(c) = r.chunks.get(k.index) {
+                if k.shape != ChunkShape::default() {
+                    by_path.insert(chunk_key(&c.url.host, &c.url.path), k.shape);
+                }
+                kept.push(c.clone());
+            }
+        }
+        r.chunks = kept;
+        let masking = (!by_path.is_empty()).then(|| ChunkMasking {
+            rule: self.rule.clone(),
+            by_path,
+        });
+        let body = shaped.body.map(|b| full(encode_like(parts, b)));
+        Ok((body, masking))
+    }
+}
+
+/// How a shaped result's chunk downloads are rewritten.
+pub struct ChunkMasking {
+    rule: String,
+    by_path: HashMap<String, ChunkShape>,
+}
+
+fn chunk_key(host: &str, path: &str) -> String {
+    format!("{}{path}", host.to_ascii_lowercase())
+}
+
+/// Encodes a rewritten body as the upstream's was (gzip or not) and fixes the length headers.
+fn encode_like(parts: &mut http::response::Parts, body: Vec<u8>) -> Bytes {
+    let gzipped = matches!(
+        ContentEncoding::from_header(
+            parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .map(HeaderValue::as_bytes)
+        ),
+        Ok(ContentEncoding::Gzip)
+    );
+    let bytes = if gzipped {
+        snowflake::gzip(&body)
+    } else {
+        body
+    };
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Bytes::from(bytes)
+}
+
+/// Records a statement whose result is withheld and answers the driver with the refusal: the
+/// statement ran, so the event keeps its query id and its decision, flagged `result_refused`.
+pub(super) fn withhold(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> Response<Body> {
+    warn!(rule = ?event.policy_rule, "result withheld by policy");
+    event.success = Some(false);
+    event.error_message = Some(refusal.message());
+    event.detail = Some(RESULT_REFUSED.into());
+    if !event.flags.iter().any(|f| f == RESULT_REFUSED) {
+        event.flags.push(RESULT_REFUSED.into());
+    }
+    let qid = event
+        .query_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    drop(ctx.inspector.sink.submit(event));
+    reply(snowflake::envelope::query_error(refusal, &qid))
+}
+
+/// A chunk download of a shaped result: read whole (within the inspection limit and budget),
+/// rewritten, re-encoded. One that cannot be is answered `502` so the driver's fetch fails, and
+/// the statement's event is flagged `result_refused`.
+pub(super) async fn chunk(
+    ctx: &ConnCtx,
+    pending: Arc<PendingResult>,
+    host: &str,
+    path: &str,
+    resp: Response<Body>,
+) -> Response<Body> {
+    let ins = &ctx.inspector;
+    let Some(masking) = pending.masking() else {
+        return resp;
+    };
+    // A retried download is rewritten too.
+    ins.tracker.expect_chunk(host, path, pending.clone());
+    // A chunk the rule leaves as it is (no masked column in it, not cut) passes untouched.
+    let Some(shape) = masking.by_path.get(&chunk_key(host, path)) else {
+        if let Some(event) = pending.chunk_done(0) {
+            drop(ins.sink.submit(event));
+        }
+        return resp;
+    };
+    let status = resp.status();
+    let out = match read_response(resp, &ins.limits).await {
+        Inspected::Read {
+            mut parts,
+            decoded: Some(decoded),
+            ..
+        } if status.is_success() => snowflake::mask::shape_json_chunk(&decoded, shape)
+            .map(|b| (encode_like(&mut parts, b), parts))
+            .map_err(|e| e.to_string()),
+        Inspected::Read { .. } if !status.is_success() => {
+            Err(format!("the chunk download failed upstream ({status})"))
+        }
+        _ => Err("the chunk is too large for the agent to inspect".to_owned()),
+    };
+    match out {
+        Ok((body, parts)) => {
+            let len = u64::try_from(body.len()).unwrap_or(u64::MAX);
+            if let Some(event) = pending.chunk_done(len) {
+                drop(ins.sink.submit(event));
+            }
+            Response::from_parts(parts, full(body))
+        }
+        Err(why) => {
+            warn!(rule = %masking.rule, %why, "result chunk withheld by policy");
+            pending.flag(RESULT_REFUSED);
+            if let Some(event) = pending.chunk_done(0) {
+                drop(ins.sink.submit(event));
+            }
+            let mut r = Response::new(full(Bytes::from(format!(
+                "chunk withheld by snowtrail policy rule '{}': {why}",
+                masking.rule
+            ))));
+            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+            r
+        }
+    }
+}

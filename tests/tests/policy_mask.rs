@@ -1,0 +1,244 @@
+//! End-to-end result shaping: connector 5.2.0 under `snowtrail exec`, through the agent, to the
+//! fake Snowflake. A masked column reads `***` in a JSON result and in a chunked result (its
+//! chunk downloads rewritten), the other columns intact; a truncating row limit hands the driver
+//! N rows (cutting through the chunks) and flags the event `rows_truncated`; a refusing one raises
+//! the driver's ProgrammingError naming the rule; an Arrow result with a masked column is withheld
+//! (fail closed), never passed unmasked; a long-running statement's polled result is masked too. Root only.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::{Value, json};
+use snowtrail_tests::fake_snowflake::drivers::{self, CA_VARS, Driver};
+use snowtrail_tests::fake_snowflake::{FakeOptions, FakeSnowflake};
+use snowtrail_tests::{Daemon, DaemonOptions, unique_port};
+
+const PORT_BASE: u16 = 29_900;
+const ACCOUNT_HOST: &str = "xy12345.snowflakecomputing.com";
+const PASSWORD: &str = "s3cret-pa55word";
+
+const POLICY: &str = r#"
+[default]
+action = "allow"
+
+[[rule]]
+name = "hide-email"
+action = "mask"
+columns = ["email"]
+[rule.when]
+sql = "from customers"
+
+[[rule]]
+name = "hide-names"
+action = "mask"
+columns = ["NAME"]
+[rule.when]
+sql = "from big"
+
+[[rule]]
+name = "first-rows"
+action = "row_limit"
+rows = 120
+on_exceed = "truncate"
+[rule.when]
+sql = "from many"
+
+[[rule]]
+name = "no-dumps"
+action = "row_limit"
+rows = 3
+on_exceed = "refuse"
+[rule.when]
+sql = "from capped"
+"#;
+
+const CUSTOMERS: &str = "select * from customers";
+const CHUNKED: &str = "/*sf_chunks*/ /*rows:200*/ select id, name from big";
+const TRUNCATED: &str = "/*sf_chunks*/ /*rows:200*/ select id, name from many";
+const CAPPED: &str = "/*rows:5*/ select id from capped";
+const SMALL: &str = "/*rows:2*/ select id from capped";
+const ARROW: &str = "/*arrow*/ select * from customers";
+const SLOW: &str = "/*slow:2*/ select * from customers";
+
+struct Setup {
+    daemon: Daemon,
+    fake: FakeSnowflake,
+    dir: tempfile::TempDir,
+}
+
+fn setup(name: &str, ip: [u8; 4]) -> anyhow::Result<Setup> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("snowtrail-{name}-"))
+        .tempdir()?;
+    let fake = FakeSnowflake::start(FakeOptions {
+        addr: SocketAddr::from((ip, 443)),
+        tls: true,
+        hosts: vec![
+            ACCOUNT_HOST.to_owned(),
+            "*.snowflakecomputing.com".to_owned(),
+        ],
+        ca_dir: dir.path().join("fake-ca"),
+        ..FakeOptions::default()
+    })?;
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, POLICY)?;
+    let opts = DaemonOptions {
+        extra_top: format!(
+            "[tls]\nupstream_extra_roots = [{:?}]\n[policy]\nfile = {:?}\n",
+            fake.ca_pem_path().display().to_string(),
+            policy_path.display().to_string(),
+        ),
+        ..DaemonOptions::default()
+    };
+    let daemon = Daemon::start(name, unique_port(PORT_BASE), &opts)?;
+    Ok(Setup { daemon, fake, dir })
+}
+
+fn run_session(s: &Setup, identity: &str, statements: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let hosts = drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[ACCOUNT_HOST])?;
+    let mut args = vec![
+        "--host".to_owned(),
+        ACCOUNT_HOST.to_owned(),
+        "--password".to_owned(),
+        PASSWORD.to_owned(),
+    ];
+    args.extend(statements.iter().map(|s| (*s).to_owned()));
+    let inner = drivers::session_command(Driver::Py5, &hosts, Path::new("/nonexistent"), &args)?;
+    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
+    cmd.arg("--control-socket")
+        .arg(&s.daemon.socket)
+        .args(["exec", "--identity", identity, "--"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(std::process::Stdio::null());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    for v in CA_VARS {
+        cmd.env_remove(v);
+    }
+    let out = cmd.output().context("cannot run snowtrail exec")?;
+    let lines = drivers::json_lines(&out.stdout);
+    if lines.is_empty() {
+        bail!(
+            "the driver printed nothing ({}):\n{}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            s.daemon.logs()
+        );
+    }
+    Ok(lines)
+}
+
+fn statement<'a>(lines: &'a [Value], sql: &str) -> anyhow::Result<&'a Value> {
+    lines
+        .iter()
+        .find(|l| l["step"] == "statement" && l["sql"] == sql)
+        .with_context(|| format!("no output for {sql:?} in {lines:#?}"))
+}
+
+fn rows<'a>(lines: &'a [Value], sql: &str) -> anyhow::Result<&'a Vec<Value>> {
+    let st = statement(lines, sql)?;
+    st["rows"]
+        .as_array()
+        .with_context(|| format!("no rows for {sql:?}: {st}"))
+}
+
+fn refused_by(lines: &[Value], sql: &str, rule: &str) -> anyhow::Result<()> {
+    let st = statement(lines, sql)?;
+    let err = &st["error"];
+    ensure!(err["type"] == "ProgrammingError", "{st}");
+    ensure!(err["errno"] == 3001, "{st}");
+    ensure!(
+        err["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("'{rule}'"))),
+        "{st}"
+    );
+    Ok(())
+}
+
+#[test]
+fn masked_columns_and_row_limits_reach_the_driver_shaped() -> anyhow::Result<()> {
+    let identity = "policy-mask";
+    let s = setup(identity, [127, 77, 7, 1])?;
+    let lines = run_session(
+        &s,
+        identity,
+        &[CUSTOMERS, CHUNKED, TRUNCATED, CAPPED, SMALL, ARROW, SLOW],
+    )?;
+
+    // JSON result: EMAIL masked, ID and NAME as Snowflake sent them.
+    let customers = rows(&lines, CUSTOMERS)?;
+    ensure!(
+        customers
+            == &vec![
+                json!([1, "Ada Lovelace", "***"]),
+                json!([2, "Grace Hopper", "***"]),
+                json!([3, "Alan Turing", "***"]),
+            ],
+        "{customers:?}"
+    );
+
+    // A long-running statement's rows arrive in a poll answer, masked the same way.
+    ensure!(rows(&lines, SLOW)? == customers, "{lines:#?}");
+
+    // Chunked result: every row masked, in the inline part and in each chunk; IDs intact.
+    let big = rows(&lines, CHUNKED)?;
+    ensure!(big.len() == 200, "{} rows", big.len());
+    for (i, r) in big.iter().enumerate() {
+        ensure!(r[1] == "***", "row {i}: {r}");
+        ensure!(r[0].is_number(), "row {i}: {r}");
+    }
+    let ids: Vec<u64> = big.iter().filter_map(|r| r[0].as_u64()).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    ensure!(unique.len() == 200, "ids are not intact: {ids:?}");
+
+    // Truncated: 120 of 200 rows, the names untouched, the event flagged.
+    let many = rows(&lines, TRUNCATED)?;
+    ensure!(many.len() == 120, "{} rows", many.len());
+    ensure!(many.iter().all(|r| r[1] != "***"), "{many:?}");
+    let cut = s
+        .daemon
+        .wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == TRUNCATED)?;
+    ensure!(cut["decision"] == "row_limit", "{cut}");
+    ensure!(cut["policy_rule"] == "first-rows", "{cut}");
+    ensure!(
+        cut["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "rows_truncated")),
+        "{cut}"
+    );
+
+    // A refusing limit: 5 rows > 3 is an error naming the rule; 2 rows pass.
+    refused_by(&lines, CAPPED, "no-dumps")?;
+    ensure!(rows(&lines, SMALL)?.len() == 2, "{lines:#?}");
+    let capped = s
+        .daemon
+        .wait_event(|e| e["sql_text"] == CAPPED && e["success"] == false)?;
+    ensure!(capped["policy_rule"] == "no-dumps", "{capped}");
+
+    // Arrow with a masked column: withheld rather than passed unmasked.
+    refused_by(&lines, ARROW, "hide-email")?;
+    ensure!(
+        !lines
+            .iter()
+            .any(|l| l.to_string().contains("ada@example.com")),
+        "an email reached the driver: {lines:#?}"
+    );
+    let masked = s.daemon.wait_event(|e| {
+        e["event_kind"] == "query" && e["sql_text"] == CUSTOMERS && e["success"] == true
+    })?;
+    ensure!(
+        masked["decision"] == "mask" && masked["policy_rule"] == "hide-email",
+        "{masked}"
+    );
+    Ok(())
+}
