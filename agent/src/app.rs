@@ -113,12 +113,17 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let (ca, _) =
         crate::tls::Ca::init(&config.state_dir, &host).context("cannot set up the agent's CA")?;
     let ca = Arc::new(ca);
-    let upstream_roots =
+    let upstream_roots = Arc::new(
         crate::tls::upstream::roots(ca.cert_der(), &config.tls.upstream_extra_roots)
-            .context("cannot load the upstream trust roots")?;
+            .context("cannot load the upstream trust roots")?,
+    );
+    let oidc = Arc::new(crate::identity::oidc::Verifier::new(
+        &config.oidc,
+        upstream_roots.clone(),
+    )?);
     let tls = proxy::intercept::TlsInputs::new(
         Arc::new(crate::tls::LeafResolver::new(ca.clone())?),
-        Arc::new(upstream_roots),
+        upstream_roots,
         Duration::from_millis(config.proxy.handshake_timeout_ms),
     )?;
 
@@ -171,6 +176,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             transfer_quiet: Duration::from_millis(config.proxy.transfer_quiet_ms),
             policy: policy.clone(),
             holds: holds.clone(),
+            oidc,
         }),
         identity: Arc::new(crate::identity::Resolver::new(
             crate::identity::DEFAULT_CACHE_ENTRIES,

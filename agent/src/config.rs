@@ -109,6 +109,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The policy rule file.
     pub policy: PolicySection,
+    /// Human identity: trusted OIDC issuers and what an invalid or missing login token means.
+    pub oidc: crate::identity::oidc::OidcConfig,
 }
 
 /// How often the daemon looks at the policy file for changes.
@@ -247,6 +249,7 @@ impl Default for Config {
             limits: LimitsSection::default(),
             audit: AuditConfig::default(),
             policy: PolicySection::default(),
+            oidc: crate::identity::oidc::OidcConfig::default(),
         }
     }
 }
@@ -329,6 +332,7 @@ impl Config {
         if r.max_tracked_connections < 16 {
             return Err("redirect.max_tracked_connections must be at least 16".into());
         }
+        self.oidc.validate()?;
         if self.policy.poll_ms < 50 {
             return Err("policy.poll_ms must be at least 50".into());
         }

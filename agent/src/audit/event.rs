@@ -225,6 +225,9 @@ pub struct Event {
     pub stage_bytes_sent: Option<u64>,
     /// For a PUT/GET statement, the bytes its transfers received from storage (downloads).
     pub stage_bytes_received: Option<u64>,
+    /// The groups of the human identity: the groups claim of the session's verified OIDC token.
+    #[serde(default)]
+    pub human_groups: Vec<String>,
 }
 
 /// The flag of a statement whose intent was recorded but whose completion never was.
@@ -316,6 +319,7 @@ impl Event {
             stage_requests: None,
             stage_bytes_sent: None,
             stage_bytes_received: None,
+            human_groups: Vec::new(),
         }
     }
 }

@@ -291,6 +291,8 @@ columns! {
         "For a PUT/GET statement: bytes its transfers sent to storage (uploads) (schema 2).";
     stage_bytes_received: Option<u64>, dict = false, ocsf = None,
         "For a PUT/GET statement: bytes its transfers received from storage (downloads) (schema 2).";
+    human_groups: Vec<String>, dict = true, ocsf = Some("actor.user.groups"),
+        "The groups claim of the session's verified OIDC login token (schema 2).";
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

@@ -11,10 +11,11 @@
 //! (pid, start time): a pid the kernel reuses has a later start time, so it is never mistaken for
 //! the process that had it before. The command name (read fresh from `stat` every time) also
 //! invalidates an entry, since `execve` changes it. The cgroup and the parent are read fresh, as
-//! they change without an exec. Human identity from an OIDC token is a later module beside these.
+//! they change without an exec. [`oidc`] verifies the human identity a login token carries.
 
 pub mod cache;
 pub mod cgroup_path;
+pub mod oidc;
 pub mod process;
 
 use std::path::{Path, PathBuf};

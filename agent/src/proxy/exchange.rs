@@ -58,6 +58,8 @@ pub struct Inspector {
     pub policy: Arc<crate::enforce::LivePolicy>,
     /// Statements held for approval.
     pub holds: Arc<super::holds::Holds>,
+    /// Verifies the human identity a login token carries (`[oidc]`).
+    pub oidc: Arc<crate::identity::oidc::Verifier>,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.
@@ -103,6 +105,7 @@ pub(super) fn fill_session(e: &mut Event, s: &Session) {
     e.authenticator.clone_from(&s.authenticator);
     e.driver.clone_from(&s.driver);
     e.driver_version.clone_from(&s.driver_version);
+    s.human.fill(e);
     if let Ok(c) = s.context.lock() {
         e.role.clone_from(&c.role);
         e.warehouse.clone_from(&c.warehouse);
@@ -350,6 +353,15 @@ where
         event.driver = Some(d.name);
         event.driver_version = d.version;
     }
+    // Human identity from the login token (`[oidc]`): a denied login never goes upstream.
+    let check = ins
+        .oidc
+        .check_login(&parsed, ctx.base.workload_identity.as_deref());
+    let human = match super::sessions::Human::from_check(check.await) {
+        Ok(h) => h,
+        Err(refusal) => return refuse_login(ctx, event, refusal).await,
+    };
+    human.fill(&mut event);
     // QUERY_TAG in SESSION_PARAMETERS (DECISIONS 15); the rewrite is in `tagging`.
     let body = super::tagging::login_body(
         &mut parts,
@@ -398,6 +410,7 @@ where
                                 schema: r.session_info.schema.clone(),
                                 query_tag: parsed.query_tag.clone(),
                             })),
+                            human: human.clone(),
                         });
                         event.session_id = Some(session.id.clone());
                         ins.tracker.insert(&token, session);

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::audit::Event;
+use crate::snowflake::Refusal;
 
 /// Most sessions tracked at once.
 pub const MAX_SESSIONS: usize = 65_536;
@@ -40,7 +41,63 @@ pub struct Session {
     pub driver_version: Option<String>,
     /// Role, warehouse, database, schema in effect (updated from query responses).
     pub context: Arc<Mutex<Context>>,
+    /// The human behind the session, from its login token ([`crate::identity::oidc`]).
+    pub human: Human,
 }
+
+/// What the login's token said about the human behind a session; every event of the session
+/// carries it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Human {
+    /// `human_identity`: the verified token's email, else its subject.
+    pub identity: Option<String>,
+    /// `human_groups`: the verified token's groups.
+    pub groups: Vec<String>,
+    /// The token did not verify and the login was allowed anyway: events are flagged
+    /// `identity_unverified`.
+    pub unverified: bool,
+}
+
+impl Human {
+    /// What a login check means for the session: its human, or the refusal of the login.
+    pub fn from_check(check: crate::identity::oidc::LoginCheck) -> Result<Human, Refusal> {
+        use crate::identity::oidc::LoginCheck;
+        match check {
+            LoginCheck::Off | LoginCheck::Allowed => Ok(Human::default()),
+            LoginCheck::Verified(h) => Ok(Human {
+                identity: Some(h.name().to_owned()),
+                groups: h.groups,
+                unverified: false,
+            }),
+            LoginCheck::Flagged(e) => {
+                tracing::warn!(reason = e.label(), error = %e, "login token not verified; login allowed and flagged");
+                Ok(Human {
+                    unverified: true,
+                    ..Human::default()
+                })
+            }
+            LoginCheck::Denied(e) => {
+                tracing::warn!(reason = e.label(), error = %e, "login token not verified; login denied");
+                Err(Refusal::LoginTokenInvalid {
+                    label: e.label(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The human columns and flag of an event of this session.
+    pub fn fill(&self, e: &mut crate::audit::Event) {
+        e.human_identity.clone_from(&self.identity);
+        e.human_groups.clone_from(&self.groups);
+        if self.unverified && !e.flags.iter().any(|f| f == FLAG_IDENTITY_UNVERIFIED) {
+            e.flags.push(FLAG_IDENTITY_UNVERIFIED.to_owned());
+        }
+    }
+}
+
+/// The flag of events whose session's login token did not verify (DECISIONS 9).
+pub const FLAG_IDENTITY_UNVERIFIED: &str = "identity_unverified";
 
 /// A session's current role, warehouse, database and schema.
 #[derive(Debug, Clone, Default)]

@@ -42,6 +42,14 @@ pub enum Refusal {
     AuditUnavailable,
     /// The workload's identity could not be established for a rule that needs it.
     IdentityUnverified,
+    /// The login's OIDC token did not verify and the `[oidc]` rule for the workload denies such
+    /// logins.
+    LoginTokenInvalid {
+        /// A bounded label naming the reason (`oidc_expired`, `oidc_wrong_audience`, ...).
+        label: &'static str,
+        /// What was wrong with the token, for the driver's message (never the token itself).
+        reason: String,
+    },
 }
 
 /// The Snowflake error a refusal becomes.
@@ -63,16 +71,22 @@ impl Refusal {
         let (query_code, sql_state) = match self {
             Refusal::PolicyDenied { .. }
             | Refusal::ApprovalRejected
-            | Refusal::IdentityUnverified => ("003001", "42501"),
+            | Refusal::IdentityUnverified
+            | Refusal::LoginTokenInvalid { .. } => ("003001", "42501"),
             Refusal::ApprovalTimedOut => ("000630", "57014"),
             Refusal::RequestTooLarge { .. } => ("000603", "54000"),
             Refusal::Unparsed => ("000603", "22000"),
             Refusal::AuditUnavailable => ("000603", "58000"),
         };
+        // 390303 is Snowflake's "Invalid OAuth access token".
+        let login_code = match self {
+            Refusal::LoginTokenInvalid { .. } => "390303",
+            _ => "390101",
+        };
         WireError {
             query_code,
             sql_state,
-            login_code: "390101",
+            login_code,
         }
     }
 
@@ -107,6 +121,9 @@ impl Refusal {
                 "SQL access control error: snowtrail could not verify the workload's identity."
                     .to_owned()
             }
+            Refusal::LoginTokenInvalid { reason, .. } => {
+                format!("Invalid OAuth access token: snowtrail refused the login: {reason}.")
+            }
         }
     }
 
@@ -120,6 +137,7 @@ impl Refusal {
             Refusal::Unparsed => "unparsed",
             Refusal::AuditUnavailable => "audit_unavailable",
             Refusal::IdentityUnverified => "identity_unverified",
+            Refusal::LoginTokenInvalid { label, .. } => label,
         }
     }
 }
