@@ -43,6 +43,11 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&Session>, sql: &str) -> Verd
     if let Some(s) = session {
         who.account.clone_from(&s.account);
         who.user.clone_from(&s.login_user);
+        // The human behind the session, as its OIDC token said (issue 5).
+        if s.human.identity.is_some() {
+            who.human.clone_from(&s.human.identity);
+        }
+        who.groups.clone_from(&s.human.groups);
         if let Ok(c) = s.context.lock() {
             who.role.clone_from(&c.role);
             names.database.clone_from(&c.database);
