@@ -3,6 +3,7 @@
 //! `setup` installs what a fresh machine lacks (the nightly's rust-src, bpf-linker against an LLVM 22
 //! library, a Python venv with the test tools); `demo` and `test` call it first.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -26,6 +27,8 @@ enum Command {
     Demo(demo::Options),
     /// Build once and run every test: formatting, lints, unit, kernel and end-to-end tests.
     Test(test::Options),
+    /// Measure snowtrail against its peers in one run and report ratios (`--quick` for a short run).
+    Bench(bench::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup(o) => setup::run(&o).map(|_| ()),
         Command::Demo(o) => demo::run(&o),
         Command::Test(o) => test::run(&o),
+        Command::Bench(o) => bench::run(&o),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
