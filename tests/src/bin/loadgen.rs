@@ -6,6 +6,11 @@
 //! concurrent submitters each keeping `--window` acknowledgements in flight (as many connections
 //! of a busy proxy would), then shuts the writer down so every event is in a published Parquet
 //! file. The time covers the whole of it: journal, fdatasyncs, Parquet encoding and publishing.
+//!
+//! `loadgen http` is a closed-loop HTTPS load generator speaking Snowflake's REST protocol: it logs
+//! in once, then `--clients` clients, each on its own keep-alive connection (HTTP/1.1, or HTTP/2
+//! with `--h2`), send a small `query-request` and wait for its answer before sending the next, for
+//! `--seconds`. It reports requests per second and the p50/p99 latency.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,6 +38,47 @@ enum Command {
     /// Stream statement events into a real audit writer (journal on) and report events per
     /// second and Parquet bytes per event.
     Audit(AuditArgs),
+    /// Closed-loop statement round trips against a Snowflake endpoint (the fake, or a proxy in
+    /// front of it); report throughput and p50/p99 latency.
+    Http(HttpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct HttpArgs {
+    /// Address to connect to (the endpoint, or a proxy in front of it).
+    #[arg(long)]
+    connect: std::net::SocketAddr,
+    /// The Snowflake host name: TLS server name and `Host` header.
+    #[arg(long, default_value = "xy12345.snowflakecomputing.com")]
+    host: String,
+    /// PEM file of the CA that signed the endpoint's certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Speak HTTP/2 (else HTTP/1.1).
+    #[arg(long)]
+    h2: bool,
+    /// Concurrent clients, each on its own connection.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// How long to measure, after a one-second warm-up.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// The statement each query-request carries.
+    #[arg(long, default_value = "select 1")]
+    sql: String,
+}
+
+/// What one `http` run measured.
+#[derive(Debug, serde::Serialize)]
+struct HttpReport {
+    clients: usize,
+    h2: bool,
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    requests_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,7 +239,235 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let line = match cli.command {
         Command::Audit(a) => serde_json::to_string(&audit(a).await?)?,
+        Command::Http(a) => serde_json::to_string(&http::run(a).await?)?,
     };
     println!("{line}");
     Ok(())
+}
+
+/// The percentile `p` (0..=100) of sorted latencies in nanoseconds, in microseconds; 0 when empty.
+fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
+    if sorted_ns.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted_ns.len() - 1) as f64).round() as usize;
+    sorted_ns[rank.min(sorted_ns.len() - 1)] as f64 / 1000.0
+}
+
+mod http {
+    //! The HTTPS side of `loadgen http`.
+
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context as _;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::Request;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpStream;
+    use tokio_rustls::TlsConnector;
+
+    use super::{HttpArgs, HttpReport, percentile_us};
+
+    /// One keep-alive connection, either protocol.
+    enum Sender {
+        H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+        H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    }
+
+    impl Sender {
+        async fn send(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
+            let resp = match self {
+                Sender::H1(s) => {
+                    s.ready().await?;
+                    s.send_request(req).await?
+                }
+                Sender::H2(s) => {
+                    s.ready().await?;
+                    s.send_request(req).await?
+                }
+            };
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok((status, body))
+        }
+    }
+
+    async fn connect(args: &HttpArgs, tls: &TlsConnector) -> anyhow::Result<Sender> {
+        let tcp = TcpStream::connect(args.connect)
+            .await
+            .with_context(|| format!("connecting to {}", args.connect))?;
+        tcp.set_nodelay(true)?;
+        let name = rustls::pki_types::ServerName::try_from(args.host.clone())?;
+        let io = TokioIo::new(tls.connect(name, tcp).await.context("TLS handshake")?);
+        Ok(if args.h2 {
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            Sender::H2(s)
+        } else {
+            let (s, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Sender::H1(s)
+        })
+    }
+
+    fn request(
+        args: &HttpArgs,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Request<Full<Bytes>> {
+        let mut b = Request::post(path)
+            .header("content-type", "application/json")
+            .header("accept", "application/snowflake")
+            .header("user-agent", "PythonConnector/3.12.0 (loadgen)");
+        // HTTP/2 takes the authority from the URI; HTTP/1.1 from the Host header.
+        if args.h2 {
+            b = b.uri(format!("https://{}{path}", args.host));
+        } else {
+            b = b.header("host", &args.host);
+        }
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Snowflake Token=\"{t}\""));
+        }
+        b.body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+    }
+
+    fn tls(args: &HttpArgs) -> anyhow::Result<TlsConnector> {
+        let pem =
+            std::fs::read(&args.ca).with_context(|| format!("reading {}", args.ca.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            roots.add(cert?)?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![if args.h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        Ok(TlsConnector::from(Arc::new(config)))
+    }
+
+    /// Logs in, runs the clients, and measures.
+    pub async fn run(args: HttpArgs) -> anyhow::Result<HttpReport> {
+        anyhow::ensure!(
+            args.clients > 0 && args.seconds > 0.0,
+            "--clients and --seconds must be positive"
+        );
+        let args = Arc::new(args);
+        let tls = tls(&args)?;
+        let mut login = connect(&args, &tls).await?;
+        let body = serde_json::json!({"data": {
+            "ACCOUNT_NAME": "XY12345", "LOGIN_NAME": "bench", "PASSWORD": "bench",
+            "CLIENT_APP_ID": "PythonConnector", "CLIENT_APP_VERSION": "3.12.0",
+        }});
+        let (status, reply) = login
+            .send(request(
+                &args,
+                "/session/v1/login-request",
+                None,
+                serde_json::to_vec(&body)?,
+            ))
+            .await?;
+        let reply: serde_json::Value = serde_json::from_slice(&reply)
+            .with_context(|| format!("login answered {status} with no JSON"))?;
+        let token: Arc<str> = reply["data"]["token"]
+            .as_str()
+            .with_context(|| format!("login failed: {reply}"))?
+            .into();
+        let warm_up = Duration::from_secs(1);
+        let measure = Duration::from_secs_f64(args.seconds);
+        let start = Instant::now() + Duration::from_millis(200);
+        let mut tasks = Vec::new();
+        for _ in 0..args.clients {
+            let mut conn = connect(&args, &tls).await?;
+            let args = args.clone();
+            let token = token.clone();
+            let tls = tls.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                tokio::time::sleep_until(start.into()).await;
+                let (from, until) = (start + warm_up, start + warm_up + measure);
+                let mut seq = 0u64;
+                loop {
+                    let t = Instant::now();
+                    if t >= until {
+                        break;
+                    }
+                    seq += 1;
+                    let body = serde_json::json!({
+                        "sqlText": args.sql, "asyncExec": false, "sequenceId": seq,
+                        "querySubmissionTime": 0, "parameters": {},
+                    });
+                    let req = request(
+                        &args,
+                        &format!(
+                            "/queries/v1/query-request?requestId={}",
+                            uuid::Uuid::now_v7()
+                        ),
+                        Some(&token),
+                        serde_json::to_vec(&body).unwrap_or_default(),
+                    );
+                    let ok = matches!(conn.send(req).await, Ok((200, _)));
+                    let done = Instant::now();
+                    if t >= from {
+                        if ok {
+                            lat.push(done.duration_since(t).as_nanos() as u64);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    if !ok {
+                        // A broken connection is replaced, so one failure does not end the client.
+                        conn = connect(&args, &tls).await?;
+                    }
+                }
+                anyhow::Ok((lat, errors))
+            }));
+        }
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (lat, e) = t.await??;
+            all.extend(lat);
+            errors += e;
+        }
+        all.sort_unstable();
+        let seconds = measure.as_secs_f64();
+        Ok(HttpReport {
+            clients: args.clients,
+            h2: args.h2,
+            requests: all.len() as u64,
+            errors,
+            seconds,
+            requests_per_s: all.len() as f64 / seconds,
+            p50_us: percentile_us(&all, 50.0),
+            p99_us: percentile_us(&all, 99.0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile_us;
+
+    #[test]
+    fn percentiles_pick_the_ranked_latency() {
+        let ns: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
+        assert_eq!(percentile_us(&ns, 50.0), 51.0);
+        assert_eq!(percentile_us(&ns, 99.0), 99.0);
+        assert_eq!(percentile_us(&ns, 100.0), 100.0);
+        assert_eq!(percentile_us(&ns, 0.0), 1.0);
+        assert_eq!(percentile_us(&[], 50.0), 0.0);
+        assert_eq!(percentile_us(&[7000], 99.0), 7.0);
+    }
 }
