@@ -3,6 +3,7 @@
 //! `setup` installs what a fresh machine lacks (the nightly's rust-src, bpf-linker against an LLVM 22
 //! library, a Python venv with the test tools); `demo` and `test` call it first.
 
+mod bench;
 mod demo;
 mod package;
 mod setup;
@@ -29,6 +30,8 @@ enum Command {
     Test(test::Options),
     /// Build the .deb and the .rpm (systemd unit, default config, maintainer scripts).
     Package(package::Options),
+    /// Measure snowtrail against its peers in one run and report ratios (`--quick` for a short run).
+    Bench(bench::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(o) => demo::run(&o),
         Command::Test(o) => test::run(&o),
         Command::Package(o) => package::run(&o).map(|_| ()),
+        Command::Bench(o) => bench::run(&o),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
