@@ -1,12 +1,13 @@
 //! End-to-end result shaping: connector 5.2.0 under `snowtrail exec`, through the agent, to the
 //! fake Snowflake. A masked column reads `***` in a JSON result and in a chunked result (its
 //! chunk downloads rewritten), the other columns intact; a truncating row limit hands the driver
-//! N rows (cutting through the chunks) and flags the event `rows_truncated`; a refusing one raises
-//! the driver's ProgrammingError naming the rule; a long-running statement's polled result is
-//! masked too. The same for Arrow results (`rowsetBase64` and Arrow chunks, read by 5.2.0's Arrow
-//! reader): masked text reads `***`, masked numbers, booleans, floats and timestamp structs read
-//! None, and a truncating limit cuts the Arrow chunks. Node sdk 3.3.0 reads JSON results only (it
-//! has no Arrow reader), so Arrow is driven with connector 5.2.0 alone. Root only.
+//! N rows (cutting through the chunks), counts them in `rows_produced` and flags the event
+//! `rows_truncated`; a refusing one raises the driver's ProgrammingError naming the rule; a
+//! long-running statement's polled result is masked too. The same for Arrow results
+//! (`rowsetBase64` and Arrow chunks, read by 5.2.0's Arrow reader): masked text reads `***`,
+//! masked numbers, booleans, floats and timestamp structs read None, and a truncating limit cuts
+//! the Arrow chunks. Node sdk 3.3.0 reads JSON results only (it has no Arrow reader), so Arrow is
+//! driven with connector 5.2.0 alone. Root only.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -226,6 +227,7 @@ fn masked_columns_and_row_limits_reach_the_driver_shaped() -> anyhow::Result<()>
         .wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == TRUNCATED)?;
     ensure!(cut["decision"] == "row_limit", "{cut}");
     ensure!(cut["policy_rule"] == "first-rows", "{cut}");
+    ensure!(cut["rows_produced"] == 120, "{cut}");
     ensure!(
         cut["flags"]
             .as_array()
@@ -320,7 +322,10 @@ fn arrow_results_are_masked_and_truncated() -> anyhow::Result<()> {
         masked["decision"] == "mask" && masked["policy_rule"] == "hide-names",
         "{masked}"
     );
-    ensure!(masked["success"] == true, "{masked}");
+    ensure!(
+        masked["success"] == true && masked["rows_produced"] == 200,
+        "{masked}"
+    );
     ensure!(
         !masked["flags"]
             .as_array()
@@ -342,6 +347,7 @@ fn arrow_results_are_masked_and_truncated() -> anyhow::Result<()> {
         .daemon
         .wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == ARROW_TRUNCATED)?;
     ensure!(cut["policy_rule"] == "first-rows", "{cut}");
+    ensure!(cut["rows_produced"] == 120, "{cut}");
     ensure!(
         cut["flags"]
             .as_array()

@@ -125,8 +125,12 @@ impl Shaping {
         let decoded = decoded.ok_or_else(|| self.uninspectable())?;
         let shaped =
             snowflake::mask::shape_response(decoded, shape).map_err(|e| self.shape_error(&e))?;
-        if shaped.truncated && !event.flags.iter().any(|f| f == ROWS_TRUNCATED) {
-            event.flags.push(ROWS_TRUNCATED.into());
+        if let Some(delivered) = shaped.truncated {
+            if !event.flags.iter().any(|f| f == ROWS_TRUNCATED) {
+                event.flags.push(ROWS_TRUNCATED.into());
+            }
+            // The event counts the rows the workload received; the flag says there were more.
+            event.rows_produced = Some(delivered);
         }
         let mut by_path = HashMap::new();
         let mut kept = Vec::new();

@@ -146,7 +146,9 @@ pub struct Shaped {
     /// The chunks the driver will still download, each with its shape.
     pub chunks: Vec<KeptChunk>,
     /// Whether rows were dropped by a truncating row limit.
-    pub truncated: bool,
+    /// The rows the driver receives, when a truncating row limit dropped some (`None` when
+    /// nothing was dropped).
+    pub truncated: Option<u64>,
 }
 
 /// Whether a rule's column name denotes the `rowtype` column `name` (Snowflake's identifier rules).
@@ -202,7 +204,7 @@ pub fn shape_response(body: &[u8], shape: &Shape) -> Result<Shaped, ShapeError> 
         return Ok(Shaped {
             body: None,
             chunks: Vec::new(),
-            truncated: false,
+            truncated: None,
         });
     };
     let rowtype = data
@@ -259,7 +261,7 @@ pub fn shape_response(body: &[u8], shape: &Shape) -> Result<Shaped, ShapeError> 
                     },
                 })
                 .collect(),
-            truncated: false,
+            truncated: None,
         });
     }
     let mut remaining = keep.unwrap_or(u64::MAX);
@@ -318,7 +320,7 @@ pub fn shape_response(body: &[u8], shape: &Shape) -> Result<Shaped, ShapeError> 
     Ok(Shaped {
         body: Some(body),
         chunks: kept,
-        truncated: keep.is_some(),
+        truncated: keep,
     })
 }
 
@@ -448,7 +450,7 @@ mod tests {
             row_limit: None,
         };
         let s = shape_response(&body, &shape).unwrap();
-        assert!(!s.truncated);
+        assert_eq!(s.truncated, None);
         let d = data(&s.body.unwrap());
         assert_eq!(d["rowset"], json!([["1", "***", null], ["2", "***", null]]));
         assert_eq!(d["total"], json!(2));
@@ -477,7 +479,7 @@ mod tests {
             row_limit: Some((6, LimitMode::Truncate)),
         };
         let s = shape_response(&body, &shape).unwrap();
-        assert!(s.truncated);
+        assert_eq!(s.truncated, Some(6));
         assert_eq!(s.chunks.len(), 2);
         assert_eq!(s.chunks[0].shape.keep_rows, None);
         assert_eq!(s.chunks[1].shape.keep_rows, Some(1));
@@ -511,7 +513,7 @@ mod tests {
             row_limit: Some((2, LimitMode::Truncate)),
         };
         let s = shape_response(&body, &shape).unwrap();
-        assert!(s.truncated && s.chunks.is_empty());
+        assert!(s.truncated == Some(2) && s.chunks.is_empty());
         let d = data(&s.body.unwrap());
         assert_eq!(d["rowset"].as_array().unwrap().len(), 2);
         assert_eq!(d["chunks"], json!([]));
@@ -759,7 +761,7 @@ mod arrow_tests {
         let original = [batch(1..4), batch(4..6)];
         let body = arrow_response(&stream(&original), json!([]), 5);
         let s = shape_response(&body, &mask(&["name", "BALANCE", "created", "note"])).unwrap();
-        assert!(!s.truncated);
+        assert_eq!(s.truncated, None);
         let d = data(&s.body.unwrap());
         assert_eq!(d["total"], json!(5));
         assert_eq!(d["queryResultFormat"], json!("arrow"));
@@ -790,7 +792,7 @@ mod arrow_tests {
             row_limit: Some((4, LimitMode::Truncate)),
         };
         let s = shape_response(&body, &cut).unwrap();
-        assert!(s.truncated && s.chunks.is_empty());
+        assert!(s.truncated == Some(4) && s.chunks.is_empty());
         let d = data(&s.body.unwrap());
         assert_eq!(
             (d["total"].clone(), d["returned"].clone()),
