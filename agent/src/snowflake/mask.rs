@@ -336,7 +336,7 @@ fn inline_stream(data: &Map<String, Value>) -> Result<Option<ipc::Stream>, Shape
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|_| ShapeError::Unreadable)?;
-    ipc::Stream::read(&bytes).map(Some)
+    ipc::Stream::read(bytes).map(Some)
 }
 
 fn set_counts(data: &mut Map<String, Value>, kept: u64) {
@@ -366,7 +366,7 @@ pub fn shape_chunk(body: &[u8], shape: &ChunkShape, limit: usize) -> Result<Vec<
 fn shape_plain_chunk(body: &[u8], shape: &ChunkShape) -> Result<Vec<u8>, ShapeError> {
     match shape.format {
         RowFormat::Json => shape_json_chunk(body, shape),
-        RowFormat::Arrow => ipc::Stream::read(body)?
+        RowFormat::Arrow => ipc::Stream::read(body.to_vec())?
             .shape(&shape.columns, shape.keep_rows)?
             .write(),
     }

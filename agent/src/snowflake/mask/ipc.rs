@@ -40,9 +40,9 @@ pub(super) struct Stream {
 impl Stream {
     /// Reads an IPC stream. Anything the Arrow decoder rejects (garbage, a truncated stream,
     /// bytes after the end-of-stream marker, compressed buffers) is [`ShapeError::Unreadable`].
-    pub(super) fn read(bytes: &[u8]) -> Result<Stream, ShapeError> {
+    pub(super) fn read(bytes: Vec<u8>) -> Result<Stream, ShapeError> {
         let max_rows = bytes.len().saturating_mul(MAX_ROWS_PER_BYTE);
-        let mut buffer = Buffer::from(bytes.to_vec());
+        let mut buffer = Buffer::from(bytes);
         let mut decoder = StreamDecoder::new();
         let mut batches = Vec::new();
         let mut rows = 0usize;
