@@ -1,9 +1,13 @@
 //! End-to-end result shaping: connector 5.2.0 under `snowtrail exec`, through the agent, to the
 //! fake Snowflake. A masked column reads `***` in a JSON result and in a chunked result (its
 //! chunk downloads rewritten), the other columns intact; a truncating row limit hands the driver
-//! N rows (cutting through the chunks) and flags the event `rows_truncated`; a refusing one raises
-//! the driver's ProgrammingError naming the rule; an Arrow result with a masked column is withheld
-//! (fail closed), never passed unmasked; a long-running statement's polled result is masked too. Root only.
+//! N rows (cutting through the chunks), counts them in `rows_produced` and flags the event
+//! `rows_truncated`; a refusing one raises the driver's ProgrammingError naming the rule; a
+//! long-running statement's polled result is masked too. The same for Arrow results
+//! (`rowsetBase64` and Arrow chunks, read by 5.2.0's Arrow reader): masked text reads `***`,
+//! masked numbers, booleans, floats and timestamp structs read None, and a truncating limit cuts
+//! the Arrow chunks. Node sdk 3.3.0 reads JSON results only (it has no Arrow reader), so Arrow is
+//! driven with connector 5.2.0 alone. Root only.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -46,6 +50,13 @@ on_exceed = "truncate"
 sql = "from many"
 
 [[rule]]
+name = "hide-accounts"
+action = "mask"
+columns = ["name", "balance", "active", "score", "opened"]
+[rule.when]
+sql = "from accounts"
+
+[[rule]]
 name = "no-dumps"
 action = "row_limit"
 rows = 3
@@ -61,6 +72,12 @@ const CAPPED: &str = "/*rows:5*/ select id from capped";
 const SMALL: &str = "/*rows:2*/ select id from capped";
 const ARROW: &str = "/*arrow*/ select * from customers";
 const SLOW: &str = "/*slow:2*/ select * from customers";
+const ARROW_CHUNKED: &str = "/*arrow*/ /*sf_chunks*/ /*rows:200*/ select id, name from big";
+const ARROW_TRUNCATED: &str = "/*arrow*/ /*sf_chunks*/ /*rows:200*/ select id, name from many";
+const TYPED_COLUMNS: &str = "(id int, name varchar, balance number(10,2), active boolean, score float, opened timestamp_ntz)";
+const ARROW_TYPED: &str = "/*arrow*/ /*rows:5*/ select * from accounts";
+const ARROW_TYPED_CHUNKS: &str = "/*arrow*/ /*sf_chunks*/ /*rows:40*/ select * from accounts";
+const ARROW_UNMASKED: &str = "/*arrow*/ /*rows:2*/ select * from ledger";
 
 struct Setup {
     daemon: Daemon,
@@ -210,6 +227,7 @@ fn masked_columns_and_row_limits_reach_the_driver_shaped() -> anyhow::Result<()>
         .wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == TRUNCATED)?;
     ensure!(cut["decision"] == "row_limit", "{cut}");
     ensure!(cut["policy_rule"] == "first-rows", "{cut}");
+    ensure!(cut["rows_produced"] == 120, "{cut}");
     ensure!(
         cut["flags"]
             .as_array()
@@ -225,8 +243,8 @@ fn masked_columns_and_row_limits_reach_the_driver_shaped() -> anyhow::Result<()>
         .wait_event(|e| e["sql_text"] == CAPPED && e["success"] == false)?;
     ensure!(capped["policy_rule"] == "no-dumps", "{capped}");
 
-    // Arrow with a masked column: withheld rather than passed unmasked.
-    refused_by(&lines, ARROW, "hide-email")?;
+    // Arrow: the same rows as the JSON result, EMAIL masked in the Arrow stream.
+    ensure!(rows(&lines, ARROW)? == customers, "{lines:#?}");
     ensure!(
         !lines
             .iter()
@@ -239,6 +257,102 @@ fn masked_columns_and_row_limits_reach_the_driver_shaped() -> anyhow::Result<()>
     ensure!(
         masked["decision"] == "mask" && masked["policy_rule"] == "hide-email",
         "{masked}"
+    );
+    Ok(())
+}
+
+#[test]
+fn arrow_results_are_masked_and_truncated() -> anyhow::Result<()> {
+    let identity = "policy-mask-arrow";
+    let s = setup(identity, [127, 77, 7, 2])?;
+    let create_accounts = format!("create table accounts {TYPED_COLUMNS}");
+    let create_ledger = format!("create table ledger {TYPED_COLUMNS}");
+    let lines = run_session(
+        &s,
+        identity,
+        &[
+            &create_accounts,
+            &create_ledger,
+            ARROW_UNMASKED,
+            ARROW_TYPED,
+            ARROW_TYPED_CHUNKS,
+            ARROW_CHUNKED,
+            ARROW_TRUNCATED,
+        ],
+    )?;
+
+    // Unmasked, the fake's Arrow types reach the driver as values: the NULLs below are masking.
+    let plain = rows(&lines, ARROW_UNMASKED)?;
+    ensure!(
+        plain
+            == &vec![
+                json!([
+                    1,
+                    "name_1",
+                    "1.00",
+                    false,
+                    1.5,
+                    "2023-11-14 22:13:21.000001"
+                ]),
+                json!([2, "name_2", "2.00", true, 2.5, "2023-11-14 22:13:22.000002"]),
+            ],
+        "{plain:?}"
+    );
+
+    // Inline and chunked Arrow with masked text, number, boolean, float and timestamp columns:
+    // `***` for the text, None for the others, every ID intact and in order.
+    for sql in [ARROW_TYPED, ARROW_TYPED_CHUNKS] {
+        let got = rows(&lines, sql)?;
+        let n = if sql == ARROW_TYPED { 5 } else { 40 };
+        let want: Vec<Value> = (1..=n)
+            .map(|i| json!([i, "***", null, null, null, null]))
+            .collect();
+        ensure!(got == &want, "{sql}: {got:?}");
+    }
+
+    // Chunked Arrow, 200 rows: every NAME masked in the inline part and each chunk.
+    let big = rows(&lines, ARROW_CHUNKED)?;
+    let ids: Vec<u64> = big.iter().filter_map(|r| r[0].as_u64()).collect();
+    ensure!(ids == (1..=200).collect::<Vec<u64>>(), "ids: {ids:?}");
+    ensure!(big.iter().all(|r| r[1] == "***"), "{big:?}");
+    let masked = s
+        .daemon
+        .wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == ARROW_CHUNKED)?;
+    ensure!(
+        masked["decision"] == "mask" && masked["policy_rule"] == "hide-names",
+        "{masked}"
+    );
+    ensure!(
+        masked["success"] == true && masked["rows_produced"] == 200,
+        "{masked}"
+    );
+    ensure!(
+        !masked["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "result_refused")),
+        "{masked}"
+    );
+
+    // A truncating limit on chunked Arrow: the first 120 rows, names untouched, the event flagged.
+    let many = rows(&lines, ARROW_TRUNCATED)?;
+    let ids: Vec<u64> = many.iter().filter_map(|r| r[0].as_u64()).collect();
+    ensure!(ids == (1..=120).collect::<Vec<u64>>(), "ids: {ids:?}");
+    ensure!(
+        many.iter()
+            .enumerate()
+            .all(|(i, r)| r[1] == format!("name_{}", i + 1)),
+        "{many:?}"
+    );
+    let cut = s
+        .daemon
+        .wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == ARROW_TRUNCATED)?;
+    ensure!(cut["policy_rule"] == "first-rows", "{cut}");
+    ensure!(cut["rows_produced"] == 120, "{cut}");
+    ensure!(
+        cut["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "rows_truncated")),
+        "{cut}"
     );
     Ok(())
 }

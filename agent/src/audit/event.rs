@@ -186,7 +186,7 @@ pub struct Event {
     pub sql_state: Option<String>,
     /// Error message.
     pub error_message: Option<String>,
-    /// Rows the statement produced.
+    /// Rows the statement produced (the rows delivered, when a truncating row limit cut them).
     pub rows_produced: Option<u64>,
     /// Bytes of result.
     pub result_bytes: Option<u64>,

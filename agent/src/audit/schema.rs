@@ -256,7 +256,7 @@ columns! {
     error_message: Option<String>, dict = false, ocsf = Some("status_detail"),
         "Error message.";
     rows_produced: Option<u64>, dict = false, ocsf = None,
-        "Rows the statement produced.";
+        "Rows the statement produced; after a truncating row limit (flag rows_truncated), the rows delivered.";
     result_bytes: Option<u64>, dict = false, ocsf = None,
         "Bytes of result seen by the agent.";
     chunk_count: Option<u32>, dict = true, ocsf = None,

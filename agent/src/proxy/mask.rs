@@ -1,9 +1,11 @@
 //! Result shaping in the data path (issue 6): a statement whose rule masks columns or limits rows
-//! has its response rewritten before the driver reads it, and its chunk downloads buffered,
-//! rewritten and re-encoded. The rewriting itself is [`crate::snowflake::mask`]; this module
-//! moves the bytes and fails closed (DECISIONS 2): a result that cannot be read whole within
-//! `limits.max_response_inspect_bytes`, or cannot be shaped, becomes a Snowflake-shaped error
-//! naming the rule, never the unshaped rows.
+//! has its response rewritten before the driver reads it (JSON `rowset` or Arrow
+//! `rowsetBase64`), and its chunk downloads (JSON rows or Arrow IPC streams) buffered, rewritten
+//! and re-encoded as they came (gzip'd or not). The rewriting itself is
+//! [`crate::snowflake::mask`]; this module moves the bytes and fails closed (DECISIONS 2): a
+//! result that cannot be read whole within `limits.max_response_inspect_bytes`, or cannot be
+//! shaped, becomes a Snowflake-shaped error naming the rule, never the unshaped rows; a chunk
+//! that cannot be is answered `502`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -123,14 +125,18 @@ impl Shaping {
         let decoded = decoded.ok_or_else(|| self.uninspectable())?;
         let shaped =
             snowflake::mask::shape_response(decoded, shape).map_err(|e| self.shape_error(&e))?;
-        if shaped.truncated && !event.flags.iter().any(|f| f == ROWS_TRUNCATED) {
-            event.flags.push(ROWS_TRUNCATED.into());
+        if let Some(delivered) = shaped.truncated {
+            if !event.flags.iter().any(|f| f == ROWS_TRUNCATED) {
+                event.flags.push(ROWS_TRUNCATED.into());
+            }
+            // The event counts the rows the workload received; the flag says there were more.
+            event.rows_produced = Some(delivered);
         }
         let mut by_path = HashMap::new();
         let mut kept = Vec::new();
         for k in shaped.chunks {
             if let Some(c) = r.chunks.get(k.index) {
-                if k.shape != ChunkShape::default() {
+                if k.shape.rewrites() {
                     by_path.insert(chunk_key(&c.url.host, &c.url.path), k.shape);
                 }
                 kept.push(c.clone());
@@ -226,9 +232,11 @@ pub(super) async fn chunk(
             mut parts,
             decoded: Some(decoded),
             ..
-        } if status.is_success() => snowflake::mask::shape_json_chunk(&decoded, shape)
-            .map(|b| (encode_like(&mut parts, b), parts))
-            .map_err(|e| e.to_string()),
+        } if status.is_success() => {
+            snowflake::mask::shape_chunk(&decoded, shape, ins.limits.max_response_inspect_bytes)
+                .map(|b| (encode_like(&mut parts, b), parts))
+                .map_err(|e| e.to_string())
+        }
         Inspected::Read { .. } if !status.is_success() => {
             Err(format!("the chunk download failed upstream ({status})"))
         }

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | `select 1`, `select 'a' as x` | one JSON row |
 //! | `select ... from customers` | a canned table (ID, NAME, EMAIL; 3 rows) |
-//! | `create table`, `insert`, `drop table`, `select` from it | a small in-memory table store |
+//! | `create table`, `insert`, `drop table`, `select` from it | a small in-memory table store (columns `fixed`, `text`, `boolean`, `real`, `timestamp_ntz`) |
 //! | `/*rows:N*/` | N generated rows |
 //! | `/*arrow*/` | Arrow `rowsetBase64` instead of a JSON `rowset` |
 //! | `/*sf_chunks*/` | an inline part and three chunks under `/fake-stage-results/<qid>/<i>` (SSE-C) |

@@ -3,13 +3,18 @@
 //!
 //! Values are kept as Snowflake's JSON rowsets carry them: strings, or null. The Arrow form follows
 //! the captured answers: an IPC *stream* whose fields carry `logicalType`, `precision`, `scale` and
-//! `charLength` metadata; FIXED columns as Int64, TEXT as Utf8, BOOLEAN as Boolean, REAL as Float64.
+//! `charLength` metadata; FIXED columns as Int64, TEXT as Utf8, BOOLEAN as Boolean, REAL as Float64,
+//! TIMESTAMP_NTZ(9) as a struct of `epoch` (Int64 seconds) and `fraction` (Int32 nanoseconds).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Array, Int64Array, Int64Builder, StringBuilder,
+    StructArray,
+};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, Fields, Schema};
 use arrow::record_batch::RecordBatch;
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -46,6 +51,9 @@ pub enum ColType {
     Boolean,
     /// FLOAT / DOUBLE.
     Real,
+    /// TIMESTAMP_NTZ(9); values are kept as Snowflake's JSON rowsets carry them, seconds since
+    /// the epoch with nine fraction digits (`1700000001.000001000`).
+    TimestampNtz,
 }
 
 impl ColType {
@@ -67,6 +75,7 @@ impl ColType {
             }
             "boolean" => ColType::Boolean,
             "float" | "float4" | "float8" | "double" | "real" => ColType::Real,
+            "timestamp" | "timestamp_ntz" | "datetime" => ColType::TimestampNtz,
             _ => ColType::Text,
         }
     }
@@ -77,6 +86,7 @@ impl ColType {
             ColType::Text => "TEXT",
             ColType::Boolean => "BOOLEAN",
             ColType::Real => "REAL",
+            ColType::TimestampNtz => "TIMESTAMP_NTZ",
         }
     }
 }
@@ -130,7 +140,9 @@ impl ResultSet {
         }
     }
 
-    /// `n` generated rows with these columns: FIXED → 1..=n, TEXT → `<column>_<i>`.
+    /// `n` generated rows with these columns: FIXED → 1..=n, TEXT → `<column>_<i>`, REAL →
+    /// `<i>.5`, BOOLEAN → `i` is even, TIMESTAMP_NTZ → 1700000000 + `i` seconds and `i`
+    /// microseconds.
     pub fn generated(columns: Vec<Column>, n: usize, statement_type: u64) -> ResultSet {
         let rows = (1..=n)
             .map(|i| {
@@ -142,6 +154,9 @@ impl ResultSet {
                             ColType::Real => format!("{i}.5"),
                             ColType::Boolean => if i % 2 == 0 { "1" } else { "0" }.to_owned(),
                             ColType::Text => format!("{}_{i}", c.name.to_ascii_lowercase()),
+                            ColType::TimestampNtz => {
+                                format!("{}.{:09}", 1_700_000_000 + i, (i % 1000) * 1000)
+                            }
                         })
                     })
                     .collect()
@@ -173,6 +188,7 @@ impl ResultSet {
                         ColType::Boolean | ColType::Real => {
                             (json!(null), json!(null), json!(null), json!(null))
                         }
+                        ColType::TimestampNtz => (json!(null), json!(null), json!(9), json!(0)),
                     };
                     json!({
                         "name": c.name,
@@ -212,15 +228,16 @@ impl ResultSet {
             .columns
             .iter()
             .map(|c| {
-                let (dt, char_length, scale) = match c.ty {
-                    ColType::Fixed { scale } => (DataType::Int64, "0", scale),
-                    ColType::Text => (DataType::Utf8, "16777216", 0),
-                    ColType::Boolean => (DataType::Boolean, "0", 0),
-                    ColType::Real => (DataType::Float64, "0", 0),
+                let (dt, char_length, scale, precision) = match c.ty {
+                    ColType::Fixed { scale } => (DataType::Int64, "0", scale, "38"),
+                    ColType::Text => (DataType::Utf8, "16777216", 0, "38"),
+                    ColType::Boolean => (DataType::Boolean, "0", 0, "38"),
+                    ColType::Real => (DataType::Float64, "0", 0, "38"),
+                    ColType::TimestampNtz => (DataType::Struct(timestamp_fields()), "0", 9, "0"),
                 };
                 let meta: HashMap<String, String> = [
                     ("logicalType", c.ty.logical().to_owned()),
-                    ("precision", "38".to_owned()),
+                    ("precision", precision.to_owned()),
                     ("scale", scale.to_string()),
                     ("charLength", char_length.to_owned()),
                 ]
@@ -286,7 +303,40 @@ fn column_array(ty: ColType, values: impl Iterator<Item = Option<String>>) -> Ar
             }
             Arc::new(b.finish())
         }
+        ColType::TimestampNtz => {
+            let parsed: Vec<Option<(i64, i32)>> = values
+                .map(|v| v.as_deref().and_then(epoch_fraction))
+                .collect();
+            let epoch = Int64Array::from_iter_values(parsed.iter().map(|p| p.map_or(0, |p| p.0)));
+            let fraction =
+                Int32Array::from_iter_values(parsed.iter().map(|p| p.map_or(0, |p| p.1)));
+            let nulls = NullBuffer::from_iter(parsed.iter().map(Option::is_some));
+            Arc::new(StructArray::new(
+                timestamp_fields(),
+                vec![Arc::new(epoch), Arc::new(fraction)],
+                Some(nulls),
+            ))
+        }
     }
+}
+
+/// Snowflake's TIMESTAMP_NTZ struct: `epoch` seconds and `fraction` nanoseconds, both required
+/// (a NULL timestamp is a null struct).
+fn timestamp_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("epoch", DataType::Int64, false),
+        Field::new("fraction", DataType::Int32, false),
+    ])
+}
+
+/// `"1700000001.000001000"` → (1700000001, 1000): seconds and nanoseconds.
+fn epoch_fraction(s: &str) -> Option<(i64, i32)> {
+    let (secs, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    Some((secs.parse().ok()?, digits.parse().ok()?))
 }
 
 /// `"12.5"` at scale 2 → 1250, as Snowflake's Arrow FIXED columns carry scaled integers.
@@ -301,6 +351,9 @@ fn scaled_integer(s: &str, scale: u32) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use anyhow::Context as _;
+    use arrow::array::Array as _;
+
     use super::*;
 
     #[test]
@@ -323,6 +376,38 @@ mod tests {
         }
         assert_eq!(n, 3);
         assert_eq!(scaled_integer("12.5", 2), Some(1250));
+        Ok(())
+    }
+
+    #[test]
+    fn timestamps_are_epoch_fraction_structs() -> anyhow::Result<()> {
+        let rs = ResultSet {
+            columns: vec![Column::new("T", ColType::from_decl("timestamp_ntz(9)"))],
+            rows: vec![vec![Some("1700000001.000001000".into())], vec![None]],
+            statement_type: statement_type::SELECT,
+        };
+        assert_eq!(rs.rowtype()[0]["type"], "timestamp_ntz");
+        let bytes = rs.arrow_stream(&rs.rows)?;
+        let mut reader = arrow::ipc::reader::StreamReader::try_new(&bytes[..], None)?;
+        assert_eq!(reader.schema().field(0).metadata()["scale"], "9");
+        let batch = reader.next().context("no batch")??;
+        let t = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .context("not a struct")?;
+        assert!(t.is_valid(0) && t.is_null(1));
+        let epoch = t
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .context("epoch")?;
+        let fraction = t
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .context("fraction")?;
+        assert_eq!((epoch.value(0), fraction.value(0)), (1_700_000_001, 1000));
         Ok(())
     }
 
