@@ -43,6 +43,9 @@ pub struct Session {
     pub context: Arc<Mutex<Context>>,
     /// The human behind the session, from its login token ([`crate::identity::oidc`]).
     pub human: Human,
+    /// The broker's number of the session when the agent logged it in with a key pair
+    /// ([`crate::broker`]): its token handles share it.
+    pub brokered: Option<u64>,
 }
 
 /// What the login's token said about the human behind a session; every event of the session
