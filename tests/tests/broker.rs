@@ -20,6 +20,12 @@ const ACCOUNT_HOST: &str = "xy12345.snowflakecomputing.com";
 const PLACEHOLDER_USER: &str = "placeholder";
 const PLACEHOLDER_PW: &str = "placeholder-pw-6f1c";
 const HANDLE_PREFIX: &str = "snowtrail-handle.";
+/// Where the fake serves result chunks (a storage host the agent learns from the response).
+const STORAGE_HOST: &str = "stage.fake-snowflake.test";
+/// A statement the driver polls for (`333333`, then the result URL).
+const SLOW: &str = "/*slow:2*/ select 42 as answer";
+/// A result that comes partly in chunks from the storage host.
+const CHUNKED: &str = "/*sf_chunks*/ /*rows:3000*/ select id, name from big";
 
 fn fixture(name: &str) -> PathBuf {
     workspace_root()
@@ -99,8 +105,9 @@ fn brokered_logins_use_the_agents_key_and_hand_out_only_handles() {
     let fake = FakeSnowflake::start(FakeOptions {
         addr: SocketAddr::from(([127, 78, 3, 1], 443)),
         tls: true,
-        hosts: vec![ACCOUNT_HOST.to_owned()],
+        hosts: vec![ACCOUNT_HOST.to_owned(), STORAGE_HOST.to_owned()],
         ca_dir: dir.path().join("fake-ca"),
+        storage_host: Some(STORAGE_HOST.to_owned()),
         jwt_public_keys: vec![(
             "ETL_SVC".to_owned(),
             std::fs::read_to_string(fixture("rsa-a.pub.pem")).unwrap(),
@@ -127,9 +134,12 @@ fn brokered_logins_use_the_agents_key_and_hand_out_only_handles() {
         ..DaemonOptions::default()
     };
     let d = Daemon::start("broker", unique_port(PORT_BASE), &opts).unwrap();
-    let hosts = drivers::write_hosts_file(dir.path(), fake.addr().ip(), &[ACCOUNT_HOST]).unwrap();
+    let hosts =
+        drivers::write_hosts_file(dir.path(), fake.addr().ip(), &[ACCOUNT_HOST, STORAGE_HOST])
+            .unwrap();
 
-    // A whole session with each connector: login, statements, a renewal, logout.
+    // A whole session with each connector: login, statements, a poll, chunk downloads, a
+    // renewal, logout.
     let mut jwts = Vec::new();
     for driver in [Driver::Py5, Driver::Py4] {
         fake.clear_requests();
@@ -144,11 +154,13 @@ fn brokered_logins_use_the_agents_key_and_hand_out_only_handles() {
                 "select 1",
                 "select 2 as two /*expire_token*/",
                 "select 3 as three",
+                SLOW,
+                CHUNKED,
             ],
         );
         let name = driver.name();
         assert!(
-            lines.iter().filter(|l| l["step"] == "statement").count() == 3
+            lines.iter().filter(|l| l["step"] == "statement").count() == 5
                 && lines.iter().all(|l| l["error"].is_null())
                 && lines
                     .iter()
@@ -212,6 +224,26 @@ fn brokered_logins_use_the_agents_key_and_hand_out_only_handles() {
             assert!(!seen.contains(PLACEHOLDER_PW), "{name}: {seen}");
             assert!(!seen.contains(HANDLE_PREFIX), "{name}: {seen}");
         }
+        let rows = |sql: &str| {
+            lines
+                .iter()
+                .find(|l| l["step"] == "statement" && l["sql"] == sql)
+                .and_then(|l| l["rows"].as_array())
+                .map(Vec::len)
+        };
+        assert_eq!(rows(SLOW), Some(1), "{name}: {lines:#?}");
+        assert_eq!(rows(CHUNKED), Some(3000), "{name}");
+        assert!(
+            reqs.iter()
+                .any(|r| r.host.starts_with(STORAGE_HOST)
+                    && r.path.starts_with("/fake-stage-results/")),
+            "{name}: no chunk download"
+        );
+        assert!(
+            reqs.iter()
+                .any(|r| r.method == "GET" && r.path.ends_with("/result")),
+            "{name}: no result poll"
+        );
         let fake_sqls = fake.sql_texts();
         assert!(
             fake_sqls.iter().any(|s| s == "select 3 as three"),
