@@ -438,88 +438,76 @@ where
         .map(|_| ins.broker.handles.new_session());
     let resp = send(Request::from_parts(parts, body)).await;
     let status = resp.status();
-    let out = match read_response(resp, &ins.limits).await {
+    // `None`: a brokered login's answer whose tokens cannot be replaced (unread, unparsed, or not
+    // rewritable). It must not reach the workload, which never holds Snowflake's tokens.
+    let out: Option<Response<Body>> = match read_response(resp, &ins.limits).await {
         Inspected::Read {
             parts,
             raw,
             decoded,
-        } => {
-            let mut out = None;
-            match decoded.as_deref().map(snowflake::parse_login_response) {
-                Some(Ok(r)) => {
-                    event.success = Some(r.success);
-                    event.error_code.clone_from(&r.code);
-                    event.error_message = if r.success { None } else { r.message.clone() };
-                    event.snowflake_session_id.clone_from(&r.session_id);
-                    event.role.clone_from(&r.session_info.role);
-                    event.warehouse.clone_from(&r.session_info.warehouse);
-                    event.database.clone_from(&r.session_info.database);
-                    event.schema.clone_from(&r.session_info.schema);
-                    if r.success
-                        && let Some(token) = decoded
-                            .as_deref()
-                            .and_then(snowflake::auth::issued_session_token)
-                    {
-                        let session = Arc::new(Session {
-                            id: session_id.clone(),
-                            correlation_id: correlation_id.clone(),
-                            snowflake_session_id: r.session_id.clone(),
-                            account: event.account.clone(),
-                            login_user: event.login_user.clone(),
-                            authenticator: event.authenticator.clone(),
-                            driver: event.driver.clone(),
-                            driver_version: event.driver_version.clone(),
-                            context: Arc::new(std::sync::Mutex::new(super::sessions::Context {
-                                role: r.session_info.role.clone(),
-                                warehouse: r.session_info.warehouse.clone(),
-                                database: r.session_info.database.clone(),
-                                schema: r.session_info.schema.clone(),
-                                query_tag: parsed.query_tag.clone(),
-                            })),
-                            human: human.clone(),
-                            brokered: broker_session,
-                        });
-                        event.session_id = Some(session.id.clone());
-                        ins.tracker.insert(&token, session);
-                    }
-                    // A brokered session's workload sees handles, never Snowflake's tokens.
-                    if let (Some(bs), true, Some(d)) = (broker_session, r.success, &decoded) {
-                        out = Some(
-                            super::brokering::login_response(
-                                ctx,
-                                bs,
-                                parts,
-                                d,
-                                r.master_validity_seconds,
-                            )
-                            .ok_or(()),
-                        );
-                    } else {
-                        out = Some(Ok(Response::from_parts(parts, raw.into_body())));
-                    }
+        } => match decoded.as_deref().map(snowflake::parse_login_response) {
+            Some(Ok(r)) => {
+                event.success = Some(r.success);
+                event.error_code.clone_from(&r.code);
+                event.error_message = if r.success { None } else { r.message.clone() };
+                event.snowflake_session_id.clone_from(&r.session_id);
+                event.role.clone_from(&r.session_info.role);
+                event.warehouse.clone_from(&r.session_info.warehouse);
+                event.database.clone_from(&r.session_info.database);
+                event.schema.clone_from(&r.session_info.schema);
+                if r.success
+                    && let Some(token) = decoded
+                        .as_deref()
+                        .and_then(snowflake::auth::issued_session_token)
+                {
+                    let session = Arc::new(Session {
+                        id: session_id.clone(),
+                        correlation_id: correlation_id.clone(),
+                        snowflake_session_id: r.session_id.clone(),
+                        account: event.account.clone(),
+                        login_user: event.login_user.clone(),
+                        authenticator: event.authenticator.clone(),
+                        driver: event.driver.clone(),
+                        driver_version: event.driver_version.clone(),
+                        context: Arc::new(std::sync::Mutex::new(super::sessions::Context {
+                            role: r.session_info.role.clone(),
+                            warehouse: r.session_info.warehouse.clone(),
+                            database: r.session_info.database.clone(),
+                            schema: r.session_info.schema.clone(),
+                            query_tag: parsed.query_tag.clone(),
+                        })),
+                        human: human.clone(),
+                        brokered: broker_session,
+                    });
+                    event.session_id = Some(session.id.clone());
+                    ins.tracker.insert(&token, session);
                 }
-                _ => {
-                    event.success = Some(status.is_success());
-                    event.flags.push("unparsed".into());
-                    if broker_session.is_none() {
-                        out = Some(Ok(Response::from_parts(parts, raw.into_body())));
-                    }
+                match (broker_session, r.success, decoded.as_deref()) {
+                    // A brokered session's workload sees handles, never Snowflake's tokens.
+                    (Some(bs), true, Some(d)) => super::brokering::login_response(
+                        ctx,
+                        bs,
+                        parts,
+                        d,
+                        r.master_validity_seconds,
+                    ),
+                    _ => Some(Response::from_parts(parts, raw.into_body())),
                 }
             }
-            out.unwrap_or(Err(()))
-        }
+            _ => {
+                event.success = Some(status.is_success());
+                event.flags.push("unparsed".into());
+                broker_session
+                    .is_none()
+                    .then(|| Response::from_parts(parts, raw.into_body()))
+            }
+        },
         Inspected::Streamed(resp) => {
             event.flags.push("uninspected".into());
-            if broker_session.is_some() {
-                Err(())
-            } else {
-                Ok(resp)
-            }
+            broker_session.is_none().then_some(resp)
         }
     };
-    // A brokered login whose answer cannot have its tokens replaced fails: the workload must
-    // never hold Snowflake's tokens.
-    let out = out.unwrap_or_else(|()| {
+    let out = out.unwrap_or_else(|| {
         let refusal = Refusal::BrokerFailed {
             reason: "the answer from Snowflake could not be read".into(),
         };

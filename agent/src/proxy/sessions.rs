@@ -3,7 +3,9 @@
 //! A driver logs in on one connection and may send its statements over others (a pool, or h2
 //! streams): requests name their session by the token in `Authorization`. The tracker keys each
 //! session by a keyed hash of that token (the token itself is not kept) and remembers who logged
-//! in. Statements whose outcome comes later (a `333333` poll, a retry after token renewal) wait
+//! in. A brokered session's requests carry agent handles ([`crate::broker::handles`]); the proxy
+//! swaps them for Snowflake's tokens before anything here looks, so sessions are keyed by
+//! Snowflake's token whether brokered or not. Statements whose outcome comes later (a `333333` poll, a retry after token renewal) wait
 //! here by query id or request id. Everything is bounded: past the bounds the oldest entries go.
 
 use std::collections::{HashMap, VecDeque};
