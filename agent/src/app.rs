@@ -146,6 +146,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     .context("cannot load the kernel programs")?;
     let redirect = Arc::new(RwLock::new(redirect));
 
+    let broker = Arc::new(crate::broker::Broker::new(&config.broker));
+    if !config.broker.identities.is_empty() {
+        info!(identities = ?config.broker.identities.keys().collect::<Vec<_>>(), "credential brokering on");
+    }
     let stats = Arc::new(ProxyStats::default());
     let inputs = Arc::new(Inputs {
         redirect: redirect.clone(),
@@ -177,6 +181,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             policy: policy.clone(),
             holds: holds.clone(),
             oidc,
+            broker,
         }),
         identity: Arc::new(crate::identity::Resolver::new(
             crate::identity::DEFAULT_CACHE_ENTRIES,

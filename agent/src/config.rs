@@ -111,6 +111,8 @@ pub struct Config {
     pub policy: PolicySection,
     /// Human identity: trusted OIDC issuers and what an invalid or missing login token means.
     pub oidc: crate::identity::oidc::OidcConfig,
+    /// Credential brokering: workloads whose logins the agent makes with a key pair it holds.
+    pub broker: crate::broker::BrokerConfig,
 }
 
 /// How often the daemon looks at the policy file for changes.
@@ -250,6 +252,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             policy: PolicySection::default(),
             oidc: crate::identity::oidc::OidcConfig::default(),
+            broker: crate::broker::BrokerConfig::default(),
         }
     }
 }
@@ -333,6 +336,7 @@ impl Config {
             return Err("redirect.max_tracked_connections must be at least 16".into());
         }
         self.oidc.validate()?;
+        self.broker.validate()?;
         if self.policy.poll_ms < 50 {
             return Err("policy.poll_ms must be at least 50".into());
         }

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod broker;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

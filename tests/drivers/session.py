@@ -13,13 +13,16 @@ A STATEMENT is SQL text, or a JSON object:
   {"sql": "...", "num_statements": 2}      multi-statement; rows of every result set
 Lines: {"step": "connect", ...}, then {"step": "statement", "sql", "sfqid", "rowcount",
 "rows", "columns"} or {"step": "statement", "sql", "error": {"errno", "sqlstate", "msg",
-"sfqid"}}, then {"step": "close"}.
+"sfqid"}}, then {"step": "close"}. With --show-tokens, {"step": "tokens", "token", "master_token"}
+(the tokens the driver holds) after connecting and again before closing; with --keep-session the
+session is left open (no logout) when the script ends.
 """
 
 import argparse
 import datetime
 import decimal
 import json
+import os
 import sys
 from importlib.metadata import version
 
@@ -109,6 +112,11 @@ def run(conn, spec):
     emit(out)
 
 
+def emit_tokens(conn):
+    rest = conn.rest
+    emit({"step": "tokens", "token": rest.token, "master_token": rest.master_token})
+
+
 def fresh_key_file():
     import tempfile
 
@@ -142,6 +150,8 @@ def main():
     p.add_argument("--schema", default="schema1")
     p.add_argument("--query-tag")
     p.add_argument("--ocsp", choices=["disable", "fail-open"], default="disable")
+    p.add_argument("--show-tokens", action="store_true")
+    p.add_argument("--keep-session", action="store_true")
     p.add_argument("statements", nargs="*")
     a = p.parse_args()
 
@@ -182,8 +192,15 @@ def main():
         emit({"step": "connect", "ok": False, "version": driver_version, "error": error_of(e)})
         return 1
     emit({"step": "connect", "ok": True, "version": driver_version})
+    if a.show_tokens:
+        emit_tokens(conn)
     for spec in a.statements:
         run(conn, spec)
+    if a.show_tokens:
+        emit_tokens(conn)
+    if a.keep_session:
+        sys.stdout.flush()
+        os._exit(0)  # no logout, no cleanup: the session stays open upstream
     try:
         conn.close()
         emit({"step": "close", "ok": True})

@@ -237,6 +237,28 @@ impl Daemon {
             .output()?)
     }
 
+    /// `inner` (a command such as `fake_snowflake::drivers::session_command` builds) run under
+    /// `snowtrail exec --identity <identity>` of this daemon, with its arguments and environment.
+    /// The machine's CA variables are cleared: exec sets them to the agent's bundle.
+    pub fn exec_command(&self, identity: &str, inner: &Command) -> Command {
+        let mut cmd = Command::new(snowtrail_bin());
+        cmd.arg("--control-socket")
+            .arg(&self.socket)
+            .args(["exec", "--identity", identity, "--"])
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .stdin(Stdio::null());
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        for v in fake_snowflake::drivers::CA_VARS {
+            cmd.env_remove(v);
+        }
+        cmd
+    }
+
     /// Runs the CLI and fails unless it succeeds; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.cli(args)?;

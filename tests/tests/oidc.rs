@@ -6,13 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
-use snowtrail_tests::fake_snowflake::drivers::{self, CA_VARS, Driver};
+use snowtrail_tests::fake_snowflake::drivers::{self, Driver};
 use snowtrail_tests::fake_snowflake::{FakeOptions, FakeSnowflake};
 use snowtrail_tests::{Daemon, DaemonOptions, unique_port};
 
@@ -72,22 +71,7 @@ fn run(d: &Daemon, hosts: &Path, identity: &str, token: &str, sql: &str) -> Vec<
     .collect();
     let inner =
         drivers::session_command(Driver::Py5, hosts, Path::new("/nonexistent"), &args).unwrap();
-    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
-    cmd.arg("--control-socket")
-        .arg(&d.socket)
-        .args(["exec", "--identity", identity, "--"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .stdin(std::process::Stdio::null());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    for v in CA_VARS {
-        cmd.env_remove(v);
-    }
-    let out = cmd.output().unwrap();
+    let out = d.exec_command(identity, &inner).output().unwrap();
     let lines = drivers::json_lines(&out.stdout);
     assert!(
         !lines.is_empty(),

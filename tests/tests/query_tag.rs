@@ -5,10 +5,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{Value, json};
-use snowtrail_tests::fake_snowflake::drivers::{self, CA_VARS, Driver};
+use snowtrail_tests::fake_snowflake::drivers::{self, Driver};
 use snowtrail_tests::fake_snowflake::{FakeOptions, FakeSnowflake};
 use snowtrail_tests::{Daemon, DaemonOptions, unique_port};
 
@@ -64,22 +63,7 @@ fn query_tags_carry_the_run_and_keep_the_workloads_tag() {
     .collect();
     let inner =
         drivers::session_command(Driver::Py5, &hosts, Path::new("/nonexistent"), &args).unwrap();
-    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
-    cmd.arg("--control-socket")
-        .arg(&d.socket)
-        .args(["exec", "--identity", "tagged-job", "--"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .stdin(std::process::Stdio::null());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    for v in CA_VARS {
-        cmd.env_remove(v);
-    }
-    let out = cmd.output().unwrap();
+    let out = d.exec_command("tagged-job", &inner).output().unwrap();
     let lines = drivers::json_lines(&out.stdout);
     assert!(
         lines.iter().filter(|l| l["step"] == "statement").count() == 4

@@ -228,6 +228,8 @@ pub struct Event {
     /// The groups of the human identity: the groups claim of the session's verified OIDC token.
     #[serde(default)]
     pub human_groups: Vec<String>,
+    /// Whether the agent brokered the session's login with a key pair it holds (`[broker]`).
+    pub brokered: Option<bool>,
 }
 
 /// The flag of a statement whose intent was recorded but whose completion never was.
@@ -320,6 +322,7 @@ impl Event {
             stage_bytes_sent: None,
             stage_bytes_received: None,
             human_groups: Vec::new(),
+            brokered: None,
         }
     }
 }

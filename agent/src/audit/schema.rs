@@ -293,6 +293,8 @@ columns! {
         "For a PUT/GET statement: bytes its transfers received from storage (downloads) (schema 2).";
     human_groups: Vec<String>, dict = true, ocsf = Some("actor.user.groups"),
         "The groups claim of the session's verified OIDC login token (schema 2).";
+    brokered: Option<bool>, dict = true, ocsf = None,
+        "Whether the agent logged the session in with a key pair it holds (credential brokering); on login events and the session's events (schema 2).";
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

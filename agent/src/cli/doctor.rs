@@ -213,6 +213,7 @@ fn collect(config_path: Option<&Path>, socket: Option<&Path>) -> Vec<Check> {
     ));
     checks.push(ca_check(&config.state_dir));
     checks.push(trust_check(&config.state_dir));
+    checks.extend(broker_checks(&config.broker));
     let socket = socket
         .map(Path::to_path_buf)
         .unwrap_or(config.control_socket);
@@ -416,6 +417,45 @@ pub fn space_verdict(name: &'static str, dir: &Path, free: u64, total: u64, unit
     }
 }
 
+/// One line per brokered identity: its key file is the agent's alone, parses, and has this
+/// fingerprint (what Snowflake must show as the user's `RSA_PUBLIC_KEY_FP`).
+pub fn broker_checks(config: &crate::broker::BrokerConfig) -> Vec<Check> {
+    config
+        .identities
+        .iter()
+        .map(|(identity, id)| {
+            match crate::broker::SigningKey::load(&id.private_key) {
+                Ok(k) => Check::pass(
+                    "broker",
+                    format!(
+                        "{identity}: logs in as {} with {} (RSA {}, owner-only), fingerprint {}",
+                        id.user,
+                        id.private_key.display(),
+                        k.bits(),
+                        k.fingerprint()
+                    ),
+                ),
+                Err(e) => {
+                    let fix = match &e {
+                        crate::broker::KeyError::Exposed { .. }
+                        | crate::broker::KeyError::WrongOwner { .. } => format!(
+                            "`chown root: {p} && chmod 600 {p}` (only the agent may read it)",
+                            p = id.private_key.display()
+                        ),
+                        _ => "put the user's unencrypted PKCS#8 PEM RSA key there                               (`openssl pkcs8 -topk8 -nocrypt` converts others) and register its                               public key with `ALTER USER ... SET RSA_PUBLIC_KEY`"
+                            .to_owned(),
+                    };
+                    Check::fail(
+                        "broker",
+                        format!("{identity}: logins cannot be brokered: {e}"),
+                        fix,
+                    )
+                }
+            }
+        })
+        .collect()
+}
+
 /// The agent's CA in the state directory.
 fn ca_check(state_dir: &Path) -> Check {
     let cert = state_dir.join(crate::tls::ca::CA_CERT_FILE);
@@ -510,6 +550,41 @@ fn daemon_check(socket: &Path) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_per_brokered_identity() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.p8");
+        std::fs::write(&good, include_str!("../../tests/fixtures/keypair/rsa-a.p8")).unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut cfg = crate::broker::BrokerConfig::default();
+        for (name, path) in [("etl", good), ("bi", dir.path().join("missing.p8"))] {
+            cfg.identities.insert(
+                name.into(),
+                crate::broker::BrokeredIdentity {
+                    user: "SVC".into(),
+                    private_key: path,
+                    account: None,
+                    role: None,
+                },
+            );
+        }
+        let checks = broker_checks(&cfg);
+        assert_eq!(checks.len(), 2);
+        // BTreeMap order: bi, then etl.
+        assert_eq!(checks[0].status, Verdict::Fail);
+        assert!(checks[0].detail.starts_with("bi: "), "{:?}", checks[0]);
+        assert_eq!(checks[1].status, Verdict::Pass);
+        assert!(
+            checks[1]
+                .detail
+                .contains("SHA256:oVMVAlwycN5k0Ob7QL/zby9VkGXZUxbzYk233P7O+5o="),
+            "{:?}",
+            checks[1]
+        );
+        assert!(broker_checks(&crate::broker::BrokerConfig::default()).is_empty());
+    }
 
     #[test]
     fn kernel_versions() {

@@ -60,12 +60,17 @@ pub struct Inspector {
     pub holds: Arc<super::holds::Holds>,
     /// Verifies the human identity a login token carries (`[oidc]`).
     pub oidc: Arc<crate::identity::oidc::Verifier>,
+    /// Brokered logins and the token handles of their sessions (`[broker]`).
+    pub broker: Arc<crate::broker::Broker>,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.
 pub struct ConnCtx {
     /// The connection's who/where columns, copied into each event.
     pub base: Event,
+    /// Who may use the token handles issued on this connection: its exec run, else its enrolled
+    /// cgroup (`None` when no enrollment covers it).
+    pub owner: Option<crate::broker::Owner>,
     /// The shared inspector.
     pub inspector: Arc<Inspector>,
 }
@@ -106,6 +111,9 @@ pub(super) fn fill_session(e: &mut Event, s: &Session) {
     e.driver.clone_from(&s.driver);
     e.driver_version.clone_from(&s.driver_version);
     s.human.fill(e);
+    if s.brokered.is_some() {
+        e.brokered = Some(true);
+    }
     if let Ok(c) = s.context.lock() {
         e.role.clone_from(&c.role);
         e.warehouse.clone_from(&c.warehouse);
@@ -127,13 +135,20 @@ where
 {
     let (endpoint, params) = snowflake::classify_uri(req.method(), req.uri());
     debug!(endpoint = endpoint.name(), "exchange");
+    // A brokered session's requests carry agent handles: Snowflake's token goes in their place,
+    // for the run or cgroup that logged in only.
+    let mut req = req;
+    let brokered = match super::brokering::swap_authorization(&mut req, ctx) {
+        Ok(b) => b,
+        Err(e) => return super::brokering::refuse(ctx, &endpoint, e),
+    };
     match endpoint {
         Endpoint::Login => login(req, ctx, send).await,
         Endpoint::Query => statement::query(req, params.request_id, ctx, send).await,
         Endpoint::ResultPoll { query_id } => statement::poll(req, &query_id, ctx, send).await,
         Endpoint::Monitoring { query_id } => statement::monitoring(req, &query_id, ctx, send).await,
-        Endpoint::TokenRequest => renewal(req, ctx, send).await,
-        Endpoint::Logout => logout(req, ctx, send).await,
+        Endpoint::TokenRequest => renewal(req, ctx, brokered, send).await,
+        Endpoint::Logout => logout(req, ctx, brokered, send).await,
         Endpoint::Abort { query_id } => abort(req, query_id, ctx, send).await,
         _ => other(req, ctx, send).await,
     }
@@ -345,13 +360,34 @@ where
     event.account.clone_from(&parsed.account);
     event.login_user.clone_from(&parsed.login_name);
     event.authenticator = Some(parsed.authenticator.as_str().to_owned());
-    if !parsed.session_parameters.is_empty() {
-        event.detail =
-            serde_json::to_string(&recordable_parameters(&parsed.session_parameters)).ok();
-    }
+    let mut detail = recordable_parameters(&parsed.session_parameters);
     if let Some(d) = parsed.driver(user_agent.as_deref()) {
         event.driver = Some(d.name);
         event.driver_version = d.version;
+    }
+    // Credential brokering (`[broker]`): the workload's credentials are a placeholder; the agent
+    // logs in as the identity's user with a key pair only it holds.
+    let broker_identity = ctx
+        .owner
+        .as_ref()
+        .and(ins.broker.identity(ctx.base.workload_identity.as_deref()))
+        .cloned();
+    if let Some(id) = &broker_identity {
+        event.brokered = Some(true);
+        event.login_user = Some(id.user.clone());
+        event.authenticator = Some(snowflake::Authenticator::KeyPair.as_str().to_owned());
+        if let Some(account) = &id.account {
+            event.account = Some(account.clone());
+        }
+        if let Some(placeholder) = parsed.login_name.as_ref().filter(|n| **n != id.user) {
+            detail.insert(
+                "workload_login_name".into(),
+                serde_json::Value::String(placeholder.clone()),
+            );
+        }
+    }
+    if !detail.is_empty() {
+        event.detail = serde_json::to_string(&detail).ok();
     }
     // Human identity from the login token (`[oidc]`): a denied login never goes upstream.
     let check = ins
@@ -363,71 +399,123 @@ where
     };
     human.fill(&mut event);
     // QUERY_TAG in SESSION_PARAMETERS (DECISIONS 15); the rewrite is in `tagging`.
-    let body = super::tagging::login_body(
-        &mut parts,
-        raw,
-        &decoded,
-        &ctx.base,
-        &correlation_id,
-        &session_id,
-    );
+    let body = match &broker_identity {
+        Some(id) => {
+            drop(raw);
+            match super::brokering::login_body(
+                ctx,
+                id,
+                &mut parts,
+                &decoded,
+                parsed.account.as_deref(),
+                &correlation_id,
+                &session_id,
+            )
+            .await
+            {
+                Ok(body) => body,
+                Err(failure) => {
+                    event.success = Some(false);
+                    event.error_code = Some(failure.refusal.login_code().to_owned());
+                    event.error_message = Some(failure.message);
+                    event.duration_ms = elapsed_ms(started);
+                    drop(ins.sink.submit(event));
+                    return reply(snowflake::envelope::login_error(&failure.refusal));
+                }
+            }
+        }
+        None => super::tagging::login_body(
+            &mut parts,
+            raw,
+            &decoded,
+            &ctx.base,
+            &correlation_id,
+            &session_id,
+        ),
+    };
+    let broker_session = broker_identity
+        .as_ref()
+        .map(|_| ins.broker.handles.new_session());
     let resp = send(Request::from_parts(parts, body)).await;
     let status = resp.status();
-    let out = match read_response(resp, &ins.limits).await {
+    // `None`: a brokered login's answer whose tokens cannot be replaced (unread, unparsed, or not
+    // rewritable). It must not reach the workload, which never holds Snowflake's tokens.
+    let out: Option<Response<Body>> = match read_response(resp, &ins.limits).await {
         Inspected::Read {
             parts,
             raw,
             decoded,
-        } => {
-            match decoded.as_deref().map(snowflake::parse_login_response) {
-                Some(Ok(r)) => {
-                    event.success = Some(r.success);
-                    event.error_code.clone_from(&r.code);
-                    event.error_message = if r.success { None } else { r.message.clone() };
-                    event.snowflake_session_id.clone_from(&r.session_id);
-                    event.role.clone_from(&r.session_info.role);
-                    event.warehouse.clone_from(&r.session_info.warehouse);
-                    event.database.clone_from(&r.session_info.database);
-                    event.schema.clone_from(&r.session_info.schema);
-                    if r.success
-                        && let Some(token) = decoded
-                            .as_deref()
-                            .and_then(snowflake::auth::issued_session_token)
-                    {
-                        let session = Arc::new(Session {
-                            id: session_id.clone(),
-                            correlation_id: correlation_id.clone(),
-                            snowflake_session_id: r.session_id.clone(),
-                            account: event.account.clone(),
-                            login_user: event.login_user.clone(),
-                            authenticator: event.authenticator.clone(),
-                            driver: event.driver.clone(),
-                            driver_version: event.driver_version.clone(),
-                            context: Arc::new(std::sync::Mutex::new(super::sessions::Context {
-                                role: r.session_info.role.clone(),
-                                warehouse: r.session_info.warehouse.clone(),
-                                database: r.session_info.database.clone(),
-                                schema: r.session_info.schema.clone(),
-                                query_tag: parsed.query_tag.clone(),
-                            })),
-                            human: human.clone(),
-                        });
-                        event.session_id = Some(session.id.clone());
-                        ins.tracker.insert(&token, session);
-                    }
+        } => match decoded.as_deref().map(snowflake::parse_login_response) {
+            Some(Ok(r)) => {
+                event.success = Some(r.success);
+                event.error_code.clone_from(&r.code);
+                event.error_message = if r.success { None } else { r.message.clone() };
+                event.snowflake_session_id.clone_from(&r.session_id);
+                event.role.clone_from(&r.session_info.role);
+                event.warehouse.clone_from(&r.session_info.warehouse);
+                event.database.clone_from(&r.session_info.database);
+                event.schema.clone_from(&r.session_info.schema);
+                if r.success
+                    && let Some(token) = decoded
+                        .as_deref()
+                        .and_then(snowflake::auth::issued_session_token)
+                {
+                    let session = Arc::new(Session {
+                        id: session_id.clone(),
+                        correlation_id: correlation_id.clone(),
+                        snowflake_session_id: r.session_id.clone(),
+                        account: event.account.clone(),
+                        login_user: event.login_user.clone(),
+                        authenticator: event.authenticator.clone(),
+                        driver: event.driver.clone(),
+                        driver_version: event.driver_version.clone(),
+                        context: Arc::new(std::sync::Mutex::new(super::sessions::Context {
+                            role: r.session_info.role.clone(),
+                            warehouse: r.session_info.warehouse.clone(),
+                            database: r.session_info.database.clone(),
+                            schema: r.session_info.schema.clone(),
+                            query_tag: parsed.query_tag.clone(),
+                        })),
+                        human: human.clone(),
+                        brokered: broker_session,
+                    });
+                    event.session_id = Some(session.id.clone());
+                    ins.tracker.insert(&token, session);
                 }
-                _ => {
-                    event.success = Some(status.is_success());
-                    event.flags.push("unparsed".into());
+                match (broker_session, r.success, decoded.as_deref()) {
+                    // A brokered session's workload sees handles, never Snowflake's tokens.
+                    (Some(bs), true, Some(d)) => super::brokering::login_response(
+                        ctx,
+                        bs,
+                        parts,
+                        d,
+                        r.master_validity_seconds,
+                    ),
+                    _ => Some(Response::from_parts(parts, raw.into_body())),
                 }
             }
-            Response::from_parts(parts, raw.into_body())
-        }
+            _ => {
+                event.success = Some(status.is_success());
+                event.flags.push("unparsed".into());
+                broker_session
+                    .is_none()
+                    .then(|| Response::from_parts(parts, raw.into_body()))
+            }
+        },
         Inspected::Streamed(resp) => {
             event.flags.push("uninspected".into());
-            resp
+            broker_session.is_none().then_some(resp)
         }
     };
+    let out = out.unwrap_or_else(|| {
+        let refusal = Refusal::BrokerFailed {
+            reason: "the answer from Snowflake could not be read".into(),
+        };
+        event.success = Some(false);
+        event.error_code = Some(refusal.login_code().to_owned());
+        event.error_message = Some(refusal.message());
+        reply(snowflake::envelope::login_error(&refusal))
+    });
     event.duration_ms = elapsed_ms(started);
     drop(ins.sink.submit(event));
     out
@@ -522,7 +610,12 @@ async fn refuse_login(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Resp
     reply(snowflake::envelope::login_error(&refusal))
 }
 
-async fn renewal<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+async fn renewal<F, Fut>(
+    req: Request<Body>,
+    ctx: &ConnCtx,
+    brokered: Option<u64>,
+    send: F,
+) -> Response<Body>
 where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
@@ -530,11 +623,23 @@ where
     let ins = &ctx.inspector;
     // The renewal carries the master token in Authorization and the old session token in the
     // body; the session is found by the old token.
-    let (parts, body) = req.into_parts();
-    let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
+    let (mut parts, body) = req.into_parts();
+    let (raw, mut decoded) = match read_request(&parts, body, &ins.limits).await {
         Ok(b) => b,
         Err(refusal) => return reply(snowflake::envelope::session_error(&refusal)),
     };
+    // A brokered session's old token is a handle too: Snowflake's goes in its place.
+    let mut body = None;
+    if brokered.is_some() {
+        match super::brokering::renewal_body(ctx, &mut parts, &decoded) {
+            Ok(Some((sent, real))) => {
+                body = Some(sent);
+                decoded = real;
+            }
+            Ok(None) => {}
+            Err(e) => return super::brokering::refuse(ctx, &Endpoint::TokenRequest, e),
+        }
+    }
     let old = serde_json::from_slice::<serde_json::Value>(&decoded)
         .ok()
         .and_then(|v| {
@@ -543,27 +648,52 @@ where
                 .map(str::to_owned)
         });
     let session = ins.tracker.lookup(old.as_deref());
-    let resp = send(Request::from_parts(parts, raw.into_body())).await;
-    let Some(session) = session else { return resp };
+    drop(decoded);
+    let body = body.unwrap_or_else(|| raw.into_body());
+    let resp = send(Request::from_parts(parts, body)).await;
+    if session.is_none() && brokered.is_none() {
+        return resp;
+    }
     match read_response(resp, &ins.limits).await {
         Inspected::Read {
             parts,
             raw,
             decoded,
         } => {
-            if let Some(token) = decoded
-                .as_deref()
-                .and_then(snowflake::auth::issued_session_token)
-            {
+            if let (Some(session), Some(token)) = (
+                session,
+                decoded
+                    .as_deref()
+                    .and_then(snowflake::auth::issued_session_token),
+            ) {
                 ins.tracker.insert(&token, session);
             }
-            Response::from_parts(parts, raw.into_body())
+            match (brokered, decoded) {
+                (Some(bs), Some(d)) => super::brokering::renewal_response(ctx, bs, parts, raw, &d)
+                    .unwrap_or_else(|| {
+                        warn!("a brokered session's renewal answer could not be rewritten");
+                        reply(snowflake::envelope::session_error(&Refusal::UnknownHandle))
+                    }),
+                (Some(_), None) => {
+                    reply(snowflake::envelope::session_error(&Refusal::UnknownHandle))
+                }
+                (None, _) => Response::from_parts(parts, raw.into_body()),
+            }
+        }
+        // A brokered session's answer must be rewritten, so it cannot stream on unread.
+        Inspected::Streamed(_) if brokered.is_some() => {
+            reply(snowflake::envelope::session_error(&Refusal::UnknownHandle))
         }
         Inspected::Streamed(resp) => resp,
     }
 }
 
-async fn logout<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+async fn logout<F, Fut>(
+    req: Request<Body>,
+    ctx: &ConnCtx,
+    brokered: Option<u64>,
+    send: F,
+) -> Response<Body>
 where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
@@ -577,6 +707,10 @@ where
     let resp = send(req).await;
     event.success = Some(resp.status().is_success());
     event.duration_ms = elapsed_ms(started);
+    // The session's handles end with it.
+    if let Some(bs) = brokered.or_else(|| session.as_ref().and_then(|s| s.brokered)) {
+        ins.broker.handles.end_session(bs);
+    }
     drop(ins.sink.submit(event));
     resp
 }

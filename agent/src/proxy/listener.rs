@@ -193,7 +193,8 @@ async fn serve(
     let started = Instant::now();
     let event_time = SystemTime::now();
     let dst = crate::redirect::socket_addr(&origin.original_dst);
-    let mut event = connection_event(&inputs, id, peer, dst, &origin, event_time);
+    let (mut event, enrolled_cgroup) =
+        connection_event(&inputs, id, peer, dst, &origin, event_time);
     debug!(dst = %dst, pid = origin.tgid, identity = ?event.workload_identity, "accepted");
 
     let mut client = client;
@@ -242,6 +243,10 @@ async fn serve(
             event.connection_mode = Some("intercepted".into());
             let client = Prefixed::new(prefix, client);
             let ctx = Arc::new(exchange::ConnCtx {
+                owner: crate::broker::Owner::of(
+                    event.correlation_id.as_deref(),
+                    enrolled_cgroup.as_deref(),
+                ),
                 base: event.clone(),
                 inspector: inputs.inspector.clone(),
             });
@@ -361,7 +366,8 @@ async fn read_hello(client: &mut TcpStream, timeout: Duration) -> (Vec<u8>, Peek
     }
 }
 
-/// Builds the connection event from what the kernel and the registry know.
+/// Builds the connection event from what the kernel and the registry know; also returns the
+/// enrolled cgroup that covers the connection, if one does.
 fn connection_event(
     inputs: &Inputs,
     id: u64,
@@ -369,7 +375,7 @@ fn connection_event(
     dst: SocketAddr,
     origin: &Origin,
     event_time: SystemTime,
-) -> Event {
+) -> (Event, Option<String>) {
     let mut e = Event::new(EventKind::Connection, event_time, &inputs.host);
     e.connection_id = Some(id);
     e.connection_mode = Some("passthrough".into());
@@ -383,16 +389,17 @@ fn connection_event(
     e.src_port = Some(peer.port());
     e.dst_ip = Some(dst.ip());
     e.dst_port = Some(dst.port());
-    if let Some(a) = inputs.identity.fill_event(
+    let attribution = inputs.identity.fill_event(
         &mut e,
         origin.tgid,
         origin.uid,
         origin.cgroup_id,
         &inputs.registry,
-    ) {
+    );
+    if let Some(a) = &attribution {
         a.connections.fetch_add(1, Ordering::Relaxed);
     }
-    e
+    (e, attribution.map(|a| a.enrolled_cgroup))
 }
 
 /// Peers of the IPv6 listener that are v4-mapped are looked up as IPv4.

@@ -7,6 +7,7 @@
 //! record is refused: the agent must never be an open relay.
 
 pub mod body;
+mod brokering;
 pub mod exchange;
 pub mod holds;
 pub mod intercept;

@@ -3,7 +3,9 @@
 //! A driver logs in on one connection and may send its statements over others (a pool, or h2
 //! streams): requests name their session by the token in `Authorization`. The tracker keys each
 //! session by a keyed hash of that token (the token itself is not kept) and remembers who logged
-//! in. Statements whose outcome comes later (a `333333` poll, a retry after token renewal) wait
+//! in. A brokered session's requests carry agent handles ([`crate::broker::handles`]); the proxy
+//! swaps them for Snowflake's tokens before anything here looks, so sessions are keyed by
+//! Snowflake's token whether brokered or not. Statements whose outcome comes later (a `333333` poll, a retry after token renewal) wait
 //! here by query id or request id. Everything is bounded: past the bounds the oldest entries go.
 
 use std::collections::{HashMap, VecDeque};
@@ -43,6 +45,9 @@ pub struct Session {
     pub context: Arc<Mutex<Context>>,
     /// The human behind the session, from its login token ([`crate::identity::oidc`]).
     pub human: Human,
+    /// The broker's number of the session when the agent logged it in with a key pair
+    /// ([`crate::broker`]): its token handles share it.
+    pub brokered: Option<u64>,
 }
 
 /// What the login's token said about the human behind a session; every event of the session

@@ -69,6 +69,27 @@ pub(super) fn login_body(
     }
 }
 
+/// A brokered login's body (the broker's rewrite of the workload's) with the agent's tag in
+/// `SESSION_PARAMETERS`; `None` when it cannot be encoded as the original was. Never falls back
+/// to the workload's own body: that one carries the workload's placeholder credentials.
+pub(super) fn brokered_login_body(
+    parts: &mut http::request::Parts,
+    body: Vec<u8>,
+    base: &Event,
+    correlation_id: &str,
+    session_id: &str,
+) -> Option<Body> {
+    let agent = agent_part(base, Some(correlation_id), Some(session_id));
+    let body = match snowflake::set_login_query_tag(&body, &agent) {
+        Ok((tagged, _)) => tagged,
+        Err(e) => {
+            warn!(error = %e, "login sent without the agent's QUERY_TAG");
+            body
+        }
+    };
+    reencode(parts, body)
+}
+
 /// The query body to send: with the agent's tag merged into `parameters.QUERY_TAG`.
 pub(super) fn query_body(
     parts: &mut http::request::Parts,
@@ -107,7 +128,7 @@ pub(super) fn note_statement(session: Option<&Session>, sql: &str) {
 
 /// Encodes a rewritten body the way the original was (identity or gzip) and fixes the length
 /// headers; `None` when the original's encoding cannot be told (then it goes on unchanged).
-fn reencode(parts: &mut http::request::Parts, body: Vec<u8>) -> Option<Body> {
+pub(super) fn reencode(parts: &mut http::request::Parts, body: Vec<u8>) -> Option<Body> {
     let encoding = ContentEncoding::from_header(
         parts
             .headers

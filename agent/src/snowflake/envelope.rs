@@ -50,6 +50,15 @@ pub enum Refusal {
         /// What was wrong with the token, for the driver's message (never the token itself).
         reason: String,
     },
+    /// The login is of a brokered identity and the broker could not make its key-pair login
+    /// (key file unreadable, unparseable or readable by others).
+    BrokerFailed {
+        /// What was wrong, for the driver's message (never the key).
+        reason: String,
+    },
+    /// The request carries an agent token handle that is unknown, expired, or not the caller's
+    /// (issued to another cgroup or run): it is never forwarded.
+    UnknownHandle,
 }
 
 /// The Snowflake error a refusal becomes.
@@ -72,7 +81,10 @@ impl Refusal {
             Refusal::PolicyDenied { .. }
             | Refusal::ApprovalRejected
             | Refusal::IdentityUnverified
-            | Refusal::LoginTokenInvalid { .. } => ("003001", "42501"),
+            | Refusal::LoginTokenInvalid { .. }
+            | Refusal::BrokerFailed { .. } => ("003001", "42501"),
+            // 390111 is Snowflake's "session no longer exists": the driver must log in again.
+            Refusal::UnknownHandle => ("390111", "08001"),
             Refusal::ApprovalTimedOut => ("000630", "57014"),
             Refusal::RequestTooLarge { .. } => ("000603", "54000"),
             Refusal::Unparsed => ("000603", "22000"),
@@ -81,6 +93,9 @@ impl Refusal {
         // 390303 is Snowflake's "Invalid OAuth access token".
         let login_code = match self {
             Refusal::LoginTokenInvalid { .. } => "390303",
+            // 390144 is Snowflake's "JWT token is invalid", its answer to a failed key-pair login.
+            Refusal::BrokerFailed { .. } => "390144",
+            Refusal::UnknownHandle => "390111",
             _ => "390101",
         };
         WireError {
@@ -88,6 +103,11 @@ impl Refusal {
             sql_state,
             login_code,
         }
+    }
+
+    /// The `code` of the login error this refusal becomes (what the audit's `error_code` says).
+    pub fn login_code(&self) -> &'static str {
+        self.wire().login_code
     }
 
     /// The message the driver shows (it names the agent, never the request's content).
@@ -124,6 +144,12 @@ impl Refusal {
             Refusal::LoginTokenInvalid { reason, .. } => {
                 format!("Invalid OAuth access token: snowtrail refused the login: {reason}.")
             }
+            Refusal::BrokerFailed { reason } => {
+                format!("JWT token is invalid: snowtrail could not broker the login: {reason}.")
+            }
+            Refusal::UnknownHandle => {
+                "Session no longer exists.  New login required to access the service.".to_owned()
+            }
         }
     }
 
@@ -138,6 +164,8 @@ impl Refusal {
             Refusal::AuditUnavailable => "audit_unavailable",
             Refusal::IdentityUnverified => "identity_unverified",
             Refusal::LoginTokenInvalid { label, .. } => label,
+            Refusal::BrokerFailed { .. } => "broker_failed",
+            Refusal::UnknownHandle => "unknown_handle",
         }
     }
 }
@@ -328,6 +356,25 @@ mod tests {
             let s = parse_simple_response(&session_error(&reason).body).unwrap();
             assert!(!s.success);
         }
+    }
+
+    #[test]
+    fn brokering_answers() {
+        let r = parse_login_response(
+            &login_error(&Refusal::BrokerFailed {
+                reason: "the key file is readable by others".into(),
+            })
+            .body,
+        )
+        .unwrap();
+        assert!(!r.success);
+        assert_eq!(r.code.as_deref(), Some("390144"));
+        assert!(r.message.unwrap().contains("readable by others"));
+        let s = parse_simple_response(&session_error(&Refusal::UnknownHandle).body).unwrap();
+        assert!(!s.success);
+        assert_eq!(s.code.as_deref(), Some("390111"));
+        let q = parse_query_response(&query_error(&Refusal::UnknownHandle, "q").body).unwrap();
+        assert_eq!(q.code.as_deref(), Some("390111"));
     }
 
     #[test]

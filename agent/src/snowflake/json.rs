@@ -308,6 +308,13 @@ impl<'a> RawObject<'a> {
         Ok(())
     }
 
+    /// Removes `key`; true when it was there.
+    pub(crate) fn remove(&mut self, key: &str) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|(k, _)| k != key);
+        self.entries.len() != before
+    }
+
     /// Serialises the object back to bytes.
     pub(crate) fn to_vec(&self, what: &'static str) -> Result<Vec<u8>, RewriteError> {
         serde_json::to_vec(self).map_err(|_| RewriteError::Serialize { what })

@@ -20,7 +20,10 @@
 //! renewal, stage credentials, presigned URL signatures) are either dropped while parsing or held
 //! in a private field that only an accessor named for its later use can read; `Debug` prints none.
 //!
-//! The only ways to a secret's value, each for a later brokering feature:
+//! Key-pair logins the credential broker makes are built in [`keypair`] (claims, fingerprint,
+//! signature, the rewritten login body).
+//!
+//! The only ways to a secret's value, each for the brokering feature:
 //! [`LoginRequest::token_for_validation`], [`TokenRequest::old_session_token_for_renewal`] and
 //! [`UpstreamTokens`]' `session_token_for_brokering`/`master_token_for_brokering` (the tokens
 //! [`rewrite_login_tokens`] and [`rewrite_renewal_tokens`] replace with agent handles).
@@ -36,6 +39,7 @@ pub mod envelope;
 pub mod error;
 pub mod hosts;
 mod json;
+pub mod keypair;
 pub mod login;
 pub mod mask;
 pub mod query;
@@ -72,6 +76,7 @@ pub use result::{
 pub use session::{
     AbortRequest, RenewalResponse, SimpleResponse, TokenRequest, parse_abort_request,
     parse_renewal_response, parse_simple_response, parse_token_request, rewrite_renewal_tokens,
+    set_old_session_token,
 };
 pub use storage::{
     HostSource, LearnedHost, LocationType, StageInfo, StorageUrl, TransferTarget, hosts_to_learn,

@@ -63,6 +63,21 @@ pub fn parse_token_request(body: &[u8]) -> Result<TokenRequest, ParseError> {
     })
 }
 
+/// Replaces `oldSessionToken` of a (decoded) token-request body with `token` (the broker puts
+/// Snowflake's token in place of the agent handle the driver sent); every other field is kept.
+pub fn set_old_session_token(body: &[u8], token: &str) -> Result<Vec<u8>, RewriteError> {
+    parse_token_request(body)?;
+    let mut top = json::RawObject::parse(TOKEN_REQUEST, body)?;
+    if top.get("oldSessionToken").is_none() {
+        return Err(RewriteError::Absent {
+            what: TOKEN_REQUEST,
+            field: "oldSessionToken",
+        });
+    }
+    top.set(TOKEN_REQUEST, "oldSessionToken", token)?;
+    top.to_vec(TOKEN_REQUEST)
+}
+
 /// A parsed token-request answer; the tokens themselves are not kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewalResponse {
@@ -226,6 +241,16 @@ mod tests {
         assert_eq!(r.old_session_token_for_renewal(), Some("LTv-old-token"));
         assert!(!format!("{r:?}").contains("LTv-old-token"));
         assert!(parse_token_request(br#"{"oldSessionToken":7}"#).is_err());
+
+        let out = set_old_session_token(
+            br#"{"oldSessionToken":"snowtrail-handle.x","requestType":"RENEW"}"#,
+            "real-old",
+        )
+        .unwrap();
+        let r = parse_token_request(&out).unwrap();
+        assert_eq!(r.old_session_token_for_renewal(), Some("real-old"));
+        assert!(r.is_renewal());
+        assert!(set_old_session_token(br#"{"requestType":"RENEW"}"#, "t").is_err());
     }
 
     #[test]

@@ -37,6 +37,10 @@ struct Args {
     /// Serve HTTP/1.1 only (no ALPN h2).
     #[arg(long)]
     no_http2: bool,
+    /// A key-pair user and its public key file, as USER=PEMFILE (repeatable): the user's
+    /// SNOWFLAKE_JWT logins are then verified against it.
+    #[arg(long = "jwt-public-key", value_name = "USER=PEMFILE")]
+    jwt_public_keys: Vec<String>,
     /// Print each request (method, path) on standard error.
     #[arg(long)]
     verbose: bool,
@@ -50,7 +54,17 @@ fn main() -> anyhow::Result<()> {
     {
         hosts.push(h.clone());
     }
+    let mut jwt_public_keys = Vec::new();
+    for spec in &args.jwt_public_keys {
+        let Some((user, file)) = spec.split_once('=') else {
+            anyhow::bail!("--jwt-public-key takes USER=PEMFILE, got {spec:?}");
+        };
+        let pem = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("cannot read the public key {file}: {e}"))?;
+        jwt_public_keys.push((user.to_owned(), pem));
+    }
     let fake = FakeSnowflake::start(FakeOptions {
+        jwt_public_keys,
         addr: args.listen,
         tls: args.tls,
         hosts,

@@ -259,8 +259,24 @@ fn login(state: &State, inner: &mut Inner, req: &RecordedRequest) -> Reply {
             }
         }
         "SNOWFLAKE_JWT" => {
-            if !jwt_looks_valid(&field("TOKEN")) {
-                return login_error("390144", "JWT token is invalid.");
+            let token = field("TOKEN");
+            if state.settings.jwt_keys.is_empty() {
+                if !jwt_looks_valid(&token) {
+                    return login_error("390144", "JWT token is invalid.");
+                }
+            } else {
+                match verify_jwt(
+                    &state.settings.jwt_keys,
+                    &field("ACCOUNT_NAME"),
+                    &user,
+                    &token,
+                ) {
+                    Ok(()) => inner.jwt_verified.push(user.to_ascii_uppercase()),
+                    Err(why) => {
+                        inner.jwt_refused.push(why);
+                        return login_error("390144", "JWT token is invalid.");
+                    }
+                }
             }
         }
         "OAUTH" => {
@@ -317,6 +333,91 @@ fn login(state: &State, inner: &mut Inner, req: &RecordedRequest) -> Reply {
         "message": null,
         "success": true
     }))
+}
+
+/// A key-pair user's public key, as the fake checks JWTs against it.
+#[derive(Debug, Clone)]
+pub struct JwtKey {
+    /// The RSA public key, PKCS#1 DER (what jsonwebtoken verifies with).
+    pkcs1_der: Vec<u8>,
+    /// `SHA256:` and the base64 SHA-256 of the DER SubjectPublicKeyInfo.
+    fingerprint: String,
+}
+
+/// Reads `(login name, public key PEM)` pairs into the keys by upper-cased login name.
+pub fn jwt_keys(
+    pairs: &[(String, String)],
+) -> anyhow::Result<std::collections::HashMap<String, JwtKey>> {
+    use base64::engine::general_purpose::STANDARD;
+    use rsa::pkcs1::EncodeRsaPublicKey as _;
+    use rsa::pkcs8::{DecodePublicKey as _, EncodePublicKey as _};
+    use sha2::Digest as _;
+    let mut keys = std::collections::HashMap::new();
+    for (user, pem) in pairs {
+        let key = rsa::RsaPublicKey::from_public_key_pem(pem.trim())
+            .map_err(|e| anyhow::anyhow!("public key of {user}: {e}"))?;
+        let spki = key
+            .to_public_key_der()
+            .map_err(|e| anyhow::anyhow!("public key of {user}: {e}"))?;
+        let pkcs1 = key
+            .to_pkcs1_der()
+            .map_err(|e| anyhow::anyhow!("public key of {user}: {e}"))?;
+        keys.insert(
+            user.to_ascii_uppercase(),
+            JwtKey {
+                pkcs1_der: pkcs1.as_bytes().to_vec(),
+                fingerprint: format!("SHA256:{}", STANDARD.encode(sha2::Sha256::digest(spki))),
+            },
+        );
+    }
+    Ok(keys)
+}
+
+/// Checks a key-pair login JWT as Snowflake does: RS256 signature by the user's registered key,
+/// `sub` = `ACCOUNT.USER`, `iss` = `ACCOUNT.USER.SHA256:<fingerprint>` (ACCOUNT upper-cased, cut
+/// at its first dot), not expired, and valid for at most an hour. `Err` says why not.
+fn verify_jwt(
+    keys: &std::collections::HashMap<String, JwtKey>,
+    account: &str,
+    user: &str,
+    token: &str,
+) -> Result<(), String> {
+    let user = user.to_ascii_uppercase();
+    let key = keys
+        .get(&user)
+        .ok_or_else(|| format!("no public key registered for {user}"))?;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.validate_aud = false;
+    v.leeway = 0;
+    v.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
+    let data = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_rsa_der(&key.pkcs1_der),
+        &v,
+    )
+    .map_err(|e| format!("signature or expiry: {e}"))?;
+    let account = account
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let sub = format!("{account}.{user}");
+    let iss = format!("{sub}.{}", key.fingerprint);
+    let claim = |k: &str| data.claims.get(k).cloned().unwrap_or(Value::Null);
+    if claim("sub") != Value::String(sub.clone()) {
+        return Err(format!("sub is {}, expected {sub}", claim("sub")));
+    }
+    if claim("iss") != Value::String(iss.clone()) {
+        return Err(format!("iss is {}, expected {iss}", claim("iss")));
+    }
+    let lifetime = claim("exp")
+        .as_i64()
+        .zip(claim("iat").as_i64())
+        .map(|(exp, iat)| exp - iat);
+    if !lifetime.is_some_and(|l| (1..=3600).contains(&l)) {
+        return Err(format!("lifetime {lifetime:?} is not within an hour"));
+    }
+    Ok(())
 }
 
 /// Three base64url parts whose middle one is a JSON object with `iss` and `sub`.

@@ -24,6 +24,10 @@
 //! | `describeOnly: true` | the columns, no rows, `numberOfBinds` |
 //! | `put file://... @stage`, `get`, `list` | `stageInfo` with a presigned URL on `/fs_bucket/...` |
 //!
+//! Key-pair logins (`SNOWFLAKE_JWT`) are verified against the users' public keys when
+//! [`FakeOptions::jwt_public_keys`] names any (signature, `iss`, `sub`, `exp`), else only their shape
+//! is checked.
+//!
 //! It is no database: WHERE clauses are ignored, expressions are not evaluated.
 
 pub mod drivers;
@@ -73,6 +77,10 @@ pub struct FakeOptions {
     pub max_body_bytes: usize,
     /// Time allowed to read a request's headers, and then its body.
     pub request_timeout: Duration,
+    /// Key-pair users: `(login name, public key PEM)`. With any, a `SNOWFLAKE_JWT` login must
+    /// carry a JWT whose signature verifies against its user's key and whose `iss`/`sub`/`exp`
+    /// follow PROTOCOL.md, else it is refused with 390144; with none, any well-formed JWT passes.
+    pub jwt_public_keys: Vec<(String, String)>,
 }
 
 impl Default for FakeOptions {
@@ -91,6 +99,7 @@ impl Default for FakeOptions {
             gzip_responses: true,
             max_body_bytes: 16 << 20,
             request_timeout: Duration::from_secs(30),
+            jwt_public_keys: Vec::new(),
         }
     }
 }
@@ -134,6 +143,7 @@ impl FakeSnowflake {
             scheme,
             port: addr.port(),
             gzip_responses: opts.gzip_responses,
+            jwt_keys: handlers::jwt_keys(&opts.jwt_public_keys)?,
         }));
         let limits = server::Limits {
             max_body_bytes: opts.max_body_bytes,
@@ -204,6 +214,25 @@ impl FakeSnowflake {
             .iter()
             .filter_map(RecordedRequest::sql_text)
             .collect()
+    }
+
+    /// Every session and master token the fake has issued (logins and renewals), oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state
+            .inner
+            .lock()
+            .map(|i| i.issued_tokens.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The login names whose key-pair JWT verified against their configured public key, one per
+    /// login; and the reasons JWTs were refused.
+    pub fn jwt_checks(&self) -> (Vec<String>, Vec<String>) {
+        self.state
+            .inner
+            .lock()
+            .map(|i| (i.jwt_verified.clone(), i.jwt_refused.clone()))
+            .unwrap_or_default()
     }
 
     /// Forgets the requests logged so far.

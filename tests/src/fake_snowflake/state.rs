@@ -20,6 +20,8 @@ pub const MAX_STORED_RESULTS: usize = 2_000;
 pub const MAX_CHUNKED_RESULTS: usize = 64;
 /// Most rows a table keeps.
 pub const MAX_TABLE_ROWS: usize = 100_000;
+/// Most issued tokens remembered.
+pub const MAX_ISSUED_TOKENS: usize = 10_000;
 /// Most bytes of staged files kept in all.
 pub const MAX_STAGE_BYTES: usize = 64 << 20;
 
@@ -174,6 +176,12 @@ pub struct Inner {
     pub tables: HashMap<String, Table>,
     /// Staged files by `STAGE/name`.
     pub stage: BTreeMap<String, StagedFile>,
+    /// Every session and master token issued, oldest first (bounded).
+    pub issued_tokens: VecDeque<String>,
+    /// Login names whose key-pair JWT verified against their configured key.
+    pub jwt_verified: Vec<String>,
+    /// Why key-pair JWTs were refused.
+    pub jwt_refused: Vec<String>,
 }
 
 impl Inner {
@@ -193,6 +201,9 @@ impl Inner {
             chunks_order: VecDeque::new(),
             tables,
             stage: BTreeMap::new(),
+            issued_tokens: VecDeque::new(),
+            jwt_verified: Vec::new(),
+            jwt_refused: Vec::new(),
         }
     }
 
@@ -220,7 +231,16 @@ impl Inner {
         self.by_token.insert(s.token.clone(), id);
         self.by_master.insert(s.master_token.clone(), id);
         self.sessions.insert(id, s.clone());
+        self.note_issued(&s.token);
+        self.note_issued(&s.master_token);
         s
+    }
+
+    fn note_issued(&mut self, token: &str) {
+        self.issued_tokens.push_back(token.to_owned());
+        while self.issued_tokens.len() > MAX_ISSUED_TOKENS {
+            self.issued_tokens.pop_front();
+        }
     }
 
     /// Gives the session a new session token; the old one then answers 390112.
@@ -228,8 +248,10 @@ impl Inner {
         let s = self.sessions.get_mut(&id)?;
         self.expired_tokens.insert(s.token.clone());
         s.token = new_token(id);
+        let s = s.clone();
         self.by_token.insert(s.token.clone(), id);
-        Some(s.clone())
+        self.note_issued(&s.token);
+        Some(s)
     }
 
     /// Ends a session: its tokens are forgotten.
@@ -351,6 +373,8 @@ pub struct Settings {
     pub port: u16,
     /// Gzip JSON answers above 4 KiB when the client accepts gzip (as Snowflake does).
     pub gzip_responses: bool,
+    /// Key-pair users' public keys by upper-cased login name.
+    pub jwt_keys: std::collections::HashMap<String, super::handlers::JwtKey>,
 }
 
 /// The fake's shared state.
