@@ -60,6 +60,8 @@ pub struct Inspector {
     pub holds: Arc<super::holds::Holds>,
     /// Verifies the human identity a login token carries (`[oidc]`).
     pub oidc: Arc<crate::identity::oidc::Verifier>,
+    /// Records statement results (`[recording]`), when a recipient is configured.
+    pub recorder: Option<super::record::Recorder>,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.
@@ -173,19 +175,7 @@ where
     if pending.masking().is_some() {
         return super::mask::chunk(ctx, pending, &host, &path, resp).await;
     }
-    let sink = ctx.inspector.sink.clone();
-    resp.map(|body| {
-        Counted {
-            inner: body,
-            bytes: 0,
-            on_end: Some(Box::new(move |bytes| {
-                if let Some(event) = pending.chunk_done(bytes) {
-                    drop(sink.submit(event));
-                }
-            })),
-        }
-        .boxed()
-    })
+    super::record::tee_chunk(ctx.inspector.clone(), pending, &host, &path, resp)
 }
 
 /// A request of a PUT/GET statement's transfer: streamed both ways, its bytes counted for the
@@ -411,6 +401,7 @@ where
                                 query_tag: parsed.query_tag.clone(),
                             })),
                             human: human.clone(),
+                            recorded: Arc::default(),
                         });
                         event.session_id = Some(session.id.clone());
                         ins.tracker.insert(&token, session);
