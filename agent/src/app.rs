@@ -99,20 +99,21 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     // audit's digest chain.
     let (recorder, recording_task) = match &config.recording.recipient {
         Some(recipient) => {
-            let (w, task) = crate::recording::RecordingWriter::start(crate::recording::WriterOptions {
-                dir: config.recording_dir.clone(),
-                host: host.clone(),
-                recipient: crate::recording::keys::parse_recipient(recipient)?,
-                max_file_age: config.audit.max_file_age_s.map(Duration::from_secs),
-                on_publish: Some(writer.recordings_hook()),
-                clock: Arc::new(SystemClock),
-            })
-            .with_context(|| {
-                format!(
-                    "cannot start the recordings writer in {}",
-                    config.recording_dir.display()
-                )
-            })?;
+            let (w, task) =
+                crate::recording::RecordingWriter::start(crate::recording::WriterOptions {
+                    dir: config.recording_dir.clone(),
+                    host: host.clone(),
+                    recipient: crate::recording::keys::parse_recipient(recipient)?,
+                    max_file_age: config.audit.max_file_age_s.map(Duration::from_secs),
+                    on_publish: Some(writer.recordings_hook()),
+                    clock: Arc::new(SystemClock),
+                })
+                .with_context(|| {
+                    format!(
+                        "cannot start the recordings writer in {}",
+                        config.recording_dir.display()
+                    )
+                })?;
             info!(recipient = %recipient, dir = %config.recording_dir.display(), "recording statement results");
             (
                 Some(proxy::record::Recorder {

@@ -64,7 +64,11 @@ fn text(v: &Value) -> Value {
 
 fn texts(rows: &[Value]) -> Vec<Vec<Value>> {
     rows.iter()
-        .map(|r| r.as_array().map(|c| c.iter().map(text).collect()).unwrap_or_default())
+        .map(|r| {
+            r.as_array()
+                .map(|c| c.iter().map(text).collect())
+                .unwrap_or_default()
+        })
         .collect()
 }
 
@@ -127,13 +131,19 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
         )
     })?;
     let lines = run_session(&s, identity, &[CUSTOMERS, ARROW, CHUNKED, BIG, FAILING])?;
-    ensure!(rows(&lines, BIG)?.len() == 400, "the driver lost rows: {lines:#?}");
+    ensure!(
+        rows(&lines, BIG)?.len() == 400,
+        "the driver lost rows: {lines:#?}"
+    );
     let failed = &statement(&lines, FAILING)?["error"];
     ensure!(failed["errno"] == 2003, "{failed}");
     let ev = s
         .daemon
         .wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == BIG)?;
-    let session_id = ev["session_id"].as_str().context("no session id")?.to_owned();
+    let session_id = ev["session_id"]
+        .as_str()
+        .context("no session id")?
+        .to_owned();
     // A clean stop publishes the last files and writes the digest naming them.
     s.daemon.stop()?;
 
@@ -149,7 +159,10 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
     for sql in [CUSTOMERS, ARROW, CHUNKED, FAILING] {
         let e = query(sql)?;
         ensure!(e["recording"] == "full", "{e}");
-        ensure!(e["recording_bytes_kept"] == e["recording_bytes_seen"], "{e}");
+        ensure!(
+            e["recording_bytes_kept"] == e["recording_bytes_seen"],
+            "{e}"
+        );
     }
     let big = query(BIG)?;
     ensure!(big["recording"] == "truncated", "{big}");
@@ -176,7 +189,10 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
     let doc: Value = serde_json::from_str(&replay)?;
     let results = doc["results"].as_array().context("no results")?.clone();
     ensure!(results.len() == 5, "{doc:#}");
-    ensure!(!doc["events"].as_array().is_none_or(Vec::is_empty), "{doc:#}");
+    ensure!(
+        !doc["events"].as_array().is_none_or(Vec::is_empty),
+        "{doc:#}"
+    );
     for sql in [CUSTOMERS, ARROW, CHUNKED] {
         let r = result_of(&results, &lines, sql)?;
         let recorded: Vec<Vec<Value>> = serde_json::from_value(r["rows"].clone())?;
@@ -188,8 +204,14 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
         ensure!(r["truncated"] == false, "{r}");
     }
     let customers = result_of(&results, &lines, CUSTOMERS)?;
-    ensure!(customers["rows"][0][2] == "***", "masked in the recording: {customers}");
-    ensure!(!customers.to_string().contains("ada@example.com"), "{customers}");
+    ensure!(
+        customers["rows"][0][2] == "***",
+        "masked in the recording: {customers}"
+    );
+    ensure!(
+        !customers.to_string().contains("ada@example.com"),
+        "{customers}"
+    );
     ensure!(customers["columns"][2]["name"] == "EMAIL", "{customers}");
     ensure!(result_of(&results, &lines, ARROW)?["format"] == "arrow");
     ensure!(rows(&lines, CHUNKED)?.len() == 40);
@@ -200,30 +222,58 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
         "{err} vs {failed}"
     );
     let big_r = result_of(&results, &lines, BIG)?;
-    ensure!(big_r["truncated"] == true && big_r["bytes_kept"] == kept, "{big_r}");
+    ensure!(
+        big_r["truncated"] == true && big_r["bytes_kept"] == kept,
+        "{big_r}"
+    );
     let kept_rows: Vec<Vec<Value>> = serde_json::from_value(big_r["rows"].clone())?;
     let all = texts(rows(&lines, BIG)?);
     ensure!(
-        !kept_rows.is_empty() && kept_rows.len() < all.len() && kept_rows[..] == all[..kept_rows.len()],
-        "{} rows kept", kept_rows.len()
+        !kept_rows.is_empty()
+            && kept_rows.len() < all.len()
+            && kept_rows[..] == all[..kept_rows.len()],
+        "{} rows kept",
+        kept_rows.len()
     );
 
     // One statement with --query-id, as a text table.
-    let qid = statement(&lines, CUSTOMERS)?["sfqid"].as_str().unwrap_or_default().to_owned();
+    let qid = statement(&lines, CUSTOMERS)?["sfqid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let one = ok(snowtrail(
         &cfg,
-        &["replay", "--session", &session_id, "--query-id", &qid, "--key", &key.display().to_string()],
+        &[
+            "replay",
+            "--session",
+            &session_id,
+            "--query-id",
+            &qid,
+            "--key",
+            &key.display().to_string(),
+        ],
     )?)?;
-    ensure!(one.contains("1 recorded results") && one.contains("Ada Lovelace"), "{one}");
+    ensure!(
+        one.contains("1 recorded results") && one.contains("Ada Lovelace"),
+        "{one}"
+    );
 
     // Without the key: the timeline, and the results said to be encrypted.
     let plain = ok(snowtrail(&cfg, &["replay", "--session", &session_id])?)?;
     ensure!(plain.contains("they are encrypted"), "{plain}");
-    ensure!(plain.contains("query") && !plain.contains("Ada Lovelace"), "{plain}");
+    ensure!(
+        plain.contains("query") && !plain.contains("Ada Lovelace"),
+        "{plain}"
+    );
 
     // No plaintext cell in the recordings files, and none under the audit directory.
     let files = files_under(&recordings);
-    ensure!(files.iter().any(|f| f.extension().is_some_and(|e| e == "parquet")), "{files:?}");
+    ensure!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "parquet")),
+        "{files:?}"
+    );
     for f in &files {
         let bytes = std::fs::read(f)?;
         for needle in [&b"Ada Lovelace"[..], b"PEOPLE_", b"NAME_1"] {
@@ -259,18 +309,37 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
     let audit = s.daemon.audit_dir.display().to_string();
     let state = s.daemon.dir.path().join("state").display().to_string();
     let verify = |extra: &[&str]| {
-        let mut args = vec!["audit", "verify", audit.as_str(), "--state-dir", state.as_str()];
+        let mut args = vec![
+            "audit",
+            "verify",
+            audit.as_str(),
+            "--state-dir",
+            state.as_str(),
+        ];
         args.extend_from_slice(extra);
         snowtrail(&cfg, &args)
     };
     let good = verify(&["--recordings-dir", &rec_dir])?;
     let good_text = ok(good)?;
-    let parquet: Vec<_> = files.iter().filter(|f| f.extension().is_some_and(|e| e == "parquet")).collect();
+    let parquet: Vec<_> = files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .collect();
     std::fs::remove_file(parquet[0])?;
     let bad = verify(&["--recordings-dir", &rec_dir])?;
     let bad_text = String::from_utf8_lossy(&bad.stdout).into_owned();
-    ensure!(!bad.status.success(), "verify passed with a recordings file removed:\n{bad_text}\n(before: {good_text})");
-    let name = parquet[0].file_name().unwrap_or_default().to_string_lossy().into_owned();
-    ensure!(bad_text.contains(&name) && bad_text.contains("removed"), "{bad_text}");
+    ensure!(
+        !bad.status.success(),
+        "verify passed with a recordings file removed:\n{bad_text}\n(before: {good_text})"
+    );
+    let name = parquet[0]
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    ensure!(
+        bad_text.contains(&name) && bad_text.contains("removed"),
+        "{bad_text}"
+    );
     Ok(())
 }

@@ -221,9 +221,10 @@ impl DigestLog {
 
     /// Records a recordings file about to be published (see [`set_recordings_dir`](Self::set_recordings_dir)).
     pub fn record_recording(&mut self, f: &ClosedFile) -> io::Result<()> {
-        let base = self.recordings_dir.clone().ok_or_else(|| {
-            io::Error::other("the digest log was given no recordings directory")
-        })?;
+        let base = self
+            .recordings_dir
+            .clone()
+            .ok_or_else(|| io::Error::other("the digest log was given no recordings directory"))?;
         self.record_in(Root::Recordings, &base, f)
     }
 

@@ -642,7 +642,11 @@ mod tests {
         let mut c = Config::default();
         let off = recording_check(&c);
         assert_eq!(off.status, Verdict::Pass);
-        assert!(off.detail.starts_with("off: no recording.recipient"), "{}", off.detail);
+        assert!(
+            off.detail.starts_with("off: no recording.recipient"),
+            "{}",
+            off.detail
+        );
         let dir = tempfile::tempdir().unwrap();
         c.recording_dir = dir.path().to_owned();
         c.recording.recipient =
@@ -650,7 +654,11 @@ mod tests {
         c.recording.off_for_identities = vec!["etl".into()];
         let on = recording_check(&c);
         assert_eq!(on.status, Verdict::Pass);
-        assert!(on.detail.starts_with("on: results encrypted to age1ql3z"), "{}", on.detail);
+        assert!(
+            on.detail.starts_with("on: results encrypted to age1ql3z"),
+            "{}",
+            on.detail
+        );
         assert!(on.detail.contains("off for etl"), "{}", on.detail);
     }
 }

@@ -32,7 +32,10 @@ pub(super) fn run(command: RecordingCommand) -> anyhow::Result<ExitCode> {
                 "private key written to {} (mode 0600); keep it off this host",
                 out.display()
             )?;
-            writeln!(o, "set in the [recording] section: recipient = \"{public}\"")?;
+            writeln!(
+                o,
+                "set in the [recording] section: recipient = \"{public}\""
+            )?;
             writeln!(o, "{public}")?;
             Ok(ExitCode::SUCCESS)
         }

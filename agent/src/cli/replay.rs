@@ -67,13 +67,16 @@ pub(super) fn run(config: Option<&std::path::Path>, a: ReplayArgs) -> anyhow::Re
             .iter()
             .filter(|e| {
                 e.session_id.as_deref() == Some(a.session.as_str())
-                    || e.connection_id
-                        .is_some_and(|c| c.to_string() == a.session)
+                    || e.connection_id.is_some_and(|c| c.to_string() == a.session)
             })
             .map(inspect::event_json)
             .collect();
         if events.is_empty() && rows.is_empty() {
-            anyhow::bail!("no events of session {} under {}", a.session, audit_dir.display());
+            anyhow::bail!(
+                "no events of session {} under {}",
+                a.session,
+                audit_dir.display()
+            );
         }
         let ids = opts
             .key
@@ -98,7 +101,11 @@ pub(super) fn run(config: Option<&std::path::Path>, a: ReplayArgs) -> anyhow::Re
     }
     let n = inspect::replay(&audit_dir, &a.session, &mut out)?;
     if n == 0 && rows.is_empty() {
-        anyhow::bail!("no events of session {} under {}", a.session, audit_dir.display());
+        anyhow::bail!(
+            "no events of session {} under {}",
+            a.session,
+            audit_dir.display()
+        );
     }
     writeln!(out)?;
     rec::print_results(&rows, &opts, &mut out)?;

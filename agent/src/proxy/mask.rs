@@ -115,7 +115,7 @@ impl Shaping {
         decoded: Option<&[u8]>,
         r: &mut QueryResponse,
         event: &mut Event,
-    ) -> Result<(Option<Body>, Option<ChunkMasking>, Option<Bytes>), Refusal> {
+    ) -> Result<Shaped, Refusal> {
         let Some(shape) = &self.shape else {
             return Err(
                 self.refusal("the rule is no longer in the policy, so the result is withheld")
@@ -144,12 +144,14 @@ impl Shaping {
         });
         // The rewritten body as the workload reads it (decoded), for its recording.
         let plain = shaped.body.map(Bytes::from);
-        let body = plain
-            .as_ref()
-            .map(|b| full(encode_like(parts, b.to_vec())));
+        let body = plain.as_ref().map(|b| full(encode_like(parts, b.to_vec())));
         Ok((body, masking, plain))
     }
 }
+
+/// A rewritten response: the body for the driver (`None` when nothing changed), how its chunk
+/// downloads are rewritten, and the body decoded (for its recording).
+pub(super) type Shaped = (Option<Body>, Option<ChunkMasking>, Option<Bytes>);
 
 /// How a shaped result's chunk downloads are rewritten.
 pub struct ChunkMasking {

@@ -56,9 +56,16 @@ impl Recording {
 
 /// Starts recording a statement, unless recording is off (no recipient, or off for the event's
 /// identity).
-pub(super) fn begin(ins: &Inspector, event: &Event, session: Option<&Session>) -> Option<Recording> {
+pub(super) fn begin(
+    ins: &Inspector,
+    event: &Event,
+    session: Option<&Session>,
+) -> Option<Recording> {
     let r = ins.recorder.as_ref()?;
-    if !r.config.records_identity(event.workload_identity.as_deref()) {
+    if !r
+        .config
+        .records_identity(event.workload_identity.as_deref())
+    {
         return None;
     }
     let kept = session.map_or(0, |s| s.recorded.load(Ordering::Relaxed));

@@ -67,10 +67,12 @@ pub fn generate(created: &str) -> (String, String) {
 /// public key.
 pub fn keygen(path: &Path, created: &str) -> Result<String, KeyError> {
     let (text, public) = generate(created);
-    let io = |op| move |source| KeyError::Io {
-        op,
-        path: path.to_owned(),
-        source,
+    let io = |op| {
+        move |source| KeyError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        }
     };
     let mut f = OpenOptions::new()
         .write(true)
@@ -112,7 +114,8 @@ pub fn decrypt(
     identities: &[age::x25519::Identity],
     ciphertext: &[u8],
 ) -> Result<Vec<u8>, KeyError> {
-    let d = age::Decryptor::new_buffered(ciphertext).map_err(|e| KeyError::Decrypt(e.to_string()))?;
+    let d =
+        age::Decryptor::new_buffered(ciphertext).map_err(|e| KeyError::Decrypt(e.to_string()))?;
     let mut r = d
         .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
         .map_err(|e| KeyError::Decrypt(e.to_string()))?;

@@ -30,8 +30,6 @@ pub mod replay;
 pub mod table;
 pub mod writer;
 
-pub use config::{
-    DEFAULT_MAX_BYTES_PER_SESSION, DEFAULT_MAX_BYTES_PER_STATEMENT, RecordingConfig,
-};
+pub use config::{DEFAULT_MAX_BYTES_PER_SESSION, DEFAULT_MAX_BYTES_PER_STATEMENT, RecordingConfig};
 pub use payload::{Capture, Captured, Status};
 pub use writer::{RecordingError, RecordingTask, RecordingWriter, Submission, WriterOptions};

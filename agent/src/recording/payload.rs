@@ -435,7 +435,14 @@ mod tests {
         assert_eq!(p.format, Format::Json);
         assert_eq!(p.rowtype.unwrap()[1]["name"], "NAME");
         let rows: Vec<_> = done.payload.json_rows().cloned().collect();
-        assert_eq!(rows, vec![json!(["1", "Ada"]), json!(["2", "Grace"]), json!(["3", "Alan"])]);
+        assert_eq!(
+            rows,
+            vec![
+                json!(["1", "Ada"]),
+                json!(["2", "Grace"]),
+                json!(["3", "Alan"])
+            ]
+        );
     }
 
     #[test]
@@ -447,7 +454,7 @@ mod tests {
         let rowtype_len = serde_json::to_string(full.payload.rowtype.as_ref().unwrap())
             .unwrap()
             .len() as u64;
-        let mut c = Capture::new(rowtype_len + 30);
+        let mut c = Capture::new(rowtype_len + 15);
         c.response(JSON_RESULT.as_bytes());
         let t = c.finish();
         assert_eq!(t.status, Status::Truncated);
@@ -456,7 +463,7 @@ mod tests {
         assert!(t.bytes_kept < t.bytes_seen);
         assert_eq!(t.bytes_seen, full.bytes_seen);
         // Once truncated, a later part that would fit is not kept either.
-        let mut c = Capture::new(rowtype_len + 30);
+        let mut c = Capture::new(rowtype_len + 15);
         c.response(JSON_RESULT.as_bytes());
         c.chunk(0, b"[\"9\",\"x\"]", false);
         let t = c.finish();

@@ -168,8 +168,9 @@ pub fn table_of(p: &Payload) -> Result<Table, String> {
         }
         Format::Arrow => {
             for stream in p.arrow_streams() {
-                let reader = arrow::ipc::reader::StreamReader::try_new(io::Cursor::new(stream), None)
-                    .map_err(|e| format!("Arrow stream: {e}"))?;
+                let reader =
+                    arrow::ipc::reader::StreamReader::try_new(io::Cursor::new(stream), None)
+                        .map_err(|e| format!("Arrow stream: {e}"))?;
                 for batch in reader {
                     let batch = batch.map_err(|e| format!("Arrow stream: {e}"))?;
                     let opts = FormatOptions::default();
@@ -233,7 +234,11 @@ pub fn result_json(row: &Row, table: Option<&Result<Table, String>>, full: bool)
     });
     match table {
         Some(Ok(t)) => {
-            let n = if full { t.rows.len() } else { t.rows.len().min(FIRST_ROWS) };
+            let n = if full {
+                t.rows.len()
+            } else {
+                t.rows.len().min(FIRST_ROWS)
+            };
             v["columns"] = json!(
                 t.columns
                     .iter()
@@ -252,7 +257,10 @@ pub fn result_json(row: &Row, table: Option<&Result<Table, String>>, full: bool)
 
 fn cell(s: &Option<String>) -> String {
     let s = s.as_deref().unwrap_or("NULL");
-    let one: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let one: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if one.chars().count() > 40 {
         format!("{}…", one.chars().take(39).collect::<String>())
     } else {
@@ -272,9 +280,16 @@ pub fn print_table(t: &Table, full: bool, out: &mut dyn Write) -> io::Result<()>
         )?;
         return Ok(());
     }
-    let n = if full { t.rows.len() } else { t.rows.len().min(FIRST_ROWS) };
+    let n = if full {
+        t.rows.len()
+    } else {
+        t.rows.len().min(FIRST_ROWS)
+    };
     let head: Vec<String> = t.columns.iter().map(|(n, _)| n.clone()).collect();
-    let body: Vec<Vec<String>> = t.rows[..n].iter().map(|r| r.iter().map(cell).collect()).collect();
+    let body: Vec<Vec<String>> = t.rows[..n]
+        .iter()
+        .map(|r| r.iter().map(cell).collect())
+        .collect();
     let cols = head.len().max(body.iter().map(Vec::len).max().unwrap_or(0));
     let mut width = vec![0usize; cols];
     for r in std::iter::once(&head).chain(&body) {
@@ -294,17 +309,28 @@ pub fn print_table(t: &Table, full: bool, out: &mut dyn Write) -> io::Result<()>
         writeln!(
             out,
             "    {}",
-            width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-")
+            width
+                .iter()
+                .map(|w| "-".repeat(*w))
+                .collect::<Vec<_>>()
+                .join("-+-")
         )?;
     }
     for r in &body {
         writeln!(out, "    {}", line(r).trim_end())?;
     }
     if n < t.rows.len() {
-        writeln!(out, "    … {} more rows (--full shows all)", t.rows.len() - n)?;
+        writeln!(
+            out,
+            "    … {} more rows (--full shows all)",
+            t.rows.len() - n
+        )?;
     }
     if t.truncated {
-        writeln!(out, "    (recording truncated by a cap: the workload received more)")?;
+        writeln!(
+            out,
+            "    (recording truncated by a cap: the workload received more)"
+        )?;
     }
     Ok(())
 }
@@ -396,6 +422,9 @@ mod tests {
         let mut out = Vec::new();
         print_table(&t, false, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("ID | NAME") && text.contains("2  | NULL"), "{text}");
+        assert!(
+            text.contains("ID | NAME") && text.contains("2  | NULL"),
+            "{text}"
+        );
     }
 }

@@ -52,17 +52,35 @@ pub struct Row {
 
 /// The columns: name, type, nullable, documentation.
 const COLUMNS: &[(&str, &str)] = &[
-    ("event_id", "The statement's audit event_id: join key to the audit table."),
+    (
+        "event_id",
+        "The statement's audit event_id: join key to the audit table.",
+    ),
     ("query_id", "Snowflake's query id of the statement."),
     ("session_id", "The agent's session id (as in the audit)."),
-    ("event_time", "When the agent received the statement (UTC); files are partitioned by it."),
+    (
+        "event_time",
+        "When the agent received the statement (UTC); files are partitioned by it.",
+    ),
     ("host", "The host whose agent recorded the result."),
     ("format", "How the rows came: json or arrow."),
     ("bytes_kept", "Plaintext result bytes in the payload."),
-    ("bytes_seen", "Result bytes the agent saw for the statement."),
-    ("truncated", "Whether a cap stopped the recording before the end of the result."),
-    ("recipient", "The age X25519 recipient (public key) the payload is encrypted to."),
-    ("payload", "The recorded result (row type, rows, chunks, error), an age-encrypted JSON document."),
+    (
+        "bytes_seen",
+        "Result bytes the agent saw for the statement.",
+    ),
+    (
+        "truncated",
+        "Whether a cap stopped the recording before the end of the result.",
+    ),
+    (
+        "recipient",
+        "The age X25519 recipient (public key) the payload is encrypted to.",
+    ),
+    (
+        "payload",
+        "The recorded result (row type, rows, chunks, error), an age-encrypted JSON document.",
+    ),
 ];
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -161,7 +179,11 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, A
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| ArrowError::SchemaError(format!("recordings column {name} missing or of another type")))
+        .ok_or_else(|| {
+            ArrowError::SchemaError(format!(
+                "recordings column {name} missing or of another type"
+            ))
+        })
 }
 
 fn opt(a: &StringArray, i: usize) -> Option<String> {

@@ -321,7 +321,7 @@ fn read_frame(r: &mut impl io::Read) -> Option<Row> {
     r.read_exact(&mut head).ok()?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len > MAX_FRAME || len < 4 {
+    if !(4..=MAX_FRAME).contains(&len) {
         return None;
     }
     let mut rest = vec![0u8; len as usize];
@@ -526,8 +526,7 @@ impl State {
                     self.close(h);
                 }
             }
-            self.healthy
-                .store(sync_failed.is_none(), Ordering::Relaxed);
+            self.healthy.store(sync_failed.is_none(), Ordering::Relaxed);
             for (r, ack) in acks {
                 let r = match (r, &sync_failed) {
                     (Ok(()), Some(e)) => Err(RecordingError::Io(e.clone())),
@@ -549,9 +548,8 @@ impl State {
 
     fn append(&mut self, s: Submission) -> Result<(), RecordingError> {
         let plaintext = s.captured.payload.to_bytes();
-        let ct = keys::encrypt(&self.recipient, &plaintext).map_err(|e: KeyError| {
-            RecordingError::Encrypt(e.to_string())
-        })?;
+        let ct = keys::encrypt(&self.recipient, &plaintext)
+            .map_err(|e: KeyError| RecordingError::Encrypt(e.to_string()))?;
         let meta = Meta {
             event_id: s.event_id,
             query_id: s.query_id,
@@ -695,7 +693,9 @@ mod tests {
 
     fn submission(t: SystemTime, id: &str) -> Submission {
         let mut c = Capture::new(1 << 20);
-        c.response(br#"{"success":true,"data":{"rowtype":[{"name":"A"}],"rowset":[["secret-cell"]]}}"#);
+        c.response(
+            br#"{"success":true,"data":{"rowtype":[{"name":"A"}],"rowset":[["secret-cell"]]}}"#,
+        );
         Submission {
             event_id: id.into(),
             query_id: Some(format!("q-{id}")),
@@ -755,14 +755,18 @@ mod tests {
         };
         let (w, task) = RecordingWriter::start(opts(clock.clone())).unwrap();
         w.submit(submission(t, "e1")).await.unwrap();
-        w.submit(submission(t + Duration::from_secs(1), "e2")).await.unwrap();
+        w.submit(submission(t + Duration::from_secs(1), "e2"))
+            .await
+            .unwrap();
         // A crash: the thread is gone without closing the spool.
         drop(w);
         std::mem::forget(task);
         std::thread::sleep(Duration::from_millis(100));
-        assert!(parquet_files(&dir).iter().all(|p| is_hidden(
-            &p.file_name().unwrap().to_string_lossy()
-        )));
+        assert!(
+            parquet_files(&dir)
+                .iter()
+                .all(|p| is_hidden(&p.file_name().unwrap().to_string_lossy()))
+        );
         // A torn frame after the acknowledged rows.
         let spool = parquet_files(&dir).into_iter().next().unwrap();
         let mut f = OpenOptions::new().append(true).open(&spool).unwrap();
@@ -777,7 +781,12 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].event_id, "e1");
         assert_eq!(rows[0].format, "json");
-        assert!(!fs::read(&files[0]).unwrap().windows(11).any(|w| w == b"secret-cell"));
+        assert!(
+            !fs::read(&files[0])
+                .unwrap()
+                .windows(11)
+                .any(|w| w == b"secret-cell")
+        );
         let ids = keys::read_identities(&key).unwrap();
         let plain = keys::decrypt(&ids, &rows[1].payload).unwrap();
         let p = crate::recording::payload::Payload::from_bytes(&plain).unwrap();
@@ -786,16 +795,30 @@ mod tests {
         assert_eq!(published.lock().unwrap()[0].rows, 2);
 
         // The hour boundary closes a file; shutdown closes the rest.
-        w.submit(submission(t + Duration::from_secs(2), "e3")).await.unwrap();
+        w.submit(submission(t + Duration::from_secs(2), "e3"))
+            .await
+            .unwrap();
         clock.set(hour_end(hour_of(t)));
-        w.submit(submission(hour_end(hour_of(t)), "e4")).await.unwrap();
+        w.submit(submission(hour_end(hour_of(t)), "e4"))
+            .await
+            .unwrap();
         std::thread::sleep(Duration::from_millis(1500));
-        assert_eq!(parquet_files(&dir).iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count(), 2);
+        assert_eq!(
+            parquet_files(&dir)
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .count(),
+            2
+        );
         let r = task.shutdown().await;
         assert_eq!(r.files_published, 2);
         let files: Vec<_> = parquet_files(&dir);
         assert_eq!(files.len(), 3, "{files:?}");
-        assert!(files.iter().all(|p| !is_hidden(&p.file_name().unwrap().to_string_lossy())));
+        assert!(
+            files
+                .iter()
+                .all(|p| !is_hidden(&p.file_name().unwrap().to_string_lossy()))
+        );
         assert_eq!(published.lock().unwrap().len(), 3);
         let _ = Status::Full;
     }
