@@ -45,7 +45,10 @@ pub struct App {
     redirect: Arc<RwLock<Redirect>>,
     sink: Arc<dyn EventSink>,
     writer_task: WriterTask,
-    recording_task: Option<crate::recording::RecordingTask>,
+    recording_task: Option<(
+        crate::recording::RecordingTask,
+        Arc<std::sync::atomic::AtomicUsize>,
+    )>,
     host: String,
     signals: Signals,
 }
@@ -115,12 +118,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                     )
                 })?;
             info!(recipient = %recipient, dir = %config.recording_dir.display(), "recording statement results");
+            let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             (
                 Some(proxy::record::Recorder {
                     writer: w,
                     config: config.recording.clone(),
+                    in_flight: in_flight.clone(),
                 }),
-                Some(task),
+                Some((task, in_flight)),
             )
         }
         None => {
@@ -354,9 +359,16 @@ impl App {
         drop(self.sink);
         // Recordings first: their last files must be closed before the audit writer's
         // shutdown digest, which names them.
-        if let Some(task) = self.recording_task {
+        if let Some((task, in_flight)) = self.recording_task {
             let report = task.shutdown().await;
             info!(?report, "recordings closed");
+            // Audit rows that waited for their recording go in before the audit closes.
+            for _ in 0..100 {
+                if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         let report = self
             .writer_task

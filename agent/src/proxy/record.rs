@@ -8,7 +8,7 @@
 //! chunk that does not fit is counted, not kept.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
@@ -28,6 +28,9 @@ pub struct Recorder {
     pub writer: RecordingWriter,
     /// The `[recording]` section.
     pub config: RecordingConfig,
+    /// Statements whose audit row waits for their recording to be durable; the daemon's stop
+    /// waits for them before it closes the audit.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 /// A statement's recording in progress.
@@ -100,6 +103,8 @@ pub(super) fn submit(ins: &Inspector, mut event: Event, rec: Option<Recording>) 
         captured,
     });
     let sink = ins.sink.clone();
+    let in_flight = recorder.in_flight.clone();
+    in_flight.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(async move {
         if let Err(e) = durable.await {
             warn!(error = %e, query_id = ?event.query_id, "statement result not recorded");
@@ -107,6 +112,7 @@ pub(super) fn submit(ins: &Inspector, mut event: Event, rec: Option<Recording>) 
             event.recording_bytes_kept = Some(0);
         }
         drop(sink.submit(event));
+        in_flight.fetch_sub(1, Ordering::SeqCst);
     });
 }
 
