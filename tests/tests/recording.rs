@@ -1,8 +1,9 @@
 //! End-to-end session recording: connector 5.2.0 under `snowtrail exec`, through the agent, to
 //! the fake Snowflake, with `recording.recipient` set to a key made by `snowtrail recording
 //! keygen`. What `snowtrail replay --key --json` decrypts equals what the driver returned (a
-//! masked JSON result, an Arrow result, a chunked result), a failed statement's error is
-//! recorded, a result over the cap is truncated and flagged while the driver gets every row;
+//! masked JSON result, an Arrow result, a chunked result, a polled result), a failed statement's
+//! error is recorded, a result over the cap is truncated and flagged while the driver gets every
+//! row; a rule with `record = false` and an identity in `off_for_identities` are not recorded;
 //! without the key replay says the results are encrypted; the recordings files hold no plaintext
 //! cell; DuckDB joins them to the audit on `event_id`; `audit verify` covers them and finds a
 //! deleted one. Root only.
@@ -28,6 +29,13 @@ action = "mask"
 columns = ["email"]
 [rule.when]
 sql = "from customers"
+
+[[rule]]
+name = "payroll-unrecorded"
+action = "allow"
+record = false
+[rule.when]
+sql = "from payroll"
 "#;
 
 const CUSTOMERS: &str = "select * from customers";
@@ -35,6 +43,13 @@ const ARROW: &str = "/*arrow*/ /*rows:5*/ select id, name from people";
 const CHUNKED: &str = "/*sf_chunks*/ /*rows:40*/ select id, name from parts";
 const BIG: &str = "/*rows:400*/ select id, name from wide";
 const FAILING: &str = "/*error*/ select * from nope";
+/// Answered `333333` first: its rows come with a poll.
+const SLOW: &str = "/*slow:2*/ /*rows:3*/ select id, name from polled";
+/// Decided by a rule with `record = false`.
+const PAYROLL: &str = "/*rows:2*/ select id, name from payroll";
+/// Run by an identity listed in `recording.off_for_identities`.
+const ELSEWHERE: &str = "/*rows:2*/ select id from elsewhere";
+const UNRECORDED: &str = "unrecorded";
 
 fn snowtrail(config: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
     Ok(Command::new(snowtrail_tests::snowtrail_bin())
@@ -127,10 +142,16 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
     let rec_dir = recordings.display().to_string();
     let mut s: Setup = session::setup(identity, [127, 77, 9, 1], PORT_BASE, Some(POLICY), |_| {
         format!(
-            "recording_dir = {rec_dir:?}\n[recording]\nrecipient = {public:?}\nmax_bytes_per_statement = {CAP}\n"
+            "recording_dir = {rec_dir:?}\n[recording]\nrecipient = {public:?}\nmax_bytes_per_statement = {CAP}\noff_for_identities = [{UNRECORDED:?}]\n"
         )
     })?;
-    let lines = run_session(&s, identity, &[CUSTOMERS, ARROW, CHUNKED, BIG, FAILING])?;
+    let lines = run_session(
+        &s,
+        identity,
+        &[CUSTOMERS, ARROW, CHUNKED, BIG, FAILING, SLOW, PAYROLL],
+    )?;
+    let off_lines = run_session(&s, UNRECORDED, &[ELSEWHERE])?;
+    ensure!(rows(&off_lines, ELSEWHERE)?.len() == 2, "{off_lines:#?}");
     ensure!(
         rows(&lines, BIG)?.len() == 400,
         "the driver lost rows: {lines:#?}"
@@ -156,7 +177,12 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
             .cloned()
             .with_context(|| format!("no event for {sql}"))
     };
-    for sql in [CUSTOMERS, ARROW, CHUNKED, FAILING] {
+    // Off by rule and by identity.
+    for sql in [PAYROLL, ELSEWHERE] {
+        let e = query(sql)?;
+        ensure!(e["recording"] == "off", "{e}");
+    }
+    for sql in [CUSTOMERS, ARROW, CHUNKED, FAILING, SLOW] {
         let e = query(sql)?;
         ensure!(e["recording"] == "full", "{e}");
         ensure!(
@@ -188,12 +214,12 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
     )?)?;
     let doc: Value = serde_json::from_str(&replay)?;
     let results = doc["results"].as_array().context("no results")?.clone();
-    ensure!(results.len() == 5, "{doc:#}");
+    ensure!(results.len() == 6, "{doc:#}");
     ensure!(
         !doc["events"].as_array().is_none_or(Vec::is_empty),
         "{doc:#}"
     );
-    for sql in [CUSTOMERS, ARROW, CHUNKED] {
+    for sql in [CUSTOMERS, ARROW, CHUNKED, SLOW] {
         let r = result_of(&results, &lines, sql)?;
         let recorded: Vec<Vec<Value>> = serde_json::from_value(r["rows"].clone())?;
         ensure!(
@@ -303,7 +329,7 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
         .arg(script)
         .output()?;
     let joined = ok(out)?;
-    ensure!(joined.trim() == "(5, 5, 5)", "DuckDB join: {joined}");
+    ensure!(joined.trim() == "(6, 6, 6)", "DuckDB join: {joined}");
 
     // The digests name the recordings files: verify passes, and finds one deleted.
     let audit = s.daemon.audit_dir.display().to_string();

@@ -71,6 +71,12 @@ pub(super) fn begin(
     {
         return None;
     }
+    // A rule with `record = false` decided the statement.
+    if let (Some(rule), Some(policy)) = (event.policy_rule.as_deref(), ins.policy.current())
+        && policy.rules().iter().any(|x| x.name == rule && !x.record)
+    {
+        return None;
+    }
     let kept = session.map_or(0, |s| s.recorded.load(Ordering::Relaxed));
     Some(Recording {
         capture: Capture::new(r.config.statement_limit(kept)),
