@@ -45,6 +45,10 @@ pub struct App {
     redirect: Arc<RwLock<Redirect>>,
     sink: Arc<dyn EventSink>,
     writer_task: WriterTask,
+    recording_task: Option<(
+        crate::recording::RecordingTask,
+        Arc<std::sync::atomic::AtomicUsize>,
+    )>,
     host: String,
     signals: Signals,
 }
@@ -86,9 +90,49 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         config: config.audit.clone(),
         on_failure: config.on_audit_failure,
         clock: Arc::new(SystemClock),
+        recordings_dir: config
+            .recording
+            .recipient
+            .is_some()
+            .then(|| config.recording_dir.clone()),
     })
     .await
     .context("cannot start the audit writer")?;
+    // Recording (DECISIONS 21): on once a recipient is configured. Its files are named in the
+    // audit's digest chain.
+    let (recorder, recording_task) = match &config.recording.recipient {
+        Some(recipient) => {
+            let (w, task) =
+                crate::recording::RecordingWriter::start(crate::recording::WriterOptions {
+                    dir: config.recording_dir.clone(),
+                    host: host.clone(),
+                    recipient: crate::recording::keys::parse_recipient(recipient)?,
+                    max_file_age: config.audit.max_file_age_s.map(Duration::from_secs),
+                    on_publish: Some(writer.recordings_hook()),
+                    clock: Arc::new(SystemClock),
+                })
+                .with_context(|| {
+                    format!(
+                        "cannot start the recordings writer in {}",
+                        config.recording_dir.display()
+                    )
+                })?;
+            info!(recipient = %recipient, dir = %config.recording_dir.display(), "recording statement results");
+            let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            (
+                Some(proxy::record::Recorder {
+                    writer: w,
+                    config: config.recording.clone(),
+                    in_flight: in_flight.clone(),
+                }),
+                Some((task, in_flight)),
+            )
+        }
+        None => {
+            info!("recording is off: no recording.recipient configured");
+            (None, None)
+        }
+    };
     let audit_stats = writer.clone();
     let sink: Arc<dyn EventSink> = Arc::new(writer);
     // The policy: an invalid rule file stops the start, naming its line.
@@ -182,6 +226,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             holds: holds.clone(),
             oidc,
             broker,
+            recorder,
         }),
         identity: Arc::new(crate::identity::Resolver::new(
             crate::identity::DEFAULT_CACHE_ENTRIES,
@@ -249,6 +294,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         redirect,
         sink,
         writer_task,
+        recording_task,
         host,
         signals,
     };
@@ -316,6 +362,19 @@ impl App {
             warn!(error = %err, "stop event not recorded");
         }
         drop(self.sink);
+        // Recordings first: their last files must be closed before the audit writer's
+        // shutdown digest, which names them.
+        if let Some((task, in_flight)) = self.recording_task {
+            let report = task.shutdown().await;
+            info!(?report, "recordings closed");
+            // Audit rows that waited for their recording go in before the audit closes.
+            for _ in 0..100 {
+                if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let report = self
             .writer_task
             .shutdown()

@@ -16,7 +16,7 @@ use crate::audit::{AuditConfig, OnAuditFailure};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/snowtrail";
 /// Where the hourly Parquet files go.
 pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/snowtrail/audit";
-/// Where recorded results go (encrypted; used once recording exists).
+/// Where recorded results go (encrypted; see `[recording]`).
 pub const DEFAULT_RECORDING_DIR: &str = "/var/lib/snowtrail/recordings";
 /// The Unix socket the CLI talks to the daemon over.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/snowtrail/control.sock";
@@ -85,7 +85,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Hourly Parquet files.
     pub audit_dir: PathBuf,
-    /// Recorded results (reserved for session recording).
+    /// Recorded results, encrypted (its own Parquet table; never under `audit_dir`).
     pub recording_dir: PathBuf,
     /// The CLI's Unix socket; only root may open it.
     pub control_socket: PathBuf,
@@ -113,6 +113,8 @@ pub struct Config {
     pub oidc: crate::identity::oidc::OidcConfig,
     /// Credential brokering: workloads whose logins the agent makes with a key pair it holds.
     pub broker: crate::broker::BrokerConfig,
+    /// Session recording: the results statements returned, encrypted to a recipient key.
+    pub recording: crate::recording::RecordingConfig,
 }
 
 /// How often the daemon looks at the policy file for changes.
@@ -253,6 +255,7 @@ impl Default for Config {
             policy: PolicySection::default(),
             oidc: crate::identity::oidc::OidcConfig::default(),
             broker: crate::broker::BrokerConfig::default(),
+            recording: crate::recording::RecordingConfig::default(),
         }
     }
 }
@@ -337,6 +340,7 @@ impl Config {
         }
         self.oidc.validate()?;
         self.broker.validate()?;
+        self.recording.validate()?;
         if self.policy.poll_ms < 50 {
             return Err("policy.poll_ms must be at least 50".into());
         }
@@ -361,6 +365,7 @@ impl Config {
         for (key, dir) in [
             ("state_dir", &self.state_dir),
             ("audit_dir", &self.audit_dir),
+            ("recording_dir", &self.recording_dir),
         ] {
             if !dir.is_absolute() {
                 return Err(format!(
@@ -368,6 +373,13 @@ impl Config {
                     dir.display()
                 ));
             }
+        }
+        if self.recording.recipient.is_some() && self.recording_dir.starts_with(&self.audit_dir) {
+            return Err(format!(
+                "recording_dir {} must not be under audit_dir {}: readers of the audit would read recordings",
+                self.recording_dir.display(),
+                self.audit_dir.display()
+            ));
         }
         Ok(())
     }

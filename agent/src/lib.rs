@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod identity;
 pub mod policy;
 pub mod proxy;
+pub mod recording;
 pub mod redirect;
 pub mod snowflake;
 pub mod telemetry;

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod fake_snowflake;
+pub mod session;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};

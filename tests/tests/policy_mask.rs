@@ -9,19 +9,11 @@
 //! the Arrow chunks. Node sdk 3.3.0 reads JSON results only (it has no Arrow reader), so Arrow is
 //! driven with connector 5.2.0 alone. Root only.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
-
-use anyhow::{Context as _, bail, ensure};
+use anyhow::ensure;
 use serde_json::{Value, json};
-use snowtrail_tests::fake_snowflake::drivers::{self, CA_VARS, Driver};
-use snowtrail_tests::fake_snowflake::{FakeOptions, FakeSnowflake};
-use snowtrail_tests::{Daemon, DaemonOptions, unique_port};
+use snowtrail_tests::session::{self, Setup, rows, run_session, statement};
 
 const PORT_BASE: u16 = 29_900;
-const ACCOUNT_HOST: &str = "xy12345.snowflakecomputing.com";
-const PASSWORD: &str = "s3cret-pa55word";
 
 const POLICY: &str = r#"
 [default]
@@ -79,91 +71,8 @@ const ARROW_TYPED: &str = "/*arrow*/ /*rows:5*/ select * from accounts";
 const ARROW_TYPED_CHUNKS: &str = "/*arrow*/ /*sf_chunks*/ /*rows:40*/ select * from accounts";
 const ARROW_UNMASKED: &str = "/*arrow*/ /*rows:2*/ select * from ledger";
 
-struct Setup {
-    daemon: Daemon,
-    fake: FakeSnowflake,
-    dir: tempfile::TempDir,
-}
-
 fn setup(name: &str, ip: [u8; 4]) -> anyhow::Result<Setup> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("snowtrail-{name}-"))
-        .tempdir()?;
-    let fake = FakeSnowflake::start(FakeOptions {
-        addr: SocketAddr::from((ip, 443)),
-        tls: true,
-        hosts: vec![
-            ACCOUNT_HOST.to_owned(),
-            "*.snowflakecomputing.com".to_owned(),
-        ],
-        ca_dir: dir.path().join("fake-ca"),
-        ..FakeOptions::default()
-    })?;
-    let policy_path = dir.path().join("policy.toml");
-    std::fs::write(&policy_path, POLICY)?;
-    let opts = DaemonOptions {
-        extra_top: format!(
-            "[tls]\nupstream_extra_roots = [{:?}]\n[policy]\nfile = {:?}\n",
-            fake.ca_pem_path().display().to_string(),
-            policy_path.display().to_string(),
-        ),
-        ..DaemonOptions::default()
-    };
-    let daemon = Daemon::start(name, unique_port(PORT_BASE), &opts)?;
-    Ok(Setup { daemon, fake, dir })
-}
-
-fn run_session(s: &Setup, identity: &str, statements: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let hosts = drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[ACCOUNT_HOST])?;
-    let mut args = vec![
-        "--host".to_owned(),
-        ACCOUNT_HOST.to_owned(),
-        "--password".to_owned(),
-        PASSWORD.to_owned(),
-    ];
-    args.extend(statements.iter().map(|s| (*s).to_owned()));
-    let inner = drivers::session_command(Driver::Py5, &hosts, Path::new("/nonexistent"), &args)?;
-    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
-    cmd.arg("--control-socket")
-        .arg(&s.daemon.socket)
-        .args(["exec", "--identity", identity, "--"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .stdin(std::process::Stdio::null());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    for v in CA_VARS {
-        cmd.env_remove(v);
-    }
-    let out = cmd.output().context("cannot run snowtrail exec")?;
-    let lines = drivers::json_lines(&out.stdout);
-    if lines.is_empty() {
-        bail!(
-            "the driver printed nothing ({}):\n{}\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            s.daemon.logs()
-        );
-    }
-    Ok(lines)
-}
-
-fn statement<'a>(lines: &'a [Value], sql: &str) -> anyhow::Result<&'a Value> {
-    lines
-        .iter()
-        .find(|l| l["step"] == "statement" && l["sql"] == sql)
-        .with_context(|| format!("no output for {sql:?} in {lines:#?}"))
-}
-
-fn rows<'a>(lines: &'a [Value], sql: &str) -> anyhow::Result<&'a Vec<Value>> {
-    let st = statement(lines, sql)?;
-    st["rows"]
-        .as_array()
-        .with_context(|| format!("no rows for {sql:?}: {st}"))
+    session::setup(name, ip, PORT_BASE, Some(POLICY), |_| String::new())
 }
 
 fn refused_by(lines: &[Value], sql: &str, rule: &str) -> anyhow::Result<()> {

@@ -100,6 +100,7 @@ pub struct DigestLog {
     state: PathBuf,
     state_dir: PathBuf,
     audit_dir: PathBuf,
+    recordings_dir: Option<PathBuf>,
     host: String,
     interval: Duration,
     key: Option<SigningKey>,
@@ -138,6 +139,7 @@ impl DigestLog {
             state: state.clone(),
             state_dir: state_dir.to_owned(),
             audit_dir: audit_dir.to_owned(),
+            recordings_dir: None,
             host: host.to_owned(),
             interval: interval.max(Duration::from_secs(1)),
             key: load_key(state_dir)?,
@@ -197,16 +199,45 @@ impl DigestLog {
         self.head.as_ref()
     }
 
-    /// Records a file about to be published; durable when this returns.
+    /// Records an audit file about to be published; durable when this returns.
     pub fn record(&mut self, f: &ClosedFile) -> io::Result<()> {
-        let rel = f.path.strip_prefix(&self.audit_dir).map_err(|_| {
+        let base = self.audit_dir.clone();
+        self.record_in(Root::Audit, &base, f)
+    }
+
+    /// Names the recordings directory: pending entries of recordings files that were never
+    /// renamed into place (a crash between the record and the rename) are dropped, as for audit
+    /// files at [`open`](Self::open).
+    pub fn set_recordings_dir(&mut self, dir: &Path) -> Result<(), DigestError> {
+        self.recordings_dir = Some(dir.to_owned());
+        let before = self.pending.len();
+        self.pending
+            .retain(|f| f.root != Root::Recordings || dir.join(&f.path).is_file());
+        if self.pending.len() != before {
+            self.rewrite_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Records a recordings file about to be published (see [`set_recordings_dir`](Self::set_recordings_dir)).
+    pub fn record_recording(&mut self, f: &ClosedFile) -> io::Result<()> {
+        let base = self
+            .recordings_dir
+            .clone()
+            .ok_or_else(|| io::Error::other("the digest log was given no recordings directory"))?;
+        self.record_in(Root::Recordings, &base, f)
+    }
+
+    fn record_in(&mut self, root: Root, base: &Path, f: &ClosedFile) -> io::Result<()> {
+        let rel = f.path.strip_prefix(base).map_err(|_| {
             io::Error::other(format!(
-                "{} is not under the audit directory",
-                f.path.display()
+                "{} is not under {}",
+                f.path.display(),
+                base.display()
             ))
         })?;
         let rec = FileRecord {
-            root: Root::Audit,
+            root,
             path: rel.to_string_lossy().into_owned(),
             sha256: f.sha256.clone(),
             bytes: f.bytes,

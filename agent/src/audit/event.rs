@@ -228,8 +228,16 @@ pub struct Event {
     /// The groups of the human identity: the groups claim of the session's verified OIDC token.
     #[serde(default)]
     pub human_groups: Vec<String>,
+
+    // added in schema version 3: credential brokering and session recording
     /// Whether the agent brokered the session's login with a key pair it holds (`[broker]`).
     pub brokered: Option<bool>,
+    /// For a statement, what became of its recorded result: `full`, `truncated`, `off`, `failed`.
+    pub recording: Option<String>,
+    /// Plaintext result bytes kept in the statement's recording.
+    pub recording_bytes_kept: Option<u64>,
+    /// Result bytes the agent saw for the statement's recording.
+    pub recording_bytes_seen: Option<u64>,
 }
 
 /// The flag of a statement whose intent was recorded but whose completion never was.
@@ -323,6 +331,9 @@ impl Event {
             stage_bytes_received: None,
             human_groups: Vec::new(),
             brokered: None,
+            recording: None,
+            recording_bytes_kept: None,
+            recording_bytes_seen: None,
         }
     }
 }

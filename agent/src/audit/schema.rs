@@ -43,7 +43,7 @@ use self::convert::micros;
 use self::convert::{ColumnValue, field};
 
 /// The schema version this build writes; bumped whenever columns are added.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// Key-value metadata key holding [`SCHEMA_VERSION`] in every Parquet file.
 pub const META_SCHEMA_VERSION: &str = "snowtrail.schema_version";
 
@@ -294,7 +294,13 @@ columns! {
     human_groups: Vec<String>, dict = true, ocsf = Some("actor.user.groups"),
         "The groups claim of the session's verified OIDC login token (schema 2).";
     brokered: Option<bool>, dict = true, ocsf = None,
-        "Whether the agent logged the session in with a key pair it holds (credential brokering); on login events and the session's events (schema 2).";
+        "Whether the agent logged the session in with a key pair it holds (credential brokering); on login events and the session's events (schema 3).";
+    recording: Option<String>, dict = true, ocsf = None,
+        "For a statement, its recorded result: full, truncated (a cap stopped it), off (recording not configured, off for the identity, or a result the agent does not follow) or failed (schema 3).";
+    recording_bytes_kept: Option<u64>, dict = false, ocsf = None,
+        "Plaintext result bytes kept in the statement's recording (schema 3).";
+    recording_bytes_seen: Option<u64>, dict = false, ocsf = None,
+        "Result bytes the agent saw for the statement's recording (schema 3).";
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

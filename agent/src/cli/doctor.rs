@@ -211,6 +211,7 @@ fn collect(config_path: Option<&Path>, socket: Option<&Path>) -> Vec<Check> {
         &config.audit_dir,
         config.audit.max_file_bytes,
     ));
+    checks.push(recording_check(&config));
     checks.push(ca_check(&config.state_dir));
     checks.push(trust_check(&config.state_dir));
     checks.extend(broker_checks(&config.broker));
@@ -457,6 +458,39 @@ pub fn broker_checks(config: &crate::broker::BrokerConfig) -> Vec<Check> {
 }
 
 /// The agent's CA in the state directory.
+/// Whether statement results are recorded (DECISIONS 21), to whom and where, or why not.
+pub fn recording_check(config: &Config) -> Check {
+    let r = &config.recording;
+    match &r.recipient {
+        None => Check::pass(
+            "recording",
+            "off: no recording.recipient is configured (statement results are not recorded; \
+             `snowtrail recording keygen --out FILE` makes a key pair to turn it on)",
+        ),
+        Some(recipient) => {
+            let dir = config.recording_dir.display();
+            let off = if r.off_for_identities.is_empty() {
+                String::new()
+            } else {
+                format!("; off for {}", r.off_for_identities.join(", "))
+            };
+            let detail = format!(
+                "on: results encrypted to {recipient} in {dir} (at most {} bytes per statement, {} per session{off})",
+                r.max_bytes_per_statement, r.max_bytes_per_session
+            );
+            if config.recording_dir.is_dir() {
+                Check::pass("recording", detail)
+            } else {
+                Check::warn(
+                    "recording",
+                    format!("{detail}; {dir} does not exist yet"),
+                    "the daemon creates it at start; check that its parent is writable",
+                )
+            }
+        }
+    }
+}
+
 fn ca_check(state_dir: &Path) -> Check {
     let cert = state_dir.join(crate::tls::ca::CA_CERT_FILE);
     let key = state_dir.join(crate::tls::ca::CA_KEY_FILE);
@@ -676,5 +710,30 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["checks"][1]["status"], "fail");
         assert!(json["checks"][0].get("fix").is_none());
+    }
+
+    #[test]
+    fn recording_says_on_or_off_and_why() {
+        let mut c = Config::default();
+        let off = recording_check(&c);
+        assert_eq!(off.status, Verdict::Pass);
+        assert!(
+            off.detail.starts_with("off: no recording.recipient"),
+            "{}",
+            off.detail
+        );
+        let dir = tempfile::tempdir().unwrap();
+        c.recording_dir = dir.path().to_owned();
+        c.recording.recipient =
+            Some("age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into());
+        c.recording.off_for_identities = vec!["etl".into()];
+        let on = recording_check(&c);
+        assert_eq!(on.status, Verdict::Pass);
+        assert!(
+            on.detail.starts_with("on: results encrypted to age1ql3z"),
+            "{}",
+            on.detail
+        );
+        assert!(on.detail.contains("off for etl"), "{}", on.detail);
     }
 }

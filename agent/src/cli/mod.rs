@@ -5,6 +5,8 @@ mod doctor;
 mod exec;
 mod output;
 mod policy;
+mod recording;
+mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,14 +105,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Show one session's events in order, as a timeline.
-    Replay {
-        /// The agent's session id (or a connection id).
-        #[arg(long, value_name = "ID")]
-        session: String,
-        /// Audit directory (default: the configuration's audit_dir).
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
+    /// Show one session's events in order, as a timeline, and with --key the results its
+    /// statements returned (recorded, encrypted, when `recording.recipient` is set).
+    Replay(replay::ReplayArgs),
+    /// Session recording: make the key pair whose public half `recording.recipient` names.
+    Recording {
+        #[command(subcommand)]
+        command: recording::RecordingCommand,
     },
     /// The agent's certificate authority.
     Ca {
@@ -197,6 +198,10 @@ enum AuditCommand {
         /// digested from added ones (default: the configuration's state_dir when DIR is not given).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// The recordings directory, whose files the digests name under `recordings` (default:
+        /// the configuration's recording_dir when DIR is not given and it exists).
+        #[arg(long, value_name = "DIR")]
+        recordings_dir: Option<PathBuf>,
     },
     /// Print this host's digest-signing public key (`ed25519:` and 64 hex digits), creating the
     /// key in the state directory if there is none yet.
@@ -303,14 +308,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             false,
         ),
         Command::Audit { command } => audit_command(cli.config.as_deref(), command),
-        Command::Replay { session, dir } => {
-            let dir = audit_dir(cli.config.as_deref(), dir)?;
-            let n = crate::audit::inspect::replay(&dir, &session, &mut std::io::stdout().lock())?;
-            if n == 0 {
-                anyhow::bail!("no events of session {session} under {}", dir.display());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Replay(args) => replay::run(cli.config.as_deref(), args),
+        Command::Recording { command } => recording::run(command),
         Command::Ca { command } => {
             let config = Config::load(cli.config.as_deref())?;
             match command {
@@ -464,11 +463,17 @@ fn audit_command(
             dir,
             pubkey,
             state_dir,
+            recordings_dir,
         } => {
             let state_dir = match (state_dir, &dir) {
                 (Some(s), _) => Some(s),
                 (None, Some(_)) => None,
                 (None, None) => Some(Config::load(config)?.state_dir),
+            };
+            let recordings_dir = match (recordings_dir, &dir) {
+                (Some(r), _) => Some(r),
+                (None, Some(_)) => None,
+                (None, None) => Some(Config::load(config)?.recording_dir).filter(|d| d.is_dir()),
             };
             let pubkey = match pubkey {
                 Some(p) => {
@@ -485,7 +490,7 @@ fn audit_command(
                 chain: crate::audit::digest_verify::ChainOptions {
                     pubkey,
                     state_dir,
-                    recordings_dir: None,
+                    recordings_dir,
                 },
             };
             let report = inspect::verify_with(&audit_dir(config, dir)?, &opts, &mut out)?;

@@ -81,6 +81,8 @@ struct RawRule {
     columns: Option<Vec<Spanned<String>>>,
     rows: Option<Spanned<u64>>,
     on_exceed: Option<Spanned<String>>,
+    /// `false`: results of statements this rule decides are not recorded.
+    record: Option<bool>,
     #[serde(default)]
     when: Option<Spanned<RawWhen>>,
 }
@@ -179,6 +181,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             name: name.to_owned(),
             line: PolicyError::at(text, Some(span), "").line,
             action: act,
+            record: r.record.unwrap_or(true),
             when,
         });
     }

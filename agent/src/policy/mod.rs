@@ -141,6 +141,9 @@ pub struct Rule {
     pub line: usize,
     /// What it does.
     pub action: Action,
+    /// Whether results of the statements it decides are recorded (`record = false` turns
+    /// session recording off for them; default true).
+    pub record: bool,
     when: Conditions,
 }
 

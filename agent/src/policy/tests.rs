@@ -493,3 +493,16 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_rule_can_turn_recording_off() {
+    let p = Policy::parse(
+        "[default]\naction = \"allow\"\n\n[[rule]]\nname = \"quiet\"\naction = \"allow\"\nrecord = false\n[rule.when]\nsql = \"from payroll\"\n\n[[rule]]\nname = \"loud\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    assert!(!p.rules()[0].record);
+    assert!(p.rules()[1].record, "recorded unless a rule says otherwise");
+    assert!(
+        Policy::parse("[[rule]]\nname = \"x\"\naction = \"allow\"\nrecord = \"no\"\n").is_err()
+    );
+}

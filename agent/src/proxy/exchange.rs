@@ -62,6 +62,8 @@ pub struct Inspector {
     pub oidc: Arc<crate::identity::oidc::Verifier>,
     /// Brokered logins and the token handles of their sessions (`[broker]`).
     pub broker: Arc<crate::broker::Broker>,
+    /// Records statement results (`[recording]`), when a recipient is configured.
+    pub recorder: Option<super::record::Recorder>,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.
@@ -188,19 +190,7 @@ where
     if pending.masking().is_some() {
         return super::mask::chunk(ctx, pending, &host, &path, resp).await;
     }
-    let sink = ctx.inspector.sink.clone();
-    resp.map(|body| {
-        Counted {
-            inner: body,
-            bytes: 0,
-            on_end: Some(Box::new(move |bytes| {
-                if let Some(event) = pending.chunk_done(bytes) {
-                    drop(sink.submit(event));
-                }
-            })),
-        }
-        .boxed()
-    })
+    super::record::tee_chunk(ctx.inspector.clone(), pending, &host, &path, resp)
 }
 
 /// A request of a PUT/GET statement's transfer: streamed both ways, its bytes counted for the
@@ -478,6 +468,7 @@ where
                         })),
                         human: human.clone(),
                         brokered: broker_session,
+                        recorded: Arc::default(),
                     });
                     event.session_id = Some(session.id.clone());
                     ins.tracker.insert(&token, session);

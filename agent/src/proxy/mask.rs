@@ -109,14 +109,15 @@ impl Shaping {
     }
 
     /// Rewrites a query response by the rule: the new body for the driver (`None` when nothing
-    /// changed), `r.chunks` reduced to the chunks kept, and their shapes for the downloads.
+    /// changed), `r.chunks` reduced to the chunks kept, their shapes for the downloads, and the
+    /// new body decoded (for the recording).
     pub(super) fn response(
         &self,
         parts: &mut http::response::Parts,
         decoded: Option<&[u8]>,
         r: &mut QueryResponse,
         event: &mut Event,
-    ) -> Result<(Option<Body>, Option<ChunkMasking>), Refusal> {
+    ) -> Result<Shaped, Refusal> {
         let Some(shape) = &self.shape else {
             return Err(
                 self.refusal("the rule is no longer in the policy, so the result is withheld")
@@ -147,10 +148,16 @@ impl Shaping {
             rule: self.rule.clone(),
             by_path,
         });
-        let body = shaped.body.map(|b| full(encode_like(parts, b)));
-        Ok((body, masking))
+        // The rewritten body as the workload reads it (decoded), for its recording.
+        let plain = shaped.body.map(Bytes::from);
+        let body = plain.as_ref().map(|b| full(encode_like(parts, b.to_vec())));
+        Ok((body, masking, plain))
     }
 }
+
+/// A rewritten response: the body for the driver (`None` when nothing changed), how its chunk
+/// downloads are rewritten, and the body decoded (for its recording).
+pub(super) type Shaped = (Option<Body>, Option<ChunkMasking>, Option<Bytes>);
 
 /// How a shaped result's chunk downloads are rewritten.
 pub struct ChunkMasking {
@@ -192,6 +199,7 @@ pub(super) fn withhold(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> Re
     event.success = Some(false);
     event.error_message = Some(refusal.message());
     event.detail = Some(RESULT_REFUSED.into());
+    event.recording = Some(crate::recording::Status::Off.as_str().to_owned());
     if !event.flags.iter().any(|f| f == RESULT_REFUSED) {
         event.flags.push(RESULT_REFUSED.into());
     }
@@ -221,10 +229,7 @@ pub(super) async fn chunk(
     ins.tracker.expect_chunk(host, path, pending.clone());
     // A chunk the rule leaves as it is (no masked column in it, not cut) passes untouched.
     let Some(shape) = masking.by_path.get(&chunk_key(host, path)) else {
-        if let Some(event) = pending.chunk_done(0) {
-            drop(ins.sink.submit(event));
-        }
-        return resp;
+        return super::record::tee_chunk(ctx.inspector.clone(), pending, host, path, resp);
     };
     let status = resp.status();
     let out = match read_response(resp, &ins.limits).await {
@@ -234,7 +239,12 @@ pub(super) async fn chunk(
             ..
         } if status.is_success() => {
             snowflake::mask::shape_chunk(&decoded, shape, ins.limits.max_response_inspect_bytes)
-                .map(|b| (encode_like(&mut parts, b), parts))
+                .map(|b| {
+                    if let Some((index, _)) = pending.chunk_info(host, path) {
+                        pending.with_recording(|r| r.chunk(index, &b));
+                    }
+                    (encode_like(&mut parts, b), parts)
+                })
                 .map_err(|e| e.to_string())
         }
         Inspected::Read { .. } if !status.is_success() => {
@@ -246,7 +256,7 @@ pub(super) async fn chunk(
         Ok((body, parts)) => {
             let len = u64::try_from(body.len()).unwrap_or(u64::MAX);
             if let Some(event) = pending.chunk_done(len) {
-                drop(ins.sink.submit(event));
+                super::record::chunk_finished(ins, &pending, event);
             }
             Response::from_parts(parts, full(body))
         }
@@ -254,7 +264,7 @@ pub(super) async fn chunk(
             warn!(rule = %masking.rule, %why, "result chunk withheld by policy");
             pending.flag(RESULT_REFUSED);
             if let Some(event) = pending.chunk_done(0) {
-                drop(ins.sink.submit(event));
+                super::record::chunk_finished(ins, &pending, event);
             }
             let mut r = Response::new(full(Bytes::from(format!(
                 "chunk withheld by snowtrail policy rule '{}': {why}",

@@ -16,6 +16,7 @@ pub mod mask;
 pub mod passthrough;
 mod policy;
 pub mod prefixed;
+pub mod record;
 pub mod sessions;
 mod statement;
 mod tagging;

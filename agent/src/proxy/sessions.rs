@@ -48,6 +48,8 @@ pub struct Session {
     /// The broker's number of the session when the agent logged it in with a key pair
     /// ([`crate::broker`]): its token handles share it.
     pub brokered: Option<u64>,
+    /// Result bytes recorded for the session so far (`recording.max_bytes_per_session`).
+    pub recorded: Arc<AtomicU64>,
 }
 
 /// What the login's token said about the human behind a session; every event of the session
@@ -182,6 +184,9 @@ pub struct PendingResult {
     seen: AtomicUsize,
     bytes: AtomicU64,
     masking: Option<super::mask::ChunkMasking>,
+    recording: Mutex<Option<super::record::Recording>>,
+    /// Each chunk's index and uncompressed size, by lower-case host and path.
+    chunk_index: HashMap<String, (usize, Option<u64>)>,
 }
 
 impl PendingResult {
@@ -193,22 +198,59 @@ impl PendingResult {
             seen: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
             masking: None,
+            recording: Mutex::new(None),
+            chunk_index: HashMap::new(),
         })
     }
 
-    /// Holds `event` until `expected` chunks were downloaded, each rewritten by `masking`.
+    /// Holds `event` until `expected` chunks were downloaded, each rewritten by `masking`, their
+    /// rows added to `recording` (`chunks`: each chunk's host, path and uncompressed size).
     pub fn masked(
         event: Event,
         expected: usize,
         masking: Option<super::mask::ChunkMasking>,
+        recording: Option<super::record::Recording>,
+        chunks: &[crate::snowflake::result::Chunk],
     ) -> Arc<PendingResult> {
+        let chunk_index = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    format!("{}{}", c.url.host.to_ascii_lowercase(), c.url.path),
+                    (i, c.uncompressed_size),
+                )
+            })
+            .collect();
         Arc::new(PendingResult {
             event: Mutex::new(Some(event)),
             expected,
             seen: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
             masking,
+            recording: Mutex::new(recording),
+            chunk_index,
         })
+    }
+
+    /// The recording of the result, taken (once) when the event is completed.
+    pub(super) fn take_recording(&self) -> Option<super::record::Recording> {
+        self.recording.lock().ok()?.take()
+    }
+
+    /// Runs `f` on the recording of the result, while it is recorded.
+    pub(super) fn with_recording<T>(
+        &self,
+        f: impl FnOnce(&mut super::record::Recording) -> T,
+    ) -> Option<T> {
+        self.recording.lock().ok()?.as_mut().map(f)
+    }
+
+    /// A chunk download's index in the result and its uncompressed size.
+    pub(super) fn chunk_info(&self, host: &str, path: &str) -> Option<(usize, Option<u64>)> {
+        self.chunk_index
+            .get(&format!("{}{path}", host.to_ascii_lowercase()))
+            .copied()
     }
 
     /// How the result's chunk downloads are rewritten, when its rule shapes results.

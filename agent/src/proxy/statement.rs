@@ -112,14 +112,18 @@ where
                 Some(Ok(mut r)) => {
                     apply_query_response(&mut event, &r, raw.len(), session.as_deref());
                     let mut masking = None;
+                    let mut plain = None;
                     if let Some(s) = &shaping
                         && r.status == QueryStatus::Complete
                     {
                         match s.response(&mut parts, decoded.as_deref(), &mut r, &mut event) {
-                            Ok((body, m)) => (shaped, masking) = (body, m),
+                            Ok((body, m, p)) => (shaped, masking, plain) = (body, m, p),
                             Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
                         }
                     }
+                    let rec = recording(ctx, &event, session.as_deref(), &r, || {
+                        plain.as_deref().or(decoded.as_deref())
+                    });
                     if r.status == QueryStatus::Complete {
                         super::tagging::note_statement(session.as_deref(), &parsed.sql_text);
                     }
@@ -147,12 +151,12 @@ where
                         QueryStatus::Complete if !r.chunks.is_empty() => {
                             event.duration_ms = elapsed_ms(started);
                             learn_hosts(ins, &ctx.base, &r);
-                            await_chunks(ins, event, &r, masking);
+                            await_chunks(ctx, event, &r, masking, rec);
                         }
                         QueryStatus::Complete | QueryStatus::Failed => {
                             event.duration_ms = elapsed_ms(started);
                             learn_hosts(ins, &ctx.base, &r);
-                            complete(ins, event);
+                            complete_with(ins, event, rec);
                         }
                     }
                 }
@@ -174,7 +178,8 @@ where
             if let Some(s) = &shaping {
                 return super::mask::withhold(ctx, event, &s.uninspectable());
             }
-            complete(ins, event);
+            let rec = uninspected(ctx, &event, session.as_deref());
+            complete_with(ins, event, rec);
             resp
         }
     }
@@ -268,24 +273,60 @@ fn learn_hosts(ins: &Inspector, base: &Event, r: &snowflake::QueryResponse) {
 /// Holds a chunked result's event until its chunks were downloaded (their bytes are added), or
 /// until `chunk_wait` passes (then it is flagged `chunks_unseen`).
 fn await_chunks(
-    ins: &Inspector,
+    ctx: &ConnCtx,
     event: Event,
     r: &snowflake::QueryResponse,
     masking: Option<super::mask::ChunkMasking>,
+    rec: Option<super::record::Recording>,
 ) {
-    let pending = super::sessions::PendingResult::masked(event, r.chunks.len(), masking);
+    let ins = ctx.inspector.clone();
+    let pending =
+        super::sessions::PendingResult::masked(event, r.chunks.len(), masking, rec, &r.chunks);
     for c in &r.chunks {
         ins.tracker
             .expect_chunk(&c.url.host, &c.url.path, pending.clone());
     }
-    let sink = ins.sink.clone();
     let wait = ins.chunk_wait;
     tokio::spawn(async move {
         tokio::time::sleep(wait).await;
         if let Some(event) = pending.finish(true) {
-            drop(sink.submit(event));
+            // Chunks not seen are not in the recording either.
+            pending.with_recording(super::record::Recording::incomplete);
+            super::record::chunk_finished(&ins, &pending, event);
         }
     });
+}
+
+/// Starts the recording of a statement whose outcome is in `r` (not of one still running),
+/// capturing `body()`, the response as the workload receives it.
+fn recording<'a>(
+    ctx: &ConnCtx,
+    event: &Event,
+    session: Option<&Session>,
+    r: &snowflake::QueryResponse,
+    body: impl FnOnce() -> Option<&'a [u8]>,
+) -> Option<super::record::Recording> {
+    if !matches!(r.status, QueryStatus::Complete | QueryStatus::Failed) {
+        return None;
+    }
+    let mut rec = super::record::begin(&ctx.inspector, event, session)?;
+    match body() {
+        Some(b) => rec.response(b),
+        None => rec.incomplete(),
+    }
+    Some(rec)
+}
+
+/// The recording of a statement whose response was too large to inspect: nothing of it is
+/// kept, and it says so.
+fn uninspected(
+    ctx: &ConnCtx,
+    event: &Event,
+    session: Option<&Session>,
+) -> Option<super::record::Recording> {
+    let mut rec = super::record::begin(&ctx.inspector, event, session)?;
+    rec.incomplete();
+    Some(rec)
 }
 
 /// Holds a PUT/GET statement's event while its stage transfers run, and completes it with their
@@ -331,7 +372,12 @@ fn await_transfers(ctx: &ConnCtx, event: Event, r: &snowflake::QueryResponse) {
 const TRANSFER_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Records a finished statement; its durability is not waited on (DECISIONS 12).
-fn complete(ins: &Inspector, mut event: Event) {
+fn complete(ins: &Inspector, event: Event) {
+    complete_with(ins, event, None);
+}
+
+/// Records a finished statement with its recorded result, once that is durable.
+fn complete_with(ins: &Inspector, mut event: Event, rec: Option<super::record::Recording>) {
     if ins
         .tracker
         .take_aborted(event.query_id.as_deref(), event.request_id.as_deref())
@@ -339,13 +385,14 @@ fn complete(ins: &Inspector, mut event: Event) {
     {
         event.flags.push("aborted".into());
     }
-    drop(ins.sink.submit(event));
+    super::record::submit(ins, event, rec);
 }
 
 async fn refuse_query(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
     let qid = uuid::Uuid::now_v7().to_string();
     mark_denied(&mut event, &refusal);
     event.query_id = Some(qid.clone());
+    event.recording = Some(crate::recording::Status::Off.as_str().to_owned());
     drop(ctx.inspector.sink.submit(event));
     reply(snowflake::envelope::query_error(&refusal, &qid))
 }
@@ -392,18 +439,23 @@ where
                 Some(Ok(mut r)) => {
                     apply_query_response(&mut event, &r, raw.len(), session.as_deref());
                     let mut masking = None;
+                    let mut plain = None;
                     if let Some(s) = &shaping
                         && r.status == QueryStatus::Complete
                     {
                         match s.response(&mut parts, decoded.as_deref(), &mut r, &mut event) {
-                            Ok((body, m)) => (shaped, masking) = (body, m),
+                            Ok((body, m, p)) => (shaped, masking, plain) = (body, m, p),
                             Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
                         }
                     }
-                    if masking.is_some() && !r.chunks.is_empty() {
-                        await_chunks(ins, event, &r, masking);
+                    let rec = recording(ctx, &event, session.as_deref(), &r, || {
+                        plain.as_deref().or(decoded.as_deref())
+                    });
+                    if (masking.is_some() || rec.is_some()) && !r.chunks.is_empty() {
+                        learn_hosts(ins, &ctx.base, &r);
+                        await_chunks(ctx, event, &r, masking, rec);
                     } else {
-                        complete(ins, event);
+                        complete_with(ins, event, rec);
                     }
                 }
                 _ => {
@@ -421,7 +473,8 @@ where
             if let Some(s) = &shaping {
                 return super::mask::withhold(ctx, event, &s.uninspectable());
             }
-            complete(ins, event);
+            let rec = uninspected(ctx, &event, session.as_deref());
+            complete_with(ins, event, rec);
             resp
         }
     }

@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         host: "stress-host".into(),
         config,
         on_failure: OnAuditFailure::Block,
+        recordings_dir: None,
         clock: Arc::new(SystemClock),
     })
     .await?;

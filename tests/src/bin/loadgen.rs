@@ -184,6 +184,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<AuditReport> {
         host: "bench-host".into(),
         config: AuditConfig::default(),
         on_failure: OnAuditFailure::Block,
+        recordings_dir: None,
         clock: Arc::new(SystemClock),
     })
     .await

@@ -103,6 +103,7 @@ pub async fn start(
         config,
         on_failure,
         clock,
+        recordings_dir: None,
     })
     .await
     .unwrap()

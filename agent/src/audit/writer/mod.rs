@@ -104,6 +104,9 @@ pub struct WriterOptions {
     pub on_failure: OnAuditFailure,
     /// The clock that decides when files close.
     pub clock: Arc<dyn Clock>,
+    /// The recordings directory, when recording is on: its files are named in the same digest
+    /// chain (`root = "recordings"`, see [`AuditWriter::recordings_hook`]).
+    pub recordings_dir: Option<PathBuf>,
 }
 
 /// The cheap, clonable handle every part of the agent submits events through.
@@ -112,6 +115,7 @@ pub struct AuditWriter {
     tx: mpsc::Sender<Msg>,
     health: Arc<Health>,
     core: Arc<Core>,
+    digests: Arc<Mutex<DigestLog>>,
 }
 
 /// What the writer is doing now, for `snowtrail status`; read from counters, never waits on a thread.
@@ -184,6 +188,14 @@ impl AuditWriter {
     /// Journal fdatasyncs since start, for metrics; far fewer than events under load (group commit).
     pub fn journal_syncs(&self) -> u64 {
         self.health.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The publish hook of the recordings writer: each recordings file is recorded in this
+    /// writer's digest log (`root = "recordings"`) before it is renamed into place, so the next
+    /// digest names it. Needs [`WriterOptions::recordings_dir`].
+    pub fn recordings_hook(&self) -> super::files::PublishHook {
+        let log = self.digests.clone();
+        Arc::new(move |f: &ClosedFile| lock(&log).record_recording(f))
     }
 
     /// A snapshot of the writer's counters and open files.
@@ -311,6 +323,10 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         opts.clock.now(),
     )
     .map_err(|e| rec(&e))?;
+    let mut digests = digests;
+    if let Some(dir) = &opts.recordings_dir {
+        digests.set_recordings_dir(dir).map_err(|e| rec(&e))?;
+    }
     let digests = Arc::new(Mutex::new(digests));
     let hook_log = digests.clone();
     let settings = FileSettings {
@@ -399,7 +415,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         next_tick: Instant::now(),
         intents: HashMap::new(),
         payload: Vec::new(),
-        digests,
+        digests: digests.clone(),
         shown: Vec::new(),
     };
     let parquet = std::thread::Builder::new()
@@ -445,6 +461,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         tx: tx.clone(),
         health,
         core: core.clone(),
+        digests,
     };
     let task = WriterTask {
         tx,

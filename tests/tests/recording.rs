@@ -1,0 +1,371 @@
+//! End-to-end session recording: connector 5.2.0 under `snowtrail exec`, through the agent, to
+//! the fake Snowflake, with `recording.recipient` set to a key made by `snowtrail recording
+//! keygen`. What `snowtrail replay --key --json` decrypts equals what the driver returned (a
+//! masked JSON result, an Arrow result, a chunked result, a polled result), a failed statement's
+//! error is recorded, a result over the cap is truncated and flagged while the driver gets every
+//! row; a rule with `record = false` and an identity in `off_for_identities` are not recorded;
+//! without the key replay says the results are encrypted; the recordings files hold no plaintext
+//! cell; DuckDB joins them to the audit on `event_id`; `audit verify` covers them and finds a
+//! deleted one. Root only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, ensure};
+use serde_json::Value;
+use snowtrail_tests::session::{self, Setup, rows, run_session, statement};
+
+const PORT_BASE: u16 = 30_300;
+/// The per-statement cap the test configures: the big result passes it, the others do not.
+const CAP: u64 = 2048;
+
+const POLICY: &str = r#"
+[default]
+action = "allow"
+
+[[rule]]
+name = "hide-email"
+action = "mask"
+columns = ["email"]
+[rule.when]
+sql = "from customers"
+
+[[rule]]
+name = "payroll-unrecorded"
+action = "allow"
+record = false
+[rule.when]
+sql = "from payroll"
+"#;
+
+const CUSTOMERS: &str = "select * from customers";
+const ARROW: &str = "/*arrow*/ /*rows:5*/ select id, name from people";
+const CHUNKED: &str = "/*sf_chunks*/ /*rows:40*/ select id, name from parts";
+const BIG: &str = "/*rows:400*/ select id, name from wide";
+const FAILING: &str = "/*error*/ select * from nope";
+/// Answered `333333` first: its rows come with a poll.
+const SLOW: &str = "/*slow:2*/ /*rows:3*/ select id, name from polled";
+/// Decided by a rule with `record = false`.
+const PAYROLL: &str = "/*rows:2*/ select id, name from payroll";
+/// Run by an identity listed in `recording.off_for_identities`.
+const ELSEWHERE: &str = "/*rows:2*/ select id from elsewhere";
+const UNRECORDED: &str = "unrecorded";
+
+fn snowtrail(config: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(snowtrail_tests::snowtrail_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()?)
+}
+
+fn ok(out: std::process::Output) -> anyhow::Result<String> {
+    ensure!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A driver's value as the text Snowflake sent (the driver converts numbers).
+fn text(v: &Value) -> Value {
+    match v {
+        Value::Null | Value::String(_) => v.clone(),
+        other => Value::String(other.to_string()),
+    }
+}
+
+fn texts(rows: &[Value]) -> Vec<Vec<Value>> {
+    rows.iter()
+        .map(|r| {
+            r.as_array()
+                .map(|c| c.iter().map(text).collect())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn result_of<'a>(results: &'a [Value], lines: &[Value], sql: &str) -> anyhow::Result<&'a Value> {
+    let qid = statement(lines, sql)?
+        .get("sfqid")
+        .and_then(Value::as_str)
+        .or_else(|| statement(lines, sql).ok()?["error"]["sfqid"].as_str())
+        .with_context(|| format!("no query id for {sql}"))?
+        .to_owned();
+    results
+        .iter()
+        .find(|r| r["query_id"] == qid.as_str())
+        .with_context(|| format!("no recorded result for {sql} ({qid}): {results:#?}"))
+}
+
+#[test]
+fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
+    let identity = "recorded";
+    let keys = tempfile::tempdir()?;
+    let key = keys.path().join("recording.key");
+    // keygen: the private key 0600, the public key the last line; never over an existing file.
+    let out = Command::new(snowtrail_tests::snowtrail_bin())
+        .args(["recording", "keygen", "--out"])
+        .arg(&key)
+        .output()?;
+    let printed = ok(out)?;
+    let public = printed.lines().last().unwrap_or_default().trim().to_owned();
+    ensure!(public.starts_with("age1"), "{printed}");
+    use std::os::unix::fs::PermissionsExt as _;
+    ensure!(std::fs::metadata(&key)?.permissions().mode() & 0o777 == 0o600);
+    let again = Command::new(snowtrail_tests::snowtrail_bin())
+        .args(["recording", "keygen", "--out"])
+        .arg(&key)
+        .output()?;
+    ensure!(!again.status.success(), "keygen overwrote its key");
+
+    let recordings = keys.path().join("recordings");
+    let rec_dir = recordings.display().to_string();
+    let mut s: Setup = session::setup(identity, [127, 77, 9, 1], PORT_BASE, Some(POLICY), |_| {
+        format!(
+            "recording_dir = {rec_dir:?}\n[recording]\nrecipient = {public:?}\nmax_bytes_per_statement = {CAP}\noff_for_identities = [{UNRECORDED:?}]\n"
+        )
+    })?;
+    let lines = run_session(
+        &s,
+        identity,
+        &[CUSTOMERS, ARROW, CHUNKED, BIG, FAILING, SLOW, PAYROLL],
+    )?;
+    let off_lines = run_session(&s, UNRECORDED, &[ELSEWHERE])?;
+    ensure!(rows(&off_lines, ELSEWHERE)?.len() == 2, "{off_lines:#?}");
+    ensure!(
+        rows(&lines, BIG)?.len() == 400,
+        "the driver lost rows: {lines:#?}"
+    );
+    let failed = &statement(&lines, FAILING)?["error"];
+    ensure!(failed["errno"] == 2003, "{failed}");
+    let ev = s
+        .daemon
+        .wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == BIG)?;
+    let session_id = ev["session_id"]
+        .as_str()
+        .context("no session id")?
+        .to_owned();
+    // A clean stop publishes the last files and writes the digest naming them.
+    s.daemon.stop()?;
+
+    // The audit rows say what was recorded.
+    let events = s.daemon.events();
+    let query = |sql: &str| {
+        events
+            .iter()
+            .find(|e| e["event_kind"] == "query" && e["sql_text"] == sql)
+            .cloned()
+            .with_context(|| format!("no event for {sql}"))
+    };
+    // Off by rule and by identity.
+    for sql in [PAYROLL, ELSEWHERE] {
+        let e = query(sql)?;
+        ensure!(e["recording"] == "off", "{e}");
+    }
+    for sql in [CUSTOMERS, ARROW, CHUNKED, FAILING, SLOW] {
+        let e = query(sql)?;
+        ensure!(e["recording"] == "full", "{e}");
+        ensure!(
+            e["recording_bytes_kept"] == e["recording_bytes_seen"],
+            "{e}"
+        );
+    }
+    let big = query(BIG)?;
+    ensure!(big["recording"] == "truncated", "{big}");
+    let (kept, seen) = (
+        big["recording_bytes_kept"].as_u64().unwrap_or(u64::MAX),
+        big["recording_bytes_seen"].as_u64().unwrap_or(0),
+    );
+    ensure!(kept <= CAP && kept < seen, "{big}");
+
+    // Replay with the key: the rows the driver returned.
+    let cfg = s.daemon.config.clone();
+    let replay = ok(snowtrail(
+        &cfg,
+        &[
+            "replay",
+            "--session",
+            &session_id,
+            "--key",
+            &key.display().to_string(),
+            "--full",
+            "--json",
+        ],
+    )?)?;
+    let doc: Value = serde_json::from_str(&replay)?;
+    let results = doc["results"].as_array().context("no results")?.clone();
+    ensure!(results.len() == 6, "{doc:#}");
+    ensure!(
+        !doc["events"].as_array().is_none_or(Vec::is_empty),
+        "{doc:#}"
+    );
+    for sql in [CUSTOMERS, ARROW, CHUNKED, SLOW] {
+        let r = result_of(&results, &lines, sql)?;
+        let recorded: Vec<Vec<Value>> = serde_json::from_value(r["rows"].clone())?;
+        ensure!(
+            recorded == texts(rows(&lines, sql)?),
+            "{sql}: recorded {recorded:?}, the driver got {:?}",
+            rows(&lines, sql)?
+        );
+        ensure!(r["truncated"] == false, "{r}");
+    }
+    let customers = result_of(&results, &lines, CUSTOMERS)?;
+    ensure!(
+        customers["rows"][0][2] == "***",
+        "masked in the recording: {customers}"
+    );
+    ensure!(
+        !customers.to_string().contains("ada@example.com"),
+        "{customers}"
+    );
+    ensure!(customers["columns"][2]["name"] == "EMAIL", "{customers}");
+    ensure!(result_of(&results, &lines, ARROW)?["format"] == "arrow");
+    ensure!(rows(&lines, CHUNKED)?.len() == 40);
+    let err = result_of(&results, &lines, FAILING)?;
+    ensure!(err["error"]["code"] == "002003", "{err}");
+    ensure!(
+        err["error"]["message"].as_str() == failed["msg"].as_str(),
+        "{err} vs {failed}"
+    );
+    let big_r = result_of(&results, &lines, BIG)?;
+    ensure!(
+        big_r["truncated"] == true && big_r["bytes_kept"] == kept,
+        "{big_r}"
+    );
+    let kept_rows: Vec<Vec<Value>> = serde_json::from_value(big_r["rows"].clone())?;
+    let all = texts(rows(&lines, BIG)?);
+    ensure!(
+        !kept_rows.is_empty()
+            && kept_rows.len() < all.len()
+            && kept_rows[..] == all[..kept_rows.len()],
+        "{} rows kept",
+        kept_rows.len()
+    );
+
+    // One statement with --query-id, as a text table.
+    let qid = statement(&lines, CUSTOMERS)?["sfqid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let one = ok(snowtrail(
+        &cfg,
+        &[
+            "replay",
+            "--session",
+            &session_id,
+            "--query-id",
+            &qid,
+            "--key",
+            &key.display().to_string(),
+        ],
+    )?)?;
+    ensure!(
+        one.contains("1 recorded results") && one.contains("Ada Lovelace"),
+        "{one}"
+    );
+
+    // Without the key: the timeline, and the results said to be encrypted.
+    let plain = ok(snowtrail(&cfg, &["replay", "--session", &session_id])?)?;
+    ensure!(plain.contains("they are encrypted"), "{plain}");
+    ensure!(
+        plain.contains("query") && !plain.contains("Ada Lovelace"),
+        "{plain}"
+    );
+
+    // No plaintext cell in the recordings files, and none under the audit directory.
+    let files = files_under(&recordings);
+    ensure!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "parquet")),
+        "{files:?}"
+    );
+    for f in &files {
+        let bytes = std::fs::read(f)?;
+        for needle in [&b"Ada Lovelace"[..], b"PEOPLE_", b"NAME_1"] {
+            ensure!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds plaintext {:?}",
+                f.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    ensure!(
+        files_under(&s.daemon.audit_dir)
+            .iter()
+            .all(|f| !f.starts_with(&recordings)),
+        "recordings under the audit directory"
+    );
+
+    // DuckDB reads the recordings table and joins it to the audit.
+    let script = format!(
+        "import duckdb\nprint(duckdb.sql(\"SELECT count(*), count(*) FILTER (WHERE r.truncated = (a.recording = 'truncated')), sum(CASE WHEN r.bytes_kept = a.recording_bytes_kept THEN 1 ELSE 0 END) FROM read_parquet('{}/**/*.parquet', hive_partitioning = true) r JOIN read_parquet('{}/**/*.parquet', union_by_name = true) a ON r.event_id = a.event_id WHERE a.event_kind = 'query'\").fetchall()[0])\n",
+        recordings.display(),
+        s.daemon.audit_dir.display()
+    );
+    let out = Command::new(snowtrail_tests::python())
+        .arg("-c")
+        .arg(script)
+        .output()?;
+    let joined = ok(out)?;
+    ensure!(joined.trim() == "(6, 6, 6)", "DuckDB join: {joined}");
+
+    // The digests name the recordings files: verify passes, and finds one deleted.
+    let audit = s.daemon.audit_dir.display().to_string();
+    let state = s.daemon.dir.path().join("state").display().to_string();
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "verify",
+            audit.as_str(),
+            "--state-dir",
+            state.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        snowtrail(&cfg, &args)
+    };
+    let good = verify(&["--recordings-dir", &rec_dir])?;
+    let good_text = ok(good)?;
+    let parquet: Vec<_> = files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    std::fs::remove_file(parquet[0])?;
+    let bad = verify(&["--recordings-dir", &rec_dir])?;
+    let bad_text = String::from_utf8_lossy(&bad.stdout).into_owned();
+    ensure!(
+        !bad.status.success(),
+        "verify passed with a recordings file removed:\n{bad_text}\n(before: {good_text})"
+    );
+    let name = parquet[0]
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    ensure!(
+        bad_text.contains(&name) && bad_text.contains("removed"),
+        "{bad_text}"
+    );
+    Ok(())
+}
