@@ -73,6 +73,11 @@ pub struct FakeOptions {
     pub max_body_bytes: usize,
     /// Time allowed to read a request's headers, and then its body.
     pub request_timeout: Duration,
+    /// Keep every request for [`FakeSnowflake::requests`]; off for load tests, where the log's
+    /// lock and copies would cap the throughput being measured.
+    pub record_requests: bool,
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
 }
 
 impl Default for FakeOptions {
@@ -91,6 +96,8 @@ impl Default for FakeOptions {
             gzip_responses: true,
             max_body_bytes: 16 << 20,
             request_timeout: Duration::from_secs(30),
+            record_requests: true,
+            max_connections: 512,
         }
     }
 }
@@ -134,12 +141,13 @@ impl FakeSnowflake {
             scheme,
             port: addr.port(),
             gzip_responses: opts.gzip_responses,
+            record_requests: opts.record_requests,
         }));
         let limits = server::Limits {
             max_body_bytes: opts.max_body_bytes,
             request_timeout: opts.request_timeout,
             handshake_timeout: Duration::from_secs(10),
-            max_connections: 512,
+            max_connections: opts.max_connections.max(1),
             http1_only: !opts.http2,
         };
         let (shutdown, rx) = tokio::sync::watch::channel(false);

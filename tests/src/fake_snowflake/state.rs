@@ -351,6 +351,8 @@ pub struct Settings {
     pub port: u16,
     /// Gzip JSON answers above 4 KiB when the client accepts gzip (as Snowflake does).
     pub gzip_responses: bool,
+    /// Whether requests are kept in the log (off for load tests).
+    pub record_requests: bool,
 }
 
 /// The fake's shared state.
