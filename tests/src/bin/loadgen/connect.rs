@@ -101,7 +101,10 @@ pub async fn sink(args: &SinkArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    println!("{}", serde_json::json!({ "listening": args.listen.to_string() }));
+    println!(
+        "{}",
+        serde_json::json!({ "listening": args.listen.to_string() })
+    );
     loop {
         // Errors (a connection reset before it was accepted) are the normal case here.
         let _ = listener.accept().await;

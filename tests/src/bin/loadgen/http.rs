@@ -137,12 +137,7 @@ impl Peer {
             .with_context(|| format!("connecting to {}", self.addr))?;
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(self.host.clone())?;
-        let io = TokioIo::new(
-            self.tls
-                .connect(name, tcp)
-                .await
-                .context("TLS handshake")?,
-        );
+        let io = TokioIo::new(self.tls.connect(name, tcp).await.context("TLS handshake")?);
         Ok(if self.h2 {
             let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
             tokio::spawn(conn);
@@ -266,10 +261,7 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<HttpReport> {
                     break;
                 }
                 seq += 1;
-                let ok = matches!(
-                    conn.send(peer.query(&token, &sql, seq)).await,
-                    Ok((200, _))
-                );
+                let ok = matches!(conn.send(peer.query(&token, &sql, seq)).await, Ok((200, _)));
                 let done = Instant::now();
                 if t >= from {
                     if ok {

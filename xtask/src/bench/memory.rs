@@ -1,0 +1,123 @@
+//! The agent's memory: resident set (`VmRSS` of `/proc/<pid>/status`) of a fresh daemon at rest,
+//! and while it holds 10,000 idle intercepted connections (1,000 with `--quick`). `loadgen hold`
+//! runs enrolled, opens the connections to the fake Snowflake through the agent (each carries one
+//! statement, so each is a live intercepted connection with its upstream side), reports, and keeps
+//! them until the bench closes its standard input. The daemon runs with the packaged unit's
+//! open-files limit, which the table shows.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::procs::{
+    Daemon, DaemonSpec, Proc, hosts_file, nofile_limit, rss_mib, wait_listening, with_hosts,
+    with_nofile,
+};
+use super::{Ctx, Row, build_bin, num};
+use crate::util::step;
+
+const SECTION: &str = "memory";
+const HOST: &str = "xy12345.snowflakecomputing.com";
+const FAKE_IP: &str = "127.0.0.64";
+const LISTEN_PORT: u16 = 18_947;
+/// How long the daemon settles before a reading.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Runs the section.
+pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let loadgen = build_bin(ctx, "snowtrail-tests", "loadgen")?;
+    let fake_bin = build_bin(ctx, "snowtrail-tests", "fake-snowflake")?;
+    let snowtrail = build_bin(ctx, "snowtrail", "snowtrail")?;
+    let dir = &ctx.scratch;
+    let n: usize = if ctx.quick { 1_000 } else { 10_000 };
+    let fake_addr: SocketAddr = format!("{FAKE_IP}:443").parse()?;
+    let fake_ca_dir = dir.join("fake-ca");
+    let mut fake = Proc::spawn(
+        "fake-snowflake",
+        &mut with_nofile(
+            &fake_bin,
+            &[
+                "--tls".into(),
+                "--lean".into(),
+                "--listen".into(),
+                fake_addr.to_string(),
+                "--ca-dir".into(),
+                fake_ca_dir.display().to_string(),
+                "--max-connections".into(),
+                (n + 1_000).to_string(),
+            ],
+        ),
+        Some(&dir.join("fake.log")),
+    )?;
+    fake.line()?;
+    wait_listening(fake_addr, Duration::from_secs(10))?;
+    let daemon = Daemon::start(DaemonSpec {
+        bin: &snowtrail,
+        dir: dir.join("daemon"),
+        listen_port: LISTEN_PORT,
+        extra: format!(
+            "[tls]\nupstream_extra_roots = [{:?}]\n",
+            fake_ca_dir.join("ca.pem").display().to_string()
+        ),
+    })?;
+    std::thread::sleep(SETTLE);
+    let idle = rss_mib(daemon.pid())?;
+    let nofile = nofile_limit(daemon.pid())?;
+    step(&format!(
+        "idle RSS {idle:.1} MiB; opening {n} intercepted connections"
+    ));
+    let hosts = hosts_file(dir, FAKE_IP, &[HOST])?;
+    let args = vec![
+        "hold".to_owned(),
+        "--connect".into(),
+        format!("{HOST}:443"),
+        "--host".into(),
+        HOST.into(),
+        "--ca".into(),
+        daemon.state_dir.join("ca.pem").display().to_string(),
+        "--connections".into(),
+        n.to_string(),
+    ];
+    let mut cmd = daemon.exec_command(&with_hosts(&hosts, &loadgen, &args));
+    let (mut hold, stdin) = Proc::spawn_piped("loadgen hold", &mut cmd)?;
+    let report = hold.json_line().context("loadgen hold")?;
+    let held = num(&report, "held")?;
+    anyhow::ensure!(
+        held as usize == n,
+        "only {held} of {n} connections opened: {report}"
+    );
+    std::thread::sleep(SETTLE);
+    let busy = rss_mib(daemon.pid())?;
+    step(&format!(
+        "RSS {busy:.1} MiB holding {n} connections; releasing them"
+    ));
+    drop(stdin);
+    let _ = hold.wait(Duration::from_secs(60));
+    let per_conn_kib = (busy - idle) * 1024.0 / n as f64;
+    Ok(vec![
+        Row::new(
+            SECTION,
+            "agent RSS idle",
+            idle,
+            "MiB",
+            format!("fresh daemon, audit on, after {}s", SETTLE.as_secs()),
+        ),
+        Row::new(
+            SECTION,
+            format!("agent RSS, {n} idle connections"),
+            busy,
+            "MiB",
+            format!(
+                "intercepted (TLS both sides, h1), one statement each; open-files limit {nofile}"
+            ),
+        ),
+        Row::new(
+            SECTION,
+            "agent memory per connection",
+            per_conn_kib,
+            "KiB",
+            "(held - idle) / connections",
+        ),
+    ])
+}
