@@ -41,7 +41,7 @@ print(json.dumps({"rows": rows, "table_rows_per_s": rows / best, "bytes_per_row"
 
 /// Runs the section.
 pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
-    let loadgen = build_bin(ctx, "snowtrail-tests", "loadgen")?;
+    let loadgen = build_bin(ctx, "loadgen")?;
     let python = &ctx.python;
     let events: u64 = if ctx.quick { 200_000 } else { 2_000_000 };
     step(&format!(

@@ -22,8 +22,8 @@ const LISTEN_PORT: u16 = 18_946;
 
 /// Runs the section.
 pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
-    let loadgen = build_bin(ctx, "snowtrail-tests", "loadgen")?;
-    let snowtrail = build_bin(ctx, "snowtrail", "snowtrail")?;
+    let loadgen = build_bin(ctx, "loadgen")?;
+    let snowtrail = build_bin(ctx, "snowtrail")?;
     let dir = &ctx.scratch;
     let mut sink = Proc::spawn(
         "loadgen sink",

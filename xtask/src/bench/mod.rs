@@ -301,18 +301,32 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
-/// Builds `bin` of package `package` in release (the figures are meaningless in debug; only the
-/// hidden `--debug-build` of the bench's own development changes that) and returns its path.
-pub fn build_bin(ctx: &Ctx, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+/// Builds the agent's and the tests crate's binaries in release (the figures are meaningless in
+/// debug; only the hidden `--debug-build` of the bench's own development changes that), once per
+/// run and in one cargo call (separate calls would unify features differently and rebuild shared
+/// dependencies back and forth), and returns the path of `bin`.
+pub fn build_bin(ctx: &Ctx, bin: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let profile = if ctx.debug_build { "debug" } else { "release" };
-    step(&format!("building {bin} ({profile})"));
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(&ctx.root)
-        .args(["build", "-p", package, "--bin", bin]);
-    if !ctx.debug_build {
-        cmd.arg("--release");
-    }
-    sh(&mut cmd)?;
+    BUILT
+        .get_or_init(|| {
+            step(&format!("building snowtrail, loadgen and fake-snowflake ({profile})"));
+            let mut cmd = Command::new("cargo");
+            cmd.current_dir(&ctx.root).args([
+                "build",
+                "-p",
+                "snowtrail",
+                "-p",
+                "snowtrail-tests",
+                "--bins",
+            ]);
+            if !ctx.debug_build {
+                cmd.arg("--release");
+            }
+            sh(&mut cmd).map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
     Ok(ctx.root.join("target").join(profile).join(bin))
 }
 

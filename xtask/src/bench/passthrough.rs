@@ -19,8 +19,8 @@ const LISTEN_PORT: u16 = 18_945;
 
 /// Runs the section.
 pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
-    let loadgen = build_bin(ctx, "snowtrail-tests", "loadgen")?;
-    let snowtrail = build_bin(ctx, "snowtrail", "snowtrail")?;
+    let loadgen = build_bin(ctx, "loadgen")?;
+    let snowtrail = build_bin(ctx, "snowtrail")?;
     let dir = &ctx.scratch;
     let server: SocketAddr = SERVER.parse()?;
     let ca_dir = dir.join("bulk-ca");

@@ -12,11 +12,14 @@ use anyhow::{Context as _, bail};
 /// The open-files limit servers are started with: the packaged unit's `LimitNOFILE`.
 pub const NOFILE: u64 = 65_536;
 
-/// A command run with the open-files limit raised to [`NOFILE`] (the bench runs as root).
+/// A command run with the open-files limit raised to [`NOFILE`], or to the hard limit where that
+/// is lower and cannot be raised (a container without `CAP_SYS_RESOURCE`).
 pub fn with_nofile(program: &Path, args: &[String]) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c")
-        .arg(format!(r#"ulimit -n {NOFILE} && exec "$0" "$@""#))
+        .arg(format!(
+            r#"{{ ulimit -n {NOFILE} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; }} && exec "$0" "$@""#
+        ))
         .arg(program)
         .args(args);
     c
@@ -52,6 +55,9 @@ pub struct Proc {
     name: String,
     child: Child,
     stdout: Option<BufReader<ChildStdout>>,
+    /// Stopped with SIGTERM rather than SIGKILL: a server whose workers must go with it (nginx's
+    /// workers outlive a killed master, still listening).
+    graceful: bool,
 }
 
 impl Proc {
@@ -83,7 +89,23 @@ impl Proc {
             name: name.to_owned(),
             child,
             stdout,
+            graceful: false,
         })
+    }
+
+    /// This process, to be stopped with SIGTERM (and given time to stop its children) when
+    /// dropped.
+    pub fn graceful(mut self) -> Proc {
+        self.graceful = true;
+        self
+    }
+
+    /// Fails if it has already ended (a server that could not bind, say).
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} ended ({status})", self.name);
+        }
+        Ok(())
     }
 
     /// Its process id.
@@ -149,6 +171,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.graceful {
+            self.terminate(Duration::from_secs(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -189,9 +189,9 @@ fn daemon_worker_threads() -> usize {
 
 /// Runs the section.
 pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
-    let loadgen = build_bin(ctx, "snowtrail-tests", "loadgen")?;
-    let fake_bin = build_bin(ctx, "snowtrail-tests", "fake-snowflake")?;
-    let snowtrail = build_bin(ctx, "snowtrail", "snowtrail")?;
+    let loadgen = build_bin(ctx, "loadgen")?;
+    let fake_bin = build_bin(ctx, "fake-snowflake")?;
+    let snowtrail = build_bin(ctx, "snowtrail")?;
     let dir = &ctx.scratch;
     let fake_ca_dir = dir.join("fake-ca");
     let fake_addr: SocketAddr = format!("{FAKE_IP}:443").parse()?;
@@ -253,7 +253,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     });
     let conf_path = nginx_dir.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
-    let _nginx = Proc::spawn(
+    let mut nginx = Proc::spawn(
         "nginx",
         Command::new("nginx")
             .arg("-p")
@@ -263,14 +263,16 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             .arg("-e")
             .arg(nginx_dir.join("error.log")),
         Some(&nginx_dir.join("stderr.log")),
-    )?;
-    wait_listening(nginx_listen, Duration::from_secs(10)).with_context(|| {
-        std::fs::read_to_string(nginx_dir.join("error.log")).unwrap_or_default()
-    })?;
+    )?
+    .graceful();
+    let nginx_log = || std::fs::read_to_string(nginx_dir.join("error.log")).unwrap_or_default();
+    wait_listening(nginx_listen, Duration::from_secs(10)).with_context(nginx_log)?;
+    std::thread::sleep(Duration::from_millis(300));
+    nginx.ensure_running().with_context(nginx_log)?;
 
     step("mitmproxy: mitmdump in reverse mode");
     let mitm_listen: SocketAddr = format!("127.0.0.1:{MITM_PORT}").parse()?;
-    let _mitm = Proc::spawn(
+    let mut mitm = Proc::spawn(
         "mitmdump",
         Command::new(&ctx.mitmdump).args(mitmdump_args(
             mitm_listen,
@@ -282,6 +284,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         Some(&dir.join("mitmdump.log")),
     )?;
     wait_listening(mitm_listen, Duration::from_secs(30))?;
+    mitm.ensure_running()?;
 
     step("snowtrail: two daemons, durable-before-forward and async audit");
     let hosts = hosts_file(dir, FAKE_IP, &[HOST])?;
