@@ -154,14 +154,23 @@ fn leaf_writes_a_chain_a_key_and_both_together() -> anyhow::Result<()> {
     let out = dir.path().join("leaf");
     json(
         Command::new(LOADGEN)
-            .args(["leaf", "--host", "xy12345.snowflakecomputing.com", "--ca-dir"])
+            .args([
+                "leaf",
+                "--host",
+                "xy12345.snowflakecomputing.com",
+                "--ca-dir",
+            ])
             .arg(dir.path().join("ca"))
             .arg("--out")
             .arg(&out)
             .output()?,
     )?;
     let chain = std::fs::read_to_string(out.join("leaf.pem"))?;
-    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "leaf then CA");
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf then CA"
+    );
     let key = std::fs::read_to_string(out.join("leaf-key.pem"))?;
     assert!(key.contains("PRIVATE KEY"));
     let combined = std::fs::read_to_string(out.join("leaf-combined.pem"))?;

@@ -310,7 +310,9 @@ pub fn build_bin(ctx: &Ctx, bin: &str) -> anyhow::Result<PathBuf> {
     let profile = if ctx.debug_build { "debug" } else { "release" };
     BUILT
         .get_or_init(|| {
-            step(&format!("building snowtrail, loadgen and fake-snowflake ({profile})"));
+            step(&format!(
+                "building snowtrail, loadgen and fake-snowflake ({profile})"
+            ));
             let mut cmd = Command::new("cargo");
             cmd.current_dir(&ctx.root).args([
                 "build",
