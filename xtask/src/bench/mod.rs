@@ -121,16 +121,6 @@ pub struct Section {
 /// Every section, in the order they run.
 pub const SECTIONS: &[Section] = &[
     Section {
-        name: "audit",
-        about: "audit writer: events/s into Parquet with the journal on, bytes/event; vs pyarrow",
-        run: audit::run,
-    },
-    Section {
-        name: "policy",
-        about: "policy evaluation and SQL classification, ns/statement (criterion)",
-        run: policy::run,
-    },
-    Section {
         name: "roundtrip",
         about: "statement round trip: direct, snowtrail (durable / async audit), nginx, mitmproxy",
         run: roundtrip::run,
@@ -149,6 +139,16 @@ pub const SECTIONS: &[Section] = &[
         name: "memory",
         about: "agent RSS idle and holding 10,000 idle intercepted connections",
         run: memory::run,
+    },
+    Section {
+        name: "audit",
+        about: "audit writer: events/s into Parquet with the journal on, bytes/event; vs pyarrow",
+        run: audit::run,
+    },
+    Section {
+        name: "policy",
+        about: "policy evaluation and SQL classification, ns/statement (criterion)",
+        run: policy::run,
     },
 ];
 
