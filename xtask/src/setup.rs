@@ -11,6 +11,10 @@
 //! 5. stunnel from Debian, the TLS terminator put in front of fakesnow in the tests;
 //! 6. the packaging tools: cargo-deb and cargo-generate-rpm (pinned), and from Debian lintian and
 //!    rpm (the package tests check the .deb with lintian and read the .rpm with `rpm -qp`).
+//!
+//! With `--bench` (and always before `cargo xtask bench`), also the benchmark's peers, which the
+//! tests do not need: nginx and the DejaVu fonts (the charts' text) from Debian, and mitmproxy
+//! (pinned) in a venv of its own under `target/snowtrail-env/mitmproxy`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +42,8 @@ const NODE_PACKAGE: &str = "snowflake-sdk@3.3.0";
 const CARGO_DEB_VERSION: &str = "3.8.0";
 /// cargo-generate-rpm release `cargo xtask package` is known to work with.
 const CARGO_GENERATE_RPM_VERSION: &str = "0.21.1";
+/// mitmproxy for the bench's round-trip section: the last release that runs on Python 3.11.
+const MITMPROXY_REQUIREMENTS: &[&str] = &["mitmproxy==11.0.2"];
 
 /// Options of `setup`.
 #[derive(Debug, Args, Default)]
@@ -45,6 +51,9 @@ pub struct Options {
     /// Reinstall every piece even when present.
     #[arg(long)]
     pub force: bool,
+    /// Also install the benchmark's peers (nginx, mitmproxy) and the charts' font.
+    #[arg(long)]
+    pub bench: bool,
 }
 
 /// Paths the other tasks hand to tests.
@@ -85,6 +94,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Env> {
     let node_modules = node(opts.force)?;
     stunnel()?;
     packaging_tools(opts.force)?;
+    if opts.bench {
+        bench_peers(opts.force)?;
+    }
     Ok(Env {
         python,
         py4,
@@ -204,6 +216,29 @@ fn stunnel() -> anyhow::Result<()> {
     }
     step("installing stunnel4 from Debian");
     apt_install(&["stunnel4"])
+}
+
+/// The benchmark's peers: nginx and the DejaVu fonts from Debian, mitmproxy in its own venv.
+/// Returns the path of `mitmdump`.
+pub fn bench_peers(force: bool) -> anyhow::Result<PathBuf> {
+    let mut missing = Vec::new();
+    if output(Command::new("sh").args(["-c", "command -v nginx"])).is_none() {
+        missing.push("nginx");
+    }
+    if !Path::new(crate::bench::CHART_FONT).exists() {
+        missing.push("fonts-dejavu-core");
+    }
+    if !missing.is_empty() {
+        step(&format!("installing {} from Debian", missing.join(", ")));
+        apt_install(&missing)?;
+    }
+    let python = venv(
+        "mitmproxy",
+        MITMPROXY_REQUIREMENTS,
+        "mitmproxy (the bench's Python peer)",
+        force,
+    )?;
+    Ok(python.with_file_name("mitmdump"))
 }
 
 /// Installs Debian packages, refreshing the package lists once if the first try fails.

@@ -74,6 +74,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "snowtrail-common",
             "-p",
             "snowtrail-tests",
+            "-p",
+            "xtask",
             "--",
         ])
         .args(&opts.harness_args)

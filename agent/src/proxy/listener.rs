@@ -241,6 +241,9 @@ async fn serve(
     match (route, &inputs.tls) {
         (Route::Intercept(sni), Some(tls)) => {
             event.connection_mode = Some("intercepted".into());
+            // The proxy writes an h2 response as several frames: with Nagle on, the second write
+            // waits for the client's delayed ACK (40 ms on Linux) and one-client latency with it.
+            let _ = client.set_nodelay(true);
             let client = Prefixed::new(prefix, client);
             let ctx = Arc::new(exchange::ConnCtx {
                 owner: crate::broker::Owner::of(

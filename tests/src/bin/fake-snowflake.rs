@@ -44,6 +44,12 @@ struct Args {
     /// Print each request (method, path) on standard error.
     #[arg(long)]
     verbose: bool,
+    /// Keep no request log (for load tests: the log's lock would cap the throughput measured).
+    #[arg(long, conflicts_with = "verbose")]
+    lean: bool,
+    /// Connections served at once; more wait in the accept queue.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +78,8 @@ fn main() -> anyhow::Result<()> {
         http2: !args.no_http2,
         bad_password: Some(args.bad_password.clone()),
         storage_host: args.storage_host.clone(),
+        record_requests: !args.lean,
+        max_connections: args.max_connections,
         ..FakeOptions::default()
     })?;
     println!("listening {}://{}", fake.scheme(), fake.addr());

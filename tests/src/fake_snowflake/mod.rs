@@ -81,6 +81,11 @@ pub struct FakeOptions {
     /// carry a JWT whose signature verifies against its user's key and whose `iss`/`sub`/`exp`
     /// follow PROTOCOL.md, else it is refused with 390144; with none, any well-formed JWT passes.
     pub jwt_public_keys: Vec<(String, String)>,
+    /// Keep every request for [`FakeSnowflake::requests`]; off for load tests, where the log's
+    /// lock and copies would cap the throughput being measured.
+    pub record_requests: bool,
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
 }
 
 impl Default for FakeOptions {
@@ -100,6 +105,8 @@ impl Default for FakeOptions {
             max_body_bytes: 16 << 20,
             request_timeout: Duration::from_secs(30),
             jwt_public_keys: Vec::new(),
+            record_requests: true,
+            max_connections: 512,
         }
     }
 }
@@ -144,12 +151,13 @@ impl FakeSnowflake {
             port: addr.port(),
             gzip_responses: opts.gzip_responses,
             jwt_keys: handlers::jwt_keys(&opts.jwt_public_keys)?,
+            record_requests: opts.record_requests,
         }));
         let limits = server::Limits {
             max_body_bytes: opts.max_body_bytes,
             request_timeout: opts.request_timeout,
             handshake_timeout: Duration::from_secs(10),
-            max_connections: 512,
+            max_connections: opts.max_connections.max(1),
             http1_only: !opts.http2,
         };
         let (shutdown, rx) = tokio::sync::watch::channel(false);

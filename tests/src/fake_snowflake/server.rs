@@ -196,7 +196,9 @@ async fn handle(
         body,
         received: SystemTime::now(),
     };
-    state.record(rec.clone());
+    if state.settings.record_requests {
+        state.record(rec.clone());
+    }
     let settings = &state.settings;
     let url_host = settings.storage_host.clone().unwrap_or_else(|| {
         if host.is_empty() {

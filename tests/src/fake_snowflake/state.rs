@@ -375,6 +375,8 @@ pub struct Settings {
     pub gzip_responses: bool,
     /// Key-pair users' public keys by upper-cased login name.
     pub jwt_keys: std::collections::HashMap<String, super::handlers::JwtKey>,
+    /// Whether requests are kept in the log (off for load tests).
+    pub record_requests: bool,
 }
 
 /// The fake's shared state.

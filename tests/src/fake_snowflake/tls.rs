@@ -54,13 +54,8 @@ impl TestCa {
         })
     }
 
-    /// A rustls server config for `hosts` (and `ip`), offering h2 (if `http2`) and http/1.1.
-    pub fn server_config(
-        &self,
-        hosts: &[String],
-        ip: IpAddr,
-        http2: bool,
-    ) -> anyhow::Result<rustls::ServerConfig> {
+    /// A leaf naming `hosts` (and `ip`, and `localhost`) signed by this CA, with its key.
+    fn issue(&self, hosts: &[String], ip: IpAddr) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -85,6 +80,27 @@ impl TestCa {
         params.not_before = now.saturating_sub(time::Duration::hours(1));
         params.not_after = now.saturating_add(time::Duration::days(30));
         let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert, key))
+    }
+
+    /// A leaf for `hosts` (and `ip`) as PEM: the chain (leaf, then this CA) and the PKCS#8 key,
+    /// for servers configured from files (the bench's reverse proxies).
+    pub fn leaf_pem(&self, hosts: &[String], ip: IpAddr) -> anyhow::Result<(String, String)> {
+        let (cert, key) = self.issue(hosts, ip)?;
+        let ca = std::fs::read_to_string(&self.cert_path)
+            .with_context(|| format!("cannot read {}", self.cert_path.display()))?;
+        let chain = format!("{}{ca}", cert.pem());
+        Ok((chain, key.serialize_pem()))
+    }
+
+    /// A rustls server config for `hosts` (and `ip`), offering h2 (if `http2`) and http/1.1.
+    pub fn server_config(
+        &self,
+        hosts: &[String],
+        ip: IpAddr,
+        http2: bool,
+    ) -> anyhow::Result<rustls::ServerConfig> {
+        let (cert, key) = self.issue(hosts, ip)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let mut config = rustls::ServerConfig::builder_with_provider(snowtrail::tls::provider())
             .with_safe_default_protocol_versions()?

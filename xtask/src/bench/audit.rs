@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use super::{Ctx, Row, build_release_bin, capture, last_json, num};
+use super::{Ctx, Row, build_bin, capture, last_json, num};
 use crate::util::step;
 
 const SECTION: &str = "audit";
@@ -41,7 +41,7 @@ print(json.dumps({"rows": rows, "table_rows_per_s": rows / best, "bytes_per_row"
 
 /// Runs the section.
 pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
-    let loadgen = build_release_bin(&ctx.root, "snowtrail-tests", "loadgen")?;
+    let loadgen = build_bin(ctx, "loadgen")?;
     let python = &ctx.python;
     let events: u64 = if ctx.quick { 200_000 } else { 2_000_000 };
     step(&format!(

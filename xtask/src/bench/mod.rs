@@ -7,10 +7,16 @@
 //! numbers are only meaningful side by side.
 
 mod audit;
+mod chart;
+mod connect;
 mod machine;
+mod memory;
+mod passthrough;
 mod policy;
+mod procs;
+mod roundtrip;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -18,6 +24,9 @@ use clap::Args;
 use serde_json::json;
 
 use crate::util::{root, sh, step};
+
+/// The font the charts' text is drawn with (Debian's `fonts-dejavu-core`).
+pub const CHART_FONT: &str = chart::FONT;
 
 /// Options of `bench`.
 #[derive(Debug, Args)]
@@ -34,6 +43,9 @@ pub struct Options {
     /// List the sections and exit.
     #[arg(long)]
     pub list: bool,
+    /// Development only: measure debug builds (quick to build, figures meaningless).
+    #[arg(long, hide = true)]
+    pub debug_build: bool,
 }
 
 /// What a section gets: the run's settings and a place for scratch files.
@@ -44,8 +56,12 @@ pub struct Ctx {
     pub quick: bool,
     /// A scratch directory of the section's own, under the output directory.
     pub scratch: PathBuf,
-    /// The Python of the test venv (pyarrow, mitmproxy's peers).
+    /// The Python of the test venv (pyarrow).
     pub python: PathBuf,
+    /// mitmproxy's `mitmdump`, from its own venv.
+    pub mitmdump: PathBuf,
+    /// Measure debug builds (development of the bench itself; the figures mean nothing).
+    pub debug_build: bool,
 }
 
 /// One measured figure: what, how much, in which unit, and a note (peer, setting, caveat).
@@ -61,6 +77,9 @@ pub struct Row {
     pub unit: &'static str,
     /// How it was measured, or what it is compared with.
     pub note: String,
+    /// Further figures behind this one (latency percentiles of a throughput row, ...), for
+    /// `results.json`.
+    pub extra: Vec<(&'static str, f64)>,
 }
 
 impl Row {
@@ -78,7 +97,14 @@ impl Row {
             value,
             unit,
             note: note.into(),
+            extra: Vec::new(),
         }
+    }
+
+    /// This row with a further figure for `results.json`.
+    pub fn with(mut self, key: &'static str, value: f64) -> Row {
+        self.extra.push((key, value));
+        self
     }
 }
 
@@ -94,6 +120,26 @@ pub struct Section {
 
 /// Every section, in the order they run.
 pub const SECTIONS: &[Section] = &[
+    Section {
+        name: "roundtrip",
+        about: "statement round trip: direct, snowtrail (durable / async audit), nginx, mitmproxy",
+        run: roundtrip::run,
+    },
+    Section {
+        name: "passthrough",
+        about: "non-Snowflake TLS bulk stream through the agent vs direct; agent CPU s/GB",
+        run: passthrough::run,
+    },
+    Section {
+        name: "connect",
+        about: "connect() cost with the programs attached or not, redirected or not",
+        run: connect::run,
+    },
+    Section {
+        name: "memory",
+        about: "agent RSS idle and holding 10,000 idle intercepted connections",
+        run: memory::run,
+    },
     Section {
         name: "audit",
         about: "audit writer: events/s into Parquet with the journal on, bytes/event; vs pyarrow",
@@ -121,17 +167,23 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         }
     }
     let env = crate::setup::run(&crate::setup::Options::default())?;
+    let mitmdump = crate::setup::bench_peers(false)?;
     let root = root();
     let out = root.join(&opts.out);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let machine = machine::describe();
     let started = machine::utc_now();
     step(&format!(
-        "bench on {} ({} cores, load {}), {}",
+        "bench on {} ({} cores, load {}), {}{}",
         machine["cpu"].as_str().unwrap_or("?"),
         machine["cores"],
         machine["load_average"].as_str().unwrap_or("?"),
-        if opts.quick { "quick run" } else { "full run" }
+        if opts.quick { "quick run" } else { "full run" },
+        if opts.debug_build {
+            " of DEBUG builds (figures meaningless)"
+        } else {
+            ""
+        }
     ));
     let mut rows: Vec<Row> = Vec::new();
     let mut failures: Vec<serde_json::Value> = Vec::new();
@@ -149,6 +201,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             quick: opts.quick,
             scratch: scratch.clone(),
             python: env.python.clone(),
+            mitmdump: mitmdump.clone(),
+            debug_build: opts.debug_build,
         };
         match (s.run)(&ctx) {
             Ok(section_rows) => {
@@ -170,6 +224,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "started": started,
         "finished": machine::utc_now(),
         "quick": opts.quick,
+        "debug_build": opts.debug_build,
         "machine": machine,
         "rows": rows.iter().map(|r| json!({
             "section": r.section,
@@ -177,6 +232,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "value": r.value,
             "unit": r.unit,
             "note": r.note,
+            "extra": r.extra.iter().map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),
         "failures": failures,
     });
@@ -184,6 +241,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     step(&format!("results in {}", path.display()));
+    match chart::write_all(&out, &rows) {
+        Ok(files) => {
+            for f in files {
+                step(&format!("chart {}", f.display()));
+            }
+        }
+        Err(e) => {
+            eprintln!("xtask: charts failed: {e:#}");
+            failures.push(json!({ "section": "charts", "error": format!("{e:#}") }));
+        }
+    }
     if !failures.is_empty() {
         bail!("{} section(s) failed (see above)", failures.len());
     }
@@ -233,19 +301,35 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
-/// Builds `bin` of package `package` in release (the figures are meaningless in debug) and
-/// returns its path.
-pub fn build_release_bin(root: &Path, package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    step(&format!("building {bin} (release)"));
-    sh(Command::new("cargo").current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        package,
-        "--bin",
-        bin,
-    ]))?;
-    Ok(root.join("target/release").join(bin))
+/// Builds the agent's and the tests crate's binaries in release (the figures are meaningless in
+/// debug; only the hidden `--debug-build` of the bench's own development changes that), once per
+/// run and in one cargo call (separate calls would unify features differently and rebuild shared
+/// dependencies back and forth), and returns the path of `bin`.
+pub fn build_bin(ctx: &Ctx, bin: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let profile = if ctx.debug_build { "debug" } else { "release" };
+    BUILT
+        .get_or_init(|| {
+            step(&format!(
+                "building snowtrail, loadgen and fake-snowflake ({profile})"
+            ));
+            let mut cmd = Command::new("cargo");
+            cmd.current_dir(&ctx.root).args([
+                "build",
+                "-p",
+                "snowtrail",
+                "-p",
+                "snowtrail-tests",
+                "--bins",
+            ]);
+            if !ctx.debug_build {
+                cmd.arg("--release");
+            }
+            sh(&mut cmd).map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    Ok(ctx.root.join("target").join(profile).join(bin))
 }
 
 /// Runs a command and returns its stdout; fails with its stderr if it fails.
