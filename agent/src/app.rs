@@ -342,8 +342,21 @@ impl App {
         let _ = self.proxy_task.await;
         let _ = std::fs::remove_file(&self.config.control_socket);
         let detach = self.config.fail_open;
-        let redirect = Arc::try_unwrap(self.redirect)
-            .map_err(|_| anyhow::anyhow!("kernel programs still in use at shutdown"))?
+        // A control connection answered just before the signal may still be finishing and
+        // holding the programs for a moment; wait for it rather than fail the stop.
+        let mut shared = self.redirect;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let redirect = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(r) => break r,
+                Err(still) if std::time::Instant::now() < deadline => {
+                    shared = still;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => anyhow::bail!("kernel programs still in use at shutdown"),
+            }
+        };
+        let redirect = redirect
             .into_inner()
             .map_err(|_| anyhow::anyhow!("redirect lock poisoned"))?;
         redirect.shutdown(detach)?;
