@@ -367,7 +367,7 @@ fn a_trail_after_20_kills_verifies() {
                     .into_owned()
             })
             .collect();
-        let chain = check_chains(&dirs.audit, &parquet, &opts.chain);
+        let chain = check_chains(&dirs.audit, &parquet, &[], &opts.chain);
         assert!(chain.findings.is_empty(), "run {run}: {:?}", chain.findings);
         assert_eq!(
             chain.covered_files + chain.not_yet_covered.len(),

@@ -5,8 +5,8 @@
 //! error is recorded, a result over the cap is truncated and flagged while the driver gets every
 //! row; a rule with `record = false` and an identity in `off_for_identities` are not recorded;
 //! without the key replay says the results are encrypted; the recordings files hold no plaintext
-//! cell; DuckDB joins them to the audit on `event_id`; `audit verify` covers them and finds a
-//! deleted one. Root only.
+//! cell; DuckDB joins them to the audit on `event_id`; `audit verify` covers them and finds an
+//! added and a deleted one. Root only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -351,6 +351,17 @@ fn results_are_recorded_encrypted_and_replayed() -> anyhow::Result<()> {
         .iter()
         .filter(|f| f.extension().is_some_and(|e| e == "parquet"))
         .collect();
+    // A file no digest names, added beside them, is found.
+    let foreign = parquet[0].with_file_name("foreign-recordings.parquet");
+    std::fs::copy(parquet[0], &foreign)?;
+    let added = verify(&["--recordings-dir", &rec_dir])?;
+    let added_text = String::from_utf8_lossy(&added.stdout).into_owned();
+    ensure!(
+        !added.status.success()
+            && added_text.contains("foreign-recordings.parquet: named by no digest"),
+        "verify passed with a foreign recordings file:\n{added_text}"
+    );
+    std::fs::remove_file(&foreign)?;
     std::fs::remove_file(parquet[0])?;
     let bad = verify(&["--recordings-dir", &rec_dir])?;
     let bad_text = String::from_utf8_lossy(&bad.stdout).into_owned();

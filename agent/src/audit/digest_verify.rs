@@ -110,8 +110,14 @@ fn list_digest_files(dir: &Path, report: &mut ChainReport) -> Vec<(String, PathB
 }
 
 /// Walks the digest chains under `dir` and checks every file they name; `parquet` are the Parquet
-/// files found under `dir` (relative paths), each of which some digest must name.
-pub fn check_chains(dir: &Path, parquet: &[String], opts: &ChainOptions) -> ChainReport {
+/// files found under `dir` and `recordings` those found under `opts.recordings_dir` (relative
+/// paths), each of which some digest must name.
+pub fn check_chains(
+    dir: &Path,
+    parquet: &[String],
+    recordings: &[String],
+    opts: &ChainOptions,
+) -> ChainReport {
     let mut report = ChainReport::default();
     let mut loaded: Vec<Loaded> = Vec::new();
     for (rel, path) in list_digest_files(dir, &mut report) {
@@ -366,25 +372,31 @@ pub fn check_chains(dir: &Path, parquet: &[String], opts: &ChainOptions) -> Chai
     }
 
     // Parquet files no digest names.
-    let pending: Option<HashMap<String, String>> = opts.state_dir.as_deref().map(|s| {
+    let pending: Option<HashMap<(Root, String), String>> = opts.state_dir.as_deref().map(|s| {
         read_pending(s)
             .unwrap_or_default()
             .into_iter()
-            .filter(|f| f.root == Root::Audit)
-            .map(|f| (f.path, f.sha256))
+            .map(|f| ((f.root, f.path), f.sha256))
             .collect()
     });
     let newest_end = loaded
         .iter()
         .filter_map(|d| parse_time(&d.file.digest.digest_end))
         .max();
-    for rel in parquet {
-        if named.contains_key(&(Root::Audit, rel.clone())) {
+    let published = parquet.iter().map(|rel| (Root::Audit, dir, rel)).chain(
+        opts.recordings_dir
+            .as_deref()
+            .into_iter()
+            .flat_map(|r| recordings.iter().map(move |rel| (Root::Recordings, r, rel))),
+    );
+    for (root, base, rel) in published {
+        let key = (root, rel.clone());
+        if named.contains_key(&key) {
             continue;
         }
-        let path = dir.join(rel);
+        let path = base.join(rel);
         let uncovered = match &pending {
-            Some(p) => match p.get(rel) {
+            Some(p) => match p.get(&key) {
                 Some(sha) => {
                     if sha256_file(&path).is_ok_and(|(s, _)| &s == sha) {
                         true
@@ -487,7 +499,7 @@ mod tests {
             state_dir: state.then(|| t.state.clone()),
             ..ChainOptions::default()
         };
-        check_chains(&t.audit, &t.files, &opts)
+        check_chains(&t.audit, &t.files, &[], &opts)
     }
 
     #[test]
@@ -505,6 +517,7 @@ mod tests {
         let r = check_chains(
             &t.audit,
             &t.files,
+            &[],
             &ChainOptions {
                 pubkey: Some(key),
                 ..ChainOptions::default()
@@ -542,12 +555,44 @@ mod tests {
         let r = check_chains(
             &t.audit,
             &files,
+            &[],
             &ChainOptions {
                 state_dir: Some(t.state.clone()),
                 ..ChainOptions::default()
             },
         );
         one_finding(&r, "foreign.parquet: named by no digest");
+    }
+
+    #[test]
+    fn an_added_recordings_file_is_found() {
+        let t = trail();
+        let recordings = t._tmp.path().join("recordings");
+        let rel = "date=2023-11-14/hour=22/foreign.parquet".to_owned();
+        fs::create_dir_all(recordings.join("date=2023-11-14/hour=22")).unwrap();
+        fs::write(recordings.join(&rel), "x").unwrap();
+        let opts = ChainOptions {
+            state_dir: Some(t.state.clone()),
+            recordings_dir: Some(recordings.clone()),
+            ..ChainOptions::default()
+        };
+        let r = check_chains(&t.audit, &t.files, std::slice::from_ref(&rel), &opts);
+        assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+        one_finding(
+            &r,
+            "recordings/date=2023-11-14/hour=22/foreign.parquet: named by no digest",
+        );
+        // The same file is not the audit's business when no recordings directory is given.
+        let r = check_chains(
+            &t.audit,
+            &t.files,
+            &[rel],
+            &ChainOptions {
+                recordings_dir: None,
+                ..opts
+            },
+        );
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
     }
 
     #[test]

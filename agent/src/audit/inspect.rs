@@ -558,16 +558,23 @@ pub fn verify_with(
     for l in &lines {
         writeln!(out, "{l}")?;
     }
-    let parquet: Vec<String> = list_files(dir)?
-        .into_iter()
-        .filter_map(|f| {
-            f.path
-                .strip_prefix(dir)
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned())
-        })
-        .collect();
-    let chain = check_chains(dir, &parquet, &opts.chain);
+    let relative = |root: &Path, files: Vec<FileEntry>| -> Vec<String> {
+        files
+            .into_iter()
+            .filter_map(|f| {
+                f.path
+                    .strip_prefix(root)
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned())
+            })
+            .collect()
+    };
+    let parquet = relative(dir, list_files(dir)?);
+    let recordings = match opts.chain.recordings_dir.as_deref() {
+        Some(r) if r.is_dir() => relative(r, list_files(r)?),
+        _ => Vec::new(),
+    };
+    let chain = check_chains(dir, &parquet, &recordings, &opts.chain);
     for p in &chain.not_yet_covered {
         writeln!(
             out,
