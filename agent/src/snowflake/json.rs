@@ -321,6 +321,26 @@ impl<'a> RawObject<'a> {
     }
 }
 
+/// `body` (a JSON object) with its object member `field` changed by `edit`; every byte `edit`
+/// leaves alone is kept as sent. The login rewrites (QUERY_TAG, brokered key-pair) share it.
+pub(crate) fn edit_member(
+    what: &'static str,
+    body: &[u8],
+    field: &'static str,
+    edit: impl FnOnce(&mut RawObject<'_>) -> Result<(), RewriteError>,
+) -> Result<Vec<u8>, RewriteError> {
+    let mut top = RawObject::parse(what, body)?;
+    let text = top
+        .get(field)
+        .map(|s| s.get().to_owned())
+        .ok_or(RewriteError::Absent { what, field })?;
+    let mut member =
+        RawObject::parse_str(what, &text).map_err(|_| RewriteError::NotAnObject { what, field })?;
+    edit(&mut member)?;
+    top.set(what, field, &member)?;
+    top.to_vec(what)
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for RawObject<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);

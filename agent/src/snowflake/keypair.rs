@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::error::RewriteError;
-use super::json::RawObject;
+use super::json::edit_member;
 
 const LOGIN: &str = "login request";
 
@@ -141,33 +141,17 @@ impl std::fmt::Debug for BrokeredLogin<'_> {
 /// is kept as sent. The body must parse as a login request first.
 pub fn broker_login_body(body: &[u8], login: &BrokeredLogin<'_>) -> Result<Vec<u8>, RewriteError> {
     super::parse_login_request(body)?;
-    let mut top = RawObject::parse(LOGIN, body)?;
-    let data_text = top
-        .get("data")
-        .map(|s| s.get().to_owned())
-        .ok_or(RewriteError::Absent {
-            what: LOGIN,
-            field: "data",
-        })?;
-    let mut data =
-        RawObject::parse_str(LOGIN, &data_text).map_err(|_| RewriteError::NotAnObject {
-            what: LOGIN,
-            field: "data",
-        })?;
-    for key in DROPPED {
-        data.remove(key);
-    }
-    data.set(LOGIN, "LOGIN_NAME", login.user)?;
-    if let Some(account) = login.account {
-        data.set(LOGIN, "ACCOUNT_NAME", account)?;
-    }
-    data.set(LOGIN, "AUTHENTICATOR", "SNOWFLAKE_JWT")?;
-    data.set(LOGIN, "TOKEN", login.jwt)?;
-    let data_bytes = data.to_vec(LOGIN)?;
-    let data_raw: &serde_json::value::RawValue =
-        serde_json::from_slice(&data_bytes).map_err(|_| RewriteError::Serialize { what: LOGIN })?;
-    top.set(LOGIN, "data", data_raw)?;
-    top.to_vec(LOGIN)
+    edit_member(LOGIN, body, "data", |data| {
+        for key in DROPPED {
+            data.remove(key);
+        }
+        data.set(LOGIN, "LOGIN_NAME", login.user)?;
+        if let Some(account) = login.account {
+            data.set(LOGIN, "ACCOUNT_NAME", account)?;
+        }
+        data.set(LOGIN, "AUTHENTICATOR", "SNOWFLAKE_JWT")?;
+        data.set(LOGIN, "TOKEN", login.jwt)
+    })
 }
 
 /// A login's path and query with `roleName` set to `role` (replaced, or appended), for a

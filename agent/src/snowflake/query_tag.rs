@@ -21,41 +21,26 @@ pub fn set_login_query_tag(
 ) -> Result<(Vec<u8>, String), RewriteError> {
     // The whole body must be a valid login request before anything is rewritten.
     let parsed = super::parse_login_request(body)?;
-    let mut top = RawObject::parse(LOGIN, body)?;
-    let data_text = top
-        .get("data")
-        .map(|s| s.get().to_owned())
-        .ok_or(RewriteError::Absent {
-            what: LOGIN,
-            field: "data",
-        })?;
-    let mut data =
-        RawObject::parse_str(LOGIN, &data_text).map_err(|_| RewriteError::NotAnObject {
-            what: LOGIN,
-            field: "data",
-        })?;
-    let params_text = match data.get("SESSION_PARAMETERS") {
-        Some(slot) if !json::is_null(slot.get()) => Some(slot.get().to_owned()),
-        _ => None,
-    };
-    let tag = merge_query_tag(parsed.query_tag.as_deref().filter(|t| !t.is_empty()), agent)?;
-    let mut params = match &params_text {
-        Some(text) => RawObject::parse_str(LOGIN, text).map_err(|_| RewriteError::NotAnObject {
-            what: LOGIN,
-            field: "SESSION_PARAMETERS",
-        })?,
-        None => RawObject::default(),
-    };
-    params.set(LOGIN, "QUERY_TAG", &tag)?;
-    let params_bytes = params.to_vec(LOGIN)?;
-    let params_raw: &serde_json::value::RawValue = serde_json::from_slice(&params_bytes)
-        .map_err(|_| RewriteError::Serialize { what: LOGIN })?;
-    data.set(LOGIN, "SESSION_PARAMETERS", params_raw)?;
-    let data_bytes = data.to_vec(LOGIN)?;
-    let data_raw: &serde_json::value::RawValue =
-        serde_json::from_slice(&data_bytes).map_err(|_| RewriteError::Serialize { what: LOGIN })?;
-    top.set(LOGIN, "data", data_raw)?;
-    Ok((top.to_vec(LOGIN)?, tag))
+    let mut tag = String::new();
+    let out = json::edit_member(LOGIN, body, "data", |data| {
+        let params_text = match data.get("SESSION_PARAMETERS") {
+            Some(slot) if !json::is_null(slot.get()) => Some(slot.get().to_owned()),
+            _ => None,
+        };
+        tag = merge_query_tag(parsed.query_tag.as_deref().filter(|t| !t.is_empty()), agent)?;
+        let mut params = match &params_text {
+            Some(text) => {
+                RawObject::parse_str(LOGIN, text).map_err(|_| RewriteError::NotAnObject {
+                    what: LOGIN,
+                    field: "SESSION_PARAMETERS",
+                })?
+            }
+            None => RawObject::default(),
+        };
+        params.set(LOGIN, "QUERY_TAG", &tag)?;
+        data.set(LOGIN, "SESSION_PARAMETERS", &params)
+    })?;
+    Ok((out, tag))
 }
 
 /// What a statement does to its session's QUERY_TAG.
