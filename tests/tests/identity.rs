@@ -178,10 +178,12 @@ fn exec_family(d: &Daemon, identity: &str, host: &str) -> Vec<Value> {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // Read as a stream of JSON values: the three clients share one pipe, and a report written
+    // while another is mid-line must not be taken for a broken one.
+    let reports: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(reports.len(), 3, "{out:?}");
     reports
 }
