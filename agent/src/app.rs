@@ -72,6 +72,7 @@ impl Signals {
 /// Starts the daemon.
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     // Catch SIGTERM/SIGINT from the first moment: one that arrives while starting must stop the
     // daemon cleanly, not kill it with the default action.
     let signals = Signals::new()?;
@@ -245,6 +246,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         ca_bundle: ca.bundle_path(),
         holds,
         audit: Some(audit_stats),
+        digests: Some(crate::control::handler::DigestWatch {
+            state_dir: config.state_dir.clone(),
+            interval: Duration::from_secs(config.audit.digest_interval_s),
+            started: started_at,
+        }),
     });
     handler.restore();
 

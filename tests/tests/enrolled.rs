@@ -586,3 +586,44 @@ fn the_audit_cli_reads_what_the_daemon_wrote() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `status` names the digest chain's head (the value an operator compares with an off-host copy)
+/// and says nothing is late while digests are written (lateness itself needs a minute's grace to
+/// pass, and is covered by the unit tests of `chain_status` and of the status text).
+#[test]
+fn status_reports_the_digest_chain_head() {
+    let mut d = daemon("digests");
+    let digests = |d: &Daemon| -> Value {
+        let s: Value = serde_json::from_str(&d.cli_ok(&["status", "--json"]).unwrap()).unwrap();
+        s["audit"]["digests"].clone()
+    };
+    let first = digests(&d);
+    assert_eq!(first["overdue_s"], 0, "{first}");
+    assert!(first["error"].is_null(), "{first}");
+    // A stop writes a digest; with a one-second interval the running daemon keeps writing them.
+    d.stop().unwrap();
+    let mut config = std::fs::read_to_string(&d.config).unwrap();
+    assert!(
+        config.trim_end().ends_with("max_file_age_s = 1"),
+        "{config}"
+    );
+    config.push_str("digest_interval_s = 1\n");
+    std::fs::write(&d.config, &config).unwrap();
+    d.start_again().unwrap();
+    let head = wait_for(Duration::from_secs(20), || {
+        let g = digests(&d);
+        (g["sequence"].as_u64()? >= 3).then_some(g)
+    })
+    .unwrap_or_else(|| panic!("no digests written:\n{}", d.logs()));
+    let path = head["path"].as_str().unwrap();
+    assert!(path.starts_with("_digests/date="), "{head}");
+    let bytes = std::fs::read(d.audit_dir.join(path)).unwrap();
+    let text = d.cli_ok(&["status"]).unwrap();
+    assert!(text.contains("digests: #"), "{text}");
+    assert!(!text.contains("WARNING"), "{text}");
+    assert_eq!(
+        head["sha256"].as_str().unwrap(),
+        snowtrail::audit::digest::sha256_hex(&bytes),
+        "{head}"
+    );
+}

@@ -423,6 +423,48 @@ impl DigestLog {
     }
 }
 
+/// Where the host's digest chain stands, for `snowtrail status`: the newest digest, the files
+/// waiting for the next one, and whether that one is late.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainStatus {
+    /// The newest digest, if the chain has one.
+    pub head: Option<Head>,
+    /// Files closed since the newest digest (the next digest names them).
+    pub files_pending: usize,
+    /// How long past its due time the next digest is (zero when it is not late).
+    pub overdue: Duration,
+}
+
+/// Slack before a digest counts as late: the writer checks the interval about once a second and
+/// retries a failed digest every few seconds, so only a digest missing for longer than this is a
+/// problem worth a warning.
+pub const OVERDUE_GRACE: Duration = Duration::from_secs(60);
+
+/// Reads the chain's state from `state_dir` and judges it at `now`: the next digest is due one
+/// `interval` after the newer of the head's end and `started` (the daemon's start, which writes
+/// any digest a crash interrupted), and late once [`OVERDUE_GRACE`] has passed beyond that.
+pub fn chain_status(
+    state_dir: &Path,
+    interval: Duration,
+    started: SystemTime,
+    now: SystemTime,
+) -> Result<ChainStatus, DigestError> {
+    let head = read_head(state_dir)?;
+    let files_pending = read_pending(state_dir)?.len();
+    let last = head
+        .as_ref()
+        .and_then(|h| parse_time(&h.digest_end))
+        .map_or(started, |t| t.max(started));
+    let overdue = now
+        .duration_since(last + interval + OVERDUE_GRACE)
+        .unwrap_or(Duration::ZERO);
+    Ok(ChainStatus {
+        head,
+        files_pending,
+        overdue,
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -480,6 +522,40 @@ mod tests {
         assert!(d2.digest.files.is_empty() && !d2.digest.starts_chain);
         assert_eq!(read_head(&state).unwrap().unwrap().sequence, 2);
         assert!(read_pending(&state).unwrap().is_empty());
+    }
+
+    #[test]
+    fn chain_status_reports_the_head_pending_files_and_lateness() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (state, audit) = (tmp.path().join("state"), tmp.path().join("audit"));
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let hour = Duration::from_secs(3600);
+        let st = chain_status(&state, hour, t, t).unwrap();
+        assert_eq!((st.head, st.files_pending), (None, 0));
+        // No digest yet: due an interval after the start.
+        let late = t + hour + OVERDUE_GRACE + Duration::from_secs(7);
+        assert_eq!(
+            chain_status(&state, hour, t, late)
+                .unwrap()
+                .overdue
+                .as_secs(),
+            7
+        );
+        let mut log = DigestLog::open(&state, &audit, "h", hour, t).unwrap();
+        log.record(&closed(&audit, "a.parquet", t)).unwrap();
+        let w = t + Duration::from_secs(100);
+        log.write(w, Reason::Interval).unwrap();
+        log.record(&closed(&audit, "b.parquet", t)).unwrap();
+        let st = chain_status(&state, hour, t, w + hour).unwrap();
+        let head = st.head.unwrap();
+        assert_eq!((head.sequence, st.files_pending), (1, 1));
+        assert_eq!(st.overdue, Duration::ZERO);
+        let st = chain_status(&state, hour, t, w + hour + OVERDUE_GRACE + hour).unwrap();
+        assert_eq!(st.overdue, hour);
+        // A restart long after the head: due an interval after the new start, not late at once.
+        let restart = w + 10 * hour;
+        let st = chain_status(&state, hour, restart, restart + hour).unwrap();
+        assert_eq!(st.overdue, Duration::ZERO);
     }
 
     /// A crash after the digest's rename but before the head and the pending list were updated:

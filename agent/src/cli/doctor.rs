@@ -561,6 +561,26 @@ fn daemon_check(socket: &Path) -> Check {
             ),
             "free space in state_dir, and check `journalctl -u snowtrail`",
         ),
+        Ok(Reply::Status(s))
+            if s.audit
+                .digests
+                .as_ref()
+                .is_some_and(|d| d.overdue_s > 0 || d.error.is_some()) =>
+        {
+            let d = s.audit.digests.as_ref();
+            Check::warn(
+                NAME,
+                format!(
+                    "running (pid {}), but the signed digest chain is not kept up: {}",
+                    s.pid,
+                    d.and_then(|d| d.error.clone()).unwrap_or_else(|| format!(
+                        "the next digest is {}s overdue",
+                        d.map_or(0, |d| d.overdue_s)
+                    ))
+                ),
+                "check state_dir/digest/signing.key and free space in audit_dir; `journalctl -u snowtrail` says why",
+            )
+        }
         Ok(Reply::Status(s)) => Check::pass(
             NAME,
             format!(

@@ -83,7 +83,8 @@ pub fn status_text(s: &Status) -> String {
          connections: {} total, {} open, {} refused; {} bytes in, {} bytes out\n\
          statements: {}\n\
          audit: {}, lag {} record(s) not yet in Parquet, {} event(s) lost, {} file(s) published\n\
-         current file: {}\n",
+         current file: {}\n\
+         {}",
         s.version,
         s.pid,
         s.uptime_s,
@@ -106,7 +107,33 @@ pub fn status_text(s: &Status) -> String {
         a.gap_events,
         a.files_published,
         files,
+        a.digests.as_ref().map(digest_text).unwrap_or_default(),
     )
+}
+
+/// The digest chain's lines of `snowtrail status`: the head an operator compares with an off-host
+/// copy, and a warning when digests stopped being written.
+fn digest_text(d: &crate::control::DigestStatus) -> String {
+    if let Some(e) = &d.error {
+        return format!("digests: WARNING: cannot read the chain's state: {e}\n");
+    }
+    let mut out = match (&d.path, &d.sha256, &d.written) {
+        (Some(path), Some(sha), Some(written)) => format!(
+            "digests: #{} {path} (sha256 {sha}), written {written}; {} file(s) since\n",
+            d.sequence, d.files_pending
+        ),
+        _ => format!(
+            "digests: none written yet; {} file(s) waiting for the first\n",
+            d.files_pending
+        ),
+    };
+    if d.overdue_s > 0 {
+        out.push_str(&format!(
+            "digests: WARNING: the next digest is {}s overdue; see the daemon log (`journalctl -u snowtrail`)\n",
+            d.overdue_s
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -166,7 +193,26 @@ mod tests {
             t.contains("current file: /a/date=2026-11-23/hour=06/h-1.parquet\n"),
             "{t}"
         );
+        assert!(!t.contains("digests:"), "{t}");
         let t = status_text(&Status::default());
         assert!(t.contains("FAILING") && t.contains("(none open)"), "{t}");
+        let mut s = Status::default();
+        s.audit.digests = Some(crate::control::DigestStatus {
+            sequence: 4,
+            path: Some("_digests/date=2026-11-23/hour=06/h-4.json".into()),
+            sha256: Some("ab12".into()),
+            written: Some("2026-11-23T06:00:00Z".into()),
+            files_pending: 2,
+            ..Default::default()
+        });
+        let t = status_text(&s);
+        assert!(
+            t.contains("digests: #4 _digests/date=2026-11-23/hour=06/h-4.json (sha256 ab12), written 2026-11-23T06:00:00Z; 2 file(s) since\n"),
+            "{t}"
+        );
+        assert!(!t.contains("WARNING"), "{t}");
+        s.audit.digests.as_mut().unwrap().overdue_s = 90;
+        let t = status_text(&s);
+        assert!(t.contains("WARNING: the next digest is 90s overdue"), "{t}");
     }
 }

@@ -38,6 +38,45 @@ pub struct DaemonHandler {
     pub holds: Arc<crate::proxy::holds::Holds>,
     /// The audit writer, for status (`None` where no writer runs).
     pub audit: Option<crate::audit::AuditWriter>,
+    /// Where the digest chain's state lives and how often a digest is due, for status.
+    pub digests: Option<DigestWatch>,
+}
+
+/// What status needs to report the digest chain: the state directory holding its head and the
+/// interval the writer keeps.
+pub struct DigestWatch {
+    /// The daemon's state directory.
+    pub state_dir: std::path::PathBuf,
+    /// `audit.digest_interval_s`.
+    pub interval: std::time::Duration,
+    /// When the daemon started (a start writes the digest a crash interrupted).
+    pub started: std::time::SystemTime,
+}
+
+impl DigestWatch {
+    fn status(&self) -> super::DigestStatus {
+        let now = std::time::SystemTime::now();
+        match crate::audit::digest_log::chain_status(
+            &self.state_dir,
+            self.interval,
+            self.started,
+            now,
+        ) {
+            Ok(c) => super::DigestStatus {
+                sequence: c.head.as_ref().map_or(0, |h| h.sequence),
+                path: c.head.as_ref().map(|h| h.path.clone()),
+                sha256: c.head.as_ref().map(|h| h.sha256.clone()),
+                written: c.head.map(|h| h.digest_end),
+                files_pending: c.files_pending,
+                overdue_s: c.overdue.as_secs(),
+                error: None,
+            },
+            Err(e) => super::DigestStatus {
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// Who made an enrollment (DECISIONS 17) and, for an exec, the run's id.
@@ -95,7 +134,7 @@ impl Handler for DaemonHandler {
                 self.exec_end(&cgroup);
                 Ok(Reply::Done)
             }
-            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Status => Ok(Reply::Status(Box::new(self.status()))),
         };
         match result {
             Ok(data) => Response::Ok { data },
@@ -444,6 +483,7 @@ impl DaemonHandler {
                 durable_records: writer.durable_records,
                 files_published: writer.files_published,
                 current_files: writer.open_files,
+                digests: self.digests.as_ref().map(DigestWatch::status),
             },
         }
     }

@@ -122,7 +122,7 @@ pub enum Reply {
         enrollments: Vec<Listed>,
     },
     /// `status`.
-    Status(Status),
+    Status(Box<Status>),
     /// The statements held for approval.
     Pending {
         /// Oldest first.
@@ -213,6 +213,29 @@ pub struct AuditStatus {
     pub files_published: u64,
     /// The files being written now, under the names they get when published.
     pub current_files: Vec<PathBuf>,
+    /// The signed digest chain: its newest digest and whether the next one is late.
+    #[serde(default)]
+    pub digests: Option<DigestStatus>,
+}
+
+/// The digest chain's part of `snowtrail status`: what an operator compares with an off-host copy
+/// of the chain, and the warning that digests stopped being written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestStatus {
+    /// The newest digest's sequence number (0: no digest written yet).
+    pub sequence: u64,
+    /// Its path below the audit directory.
+    pub path: Option<String>,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: Option<String>,
+    /// When it was written (RFC 3339).
+    pub written: Option<String>,
+    /// Files closed since, which the next digest will name.
+    pub files_pending: usize,
+    /// Seconds the next digest is late by (0: on time).
+    pub overdue_s: u64,
+    /// Why the chain's state could not be read, if it could not.
+    pub error: Option<String>,
 }
 
 /// Why a CLI request failed before the daemon answered.
