@@ -242,10 +242,25 @@ impl Daemon {
     /// `snowtrail exec --identity <identity>` of this daemon, with its arguments and environment.
     /// The machine's CA variables are cleared: exec sets them to the agent's bundle.
     pub fn exec_command(&self, identity: &str, inner: &Command) -> Command {
+        self.exec_command_labelled(identity, &[], inner)
+    }
+
+    /// As [`exec_command`](Self::exec_command), with `--label` for each of `labels`
+    /// (`key=value`).
+    pub fn exec_command_labelled(
+        &self,
+        identity: &str,
+        labels: &[&str],
+        inner: &Command,
+    ) -> Command {
         let mut cmd = Command::new(snowtrail_bin());
         cmd.arg("--control-socket")
             .arg(&self.socket)
-            .args(["exec", "--identity", identity, "--"])
+            .args(["exec", "--identity", identity]);
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        cmd.arg("--")
             .arg(inner.get_program())
             .args(inner.get_args())
             .stdin(Stdio::null());

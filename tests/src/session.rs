@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::fake_snowflake::drivers::{self, CA_VARS, Driver};
+use crate::fake_snowflake::drivers::{self, Driver};
 use crate::fake_snowflake::{FakeOptions, FakeSnowflake};
 use crate::{Daemon, DaemonOptions, unique_port};
 
@@ -26,6 +26,16 @@ pub struct Setup {
     pub fake: FakeSnowflake,
     /// Scratch directory (fake CA, hosts file, policy file).
     pub dir: tempfile::TempDir,
+    /// The host names the sessions resolve to the fake: the account host, and the storage host
+    /// when the fake serves one.
+    pub hosts: Vec<String>,
+}
+
+impl Setup {
+    /// The rule file the daemon enforces (written when `setup` was given a policy).
+    pub fn policy_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("policy.toml")
+    }
 }
 
 /// Starts the fake on `ip:443` and a daemon on a port from `port_base`; `extra_top` is written
@@ -38,10 +48,23 @@ pub fn setup(
     policy: Option<&str>,
     extra: impl FnOnce(&Path) -> String,
 ) -> anyhow::Result<Setup> {
+    setup_with(name, ip, port_base, |_| {}, policy, extra)
+}
+
+/// As [`setup`], with the fake's options adjusted by `fake` first (a storage host, a password it
+/// refuses...). The policy file is re-read every 200 ms, so that a test sees a rewrite quickly.
+pub fn setup_with(
+    name: &str,
+    ip: [u8; 4],
+    port_base: u16,
+    fake: impl FnOnce(&mut FakeOptions),
+    policy: Option<&str>,
+    extra: impl FnOnce(&Path) -> String,
+) -> anyhow::Result<Setup> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("snowtrail-{name}-"))
         .tempdir()?;
-    let fake = FakeSnowflake::start(FakeOptions {
+    let mut opts = FakeOptions {
         addr: SocketAddr::from((ip, 443)),
         tls: true,
         hosts: vec![
@@ -50,7 +73,16 @@ pub fn setup(
         ],
         ca_dir: dir.path().join("fake-ca"),
         ..FakeOptions::default()
-    })?;
+    };
+    fake(&mut opts);
+    let mut hosts = vec![ACCOUNT_HOST.to_owned()];
+    if let Some(storage) = &opts.storage_host {
+        if !opts.hosts.contains(storage) {
+            opts.hosts.push(storage.clone());
+        }
+        hosts.push(storage.clone());
+    }
+    let fake = FakeSnowflake::start(opts)?;
     let mut extra_top = extra(dir.path());
     extra_top.push_str(&format!(
         "\n[tls]\nupstream_extra_roots = [{:?}]\n",
@@ -60,7 +92,7 @@ pub fn setup(
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, p)?;
         extra_top.push_str(&format!(
-            "[policy]\nfile = {:?}\n",
+            "[policy]\nfile = {:?}\npoll_ms = 200\n",
             policy_path.display().to_string()
         ));
     }
@@ -69,13 +101,16 @@ pub fn setup(
         ..DaemonOptions::default()
     };
     let daemon = Daemon::start(name, unique_port(port_base), &opts)?;
-    Ok(Setup { daemon, fake, dir })
+    Ok(Setup {
+        daemon,
+        fake,
+        dir,
+        hosts,
+    })
 }
 
-/// Runs one connector 5.2.0 session of `statements` as `identity` under `snowtrail exec`; returns
-/// the step lines the session script printed.
-pub fn run_session(s: &Setup, identity: &str, statements: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let hosts = drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[ACCOUNT_HOST])?;
+/// The session script's arguments: the account host, the password, then the statements.
+pub fn session_args(statements: &[&str]) -> Vec<String> {
     let mut args = vec![
         "--host".to_owned(),
         ACCOUNT_HOST.to_owned(),
@@ -83,27 +118,41 @@ pub fn run_session(s: &Setup, identity: &str, statements: &[&str]) -> anyhow::Re
         PASSWORD.to_owned(),
     ];
     args.extend(statements.iter().map(|s| (*s).to_owned()));
-    let inner = drivers::session_command(Driver::Py5, &hosts, Path::new("/nonexistent"), &args)?;
-    let mut cmd = Command::new(crate::snowtrail_bin());
-    cmd.arg("--control-socket")
-        .arg(&s.daemon.socket)
-        .args(["exec", "--identity", identity, "--"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .stdin(std::process::Stdio::null());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    for v in CA_VARS {
-        cmd.env_remove(v);
-    }
-    let out = cmd.output().context("cannot run snowtrail exec")?;
+    args
+}
+
+/// A hosts file resolving the setup's host names to the fake.
+pub fn hosts_file(s: &Setup) -> anyhow::Result<std::path::PathBuf> {
+    let names: Vec<&str> = s.hosts.iter().map(String::as_str).collect();
+    drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &names)
+}
+
+/// A `driver` session of `statements` under `snowtrail exec --identity <identity>` with `labels`
+/// (`key=value`); the driver trusts only what exec gives it, as on a clean host.
+pub fn exec_session(
+    s: &Setup,
+    driver: Driver,
+    identity: &str,
+    labels: &[&str],
+    statements: &[&str],
+) -> anyhow::Result<Command> {
+    let inner = drivers::session_command(
+        driver,
+        &hosts_file(s)?,
+        Path::new("/nonexistent"),
+        &session_args(statements),
+    )?;
+    Ok(s.daemon.exec_command_labelled(identity, labels, &inner))
+}
+
+/// The step lines a session printed; fails with its output and the daemon's log when there are
+/// none (the driver failed before its first statement).
+pub fn output_lines(s: &Setup, driver: Driver, out: &Output) -> anyhow::Result<Vec<Value>> {
     let lines = drivers::json_lines(&out.stdout);
     if lines.is_empty() {
         bail!(
-            "the driver printed nothing ({}):\n{}\n{}\n{}",
+            "{} printed nothing ({}):\n{}\n{}\n{}",
+            driver.name(),
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
@@ -111,6 +160,26 @@ pub fn run_session(s: &Setup, identity: &str, statements: &[&str]) -> anyhow::Re
         );
     }
     Ok(lines)
+}
+
+/// Runs a [`exec_session`] to its end and returns its step lines.
+pub fn run_driver(
+    s: &Setup,
+    driver: Driver,
+    identity: &str,
+    labels: &[&str],
+    statements: &[&str],
+) -> anyhow::Result<Vec<Value>> {
+    let out = exec_session(s, driver, identity, labels, statements)?
+        .output()
+        .context("cannot run snowtrail exec")?;
+    output_lines(s, driver, &out)
+}
+
+/// Runs one connector 5.2.0 session of `statements` as `identity` under `snowtrail exec`; returns
+/// the step lines the session script printed.
+pub fn run_session(s: &Setup, identity: &str, statements: &[&str]) -> anyhow::Result<Vec<Value>> {
+    run_driver(s, Driver::Py5, identity, &[], statements)
 }
 
 /// The step line of statement `sql`.

@@ -2,18 +2,17 @@
 //! sdk 3.3.0) run under `snowtrail exec`, reach the fake Snowflake over TLS through the agent, and
 //! every login, statement and logout lands in the audit with the process that sent it. Root only.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use serde_json::Value;
-use snowtrail_tests::fake_snowflake::drivers::{self, CA_VARS, Driver};
-use snowtrail_tests::fake_snowflake::{FakeOptions, FakeSnowflake};
-use snowtrail_tests::{Daemon, DaemonOptions, unique_port};
+use snowtrail_tests::fake_snowflake::drivers::{self, Driver};
+use snowtrail_tests::session::{
+    self, ACCOUNT_HOST, PASSWORD, Setup, hosts_file, session_args, statement,
+};
 
 const PORT_BASE: u16 = 29_530;
-const ACCOUNT_HOST: &str = "xy12345.snowflakecomputing.com";
 /// Where the fake serves result chunks: a storage host the agent learns from query responses.
 const STORAGE_HOST: &str = "stage.fake-snowflake.test";
 /// A result large enough that Snowflake sends it in chunks. Node's session script prints each
@@ -27,7 +26,8 @@ fn chunked(driver: Driver) -> (&'static str, u64) {
         ),
     }
 }
-const PASSWORD: &str = "s3cret-pa55word";
+/// The label every session of this suite carries.
+const LABEL: &str = "suite=intercept";
 
 const SELECT_1: &str = "select 1";
 const CUSTOMERS: &str = "select * from customers";
@@ -44,98 +44,30 @@ const INSERT_SQL: &str = "insert into e2e_t (id, name) values (?, ?)";
 const INSERT: &str =
     r#"{"sql": "insert into e2e_t (id, name) values (?, ?)", "params": [7, "seven"]}"#;
 
-struct Setup {
-    daemon: Daemon,
-    fake: FakeSnowflake,
-    dir: tempfile::TempDir,
-}
-
+/// The fake (serving chunks and stage transfers from its storage host, refusing one password) and
+/// a daemon trusting it.
 fn setup(name: &str, ip: [u8; 4]) -> anyhow::Result<Setup> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("snowtrail-{name}-"))
-        .tempdir()?;
-    let fake = FakeSnowflake::start(FakeOptions {
-        addr: SocketAddr::from((ip, 443)),
-        tls: true,
-        hosts: vec![
-            ACCOUNT_HOST.to_owned(),
-            "*.snowflakecomputing.com".to_owned(),
-            STORAGE_HOST.to_owned(),
-        ],
-        ca_dir: dir.path().join("fake-ca"),
-        storage_host: Some(STORAGE_HOST.to_owned()),
-        bad_password: Some("wrong-password".to_owned()),
-        ..FakeOptions::default()
-    })?;
-    let opts = DaemonOptions {
-        extra_top: format!(
-            "[tls]\nupstream_extra_roots = [{:?}]\n",
-            fake.ca_pem_path().display().to_string()
-        ),
-        ..DaemonOptions::default()
-    };
-    let daemon = Daemon::start(name, unique_port(PORT_BASE), &opts)?;
-    Ok(Setup { daemon, fake, dir })
-}
-
-/// The session script's arguments: the account host, the password, then the statements.
-fn session_args(statements: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "--host".to_owned(),
-        ACCOUNT_HOST.to_owned(),
-        "--password".to_owned(),
-        PASSWORD.to_owned(),
-    ];
-    args.extend(statements.iter().map(|s| (*s).to_owned()));
-    args
-}
-
-/// The hosts file mapping the account and storage hosts to the fake.
-fn hosts_file(s: &Setup) -> anyhow::Result<std::path::PathBuf> {
-    drivers::write_hosts_file(
-        s.dir.path(),
-        s.fake.addr().ip(),
-        &[ACCOUNT_HOST, STORAGE_HOST],
+    session::setup_with(
+        name,
+        ip,
+        PORT_BASE,
+        |f| {
+            f.storage_host = Some(STORAGE_HOST.to_owned());
+            f.bad_password = Some("wrong-password".to_owned());
+        },
+        None,
+        |_| String::new(),
     )
 }
 
-/// A driver session run under `snowtrail exec --identity <identity>`. The CA variables are
-/// cleared so that the driver's trust comes from `snowtrail exec` alone, as on a clean host.
+/// A driver session under `snowtrail exec --identity <identity>`, labelled with the suite.
 fn exec_session(
     s: &Setup,
     driver: Driver,
     identity: &str,
     statements: &[&str],
 ) -> anyhow::Result<Command> {
-    let inner = drivers::session_command(
-        driver,
-        &hosts_file(s)?,
-        Path::new("/nonexistent"),
-        &session_args(statements),
-    )?;
-    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
-    cmd.arg("--control-socket")
-        .arg(&s.daemon.socket)
-        .args([
-            "exec",
-            "--identity",
-            identity,
-            "--label",
-            "suite=intercept",
-            "--",
-        ])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .stdin(std::process::Stdio::null());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    for v in CA_VARS {
-        cmd.env_remove(v);
-    }
-    Ok(cmd)
+    session::exec_session(s, driver, identity, &[LABEL], statements)
 }
 
 /// Runs the same session directly against the fake (not enrolled, trusting the fake's CA).
@@ -183,28 +115,7 @@ fn run_session(
     identity: &str,
     statements: &[&str],
 ) -> anyhow::Result<Vec<Value>> {
-    let out = exec_session(s, driver, identity, statements)?
-        .output()
-        .context("cannot run snowtrail exec")?;
-    let lines = drivers::json_lines(&out.stdout);
-    if lines.is_empty() {
-        bail!(
-            "{} printed nothing ({}):\n{}\n{}\n{}",
-            driver.name(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            s.daemon.logs()
-        );
-    }
-    Ok(lines)
-}
-
-fn statement<'a>(lines: &'a [Value], sql: &str) -> anyhow::Result<&'a Value> {
-    lines
-        .iter()
-        .find(|l| l["step"] == "statement" && l["sql"] == sql)
-        .with_context(|| format!("no output for {sql:?} in {lines:#?}"))
+    session::run_driver(s, driver, identity, &[LABEL], statements)
 }
 
 fn query_event<'a>(events: &'a [Value], sql: &str) -> anyhow::Result<&'a Value> {

@@ -4,59 +4,22 @@
 //! (and is recorded); a held statement is approved from the CLI and another one times out.
 //! Root only.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use serde_json::Value;
-use snowtrail_tests::fake_snowflake::drivers::{self, CA_VARS, Driver};
-use snowtrail_tests::fake_snowflake::{FakeOptions, FakeSnowflake};
-use snowtrail_tests::{Daemon, DaemonOptions, unique_port, wait_for};
+use snowtrail_tests::fake_snowflake::drivers::Driver;
+use snowtrail_tests::session::{self, Setup, output_lines, statement};
+use snowtrail_tests::wait_for;
 
 const PORT_BASE: u16 = 29_640;
-const ACCOUNT_HOST: &str = "xy12345.snowflakecomputing.com";
-const PASSWORD: &str = "s3cret-pa55word";
 
-struct Setup {
-    daemon: Daemon,
-    fake: FakeSnowflake,
-    dir: tempfile::TempDir,
-    policy: PathBuf,
-}
+/// The label every session of this suite carries (the deny rule matches it).
+const LABEL: &str = "env=prod";
 
 fn setup(name: &str, ip: [u8; 4], policy: &str) -> anyhow::Result<Setup> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("snowtrail-{name}-"))
-        .tempdir()?;
-    let fake = FakeSnowflake::start(FakeOptions {
-        addr: SocketAddr::from((ip, 443)),
-        tls: true,
-        hosts: vec![
-            ACCOUNT_HOST.to_owned(),
-            "*.snowflakecomputing.com".to_owned(),
-        ],
-        ca_dir: dir.path().join("fake-ca"),
-        ..FakeOptions::default()
-    })?;
-    let policy_path = dir.path().join("policy.toml");
-    std::fs::write(&policy_path, policy)?;
-    let opts = DaemonOptions {
-        extra_top: format!(
-            "[tls]\nupstream_extra_roots = [{:?}]\n[policy]\nfile = {:?}\npoll_ms = 200\n",
-            fake.ca_pem_path().display().to_string(),
-            policy_path.display().to_string(),
-        ),
-        ..DaemonOptions::default()
-    };
-    let daemon = Daemon::start(name, unique_port(PORT_BASE), &opts)?;
-    Ok(Setup {
-        daemon,
-        fake,
-        dir,
-        policy: policy_path,
-    })
+    session::setup(name, ip, PORT_BASE, Some(policy), |_| String::new())
 }
 
 /// A driver session under `snowtrail exec --identity <identity>`, trusting only what exec gives.
@@ -66,50 +29,7 @@ fn exec_session(
     identity: &str,
     statements: &[&str],
 ) -> anyhow::Result<Command> {
-    let hosts = drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[ACCOUNT_HOST])?;
-    let mut args = vec![
-        "--host".to_owned(),
-        ACCOUNT_HOST.to_owned(),
-        "--password".to_owned(),
-        PASSWORD.to_owned(),
-    ];
-    args.extend(statements.iter().map(|s| (*s).to_owned()));
-    let inner = drivers::session_command(driver, &hosts, Path::new("/nonexistent"), &args)?;
-    let mut cmd = Command::new(snowtrail_tests::snowtrail_bin());
-    cmd.arg("--control-socket")
-        .arg(&s.daemon.socket)
-        .args(["exec", "--identity", identity, "--label", "env=prod", "--"])
-        .arg(inner.get_program())
-        .args(inner.get_args())
-        .stdin(std::process::Stdio::null());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    for v in CA_VARS {
-        cmd.env_remove(v);
-    }
-    Ok(cmd)
-}
-
-fn output_lines(
-    s: &Setup,
-    driver: Driver,
-    out: &std::process::Output,
-) -> anyhow::Result<Vec<Value>> {
-    let lines = drivers::json_lines(&out.stdout);
-    if lines.is_empty() {
-        bail!(
-            "{} printed nothing ({}):\n{}\n{}\n{}",
-            driver.name(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            s.daemon.logs()
-        );
-    }
-    Ok(lines)
+    session::exec_session(s, driver, identity, &[LABEL], statements)
 }
 
 fn run_session(
@@ -118,17 +38,7 @@ fn run_session(
     identity: &str,
     statements: &[&str],
 ) -> anyhow::Result<Vec<Value>> {
-    let out = exec_session(s, driver, identity, statements)?
-        .output()
-        .context("cannot run snowtrail exec")?;
-    output_lines(s, driver, &out)
-}
-
-fn statement<'a>(lines: &'a [Value], sql: &str) -> anyhow::Result<&'a Value> {
-    lines
-        .iter()
-        .find(|l| l["step"] == "statement" && l["sql"] == sql)
-        .with_context(|| format!("no output for {sql:?} in {lines:#?}"))
+    session::run_driver(s, driver, identity, &[LABEL], statements)
 }
 
 const DENY_DROPS: &str = r#"
@@ -233,7 +143,7 @@ fn a_denied_drop_never_reaches_snowflake_and_a_bad_reload_keeps_the_rules() -> a
 
     // An invalid file written while running: rejected, recorded, and the rules stay.
     std::fs::write(
-        &s.policy,
+        s.policy_path(),
         "[default]\naction = \"allow\"\n\n[[rule]]\nname = \"broken\"\naction = \"deny-ish\"\n",
     )?;
     let rejected = s.daemon.wait_event(|e| {
@@ -249,7 +159,7 @@ fn a_denied_drop_never_reaches_snowflake_and_a_bad_reload_keeps_the_rules() -> a
 
     // A valid change takes effect, and is recorded.
     std::fs::write(
-        &s.policy,
+        s.policy_path(),
         DENY_DROPS.replace("no-drop-in-prod", "no-drop-v2"),
     )?;
     s.daemon.wait_event(|e| {
