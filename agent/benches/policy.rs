@@ -35,50 +35,8 @@ const CORPUS: &[&str] = &[
     "frobnicate the widgets",
 ];
 
-/// A policy of the size a team writes: identity, label, statement, object, SQL and time rules.
-const POLICY: &str = r#"
-[default]
-action = "allow"
-
-[[rule]]
-name = "etl-prod-drops"
-action = "deny"
-message = "ETL may not drop production tables"
-[rule.when]
-identity = ["etl-*"]
-labels = { env = "prod" }
-statement = ["DROP", "TRUNCATE"]
-objects = ["prod.*.*"]
-
-[[rule]]
-name = "pii-approval"
-action = "require_approval"
-timeout_s = 120
-[rule.when]
-role = ["analyst*"]
-writes = ["\"Sales\".*.*"]
-
-[[rule]]
-name = "customers-alert"
-action = "alert"
-[rule.when]
-sql = "(?i)\\bcustomers\\b"
-identity = ["batch-*"]
-
-[[rule]]
-name = "no-unparsed-in-prod"
-action = "alert"
-[rule.when]
-unparsed = true
-labels = { env = "prod" }
-
-[[rule]]
-name = "office-hours-ddl"
-action = "alert"
-[rule.when]
-statement = ["CREATE", "ALTER"]
-time = { days = ["sat", "sun"] }
-"#;
+/// A policy of the size a team writes: the one the policy unit tests use.
+const POLICY: &str = include_str!("../tests/fixtures/policy/team.toml");
 
 fn ctx() -> NameContext {
     NameContext {

@@ -210,59 +210,8 @@ statement = ["DROP"]
     );
 }
 
-const FULL: &str = r#"
-[default]
-action = "alert"
-
-[[rule]]
-name = "etl-prod-drops"
-action = "deny"
-message = "ETL may not drop production tables"
-[rule.when]
-identity = ["etl-*"]
-labels = { env = "prod" }
-statement = ["DROP", "TRUNCATE"]
-objects = ["prod.*.*"]
-
-[[rule]]
-name = "pii-approval"
-action = "require_approval"
-timeout_s = 120
-[rule.when]
-role = ["analyst*"]
-writes = ["\"Sales\".*.*"]
-
-[[rule]]
-name = "mask-ssn"
-action = "mask"
-columns = ["SSN", "email"]
-[rule.when]
-sql = "(?i)\\bcustomers\\b"
-
-[[rule]]
-name = "cap"
-action = "row_limit"
-rows = 1000
-on_exceed = "truncate"
-[rule.when]
-user = ["reporting"]
-account = ["ACME-*"]
-time = { days = ["sat", "sun"], hours = "00:00-24:00", offset = "+01:00" }
-
-[[rule]]
-name = "unparsed-by-humans"
-action = "deny"
-[rule.when]
-unparsed = true
-human = ["*"]
-groups = ["contractors"]
-
-[[rule]]
-name = "everything-else-from-bob"
-action = "allow"
-[rule.when]
-human = ["bob"]
-"#;
+/// A policy of the size a team writes, every action and most conditions.
+const FULL: &str = include_str!("../../tests/fixtures/policy/team.toml");
 
 #[test]
 fn first_matching_rule_decides() {
