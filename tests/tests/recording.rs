@@ -613,3 +613,169 @@ fn fetched_results_file_commands_and_the_session_cap_are_recorded() -> anyhow::R
 }
 
 const MULTI_SQL_TEXT: &str = "select 11 as first; /*rows:3*/ select id, name from second";
+
+/// SIGKILLs of the daemon in the crash test, each during recorded traffic.
+const KILLS: u64 = 15;
+
+/// One workload's statements in the crash test: plain results, async ones (recorded when
+/// fetched) and a multi-statement request.
+fn crash_statements(run: u64) -> Vec<String> {
+    (0..24)
+        .map(|i| match i % 6 {
+            4 => serde_json::json!({
+                "sql": format!("/*rows:{}*/ select id, name from crash_async_{run}_{i}", 2 + i),
+                "async": true,
+            })
+            .to_string(),
+            5 => serde_json::json!({
+                "sql": format!("select {i} as a; /*rows:3*/ select id, name from crash_multi_{run}_{i}"),
+                "num_statements": 2,
+            })
+            .to_string(),
+            _ => format!("/*rows:{}*/ select id, name from crash_{run}_{i}", 5 + i * 3),
+        })
+        .collect()
+}
+
+/// `kill -9` of the daemon, again and again, while a workload's results are being recorded;
+/// each time it starts again and recovers. Afterwards `audit verify --recordings-dir` passes,
+/// and every audit row that says its result was recorded (`full` or `truncated`) has exactly
+/// one recordings row with its event id, no recordings row appearing twice.
+#[test]
+fn recordings_stay_exact_across_kill_9s_during_traffic() -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    use std::os::unix::process::CommandExt as _;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    use snowtrail_tests::fake_snowflake::drivers::{self, Driver};
+
+    let keys = tempfile::tempdir()?;
+    let (_key, public) = keygen(keys.path())?;
+    let recordings = keys.path().join("recordings");
+    let rec_dir = recordings.display().to_string();
+    let mut s: Setup = session::setup("reckill", [127, 77, 9, 3], PORT_BASE + 40, None, |_| {
+        format!("recording_dir = {rec_dir:?}\n[recording]\nrecipient = {public:?}\n")
+    })?;
+    let hosts =
+        drivers::write_hosts_file(s.dir.path(), s.fake.addr().ip(), &[session::ACCOUNT_HOST])?;
+    let mut statements_done = 0u64;
+    for run in 0..=KILLS {
+        let last = run == KILLS;
+        let mut args = vec![
+            "--host".to_owned(),
+            session::ACCOUNT_HOST.to_owned(),
+            "--password".to_owned(),
+            session::PASSWORD.to_owned(),
+        ];
+        args.extend(crash_statements(run));
+        let inner =
+            drivers::session_command(Driver::Py5, &hosts, Path::new("/nonexistent"), &args)?;
+        let mut cmd = s.daemon.exec_command("reckill", &inner);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .process_group(0);
+        let mut workload = cmd.spawn()?;
+        let stdout = workload.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel::<Value>();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        // Kill after a varied number of statements, while the next ones are in flight.
+        let target = if last { u64::MAX } else { 1 + (run * 7) % 15 };
+        let mut seen = 0u64;
+        while seen < target {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(v) if v["step"] == "statement" => seen += 1,
+                Ok(v) if v["step"] == "connect" => {
+                    ensure!(v["ok"] == true, "run {run}: {v}");
+                }
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => anyhow::bail!("run {run}: the workload stopped printing: {e}"),
+            }
+        }
+        statements_done += seen;
+        if !last {
+            s.daemon.kill();
+            let pg = nix::unistd::Pid::from_raw(i32::try_from(workload.id())?);
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+        }
+        let status = workload.wait()?;
+        let _ = reader.join();
+        if last {
+            ensure!(
+                status.success() && seen == 24,
+                "the last workload must run to its end ({status}, {seen} statements)"
+            );
+        } else {
+            s.daemon.start_again()?;
+        }
+    }
+    s.daemon.stop()?;
+
+    // The trail verifies, recordings included.
+    let audit = s.daemon.audit_dir.display().to_string();
+    let state = s.daemon.state_dir.display().to_string();
+    ok(snowtrail(
+        &s.daemon.config,
+        &[
+            "audit",
+            "verify",
+            &audit,
+            "--state-dir",
+            &state,
+            "--recordings-dir",
+            &rec_dir,
+        ],
+    )?)?;
+
+    // Exactly one recordings row per audit row that claims one.
+    let mut rows_by_event: std::collections::HashMap<String, u32> = Default::default();
+    for f in snowtrail::recording::replay::list_files(&recordings)? {
+        for r in snowtrail::recording::replay::read_file(&f)? {
+            *rows_by_event.entry(r.event_id).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = rows_by_event.iter().filter(|(_, n)| **n > 1).collect();
+    ensure!(twice.is_empty(), "recordings rows written twice: {twice:?}");
+    let events = s.daemon.events();
+    let claimed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["recording"] == "full" || e["recording"] == "truncated")
+        .collect();
+    for e in &claimed {
+        let id = e["event_id"].as_str().unwrap_or_default();
+        ensure!(
+            rows_by_event.get(id) == Some(&1),
+            "the audit row says recorded, the recordings table has no row: {e}"
+        );
+    }
+    // The last workload ran whole: each of its statements is recorded.
+    let last_run = crash_statements(KILLS);
+    ensure!(
+        claimed.len() as u64 >= last_run.len() as u64 && statements_done >= KILLS + 24,
+        "{} recorded statements, {statements_done} statements run",
+        claimed.len()
+    );
+    for e in events.iter().filter(|e| {
+        e["event_kind"] == "query"
+            && e["sql_text"]
+                .as_str()
+                .is_some_and(|t| t.contains(&format!("crash_{KILLS}_")))
+    }) {
+        ensure!(e["recording"] == "full", "{e}");
+    }
+    eprintln!(
+        "{} audit rows claim a recording, {} recordings rows, {statements_done} statements run",
+        claimed.len(),
+        rows_by_event.len()
+    );
+    Ok(())
+}
