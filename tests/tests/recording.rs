@@ -432,7 +432,8 @@ const LATER_SQL: &str = "/*rows:4*/ select id, name from later";
 const LATER: &str = r#"{"sql": "/*rows:4*/ select id, name from later", "async": true}"#;
 const FIRST_SQL: &str = "select 11 as first";
 const SECOND_SQL: &str = "/*rows:3*/ select id, name from second";
-const MULTI: &str = r#"{"sql": "select 11 as first; /*rows:3*/ select id, name from second", "num_statements": 2}"#;
+const MULTI: &str =
+    r#"{"sql": "select 11 as first; /*rows:3*/ select id, name from second", "num_statements": 2}"#;
 /// The per-session cap of the second test: above what the first session keeps and what `CAP_A`
 /// keeps, below `CAP_A` and `CAP_B` together.
 const SESSION_CAP: u64 = 3000;
@@ -475,7 +476,16 @@ fn fetched_results_file_commands_and_the_session_cap_are_recorded() -> anyhow::R
             "the driver lost rows: {capped:#?}"
         );
     }
-    s.daemon.wait_event(|e| e["event_kind"] == "query" && e["sql_text"] == get.as_str())?;
+    // Each transfer statement's event (and recording) waits until its transfers are quiet.
+    for prefix in ["put ", "get "] {
+        s.daemon.wait_event(|e| {
+            e["event_kind"] == "query"
+                && e["sql_text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(prefix))
+                && e["stage_requests"].as_u64() > Some(0)
+        })?;
+    }
     s.daemon.stop()?;
     let events = s.daemon.events();
     let query = |sql: &str| -> anyhow::Result<Value> {
@@ -546,7 +556,9 @@ fn fetched_results_file_commands_and_the_session_cap_are_recorded() -> anyhow::R
         ensure!(e["recording"] == "full", "{e}");
         let r = recorded(&results, e["query_id"].as_str().unwrap_or_default())?;
         let t = &r["transfer"];
-        let upload = e["sql_text"].as_str().is_some_and(|t| t.starts_with("put "));
+        let upload = e["sql_text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("put "));
         ensure!(
             t["command"] == if upload { "UPLOAD" } else { "DOWNLOAD" },
             "{r}"
@@ -643,11 +655,11 @@ fn crash_statements(run: u64) -> Vec<String> {
 /// one recordings row with its event id, no recordings row appearing twice.
 #[test]
 fn recordings_stay_exact_across_kill_9s_during_traffic() -> anyhow::Result<()> {
+    use snowtrail_tests::fake_snowflake::drivers::{self, Driver};
     use std::io::BufRead as _;
     use std::os::unix::process::CommandExt as _;
     use std::sync::mpsc;
     use std::time::Duration;
-    use snowtrail_tests::fake_snowflake::drivers::{self, Driver};
 
     let keys = tempfile::tempdir()?;
     let (_key, public) = keygen(keys.path())?;

@@ -141,7 +141,7 @@ pub(super) struct Counted {
 
 impl Counted {
     /// `inner`, counted; `on_end` gets the total.
-    pub(super) fn new(inner: Body, on_end: impl FnOnce(u64) + Send + Sync + 'static) -> Body {
+    pub(super) fn counting(inner: Body, on_end: impl FnOnce(u64) + Send + Sync + 'static) -> Body {
         Counted {
             inner,
             bytes: 0,
@@ -399,7 +399,7 @@ mod tests {
         // No room asked for: counted only.
         let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let t = total.clone();
-        let body = Counted::new(frames(&[b"ab", b"c"]), move |n| {
+        let body = Counted::counting(frames(&[b"ab", b"c"]), move |n| {
             t.store(n, std::sync::atomic::Ordering::SeqCst);
         });
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 3);

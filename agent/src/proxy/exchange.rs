@@ -211,7 +211,7 @@ where
     let sent_here = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (sent, counter) = (transfer.clone(), sent_here.clone());
     let req = req.map(|body| {
-        Counted::new(body, move |bytes| {
+        Counted::counting(body, move |bytes| {
             counter.store(bytes, std::sync::atomic::Ordering::Relaxed);
             sent.sent(bytes);
         })
@@ -219,7 +219,7 @@ where
     let resp = send(req).await;
     let status = resp.status().as_u16();
     resp.map(|body| {
-        Counted::new(body, move |bytes| {
+        Counted::counting(body, move |bytes| {
             let file = crate::recording::payload::TransferFile {
                 method,
                 host,

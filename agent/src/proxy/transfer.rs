@@ -120,15 +120,15 @@ impl PendingTransfer {
     /// transfer was seen.
     pub fn finish(&self, unseen_is_a_gap: bool) -> Option<Finished> {
         let mut event = self.event.lock().ok()?.take()?;
-        let recording = self
-            .recording
-            .lock()
-            .ok()
-            .and_then(|mut r| r.take())
-            .map(|(mut rec, part)| {
-                rec.transfer(part);
-                rec
-            });
+        let recording =
+            self.recording
+                .lock()
+                .ok()
+                .and_then(|mut r| r.take())
+                .map(|(mut rec, part)| {
+                    rec.transfer(part);
+                    rec
+                });
         let requests = self.requests.load(Ordering::Relaxed);
         event.stage_requests = Some(requests);
         event.stage_bytes_sent = Some(self.bytes_sent.load(Ordering::Relaxed));

@@ -595,7 +595,10 @@ mod tests {
         assert_eq!(done.status, Status::Full);
         let p = Payload::from_bytes(&done.payload.to_bytes()).unwrap();
         assert_eq!(p.transfer.as_ref(), Some(&part));
-        assert_eq!(done.bytes_kept, serde_json::to_vec(&part).unwrap().len() as u64);
+        assert_eq!(
+            done.bytes_kept,
+            serde_json::to_vec(&part).unwrap().len() as u64
+        );
         // Too big for the cap: counted, not kept.
         let mut c = Capture::new(10);
         c.transfer(part);

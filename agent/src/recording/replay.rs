@@ -208,7 +208,11 @@ pub fn table_of(p: &Payload) -> Result<Table, String> {
         }
     }
     let mut columns = columns;
-    if let Some(t) = p.transfer.as_ref().filter(|_| columns.is_empty() && rows.is_empty()) {
+    if let Some(t) = p
+        .transfer
+        .as_ref()
+        .filter(|_| columns.is_empty() && rows.is_empty())
+    {
         columns = TRANSFER_COLUMNS
             .iter()
             .map(|c| ((*c).to_owned(), "text".to_owned()))

@@ -56,7 +56,10 @@ mod tests {
             result_scan_of("SELECT * FROM TABLE(RESULT_SCAN ( '01ab' ))"),
             Some("01ab")
         );
-        assert_eq!(result_scan_of("select * from table(result_scan(last_query_id()))"), None);
+        assert_eq!(
+            result_scan_of("select * from table(result_scan(last_query_id()))"),
+            None
+        );
         assert_eq!(result_scan_of("select 'result_scan' as x"), None);
         assert_eq!(result_scan_of("select 1"), None);
     }
