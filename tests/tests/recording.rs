@@ -430,6 +430,8 @@ fn recorded_rows(r: &Value) -> anyhow::Result<Vec<Vec<Value>>> {
 
 const LATER_SQL: &str = "/*rows:4*/ select id, name from later";
 const LATER: &str = r#"{"sql": "/*rows:4*/ select id, name from later", "async": true}"#;
+const LATER_FAILING_SQL: &str = "/*error*/ select * from later_nope";
+const LATER_FAILING: &str = r#"{"sql": "/*error*/ select * from later_nope", "async": true}"#;
 const FIRST_SQL: &str = "select 11 as first";
 const SECOND_SQL: &str = "/*rows:3*/ select id, name from second";
 const MULTI: &str =
@@ -462,7 +464,7 @@ fn fetched_results_file_commands_and_the_session_cap_are_recorded() -> anyhow::R
     let lines = run_session(
         &s,
         "fetched",
-        &[LATER, MULTI, "create stage stg1", &put, &get],
+        &[LATER, LATER_FAILING, MULTI, "create stage stg1", &put, &get],
     )?;
     let capped = run_session(&s, "capped", &[CAP_A, CAP_B, CAP_C])?;
     ensure!(
@@ -517,6 +519,19 @@ fn fetched_results_file_commands_and_the_session_cap_are_recorded() -> anyhow::R
         recorded_rows(r)? == texts(rows(&lines, LATER_SQL)?),
         "async: recorded {r}, the driver got {:?}",
         rows(&lines, LATER_SQL)?
+    );
+
+    // A failed async statement: the error monitoring reported, which the driver raised.
+    let failed = query(LATER_FAILING_SQL)?;
+    ensure!(
+        failed["success"] == false && failed["recording"] == "full",
+        "{failed}"
+    );
+    let raised = &statement(&lines, LATER_FAILING_SQL)?["error"];
+    let r = recorded(&results, failed["query_id"].as_str().unwrap_or_default())?;
+    ensure!(
+        r["error"]["code"] == "002003" && raised["errno"] == 2003,
+        "recorded {r}, the driver raised {raised}"
     );
 
     // Each statement of the multi-statement request: the result fetched for it.

@@ -73,6 +73,22 @@ impl Recording {
     }
 }
 
+#[cfg(test)]
+impl Recording {
+    /// A recording within `limit` bytes, of no session.
+    pub(super) fn for_test(limit: u64) -> Recording {
+        Recording {
+            capture: Capture::new(limit),
+            session: None,
+        }
+    }
+
+    /// What the recording captured.
+    pub(super) fn captured(self) -> crate::recording::Captured {
+        self.capture.finish()
+    }
+}
+
 /// Starts recording a statement, unless recording is off (no recipient, or off for the event's
 /// identity).
 pub(super) fn begin(

@@ -289,6 +289,51 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_statement_lists_its_transfers_and_completes_with_them() {
+        let part = TransferPart {
+            command: Some("UPLOAD".into()),
+            sources: vec!["x.csv".into()],
+            ..TransferPart::default()
+        };
+        let p = PendingTransfer::recorded(
+            event("put file://x.csv @s"),
+            Some((Recording::for_test(1 << 20), part)),
+        );
+        for (method, status, sent) in [("HEAD", 404, 0), ("PUT", 200, 40)] {
+            p.begin();
+            p.sent(sent);
+            p.end(
+                0,
+                TransferFile {
+                    method: method.into(),
+                    host: "h".into(),
+                    path: "/s/x.csv.gz".into(),
+                    status: Some(status),
+                    bytes_sent: sent,
+                    bytes_received: 0,
+                },
+            );
+        }
+        let (e, rec) = p.finish(true).unwrap();
+        assert_eq!(e.stage_requests, Some(2));
+        let done = rec.expect("recorded").captured();
+        let t = done
+            .payload
+            .transfer
+            .expect("the transfers are in the recording");
+        assert_eq!(t.command.as_deref(), Some("UPLOAD"));
+        assert_eq!(
+            t.files
+                .iter()
+                .map(|f| f.method.as_str())
+                .collect::<Vec<_>>(),
+            ["HEAD", "PUT"]
+        );
+        assert_eq!(t.files[1].bytes_sent, 40);
+        assert!(p.finish(true).is_none(), "completed once");
+    }
+
+    #[test]
     fn nothing_seen_is_flagged() {
         let p = PendingTransfer::new(event("put file://x @s"));
         let (e, _) = p.finish(true).unwrap();
