@@ -226,7 +226,9 @@ pub struct ProxySection {
     /// TLS handshake timeout on either side, in milliseconds.
     pub handshake_timeout_ms: u64,
     /// How long a chunked result's event waits for the chunk downloads before it is recorded
-    /// with the flag `chunks_unseen`, in seconds.
+    /// with the flag `chunks_unseen`, in seconds; also how long a statement whose result the
+    /// driver fetches by a request of its own (an async statement that ended, each statement of
+    /// a multi-statement request) waits for that fetch.
     pub chunk_wait_s: u64,
     /// How long a PUT/GET statement's transfers must have been idle before its event is
     /// recorded with their totals, in milliseconds (a driver pauses between files while it

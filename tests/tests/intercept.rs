@@ -576,13 +576,22 @@ fn stage_transfers(driver: Driver, ip: [u8; 4]) -> anyhow::Result<()> {
     );
     let size = std::fs::metadata(down.join("data1.csv.gz"))?.len();
 
+    // Each statement's event waits until its own transfers are quiet: the PUT's may come after
+    // the GET's, whose transfers followed within moments.
     let events = snowtrail_tests::wait_for(std::time::Duration::from_secs(30), || {
         let ev = s.daemon.events();
-        ev.iter()
-            .any(|e| e["event_kind"] == "query" && e["sql_text"] == get.as_str())
-            .then_some(ev)
+        let done = |prefix: &str| {
+            ev.iter().any(|e| {
+                e["event_kind"] == "query"
+                    && e["sql_text"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with(prefix))
+                    && e["stage_requests"].as_u64() > Some(0)
+            })
+        };
+        (done("put ") && done(&get)).then_some(ev)
     })
-    .with_context(|| format!("no event for the GET: {:#?}", s.daemon.events()))?;
+    .with_context(|| format!("no events for the PUT and GET: {:#?}", s.daemon.events()))?;
     let puts: Vec<&Value> = events
         .iter()
         .filter(|e| {

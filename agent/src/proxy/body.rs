@@ -123,11 +123,47 @@ impl hyper::body::Body for HeldBody {
     }
 }
 
-/// A body that counts its bytes and reports the total once, at its end (or when dropped early).
+/// What a [`Counted`] body reports at its end: the bytes that passed, and its copy when it kept
+/// one (the body ended whole and fit in the room it was given).
+pub(super) type OnEnd = Box<dyn FnOnce(u64, Option<Vec<u8>>) + Send + Sync>;
+
+/// A body passed on as it comes, its bytes counted, and optionally a copy of it kept while it
+/// fits in a bounded room: one type serves stage transfers (counted), and result chunks (counted
+/// for their statement, copied for its recording). The total and the copy are reported once, at
+/// the end (or when dropped early, then without a copy).
 pub(super) struct Counted {
-    pub(super) inner: Body,
-    pub(super) bytes: u64,
-    pub(super) on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    inner: Body,
+    bytes: u64,
+    copy: Option<Vec<u8>>,
+    room: usize,
+    on_end: Option<OnEnd>,
+}
+
+impl Counted {
+    /// `inner`, counted; `on_end` gets the total.
+    pub(super) fn counting(inner: Body, on_end: impl FnOnce(u64) + Send + Sync + 'static) -> Body {
+        Counted {
+            inner,
+            bytes: 0,
+            copy: None,
+            room: 0,
+            on_end: Some(Box::new(move |n, _| on_end(n))),
+        }
+        .boxed()
+    }
+
+    /// `inner`, counted, with a copy kept while it fits in `room` bytes (none kept when `room`
+    /// is `None`); `on_end` gets the total and the copy.
+    pub(super) fn copied(inner: Body, room: Option<usize>, on_end: OnEnd) -> Body {
+        Counted {
+            inner,
+            bytes: 0,
+            copy: room.map(|_| Vec::new()),
+            room: room.unwrap_or(0),
+            on_end: Some(on_end),
+        }
+        .boxed()
+    }
 }
 
 impl hyper::body::Body for Counted {
@@ -142,24 +178,41 @@ impl hyper::body::Body for Counted {
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    self.bytes += d.len() as u64;
+                    let n = d.len();
+                    self.bytes += n as u64;
+                    let room = self.room;
+                    if let Some(c) = self.copy.as_mut() {
+                        if c.len() + n <= room {
+                            c.extend_from_slice(d);
+                        } else {
+                            // Past its room: the copy is given up, the counting goes on.
+                            self.copy = None;
+                        }
+                    }
                 }
             }
             std::task::Poll::Ready(None) => {
                 if let Some(f) = self.on_end.take() {
-                    f(self.bytes);
+                    let copy = self.copy.take();
+                    f(self.bytes, copy);
                 }
             }
-            _ => {}
+            std::task::Poll::Ready(Some(Err(_))) => self.copy = None,
+            std::task::Poll::Pending => {}
         }
         polled
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         if let Some(f) = self.on_end.take() {
-            f(self.bytes);
+            // Not read to the end: counted as far as it went, nothing of it kept.
+            f(self.bytes, None);
         }
     }
 }
@@ -301,6 +354,62 @@ mod tests {
         assert_eq!(second.len(), 4 * 1024);
         drop(second);
         assert_eq!(budget.available(), 8 * 1024);
+    }
+
+    /// A body of several data frames.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+
+    fn frames(parts: &[&'static [u8]]) -> Body {
+        Frames(parts.iter().map(|p| Bytes::from_static(p)).collect()).boxed()
+    }
+
+    type Seen = Arc<std::sync::Mutex<Option<(u64, Option<Vec<u8>>)>>>;
+
+    fn reporting(seen: &Seen) -> OnEnd {
+        let seen = seen.clone();
+        Box::new(move |n, copy| *seen.lock().unwrap() = Some((n, copy)))
+    }
+
+    #[tokio::test]
+    async fn counted_bodies_count_and_copy_within_their_room() {
+        // Fits: the copy is the whole body.
+        let seen = Seen::default();
+        let body = Counted::copied(frames(&[b"abc", b"defg"]), Some(7), reporting(&seen));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), &b"abcdefg"[..]);
+        assert_eq!(
+            seen.lock().unwrap().take(),
+            Some((7, Some(b"abcdefg".to_vec())))
+        );
+        // Past the room: everything passes and is counted, nothing is kept.
+        let body = Counted::copied(frames(&[b"abc", b"defg"]), Some(5), reporting(&seen));
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 7);
+        assert_eq!(seen.lock().unwrap().take(), Some((7, None)));
+        // No room asked for: counted only.
+        let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let t = total.clone();
+        let body = Counted::counting(frames(&[b"ab", b"c"]), move |n| {
+            t.store(n, std::sync::atomic::Ordering::SeqCst);
+        });
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 3);
+        assert_eq!(total.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // Dropped before its end: reported once, as far as it went, without a copy.
+        let mut body = Counted::copied(frames(&[b"abc", b"defg"]), Some(100), reporting(&seen));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, &b"abc"[..]);
+        drop(body);
+        assert_eq!(seen.lock().unwrap().take(), Some((3, None)));
     }
 
     #[tokio::test]

@@ -14,7 +14,6 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::BodyExt as _;
 use tracing::{debug, warn};
 
 use super::body::{Collected, Counted, Held, collect, full};
@@ -181,7 +180,7 @@ where
             .find(cgroup_id, &host, req.uri().path())
     });
     if let Some(transfer) = transfer {
-        return stage_transfer(req, transfer, send).await;
+        return stage_transfer(req, transfer, host, send).await;
     }
     let pending = ctx.inspector.tracker.take_chunk(&host, req.uri().path());
     let path = req.uri().path().to_owned();
@@ -194,10 +193,11 @@ where
 }
 
 /// A request of a PUT/GET statement's transfer: streamed both ways, its bytes counted for the
-/// statement.
+/// statement (and listed in its recording, without the query of the URL).
 async fn stage_transfer<F, Fut>(
     req: Request<Body>,
     transfer: Arc<PendingTransfer>,
+    host: String,
     send: F,
 ) -> Response<Body>
 where
@@ -205,24 +205,31 @@ where
     Fut: Future<Output = Response<Body>>,
 {
     debug!(method = %req.method(), path = req.uri().path(), "stage transfer");
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
     transfer.begin();
-    let sent = transfer.clone();
+    let sent_here = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (sent, counter) = (transfer.clone(), sent_here.clone());
     let req = req.map(|body| {
-        Counted {
-            inner: body,
-            bytes: 0,
-            on_end: Some(Box::new(move |bytes| sent.sent(bytes))),
-        }
-        .boxed()
+        Counted::counting(body, move |bytes| {
+            counter.store(bytes, std::sync::atomic::Ordering::Relaxed);
+            sent.sent(bytes);
+        })
     });
     let resp = send(req).await;
+    let status = resp.status().as_u16();
     resp.map(|body| {
-        Counted {
-            inner: body,
-            bytes: 0,
-            on_end: Some(Box::new(move |bytes| transfer.end(bytes))),
-        }
-        .boxed()
+        Counted::counting(body, move |bytes| {
+            let file = crate::recording::payload::TransferFile {
+                method,
+                host,
+                path,
+                status: Some(status),
+                bytes_sent: sent_here.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_received: bytes,
+            };
+            transfer.end(bytes, file);
+        })
     })
 }
 
@@ -695,6 +702,10 @@ where
         .tracker
         .remove(snowflake::auth::authorization_token(req.headers()));
     let mut event = ctx.event(EventKind::Logout, SystemTime::now(), session.as_deref());
+    // Results of the session's statements that were never fetched will not be on it.
+    if let Some(s) = &session {
+        statement::session_ended(ins, &s.id);
+    }
     let resp = send(req).await;
     event.success = Some(resp.status().is_success());
     event.duration_ms = elapsed_ms(started);

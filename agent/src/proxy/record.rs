@@ -3,22 +3,27 @@
 //! statement's audit row is submitted once its recording is durable, saying what became of it.
 //! Capturing and the payload format are [`crate::recording`]; this module moves bytes.
 //!
-//! Chunk downloads are teed: the workload gets every byte as it arrives, and a copy is kept only
-//! while it fits in what the chunk reserved of the statement's cap (its uncompressed size); a
-//! chunk that does not fit is counted, not kept.
+//! Chunk downloads pass through a [`Counted`] body: the workload gets every byte as it arrives,
+//! and a copy is kept only while it fits in what the chunk reserved of the statement's cap (its
+//! uncompressed size); a chunk that does not fit is counted, not kept.
+//!
+//! Results fetched by a request of their own (an asynchronous statement's, each statement's of
+//! a multi-statement request) are recorded by the statement handler when the fetch comes, as a
+//! synchronous statement's; a PUT/GET statement's recording waits with its event for the
+//! transfers ([`super::transfer`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, header};
-use http_body_util::BodyExt as _;
 use tracing::warn;
 
+use super::body::Counted;
 use super::exchange::Inspector;
 use super::intercept::Body;
 use super::sessions::{PendingResult, Session};
 use crate::audit::Event;
+use crate::recording::payload::{ErrorEnvelope, TransferPart};
 use crate::recording::{Capture, RecordingConfig, RecordingWriter, Status, Submission};
 use crate::snowflake::ContentEncoding;
 
@@ -51,9 +56,36 @@ impl Recording {
         self.capture.passed(0);
     }
 
+    /// Captures the error the workload learnt from a status request (an asynchronous
+    /// statement's monitoring answer).
+    pub(super) fn error(&mut self, e: ErrorEnvelope) {
+        self.capture.error(e);
+    }
+
+    /// Captures a PUT/GET statement's file command and its transfers.
+    pub(super) fn transfer(&mut self, t: TransferPart) {
+        self.capture.transfer(t);
+    }
+
     /// Captures a chunk the workload receives, already decoded (a rewritten chunk).
     pub(super) fn chunk(&mut self, index: usize, body: &[u8]) {
         self.capture.chunk(index, body, false);
+    }
+}
+
+#[cfg(test)]
+impl Recording {
+    /// A recording within `limit` bytes, of no session.
+    pub(super) fn for_test(limit: u64) -> Recording {
+        Recording {
+            capture: Capture::new(limit),
+            session: None,
+        }
+    }
+
+    /// What the recording captured.
+    pub(super) fn captured(self) -> crate::recording::Captured {
+        self.capture.finish()
     }
 }
 
@@ -158,18 +190,17 @@ pub(super) fn tee_chunk(
         _ => None,
     };
     let index = info.map_or(usize::MAX, |(i, _)| i);
+    let room = reserved.map(|r| usize::try_from(r).unwrap_or(usize::MAX));
     resp.map(|body| {
-        Tee {
-            inner: body,
-            bytes: 0,
-            buf: reserved.map(|_| Vec::new()),
-            room: reserved.map_or(0, |r| usize::try_from(r).unwrap_or(usize::MAX)),
-            on_end: Some(Box::new(move |bytes, buf: Option<Vec<u8>>| {
+        Counted::copied(
+            body,
+            room,
+            Box::new(move |bytes, copy: Option<Vec<u8>>| {
                 pending.with_recording(|r| {
                     if let Some(n) = reserved {
                         r.capture.release(n);
                     }
-                    match buf {
+                    match copy {
                         Some(b) if ok => r.capture.chunk(index, &b, gzip),
                         _ if ok => r.capture.passed(bytes),
                         _ => {}
@@ -178,70 +209,7 @@ pub(super) fn tee_chunk(
                 if let Some(event) = pending.chunk_done(bytes) {
                     chunk_finished(&ins, &pending, event);
                 }
-            })),
-        }
-        .boxed()
+            }),
+        )
     })
-}
-
-type OnEnd = Box<dyn FnOnce(u64, Option<Vec<u8>>) + Send + Sync>;
-
-/// A body passed through as it comes, a copy of it kept while it fits in `room`; `on_end` gets
-/// the byte count and the copy (when the body ended whole and fit).
-struct Tee {
-    inner: Body,
-    bytes: u64,
-    buf: Option<Vec<u8>>,
-    room: usize,
-    on_end: Option<OnEnd>,
-}
-
-impl hyper::body::Body for Tee {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    let n = d.len();
-                    self.bytes += n as u64;
-                    let room = self.room;
-                    if let Some(b) = self.buf.as_mut() {
-                        if b.len() + n <= room {
-                            b.extend_from_slice(d);
-                        } else {
-                            self.buf = None;
-                        }
-                    }
-                }
-            }
-            std::task::Poll::Ready(None) => {
-                if let Some(f) = self.on_end.take() {
-                    let buf = self.buf.take();
-                    f(self.bytes, buf);
-                }
-            }
-            std::task::Poll::Ready(Some(Err(_))) => self.buf = None,
-            std::task::Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Tee {
-    fn drop(&mut self) {
-        if let Some(f) = self.on_end.take() {
-            // Not read to the end: nothing of it is kept.
-            f(self.bytes, None);
-        }
-    }
 }

@@ -298,6 +298,7 @@ pub struct Tracker {
     sessions: Mutex<Bounded<Arc<Session>>>,
     by_query_id: Mutex<Bounded<Event>>,
     by_request_id: Mutex<Bounded<Event>>,
+    due: Mutex<Bounded<Event>>,
     chunks: Mutex<Bounded<Arc<PendingResult>>>,
     learned: Mutex<Bounded<Instant>>,
     aborted: Mutex<Bounded<()>>,
@@ -312,6 +313,7 @@ impl Default for Tracker {
             sessions: Mutex::new(Bounded::new(MAX_SESSIONS)),
             by_query_id: Mutex::new(Bounded::new(MAX_PENDING)),
             by_request_id: Mutex::new(Bounded::new(MAX_PENDING)),
+            due: Mutex::new(Bounded::new(MAX_PENDING)),
             chunks: Mutex::new(Bounded::new(MAX_PENDING)),
             learned: Mutex::new(Bounded::new(MAX_SESSIONS)),
             aborted: Mutex::new(Bounded::new(MAX_PENDING)),
@@ -355,6 +357,35 @@ impl Tracker {
     /// Takes the statement parked under `query_id`.
     pub fn take_query(&self, query_id: &str) -> Option<Event> {
         self.by_query_id.lock().ok()?.take(query_id)
+    }
+
+    /// Holds a statement whose outcome is known until the driver fetches its result with a
+    /// request of its own (`GET /queries/<query_id>/result`): an asynchronous statement once
+    /// monitoring said it ended, each statement of a multi-statement request.
+    pub fn await_result(&self, query_id: &str, event: Event) {
+        if let Ok(mut m) = self.due.lock() {
+            m.insert(query_id.to_owned(), event);
+        }
+    }
+
+    /// Takes the statement whose result fetch is awaited under `query_id`.
+    pub fn take_due(&self, query_id: &str) -> Option<Event> {
+        self.due.lock().ok()?.take(query_id)
+    }
+
+    /// Takes every statement of session `session_id` whose result fetch is still awaited (the
+    /// session ended: no fetch will come on it).
+    pub fn take_due_of_session(&self, session_id: &str) -> Vec<Event> {
+        let Ok(mut m) = self.due.lock() else {
+            return Vec::new();
+        };
+        let keys: Vec<String> = m
+            .map
+            .iter()
+            .filter(|(_, e)| e.session_id.as_deref() == Some(session_id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().filter_map(|k| m.take(k)).collect()
     }
 
     /// Remembers that the client aborted the statement with this query id or request id, while
@@ -468,6 +499,30 @@ mod tests {
             b.take(&i.to_string());
         }
         assert!(b.order.len() <= 2 * 16 + 1);
+    }
+
+    #[test]
+    fn results_due_are_taken_once_by_query_id_or_by_session() {
+        let t = Tracker::default();
+        let ev = |session: &str| {
+            let mut e = Event::new(
+                crate::audit::EventKind::Query,
+                std::time::SystemTime::now(),
+                "h",
+            );
+            e.session_id = Some(session.into());
+            e
+        };
+        t.await_result("q1", ev("s1"));
+        t.await_result("q2", ev("s1"));
+        t.await_result("q3", ev("s2"));
+        assert!(t.take_due("q1").is_some());
+        assert!(t.take_due("q1").is_none(), "taken once");
+        assert!(t.take_query("q2").is_none(), "not a parked statement");
+        let ended = t.take_due_of_session("s1");
+        assert_eq!(ended.len(), 1);
+        assert!(t.take_due("q2").is_none());
+        assert!(t.take_due("q3").is_some(), "another session's stays");
     }
 
     #[test]

@@ -1,8 +1,17 @@
 //! Statements: a query request from intent to completion, however its outcome arrives (at once,
 //! after `333333` polls, from `/monitoring/queries/` for an async statement, or once its result
 //! chunks were downloaded), one event per statement (DECISIONS 10).
+//!
+//! A result the driver fetches by a request of its own (`GET /queries/<id>/result`: an async
+//! statement's once monitoring said it ended, each statement's of a multi-statement request)
+//! completes the statement's event when it comes, so that the event records what the workload
+//! received. A fetch that never comes (connector 4.x reads an async result with a
+//! `RESULT_SCAN`, a statement of its own; a driver may skip a statement's result) leaves the
+//! result unrecorded: the event completes without it when that `RESULT_SCAN` is sent, when the
+//! session logs out, or after `proxy.chunk_wait_s`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
@@ -59,6 +68,12 @@ where
         .as_ref()
         .and_then(|b| u32::try_from(b.count).ok());
     event.is_async = Some(parsed.async_exec);
+    // Connector 4.x reads an async statement's result with RESULT_SCAN: no fetch of it follows.
+    if let Some(e) = snowflake::statements::result_scan_of(&parsed.sql_text)
+        .and_then(|qid| ins.tracker.take_due(qid))
+    {
+        complete(ins, e);
+    }
     if parsed.describe_only && !event.flags.iter().any(|f| f == "describe_only") {
         event.flags.push("describe_only".into());
     }
@@ -141,12 +156,12 @@ where
                         },
                         QueryStatus::Complete if !r.result_ids.is_empty() => {
                             event.duration_ms = elapsed_ms(started);
-                            complete_children(ins, event, &r, &parsed.sql_text, &each);
+                            complete_children(&ctx.inspector, event, &r, &parsed.sql_text, &each);
                         }
                         QueryStatus::Complete if r.command.is_some() => {
                             event.duration_ms = elapsed_ms(started);
                             learn_hosts(ins, &ctx.base, &r);
-                            await_transfers(ctx, event, &r);
+                            await_transfers(ctx, event, &r, rec);
                         }
                         QueryStatus::Complete if !r.chunks.is_empty() => {
                             event.duration_ms = elapsed_ms(started);
@@ -231,9 +246,11 @@ fn apply_query_response(
 
 /// A multi-statement request: one event per statement, each with its own query id and the
 /// request's in `parent_query_id` (DECISIONS 10). The first keeps the request's event id, so the
-/// intent journaled before forwarding is completed by it.
+/// intent journaled before forwarding is completed by it. Each completes when the driver fetches
+/// its result, which its recording holds ([`await_result`]). The request's own answer names the
+/// statements and holds no row of theirs; it is no statement's result and is not recorded.
 fn complete_children(
-    ins: &Inspector,
+    ins: &Arc<Inspector>,
     parent: Event,
     r: &snowflake::QueryResponse,
     sql: &str,
@@ -256,6 +273,35 @@ fn complete_children(
             e.sql_text = Some(snowflake::redact_sql(texts[i], ins.redact).into_owned());
             super::policy::mark_child(each, i, &mut e);
         }
+        await_result(ins, child_id, e);
+    }
+}
+
+/// Holds a statement whose outcome is known until the driver fetches its result
+/// (`GET /queries/<query_id>/result`, handled by [`poll`]), or until `chunk_wait` passes (then
+/// it completes without its result).
+fn await_result(ins: &Arc<Inspector>, query_id: &str, event: Event) {
+    let event_id = event.event_id;
+    ins.tracker.await_result(query_id, event);
+    let ins = ins.clone();
+    let query_id = query_id.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(ins.chunk_wait).await;
+        if let Some(e) = ins.tracker.take_due(&query_id) {
+            if e.event_id == event_id {
+                complete(&ins, e);
+            } else {
+                // Held again since (a later monitoring answer): its own wait decides.
+                ins.tracker.await_result(&query_id, e);
+            }
+        }
+    });
+}
+
+/// A session logged out: the results of its statements that the driver did not fetch will not
+/// be fetched on it; their events complete without them.
+pub(super) fn session_ended(ins: &Inspector, session_id: &str) {
+    for e in ins.tracker.take_due_of_session(session_id) {
         complete(ins, e);
     }
 }
@@ -330,26 +376,38 @@ fn uninspected(
 }
 
 /// Holds a PUT/GET statement's event while its stage transfers run, and completes it with their
-/// totals once they have gone quiet, or when `chunk_wait` passes.
-fn await_transfers(ctx: &ConnCtx, event: Event, r: &snowflake::QueryResponse) {
+/// totals once they have gone quiet, or when `chunk_wait` passes. Its recording (the answer, the
+/// file command and the transfers seen) waits and completes with it.
+fn await_transfers(
+    ctx: &ConnCtx,
+    event: Event,
+    r: &snowflake::QueryResponse,
+    rec: Option<super::record::Recording>,
+) {
     let ins = &ctx.inspector;
+    let part = crate::recording::payload::TransferPart {
+        command: r.command.as_ref().map(|c| c.as_str().to_owned()),
+        location: r.stage_info.as_ref().and_then(|s| s.location.clone()),
+        sources: r.src_locations.clone(),
+        ..Default::default()
+    };
     let (Some(cgroup_id), Some(stage)) = (event.cgroup_id, r.stage_info.as_ref()) else {
-        complete(ins, event);
+        complete_with(ins, event, rec.map(|r| with_transfer(r, part)));
         return;
     };
     let targets = snowflake::transfer_targets(r);
     if targets.is_empty() {
-        complete(ins, event);
+        complete_with(ins, event, rec.map(|r| with_transfer(r, part)));
         return;
     }
-    let pending = PendingTransfer::new(event);
+    let pending = PendingTransfer::recorded(event, rec.map(|r| (r, part)));
     let location = stage.location.as_deref().unwrap_or_default();
-    for done in ins
+    for (done, rec) in ins
         .tracker
         .transfers
         .register(cgroup_id, location, targets, pending.clone())
     {
-        complete(ins, done);
+        complete_with(ins, done, rec);
     }
     let ins = ctx.inspector.clone();
     let deadline = tokio::time::Instant::now() + ins.chunk_wait;
@@ -362,10 +420,19 @@ fn await_transfers(ctx: &ConnCtx, event: Event, r: &snowflake::QueryResponse) {
             }
         }
         ins.tracker.transfers.remove(&pending);
-        if let Some(event) = pending.finish(true) {
-            complete(&ins, event);
+        if let Some((event, rec)) = pending.finish(true) {
+            complete_with(&ins, event, rec);
         }
     });
+}
+
+/// A PUT/GET recording whose transfers are not followed: the file command alone.
+fn with_transfer(
+    mut rec: super::record::Recording,
+    part: crate::recording::payload::TransferPart,
+) -> super::record::Recording {
+    rec.transfer(part);
+    rec
 }
 
 /// How often a held PUT/GET event checks whether its transfers are over.
@@ -412,7 +479,12 @@ where
         return super::holds::poll(query_id, ctx, send).await;
     }
     let ins = &ctx.inspector;
-    let Some(mut event) = ins.tracker.take_query(query_id) else {
+    // A statement still running, or one whose result is fetched now that it ended.
+    let Some(mut event) = ins
+        .tracker
+        .take_query(query_id)
+        .or_else(|| ins.tracker.take_due(query_id))
+    else {
         return send(req).await;
     };
     let session = ins
@@ -489,8 +561,10 @@ const MONITOR_DONE_FAILED: &[&str] = &[
     "DISCONNECTED",
 ];
 
-/// The status of an async statement: when it says the statement ended, the parked event is
-/// completed (its rows come with the result fetch the driver makes next, a statement of its own).
+/// The status of an async statement: when it says the statement succeeded, the event waits for
+/// the result fetch the driver makes next, which completes it with its recording
+/// ([`await_result`]); when it says it failed, the event completes with the error the workload
+/// learnt from it recorded.
 pub(super) async fn monitoring<F, Fut>(
     req: Request<Body>,
     query_id: &str,
@@ -509,6 +583,9 @@ where
     let Some(mut event) = ins.tracker.take_query(query_id) else {
         return send(req).await;
     };
+    let session = ins
+        .tracker
+        .lookup(snowflake::auth::authorization_token(req.headers()));
     let resp = send(req).await;
     match read_response(resp, &ins.limits).await {
         Inspected::Read {
@@ -516,14 +593,15 @@ where
             raw,
             decoded,
         } => {
-            let status = decoded
+            let parsed = decoded
                 .as_deref()
-                .and_then(|d| snowflake::parse_monitoring_response(d).ok())
-                .and_then(|m| {
-                    m.queries
-                        .into_iter()
-                        .find(|q| q.id.as_deref().is_none_or(|id| id == query_id))
-                });
+                .and_then(|d| snowflake::parse_monitoring_response(d).ok());
+            let sql_state = parsed.as_ref().and_then(|m| m.sql_state.clone());
+            let status = parsed.and_then(|m| {
+                m.queries
+                    .into_iter()
+                    .find(|q| q.id.as_deref().is_none_or(|id| id == query_id))
+            });
             match status {
                 Some(q)
                     if q.status
@@ -531,7 +609,7 @@ where
                         .is_some_and(|s| MONITOR_DONE_OK.contains(&s)) =>
                 {
                     event.success = Some(true);
-                    complete(ins, event);
+                    await_result(&ctx.inspector, query_id, event);
                 }
                 Some(q)
                     if q.status
@@ -539,9 +617,17 @@ where
                         .is_some_and(|s| MONITOR_DONE_FAILED.contains(&s)) =>
                 {
                     event.success = Some(false);
+                    let rec = super::record::begin(ins, &event, session.as_deref()).map(|mut r| {
+                        r.error(crate::recording::payload::ErrorEnvelope {
+                            code: q.error_code.clone(),
+                            sql_state: sql_state.clone(),
+                            message: q.error_message.clone().or_else(|| q.status.clone()),
+                        });
+                        r
+                    });
                     event.error_code = q.error_code;
                     event.error_message = q.status;
-                    complete(ins, event);
+                    complete_with(ins, event, rec);
                 }
                 _ => ins.tracker.park_query(query_id, event),
             }

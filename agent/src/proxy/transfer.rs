@@ -7,12 +7,19 @@
 //! received. The statement's event waits until its transfers have gone quiet, so it carries the
 //! totals; when none was seen before the wait ends it is flagged `transfer_unseen` (they went
 //! over a connection that passed through, or the driver found nothing to move).
+//!
+//! When the statement is recorded, its recording waits with its event: each transfer request
+//! that ends is listed in it (method, host, path, status, bytes; never the presigned query nor
+//! the files' bytes), and it is submitted with the event, so the recording says what the event
+//! says.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::record::Recording;
 use crate::audit::Event;
+use crate::recording::payload::{MAX_TRANSFER_FILES, TransferFile, TransferPart};
 use crate::snowflake::TransferTarget;
 
 /// At most this many PUT/GET statements wait for their transfers at once; the oldest is
@@ -27,11 +34,23 @@ pub struct PendingTransfer {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     last_activity: Mutex<Option<Instant>>,
+    /// The statement's recording and the transfers listed for it, while it is recorded.
+    recording: Mutex<Option<(Recording, TransferPart)>>,
 }
+
+/// A finished PUT/GET statement: its event with the transfer totals, and its recording with
+/// the transfers listed.
+pub type Finished = (Event, Option<Recording>);
 
 impl PendingTransfer {
     /// Holds `event` until its transfers are over.
     pub fn new(event: Event) -> Arc<PendingTransfer> {
+        PendingTransfer::recorded(event, None)
+    }
+
+    /// Holds `event` and its recording (with the file command's `part`) until its transfers
+    /// are over.
+    pub fn recorded(event: Event, recording: Option<(Recording, TransferPart)>) -> Arc<Self> {
         Arc::new(PendingTransfer {
             event: Mutex::new(Some(event)),
             requests: AtomicU32::new(0),
@@ -39,6 +58,7 @@ impl PendingTransfer {
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             last_activity: Mutex::new(None),
+            recording: Mutex::new(recording),
         })
     }
 
@@ -61,9 +81,18 @@ impl PendingTransfer {
         self.touch();
     }
 
-    /// The response's body came back (`bytes` of it): the request is over.
-    pub fn end(&self, bytes: u64) {
+    /// The response's body came back (`bytes` of it): the request (`file`) is over.
+    pub fn end(&self, bytes: u64, file: TransferFile) {
         self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        if let Ok(mut r) = self.recording.lock()
+            && let Some((_, part)) = r.as_mut()
+        {
+            if part.files.len() < MAX_TRANSFER_FILES {
+                part.files.push(file);
+            } else {
+                part.unlisted += 1;
+            }
+        }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.touch();
     }
@@ -86,10 +115,20 @@ impl PendingTransfer {
                 .is_some_and(|t| t.elapsed() >= quiet)
     }
 
-    /// Takes the event for completion (once), with the transfer totals; flagged
-    /// `transfer_unseen` when `unseen_is_a_gap` and no transfer was seen.
-    pub fn finish(&self, unseen_is_a_gap: bool) -> Option<Event> {
+    /// Takes the event for completion (once), with the transfer totals, and its recording
+    /// with the transfers listed; flagged `transfer_unseen` when `unseen_is_a_gap` and no
+    /// transfer was seen.
+    pub fn finish(&self, unseen_is_a_gap: bool) -> Option<Finished> {
         let mut event = self.event.lock().ok()?.take()?;
+        let recording =
+            self.recording
+                .lock()
+                .ok()
+                .and_then(|mut r| r.take())
+                .map(|(mut rec, part)| {
+                    rec.transfer(part);
+                    rec
+                });
         let requests = self.requests.load(Ordering::Relaxed);
         event.stage_requests = Some(requests);
         event.stage_bytes_sent = Some(self.bytes_sent.load(Ordering::Relaxed));
@@ -97,7 +136,7 @@ impl PendingTransfer {
         if requests == 0 && unseen_is_a_gap {
             event.flags.push("transfer_unseen".into());
         }
-        Some(event)
+        Some((event, recording))
     }
 }
 
@@ -126,7 +165,7 @@ impl TransferBook {
         location: &str,
         targets: Vec<TransferTarget>,
         pending: Arc<PendingTransfer>,
-    ) -> Vec<Event> {
+    ) -> Vec<Finished> {
         let Ok(mut entries) = self.entries.lock() else {
             return Vec::new();
         };
@@ -224,9 +263,10 @@ mod tests {
         let second = PendingTransfer::new(event("put file://x.gz @s"));
         let done = book.register(7, "s/", vec![target("h", "/s/x.gz")], second);
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].sql_text.as_deref(), Some("put file://x @s"));
-        assert_eq!(done[0].stage_requests, Some(0));
-        assert!(done[0].flags.is_empty());
+        let first = &done[0].0;
+        assert_eq!(first.sql_text.as_deref(), Some("put file://x @s"));
+        assert_eq!(first.stage_requests, Some(0));
+        assert!(first.flags.is_empty());
     }
 
     #[test]
@@ -236,10 +276,11 @@ mod tests {
         p.begin();
         p.sent(10);
         assert!(!p.settled(Duration::ZERO), "still running");
-        p.end(1000);
+        p.end(1000, TransferFile::default());
         assert!(p.settled(Duration::ZERO));
         assert!(!p.settled(Duration::from_secs(3600)));
-        let e = p.finish(true).unwrap();
+        let (e, rec) = p.finish(true).unwrap();
+        assert!(rec.is_none(), "not recorded");
         assert_eq!(e.stage_requests, Some(1));
         assert_eq!(e.stage_bytes_sent, Some(10));
         assert_eq!(e.stage_bytes_received, Some(1000));
@@ -248,9 +289,54 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_statement_lists_its_transfers_and_completes_with_them() {
+        let part = TransferPart {
+            command: Some("UPLOAD".into()),
+            sources: vec!["x.csv".into()],
+            ..TransferPart::default()
+        };
+        let p = PendingTransfer::recorded(
+            event("put file://x.csv @s"),
+            Some((Recording::for_test(1 << 20), part)),
+        );
+        for (method, status, sent) in [("HEAD", 404, 0), ("PUT", 200, 40)] {
+            p.begin();
+            p.sent(sent);
+            p.end(
+                0,
+                TransferFile {
+                    method: method.into(),
+                    host: "h".into(),
+                    path: "/s/x.csv.gz".into(),
+                    status: Some(status),
+                    bytes_sent: sent,
+                    bytes_received: 0,
+                },
+            );
+        }
+        let (e, rec) = p.finish(true).unwrap();
+        assert_eq!(e.stage_requests, Some(2));
+        let done = rec.expect("recorded").captured();
+        let t = done
+            .payload
+            .transfer
+            .expect("the transfers are in the recording");
+        assert_eq!(t.command.as_deref(), Some("UPLOAD"));
+        assert_eq!(
+            t.files
+                .iter()
+                .map(|f| f.method.as_str())
+                .collect::<Vec<_>>(),
+            ["HEAD", "PUT"]
+        );
+        assert_eq!(t.files[1].bytes_sent, 40);
+        assert!(p.finish(true).is_none(), "completed once");
+    }
+
+    #[test]
     fn nothing_seen_is_flagged() {
         let p = PendingTransfer::new(event("put file://x @s"));
-        let e = p.finish(true).unwrap();
+        let (e, _) = p.finish(true).unwrap();
         assert_eq!(e.flags, vec!["transfer_unseen".to_string()]);
     }
 }

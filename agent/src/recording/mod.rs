@@ -17,10 +17,19 @@
 //! submitted, publishes files atomically, and registers each in the signed digest chain
 //! (`root = "recordings"`), so `snowtrail audit verify --recordings-dir` proves them intact.
 //!
+//! Results fetched by a request of their own are recorded when that fetch comes: an
+//! asynchronous statement's (`GET /queries/<id>/result` after monitoring said it ended; a failure
+//! monitoring reports is recorded as its error) and each statement's of a multi-statement request
+//! (the request's own answer names the statements and is no statement's result). A PUT/GET
+//! statement's answer has no rows: its recording holds the file command and the stage transfer
+//! requests seen for it (never the files' bytes), and waits with its event until the transfers
+//! are quiet.
+//!
 //! Not recorded (the audit row says `recording = "off"`): statements of identities listed in
-//! `recording.off_for_identities`, the results of an asynchronous statement (fetched later by a
-//! request of its own) and of the statements of a multi-statement request, and PUT/GET
-//! transfers. A result too large to inspect (`limits.max_response_inspect_bytes`) is
+//! `recording.off_for_identities` or decided by a rule with `record = false`, and results the
+//! workload did not fetch through the agent (an async result read with `RESULT_SCAN`, a statement
+//! of its own that is recorded; a multi-statement request's statement whose result the driver
+//! never fetched). A result too large to inspect (`limits.max_response_inspect_bytes`) is
 //! `truncated` with nothing kept.
 
 pub mod config;

@@ -10,8 +10,18 @@
 //!  "arrow": "<base64 Arrow IPC stream>",        // data.rowsetBase64 as sent, when Arrow
 //!  "chunks": [{"index": 0, "rows": [[..]]} | {"index": 1, "arrow": "<base64 IPC stream>"}],
 //!  "error": {"code": "002003", "sql_state": "02000", "message": "..."},
+//!  "transfer": {"command": "UPLOAD", "location": "DB.SCHEMA.STAGE/", "sources": ["data.csv"],
+//!               "files": [{"method": "PUT", "host": "...", "path": "/...", "status": 200,
+//!                          "bytes_sent": 42, "bytes_received": 0}]},
 //!  "truncated": false}
 //! ```
+//!
+//! `transfer` is a PUT/GET statement's part: Snowflake's answer to such a statement carries no
+//! rows (the driver writes its result table itself, from the transfers it made), so what is
+//! recorded is what crossed the agent: the file command, the stage location and the files it
+//! names, and each stage transfer request the agent saw for it (its method, host, path without
+//! the presigned query, HTTP status and byte counts). The files' bytes are not a statement
+//! result and are never recorded, nor are the answer's credentials or encryption material.
 //!
 //! Absent parts are left out. Rows are kept whole: JSON rows one by one, an Arrow stream or a
 //! chunk as a unit, in the order they are seen, until the next one would pass the cap; from then
@@ -80,6 +90,51 @@ pub struct ChunkPart {
     pub arrow: Option<String>,
 }
 
+/// A PUT/GET statement's file command and the stage transfers the agent saw for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferPart {
+    /// `data.command`: `UPLOAD` (PUT) or `DOWNLOAD` (GET).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `data.stageInfo.location`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// `data.src_locations`: the files the statement names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// The transfer requests, in the order they ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<TransferFile>,
+    /// Transfer requests past [`MAX_TRANSFER_FILES`], counted but not listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlisted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// At most this many transfer requests are listed in one recording.
+pub const MAX_TRANSFER_FILES: usize = 10_000;
+
+/// One stage transfer request of a PUT/GET statement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferFile {
+    /// The HTTP method (`PUT`, `GET`, `HEAD`, ...).
+    pub method: String,
+    /// The storage host.
+    pub host: String,
+    /// The path, without the query (a presigned URL's signature is never kept).
+    pub path: String,
+    /// The storage's HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Bytes of request body sent.
+    pub bytes_sent: u64,
+    /// Bytes of response body received.
+    pub bytes_received: u64,
+}
+
 /// A recorded result: the plaintext of one row's `payload`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Payload {
@@ -102,6 +157,9 @@ pub struct Payload {
     /// The error envelope of a failed statement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorEnvelope>,
+    /// A PUT/GET statement's file command and transfers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferPart>,
     /// Whether a cap stopped the recording before the end of the result.
     #[serde(default)]
     pub truncated: bool,
@@ -303,13 +361,7 @@ impl Capture {
                 sql_state: data.as_ref().and_then(|d| d.sql_state.clone()),
                 message: r.message,
             };
-            let n = [&e.code, &e.sql_state, &e.message]
-                .iter()
-                .map(|s| s.as_ref().map_or(0, |s| s.len() as u64))
-                .sum();
-            if self.take(n) {
-                self.payload.error = Some(e);
-            }
+            self.error(e);
             return;
         }
         let Some(d) = data else { return };
@@ -337,6 +389,23 @@ impl Capture {
             if self.take(n) {
                 self.payload.arrow = Some(b64);
             }
+        }
+    }
+
+    /// Captures the error of a statement whose failure the workload learnt from a status
+    /// request (an asynchronous statement's monitoring answer), not from a statement response.
+    pub fn error(&mut self, e: ErrorEnvelope) {
+        if self.take(error_len(&e)) {
+            self.payload.error = Some(e);
+        }
+    }
+
+    /// Captures a PUT/GET statement's file command and the transfers seen for it (counted as
+    /// its JSON form).
+    pub fn transfer(&mut self, t: TransferPart) {
+        let n = serde_json::to_vec(&t).map_or(0, |v| v.len() as u64);
+        if self.take(n) {
+            self.payload.transfer = Some(t);
         }
     }
 
@@ -405,6 +474,14 @@ impl Capture {
             payload: self.payload,
         }
     }
+}
+
+/// The bytes an error envelope counts for against the cap.
+fn error_len(e: &ErrorEnvelope) -> u64 {
+    [&e.code, &e.sql_state, &e.message]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| s.len() as u64))
+        .sum()
 }
 
 fn base64_decoded_len(s: &str) -> u64 {
@@ -494,6 +571,50 @@ mod tests {
         assert!(c.reserve(40));
         assert!(!c.reserve(20));
         assert_eq!(c.remaining(), 10);
+    }
+
+    #[test]
+    fn a_file_command_and_a_status_error_are_recorded_within_the_cap() {
+        let part = TransferPart {
+            command: Some("UPLOAD".into()),
+            location: Some("DB1.SCHEMA1.STG1/".into()),
+            sources: vec!["data1.csv".into()],
+            files: vec![TransferFile {
+                method: "PUT".into(),
+                host: "stage.example".into(),
+                path: "/fs_bucket/DB1/SCHEMA1/STG1/data1.csv.gz".into(),
+                status: Some(200),
+                bytes_sent: 42,
+                bytes_received: 0,
+            }],
+            unlisted: 0,
+        };
+        let mut c = Capture::new(1 << 20);
+        c.transfer(part.clone());
+        let done = c.finish();
+        assert_eq!(done.status, Status::Full);
+        let p = Payload::from_bytes(&done.payload.to_bytes()).unwrap();
+        assert_eq!(p.transfer.as_ref(), Some(&part));
+        assert_eq!(
+            done.bytes_kept,
+            serde_json::to_vec(&part).unwrap().len() as u64
+        );
+        // Too big for the cap: counted, not kept.
+        let mut c = Capture::new(10);
+        c.transfer(part);
+        let t = c.finish();
+        assert_eq!(t.status, Status::Truncated);
+        assert!(t.payload.transfer.is_none() && t.bytes_kept == 0 && t.bytes_seen > 10);
+
+        let mut c = Capture::new(1 << 20);
+        c.error(ErrorEnvelope {
+            code: Some("000604".into()),
+            sql_state: Some("57014".into()),
+            message: Some("SQL execution canceled".into()),
+        });
+        let e = c.finish();
+        assert_eq!(e.payload.error.unwrap().code.as_deref(), Some("000604"));
+        assert_eq!(e.bytes_kept, 6 + 5 + 22);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Value, json};
 
 use super::keys::{self, KeyError};
-use super::payload::{ErrorEnvelope, Format, Payload, PayloadError};
+use super::payload::{ErrorEnvelope, Format, Payload, PayloadError, TransferPart};
 use super::table::{Row, from_batch};
 use crate::audit::files::is_hidden;
 
@@ -130,11 +130,24 @@ pub struct Table {
     pub error: Option<ErrorEnvelope>,
     /// Whether a cap stopped the recording.
     pub truncated: bool,
+    /// A PUT/GET statement's file command and transfers.
+    pub transfer: Option<TransferPart>,
 }
 
-/// Reads a payload as a table: JSON rows as sent, Arrow IPC streams decoded.
+/// The columns a PUT/GET recording is shown with: one row per transfer request.
+const TRANSFER_COLUMNS: [&str; 6] = [
+    "method",
+    "host",
+    "path",
+    "status",
+    "bytes_sent",
+    "bytes_received",
+];
+
+/// Reads a payload as a table: JSON rows as sent, Arrow IPC streams decoded; a PUT/GET
+/// recording without rows of its own as its transfers.
 pub fn table_of(p: &Payload) -> Result<Table, String> {
-    let columns = p
+    let columns: Vec<(String, String)> = p
         .rowtype
         .as_ref()
         .and_then(Value::as_array)
@@ -194,11 +207,33 @@ pub fn table_of(p: &Payload) -> Result<Table, String> {
             }
         }
     }
+    let mut columns = columns;
+    if let Some(t) = p
+        .transfer
+        .as_ref()
+        .filter(|_| columns.is_empty() && rows.is_empty())
+    {
+        columns = TRANSFER_COLUMNS
+            .iter()
+            .map(|c| ((*c).to_owned(), "text".to_owned()))
+            .collect();
+        for f in &t.files {
+            rows.push(vec![
+                Some(f.method.clone()),
+                Some(f.host.clone()),
+                Some(f.path.clone()),
+                f.status.map(|s| s.to_string()),
+                Some(f.bytes_sent.to_string()),
+                Some(f.bytes_received.to_string()),
+            ]);
+        }
+    }
     Ok(Table {
         columns,
         rows,
         error: p.error.clone(),
         truncated: p.truncated,
+        transfer: p.transfer.clone(),
     })
 }
 
@@ -248,6 +283,9 @@ pub fn result_json(row: &Row, table: Option<&Result<Table, String>>, full: bool)
             v["row_count"] = json!(t.rows.len());
             v["rows"] = json!(t.rows[..n]);
             v["error"] = serde_json::to_value(&t.error).unwrap_or(Value::Null);
+            if let Some(tr) = &t.transfer {
+                v["transfer"] = serde_json::to_value(tr).unwrap_or(Value::Null);
+            }
         }
         Some(Err(e)) => v["decrypt_error"] = json!(e),
         None => {}

@@ -255,6 +255,17 @@ pub enum FileCommand {
     Other(String),
 }
 
+impl FileCommand {
+    /// The command as Snowflake names it (`UPLOAD`, `DOWNLOAD`, or as sent).
+    pub fn as_str(&self) -> &str {
+        match self {
+            FileCommand::Upload => "UPLOAD",
+            FileCommand::Download => "DOWNLOAD",
+            FileCommand::Other(s) => s,
+        }
+    }
+}
+
 /// A parsed query response (also the answer to a result poll).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryResponse {
@@ -530,6 +541,8 @@ pub struct MonitoredQuery {
     pub status: Option<String>,
     /// `errorCode` of a failed query.
     pub error_code: Option<String>,
+    /// `errorMessage` of a failed query.
+    pub error_message: Option<String>,
 }
 
 /// A parsed `GET /monitoring/queries/<qid>` answer: how an async statement ended (DECISIONS 10).
@@ -543,6 +556,8 @@ pub struct MonitoringResponse {
     pub message: Option<String>,
     /// `data.queries`.
     pub queries: Vec<MonitoredQuery>,
+    /// `data.sqlState` of a failed query.
+    pub sql_state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -557,6 +572,8 @@ struct WireMonitoring {
 #[derive(Deserialize)]
 struct WireMonitoringData {
     queries: Option<Vec<WireMonitored>>,
+    #[serde(rename = "sqlState")]
+    sql_state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -566,26 +583,28 @@ struct WireMonitored {
     status: Option<String>,
     #[serde(default, deserialize_with = "opt_code")]
     error_code: Option<String>,
+    error_message: Option<String>,
 }
 
 /// Parses a (decoded) monitoring answer.
 pub fn parse_monitoring_response(body: &[u8]) -> Result<MonitoringResponse, ParseError> {
     let w: WireMonitoring = json::from_slice(MONITORING, body)?;
+    let (queries, sql_state) = w.data.map_or((None, None), |d| (d.queries, d.sql_state));
     Ok(MonitoringResponse {
         success: w.success.unwrap_or(false),
         code: w.code,
         message: w.message,
-        queries: w
-            .data
-            .and_then(|d| d.queries)
+        queries: queries
             .unwrap_or_default()
             .into_iter()
             .map(|q| MonitoredQuery {
                 id: q.id,
                 status: q.status,
                 error_code: q.error_code,
+                error_message: q.error_message,
             })
             .collect(),
+        sql_state,
     })
 }
 

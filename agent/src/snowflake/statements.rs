@@ -20,6 +20,18 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     out
 }
 
+/// The query id a `RESULT_SCAN('<id>')` in `sql` reads, if any: connector 4.x fetches an
+/// asynchronous statement's result so (PROTOCOL.md, "Async status").
+pub fn result_scan_of(sql: &str) -> Option<&str> {
+    const CALL: &str = "result_scan";
+    let lower = sql.to_ascii_lowercase();
+    let at = lower.find(CALL)? + CALL.len();
+    let rest = sql[at..].trim_start().strip_prefix('(')?.trim_start();
+    let rest = rest.strip_prefix('\'')?;
+    let id = &rest[..rest.find('\'')?];
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(id)
+}
+
 fn push<'a>(out: &mut Vec<&'a str>, piece: &'a str) {
     let p = piece.trim();
     // A piece holding only comments is not a statement.
@@ -33,6 +45,24 @@ fn push<'a>(out: &mut Vec<&'a str>, piece: &'a str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_scan_names_its_query_id() {
+        assert_eq!(
+            result_scan_of("select * from table(result_scan('01a2-08b3'))"),
+            Some("01a2-08b3")
+        );
+        assert_eq!(
+            result_scan_of("SELECT * FROM TABLE(RESULT_SCAN ( '01ab' ))"),
+            Some("01ab")
+        );
+        assert_eq!(
+            result_scan_of("select * from table(result_scan(last_query_id()))"),
+            None
+        );
+        assert_eq!(result_scan_of("select 'result_scan' as x"), None);
+        assert_eq!(result_scan_of("select 1"), None);
+    }
 
     #[test]
     fn splits_at_top_level_semicolons_only() {
