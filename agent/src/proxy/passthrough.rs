@@ -60,10 +60,12 @@ pub struct Carried {
     pub reason: CloseReason,
 }
 
-/// A stream that counts the bytes read from it and stamps the time of the last activity.
+/// A stream that counts the bytes read from it (and, if asked, written to it) and stamps the time
+/// of the last activity.
 pub(crate) struct Metered<S> {
     inner: S,
     read: Arc<AtomicU64>,
+    written: Option<Arc<AtomicU64>>,
     activity: Arc<AtomicU64>,
     epoch: Instant,
 }
@@ -79,8 +81,24 @@ impl<S> Metered<S> {
         Metered {
             inner,
             read,
+            written: None,
             activity,
             epoch,
+        }
+    }
+
+    /// Also adds the bytes written to `written`, stamping activity as reads do.
+    pub(crate) fn counting_writes(mut self, written: Arc<AtomicU64>) -> Self {
+        self.written = Some(written);
+        self
+    }
+
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if let (Some(w), Poll::Ready(Ok(n))) = (&self.written, r)
+            && *n > 0
+        {
+            w.fetch_add(*n as u64, Ordering::Relaxed);
+            self.touch();
         }
     }
 
@@ -113,7 +131,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&r);
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&r);
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -289,18 +321,8 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     let activity = Arc::new(AtomicU64::new(0));
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let mut a = Metered {
-        inner: client,
-        read: bytes_in.clone(),
-        activity: activity.clone(),
-        epoch,
-    };
-    let mut b = Metered {
-        inner: upstream,
-        read: bytes_out.clone(),
-        activity: activity.clone(),
-        epoch,
-    };
+    let mut a = Metered::new(client, bytes_in.clone(), activity.clone(), epoch);
+    let mut b = Metered::new(upstream, bytes_out.clone(), activity.clone(), epoch);
     let reason = tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, buffer_bytes, buffer_bytes) => match r {
             Ok(_) => CloseReason::Completed,
