@@ -167,7 +167,10 @@ where
             let authority = authority.clone();
             let inspect = inspect.clone();
             requests.fetch_add(1, Ordering::Relaxed);
-            async move {
+            // Boxed: hyper's HTTP/1.1 server keeps a slot the size of this future for the whole
+            // connection, idle or not; the exchange's state machine is kilobytes, and a box of it
+            // lives only while an exchange does.
+            Box::pin(async move {
                 let req = req.map(|b| b.boxed());
                 let resp = match &inspect {
                     Some(ctx) => {
@@ -177,7 +180,7 @@ where
                     None => forward(req, &upstream, &authority).await,
                 };
                 Ok::<_, Infallible>(resp)
-            }
+            })
         })
     };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
