@@ -132,7 +132,8 @@ impl Pool {
         self.idle
     }
 
-    /// Upstream connections open now (h2 shared, HTTP/1.1 idle); for tests and status.
+    /// Upstream connections the pool holds now (h2 ones, and idle HTTP/1.1 ones): what the pool
+    /// costs, for tests and diagnostics.
     pub fn open(&self) -> usize {
         let Ok(map) = self.conns.lock() else {
             return 0;
