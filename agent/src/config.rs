@@ -217,7 +217,8 @@ pub struct ProxySection {
     pub idle_timeout_s: u64,
     /// Grace period for open connections when the daemon stops, in seconds.
     pub drain_timeout_s: u64,
-    /// Copy buffer per direction in bytes.
+    /// Passthrough buffer per direction in bytes: the size of the splice(2) pipe, or of the
+    /// user-space copy where no pipe can be had.
     pub buffer_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,

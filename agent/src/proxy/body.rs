@@ -118,6 +118,11 @@ impl hyper::body::Body for HeldBody {
             .map_err(|never| match never {})
     }
 
+    // Said, so that h2 ends the stream on the data frame, not with an empty one after it.
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }

@@ -5,9 +5,11 @@
 //! Client side and upstream side negotiate TLS and ALPN independently (DECISIONS 1): an h2 client
 //! may meet an http/1.1 upstream and the other way round; requests are rewritten between the two
 //! forms (origin-form plus `Host` for HTTP/1.1, absolute URI for h2) and hop-by-hop headers dropped.
-//! Bodies stream through; this role inspects nothing itself. A failed upstream (unreachable, or a
-//! certificate that does not verify) is an error the client sees on each request, never a silent
-//! downgrade to passthrough.
+//! Bodies stream through; this role inspects nothing itself. The upstream side is not the client
+//! connection's own: each exchange borrows a connection to the same server name and destination
+//! from the proxy's [`pool`](super::pool), so an idle client holds no upstream connection. A failed
+//! upstream (unreachable, or a certificate that does not verify) is an error the client sees on
+//! each request, never a silent downgrade to passthrough.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,9 +24,8 @@ use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
-use tokio::sync::{Mutex, watch};
-use tracing::{debug, warn};
+use tokio::sync::watch;
+use tracing::warn;
 
 use super::passthrough::{CloseReason, Metered};
 
@@ -39,6 +40,8 @@ pub struct TlsInputs {
     pub client: Arc<rustls::ClientConfig>,
     /// How long each TLS handshake may take.
     pub handshake_timeout: Duration,
+    /// Upstream connections, shared by every intercepted client connection.
+    pub upstreams: Arc<super::pool::Pool>,
 }
 
 impl TlsInputs {
@@ -54,11 +57,17 @@ impl TlsInputs {
             .with_no_client_auth()
             .with_cert_resolver(resolver);
         server.alpn_protocols = alpn.clone();
-        let client = crate::tls::upstream::client_config(upstream_roots, alpn)?;
+        let client = Arc::new(crate::tls::upstream::client_config(upstream_roots, alpn)?);
+        let upstreams = Arc::new(super::pool::Pool::new(
+            client.clone(),
+            handshake_timeout,
+            super::pool::DEFAULT_IDLE,
+        ));
         Ok(TlsInputs {
             server: Arc::new(server),
-            client: Arc::new(client),
+            client,
             handshake_timeout,
+            upstreams,
         })
     }
 }
@@ -68,7 +77,9 @@ impl TlsInputs {
 pub struct Intercepted {
     /// Bytes read from the client (TLS records included).
     pub bytes_in: u64,
-    /// Bytes read from the upstream (TLS records included).
+    /// Bytes written to the client (TLS records included): what came back to it from upstream
+    /// and from the agent. The upstream connections are shared, so this is counted on the
+    /// client's side.
     pub bytes_out: u64,
     /// How it ended.
     pub reason: CloseReason,
@@ -80,11 +91,13 @@ pub struct Intercepted {
     pub upstream_error: Option<String>,
 }
 
-/// The upstream HTTP connection: h2 multiplexes, HTTP/1.1 takes one exchange at a time.
-enum Upstream {
-    H2(hyper::client::conn::http2::SendRequest<Body>),
-    H1(Mutex<hyper::client::conn::http1::SendRequest<Body>>),
-    Failed(String),
+/// Where a connection's exchanges go upstream, and the first failure to reach it.
+struct Upstream {
+    pool: Arc<super::pool::Pool>,
+    sni: String,
+    dst: SocketAddr,
+    connect_timeout: Duration,
+    failed: std::sync::OnceLock<String>,
 }
 
 /// Serves one intercepted connection to its end.
@@ -115,7 +128,8 @@ where
         flags: Vec::new(),
         upstream_error: None,
     };
-    let client = Metered::new(client, bytes_in.clone(), activity.clone(), epoch);
+    let client = Metered::new(client, bytes_in.clone(), activity.clone(), epoch)
+        .counting_writes(bytes_out.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
     let client_tls =
         match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(client)).await {
@@ -133,21 +147,13 @@ where
                 return out;
             }
         };
-    let upstream = connect_upstream(
-        &sni,
+    let upstream = Arc::new(Upstream {
+        pool: tls.upstreams.clone(),
+        sni: sni.clone(),
         dst,
-        tls,
         connect_timeout,
-        &bytes_out,
-        &activity,
-        epoch,
-    )
-    .await;
-    if let Upstream::Failed(e) = &upstream {
-        warn!(%dst, %sni, error = %e, "upstream failed; answering the client with errors");
-        out.upstream_error = Some(e.clone());
-    }
-    let upstream = Arc::new(upstream);
+        failed: std::sync::OnceLock::new(),
+    });
     let authority = if dst.port() == 443 {
         sni.clone()
     } else {
@@ -155,12 +161,16 @@ where
     };
     let service = {
         let requests = requests.clone();
+        let upstream = upstream.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let upstream = upstream.clone();
             let authority = authority.clone();
             let inspect = inspect.clone();
             requests.fetch_add(1, Ordering::Relaxed);
-            async move {
+            // Boxed: hyper's HTTP/1.1 server keeps a slot the size of this future for the whole
+            // connection, idle or not; the exchange's state machine is kilobytes, and a box of it
+            // lives only while an exchange does.
+            Box::pin(async move {
                 let req = req.map(|b| b.boxed());
                 let resp = match &inspect {
                     Some(ctx) => {
@@ -170,7 +180,7 @@ where
                     None => forward(req, &upstream, &authority).await,
                 };
                 Ok::<_, Infallible>(resp)
-            }
+            })
         })
     };
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -188,6 +198,7 @@ where
             CloseReason::Shutdown
         }
     };
+    out.upstream_error = upstream.failed.get().cloned();
     if out.upstream_error.is_some() && out.reason == CloseReason::Completed {
         out.reason = CloseReason::Error("upstream failed".into());
     }
@@ -210,61 +221,6 @@ fn rejected_our_certificate(e: &std::io::Error) -> bool {
                 | A::AccessDenied
         ),
         _ => false,
-    }
-}
-
-async fn connect_upstream(
-    sni: &str,
-    dst: SocketAddr,
-    tls: &TlsInputs,
-    connect_timeout: Duration,
-    read: &Arc<AtomicU64>,
-    activity: &Arc<AtomicU64>,
-    epoch: tokio::time::Instant,
-) -> Upstream {
-    let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Upstream::Failed(format!("connect to {dst}: {e}")),
-        Err(_) => return Upstream::Failed(format!("connect to {dst}: timed out")),
-    };
-    let _ = tcp.set_nodelay(true);
-    let Ok(name) = rustls::pki_types::ServerName::try_from(sni.to_owned()) else {
-        return Upstream::Failed(format!("invalid server name {sni}"));
-    };
-    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-    let metered = Metered::new(tcp, read.clone(), activity.clone(), epoch);
-    let stream =
-        match tokio::time::timeout(tls.handshake_timeout, connector.connect(name, metered)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Upstream::Failed(format!("TLS to {sni} at {dst}: {e}")),
-            Err(_) => return Upstream::Failed(format!("TLS to {sni} at {dst}: timed out")),
-        };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(stream);
-    if h2 {
-        match hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await {
-            Ok((send, conn)) => {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "upstream h2 connection ended");
-                    }
-                });
-                Upstream::H2(send)
-            }
-            Err(e) => Upstream::Failed(format!("h2 handshake with {sni}: {e}")),
-        }
-    } else {
-        match hyper::client::conn::http1::handshake(io).await {
-            Ok((send, conn)) => {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "upstream http/1.1 connection ended");
-                    }
-                });
-                Upstream::H1(Mutex::new(send))
-            }
-            Err(e) => Upstream::Failed(format!("http/1.1 handshake with {sni}: {e}")),
-        }
     }
 }
 
@@ -322,49 +278,50 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let result = match upstream {
-        Upstream::Failed(e) => return error_response(StatusCode::BAD_GATEWAY, e),
-        Upstream::H2(send) => {
-            parts.headers.remove(header::HOST);
-            parts.version = http::Version::HTTP_2;
-            parts.uri = match Uri::builder()
-                .scheme("https")
-                .authority(authority)
-                .path_and_query(path)
-                .build()
-            {
-                Ok(u) => u,
-                Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
-            };
-            let mut send = send.clone();
-            match send.ready().await {
-                Ok(()) => send.send_request(Request::from_parts(parts, body)).await,
-                Err(e) => Err(e),
+    let lease = match upstream
+        .pool
+        .checkout(&upstream.sni, upstream.dst, upstream.connect_timeout)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            if upstream.failed.set(e.clone()).is_ok() {
+                warn!(dst = %upstream.dst, sni = %upstream.sni, error = %e,
+                    "upstream failed; answering the client with errors");
             }
-        }
-        Upstream::H1(send) => {
-            parts.version = http::Version::HTTP_11;
-            parts.uri = match path.parse() {
-                Ok(u) => u,
-                Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("{e}")),
-            };
-            if !parts.headers.contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(authority)
-            {
-                parts.headers.insert(header::HOST, v);
-            }
-            let mut send = send.lock().await;
-            match send.ready().await {
-                Ok(()) => send.send_request(Request::from_parts(parts, body)).await,
-                Err(e) => Err(e),
-            }
+            return error_response(StatusCode::BAD_GATEWAY, &e);
         }
     };
+    if lease.is_h2() {
+        parts.headers.remove(header::HOST);
+        parts.version = http::Version::HTTP_2;
+        parts.uri = match Uri::builder()
+            .scheme("https")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+    } else {
+        parts.version = http::Version::HTTP_11;
+        parts.uri = match path.parse() {
+            Ok(u) => u,
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("{e}")),
+        };
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(authority)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let result = lease.send(Request::from_parts(parts, body)).await;
     match result {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+            Response::from_parts(parts, body)
         }
         Err(e) => error_response(StatusCode::BAD_GATEWAY, &format!("upstream: {e}")),
     }
@@ -405,6 +362,15 @@ mod tests {
         alpn: &'static [u8],
         dir: &std::path::Path,
     ) -> (SocketAddr, std::path::PathBuf) {
+        let (addr, ca, _) = counted_upstream(alpn, dir).await;
+        (addr, ca)
+    }
+
+    /// [`upstream`], also counting the TCP connections it accepted.
+    async fn counted_upstream(
+        alpn: &'static [u8],
+        dir: &std::path::Path,
+    ) -> (SocketAddr, std::path::PathBuf, Arc<AtomicU64>) {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -428,9 +394,12 @@ mod tests {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
@@ -461,7 +430,7 @@ mod tests {
                 });
             }
         });
-        (addr, ca_path)
+        (addr, ca_path, accepted)
     }
 
     fn agent_tls(
@@ -480,7 +449,7 @@ mod tests {
 
     /// Runs one request from a client speaking `alpn` through `serve`; returns status, body and the outcome.
     async fn exchange(
-        tls: TlsInputs,
+        tls: impl AsRef<TlsInputs> + Send + 'static,
         client_roots: rustls::RootCertStore,
         alpn: &'static [u8],
         dst: SocketAddr,
@@ -492,7 +461,7 @@ mod tests {
                 agent_side,
                 NAME.into(),
                 dst,
-                &tls,
+                tls.as_ref(),
                 None,
                 Duration::from_secs(5),
                 Duration::from_secs(30),
@@ -609,5 +578,110 @@ mod tests {
         let (result, outcome) = exchange(tls, rustls::RootCertStore::empty(), b"h2", addr).await;
         assert!(result.is_err());
         assert_eq!(outcome.flags, vec!["tls_untrusted".to_string()]);
+    }
+
+    impl AsRef<TlsInputs> for TlsInputs {
+        fn as_ref(&self) -> &TlsInputs {
+            self
+        }
+    }
+
+    #[tokio::test]
+    async fn client_connections_share_an_h2_upstream_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, upstream_ca, accepted) = counted_upstream(b"h2", dir.path()).await;
+        let (tls, ca) = agent_tls(dir.path(), &[upstream_ca]);
+        let tls = Arc::new(tls);
+        for alpn in [&b"h2"[..], b"http/1.1", b"h2"] {
+            let (result, outcome) = exchange(tls.clone(), roots_of(&ca), alpn, addr).await;
+            assert_eq!(result.unwrap().0, StatusCode::OK);
+            assert!(
+                outcome.bytes_out > 0,
+                "the client's side counts what it got"
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "three clients, one upstream"
+        );
+        assert_eq!(tls.upstreams.open(), 1);
+    }
+
+    #[tokio::test]
+    async fn http1_upstream_connections_are_lent_one_exchange_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, upstream_ca, accepted) = counted_upstream(b"http/1.1", dir.path()).await;
+        let (tls, ca) = agent_tls(dir.path(), &[upstream_ca]);
+        let tls = Arc::new(tls);
+        for _ in 0..2 {
+            let (result, _) = exchange(tls.clone(), roots_of(&ca), b"h2", addr).await;
+            assert_eq!(result.unwrap().0, StatusCode::OK);
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "read to the end, it was reused"
+        );
+        // Two exchanges at once need two connections; both come back to the pool.
+        let pool = &tls.upstreams;
+        let a = pool
+            .checkout(NAME, addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let b = pool
+            .checkout(NAME, addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        for lease in [a, b] {
+            let req = Request::get("/x")
+                .header(header::HOST, NAME)
+                .body(Full::new(Bytes::new()).map_err(|n| match n {}).boxed())
+                .unwrap();
+            let resp = lease.send(req).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(pool.open(), 2);
+        // A response dropped unread takes its connection with it.
+        let lease = pool
+            .checkout(NAME, addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let req = Request::get("/x")
+            .header(header::HOST, NAME)
+            .body(
+                Full::new(Bytes::from_static(b"body"))
+                    .map_err(|n| match n {})
+                    .boxed(),
+            )
+            .unwrap();
+        drop(lease.send(req).await.unwrap());
+        assert_eq!(pool.open(), 1);
+    }
+
+    #[tokio::test]
+    async fn unused_upstream_connections_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, upstream_ca, accepted) = counted_upstream(b"h2", dir.path()).await;
+        let (mut tls, ca) = agent_tls(dir.path(), &[upstream_ca]);
+        tls.upstreams = Arc::new(crate::proxy::pool::Pool::new(
+            tls.client.clone(),
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+        ));
+        let tls = Arc::new(tls);
+        let (result, _) = exchange(tls.clone(), roots_of(&ca), b"h2", addr).await;
+        assert_eq!(result.unwrap().0, StatusCode::OK);
+        // Closed once unused for the idle period; polled, not timed.
+        let mut polls = 0;
+        while tls.upstreams.open() > 0 {
+            polls += 1;
+            assert!(polls < 1000, "the idle connection was never closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (result, _) = exchange(tls.clone(), roots_of(&ca), b"h2", addr).await;
+        assert_eq!(result.unwrap().0, StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new one was opened");
     }
 }

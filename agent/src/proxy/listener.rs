@@ -292,8 +292,8 @@ async fn serve(
                 Some(upstream) => {
                     let _ = upstream.set_nodelay(true);
                     let _ = client.set_nodelay(true);
-                    let client = Prefixed::new(prefix, client);
-                    let carried = passthrough::splice(
+                    let carried = passthrough::relay(
+                        prefix,
                         client,
                         upstream,
                         inputs.config.buffer_bytes,

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod mask;
 pub mod passthrough;
 mod policy;
+pub mod pool;
 pub mod prefixed;
 pub mod record;
 pub mod sessions;
