@@ -194,9 +194,9 @@ pub struct Event {
     pub chunk_count: Option<u32>,
     /// Duration in milliseconds.
     pub duration_ms: Option<u64>,
-    /// Bytes from the client to the upstream.
+    /// Bytes the agent read from the client, TLS records included.
     pub bytes_in: Option<u64>,
-    /// Bytes from the upstream to the client.
+    /// Bytes the agent wrote to the client, TLS records included.
     pub bytes_out: Option<u64>,
     /// Marks (`uninspected`, `unparsed`, `alert`, ...), see the schema documentation.
     pub flags: Vec<String>,

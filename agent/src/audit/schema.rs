@@ -264,9 +264,9 @@ columns! {
     duration_ms: Option<u64>, dict = false, ocsf = Some("duration"),
         "Duration in milliseconds.";
     bytes_in: Option<u64>, dict = false, ocsf = Some("traffic.bytes_out"),
-        "Bytes from the client to the upstream (OCSF counts them from the client's side).";
+        "Bytes the agent read from the client, TLS records included (OCSF counts them from the client's side).";
     bytes_out: Option<u64>, dict = false, ocsf = Some("traffic.bytes_in"),
-        "Bytes from the upstream to the client.";
+        "Bytes the agent wrote to the client, TLS records included.";
     flags: Vec<String>, dict = true, ocsf = None,
         "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified.";
     lifecycle_action: Option<String>, dict = true, ocsf = None,
