@@ -181,6 +181,9 @@ async fn disk_full_with_intents() {
         std::time::UNIX_EPOCH + std::time::Duration::from_micros(since_epoch.as_micros() as u64);
     let statement = |i| {
         let mut e = rich_event(EventKind::Query, t0, i);
+        // Longer than a page, so that no record of a statement fits in what the journal's file
+        // already has: each meets the full disk.
+        e.sql_text = Some(format!("select '{}' -- {i}", "x".repeat(5000)));
         e.query_id = None;
         e.success = None;
         e
@@ -199,7 +202,7 @@ async fn disk_full_with_intents() {
     let filler_path = fs.path.join("filler");
     let filler = fill(&filler_path);
     // The first records to meet the full disk: a's completion, then c's intent (each fails, unless
-    // it still fit in a page the journal already had).
+    // it still fit in what the journal's file already had).
     let a_done = completed(&a);
     let a_first = w.submit(a_done.clone()).await;
     let c = statement(3);

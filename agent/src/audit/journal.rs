@@ -9,9 +9,18 @@
 //!   `len: u32 LE | crc32: u32 LE | seq: u64 LE | payload (len bytes)`, the CRC covering `seq` and
 //!   `payload`. Sequence numbers increase by one per record, across segments and restarts (a
 //!   segment's name carries the counter even when it is empty).
-//! - A payload is the event as JSON (it starts with `{`) for a complete event, or the byte
-//!   [`INTENT_TAG`] followed by the event as JSON for a statement's intent ([`RecordKind`]). Segments
-//!   written before intents existed hold only the first form and read the same.
+//! - A payload is the event in the binary encoding of [`codec`] (record format 2: it starts with
+//!   [`FORMAT_BINARY`], then says whether it is a complete event or a statement's intent,
+//!   [`RecordKind`]). Agents before it wrote format 1, JSON: the event as JSON (it starts with `{`)
+//!   for a complete event, or the byte [`INTENT_TAG`] followed by the event as JSON for an intent.
+//!   Both read the same, so a journal left by an older agent is recovered at upgrade.
+//!
+//! Segment headers say which agents may read them: the last byte of [`SEGMENT_MAGIC`] is the
+//! segment format, 2 for segments this build writes (whose records may be of format 2), 1 for
+//! those of older agents (format 1 records only). This build reads both; an older agent refuses a
+//! segment of format 2 as "not a journal segment" at start, rather than taking its records for
+//! damage and dropping them (a downgrade must first let this build shut down cleanly, which
+//! empties the journal).
 //!
 //! A crash can leave a torn tail: a partial header or payload, or a CRC mismatch. Reading stops at
 //! the first such record of a segment; only records that were never acknowledged can be there,
@@ -24,12 +33,20 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::event::Event;
 
-/// The first eight bytes of every segment; the last byte is the format version.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"STJRNL\0\x01";
+pub mod codec;
+
+pub use codec::{CodecError, FORMAT_BINARY};
+
+/// The first eight bytes of every segment this build writes; the last byte is the segment format.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"STJRNL\0\x02";
+/// The first eight bytes of a segment written by an agent before record format 2 (JSON records
+/// only); still read.
+pub const SEGMENT_MAGIC_V1: [u8; 8] = *b"STJRNL\0\x01";
 /// Bytes of a segment header.
 pub const HEADER_LEN: u64 = 16;
 /// Bytes of a record header (length, CRC, sequence number).
@@ -39,7 +56,8 @@ pub const MAX_RECORD_LEN: u32 = 64 * 1024 * 1024;
 /// A segment is sealed and a new one started once it grows past this (the default of
 /// `audit.segment_bytes`).
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// The first byte of an intent record's payload; a complete event's payload starts with `{`.
+/// The first byte of an intent record's payload in record format 1 (JSON); a complete event's
+/// payload there starts with `{`.
 pub const INTENT_TAG: u8 = b'I';
 
 /// What a journal record holds.
@@ -52,11 +70,68 @@ pub enum RecordKind {
     Intent,
 }
 
-/// Splits a record's payload into its kind and the event's JSON.
-pub fn split_payload(payload: &[u8]) -> (RecordKind, &[u8]) {
-    match payload.split_first() {
-        Some((&INTENT_TAG, json)) => (RecordKind::Intent, json),
-        _ => (RecordKind::Event, payload),
+/// Why a record's payload could not be decoded into an event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// A record of format 1 is not an event's JSON.
+    #[error("record (format 1, JSON): {0}")]
+    Json(#[from] serde_json::Error),
+    /// A record of format 2 is damaged or from a newer agent.
+    #[error("record (format 2): {0}")]
+    Binary(#[from] CodecError),
+    /// The payload starts with a byte no known format starts with: a newer agent wrote it.
+    #[error("record of unknown format (first byte {0:#04x}): written by a newer agent?")]
+    Format(u8),
+    /// The payload is empty.
+    #[error("empty record")]
+    Empty,
+}
+
+/// A payload's format.
+enum Payload<'a> {
+    /// Format 1: the kind and the event's JSON.
+    Json(RecordKind, &'a [u8]),
+    /// Format 2.
+    Binary(&'a [u8]),
+}
+
+fn payload_format(payload: &[u8]) -> Result<Payload<'_>, DecodeError> {
+    match payload.first() {
+        Some(&FORMAT_BINARY) => Ok(Payload::Binary(payload)),
+        Some(&INTENT_TAG) => Ok(Payload::Json(RecordKind::Intent, &payload[1..])),
+        Some(b'{') => Ok(Payload::Json(RecordKind::Event, payload)),
+        Some(&b) => Err(DecodeError::Format(b)),
+        None => Err(DecodeError::Empty),
+    }
+}
+
+/// The kind of a record's payload, of either format.
+pub fn record_kind(payload: &[u8]) -> Result<RecordKind, DecodeError> {
+    match payload_format(payload)? {
+        Payload::Json(kind, _) => Ok(kind),
+        Payload::Binary(p) => Ok(if codec::is_intent(p)? {
+            RecordKind::Intent
+        } else {
+            RecordKind::Event
+        }),
+    }
+}
+
+/// The `event_time` and `event_id` of a record's payload, of either format, without decoding
+/// the whole event (recovery reads them for every record).
+pub fn peek_time_and_id(payload: &[u8]) -> Result<(std::time::SystemTime, Uuid), DecodeError> {
+    #[derive(Deserialize)]
+    struct Head {
+        event_time: std::time::SystemTime,
+        event_id: Uuid,
+    }
+    match payload_format(payload)? {
+        Payload::Json(_, json) => {
+            let h: Head = serde_json::from_slice(json)?;
+            Ok((h.event_time, h.event_id))
+        }
+        Payload::Binary(p) => Ok(codec::peek(p)?),
     }
 }
 
@@ -83,7 +158,7 @@ pub enum JournalError {
     /// An event's encoding is longer than [`MAX_RECORD_LEN`].
     #[error("event of {0} bytes is too large for the journal")]
     TooLarge(usize),
-    /// An event could not be encoded (a bug).
+    /// An event could not be encoded as JSON (a bug; format 1 only).
     #[error("event could not be encoded: {0}")]
     Encode(#[from] serde_json::Error),
     /// The record expected at a position is not there intact.
@@ -206,6 +281,20 @@ pub fn encode_kind(
 ) -> Result<(), JournalError> {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    codec::encode(buf, kind == RecordKind::Intent, event);
+    finish_record(buf, start, seq)
+}
+
+/// Appends one record of `kind` for `event` in record format 1 (JSON), as agents before format 2
+/// wrote them: for tests of reading a journal an older agent left.
+pub fn encode_kind_v1(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    kind: RecordKind,
+    event: &Event,
+) -> Result<(), JournalError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
     if kind == RecordKind::Intent {
         buf.push(INTENT_TAG);
     }
@@ -321,7 +410,7 @@ pub fn read_segment(
         }
         Err(e) => return Err(io_err("read", path)(e)),
     }
-    if header[..8] != SEGMENT_MAGIC {
+    if header[..8] != SEGMENT_MAGIC && header[..8] != SEGMENT_MAGIC_V1 {
         return Err(JournalError::BadSegment(path.to_owned()));
     }
     let mut first = [0u8; 8];
@@ -383,9 +472,12 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Decodes the event of a record's payload, of either kind.
-pub fn decode_event(payload: &[u8]) -> Result<Event, serde_json::Error> {
-    serde_json::from_slice(split_payload(payload).1)
+/// Decodes the event of a record's payload, of either kind and either format.
+pub fn decode_event(payload: &[u8]) -> Result<Event, DecodeError> {
+    match payload_format(payload)? {
+        Payload::Json(_, json) => Ok(serde_json::from_slice(json)?),
+        Payload::Binary(p) => Ok(codec::decode(p)?),
+    }
 }
 
 /// A set of journal sequence numbers kept as sorted, disjoint, inclusive ranges; what a Parquet file
@@ -543,7 +635,7 @@ mod tests {
         f.write_all(&buf).unwrap();
         let mut kinds = Vec::new();
         read_segment(&path, |seq, p| {
-            let (kind, _) = split_payload(p);
+            let kind = record_kind(p).unwrap();
             assert_eq!(decode_event(p).unwrap(), e);
             kinds.push((seq, kind));
             Ok(())
@@ -555,7 +647,7 @@ mod tests {
         let file = File::open(&path).unwrap();
         let mut payload = Vec::new();
         read_record_at(&file, &path, HEADER_LEN, 1, &mut payload).unwrap();
-        assert_eq!(split_payload(&payload).0, RecordKind::Intent);
+        assert_eq!(record_kind(&payload).unwrap(), RecordKind::Intent);
         assert!(matches!(
             read_record_at(&file, &path, HEADER_LEN, 7, &mut payload),
             Err(JournalError::BadRecord { seq: 7, .. })
@@ -568,11 +660,67 @@ mod tests {
         f.write_all(&copy).unwrap();
         let mut last = None;
         read_segment(&path, |seq, p| {
-            last = Some((seq, split_payload(p).0, decode_event(p).unwrap()));
+            last = Some((seq, record_kind(p).unwrap(), decode_event(p).unwrap()));
             Ok(())
         })
         .unwrap();
         assert_eq!(last, Some((3, RecordKind::Intent, e)));
+    }
+
+    #[test]
+    fn segments_of_the_json_format_still_read() {
+        // A segment an agent before record format 2 left: its own magic, JSON records.
+        let dir = tempfile::tempdir().unwrap();
+        let j = JournalDir::open(dir.path()).unwrap();
+        let path = j.segment_path(1);
+        let e = Event::new(EventKind::Query, SystemTime::now(), "h");
+        let mut bytes = SEGMENT_MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        encode_kind_v1(&mut bytes, 1, RecordKind::Intent, &e).unwrap();
+        encode_kind_v1(&mut bytes, 2, RecordKind::Event, &e).unwrap();
+        // Then a binary record, as a copy made after the upgrade would be.
+        encode_kind(&mut bytes, 3, RecordKind::Intent, &e).unwrap();
+        fs::write(&path, &bytes).unwrap();
+        let mut got = Vec::new();
+        let end = read_segment(&path, |seq, p| {
+            assert_eq!(peek_time_and_id(p).unwrap(), (e.event_time, e.event_id));
+            got.push((seq, record_kind(p).unwrap(), decode_event(p).unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        assert!(!end.torn);
+        assert_eq!(
+            got,
+            vec![
+                (1, RecordKind::Intent, e.clone()),
+                (2, RecordKind::Event, e.clone()),
+                (3, RecordKind::Intent, e.clone())
+            ]
+        );
+        // The binary form is far smaller than the JSON one.
+        let (mut json, mut bin) = (Vec::new(), Vec::new());
+        encode_kind_v1(&mut json, 1, RecordKind::Event, &e).unwrap();
+        encode_kind(&mut bin, 1, RecordKind::Event, &e).unwrap();
+        assert!(
+            bin.len() * 4 < json.len(),
+            "{} vs {}",
+            bin.len(),
+            json.len()
+        );
+
+        // A segment of a format this build does not know is refused, not read as damage.
+        bytes[7] = 3;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            read_segment(&path, |_, _| Ok(())),
+            Err(JournalError::BadSegment(_))
+        ));
+        // And so is a record of an unknown format.
+        assert!(matches!(
+            decode_event(b"\x07abc"),
+            Err(DecodeError::Format(7))
+        ));
+        assert!(matches!(record_kind(b""), Err(DecodeError::Empty)));
     }
 
     #[test]

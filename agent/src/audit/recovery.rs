@@ -61,7 +61,6 @@ use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
 
-use serde::Deserialize;
 use uuid::Uuid;
 
 use super::event::Event;
@@ -70,8 +69,8 @@ use super::files::{
     read_footer,
 };
 use super::journal::{
-    JournalDir, JournalError, RecordKind, SeqRanges, decode_event, read_segment, split_payload,
-    sync_dir,
+    DecodeError, JournalDir, JournalError, RecordKind, SeqRanges, decode_event, peek_time_and_id,
+    read_segment, record_kind, sync_dir,
 };
 
 /// Why recovery could not finish; the agent must not serve traffic then.
@@ -109,16 +108,6 @@ pub struct RecoveryReport {
     pub temp_files_removed: usize,
     /// The sequence number the writer continues with.
     pub next_seq: u64,
-}
-
-#[derive(Deserialize)]
-struct TimeOnly {
-    event_time: SystemTime,
-}
-
-#[derive(Deserialize)]
-struct IdOnly {
-    event_id: Uuid,
 }
 
 /// How [`replay`] treats a journal record.
@@ -163,7 +152,7 @@ pub(crate) fn replay<E: From<JournalError>>(
     let mut stats = Replayed::default();
     let mut waiting: HashMap<Uuid, Vec<u64>> = HashMap::new();
     let mut failed: Option<E> = None;
-    let undecodable = |seq: u64, path: &Path, e: serde_json::Error| {
+    let undecodable = |seq: u64, path: &Path, e: DecodeError| {
         tracing::error!(seq, error = %e, segment = %path.display(), "journal record cannot be decoded");
     };
     for path in paths {
@@ -177,20 +166,24 @@ pub(crate) fn replay<E: From<JournalError>>(
                 Take::Published => {
                     stats.published += 1;
                     if !waiting.is_empty()
-                        && let Ok(h) = serde_json::from_slice::<IdOnly>(split_payload(payload).1)
+                        && let Ok((_, id)) = peek_time_and_id(payload)
                     {
-                        waiting.remove(&h.event_id);
+                        waiting.remove(&id);
                     }
                 }
-                Take::Write => match split_payload(payload) {
-                    (RecordKind::Intent, json) => match serde_json::from_slice::<IdOnly>(json) {
-                        Ok(h) => waiting.entry(h.event_id).or_default().push(seq),
+                Take::Write => match record_kind(payload) {
+                    Err(e) => {
+                        undecodable(seq, path, e);
+                        stats.undecodable += 1;
+                    }
+                    Ok(RecordKind::Intent) => match peek_time_and_id(payload) {
+                        Ok((_, id)) => waiting.entry(id).or_default().push(seq),
                         Err(e) => {
                             undecodable(seq, path, e);
                             stats.undecodable += 1;
                         }
                     },
-                    (RecordKind::Event, json) => match serde_json::from_slice::<Event>(json) {
+                    Ok(RecordKind::Event) => match decode_event(payload) {
                         Ok(event) => {
                             let intents = waiting.remove(&event.event_id).unwrap_or_default();
                             stats.rows += 1;
@@ -271,8 +264,8 @@ pub fn recover(
     for (first, path) in &segments {
         report.next_seq = report.next_seq.max(*first);
         let end = read_segment(path, |_, payload| {
-            if let Ok(t) = serde_json::from_slice::<TimeOnly>(split_payload(payload).1) {
-                hours.insert(hour_of(t.event_time));
+            if let Ok((t, _)) = peek_time_and_id(payload) {
+                hours.insert(hour_of(t));
             }
             Ok(())
         })?;

@@ -105,13 +105,18 @@ macro_rules! columns {
         /// batches so that appending an event allocates nothing beyond the columns' own growth.
         pub struct EventBatchBuilder {
             rows: usize,
+            capacity: usize,
             $( $name: <$ty as ColumnValue>::Builder, )*
         }
 
         impl EventBatchBuilder {
             /// Starts empty builders sized for `capacity` rows.
             pub fn new(capacity: usize) -> Self {
-                EventBatchBuilder { rows: 0, $( $name: <$ty as ColumnValue>::builder(capacity), )* }
+                EventBatchBuilder {
+                    rows: 0,
+                    capacity,
+                    $( $name: <$ty as ColumnValue>::builder(capacity), )*
+                }
             }
 
             /// Appends one event as a row.
@@ -120,9 +125,13 @@ macro_rules! columns {
                 self.rows += 1;
             }
 
-            /// Takes the rows appended so far as one batch and leaves the builder empty.
+            /// Takes the rows appended so far as one batch and leaves the builder empty, sized
+            /// for `capacity` rows again (a finished Arrow builder starts from nothing, and
+            /// regrowing every column by doubling cost a copy per growth).
             pub fn finish(&mut self) -> Result<RecordBatch, SchemaError> {
-                let columns: Vec<ArrayRef> = vec![ $( ArrayBuilder::finish(&mut self.$name), )* ];
+                let capacity = self.capacity;
+                let mut full = std::mem::replace(self, EventBatchBuilder::new(capacity));
+                let columns: Vec<ArrayRef> = vec![ $( ArrayBuilder::finish(&mut full.$name), )* ];
                 self.rows = 0;
                 Ok(RecordBatch::try_new(schema(), columns)?)
             }

@@ -6,6 +6,12 @@
 //! the same settings (zstd level 3, same row groups), twice: from an Arrow table already in memory
 //! (encoding alone, pyarrow's best case) and from Python rows (what a Python audit pipeline does).
 //! Neither pyarrow figure journals or syncs; snowtrail's includes both.
+//!
+//! Beside it: the same writer with recording on (`loadgen audit --recording`: each statement's
+//! result age-encrypted, spooled and fdatasync'd by the real recordings writer before its event
+//! is submitted, as the proxy does), and the floor the disk allows (`loadgen fsync`: one small
+//! append and one fdatasync at a time in the same scratch directory), against which the durable
+//! latency aim can be judged.
 
 use std::process::Command;
 
@@ -53,6 +59,28 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             .args(["audit", "--events", &events.to_string(), "--dir"])
             .arg(&dir),
     )?)?;
+    step(&format!(
+        "snowtrail: {events} events through the audit writer, recording on"
+    ));
+    let rec_dir = ctx.scratch.join("writer-recording");
+    let recorded = last_json(&capture(
+        Command::new(&loadgen)
+            .args([
+                "audit",
+                "--recording",
+                "--events",
+                &events.to_string(),
+                "--dir",
+            ])
+            .arg(&rec_dir),
+    )?)?;
+    step("the floor: one write + fdatasync at a time");
+    let syncs: u64 = if ctx.quick { 2_000 } else { 10_000 };
+    let floor = last_json(&capture(
+        Command::new(&loadgen)
+            .args(["fsync", "--count", &syncs.to_string(), "--dir"])
+            .arg(&ctx.scratch),
+    )?)?;
     step("pyarrow: the same rows");
     let theirs = last_json(&capture(
         Command::new(python)
@@ -71,6 +99,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         theirs["rows"]
     );
     let workload = format!("{events} statement events, 64 submitters");
+    let rec_rate = num(&recorded, "events_per_s")?;
     Ok(vec![
         Row::new(
             SECTION,
@@ -88,6 +117,36 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             num(&ours, "bytes_per_event")?,
             "bytes/event",
             "zstd 3, dictionaries",
+        ),
+        Row::new(
+            SECTION,
+            "snowtrail writer, recording on",
+            rec_rate,
+            "events/s",
+            format!(
+                "{workload}; each result (~1 KB) age-encrypted, spooled + fdatasync'd first; \
+                 {:.0} recording bytes/event",
+                num(&recorded, "recording_bytes")? / events as f64
+            ),
+        ),
+        Row::new(
+            SECTION,
+            "ratio recording on / off",
+            rec_rate / ours_rate,
+            "x",
+            "same writer, same run",
+        ),
+        Row::new(
+            SECTION,
+            "floor: write + fdatasync",
+            num(&floor, "p50_us")?,
+            "us p50",
+            format!(
+                "{syncs} x 128-byte append + fdatasync, one at a time, same filesystem; p99 {:.0} us, \
+                 {:.0} syncs/s",
+                num(&floor, "p99_us")?,
+                num(&floor, "syncs_per_s")?
+            ),
         ),
         Row::new(
             SECTION,

@@ -32,8 +32,8 @@ const MAX_CARRY: usize = 4096;
 
 /// What a submitter handed the journal thread.
 pub(super) enum Item {
-    Event(Event),
-    Intent(Event),
+    Event(Box<Event>),
+    Intent(Box<Event>),
 }
 
 impl Item {
@@ -215,7 +215,7 @@ impl JournalWriter {
         if let Some(g) = gap {
             let e = self.gap_event(g);
             lock(&self.core.sync).gap_carry = Some((e.event_id, g));
-            batch.insert(0, (Item::Event(e), None));
+            batch.insert(0, (Item::Event(Box::new(e)), None));
         }
         let maintain = Instant::now() >= self.next_maintenance;
         if !batch.is_empty() || maintain {

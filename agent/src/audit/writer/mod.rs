@@ -231,10 +231,10 @@ impl EventSink for AuditWriter {
 }
 
 impl AuditWriter {
-    fn send(&self, event: Event, msg: fn(Event, AckTx) -> Msg) -> Ack {
+    fn send(&self, event: Event, msg: fn(Box<Event>, AckTx) -> Msg) -> Ack {
         let (ack_tx, ack_rx) = oneshot::channel();
         let recv = async move { ack_rx.await.unwrap_or(Err(AuditError::Closed)) };
-        match self.tx.try_send(msg(event, ack_tx)) {
+        match self.tx.try_send(msg(Box::new(event), ack_tx)) {
             Ok(()) => Box::pin(recv),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 Box::pin(std::future::ready(Err(AuditError::Closed)))

@@ -6,6 +6,10 @@
 //! concurrent submitters each keeping `--window` acknowledgements in flight (as many connections
 //! of a busy proxy would), then shuts the writer down so every event is in a published Parquet
 //! file. The time covers the whole of it: journal, fdatasyncs, Parquet encoding and publishing.
+//! With `--recording`, each statement's result (a small JSON result) first goes through a real
+//! recordings writer (age encryption, spool, fdatasync), and its event is submitted once that is
+//! durable, as the proxy does. `loadgen fsync` is the floor: one small write and one fdatasync at
+//! a time on the same filesystem.
 //!
 //! `loadgen http` is a closed-loop HTTPS load generator speaking Snowflake's REST protocol: it logs
 //! in once, then `--clients` clients, each on its own keep-alive connection (HTTP/1.1, or HTTP/2
@@ -17,22 +21,16 @@
 //! `loadgen bulk` receives one TLS stream from `loadgen bulk-server` (passthrough throughput);
 //! `loadgen sink` and `loadgen leaf` are the listener and the certificate those runs need.
 
+mod audit;
 mod bulk;
 mod connect;
 mod http;
 
-use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::net::IpAddr;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use snowtrail::audit::{
-    AuditConfig, AuditWriter, Event, EventKind, EventSink, OnAuditFailure, SystemClock,
-    WriterOptions,
-};
 
 /// Load generator for `cargo xtask bench`.
 #[derive(Debug, Parser)]
@@ -46,7 +44,10 @@ struct Cli {
 enum Command {
     /// Stream statement events into a real audit writer (journal on) and report events per
     /// second and Parquet bytes per event.
-    Audit(AuditArgs),
+    Audit(audit::AuditArgs),
+    /// The floor of durable writes: one small append and one fdatasync at a time on a
+    /// filesystem; report syncs per second and p50/p99 latency.
+    Fsync(audit::FsyncArgs),
     /// Closed-loop statement round trips against a Snowflake endpoint (the fake, or a proxy in
     /// front of it); report throughput and p50/p99 latency.
     Http(http::HttpArgs),
@@ -81,160 +82,6 @@ struct LeafArgs {
     /// Where the files go.
     #[arg(long)]
     out: PathBuf,
-}
-
-#[derive(Debug, clap::Args)]
-struct AuditArgs {
-    /// A fresh directory; the journal goes to `<dir>/state`, Parquet files to `<dir>/audit`.
-    #[arg(long)]
-    dir: PathBuf,
-    /// Events to write in all.
-    #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
-    /// Concurrent submitters.
-    #[arg(long, default_value_t = 64)]
-    tasks: u64,
-    /// Acknowledgements each submitter keeps in flight before waiting for its oldest.
-    #[arg(long, default_value_t = 64)]
-    window: usize,
-}
-
-/// What one `audit` run measured; the bench task reads this JSON line.
-#[derive(Debug, serde::Serialize)]
-struct AuditReport {
-    events: u64,
-    seconds: f64,
-    events_per_s: f64,
-    parquet_bytes: u64,
-    parquet_files: u64,
-    bytes_per_event: f64,
-    journal_syncs: u64,
-}
-
-/// A statement's completed event as the proxy writes it.
-fn statement(task: u64, i: u64) -> Event {
-    let mut e = Event::new(EventKind::Query, SystemTime::now(), "bench-host");
-    e.pid = Some(4000 + task as u32);
-    e.tgid = e.pid;
-    e.uid = Some(1000);
-    e.comm = Some("python3".into());
-    e.exe = Some("/usr/bin/python3.12".into());
-    e.cgroup_path = Some("/system.slice/etl-nightly.service".into());
-    e.cgroup_id = Some(12_345);
-    e.workload_identity = Some("etl-nightly".into());
-    e.labels.insert("env".into(), "prod".into());
-    e.labels.insert("team".into(), "data".into());
-    e.src_ip = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
-    e.src_port = Some(40_000 + (task as u16 % 20_000));
-    e.dst_ip = Some(IpAddr::V4(Ipv4Addr::new(52, 1, 2, 3)));
-    e.dst_port = Some(443);
-    e.sni = Some("xy12345.eu-west-1.snowflakecomputing.com".into());
-    e.connection_mode = Some("intercepted".into());
-    e.connection_id = Some(task);
-    e.account = Some("XY12345".into());
-    e.login_user = Some("ETL_USER".into());
-    e.role = Some("TRANSFORMER".into());
-    e.warehouse = Some("COMPUTE_WH".into());
-    e.database = Some("ANALYTICS".into());
-    e.schema = Some("PUBLIC".into());
-    e.session_id = Some(format!("session-{task}"));
-    e.request_id = Some(uuid::Uuid::now_v7().to_string());
-    e.query_id = Some(format!("01b2c3d4-0000-{task:04x}-0000-{i:012x}"));
-    e.driver = Some("PythonConnector".into());
-    e.driver_version = Some("3.12.0".into());
-    e.sql_text = Some(format!(
-        "insert into analytics.public.orders select * from staging.orders where batch = {i}"
-    ));
-    e.statement_type = Some("INSERT".into());
-    e.decision = Some("allow".into());
-    e.success = Some(true);
-    e.rows_produced = Some(i % 1000);
-    e.duration_ms = Some(12);
-    e
-}
-
-fn parquet_size(dir: &Path) -> (u64, u64) {
-    let mut bytes = 0;
-    let mut files = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "parquet") {
-                bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
-                files += 1;
-            }
-        }
-    }
-    (bytes, files)
-}
-
-async fn audit(args: AuditArgs) -> anyhow::Result<AuditReport> {
-    anyhow::ensure!(
-        args.tasks > 0 && args.window > 0,
-        "--tasks and --window must be positive"
-    );
-    let audit_dir = args.dir.join("audit");
-    let (writer, task) = AuditWriter::start(WriterOptions {
-        state_dir: args.dir.join("state"),
-        audit_dir: audit_dir.clone(),
-        host: "bench-host".into(),
-        config: AuditConfig::default(),
-        on_failure: OnAuditFailure::Block,
-        recordings_dir: None,
-        clock: Arc::new(SystemClock),
-    })
-    .await
-    .context("starting the audit writer")?;
-    let started = Instant::now();
-    let per_task = args.events / args.tasks;
-    let mut handles = Vec::new();
-    for t in 0..args.tasks {
-        let writer = writer.clone();
-        let n = per_task + u64::from(t < args.events % args.tasks);
-        let window = args.window;
-        handles.push(tokio::spawn(async move {
-            let mut acks = VecDeque::with_capacity(window);
-            for i in 0..n {
-                if acks.len() == window
-                    && let Some(ack) = acks.pop_front()
-                {
-                    ack.await?;
-                }
-                acks.push_back(writer.submit(statement(t, i)));
-            }
-            for ack in acks {
-                ack.await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for h in handles {
-        h.await??;
-    }
-    let journal_syncs = writer.journal_syncs();
-    drop(writer);
-    let report = task.shutdown().await.context("shutting the writer down")?;
-    let seconds = started.elapsed().as_secs_f64().max(1e-9);
-    anyhow::ensure!(
-        report.gap_events == 0 && report.left_in_journal == 0,
-        "the writer lost events: {report:?}"
-    );
-    let (parquet_bytes, parquet_files) = parquet_size(&audit_dir);
-    Ok(AuditReport {
-        events: args.events,
-        seconds,
-        events_per_s: args.events as f64 / seconds,
-        parquet_bytes,
-        parquet_files,
-        bytes_per_event: parquet_bytes as f64 / args.events.max(1) as f64,
-        journal_syncs,
-    })
 }
 
 fn leaf(args: &LeafArgs) -> anyhow::Result<serde_json::Value> {
@@ -291,7 +138,10 @@ fn raise_nofile(want: u64) -> anyhow::Result<u64> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let line = match cli.command {
-        Command::Audit(a) => serde_json::to_string(&audit(a).await?)?,
+        Command::Audit(a) => serde_json::to_string(&audit::run(a).await?)?,
+        Command::Fsync(a) => serde_json::to_string(
+            &tokio::task::spawn_blocking(move || audit::fsync_floor(&a)).await??,
+        )?,
         Command::Http(a) => serde_json::to_string(&http::run(a).await?)?,
         // `hold` prints its report as soon as the connections are open, then holds them.
         Command::Hold(a) => {
