@@ -194,18 +194,30 @@ pub async fn relay(
             pump(&upstream, &client, &to_client, &[], &meter_out),
         )
     };
-    let reason = tokio::select! {
-        r = both => match r {
-            Ok(_) => CloseReason::Completed,
-            Err(e) => CloseReason::Error(e.kind().to_string()),
-        },
-        _ = idle(&activity, epoch, idle_timeout) => CloseReason::IdleTimeout,
-        _ = crate::drain::signalled(&mut force_close) => CloseReason::Shutdown,
-    };
+    let reason = until_closed(both, &activity, epoch, idle_timeout, &mut force_close).await;
     Carried {
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
         reason,
+    }
+}
+
+/// Runs a relay's `transfer` until it ends, the connection has been idle for `idle_timeout`, or
+/// `force_close` turns true, and says which of them closed it.
+async fn until_closed<T>(
+    transfer: impl std::future::Future<Output = io::Result<T>>,
+    activity: &AtomicU64,
+    epoch: Instant,
+    idle_timeout: Duration,
+    force_close: &mut watch::Receiver<bool>,
+) -> CloseReason {
+    tokio::select! {
+        r = transfer => match r {
+            Ok(_) => CloseReason::Completed,
+            Err(e) => CloseReason::Error(e.kind().to_string()),
+        },
+        _ = idle(activity, epoch, idle_timeout) => CloseReason::IdleTimeout,
+        _ = crate::drain::signalled(force_close) => CloseReason::Shutdown,
     }
 }
 
@@ -323,14 +335,8 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     let bytes_out = Arc::new(AtomicU64::new(0));
     let mut a = Metered::new(client, bytes_in.clone(), activity.clone(), epoch);
     let mut b = Metered::new(upstream, bytes_out.clone(), activity.clone(), epoch);
-    let reason = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, buffer_bytes, buffer_bytes) => match r {
-            Ok(_) => CloseReason::Completed,
-            Err(e) => CloseReason::Error(e.kind().to_string()),
-        },
-        _ = idle(&activity, epoch, idle_timeout) => CloseReason::IdleTimeout,
-        _ = crate::drain::signalled(&mut force_close) => CloseReason::Shutdown,
-    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, buffer_bytes, buffer_bytes);
+    let reason = until_closed(copy, &activity, epoch, idle_timeout, &mut force_close).await;
     Carried {
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),

@@ -11,8 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::procs::{
-    Daemon, DaemonSpec, Proc, hosts_file, nofile_limit, rss_mib, wait_listening, with_hosts,
-    with_nofile,
+    Daemon, DaemonSpec, Proc, hosts_file, lean_fake, nofile_limit, rss_mib, with_hosts,
 };
 use super::{Ctx, Row, build_bin, num};
 use crate::util::step;
@@ -33,25 +32,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let wanted: usize = if ctx.quick { 1_000 } else { 10_000 };
     let fake_addr: SocketAddr = format!("{FAKE_IP}:443").parse()?;
     let fake_ca_dir = dir.join("fake-ca");
-    let mut fake = Proc::spawn(
-        "fake-snowflake",
-        &mut with_nofile(
-            &fake_bin,
-            &[
-                "--tls".into(),
-                "--lean".into(),
-                "--listen".into(),
-                fake_addr.to_string(),
-                "--ca-dir".into(),
-                fake_ca_dir.display().to_string(),
-                "--max-connections".into(),
-                (wanted + 1_000).to_string(),
-            ],
-        ),
-        Some(&dir.join("fake.log")),
+    let _fake = lean_fake(
+        &fake_bin,
+        fake_addr,
+        &fake_ca_dir,
+        wanted + 1_000,
+        &dir.join("fake.log"),
     )?;
-    fake.line()?;
-    wait_listening(fake_addr, Duration::from_secs(10))?;
     let daemon = Daemon::start(DaemonSpec {
         bin: &snowtrail,
         dir: dir.join("daemon"),

@@ -179,6 +179,38 @@ impl Drop for Proc {
     }
 }
 
+/// Starts the fake Snowflake in its lean mode (TLS, no request log) on `addr` with its CA in
+/// `ca_dir`, accepting up to `max_connections`, and waits until it listens: the upstream the
+/// round-trip and memory sections measure against.
+pub fn lean_fake(
+    fake_bin: &Path,
+    addr: SocketAddr,
+    ca_dir: &Path,
+    max_connections: usize,
+    log: &Path,
+) -> anyhow::Result<Proc> {
+    let mut fake = Proc::spawn(
+        "fake-snowflake",
+        &mut with_nofile(
+            fake_bin,
+            &[
+                "--tls".into(),
+                "--lean".into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--ca-dir".into(),
+                ca_dir.display().to_string(),
+                "--max-connections".into(),
+                max_connections.to_string(),
+            ],
+        ),
+        Some(log),
+    )?;
+    fake.line()?;
+    wait_listening(addr, Duration::from_secs(10))?;
+    Ok(fake)
+}
+
 /// Waits until something accepts TCP connections at `addr`.
 pub fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
     let until = Instant::now() + limit;

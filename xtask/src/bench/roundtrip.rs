@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::procs::{Daemon, DaemonSpec, Proc, hosts_file, wait_listening, with_hosts, with_nofile};
+use super::procs::{Daemon, DaemonSpec, Proc, hosts_file, lean_fake, wait_listening, with_hosts};
 use super::{Ctx, Row, build_bin, capture, last_json, num};
 use crate::util::step;
 
@@ -198,25 +198,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let fake_ca = fake_ca_dir.join("ca.pem");
 
     step("the fake Snowflake (lean: no request log)");
-    let mut fake = Proc::spawn(
-        "fake-snowflake",
-        &mut with_nofile(
-            &fake_bin,
-            &[
-                "--tls".into(),
-                "--lean".into(),
-                "--listen".into(),
-                fake_addr.to_string(),
-                "--ca-dir".into(),
-                fake_ca_dir.display().to_string(),
-                "--max-connections".into(),
-                "4096".into(),
-            ],
-        ),
-        Some(&dir.join("fake.log")),
+    let _fake = lean_fake(
+        &fake_bin,
+        fake_addr,
+        &fake_ca_dir,
+        4096,
+        &dir.join("fake.log"),
     )?;
-    fake.line()?;
-    wait_listening(fake_addr, Duration::from_secs(10))?;
 
     // One certificate for both reverse proxies, for the account host, from the fake's CA: loadgen
     // trusts the same CA whether it talks to the fake directly or to a proxy.
