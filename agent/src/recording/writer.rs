@@ -1,5 +1,7 @@
-//! The recordings writer: one thread that encrypts each recorded result, makes it durable in a
-//! spool file, acknowledges it, and turns each spool into a Parquet file of the recordings table.
+//! The recordings writer: each recorded result is encrypted by the task that submits it (an age
+//! X25519 encryption per row is the costliest step, so it runs on every core rather than on one
+//! thread); one thread appends the rows to a spool file, makes them durable, acknowledges them,
+//! and turns each spool into a Parquet file of the recordings table.
 //!
 //! Files, under `<recording_dir>/date=YYYY-MM-DD/hour=HH/` (partitioned by the statement's
 //! `event_time`, as the audit):
@@ -40,6 +42,9 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+
+/// Where a row's acknowledgement goes.
+type Ack = oneshot::Sender<Result<(), RecordingError>>;
 
 use super::keys::{self, KeyError};
 use super::payload::Captured;
@@ -123,8 +128,15 @@ pub struct Submission {
     pub captured: Captured,
 }
 
+/// A row ready for the spool: its encoded frame and the hour it belongs to.
+struct Framed {
+    hour: i64,
+    event_time: SystemTime,
+    frame: Vec<u8>,
+}
+
 enum Msg {
-    Row(Box<Submission>, oneshot::Sender<Result<(), RecordingError>>),
+    Row(Framed, Ack),
     Shutdown(mpsc::Sender<WriterReport>),
 }
 
@@ -134,6 +146,40 @@ pub struct RecordingWriter {
     tx: mpsc::SyncSender<Msg>,
     healthy: Arc<AtomicBool>,
     rows: Arc<AtomicU64>,
+    sealer: Arc<Sealer>,
+}
+
+/// What a submitting task needs to turn a submission into a spool frame.
+struct Sealer {
+    recipient: age::x25519::Recipient,
+    recipient_text: String,
+    host: String,
+}
+
+impl Sealer {
+    /// Encrypts the payload and encodes the row's frame.
+    fn seal(&self, s: Submission) -> Result<Framed, RecordingError> {
+        let plaintext = s.captured.payload.to_bytes();
+        let ct = keys::encrypt(&self.recipient, &plaintext)
+            .map_err(|e: KeyError| RecordingError::Encrypt(e.to_string()))?;
+        let meta = Meta {
+            event_id: s.event_id,
+            query_id: s.query_id,
+            session_id: s.session_id,
+            event_time_us: micros(s.event_time),
+            host: self.host.clone(),
+            format: s.captured.payload.format.as_str().to_owned(),
+            bytes_kept: s.captured.bytes_kept,
+            bytes_seen: s.captured.bytes_seen,
+            truncated: s.captured.payload.truncated,
+            recipient: self.recipient_text.clone(),
+        };
+        Ok(Framed {
+            hour: hour_of(s.event_time),
+            event_time: s.event_time,
+            frame: frame(&meta, &ct),
+        })
+    }
 }
 
 /// Owns the writer's thread.
@@ -160,11 +206,13 @@ impl RecordingWriter {
         let (tx, rx) = mpsc::sync_channel(CHANNEL_ROWS);
         let healthy = Arc::new(AtomicBool::new(true));
         let rows = Arc::new(AtomicU64::new(0));
-        let recipient_text = opts.recipient.to_string();
+        let sealer = Arc::new(Sealer {
+            recipient_text: opts.recipient.to_string(),
+            recipient: opts.recipient,
+            host: ctx.host.clone(),
+        });
         let state = State {
             ctx,
-            recipient: opts.recipient,
-            recipient_text,
             max_age: opts.max_file_age,
             clock: opts.clock,
             open: BTreeMap::new(),
@@ -182,6 +230,7 @@ impl RecordingWriter {
                 tx: tx.clone(),
                 healthy,
                 rows,
+                sealer,
             },
             RecordingTask {
                 tx,
@@ -191,19 +240,23 @@ impl RecordingWriter {
         ))
     }
 
-    /// Hands a recorded result to the writer; resolves once it is durable in the spool.
+    /// Hands a recorded result to the writer; resolves once it is durable in the spool. The
+    /// payload is encrypted when the future is first polled, by the task polling it, so a caller
+    /// that spawns it keeps the encryption off its own path.
     pub fn submit(
         &self,
         s: Submission,
     ) -> impl std::future::Future<Output = Result<(), RecordingError>> + Send + 'static {
-        let (ack, rx) = oneshot::channel();
-        let sent = match self.tx.try_send(Msg::Row(Box::new(s), ack)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::TrySendError::Full(_)) => Err(RecordingError::Busy),
-            Err(mpsc::TrySendError::Disconnected(_)) => Err(RecordingError::Closed),
-        };
+        let tx = self.tx.clone();
+        let sealer = self.sealer.clone();
         async move {
-            sent?;
+            let framed = sealer.seal(s)?;
+            let (ack, rx) = oneshot::channel();
+            match tx.try_send(Msg::Row(framed, ack)) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(_)) => return Err(RecordingError::Busy),
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(RecordingError::Closed),
+            }
             rx.await.unwrap_or(Err(RecordingError::Closed))
         }
     }
@@ -268,8 +321,6 @@ impl Spool {
 
 struct State {
     ctx: Ctx,
-    recipient: age::x25519::Recipient,
-    recipient_text: String,
     max_age: Option<Duration>,
     clock: Arc<dyn Clock>,
     open: BTreeMap<i64, Spool>,
@@ -501,15 +552,24 @@ impl State {
                     Err(_) => break,
                 }
             }
-            let mut acks = Vec::new();
+            // The batch's frames, one buffer per spool, each written with one call.
+            let mut by_hour: BTreeMap<i64, (SystemTime, Vec<u8>, Vec<Ack>)> = BTreeMap::new();
             for m in batch {
                 match m {
-                    Msg::Row(s, ack) => {
-                        let r = self.append(*s);
-                        acks.push((r, ack));
+                    Msg::Row(f, ack) => {
+                        let e = by_hour
+                            .entry(f.hour)
+                            .or_insert_with(|| (f.event_time, Vec::new(), Vec::new()));
+                        e.1.extend_from_slice(&f.frame);
+                        e.2.push(ack);
                     }
                     Msg::Shutdown(reply) => shutdown = Some(reply),
                 }
+            }
+            let mut acks = Vec::new();
+            for (hour, (first, frames, waiting)) in by_hour {
+                let r = self.append(hour, first, &frames);
+                acks.extend(waiting.into_iter().map(|a| (r.clone(), a)));
             }
             // One fdatasync per spool written to, then the acknowledgements.
             let mut sync_failed = None;
@@ -546,41 +606,32 @@ impl State {
         }
     }
 
-    fn append(&mut self, s: Submission) -> Result<(), RecordingError> {
-        let plaintext = s.captured.payload.to_bytes();
-        let ct = keys::encrypt(&self.recipient, &plaintext)
-            .map_err(|e: KeyError| RecordingError::Encrypt(e.to_string()))?;
-        let meta = Meta {
-            event_id: s.event_id,
-            query_id: s.query_id,
-            session_id: s.session_id,
-            event_time_us: micros(s.event_time),
-            host: self.ctx.host.clone(),
-            format: s.captured.payload.format.as_str().to_owned(),
-            bytes_kept: s.captured.bytes_kept,
-            bytes_seen: s.captured.bytes_seen,
-            truncated: s.captured.payload.truncated,
-            recipient: self.recipient_text.clone(),
-        };
-        let bytes = frame(&meta, &ct);
-        let hour = hour_of(s.event_time);
+    /// Appends `frames` (whole frames, the rows of one hour) to that hour's spool. A failed write
+    /// is cut back to where the spool ended before it, so no row of a failed batch is published.
+    fn append(
+        &mut self,
+        hour: i64,
+        first: SystemTime,
+        frames: &[u8],
+    ) -> Result<(), RecordingError> {
         if !self.open.contains_key(&hour) {
             let spool = self
-                .create(hour, s.event_time)
+                .create(hour, first)
                 .map_err(|e| RecordingError::Io(e.to_string()))?;
             self.open.insert(hour, spool);
         }
         let Some(spool) = self.open.get_mut(&hour) else {
             return Err(RecordingError::Io("no spool".into()));
         };
-        match spool.file.write_all(&bytes) {
+        match spool.file.write_all(frames) {
             Ok(()) => {
-                spool.bytes += bytes.len() as u64;
+                spool.bytes += frames.len() as u64;
                 Ok(())
             }
             Err(e) => {
-                // A torn frame ends what the spool holds; publish what came before it.
+                // What came before this batch is whole: publish that.
                 tracing::error!(error = %e, "recordings spool write failed");
+                let _ = spool.file.set_len(spool.bytes);
                 self.close(hour);
                 Err(RecordingError::Io(e.to_string()))
             }

@@ -32,6 +32,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// The agent's allocator, so `loadgen audit` measures the writer as the agent runs it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load generator for `cargo xtask bench`.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", about, long_about = None)]
