@@ -4,6 +4,7 @@
 //! The crate is the daemon and the CLI. Each concern has one module; `app` alone wires them together.
 //! `ARCHITECTURE.md` at the repository root has the tables of sockets, tasks, files and maps.
 
+pub mod alloc;
 pub mod app;
 pub mod audit;
 pub mod broker;

@@ -1,9 +1,9 @@
 //! The `snowtrail` binary: parses the command line and hands it to [`snowtrail::cli`].
 
-/// The process allocator (see the workspace's Cargo.toml for why).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: snowtrail::alloc::Allocator = snowtrail::alloc::Allocator;
 
 fn main() -> std::process::ExitCode {
+    snowtrail::alloc::configure();
     snowtrail::cli::main()
 }

@@ -32,9 +32,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-/// The agent's allocator, so `loadgen audit` measures the writer as the agent runs it.
+/// The agent's allocator, set up as the agent sets it up, so `loadgen audit` measures the writer as
+/// it runs there.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: snowtrail::alloc::Allocator = snowtrail::alloc::Allocator;
 
 /// Load generator for `cargo xtask bench`.
 #[derive(Debug, Parser)]
@@ -140,6 +141,7 @@ fn raise_nofile(want: u64) -> anyhow::Result<u64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    snowtrail::alloc::configure();
     let cli = Cli::parse();
     let line = match cli.command {
         Command::Audit(a) => serde_json::to_string(&audit::run(a).await?)?,
