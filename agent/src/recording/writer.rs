@@ -874,6 +874,55 @@ mod tests {
         let _ = Status::Full;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_rows_of_two_hours_each_land_once_in_their_hours_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rec");
+        let key = tmp.path().join("k");
+        let public = keys::keygen(&key, "t").unwrap();
+        // 10 s before an hour boundary: the rows fall on both sides of it.
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_002_790);
+        let (w, task) = RecordingWriter::start(WriterOptions {
+            dir: dir.clone(),
+            host: "h".into(),
+            recipient: keys::parse_recipient(&public).unwrap(),
+            max_file_age: None,
+            on_publish: None,
+            clock: Arc::new(ManualClock::new(t)),
+        })
+        .unwrap();
+        // Submitted all at once, so that rows of both hours share the writer's batches.
+        let pending: Vec<_> = (0..64u64)
+            .map(|i| {
+                let at = t + Duration::from_secs(if i % 2 == 0 { 1 } else { 20 });
+                tokio::spawn(w.submit(submission(at, &format!("e{i}"))))
+            })
+            .collect();
+        for p in pending {
+            p.await.unwrap().unwrap();
+        }
+        assert_eq!(w.rows(), 64);
+        let r = task.shutdown().await;
+        assert_eq!((r.files_published, r.rows_published), (2, 64));
+        let ids = keys::read_identities(&key).unwrap();
+        let mut seen = Vec::new();
+        for f in parquet_files(&dir) {
+            let rows = read_rows(&f);
+            let hours: std::collections::BTreeSet<i64> =
+                rows.iter().map(|r| hour_of(r.event_time)).collect();
+            assert_eq!(hours.len(), 1, "{f:?} holds rows of {hours:?}");
+            for row in rows {
+                let plain = keys::decrypt(&ids, &row.payload).unwrap();
+                assert!(plain.windows(11).any(|w| w == b"secret-cell"));
+                seen.push(row.event_id);
+            }
+        }
+        seen.sort();
+        let mut want: Vec<String> = (0..64).map(|i| format!("e{i}")).collect();
+        want.sort();
+        assert_eq!(seen, want);
+    }
+
     #[test]
     fn a_spool_whose_file_was_published_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
