@@ -43,9 +43,6 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-/// Where a row's acknowledgement goes.
-type Ack = oneshot::Sender<Result<(), RecordingError>>;
-
 use super::keys::{self, KeyError};
 use super::payload::Captured;
 use super::table::{META_TABLE_VERSION, Row, TABLE_VERSION, schema, to_batch};
@@ -128,11 +125,21 @@ pub struct Submission {
     pub captured: Captured,
 }
 
-/// A row ready for the spool: its encoded frame and the hour it belongs to.
+/// Where a row's acknowledgement goes.
+type Ack = oneshot::Sender<Result<(), RecordingError>>;
+
+/// A row ready for the spool: its encoded frame and its statement's time (which names the hour).
 struct Framed {
-    hour: i64,
     event_time: SystemTime,
     frame: Vec<u8>,
+}
+
+/// The rows of one batch that go to one hour's spool, written with one call.
+struct HourBatch {
+    /// The first row's time, which names a spool the batch has to create.
+    first: SystemTime,
+    frames: Vec<u8>,
+    acks: Vec<Ack>,
 }
 
 enum Msg {
@@ -175,7 +182,6 @@ impl Sealer {
             recipient: self.recipient_text.clone(),
         };
         Ok(Framed {
-            hour: hour_of(s.event_time),
             event_time: s.event_time,
             frame: frame(&meta, &ct),
         })
@@ -552,24 +558,27 @@ impl State {
                     Err(_) => break,
                 }
             }
-            // The batch's frames, one buffer per spool, each written with one call.
-            let mut by_hour: BTreeMap<i64, (SystemTime, Vec<u8>, Vec<Ack>)> = BTreeMap::new();
+            let mut by_hour: BTreeMap<i64, HourBatch> = BTreeMap::new();
             for m in batch {
                 match m {
                     Msg::Row(f, ack) => {
-                        let e = by_hour
-                            .entry(f.hour)
-                            .or_insert_with(|| (f.event_time, Vec::new(), Vec::new()));
-                        e.1.extend_from_slice(&f.frame);
-                        e.2.push(ack);
+                        let b = by_hour
+                            .entry(hour_of(f.event_time))
+                            .or_insert_with(|| HourBatch {
+                                first: f.event_time,
+                                frames: Vec::new(),
+                                acks: Vec::new(),
+                            });
+                        b.frames.extend_from_slice(&f.frame);
+                        b.acks.push(ack);
                     }
                     Msg::Shutdown(reply) => shutdown = Some(reply),
                 }
             }
             let mut acks = Vec::new();
-            for (hour, (first, frames, waiting)) in by_hour {
-                let r = self.append(hour, first, &frames);
-                acks.extend(waiting.into_iter().map(|a| (r.clone(), a)));
+            for (hour, b) in by_hour {
+                let r = self.append(hour, b.first, &b.frames);
+                acks.extend(b.acks.into_iter().map(|a| (r.clone(), a)));
             }
             // One fdatasync per spool written to, then the acknowledgements.
             let mut sync_failed = None;
