@@ -521,8 +521,10 @@ where
 
 /// An abort (both URL forms): forwarded; when Snowflake accepts it, the statement it names,
 /// parked while it ran (async or answered `333333`), is recorded as failed with the flag
-/// `aborted`. A statement still waiting for its first answer needs nothing: Snowflake answers
-/// it with the cancellation error, which its own event records.
+/// `aborted`. A statement whose answer is still in flight (its first answer or a poll) is
+/// marked before the abort is forwarded: Snowflake may answer it with the cancellation error
+/// before the abort's own answer comes back, and that failure is then flagged `aborted` too.
+/// A refused abort takes its mark back.
 async fn abort<F, Fut>(
     req: Request<Body>,
     query_id: Option<String>,
@@ -547,26 +549,25 @@ where
     if super::holds::cancel_named(ctx, query_id.as_deref(), request_id.as_deref()) {
         return reply(snowflake::envelope::abort_ok());
     }
+    let (qid, rid) = (query_id.as_deref(), request_id.as_deref());
+    ins.tracker.note_aborted(qid, rid);
     let resp = send(Request::from_parts(parts, raw.into_body())).await;
     if !resp.status().is_success() {
+        ins.tracker.take_aborted(qid, rid);
         return resp;
     }
-    let parked = match (&query_id, &request_id) {
+    let parked = match (qid, rid) {
         (Some(qid), _) => ins.tracker.take_query(qid),
         (None, Some(rid)) => ins.tracker.take_query_by_request(rid),
         (None, None) => None,
     };
-    match parked {
-        Some(mut event) => {
-            debug!(query_id = ?event.query_id, "statement aborted by the client");
-            event.success = Some(false);
-            event.error_message = Some("aborted by the client".into());
-            event.flags.push("aborted".into());
-            drop(ins.sink.submit(event));
-        }
-        None => ins
-            .tracker
-            .note_aborted(query_id.as_deref(), request_id.as_deref()),
+    if let Some(mut event) = parked {
+        ins.tracker.take_aborted(qid, rid);
+        debug!(query_id = ?event.query_id, "statement aborted by the client");
+        event.success = Some(false);
+        event.error_message = Some("aborted by the client".into());
+        event.flags.push("aborted".into());
+        drop(ins.sink.submit(event));
     }
     resp
 }

@@ -388,8 +388,8 @@ impl Tracker {
         keys.iter().filter_map(|k| m.take(k)).collect()
     }
 
-    /// Remembers that the client aborted the statement with this query id or request id, while
-    /// it was not parked (a poll of it was in flight): its completion is flagged `aborted`.
+    /// Remembers that the client is aborting the statement with this query id or request id
+    /// (marked before the abort is forwarded, since the statement's answer may come first).
     pub fn note_aborted(&self, query_id: Option<&str>, request_id: Option<&str>) {
         if let Ok(mut m) = self.aborted.lock() {
             for key in abort_keys(query_id, request_id) {
@@ -398,7 +398,8 @@ impl Tracker {
         }
     }
 
-    /// Whether the client aborted this statement (once: the mark is consumed).
+    /// Whether the client aborted this statement (once: the mark is consumed); also how a
+    /// refused abort, or one that found the statement parked, takes its mark back.
     pub fn take_aborted(&self, query_id: Option<&str>, request_id: Option<&str>) -> bool {
         let Ok(mut m) = self.aborted.lock() else {
             return false;

@@ -443,13 +443,14 @@ fn complete(ins: &Inspector, event: Event) {
     complete_with(ins, event, None);
 }
 
-/// Records a finished statement with its recorded result, once that is durable.
+/// Records a finished statement with its recorded result, once that is durable. A failure of a
+/// statement the client aborted is flagged `aborted`; one that succeeded before the abort took
+/// effect is not.
 fn complete_with(ins: &Inspector, mut event: Event, rec: Option<super::record::Recording>) {
-    if ins
+    let aborted = ins
         .tracker
-        .take_aborted(event.query_id.as_deref(), event.request_id.as_deref())
-        && !event.flags.iter().any(|f| f == "aborted")
-    {
+        .take_aborted(event.query_id.as_deref(), event.request_id.as_deref());
+    if aborted && event.success == Some(false) && !event.flags.iter().any(|f| f == "aborted") {
         event.flags.push("aborted".into());
     }
     super::record::submit(ins, event, rec);

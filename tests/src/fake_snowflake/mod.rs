@@ -19,6 +19,7 @@
 //! | `/*error*/`, a table that does not exist | error 002003 / 42S02 with `data.queryId` |
 //! | `/*expire_token*/` | 390112 once per request id, then the answer after token renewal |
 //! | `/*slow:N*/` | 333333 and a result URL the driver polls N times |
+//! | an abort (by query id or request id) | the statement's polls answer 000604; the abort's own answer comes 300 ms later |
 //! | `asyncExec: true` | 333334; `GET /monitoring/queries/<qid>` and `/queries/<qid>/result` |
 //! | several statements (`MULTI_STATEMENT_COUNT`) | a parent with `resultIds`, children by result URL |
 //! | `describeOnly: true` | the columns, no rows, `numberOfBinds` |

@@ -211,8 +211,16 @@ async fn handle(
         base_url: format!("{}://{}:{}", settings.scheme, url_host, settings.port),
     };
     let reply = handlers::route(state, &rec, &ctx);
+    if rec.path.ends_with("/abort-request") {
+        tokio::time::sleep(ABORT_ANSWER_DELAY).await;
+    }
     response(reply, accepts_gzip && settings.gzip_responses)
 }
+
+/// How long an abort's own answer waits after the abort took effect. Snowflake can answer the
+/// cancelled statement (a poll in flight) before it answers the abort; the fake always does, so
+/// the agent's handling of that order is exercised on every run rather than by chance.
+const ABORT_ANSWER_DELAY: Duration = Duration::from_millis(300);
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
