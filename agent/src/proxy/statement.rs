@@ -126,19 +126,20 @@ where
             match decoded.as_deref().map(snowflake::parse_query_response) {
                 Some(Ok(mut r)) => {
                     apply_query_response(&mut event, &r, raw.len(), session.as_deref());
-                    let mut masking = None;
-                    let mut plain = None;
-                    if let Some(s) = &shaping
-                        && r.status == QueryStatus::Complete
-                    {
-                        match s.response(&mut parts, decoded.as_deref(), &mut r, &mut event) {
-                            Ok((body, m, p)) => (shaped, masking, plain) = (body, m, p),
-                            Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
-                        }
-                    }
-                    let rec = recording(ctx, &event, session.as_deref(), &r, || {
-                        plain.as_deref().or(decoded.as_deref())
-                    });
+                    let answered = match answer(
+                        ctx,
+                        &mut event,
+                        session.as_deref(),
+                        shaping.as_ref(),
+                        &mut parts,
+                        decoded.as_deref(),
+                        &mut r,
+                    ) {
+                        Ok(a) => a,
+                        Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
+                    };
+                    let (masking, rec) = (answered.masking, answered.rec);
+                    shaped = answered.body;
                     if r.status == QueryStatus::Complete {
                         super::tagging::note_statement(session.as_deref(), &parsed.sql_text);
                     }
@@ -188,14 +189,8 @@ where
             Response::from_parts(parts, shaped.unwrap_or_else(|| raw.into_body()))
         }
         Inspected::Streamed(resp) => {
-            event.flags.push("uninspected".into());
             event.duration_ms = elapsed_ms(started);
-            if let Some(s) = &shaping {
-                return super::mask::withhold(ctx, event, &s.uninspectable());
-            }
-            let rec = uninspected(ctx, &event, session.as_deref());
-            complete_with(ins, event, rec);
-            resp
+            uninspected(ctx, event, session.as_deref(), shaping.as_ref(), resp)
         }
     }
 }
@@ -343,6 +338,36 @@ fn await_chunks(
     });
 }
 
+/// What an inspected answer to a statement becomes: the body for the driver when a rule
+/// rewrote it, how its chunk downloads are rewritten, and its recording.
+struct Answered {
+    body: Option<Body>,
+    masking: Option<super::mask::ChunkMasking>,
+    rec: Option<super::record::Recording>,
+}
+
+/// Shapes a complete result when a rule asks for it and starts the recording of the answer as
+/// the workload receives it; the first answer and every poll share it. An `Err` is a result
+/// the rule cannot shape, which the caller withholds.
+fn answer(
+    ctx: &ConnCtx,
+    event: &mut Event,
+    session: Option<&Session>,
+    shaping: Option<&super::mask::Shaping>,
+    parts: &mut http::response::Parts,
+    decoded: Option<&[u8]>,
+    r: &mut snowflake::QueryResponse,
+) -> Result<Answered, Refusal> {
+    let (mut body, mut masking, mut plain) = (None, None, None);
+    if let Some(s) = shaping
+        && r.status == QueryStatus::Complete
+    {
+        (body, masking, plain) = s.response(parts, decoded, r, event)?;
+    }
+    let rec = recording(ctx, event, session, r, || plain.as_deref().or(decoded));
+    Ok(Answered { body, masking, rec })
+}
+
 /// Starts the recording of a statement whose outcome is in `r` (not of one still running),
 /// capturing `body()`, the response as the workload receives it.
 fn recording<'a>(
@@ -363,16 +388,25 @@ fn recording<'a>(
     Some(rec)
 }
 
-/// The recording of a statement whose response was too large to inspect: nothing of it is
-/// kept, and it says so.
+/// A statement's answer too large to inspect: passed on as it streams (withheld instead when a
+/// rule must shape it), and recorded as `uninspected`, its recording saying nothing was kept.
 fn uninspected(
     ctx: &ConnCtx,
-    event: &Event,
+    mut event: Event,
     session: Option<&Session>,
-) -> Option<super::record::Recording> {
-    let mut rec = super::record::begin(&ctx.inspector, event, session)?;
-    rec.incomplete();
-    Some(rec)
+    shaping: Option<&super::mask::Shaping>,
+    resp: Response<Body>,
+) -> Response<Body> {
+    event.flags.push("uninspected".into());
+    if let Some(s) = shaping {
+        return super::mask::withhold(ctx, event, &s.uninspectable());
+    }
+    let rec = super::record::begin(&ctx.inspector, &event, session).map(|mut rec| {
+        rec.incomplete();
+        rec
+    });
+    complete_with(&ctx.inspector, event, rec);
+    resp
 }
 
 /// Holds a PUT/GET statement's event while its stage transfers run, and completes it with their
@@ -511,19 +545,20 @@ where
                 }
                 Some(Ok(mut r)) => {
                     apply_query_response(&mut event, &r, raw.len(), session.as_deref());
-                    let mut masking = None;
-                    let mut plain = None;
-                    if let Some(s) = &shaping
-                        && r.status == QueryStatus::Complete
-                    {
-                        match s.response(&mut parts, decoded.as_deref(), &mut r, &mut event) {
-                            Ok((body, m, p)) => (shaped, masking, plain) = (body, m, p),
-                            Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
-                        }
-                    }
-                    let rec = recording(ctx, &event, session.as_deref(), &r, || {
-                        plain.as_deref().or(decoded.as_deref())
-                    });
+                    let answered = match answer(
+                        ctx,
+                        &mut event,
+                        session.as_deref(),
+                        shaping.as_ref(),
+                        &mut parts,
+                        decoded.as_deref(),
+                        &mut r,
+                    ) {
+                        Ok(a) => a,
+                        Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
+                    };
+                    let (masking, rec) = (answered.masking, answered.rec);
+                    shaped = answered.body;
                     if (masking.is_some() || rec.is_some()) && !r.chunks.is_empty() {
                         learn_hosts(ins, &ctx.base, &r);
                         await_chunks(ctx, event, &r, masking, rec);
@@ -542,13 +577,7 @@ where
             Response::from_parts(parts, shaped.unwrap_or_else(|| raw.into_body()))
         }
         Inspected::Streamed(resp) => {
-            event.flags.push("uninspected".into());
-            if let Some(s) = &shaping {
-                return super::mask::withhold(ctx, event, &s.uninspectable());
-            }
-            let rec = uninspected(ctx, &event, session.as_deref());
-            complete_with(ins, event, rec);
-            resp
+            uninspected(ctx, event, session.as_deref(), shaping.as_ref(), resp)
         }
     }
 }
