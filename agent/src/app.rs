@@ -307,6 +307,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     app.lifecycle("start", None).await;
     info!(listen = ?app.bound.proxy, control = %app.bound.control_socket.display(), "snowtrail is running");
     notify_systemd("READY=1");
+    crate::alloc::started();
     Ok(app)
 }
 

@@ -201,6 +201,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<AuditReport> {
     } else {
         None
     };
+    snowtrail::alloc::started();
     let started = Instant::now();
     let per_task = args.events / args.tasks;
     let mut handles = Vec::new();

@@ -143,6 +143,10 @@ fn raise_nofile(want: u64) -> anyhow::Result<u64> {
 async fn main() -> anyhow::Result<()> {
     snowtrail::alloc::configure();
     let cli = Cli::parse();
+    // `audit` runs the agent's writer and says when its start-up is over, as the daemon does.
+    if !matches!(cli.command, Command::Audit(_)) {
+        snowtrail::alloc::started();
+    }
     let line = match cli.command {
         Command::Audit(a) => serde_json::to_string(&audit::run(a).await?)?,
         Command::Fsync(a) => serde_json::to_string(
