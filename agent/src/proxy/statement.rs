@@ -11,6 +11,7 @@
 //! session logs out, or after `proxy.chunk_wait_s`.
 
 use std::future::Future;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -125,18 +126,15 @@ where
             let mut shaped = None;
             match decoded.as_deref().map(snowflake::parse_query_response) {
                 Some(Ok(mut r)) => {
-                    apply_query_response(&mut event, &r, raw.len(), session.as_deref());
-                    let answered = match answer(
+                    let answering = Answering {
                         ctx,
-                        &mut event,
-                        session.as_deref(),
-                        shaping.as_ref(),
-                        &mut parts,
-                        decoded.as_deref(),
-                        &mut r,
-                    ) {
-                        Ok(a) => a,
-                        Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
+                        session: session.as_deref(),
+                        shaping: shaping.as_ref(),
+                    };
+                    let body = (&mut parts, raw.len(), decoded.as_deref());
+                    let (mut event, answered) = match answering.answer(event, body, &mut r) {
+                        Continue(a) => a,
+                        Break(withheld) => return withheld,
                     };
                     let (masking, rec) = (answered.masking, answered.rec);
                     shaped = answered.body;
@@ -346,26 +344,40 @@ struct Answered {
     rec: Option<super::record::Recording>,
 }
 
-/// Shapes a complete result when a rule asks for it and starts the recording of the answer as
-/// the workload receives it; the first answer and every poll share it. An `Err` is a result
-/// the rule cannot shape, which the caller withholds.
-fn answer(
-    ctx: &ConnCtx,
-    event: &mut Event,
-    session: Option<&Session>,
-    shaping: Option<&super::mask::Shaping>,
-    parts: &mut http::response::Parts,
-    decoded: Option<&[u8]>,
-    r: &mut snowflake::QueryResponse,
-) -> Result<Answered, Refusal> {
-    let (mut body, mut masking, mut plain) = (None, None, None);
-    if let Some(s) = shaping
-        && r.status == QueryStatus::Complete
-    {
-        (body, masking, plain) = s.response(parts, decoded, r, event)?;
+/// What a statement's answers are read with: its connection, its session, and the rule that
+/// shapes its result, if any.
+struct Answering<'a> {
+    ctx: &'a ConnCtx,
+    session: Option<&'a Session>,
+    shaping: Option<&'a super::mask::Shaping>,
+}
+
+impl Answering<'_> {
+    /// Applies an answer (`parts`, its size on the wire and its decoded body, parsed as `r`) to
+    /// the statement's event, shapes a complete result when a rule asks for it, and starts the
+    /// recording of the answer as the workload receives it; the first answer and every poll
+    /// share it. A `Break` is the answer that replaces a result the rule cannot shape.
+    fn answer(
+        &self,
+        mut event: Event,
+        (parts, wire_len, decoded): (&mut http::response::Parts, usize, Option<&[u8]>),
+        r: &mut snowflake::QueryResponse,
+    ) -> ControlFlow<Response<Body>, (Event, Answered)> {
+        apply_query_response(&mut event, r, wire_len, self.session);
+        let (mut body, mut masking, mut plain) = (None, None, None);
+        if let Some(s) = self.shaping
+            && r.status == QueryStatus::Complete
+        {
+            match s.response(parts, decoded, r, &mut event) {
+                Ok(shaped) => (body, masking, plain) = shaped,
+                Err(refusal) => return Break(super::mask::withhold(self.ctx, event, &refusal)),
+            }
+        }
+        let rec = recording(self.ctx, &event, self.session, r, || {
+            plain.as_deref().or(decoded)
+        });
+        Continue((event, Answered { body, masking, rec }))
     }
-    let rec = recording(ctx, event, session, r, || plain.as_deref().or(decoded));
-    Ok(Answered { body, masking, rec })
 }
 
 /// Starts the recording of a statement whose outcome is in `r` (not of one still running),
@@ -544,18 +556,15 @@ where
                     ins.tracker.park_query(query_id, event);
                 }
                 Some(Ok(mut r)) => {
-                    apply_query_response(&mut event, &r, raw.len(), session.as_deref());
-                    let answered = match answer(
+                    let answering = Answering {
                         ctx,
-                        &mut event,
-                        session.as_deref(),
-                        shaping.as_ref(),
-                        &mut parts,
-                        decoded.as_deref(),
-                        &mut r,
-                    ) {
-                        Ok(a) => a,
-                        Err(refusal) => return super::mask::withhold(ctx, event, &refusal),
+                        session: session.as_deref(),
+                        shaping: shaping.as_ref(),
+                    };
+                    let body = (&mut parts, raw.len(), decoded.as_deref());
+                    let (event, answered) = match answering.answer(event, body, &mut r) {
+                        Continue(a) => a,
+                        Break(withheld) => return withheld,
                     };
                     let (masking, rec) = (answered.masking, answered.rec);
                     shaped = answered.body;
