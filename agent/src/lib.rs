@@ -21,5 +21,6 @@ pub mod proxy;
 pub mod recording;
 pub mod redirect;
 pub mod snowflake;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
