@@ -6,6 +6,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use crate::sync::lock;
+
 /// Tells the writer what time it is, so tests can move time across an hour boundary.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
@@ -38,18 +40,18 @@ impl ManualClock {
 
     /// Sets the clock to `t` (it may go backwards; the writer copes).
     pub fn set(&self, t: SystemTime) {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        *lock(&self.now) = t;
     }
 
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = lock(&self.now);
         *now += d;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        *self.now.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.now)
     }
 }

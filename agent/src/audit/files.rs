@@ -1,5 +1,5 @@
-//! Parquet files of the audit table: partition layout, names, writer settings, and the atomic
-//! publish (temporary name, fsync, rename, directory fsync).
+//! Parquet files of the audit table: partition layout, names and writer settings; a finished file
+//! goes through [`publish`](super::publish), the atomic publish the recordings table shares.
 //!
 //! Layout: `<audit_dir>/date=YYYY-MM-DD/hour=HH/<host>-<first event time>-<first seq>.parquet`,
 //! partitioned by `event_time` in UTC. While a file is written it is named `.<name>.tmp`; readers
@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
-use nix::fcntl::{RenameFlags, renameat2};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -28,7 +27,10 @@ use parquet::schema::types::ColumnPath;
 use uuid::Uuid;
 
 use super::event::Event;
-use super::journal::{SeqRanges, sync_dir};
+use super::journal::SeqRanges;
+pub(crate) use super::publish::ensure_dir;
+use super::publish::{self, PublishError, Staged};
+pub use super::publish::{ClosedFile, PublishHook};
 use super::schema::{
     COLUMNS, EventBatchBuilder, META_SCHEMA_VERSION, SCHEMA_VERSION, SchemaError, schema,
 };
@@ -69,6 +71,9 @@ pub enum FileError {
     /// Events could not be turned into a batch.
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    /// The finished file could not be made durable and visible.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FileError + 'a {
@@ -148,27 +153,6 @@ pub fn writer_properties(row_group_rows: usize, host: &str, journal_id: Uuid) ->
     b.build()
 }
 
-/// A file about to be renamed into place: what a digest lists about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClosedFile {
-    /// The final path it is about to get.
-    pub path: PathBuf,
-    /// SHA-256 of its bytes, hex.
-    pub sha256: String,
-    /// Its size.
-    pub bytes: u64,
-    /// Rows in it.
-    pub rows: u64,
-    /// The earliest `event_time` in it.
-    pub first_event_time: SystemTime,
-    /// The latest `event_time` in it.
-    pub last_event_time: SystemTime,
-}
-
-/// Called with every finished, synced file just before it is renamed into place (the digest log
-/// records it there); an error abandons the publish, whose events stay in the journal.
-pub type PublishHook = std::sync::Arc<dyn Fn(&ClosedFile) -> io::Result<()> + Send + Sync>;
-
 /// What a writer needs to know to create files.
 #[derive(Clone)]
 pub struct FileSettings {
@@ -194,24 +178,6 @@ impl std::fmt::Debug for FileSettings {
             .field("on_publish", &self.on_publish.is_some())
             .finish()
     }
-}
-
-/// Creates `audit_dir/rel` and makes each new directory's entry durable.
-pub(crate) fn ensure_dir(audit_dir: &Path, rel: &Path) -> Result<PathBuf, FileError> {
-    if !audit_dir.is_dir() {
-        fs::create_dir_all(audit_dir).map_err(io_err("create", audit_dir))?;
-    }
-    let mut dir = audit_dir.to_owned();
-    for part in rel.components() {
-        let parent = dir.clone();
-        dir.push(part);
-        match fs::create_dir(&dir) {
-            Ok(()) => sync_dir(&parent).map_err(io_err("sync", &parent))?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("create", &dir)(e)),
-        }
-    }
-    Ok(dir)
 }
 
 /// A Parquet file being written under its temporary name.
@@ -384,68 +350,20 @@ impl OpenFile {
             self.seqs.to_string(),
         ));
         self.writer.finish().map_err(pq_err(&self.tmp))?;
-        self.sync_handle
-            .sync_all()
-            .map_err(io_err("sync", &self.tmp))?;
-        let dir_file = File::open(&self.dir).map_err(io_err("open", &self.dir))?;
-        // Names relative to the directory's descriptor (the directory itself may be given relative
-        // to the working directory).
-        let tmp_name = Path::new(self.tmp.file_name().unwrap_or_default());
-        let mut final_name = self.name.clone();
-        if let Some(hook) = &self.on_publish {
-            // The digest log must know the file before it becomes visible, so a crash never leaves
-            // a published file that no digest will name; it gets a name that is free now.
-            let mut attempt = 0;
-            while self.dir.join(&final_name).exists() && attempt < 100 {
-                attempt += 1;
-                final_name = format!(
-                    "{}-{attempt}.parquet",
-                    self.name.trim_end_matches(".parquet")
-                );
-            }
-            let (sha256, bytes) =
-                super::digest::sha256_file(&self.tmp).map_err(io_err("read", &self.tmp))?;
-            let (first, last) = self.times.unwrap_or((self.opened_at, self.opened_at));
-            hook(&ClosedFile {
-                path: self.dir.join(&final_name),
-                sha256,
-                bytes,
-                rows: self.rows,
-                first_event_time: first,
-                last_event_time: last,
-            })
-            .map_err(io_err("record in the digest log", &self.tmp))?;
-            renameat2(
-                &dir_file,
-                tmp_name,
-                &dir_file,
-                final_name.as_str(),
-                RenameFlags::RENAME_NOREPLACE,
-            )
-            .map_err(|e| io_err("rename", &self.tmp)(e.into()))?;
-            dir_file.sync_all().map_err(io_err("sync", &self.dir))?;
-            return Ok(self.dir.join(final_name));
-        }
-        for attempt in 1.. {
-            match renameat2(
-                &dir_file,
-                tmp_name,
-                &dir_file,
-                final_name.as_str(),
-                RenameFlags::RENAME_NOREPLACE,
-            ) {
-                Ok(()) => break,
-                Err(nix::errno::Errno::EEXIST) if attempt < 100 => {
-                    final_name = format!(
-                        "{}-{attempt}.parquet",
-                        self.name.trim_end_matches(".parquet")
-                    );
-                }
-                Err(e) => return Err(io_err("rename", &self.tmp)(e.into())),
-            }
-        }
-        dir_file.sync_all().map_err(io_err("sync", &self.dir))?;
-        Ok(self.dir.join(final_name))
+        let tmp_name = self
+            .tmp
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let staged = Staged {
+            dir: &self.dir,
+            file: &self.sync_handle,
+            tmp_name,
+            name: &self.name,
+            rows: self.rows,
+            times: self.times.unwrap_or((self.opened_at, self.opened_at)),
+        };
+        Ok(publish::publish(&staged, self.on_publish.as_ref())?)
     }
 }
 

@@ -7,7 +7,7 @@
 //! - `<first_seq, 20 digits>.wal`: segments, in sequence order. Each starts with a 16-byte header
 //!   (`SEGMENT_MAGIC`, then the first sequence number, little-endian) followed by records:
 //!   `len: u32 LE | crc32: u32 LE | seq: u64 LE | payload (len bytes)`, the CRC covering `seq` and
-//!   `payload`. Sequence numbers increase by one per record, across segments and restarts (a
+//!   `payload` (the frame of [`super::frame`], with the sequence number as its head). Sequence numbers increase by one per record, across segments and restarts (a
 //!   segment's name carries the counter even when it is empty).
 //! - A payload is the event in the binary encoding of [`codec`] (record format 2: it starts with
 //!   [`FORMAT_BINARY`], then says whether it is a complete event or a statement's intent,
@@ -37,9 +37,11 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::event::Event;
+use super::frame::{Framing, Next};
 
 pub mod codec;
 
+pub use super::publish::sync_dir;
 pub use codec::{CodecError, FORMAT_BINARY};
 
 /// The first eight bytes of every segment this build writes; the last byte is the segment format.
@@ -50,9 +52,15 @@ pub const SEGMENT_MAGIC_V1: [u8; 8] = *b"STJRNL\0\x01";
 /// Bytes of a segment header.
 pub const HEADER_LEN: u64 = 16;
 /// Bytes of a record header (length, CRC, sequence number).
-pub const RECORD_HEADER_LEN: usize = 16;
+pub const RECORD_HEADER_LEN: usize = FRAMING.header_len();
 /// A record longer than this is taken for garbage (SQL text is capped at 1 MB by Snowflake).
 pub const MAX_RECORD_LEN: u32 = 64 * 1024 * 1024;
+/// A record's frame: the shared layout with the sequence number (u64 LE) as its head.
+pub const FRAMING: Framing = Framing {
+    head_len: 8,
+    min_len: 0,
+    max_len: MAX_RECORD_LEN,
+};
 /// A segment is sealed and a new one started once it grows past this (the default of
 /// `audit.segment_bytes`).
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -181,11 +189,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Jou
     }
 }
 
-/// Makes a directory's entries (created, renamed or removed files) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// The journal directory and its identity.
 #[derive(Debug, Clone)]
 pub struct JournalDir {
@@ -279,10 +282,9 @@ pub fn encode_kind(
     kind: RecordKind,
     event: &Event,
 ) -> Result<(), JournalError> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    let start = FRAMING.begin(buf, &seq.to_le_bytes());
     codec::encode(buf, kind == RecordKind::Intent, event);
-    finish_record(buf, start, seq)
+    finish_record(buf, start)
 }
 
 /// Appends one record of `kind` for `event` in record format 1 (JSON), as agents before format 2
@@ -293,8 +295,7 @@ pub fn encode_kind_v1(
     kind: RecordKind,
     event: &Event,
 ) -> Result<(), JournalError> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    let start = FRAMING.begin(buf, &seq.to_le_bytes());
     if kind == RecordKind::Intent {
         buf.push(INTENT_TAG);
     }
@@ -302,35 +303,22 @@ pub fn encode_kind_v1(
         buf.truncate(start);
         return Err(e.into());
     }
-    finish_record(buf, start, seq)
+    finish_record(buf, start)
 }
 
 /// Appends a record with sequence number `seq` holding `payload` as it is (a record's payload
 /// copied forward under a new number).
 pub fn encode_payload(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) -> Result<(), JournalError> {
-    let start = buf.len();
-    buf.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    let start = FRAMING.begin(buf, &seq.to_le_bytes());
     buf.extend_from_slice(payload);
-    finish_record(buf, start, seq)
+    finish_record(buf, start)
 }
 
 /// Fills in the header of the record that starts at `start` and runs to the end of `buf`.
-fn finish_record(buf: &mut Vec<u8>, start: usize, seq: u64) -> Result<(), JournalError> {
-    let payload_len = buf.len() - start - RECORD_HEADER_LEN;
-    let len = match u32::try_from(payload_len) {
-        Ok(len) if len <= MAX_RECORD_LEN => len,
-        _ => {
-            buf.truncate(start);
-            return Err(JournalError::TooLarge(payload_len));
-        }
-    };
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&seq.to_le_bytes());
-    crc.update(&buf[start + RECORD_HEADER_LEN..]);
-    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    buf[start + 4..start + 8].copy_from_slice(&crc.finalize().to_le_bytes());
-    buf[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
-    Ok(())
+fn finish_record(buf: &mut Vec<u8>, start: usize) -> Result<(), JournalError> {
+    FRAMING
+        .finish(buf, start)
+        .map_err(|e| JournalError::TooLarge(e.0))
 }
 
 /// Reads the record `seq` that starts at byte `pos` of the segment `file` (at `path`) into
@@ -354,24 +342,18 @@ pub fn read_record_at(
             ErrorKind::UnexpectedEof => bad(),
             _ => io_err("read", path)(e),
         })?;
-    let word = |i: usize| u32::from_le_bytes([rh[i], rh[i + 1], rh[i + 2], rh[i + 3]]);
-    let (len, crc) = (word(0), word(4));
-    let mut seq_bytes = [0u8; 8];
-    seq_bytes.copy_from_slice(&rh[8..]);
-    if u64::from_le_bytes(seq_bytes) != seq || len > MAX_RECORD_LEN {
-        return Err(bad());
-    }
+    let len = match FRAMING.body_len(&rh) {
+        Some(len) if rh[8..] == seq.to_le_bytes() => len,
+        _ => return Err(bad()),
+    };
     payload.clear();
-    payload.resize(len as usize, 0);
+    payload.resize(len, 0);
     file.read_exact_at(payload, pos + RECORD_HEADER_LEN as u64)
         .map_err(|e| match e.kind() {
             ErrorKind::UnexpectedEof => bad(),
             _ => io_err("read", path)(e),
         })?;
-    let mut h = crc32fast::Hasher::new();
-    h.update(&seq_bytes);
-    h.update(payload);
-    if h.finalize() != crc {
+    if !FRAMING.intact(&rh, payload) {
         return Err(bad());
     }
     Ok(())
@@ -420,56 +402,27 @@ pub fn read_segment(
         next_seq: u64::from_le_bytes(first),
         ..SegmentEnd::default()
     };
-    let mut payload = Vec::new();
+    let mut frame = Vec::new();
     loop {
-        let mut rh = [0u8; RECORD_HEADER_LEN];
-        match read_full(&mut r, &mut rh).map_err(io_err("read", path))? {
-            0 => return Ok(end),
-            n if n < RECORD_HEADER_LEN => {
+        match FRAMING
+            .read(&mut r, &mut frame)
+            .map_err(io_err("read", path))?
+        {
+            Next::Frame => {}
+            Next::End => return Ok(end),
+            Next::Torn => {
                 end.torn = true;
                 return Ok(end);
             }
-            _ => {}
         }
-        let word = |i: usize| u32::from_le_bytes([rh[i], rh[i + 1], rh[i + 2], rh[i + 3]]);
-        let (len, crc) = (word(0), word(4));
         let mut seq_bytes = [0u8; 8];
-        seq_bytes.copy_from_slice(&rh[8..]);
+        seq_bytes.copy_from_slice(FRAMING.head(&frame));
         let seq = u64::from_le_bytes(seq_bytes);
-        if len > MAX_RECORD_LEN {
-            end.torn = true;
-            return Ok(end);
-        }
-        payload.resize(len as usize, 0);
-        if read_full(&mut r, &mut payload).map_err(io_err("read", path))? < payload.len() {
-            end.torn = true;
-            return Ok(end);
-        }
-        let mut h = crc32fast::Hasher::new();
-        h.update(&seq_bytes);
-        h.update(&payload);
-        if h.finalize() != crc {
-            end.torn = true;
-            return Ok(end);
-        }
-        f(seq, &payload)?;
+        f(seq, FRAMING.body(&frame))?;
         end.records += 1;
-        end.valid_len += RECORD_HEADER_LEN as u64 + u64::from(len);
+        end.valid_len += frame.len() as u64;
         end.next_seq = seq + 1;
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Decodes the event of a record's payload, of either kind and either format.

@@ -19,8 +19,10 @@
 //! Files, one concern each:
 //! - `event`: the row ([`Event`], [`EventKind`]); `schema`: the Arrow schema, its documentation
 //!   (with OCSF Datastore Activity names) and the Event ↔ Arrow conversion;
-//! - `journal`: the write-ahead journal's format (event and intent records); `files`: Parquet
-//!   layout, naming and atomic publish;
+//! - `journal`: the write-ahead journal's format (event and intent records), in the frames of
+//!   `frame` (length, CRC-32, head, body), which the recordings' spools are made of too; `files`: Parquet
+//!   layout and naming; `publish`: the atomic publish (temporary name, fsync, digest-log record,
+//!   rename without replacing, directory fsync) the audit and the recordings tables share;
 //! - `recovery`: journal → Parquet at start (pairing intents with completions), and the
 //!   exactly-once argument;
 //! - `writer`: [`AuditWriter`] and its threads (group commit, rotation, pending intents, failure
@@ -28,7 +30,8 @@
 //! - `digest`: signed digests (tamper evidence): the format, the host's Ed25519 key, naming;
 //!   `digest_log`: the writer's side (files closed since the last digest, the chain head, writing
 //!   a digest on an interval, at shutdown, and after a crash); `digest_verify`: walking the chains;
-//! - `clock`, `config`: injected time and the `[audit]` settings;
+//! - `clock`, `config`: injected time and the `[audit]` settings; `error`: [`AuditError`] and its
+//!   typed causes;
 //! - `inspect`: the `audit ls|tail|verify` and `replay` commands as library functions.
 //!
 //! Not here: redaction of secrets (done before an event is built), shipping files elsewhere, and
@@ -39,10 +42,13 @@ mod config;
 pub mod digest;
 pub mod digest_log;
 pub mod digest_verify;
+mod error;
 mod event;
 pub mod files;
+pub mod frame;
 pub mod inspect;
 pub mod journal;
+pub mod publish;
 pub mod recovery;
 pub mod schema;
 mod writer;
@@ -53,35 +59,13 @@ pub use config::{
     DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PENDING_INTENTS, DEFAULT_ROW_GROUP_ROWS,
     DEFAULT_SEGMENT_BYTES, Durability, OnAuditFailure,
 };
+pub use error::{AuditError, JournalFailure, Shared, StartFailure, WriterFailure};
 pub use event::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
 pub use recovery::RecoveryReport;
 pub use writer::{AuditWriter, ShutdownReport, WriterOptions, WriterStats, WriterTask};
 
 use std::future::Future;
 use std::pin::Pin;
-
-/// Why the audit trail could not take an event.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuditError {
-    /// The writer has stopped; nothing more can be recorded.
-    #[error("the audit writer has stopped")]
-    Closed,
-    /// Writing or syncing the journal failed (disk full, directory unwritable).
-    #[error("audit journal write failed: {0}")]
-    Journal(String),
-    /// Start-up could not open the journal or turn what it held into Parquet.
-    #[error("audit recovery failed: {0}")]
-    Recovery(String),
-    /// A writer thread died or could not be started (a bug or resource exhaustion).
-    #[error("audit writer failed: {0}")]
-    Internal(String),
-    /// A completion (or the intent again) came for an intent the writer had already written with
-    /// `outcome_unknown` (it waited longer than `intent_timeout_s`, or was the oldest beyond
-    /// `max_pending_intents`); the statement keeps that row and this event is not recorded.
-    #[error("the statement's intent was already recorded with outcome_unknown")]
-    IntentExpired,
-}
 
 /// The acknowledgement of one submitted event: resolves once the event is durable or failed.
 pub type Ack = Pin<Box<dyn Future<Output = Result<(), AuditError>> + Send>>;

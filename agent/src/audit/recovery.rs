@@ -443,6 +443,56 @@ mod tests {
         assert_eq!(all_ids(&s.audit_dir), want);
     }
 
+    /// A crash after the digest log heard of a file but before its rename: only the temporary
+    /// file is left, which recovery removes before writing the events again.
+    #[test]
+    fn crash_between_digest_record_and_rename_leaves_a_temp_that_recovery_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = JournalDir::open(dir.path()).unwrap();
+        let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut s = settings(dir.path(), &journal);
+        s.on_publish = Some(std::sync::Arc::new({
+            let told = told.clone();
+            move |f: &crate::audit::files::ClosedFile| {
+                told.lock().unwrap().push(f.path.clone());
+                panic!("the process dies here");
+            }
+        }));
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let events: Vec<Event> = (0..3u64)
+            .map(|i| Event::new(EventKind::Query, t0 + Duration::from_secs(i), "h"))
+            .collect();
+        let (_, mut seg) = journal.create_segment(1).unwrap();
+        let mut buf = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            encode_record(&mut buf, 1 + i as u64, e).unwrap();
+        }
+        seg.write_all(&buf).unwrap();
+        let hour = hour_of(t0);
+        let mut f = OpenFile::create(&s, hour, &events[0], 1, t0, false).unwrap();
+        for (i, e) in events.iter().enumerate() {
+            f.append(1 + i as u64, e).unwrap();
+        }
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.publish()));
+        assert!(crashed.is_err());
+        let part = s.audit_dir.join(super::super::files::partition_rel(hour));
+        let names: Vec<String> = fs::read_dir(&part)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].starts_with(".h-") && names[0].ends_with(".tmp"));
+        assert!(!told.lock().unwrap()[0].exists());
+
+        s.on_publish = None;
+        let r = recover(&journal, &s, u64::MAX, t0).unwrap();
+        assert_eq!(r.temp_files_removed, 1);
+        assert_eq!(r.recovered, 3);
+        let mut want: Vec<_> = events.iter().map(|e| e.event_id).collect();
+        want.sort();
+        assert_eq!(all_ids(&s.audit_dir), want);
+    }
+
     /// Writes `records` (kind, event) as one segment starting at `first`.
     fn segment(journal: &JournalDir, first: u64, records: &[(RecordKind, &Event)]) {
         let (_, mut seg) = journal.create_segment(first).unwrap();

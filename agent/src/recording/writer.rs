@@ -6,11 +6,13 @@
 //! Files, under `<recording_dir>/date=YYYY-MM-DD/hour=HH/` (partitioned by the statement's
 //! `event_time`, as the audit):
 //! - `.<name>.spool`: the rows of a file being filled, each a frame `len u32 | crc32 u32 |
-//!   meta_len u32 | meta (JSON) | payload (age ciphertext)`, appended and fdatasync'd (one
+//!   meta_len u32 | meta (JSON) | payload (age ciphertext)` (the frame of [`crate::audit::frame`],
+//!   without a head), appended and fdatasync'd (one
 //!   fdatasync for every row waiting, as the audit's group commit) before the row is acknowledged;
 //! - `.<name>.parquet.tmp`: the Parquet file being built from a closed spool;
-//! - `<name>.parquet`: the published file (temporary name, fsync, digest-log record, rename
-//!   without replacing, directory fsync), then the spool is removed.
+//! - `<name>.parquet`: the published file (the audit's atomic publish, [`crate::audit::publish`]:
+//!   fsync, digest-log record, rename without replacing, directory fsync), then the spool is
+//!   removed.
 //!
 //! A spool closes at the hour boundary, after `audit.max_file_age_s` when set, at
 //! [`MAX_SPOOL_BYTES`], and at shutdown. At start, every spool left behind is published (or, when
@@ -34,7 +36,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
-use nix::fcntl::{RenameFlags, renameat2};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -47,11 +48,9 @@ use super::keys::{self, KeyError};
 use super::payload::Captured;
 use super::table::{META_TABLE_VERSION, Row, TABLE_VERSION, schema, to_batch};
 use crate::audit::Clock;
-use crate::audit::digest::sha256_file;
-use crate::audit::files::{
-    ClosedFile, META_HOST, PublishHook, ensure_dir, hour_end, hour_of, is_hidden, partition_rel,
-};
-use crate::audit::journal::sync_dir;
+use crate::audit::files::{META_HOST, hour_end, hour_of, is_hidden, partition_rel};
+use crate::audit::frame::{Framing, Next};
+use crate::audit::publish::{self, PublishHook, Staged, ensure_dir, sync_dir};
 use crate::audit::schema::from_micros;
 
 /// A spool closes into a Parquet file once it holds this many bytes.
@@ -62,6 +61,13 @@ pub const CHANNEL_ROWS: usize = 4096;
 const BATCH_ROWS: usize = 64;
 /// Largest frame read back (a payload is capped far below).
 const MAX_FRAME: u32 = 1 << 30;
+/// A spooled row's frame: the shared layout without a head; the body starts with the metadata's
+/// length (u32 LE), so it is at least 4 bytes.
+const SPOOL: Framing = Framing {
+    head_len: 0,
+    min_len: 4,
+    max_len: MAX_FRAME,
+};
 /// How often a spool that could not be published is tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
@@ -81,6 +87,9 @@ pub enum RecordingError {
     /// The spool could not be written or synced.
     #[error("recording spool write failed: {0}")]
     Io(String),
+    /// The encrypted row is larger than a spool frame may be.
+    #[error("recording of {0} bytes is too large for the spool")]
+    TooLarge(usize),
 }
 
 /// What a start-up recovery or a writer did with files.
@@ -183,7 +192,7 @@ impl Sealer {
         };
         Ok(Framed {
             event_time: s.event_time,
-            frame: frame(&meta, &ct),
+            frame: frame(&meta, &ct)?,
         })
     }
 }
@@ -359,35 +368,31 @@ fn micros(t: SystemTime) -> i64 {
     }
 }
 
-fn frame(meta: &Meta, payload: &[u8]) -> Vec<u8> {
+fn frame(meta: &Meta, payload: &[u8]) -> Result<Vec<u8>, RecordingError> {
     let m = serde_json::to_vec(meta).unwrap_or_default();
-    let mut rest = Vec::with_capacity(4 + m.len() + payload.len());
-    rest.extend_from_slice(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_le_bytes());
-    rest.extend_from_slice(&m);
-    rest.extend_from_slice(payload);
-    let mut out = Vec::with_capacity(8 + rest.len());
-    out.extend_from_slice(&u32::try_from(rest.len()).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&rest).to_le_bytes());
-    out.extend_from_slice(&rest);
-    out
+    let mut out = Vec::with_capacity(SPOOL.header_len() + 4 + m.len() + payload.len());
+    let start = SPOOL.begin(&mut out, &[]);
+    out.extend_from_slice(&u32::try_from(m.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&m);
+    out.extend_from_slice(payload);
+    SPOOL
+        .finish(&mut out, start)
+        .map_err(|e| RecordingError::TooLarge(e.0))?;
+    Ok(out)
 }
 
 /// Reads the next whole frame; `None` at the end or at a torn or damaged frame.
-fn read_frame(r: &mut impl io::Read) -> Option<Row> {
-    let mut head = [0u8; 8];
-    r.read_exact(&mut head).ok()?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if !(4..=MAX_FRAME).contains(&len) {
-        return None;
+fn read_frame(r: &mut impl io::Read, buf: &mut Vec<u8>) -> io::Result<Option<Row>> {
+    if SPOOL.read(r, buf)? != Next::Frame {
+        return Ok(None);
     }
-    let mut rest = vec![0u8; len as usize];
-    r.read_exact(&mut rest).ok()?;
-    if crc32fast::hash(&rest) != crc {
-        return None;
-    }
-    let mlen = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-    let meta: Meta = serde_json::from_slice(rest.get(4..4 + mlen)?).ok()?;
+    Ok(row(SPOOL.body(buf)))
+}
+
+/// The row a spooled frame's body holds; `None` if it does not hold one.
+fn row(body: &[u8]) -> Option<Row> {
+    let mlen = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    let meta: Meta = serde_json::from_slice(body.get(4..4 + mlen)?).ok()?;
     Some(Row {
         event_id: meta.event_id,
         query_id: meta.query_id,
@@ -399,7 +404,7 @@ fn read_frame(r: &mut impl io::Read) -> Option<Row> {
         bytes_seen: meta.bytes_seen,
         truncated: meta.truncated,
         recipient: meta.recipient,
-        payload: rest.get(4 + mlen..)?.to_vec(),
+        payload: body.get(4 + mlen..)?.to_vec(),
     })
 }
 
@@ -441,8 +446,9 @@ fn publish(ctx: &Ctx, dir: &Path, name: &str) -> io::Result<(u64, bool)> {
     let mut rows = 0u64;
     let mut times: Option<(SystemTime, SystemTime)> = None;
     let mut batch = Vec::with_capacity(BATCH_ROWS);
+    let mut buf = Vec::new();
     loop {
-        let next = read_frame(&mut reader);
+        let next = read_frame(&mut reader, &mut buf)?;
         if let Some(r) = &next {
             let t = r.event_time;
             times = Some(times.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
@@ -467,31 +473,17 @@ fn publish(ctx: &Ctx, dir: &Path, name: &str) -> io::Result<(u64, bool)> {
         return Ok((0, false));
     }
     w.close().map_err(|e| io_other("parquet", &tmp, e))?;
-    sync.sync_all()?;
-    if let Some(hook) = &ctx.on_publish {
-        let (sha256, bytes) = sha256_file(&tmp)?;
-        let (first, last) = times.unwrap_or((SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH));
-        hook(&ClosedFile {
-            path: dir.join(&final_name),
-            sha256,
-            bytes,
-            rows,
-            first_event_time: first,
-            last_event_time: last,
-        })?;
-    }
-    let d = File::open(dir)?;
-    renameat2(
-        &d,
-        Path::new(&tmp_name),
-        &d,
-        Path::new(&final_name),
-        RenameFlags::RENAME_NOREPLACE,
-    )
-    .map_err(io::Error::from)?;
-    d.sync_all()?;
+    let staged = Staged {
+        dir,
+        file: &sync,
+        tmp_name: &tmp_name,
+        name: &final_name,
+        rows,
+        times: times.unwrap_or((SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH)),
+    };
+    publish::publish(&staged, ctx.on_publish.as_ref()).map_err(io::Error::other)?;
     fs::remove_file(&spool)?;
-    d.sync_all()?;
+    sync_dir(dir)?;
     Ok((rows, false))
 }
 
@@ -747,6 +739,7 @@ pub fn hidden(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::audit::ManualClock;
+    use crate::audit::publish::ClosedFile;
     use crate::recording::payload::{Capture, Status};
     use std::sync::Mutex;
     use std::time::UNIX_EPOCH;
@@ -862,7 +855,11 @@ mod tests {
         w.submit(submission(hour_end(hour_of(t)), "e4"))
             .await
             .unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
+        // The writer closes due spools after acknowledging a batch: once the next row of the new
+        // hour is acknowledged, the closing that followed e4 has happened.
+        w.submit(submission(hour_end(hour_of(t)), "e5"))
+            .await
+            .unwrap();
         assert_eq!(
             parquet_files(&dir)
                 .iter()
@@ -930,6 +927,56 @@ mod tests {
         let mut want: Vec<String> = (0..64).map(|i| format!("e{i}")).collect();
         want.sort();
         assert_eq!(seen, want);
+    }
+
+    /// A crash after the digest log heard of a file but before its rename leaves the spool and a
+    /// temporary file; the next start removes the temporary file and publishes the spool.
+    #[test]
+    fn a_crash_before_the_rename_leaves_a_spool_the_next_start_publishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let public = keys::keygen(&tmp.path().join("k"), "t").unwrap();
+        let sealer = Sealer {
+            recipient: keys::parse_recipient(&public).unwrap(),
+            recipient_text: public.trim().to_owned(),
+            host: "h".into(),
+        };
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let dir = ensure_dir(tmp.path(), &partition_rel(hour_of(t))).unwrap();
+        let mut spool = Vec::new();
+        for id in ["e1", "e2"] {
+            spool.extend(sealer.seal(submission(t, id)).unwrap().frame);
+        }
+        fs::write(Spool::spool_path(&dir, "n"), &spool).unwrap();
+        let dying = Ctx {
+            dir: tmp.path().to_owned(),
+            host: "h".into(),
+            on_publish: Some(Arc::new(|_: &ClosedFile| panic!("the process dies here"))),
+        };
+        let crashed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| publish(&dying, &dir, "n")));
+        assert!(crashed.is_err());
+        let names = |dir: &Path| {
+            let mut v: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&dir), vec![".n.parquet.tmp", ".n.spool"]);
+
+        let ctx = Ctx {
+            on_publish: None,
+            ..dying
+        };
+        let r = recover(&ctx).unwrap();
+        assert_eq!((r.files_published, r.rows_published), (1, 2));
+        assert_eq!(names(&dir), vec!["n.parquet"]);
+        let ids: Vec<String> = read_rows(&dir.join("n.parquet"))
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        assert_eq!(ids, vec!["e1", "e2"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc as std_mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc as std_mpsc};
 use std::time::SystemTime;
 
 use tokio::sync::oneshot;
@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::intents::Undo;
 use crate::audit::journal::{JournalDir, SeqRanges, sync_dir};
 use crate::audit::{AuditError, Event};
+use crate::sync::lock;
 
 pub(super) type AckTx = oneshot::Sender<Result<(), AuditError>>;
 
@@ -139,10 +140,6 @@ pub(super) struct Core {
     pub(super) intents_unknown: AtomicU64,
     /// `batch_window_ms`: an fdatasync slower than this is reported, since events behind it wait longer.
     pub(super) batch_window: std::time::Duration,
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The results of settling pending events, delivered outside the lock.

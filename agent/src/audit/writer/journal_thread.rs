@@ -12,12 +12,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::core::{AckTx, Core, Gap, Msg, PMsg, Pending, Rec, RecordLoc, Seg, Settled, lock};
+use super::core::{AckTx, Core, Gap, Msg, PMsg, Pending, Rec, RecordLoc, Seg, Settled};
 use super::intents::{IntentEntry, Intents};
 use crate::audit::clock::Clock;
 use crate::audit::config::OnAuditFailure;
 use crate::audit::journal::{HEADER_LEN, RecordKind, encode_kind, encode_payload, read_record_at};
-use crate::audit::{AuditError, Event, EventKind};
+use crate::audit::{AuditError, Event, EventKind, JournalFailure};
+use crate::sync::{lock, wait};
 
 /// Most events the journal thread encodes into one write.
 const MAX_BATCH: usize = 1024;
@@ -88,7 +89,7 @@ pub(super) fn run_sync(core: &Core, parquet: &std_mpsc::Sender<PMsg>) {
                 if st.stop && !st.in_flight && (st.failed || st.written == st.synced) {
                     return;
                 }
-                st = core.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                st = wait(&core.cv, st);
             };
             if sync {
                 st.in_flight = true;
@@ -132,7 +133,7 @@ pub(super) fn run_sync(core: &Core, parquet: &std_mpsc::Sender<PMsg>) {
                     core.health.healthy.store(false, Ordering::Relaxed);
                     core.settle(
                         &mut st,
-                        Err(AuditError::Journal(format!("fdatasync: {e}"))),
+                        Err(AuditError::Journal(JournalFailure::Sync(e.into()))),
                         &mut out,
                     );
                 }
@@ -208,7 +209,7 @@ impl JournalWriter {
         self.apply_undo();
         let failed = lock(&self.core.sync).failed || self.file.is_none();
         if failed && !self.reopen() {
-            self.fail(batch, "the journal is not writable");
+            self.fail(batch, &JournalFailure::NotWritable);
             return;
         }
         let gap = lock(&self.core.sync).gap.take();
@@ -261,7 +262,7 @@ impl JournalWriter {
     }
 
     /// Fails a batch that cannot be written at all.
-    pub(super) fn fail(&mut self, batch: &mut Vec<(Item, Option<AckTx>)>, why: &str) {
+    pub(super) fn fail(&mut self, batch: &mut Vec<(Item, Option<AckTx>)>, why: &JournalFailure) {
         if batch.is_empty() {
             return;
         }
@@ -270,7 +271,7 @@ impl JournalWriter {
             let e = item.event();
             Gap::fail_event(&mut st, &self.core.health, e.event_id, e.event_time);
             if let Some(ack) = ack {
-                let _ = ack.send(Err(AuditError::Journal(why.to_owned())));
+                let _ = ack.send(Err(AuditError::Journal(why.clone())));
             }
         }
     }
@@ -316,7 +317,7 @@ impl JournalWriter {
             if let Err(err) = encode_kind(&mut self.buf, self.next_seq, kind, &event) {
                 tracing::error!(error = %err, "audit event cannot be journaled");
                 if let Some(ack) = ack {
-                    let _ = ack.send(Err(AuditError::Journal(err.to_string())));
+                    let _ = ack.send(Err(AuditError::Journal(JournalFailure::Encode(err.into()))));
                 }
                 continue;
             }
@@ -385,9 +386,9 @@ impl JournalWriter {
             let written = match self.file.as_mut() {
                 Some(file) => std::io::Write::write_all(file, &self.buf).map_err(|e| {
                     tracing::error!(error = %e, "audit journal write failed");
-                    format!("write: {e}")
+                    JournalFailure::Write(e.into())
                 }),
-                None => Err("the journal is not open".to_owned()),
+                None => Err(JournalFailure::NotOpen),
             };
             if let Err(why) = written {
                 self.on_error(&mut staged, &why);
@@ -525,13 +526,13 @@ impl JournalWriter {
 
     /// A write of the current segment failed: fail everything unsynced and mark the journal
     /// failed; [`reopen`](Self::reopen) cuts the segment back and starts a new one.
-    pub(super) fn on_error(&mut self, staged: &mut Vec<Pending>, why: &str) {
-        let err = AuditError::Journal(why.to_owned());
+    pub(super) fn on_error(&mut self, staged: &mut Vec<Pending>, why: &JournalFailure) {
+        let err = AuditError::Journal(why.clone());
         let mut out = Settled::default();
         {
             let mut st = lock(&self.core.sync);
             while st.in_flight {
-                st = self.core.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                st = wait(&self.core.cv, st);
             }
             st.failed = true;
             self.core.health.healthy.store(false, Ordering::Relaxed);
@@ -562,7 +563,7 @@ impl JournalWriter {
         let upto = {
             let mut st = lock(&self.core.sync);
             while st.in_flight {
-                st = self.core.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                st = wait(&self.core.cv, st);
             }
             st.in_flight = true;
             st.written
@@ -586,7 +587,7 @@ impl JournalWriter {
                 lock(&self.core.sync).file = None;
                 self.reopen();
             }
-            Some(Err(e)) => self.on_error(&mut Vec::new(), &format!("fdatasync: {e}")),
+            Some(Err(e)) => self.on_error(&mut Vec::new(), &JournalFailure::Sync(e.into())),
             None => {}
         }
     }
@@ -597,13 +598,12 @@ impl JournalWriter {
         let synced = {
             let mut st = lock(&self.core.sync);
             while st.in_flight {
-                st = self.core.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                st = wait(&self.core.cv, st);
             }
             // Events written after a failed fdatasync are past the synced length and are about to
             // be cut off: they fail too (a rotation comes here with nothing pending).
             if !st.pending.is_empty() {
-                let err =
-                    AuditError::Journal("the journal failed before this event was synced".into());
+                let err = AuditError::Journal(JournalFailure::Unsynced);
                 self.core.settle(&mut st, Err(err), &mut out);
             }
             st.synced

@@ -77,7 +77,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::core::{AckTx, Core, Health, Msg, PMsg, Seg, SyncState, lock};
+use self::core::{AckTx, Core, Health, Msg, PMsg, Seg, SyncState};
 use self::intents::Intents;
 use self::journal_thread::{JournalWriter, Throttled, run_sync};
 use self::parquet_stage::ParquetStage;
@@ -88,7 +88,8 @@ use super::digest_log::DigestLog;
 use super::files::{ClosedFile, FileSettings, sanitize_host};
 use super::journal::{HEADER_LEN, JournalDir};
 use super::recovery::{RecoveryReport, recover};
-use super::{Ack, AuditError, Event, EventSink};
+use super::{Ack, AuditError, Event, EventSink, StartFailure, WriterFailure};
+use crate::sync::lock;
 
 /// Everything the writer needs; built by the daemon from the configuration.
 pub struct WriterOptions {
@@ -171,7 +172,7 @@ impl AuditWriter {
     pub async fn start(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), AuditError> {
         tokio::task::spawn_blocking(move || start_blocking(opts))
             .await
-            .map_err(|e| AuditError::Recovery(format!("start-up task failed: {e}")))?
+            .map_err(|e| AuditError::Recovery(StartFailure::Task(e.into())))?
     }
 
     /// Whether the journal is writable right now; the proxy consults it before forwarding a statement
@@ -274,7 +275,7 @@ impl WriterTask {
         let sync = self.sync.take();
         let parquet = self.parquet.take();
         tokio::task::spawn_blocking(move || -> Result<ShutdownReport, AuditError> {
-            let dead = |what: &str| AuditError::Internal(format!("audit {what} thread panicked"));
+            let dead = |what: &'static str| AuditError::Internal(WriterFailure::Panicked(what));
             let jw = journal
                 .ok_or_else(|| dead("journal"))?
                 .join()
@@ -304,7 +305,7 @@ impl WriterTask {
             })
         })
         .await
-        .map_err(|e| AuditError::Internal(format!("shutdown task failed: {e}")))?
+        .map_err(|e| AuditError::Internal(WriterFailure::Task(e.into())))?
     }
 }
 
@@ -312,8 +313,9 @@ impl WriterTask {
 const MAX_BATCH_HINT: usize = 1024;
 
 fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), AuditError> {
-    let rec = |e: &dyn std::fmt::Display| AuditError::Recovery(e.to_string());
-    let journal = JournalDir::open(&opts.state_dir).map_err(|e| rec(&e))?;
+    let rec = AuditError::Recovery;
+    let journal =
+        JournalDir::open(&opts.state_dir).map_err(|e| rec(StartFailure::Journal(e.into())))?;
     let host = sanitize_host(&opts.host);
     let digests = DigestLog::open(
         &opts.state_dir,
@@ -322,10 +324,12 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         Duration::from_secs(opts.config.digest_interval_s),
         opts.clock.now(),
     )
-    .map_err(|e| rec(&e))?;
+    .map_err(|e| rec(StartFailure::Digest(e.into())))?;
     let mut digests = digests;
     if let Some(dir) = &opts.recordings_dir {
-        digests.set_recordings_dir(dir).map_err(|e| rec(&e))?;
+        digests
+            .set_recordings_dir(dir)
+            .map_err(|e| rec(StartFailure::Digest(e.into())))?;
     }
     let digests = Arc::new(Mutex::new(digests));
     let hook_log = digests.clone();
@@ -337,8 +341,8 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
         on_publish: Some(Arc::new(move |f: &ClosedFile| lock(&hook_log).record(f))),
     };
     let max_file_bytes = opts.config.max_file_bytes.max(1);
-    let report =
-        recover(&journal, &settings, max_file_bytes, opts.clock.now()).map_err(|e| rec(&e))?;
+    let report = recover(&journal, &settings, max_file_bytes, opts.clock.now())
+        .map_err(|e| rec(StartFailure::Recovery(e.into())))?;
     if report.records > 0 {
         tracing::info!(?report, "audit journal recovered");
     }
@@ -359,8 +363,10 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
     }
     let (seg_path, seg_file) = journal
         .create_segment(report.next_seq)
-        .map_err(|e| rec(&e))?;
-    let sync_handle = seg_file.try_clone().map_err(|e| rec(&e))?;
+        .map_err(|e| rec(StartFailure::Journal(e.into())))?;
+    let sync_handle = seg_file
+        .try_clone()
+        .map_err(|e| rec(StartFailure::Io(e.into())))?;
 
     let health = Arc::new(Health {
         healthy: AtomicBool::new(true),
@@ -399,8 +405,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
 
     let (tx, rx) = mpsc::channel(opts.config.channel_capacity.max(1));
     let (ptx, prx) = std_mpsc::channel();
-    let spawn_err =
-        |e: std::io::Error| AuditError::Internal(format!("cannot start audit thread: {e}"));
+    let spawn_err = |e: std::io::Error| AuditError::Internal(WriterFailure::Spawn(e.into()));
 
     let stage = ParquetStage {
         core: core.clone(),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::core::{Core, Msg, PMsg, Rec, RecordLoc, lock};
+use super::core::{Core, Msg, PMsg, Rec, RecordLoc};
 use crate::audit::Event;
 use crate::audit::clock::Clock;
 use crate::audit::digest::Reason;
@@ -20,6 +20,7 @@ use crate::audit::digest_log::DigestLog;
 use crate::audit::files::{FileSettings, OpenFile, hour_end, hour_of};
 use crate::audit::journal::{JournalError, SeqRanges, decode_event, read_record_at};
 use crate::audit::recovery::{RecoveryError, Take, replay};
+use crate::sync::lock;
 
 /// How often the parquet thread checks closing times and failed files (real time).
 const TICK: Duration = Duration::from_millis(250);
