@@ -4,7 +4,9 @@
 //! which name the files under `packaging/` (unit, default config, maintainer scripts). The binary
 //! carries its eBPF programs (the agent's build.rs embeds them), so the packages hold one
 //! executable. `--profile dev --no-build` packages the debug binary a test run has already built:
-//! CI checks the packages without a release build.
+//! CI checks the packages without a release build. cargo-deb packages named profiles only (it
+//! refuses `dev`), so the debug binary is linked into `target/dev-package/`, the directory of the
+//! workspace's `dev-package` profile (the dev profile's settings), and packaged from there.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,7 +78,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Built> {
     let deb = if opts.rpm_only {
         None
     } else {
-        Some(deb(&root, &opts.profile, &out)?)
+        let profile = deb_profile(&root, &opts.profile, &bin)?;
+        Some(deb(&root, &profile, &out)?)
     };
     let rpm = if opts.deb_only {
         None
@@ -96,6 +99,30 @@ fn profile_dir(profile: &str) -> &str {
         "bench" => "release",
         other => other,
     }
+}
+
+/// The named profile of the dev build's package, which cargo-deb takes in the dev profile's place.
+const DEV_PACKAGE_PROFILE: &str = "dev-package";
+
+/// The profile cargo-deb packages `bin` (built with `profile`) as: the profile itself, or for the
+/// dev profile [`DEV_PACKAGE_PROFILE`], with `bin` linked (or copied) into its directory.
+fn deb_profile(root: &Path, profile: &str, bin: &Path) -> anyhow::Result<String> {
+    if profile_dir(profile) != "debug" {
+        return Ok(profile.to_owned());
+    }
+    let dir = root.join("target").join(DEV_PACKAGE_PROFILE);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let staged = dir.join("snowtrail");
+    match std::fs::remove_file(&staged) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot replace {}", staged.display())),
+    }
+    if std::fs::hard_link(bin, &staged).is_err() {
+        std::fs::copy(bin, &staged)
+            .with_context(|| format!("cannot copy {} to {}", bin.display(), staged.display()))?;
+    }
+    Ok(DEV_PACKAGE_PROFILE.to_owned())
 }
 
 fn deb(root: &Path, profile: &str, out: &Path) -> anyhow::Result<PathBuf> {
