@@ -640,8 +640,7 @@ impl State {
     }
 
     fn create(&self, hour: i64, first: SystemTime) -> io::Result<Spool> {
-        let dir = ensure_dir(&self.ctx.dir, &partition_rel(hour))
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let dir = ensure_dir(&self.ctx.dir, &partition_rel(hour)).map_err(io::Error::other)?;
         let t = DateTime::<Utc>::from(first);
         let id = uuid::Uuid::now_v7().simple().to_string();
         let name = format!(

@@ -329,7 +329,7 @@ impl ParquetStage {
                 },
             );
             let published = match (read, file) {
-                (Ok(_), Some(f)) => f.publish().map_err(|a| a.error.to_string()),
+                (Ok(_), Some(f)) => f.publish().map_err(|a| RecoveryError::from(a.error)),
                 (Ok(_), None) => {
                     // Nothing to rebuild from (a bug or a removed segment): do not retry forever.
                     tracing::error!(hour, seqs = %seqs, "audit events to rebuild are not in the journal");
@@ -340,7 +340,7 @@ impl ParquetStage {
                     if let Some(f) = f {
                         f.discard();
                     }
-                    Err(e.to_string())
+                    Err(e)
                 }
             };
             match published {
