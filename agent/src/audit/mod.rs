@@ -29,7 +29,8 @@
 //!   `digest_log`: the writer's side (files closed since the last digest, the chain head, writing
 //!   a digest on an interval, at shutdown, and after a crash); `digest_verify`: walking the chains;
 //! - `clock`, `config`: injected time and the `[audit]` settings;
-//! - `inspect`: the `audit ls|tail|verify` and `replay` commands as library functions.
+//! - `readback`: the audit read back for people: the `audit ls|tail|verify` and `replay` commands
+//!   as library functions.
 //!
 //! Not here: redaction of secrets (done before an event is built), shipping files elsewhere, and
 //! retention.
@@ -41,7 +42,9 @@ pub mod digest_log;
 pub mod digest_verify;
 mod event;
 pub mod files;
-pub mod inspect;
+pub mod readback;
+/// The former name of [`readback`], for callers not yet moved to it.
+pub use readback as inspect;
 pub mod journal;
 pub mod recovery;
 pub mod schema;
