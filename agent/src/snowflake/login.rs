@@ -194,9 +194,9 @@ impl LoginRequest {
         self.token.as_ref().map(Secret::expose)
     }
 
-    /// `SESSION_PARAMETERS` as the audit keeps them: the value of every parameter whose name the
-    /// secrets table calls secret (`PRIVATE_KEY_PASSPHRASE`, `MFA_PASSCODE`, `SSO_TOKEN`, ...) is
-    /// replaced by `***`.
+    /// `SESSION_PARAMETERS` as the audit keeps them: the value of every parameter whose name
+    /// hides its value in the secrets table (`secrets::hides_value`: `PRIVATE_KEY_PASSPHRASE`,
+    /// `MFA_PASSCODE`, `SSO_TOKEN`, `API_KEY`, ...) is replaced by `***`.
     pub fn recordable_session_parameters(&self) -> Map<String, Value> {
         mask_secret_values(&self.session_parameters)
     }

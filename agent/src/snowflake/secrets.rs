@@ -13,6 +13,11 @@
 //!   names an identifier, not a secret, so this rule leaves them out (a secret word still counts);
 //! - or is one of the login body's secret fields, [`LOGIN_SECRET_FIELDS`] (`RAW_SAML_RESPONSE`).
 //!
+//! Where a value is kept whole under its name alone (a session parameter, a command-line flag or
+//! `NAME=value` argument), [`hides_value`] also hides every name that mentions a key other than a
+//! public key (`KEYFILE`, `KMS_KEY_ID`): only SQL, where the literal after a key id says which key
+//! encrypted a stage, needs the finer rule.
+//!
 //! Near misses stay readable (`KEYWORD`, `KEYFILE`, `PASSENGER`, `BYPASS`), while a secret word
 //! inside a longer one still counts (`TOKENIZE`): the table errs on the side of hiding.
 //!
@@ -68,13 +73,20 @@ pub fn is_secret_name(name: &str) -> bool {
     n.ends_with("KEY") || n.split('_').any(|part| SECRET_PARTS.contains(&part))
 }
 
-/// Session parameters as the audit keeps them: the value of every parameter whose name is a
-/// secret is replaced by [`MASK`], whatever its type; the others are kept as sent.
+/// True when a value kept whole under this name alone (a session parameter, a command-line flag
+/// or variable) is hidden: a secret name, or any name that mentions a key other than a public key.
+pub fn hides_value(name: &str) -> bool {
+    let n = name.to_ascii_uppercase().replace('-', "_");
+    is_secret_name(name) || (n.contains("KEY") && !n.contains("PUBLIC_KEY"))
+}
+
+/// Session parameters as the audit keeps them: the value of every parameter [`hides_value`]
+/// names is replaced by [`MASK`], whatever its type; the others are kept as sent.
 pub fn mask_secret_values(params: &Map<String, Value>) -> Map<String, Value> {
     params
         .iter()
         .map(|(k, v)| {
-            let v = if is_secret_name(k) {
+            let v = if hides_value(k) {
                 Value::String(MASK.to_owned())
             } else {
                 v.clone()
@@ -97,9 +109,9 @@ pub fn hide_secret_args(args: &[&str]) -> Vec<String> {
             continue;
         }
         match a.split_once('=') {
-            Some((name, _)) if is_secret_name(name) => out.push(format!("{name}={MASK}")),
+            Some((name, _)) if hides_value(name) => out.push(format!("{name}={MASK}")),
             _ => {
-                hide_next = (a.starts_with('-') && is_secret_name(a)) || *a == SHORT_PASSWORD_FLAG;
+                hide_next = (a.starts_with('-') && hides_value(a)) || *a == SHORT_PASSWORD_FLAG;
                 out.push((*a).to_owned());
             }
         }
@@ -199,6 +211,33 @@ mod tests {
     }
 
     #[test]
+    fn values_kept_by_name_alone_hide_every_key_but_public_ones() {
+        for hidden in [
+            "KEYFILE",
+            "--keyfile",
+            "KMS_KEY_ID",
+            "--key-id",
+            "AWS_ACCESS_KEY_ID",
+            "KEYWORD",
+            "PASSWORD",
+            "Sso_Token",
+            "PRIVATE_KEY_PASSPHRASE",
+        ] {
+            assert!(hides_value(hidden), "{hidden} is hidden");
+        }
+        for kept in [
+            "RSA_PUBLIC_KEY",
+            "--rsa-public-key",
+            "QUERY_TAG",
+            "CLIENT_SESSION_KEEP_ALIVE",
+            "--user",
+            "PASSENGER",
+        ] {
+            assert!(!hides_value(kept), "{kept} is kept");
+        }
+    }
+
+    #[test]
     fn every_login_secret_field_is_a_secret_name() {
         for f in LOGIN_SECRET_FIELDS {
             assert!(is_secret_name(f), "{f}");
@@ -210,7 +249,7 @@ mod tests {
         let params: Map<String, Value> = serde_json::from_str(
             r#"{"QUERY_TAG":"etl","CLIENT_SESSION_KEEP_ALIVE":true,"my_api_key":"k","Sso_Token":"t",
                 "PRIVATE_KEY_PASSPHRASE":"pp","MFA_PASSCODE":123456,"CLIENT_STORE_TEMPORARY_CREDENTIAL":false,
-                "ROWS_PER_RESULTSET":0}"#,
+                "ROWS_PER_RESULTSET":0,"KMS_KEY_ID":"k1"}"#,
         )
         .unwrap();
         let kept = mask_secret_values(&params);
@@ -224,6 +263,7 @@ mod tests {
             "PRIVATE_KEY_PASSPHRASE",
             "MFA_PASSCODE",
             "CLIENT_STORE_TEMPORARY_CREDENTIAL",
+            "KMS_KEY_ID",
         ] {
             assert_eq!(kept[k], MASK, "{k}");
         }
@@ -256,7 +296,7 @@ mod tests {
             hide_secret_args(&args).join(" "),
             "python load.py --password *** --api-token=*** SNOWFLAKE_PASSWORD=*** -p *** \
              --rsa-public-key pub --private-key-passphrase *** --keystore-pass *** \
-             --key-id id-1 --user bob --query=select 1"
+             --key-id *** --user bob --query=select 1"
         );
         // A secret flag as the last argument hides nothing more, and nothing is lost.
         assert_eq!(hide_secret_args(&["x", "--password"]), ["x", "--password"]);
