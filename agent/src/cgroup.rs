@@ -49,7 +49,8 @@ fn parse_mount_point(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
-/// Undoes mountinfo's `\040`-style escapes.
+/// Undoes mountinfo's `\040`-style escapes: a backslash and three octal digits stand for one
+/// byte. `\400` to `\777` name no byte (the kernel never writes them) and are kept as written.
 fn unescape_octal(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -57,7 +58,8 @@ fn unescape_octal(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
+            && (b'0'..=b'3').contains(&bytes[i + 1])
+            && bytes[i + 2..i + 4]
                 .iter()
                 .all(|b| (b'0'..=b'7').contains(b))
         {
@@ -177,6 +179,15 @@ mod tests {
     fn unescapes_spaces() {
         assert_eq!(unescape_octal("/a\\040b"), "/a b");
         assert_eq!(unescape_octal("/plain"), "/plain");
+    }
+
+    #[test]
+    fn escapes_beyond_a_byte_are_kept_as_written() {
+        assert_eq!(unescape_octal("/a\\377b"), "/a\u{fffd}b");
+        assert_eq!(unescape_octal("/a\\400b"), "/a\\400b");
+        assert_eq!(unescape_octal("/a\\777b\\040c"), "/a\\777b c");
+        assert_eq!(unescape_octal("/a\\08"), "/a\\08");
+        assert_eq!(unescape_octal("\\7"), "\\7");
     }
 
     #[test]

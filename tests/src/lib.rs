@@ -290,7 +290,7 @@ impl Daemon {
 
     /// The audit events in the daemon's published Parquet files (every run), as JSON values.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        snowtrail::audit::inspect::read_events(&self.audit_dir)
+        snowtrail::audit::readback::read_events(&self.audit_dir)
             .unwrap_or_default()
             .iter()
             .filter_map(|e| serde_json::to_value(e).ok())

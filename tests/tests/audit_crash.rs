@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use snowtrail::audit::{Event, FLAG_OUTCOME_UNKNOWN, inspect};
+use snowtrail::audit::{Event, FLAG_OUTCOME_UNKNOWN, readback};
 use uuid::Uuid;
 
 const KILLS: u64 = 24;
@@ -121,7 +121,7 @@ fn kill_loop(dirs: &audit_common::Dirs, intents: bool) -> (Acked, Vec<Event>) {
             );
         }
     }
-    (acked, inspect::read_events(&dirs.audit).unwrap())
+    (acked, readback::read_events(&dirs.audit).unwrap())
 }
 
 /// What every run must leave: no duplicate, nothing acknowledged lost, few unacknowledged extras,
@@ -160,7 +160,7 @@ fn check_common(
     );
 
     let mut out = Vec::new();
-    let report = inspect::verify(&dirs.audit, &mut out).unwrap();
+    let report = readback::verify(&dirs.audit, &mut out).unwrap();
     assert!(report.ok(), "{}", String::from_utf8_lossy(&out));
     // The clean shutdown emptied the journal: one empty segment carries the sequence counter.
     let segments: Vec<_> = std::fs::read_dir(dirs.state.join("journal"))

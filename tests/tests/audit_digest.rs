@@ -19,7 +19,7 @@ use audit_common::{Dirs, at, open_in, published_in, rich_event, start, wait_unti
 use snowtrail::audit::digest::{DIGEST_DIR, DigestFile, public_key_text};
 use snowtrail::audit::digest_verify::{ChainOptions, check_chains};
 use snowtrail::audit::files::{FileSettings, OpenFile, hour_of};
-use snowtrail::audit::inspect::{self, VerifyOptions};
+use snowtrail::audit::readback::{self, VerifyOptions};
 use snowtrail::audit::{AuditConfig, Clock, EventKind, ManualClock, OnAuditFailure};
 
 /// The digest files under an audit directory, in path order.
@@ -144,7 +144,7 @@ fn name(p: &Path) -> String {
 /// Writes `path`'s events except the first as a valid Parquet file at `to`, with the agent's own
 /// writer.
 fn rewrite_without_first_row(path: &Path, to: &Path) {
-    let mut events = inspect::read_file_events(path).unwrap();
+    let mut events = readback::read_file_events(path).unwrap();
     let n = events.len();
     assert!(
         n >= 2,
@@ -167,7 +167,7 @@ fn rewrite_without_first_row(path: &Path, to: &Path) {
         f.append(i as u64 + 1, e).unwrap();
     }
     let p = f.publish().unwrap();
-    assert_eq!(inspect::read_file_events(&p.path).unwrap().len(), n - 1);
+    assert_eq!(readback::read_file_events(&p.path).unwrap().len(), n - 1);
     fs::copy(&p.path, to).unwrap();
 }
 
@@ -175,7 +175,7 @@ fn rewrite_without_first_row(path: &Path, to: &Path) {
 async fn tampering_is_detected_and_an_untouched_trail_verifies() {
     let built = Dirs::new();
     build_trail(&built).await;
-    let files: Vec<PathBuf> = inspect::list_files(&built.audit)
+    let files: Vec<PathBuf> = readback::list_files(&built.audit)
         .unwrap()
         .into_iter()
         .map(|f| f.path)
@@ -247,7 +247,7 @@ async fn tampering_is_detected_and_an_untouched_trail_verifies() {
     let d = fresh(&built);
     let biggest = files
         .iter()
-        .max_by_key(|f| inspect::read_file_events(f).unwrap().len())
+        .max_by_key(|f| readback::read_file_events(f).unwrap().len())
         .unwrap();
     let victim = d.audit.join(biggest.strip_prefix(&built.audit).unwrap());
     rewrite_without_first_row(biggest, &victim);
@@ -363,7 +363,7 @@ fn a_trail_after_20_kills_verifies() {
             assert!(status.success(), "the final run must stop cleanly");
         }
         // Between kills only the chain (cheap); the whole verification at the end.
-        let parquet: Vec<String> = inspect::list_files(&dirs.audit)
+        let parquet: Vec<String> = readback::list_files(&dirs.audit)
             .unwrap()
             .into_iter()
             .map(|f| {
@@ -384,7 +384,7 @@ fn a_trail_after_20_kills_verifies() {
             continue;
         }
         let mut out = Vec::new();
-        let report = inspect::verify_with(&dirs.audit, &opts, &mut out).unwrap();
+        let report = readback::verify_with(&dirs.audit, &opts, &mut out).unwrap();
         let text = String::from_utf8_lossy(&out);
         assert!(report.ok(), "{text}");
         assert!(report.chain.not_yet_covered.is_empty(), "{text}");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use audit_common::{rich_event, start, wait_until};
 use snowtrail::audit::{
-    AuditConfig, AuditError, EventKind, EventSink, OnAuditFailure, SystemClock, inspect,
+    AuditConfig, AuditError, EventKind, EventSink, OnAuditFailure, SystemClock, readback,
 };
 
 /// A tmpfs mounted on a temporary directory, unmounted when dropped.
@@ -115,7 +115,7 @@ async fn disk_full(mode: OnAuditFailure) {
     assert_eq!(report.left_in_journal, 0);
     assert_eq!(report.gap_events, failed.len() as u64);
 
-    let events = inspect::read_events(&audit).unwrap();
+    let events = readback::read_events(&audit).unwrap();
     let ids: std::collections::HashSet<_> = events.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), events.len(), "duplicates");
     for id in &acked {
@@ -141,7 +141,7 @@ async fn disk_full(mode: OnAuditFailure) {
     assert!(detail["from"].as_str().unwrap().ends_with('Z') && detail["to"].is_string());
     let mut out = Vec::new();
     assert!(
-        inspect::verify(&audit, &mut out).unwrap().ok(),
+        readback::verify(&audit, &mut out).unwrap().ok(),
         "{}",
         String::from_utf8_lossy(&out)
     );
@@ -239,7 +239,7 @@ async fn disk_full_with_intents() {
     assert_eq!(report.intents_unknown, 1);
     assert_eq!(report.left_in_journal, 0);
 
-    let events = inspect::read_events(&audit).unwrap();
+    let events = readback::read_events(&audit).unwrap();
     let mut rows = std::collections::HashMap::new();
     for e in &events {
         assert!(
@@ -256,7 +256,7 @@ async fn disk_full_with_intents() {
     assert_eq!(rows[&b.event_id], b_unknown);
     let mut out = Vec::new();
     assert!(
-        inspect::verify(&audit, &mut out).unwrap().ok(),
+        readback::verify(&audit, &mut out).unwrap().ok(),
         "{}",
         String::from_utf8_lossy(&out)
     );

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use audit_common::{Dirs, at, rich_event, start};
 use snowtrail::audit::{
-    AuditConfig, AuditError, EventKind, EventSink, ManualClock, OnAuditFailure, inspect,
+    AuditConfig, AuditError, EventKind, EventSink, ManualClock, OnAuditFailure, readback,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,7 +50,7 @@ async fn concurrent_events_share_fdatasyncs() {
     );
     let report = task.shutdown().await.unwrap();
     assert_eq!(report.events_written, N);
-    assert_eq!(inspect::read_events(&dirs.audit).unwrap().len() as u64, N);
+    assert_eq!(readback::read_events(&dirs.audit).unwrap().len() as u64, N);
     // After shutdown, submissions fail cleanly.
     let late = w.submit(rich_event(EventKind::Query, at(11, 0), 0)).await;
     assert_eq!(late, Err(AuditError::Closed));

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use audit_common::{Dirs, at, open_in, published_in, rich_event, start, wait_until};
 use snowtrail::audit::{
     AuditConfig, AuditError, Event, EventKind, EventSink, FLAG_OUTCOME_UNKNOWN, ManualClock,
-    OnAuditFailure, SystemClock, inspect,
+    OnAuditFailure, SystemClock, readback,
 };
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ fn unknown(intent: &Event) -> Event {
 }
 
 fn rows(audit: &Path) -> HashMap<Uuid, Event> {
-    let events = inspect::read_events(audit).unwrap();
+    let events = readback::read_events(audit).unwrap();
     let n = events.len();
     let by_id: HashMap<Uuid, Event> = events.into_iter().map(|e| (e.event_id, e)).collect();
     assert_eq!(by_id.len(), n, "duplicate event ids");
@@ -60,7 +60,7 @@ fn rows(audit: &Path) -> HashMap<Uuid, Event> {
 fn verify(audit: &Path) {
     let mut out = Vec::new();
     assert!(
-        inspect::verify(audit, &mut out).unwrap().ok(),
+        readback::verify(audit, &mut out).unwrap().ok(),
         "{}",
         String::from_utf8_lossy(&out)
     );
@@ -101,7 +101,7 @@ async fn a_completion_after_its_hour_closed_goes_to_a_new_file_of_that_hour() {
         published_in(&dirs.audit, H10).len() == 1
     });
     let first = published_in(&dirs.audit, H10).remove(0);
-    let in_first: Vec<Uuid> = inspect::read_file_events(&first)
+    let in_first: Vec<Uuid> = readback::read_file_events(&first)
         .unwrap()
         .iter()
         .map(|e| e.event_id)
@@ -122,7 +122,7 @@ async fn a_completion_after_its_hour_closed_goes_to_a_new_file_of_that_hour() {
         .find(|p| *p != first)
         .unwrap();
     assert_eq!(
-        inspect::read_file_events(&second).unwrap(),
+        readback::read_file_events(&second).unwrap(),
         vec![done.clone()]
     );
 

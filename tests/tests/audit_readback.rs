@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use audit_common::{Dirs, at, python, rich_event, start};
-use snowtrail::audit::inspect::{self, TailOptions};
+use snowtrail::audit::readback::{self, TailOptions};
 use snowtrail::audit::{AuditConfig, Event, EventKind, EventSink, OnAuditFailure, SystemClock};
 
 const SCRIPT: &str = r#"
@@ -173,7 +173,7 @@ async fn duckdb_and_pyarrow_read_back_exactly_what_was_written() {
     assert_eq!(row["src_ip"], "127.0.0.1");
 
     // The same events through our own reader, column for column.
-    let mut back = inspect::read_events(&dirs.audit).unwrap();
+    let mut back = readback::read_events(&dirs.audit).unwrap();
     back.sort_by_key(|e| e.event_id);
     let mut sent = events.clone();
     sent.sort_by_key(|e| e.event_id);
@@ -197,7 +197,7 @@ async fn ls_tail_verify_replay() {
     task.shutdown().await.unwrap();
 
     let mut out = Vec::new();
-    let s = inspect::ls(&dirs.audit, &mut out).unwrap();
+    let s = readback::ls(&dirs.audit, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!((s.files, s.events), (3, 60));
     assert!(text.contains("date=2024-05-01/hour=11"), "{text}");
@@ -207,7 +207,7 @@ async fn ls_tail_verify_replay() {
         n: 5,
         ..TailOptions::default()
     };
-    inspect::tail(&dirs.audit, &opts, &mut out, &|| true).unwrap();
+    readback::tail(&dirs.audit, &opts, &mut out, &|| true).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text.lines().count(), 6, "{text}");
     assert!(
@@ -229,7 +229,7 @@ async fn ls_tail_verify_replay() {
         n: 100,
         poll: std::time::Duration::from_millis(1),
     };
-    inspect::tail(&dirs.audit, &opts, &mut out, &|| {
+    readback::tail(&dirs.audit, &opts, &mut out, &|| {
         polls.fetch_add(1, Ordering::Relaxed) >= 1
     })
     .unwrap();
@@ -247,7 +247,7 @@ async fn ls_tail_verify_replay() {
     }
 
     let mut out = Vec::new();
-    let r = inspect::verify(&dirs.audit, &mut out).unwrap();
+    let r = readback::verify(&dirs.audit, &mut out).unwrap();
     assert!(r.ok(), "{}", String::from_utf8_lossy(&out));
     assert_eq!((r.files, r.events), (3, 60));
     // A leftover temporary file from long ago is a problem.
@@ -261,21 +261,21 @@ async fn ls_tail_verify_replay() {
         .unwrap()
         .set_modified(old)
         .unwrap();
-    let r = inspect::verify(&dirs.audit, &mut Vec::new()).unwrap();
+    let r = readback::verify(&dirs.audit, &mut Vec::new()).unwrap();
     assert!(!r.ok() && r.problems[0].contains("leftover temporary file"));
     std::fs::remove_file(&tmp).unwrap();
     // A file that is not Parquet is a problem.
     std::fs::write(part.join("junk.parquet"), b"not parquet").unwrap();
-    let r = inspect::verify(&dirs.audit, &mut Vec::new()).unwrap();
+    let r = readback::verify(&dirs.audit, &mut Vec::new()).unwrap();
     assert!(!r.ok());
 
     std::fs::remove_file(part.join("junk.parquet")).unwrap();
     let mut out = Vec::new();
-    let n = inspect::replay(&dirs.audit, "s1", &mut out).unwrap();
+    let n = readback::replay(&dirs.audit, "s1", &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(n, 10, "{text}");
     assert!(text.starts_with("session s1: 10 events"), "{text}");
     assert!(text.contains("select 15 from t"), "{text}");
     let mut out = Vec::new();
-    assert_eq!(inspect::replay(&dirs.audit, "nope", &mut out).unwrap(), 0);
+    assert_eq!(readback::replay(&dirs.audit, "nope", &mut out).unwrap(), 0);
 }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use audit_common::{Dirs, at, open_in, published_in, rich_event, start, wait_until};
-use snowtrail::audit::{AuditConfig, EventKind, EventSink, ManualClock, OnAuditFailure, inspect};
+use snowtrail::audit::{AuditConfig, EventKind, EventSink, ManualClock, OnAuditFailure, readback};
 
 const H10: &str = "date=2024-05-01/hour=10";
 const H11: &str = "date=2024-05-01/hour=11";
 
 fn ids_of(path: &std::path::Path) -> HashSet<uuid::Uuid> {
-    inspect::read_file_events(path)
+    readback::read_file_events(path)
         .unwrap()
         .into_iter()
         .map(|e| e.event_id)
@@ -80,7 +80,7 @@ async fn events_near_the_boundary_land_in_their_hour() {
     assert_eq!(ids_of(&h11[0]), HashSet::from([idb]));
     let mut out = Vec::new();
     assert!(
-        inspect::verify(&dirs.audit, &mut out).unwrap().ok(),
+        readback::verify(&dirs.audit, &mut out).unwrap().ok(),
         "{}",
         String::from_utf8_lossy(&out)
     );
@@ -139,5 +139,5 @@ async fn age_and_size_limits_close_files() {
     wait_until("five files", || published_in(&dirs.audit, H10).len() == 5);
     let report = task.shutdown().await.unwrap();
     assert_eq!(report.files_published, 5);
-    assert_eq!(inspect::read_events(&dirs.audit).unwrap().len(), 5);
+    assert_eq!(readback::read_events(&dirs.audit).unwrap().len(), 5);
 }

@@ -626,7 +626,7 @@ fn daemon_runs_with_the_units_capabilities_and_notifies_readiness() {
     let out = cli(&refs);
     assert!(out.status.success(), "exec: {}\n{}", text(&out), logs());
     let event = wait_for(Duration::from_secs(30), || {
-        snowtrail::audit::inspect::read_events(&audit_dir)
+        snowtrail::audit::readback::read_events(&audit_dir)
             .unwrap_or_default()
             .into_iter()
             .find(|e| e.workload_identity.as_deref() == Some("caps-test"))

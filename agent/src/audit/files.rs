@@ -9,7 +9,7 @@
 //! recovery tell which journaled events are already in a published file.
 //!
 //! This module does not decide when a file closes (the writer does) nor read files for people
-//! (`inspect` does).
+//! (`readback` does).
 
 use std::fs::{self, File};
 use std::io;

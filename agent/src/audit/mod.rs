@@ -32,7 +32,8 @@
 //!   a digest on an interval, at shutdown, and after a crash); `digest_verify`: walking the chains;
 //! - `clock`, `config`: injected time and the `[audit]` settings; `error`: [`AuditError`] and its
 //!   typed causes;
-//! - `inspect`: the `audit ls|tail|verify` and `replay` commands as library functions.
+//! - `readback`: the audit read back for people: the `audit ls|tail|verify` and `replay` commands
+//!   as library functions.
 //!
 //! Not here: redaction of secrets (done before an event is built), shipping files elsewhere, and
 //! retention.
@@ -46,7 +47,7 @@ mod error;
 mod event;
 pub mod files;
 pub mod frame;
-pub mod inspect;
+pub mod readback;
 pub mod journal;
 pub mod publish;
 pub mod recovery;

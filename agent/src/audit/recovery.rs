@@ -391,7 +391,7 @@ mod tests {
 
     fn all_ids(audit: &Path) -> Vec<uuid::Uuid> {
         let mut ids = Vec::new();
-        for e in crate::audit::inspect::read_events(audit).unwrap() {
+        for e in crate::audit::readback::read_events(audit).unwrap() {
             ids.push(e.event_id);
         }
         ids.sort();
@@ -512,7 +512,7 @@ mod tests {
 
     fn footer_seqs(audit: &Path) -> SeqRanges {
         let mut all = SeqRanges::default();
-        for f in crate::audit::inspect::list_files(audit).unwrap() {
+        for f in crate::audit::readback::list_files(audit).unwrap() {
             let meta = read_footer(&f.path).unwrap();
             all.extend(&SeqRanges::parse(footer_value(&meta, META_JOURNAL_SEQS).unwrap()).unwrap());
         }
@@ -542,7 +542,7 @@ mod tests {
         assert_eq!(r.records, 6);
         assert_eq!(r.recovered, 4);
         assert_eq!(r.outcome_unknown, 2);
-        let rows = crate::audit::inspect::read_events(&s.audit_dir).unwrap();
+        let rows = crate::audit::readback::read_events(&s.audit_dir).unwrap();
         let by_id: HashMap<_, _> = rows.iter().map(|e| (e.event_id, e)).collect();
         assert_eq!(rows.len(), 4, "one row per statement");
         assert_eq!(by_id[&a.event_id], &a_done);
@@ -588,7 +588,7 @@ mod tests {
         let r = recover(&journal, &s, u64::MAX, t0).unwrap();
         assert_eq!(r.already_published, 3);
         assert_eq!(r.recovered, 0, "{r:?}");
-        let rows = crate::audit::inspect::read_events(&s.audit_dir).unwrap();
+        let rows = crate::audit::readback::read_events(&s.audit_dir).unwrap();
         assert_eq!(rows.len(), 2);
         assert!(journal.segments().unwrap().is_empty());
     }

@@ -21,7 +21,7 @@
 //! (`union_by_name` in DuckDB, `mergeSchema` in Spark). Reading a batch back into events accepts files
 //! that lack columns added later (they read as null).
 //!
-//! This module does no I/O: file writing is in `files`, reading directories in `inspect`.
+//! This module does no I/O: file writing is in `files`, reading directories in `readback`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -160,8 +160,8 @@ enum Command {
 enum AuditCommand {
     /// Files by hour: how many, how many events, how many bytes.
     Ls {
-        /// Audit directory (default: the configuration's audit_dir).
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: AuditDir,
     },
     /// The most recent events as a table; with -f, keep showing new ones.
     Tail {
@@ -180,16 +180,15 @@ enum AuditCommand {
         /// How many recent events to show first.
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
-        /// Audit directory (default: the configuration's audit_dir).
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: AuditDir,
     },
     /// Check every file (readable, known schema, event counts, no leftover temporary files) and
     /// walk the signed digest chains: a removed, changed or added file, or a removed, reordered
     /// or foreign-signed digest is reported and the exit code is 1.
     Verify {
-        /// Audit directory (default: the configuration's audit_dir).
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        dir: AuditDir,
         /// The public key every digest must be signed with (a file holding the line
         /// `snowtrail audit pubkey` printed); without it, each chain's own first key.
         #[arg(long, value_name = "FILE")]
@@ -200,7 +199,7 @@ enum AuditCommand {
         state_dir: Option<PathBuf>,
         /// The recordings directory, whose files the digests name under `recordings` (default:
         /// the configuration's recording_dir when DIR is not given and it exists).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", alias = "recording-dir")]
         recordings_dir: Option<PathBuf>,
     },
     /// Print this host's digest-signing public key (`ed25519:` and 64 hex digits), creating the
@@ -210,6 +209,25 @@ enum AuditCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+}
+
+/// The audit directory a read-back command reads, as an argument or as `--dir` (either works, so
+/// every command takes it the same way).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct AuditDir {
+    /// Audit directory (default: the configuration's audit_dir).
+    #[arg(value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Audit directory, as an option: the same as DIR.
+    #[arg(long = "dir", value_name = "DIR", conflicts_with = "dir")]
+    dir_option: Option<PathBuf>,
+}
+
+impl AuditDir {
+    /// The directory given, in either form.
+    pub(crate) fn given(self) -> Option<PathBuf> {
+        self.dir.or(self.dir_option)
+    }
 }
 
 fn parse_kind(s: &str) -> Result<crate::audit::EventKind, String> {
@@ -432,12 +450,12 @@ fn audit_command(
     config: Option<&std::path::Path>,
     command: AuditCommand,
 ) -> anyhow::Result<ExitCode> {
-    use crate::audit::inspect;
+    use crate::audit::readback;
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     match command {
         AuditCommand::Ls { dir } => {
-            inspect::ls(&audit_dir(config, dir)?, &mut out)?;
+            readback::ls(&audit_dir(config, dir.given())?, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Tail {
@@ -448,15 +466,15 @@ fn audit_command(
             lines,
             dir,
         } => {
-            let opts = inspect::TailOptions {
+            let opts = readback::TailOptions {
                 follow,
                 identity,
                 kind,
                 json,
                 n: lines,
-                ..inspect::TailOptions::default()
+                ..readback::TailOptions::default()
             };
-            inspect::tail(&audit_dir(config, dir)?, &opts, &mut out, &|| false)?;
+            readback::tail(&audit_dir(config, dir.given())?, &opts, &mut out, &|| false)?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Verify {
@@ -465,6 +483,7 @@ fn audit_command(
             state_dir,
             recordings_dir,
         } => {
+            let dir = dir.given();
             let state_dir = match (state_dir, &dir) {
                 (Some(s), _) => Some(s),
                 (None, Some(_)) => None,
@@ -486,14 +505,14 @@ fn audit_command(
                 }
                 None => None,
             };
-            let opts = inspect::VerifyOptions {
+            let opts = readback::VerifyOptions {
                 chain: crate::audit::digest_verify::ChainOptions {
                     pubkey,
                     state_dir,
                     recordings_dir,
                 },
             };
-            let report = inspect::verify_with(&audit_dir(config, dir)?, &opts, &mut out)?;
+            let report = readback::verify_with(&audit_dir(config, dir)?, &opts, &mut out)?;
             Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
@@ -545,4 +564,87 @@ fn connect(
         }
     };
     Ok(Client::connect(&path)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("snowtrail").chain(args.iter().copied()))
+    }
+
+    /// The audit directory a parsed read-back command names.
+    fn dir_of(cli: Cli) -> Option<PathBuf> {
+        match cli.command {
+            Command::Audit {
+                command:
+                    AuditCommand::Ls { dir }
+                    | AuditCommand::Tail { dir, .. }
+                    | AuditCommand::Verify { dir, .. },
+            } => dir.given(),
+            Command::Replay(a) => a.dir.given(),
+            other => panic!("not a read-back command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_commands_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_read_back_command_takes_the_directory_both_ways() {
+        let commands: [&[&str]; 4] = [
+            &["audit", "ls"],
+            &["audit", "tail", "-n", "5"],
+            &["audit", "verify"],
+            &["replay", "--session", "s1"],
+        ];
+        for cmd in commands {
+            for form in [&["/a"][..], &["--dir", "/a"], &["--dir=/a"]] {
+                let cli = parse(&[cmd, form].concat()).unwrap();
+                assert_eq!(dir_of(cli), Some(PathBuf::from("/a")), "{cmd:?} {form:?}");
+            }
+            assert_eq!(dir_of(parse(cmd).unwrap()), None, "{cmd:?}");
+            let both = parse(&[cmd, &["/a", "--dir", "/b"]].concat()).unwrap_err();
+            assert_eq!(both.kind(), ErrorKind::ArgumentConflict, "{cmd:?}");
+        }
+        // The forms the tests and the docs use keep working.
+        let cli = parse(&["audit", "tail", "--dir", "/a", "--kind", "query", "--json"]).unwrap();
+        assert_eq!(dir_of(cli), Some(PathBuf::from("/a")));
+        let cli = parse(&[
+            "audit",
+            "verify",
+            "/a",
+            "--pubkey",
+            "/k",
+            "--state-dir",
+            "/s",
+        ])
+        .unwrap();
+        assert_eq!(dir_of(cli), Some(PathBuf::from("/a")));
+    }
+
+    #[test]
+    fn help_names_the_directory_in_both_forms() {
+        for path in [
+            &["audit", "ls"][..],
+            &["audit", "tail"],
+            &["audit", "verify"],
+            &["replay"],
+        ] {
+            let mut cmd = Cli::command();
+            let mut sub = &mut cmd;
+            for name in path {
+                sub = sub.find_subcommand_mut(name).unwrap();
+            }
+            let help = sub.render_help().to_string();
+            assert!(help.contains("[DIR]"), "{path:?}: {help}");
+            assert!(help.contains("--dir <DIR>"), "{path:?}: {help}");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::audit::inspect;
+use crate::audit::readback;
 use crate::config::Config;
 use crate::recording::replay::{self as rec, ReplayOptions};
 
@@ -31,23 +31,21 @@ pub(super) struct ReplayArgs {
     /// Print one JSON document (the events and the results) instead of text.
     #[arg(long)]
     json: bool,
-    /// Audit directory (default: the configuration's audit_dir).
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) dir: super::AuditDir,
     /// Recordings directory (default: the configuration's recording_dir).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", alias = "recordings-dir")]
     recording_dir: Option<PathBuf>,
 }
 
 pub(super) fn run(config: Option<&std::path::Path>, a: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let cfg = if a.dir.is_none() || a.recording_dir.is_none() {
+    let dir = a.dir.clone().given();
+    let cfg = if dir.is_none() || a.recording_dir.is_none() {
         Some(Config::load(config)?)
     } else {
         None
     };
-    let audit_dir = a
-        .dir
-        .clone()
+    let audit_dir = dir
         .or_else(|| cfg.as_ref().map(|c| c.audit_dir.clone()))
         .context("no audit directory")?;
     let recording_dir = a
@@ -63,13 +61,13 @@ pub(super) fn run(config: Option<&std::path::Path>, a: ReplayArgs) -> anyhow::Re
     };
     let mut out = std::io::stdout().lock();
     if a.json {
-        let events: Vec<serde_json::Value> = inspect::read_events(&audit_dir)?
+        let events: Vec<serde_json::Value> = readback::read_events(&audit_dir)?
             .iter()
             .filter(|e| {
                 e.session_id.as_deref() == Some(a.session.as_str())
                     || e.connection_id.is_some_and(|c| c.to_string() == a.session)
             })
-            .map(inspect::event_json)
+            .map(readback::event_json)
             .collect();
         if events.is_empty() && rows.is_empty() {
             anyhow::bail!(
@@ -99,7 +97,7 @@ pub(super) fn run(config: Option<&std::path::Path>, a: ReplayArgs) -> anyhow::Re
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let n = inspect::replay(&audit_dir, &a.session, &mut out)?;
+    let n = readback::replay(&audit_dir, &a.session, &mut out)?;
     if n == 0 && rows.is_empty() {
         anyhow::bail!(
             "no events of session {} under {}",

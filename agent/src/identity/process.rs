@@ -1,10 +1,13 @@
 //! One process as `/proc` shows it: its `stat` line (parent, command name, start time), its
-//! executable, its command line with secrets hidden, its user and its cgroup.
+//! executable, its command line with secrets hidden (by the names of `snowflake::secrets`), its
+//! user and its cgroup.
 //!
 //! Reading takes a `/proc` root so tests can build a fake one. A process that is gone leaves the
 //! fields it could not read empty; nothing is guessed.
 
 use std::path::Path;
+
+use crate::snowflake::secrets::hide_secret_args;
 
 /// Longest command line kept, in bytes (the rest is cut at a character boundary).
 pub const MAX_CMDLINE: usize = 4096;
@@ -110,56 +113,11 @@ pub fn read_cgroup(proc: &Path, pid: u32) -> Option<String> {
         .map(|p| p.trim_end().to_owned())
 }
 
-/// Whether an option or variable name names a secret (the names DECISIONS 14 lists for SQL).
-fn is_secret_name(name: &str) -> bool {
-    let n = name
-        .trim_start_matches('-')
-        .to_ascii_uppercase()
-        .replace('-', "_");
-    if n.contains("PUBLIC") {
-        return false;
-    }
-    [
-        "PASSWORD",
-        "PASSWD",
-        "PASSCODE",
-        "PASSPHRASE",
-        "SECRET",
-        "TOKEN",
-        "KEY",
-        "CREDENTIAL",
-    ]
-    .iter()
-    .any(|s| n.contains(s))
-}
-
-/// The arguments with secret values replaced by `***`: `--password X`, `--password=X`,
-/// `PASSWORD=X`, `-p X` (the short password flag of snowsql and most database clients).
-fn redact_args(args: &[&str]) -> Vec<String> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut hide_next = false;
-    for a in args {
-        if hide_next {
-            out.push("***".to_owned());
-            hide_next = false;
-            continue;
-        }
-        match a.split_once('=') {
-            Some((name, _)) if is_secret_name(name) => out.push(format!("{name}=***")),
-            _ => {
-                hide_next = (a.starts_with('-') && is_secret_name(a)) || *a == "-p";
-                out.push((*a).to_owned());
-            }
-        }
-    }
-    out
-}
-
 /// `/proc/<pid>/cmdline` (NUL-separated) as one line, secrets replaced, bounded.
 fn cmdline_text(raw: &[u8]) -> Option<String> {
     let lossy = String::from_utf8_lossy(raw);
     let args: Vec<&str> = lossy.split('\0').filter(|a| !a.is_empty()).collect();
-    let text = redact_args(&args).join(" ");
+    let text = hide_secret_args(&args).join(" ");
     if text.is_empty() {
         return None;
     }

@@ -20,7 +20,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::SnowflakeDialect;
 use sqlparser::parser::Parser;
 
-use crate::snowflake::redact::{Kind, Lexer};
+use crate::snowflake::sql_lex::{Kind, Lexer};
 use crate::snowflake::statements::split_statements;
 
 /// A table (or view) name as Snowflake resolves it; parts the session does not know are `None`.

@@ -16,25 +16,17 @@ use sha2::{Digest as _, Sha256};
 
 use super::error::RewriteError;
 use super::json::edit_member;
+use super::secrets::LOGIN_SECRET_FIELDS;
 
 const LOGIN: &str = "login request";
 
 /// The longest JWT lifetime Snowflake accepts, in seconds.
 pub const MAX_JWT_LIFETIME_S: u64 = 3_600;
 
-/// Keys of a login's `data` that a brokered login drops: the workload's credentials (whatever
-/// they are, they are a placeholder) and what only makes sense with them.
-const DROPPED: [&str; 9] = [
-    "PASSWORD",
-    "TOKEN",
-    "PASSCODE",
-    "PRIVATE_KEY",
-    "RAW_SAML_RESPONSE",
-    "PROOF_KEY",
-    "AUTHENTICATOR",
-    "EXT_AUTHN_DUO_METHOD",
-    "PROVIDER",
-];
+/// Keys of a login's `data` that a brokered login drops besides the workload's credentials
+/// (`LOGIN_SECRET_FIELDS`: whatever they are, they are a placeholder): what only makes sense with
+/// them.
+const DROPPED_WITH_CREDENTIALS: [&str; 3] = ["AUTHENTICATOR", "EXT_AUTHN_DUO_METHOD", "PROVIDER"];
 
 /// Why a key-pair JWT could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +134,7 @@ impl std::fmt::Debug for BrokeredLogin<'_> {
 pub fn broker_login_body(body: &[u8], login: &BrokeredLogin<'_>) -> Result<Vec<u8>, RewriteError> {
     super::parse_login_request(body)?;
     edit_member(LOGIN, body, "data", |data| {
-        for key in DROPPED {
+        for key in LOGIN_SECRET_FIELDS.iter().chain(&DROPPED_WITH_CREDENTIALS) {
             data.remove(key);
         }
         data.set(LOGIN, "LOGIN_NAME", login.user)?;
@@ -243,6 +235,26 @@ mod tests {
         assert_eq!(data.claims["sub"], "XY12345.ETL_SVC");
         assert_eq!(data.claims["iss"], c.iss.as_str());
         assert_eq!(data.claims["exp"], 1_700_000_060);
+    }
+
+    #[test]
+    fn every_login_secret_field_is_dropped() {
+        let fields: Vec<String> = LOGIN_SECRET_FIELDS
+            .iter()
+            .map(|f| format!(r#""{f}":"wl-{f}""#))
+            .collect();
+        let body = format!(r#"{{"data":{{"LOGIN_NAME":"x",{}}}}}"#, fields.join(","));
+        let out = broker_login_body(
+            body.as_bytes(),
+            &BrokeredLogin {
+                user: "U",
+                account: None,
+                jwt: "j.w.t",
+            },
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("wl-"), "{text}");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! answered.
 //!
 //! The request body is `{"data":{...}}` with upper-case keys (PROTOCOL.md, "Login body"). Its
-//! secrets (PASSWORD, TOKEN, PASSCODE, PRIVATE_KEY, RAW_SAML_RESPONSE, PROOF_KEY) are recorded only
-//! as present or absent; the TOKEN alone is kept, behind [`LoginRequest::token_for_validation`],
+//! secrets (`secrets::LOGIN_SECRET_FIELDS`: PASSWORD, TOKEN, PASSCODE, PRIVATE_KEY,
+//! RAW_SAML_RESPONSE, PROOF_KEY) are recorded only as present or absent, and its session
+//! parameters are recorded with the value of every secret-named one masked
+//! ([`LoginRequest::recordable_session_parameters`]); the TOKEN alone is kept, behind [`LoginRequest::token_for_validation`],
 //! for the later brokering feature that checks a workload's key-pair, OAuth or PAT token. The
 //! response's session and master tokens are never kept by [`parse_login_response`];
 //! [`rewrite_login_tokens`] replaces them with agent handles and hands the originals back in
@@ -17,6 +19,7 @@ use serde_json::{Map, Value};
 use super::Secret;
 use super::error::{ParseError, RewriteError};
 use super::json::{self, RawObject, UniqueMap, opt_code};
+use super::secrets::{LOGIN_SECRET_FIELDS, mask_secret_values};
 
 const REQUEST: &str = "login request";
 const RESPONSE: &str = "login response";
@@ -166,7 +169,8 @@ pub struct LoginRequest {
     pub application: Option<String>,
     /// `SESSION_PARAMETERS.QUERY_TAG`: the session's tag from the start (DECISIONS 15).
     pub query_tag: Option<String>,
-    /// `SESSION_PARAMETERS` as sent (non-secret session settings).
+    /// `SESSION_PARAMETERS` as sent; the audit keeps
+    /// [`recordable_session_parameters`](LoginRequest::recordable_session_parameters) instead.
     pub session_parameters: Map<String, Value>,
     /// A `PASSWORD` is present.
     pub has_password: bool,
@@ -190,6 +194,13 @@ impl LoginRequest {
         self.token.as_ref().map(Secret::expose)
     }
 
+    /// `SESSION_PARAMETERS` as the audit keeps them: the value of every parameter whose name
+    /// hides its value in the secrets table (`secrets::hides_value`: `PRIVATE_KEY_PASSPHRASE`,
+    /// `MFA_PASSCODE`, `SSO_TOKEN`, `API_KEY`, ...) is replaced by `***`.
+    pub fn recordable_session_parameters(&self) -> Map<String, Value> {
+        mask_secret_values(&self.session_parameters)
+    }
+
     /// The driver: `CLIENT_APP_ID`/`CLIENT_APP_VERSION` when sent, else the `User-Agent`.
     pub fn driver(&self, user_agent: Option<&str>) -> Option<Driver> {
         self.client
@@ -197,16 +208,6 @@ impl LoginRequest {
             .or_else(|| user_agent.and_then(driver_from_user_agent))
     }
 }
-
-/// Keys of the login `data` object that carry secrets, checked for presence.
-const SECRET_KEYS: [&str; 6] = [
-    "PASSWORD",
-    "TOKEN",
-    "PASSCODE",
-    "PRIVATE_KEY",
-    "RAW_SAML_RESPONSE",
-    "PROOF_KEY",
-];
 
 #[derive(Deserialize)]
 struct WireLoginRequest {
@@ -238,6 +239,7 @@ pub fn parse_login_request(body: &[u8]) -> Result<LoginRequest, ParseError> {
         what: REQUEST,
         field: "data",
     })?;
+    // In the order of `LOGIN_SECRET_FIELDS`.
     let present = [
         d.password.is_some(),
         d.token.is_some(),
@@ -246,7 +248,7 @@ pub fn parse_login_request(body: &[u8]) -> Result<LoginRequest, ParseError> {
         d.raw_saml_response.is_some(),
         d.proof_key.is_some(),
     ];
-    let secret_fields = SECRET_KEYS
+    let secret_fields = LOGIN_SECRET_FIELDS
         .iter()
         .zip(present)
         .filter_map(|(k, p)| p.then_some(*k))
@@ -589,6 +591,34 @@ mod tests {
         assert_eq!(r.application.as_deref(), Some("PythonConnector"));
         let dbg = format!("{r:?}");
         assert!(!dbg.contains("snow-secret-pw"), "{dbg}");
+    }
+
+    #[test]
+    fn secret_session_parameters_never_reach_the_record() {
+        let body = br#"{"data":{"LOGIN_NAME":"u","PASSWORD":"pw","SESSION_PARAMETERS":{
+            "QUERY_TAG":"etl","CLIENT_SESSION_KEEP_ALIVE":true,
+            "PRIVATE_KEY_PASSPHRASE":"pp-clear-1","MFA_PASSCODE":"pc-clear-2",
+            "CLIENT_CREDENTIAL":"cr-clear-3","CLIENT_STORE_TEMPORARY_CREDENTIAL":true,
+            "my_api_key":"k-clear-4","Sso_Token":"t-clear-5","DB_PASSWORD":"p-clear-6"}}}"#;
+        let r = parse_login_request(body).unwrap();
+        let kept = r.recordable_session_parameters();
+        assert_eq!(kept.len(), r.session_parameters.len());
+        assert_eq!(kept["QUERY_TAG"], "etl");
+        assert_eq!(kept["CLIENT_SESSION_KEEP_ALIVE"], true);
+        // What the audit's `detail` is made of: no secret value survives, every name does.
+        let detail = serde_json::to_string(&kept).unwrap();
+        assert!(!detail.contains("-clear-"), "{detail}");
+        for name in [
+            "PRIVATE_KEY_PASSPHRASE",
+            "MFA_PASSCODE",
+            "CLIENT_CREDENTIAL",
+            "CLIENT_STORE_TEMPORARY_CREDENTIAL",
+            "my_api_key",
+            "Sso_Token",
+            "DB_PASSWORD",
+        ] {
+            assert_eq!(kept[name], "***", "{name}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!  JSON bytes ──► login / query / session / result parsers ──► typed requests and responses
 //!  typed facts ──► storage::hosts_to_learn (chunk, presigned and stage hosts)
 //!  agent decisions ──► envelope (Snowflake-shaped answers the agent gives itself)
-//!  SQL text ──► redact (credential literals replaced for the audit)
+//!  SQL text ──► sql_lex ──► redact (credential literals replaced for the audit)
+//!  names ──► secrets (which names are secrets: SQL options, login fields, parameters, flags)
 //! ```
 //!
 //! What it does not do: no sockets, no clocks, no policy, no audit writing. Every parser reads the
@@ -46,7 +47,9 @@ pub mod query;
 pub mod query_tag;
 pub mod redact;
 pub mod result;
+pub mod secrets;
 pub mod session;
+pub(crate) mod sql_lex;
 pub mod statements;
 pub mod storage;
 

@@ -1,17 +1,19 @@
 //! Redaction of SQL text for the audit (DECISIONS 14).
 //!
-//! A small lexer finds Snowflake's string literals — `'...'` with `''` and backslash escapes,
-//! `$$...$$` — and the text that is never a literal: quoted identifiers (`"..."` with `""`),
-//! `--` and `//` line comments (`//` right after `:` is a URL such as `file://`, not a comment)
-//! and `/* */` block comments. [`RedactMode::Credentials`] replaces with `'***'` each literal in a
-//! credential position: after an option or name that looks secret (contains PASSWORD, SECRET,
-//! TOKEN, PASSCODE, PASSPHRASE or CREDENTIAL; or KEY as a word, except public keys such as
-//! `RSA_PUBLIC_KEY` and key ids such as `AWS_KEY_ID`), followed by `=` or `=>` or directly by the
-//! literal, and every literal inside a parenthesised value of such an option (`CREDENTIALS =
-//! (...)`). [`RedactMode::AllLiterals`] replaces every literal. Everything else is kept byte for
-//! byte. An unterminated literal runs to the end of the text and is replaced whole.
+//! The lexer of `sql_lex` finds Snowflake's string literals and the text that is never a literal
+//! (quoted identifiers, comments). [`RedactMode::Credentials`] replaces with `'***'` each literal
+//! in a credential position: after an option or name the secrets table calls secret
+//! (`secrets::is_secret_name`: PASSWORD, SECRET, TOKEN, PASSCODE, PASSPHRASE, CREDENTIAL, KEY as a
+//! word, ...; not public keys such as `RSA_PUBLIC_KEY` nor key ids such as `AWS_KEY_ID`), followed
+//! by `=` or `=>` or directly by the literal, and every literal inside a parenthesised value of
+//! such an option (`CREDENTIALS = (...)`). [`RedactMode::AllLiterals`] (the configuration's
+//! `redact_literals = true`) replaces every literal. Everything else is kept byte for byte. An
+//! unterminated literal runs to the end of the text and is replaced whole.
 
 use std::borrow::Cow;
+
+use super::secrets::is_secret_name;
+use super::sql_lex::{Kind, Lexer};
 
 /// Which literals to replace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,179 +27,6 @@ pub enum RedactMode {
 
 /// What replaces a redacted literal.
 pub const REDACTED: &str = "'***'";
-
-/// Token kinds of the lexer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// Whitespace.
-    Space,
-    /// `-- ...` or `// ...` up to (not including) the newline.
-    LineComment,
-    /// `/* ... */`.
-    BlockComment,
-    /// `'...'`.
-    Str,
-    /// `$$...$$`.
-    DollarStr,
-    /// `"..."`.
-    QuotedIdent,
-    /// An identifier or keyword (also `$name` variables).
-    Word,
-    /// A number.
-    Number,
-    /// Any other single character (or the run of slashes after `scheme:`).
-    Punct,
-}
-
-#[cfg(test)]
-impl Kind {
-    /// A string literal.
-    pub(crate) fn is_literal(self) -> bool {
-        matches!(self, Kind::Str | Kind::DollarStr)
-    }
-}
-
-/// A token: its kind and its byte range in the text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Token {
-    pub(crate) kind: Kind,
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-}
-
-/// The lexer, as an iterator over tokens that cover the text without gaps.
-pub(crate) struct Lexer<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Lexer<'a> {
-    pub(crate) fn new(sql: &'a str) -> Self {
-        Lexer {
-            b: sql.as_bytes(),
-            i: 0,
-        }
-    }
-
-    fn at(&self, j: usize) -> Option<u8> {
-        self.b.get(j).copied()
-    }
-
-    fn find_from(&self, from: usize, pat: &[u8]) -> Option<usize> {
-        self.b
-            .get(from..)?
-            .windows(pat.len())
-            .position(|w| w == pat)
-            .map(|p| from + p)
-    }
-}
-
-fn is_word_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
-
-fn is_word_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
-}
-
-impl Iterator for Lexer<'_> {
-    type Item = Token;
-
-    fn next(&mut self) -> Option<Token> {
-        let start = self.i;
-        let c = self.at(start)?;
-        let n = self.b.len();
-        let next = self.at(start + 1);
-        let (kind, end) = if c.is_ascii_whitespace() {
-            let mut j = start;
-            while self.at(j).is_some_and(|c| c.is_ascii_whitespace()) {
-                j += 1;
-            }
-            (Kind::Space, j)
-        } else if c == b'/' && start > 0 && self.b[start - 1] == b':' {
-            // `file:///tmp/x`, `s3://bucket`: the slashes of a URL, not a `//` comment.
-            let mut j = start;
-            while self.at(j) == Some(b'/') {
-                j += 1;
-            }
-            (Kind::Punct, j)
-        } else if (c == b'-' && next == Some(b'-')) || (c == b'/' && next == Some(b'/')) {
-            let end = self.find_from(start, b"\n").unwrap_or(n);
-            (Kind::LineComment, end)
-        } else if c == b'/' && next == Some(b'*') {
-            let end = self.find_from(start + 2, b"*/").map_or(n, |p| p + 2);
-            (Kind::BlockComment, end)
-        } else if c == b'\'' {
-            let mut j = start + 1;
-            let end = loop {
-                match self.at(j) {
-                    None => break n,
-                    Some(b'\\') => j += 2,
-                    Some(b'\'') if self.at(j + 1) == Some(b'\'') => j += 2,
-                    Some(b'\'') => break j + 1,
-                    Some(_) => j += 1,
-                }
-            };
-            (Kind::Str, end.min(n))
-        } else if c == b'$' && next == Some(b'$') {
-            let end = self.find_from(start + 2, b"$$").map_or(n, |p| p + 2);
-            (Kind::DollarStr, end)
-        } else if c == b'"' {
-            let mut j = start + 1;
-            let end = loop {
-                match self.at(j) {
-                    None => break n,
-                    Some(b'"') if self.at(j + 1) == Some(b'"') => j += 2,
-                    Some(b'"') => break j + 1,
-                    Some(_) => j += 1,
-                }
-            };
-            (Kind::QuotedIdent, end)
-        } else if is_word_start(c) || (c == b'$' && next.is_some_and(is_word_char)) {
-            let mut j = start + 1;
-            while self.at(j).is_some_and(is_word_char) {
-                j += 1;
-            }
-            (Kind::Word, j)
-        } else if c.is_ascii_digit() {
-            let mut j = start + 1;
-            while self
-                .at(j)
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
-            {
-                j += 1;
-            }
-            (Kind::Number, j)
-        } else {
-            (Kind::Punct, start + 1)
-        };
-        self.i = end;
-        Some(Token { kind, start, end })
-    }
-}
-
-/// True when a name (option, parameter, column) marks its value as a credential.
-pub(crate) fn is_secret_name(name: &str) -> bool {
-    let u = name
-        .trim_matches('"')
-        .trim_start_matches('$')
-        .to_ascii_uppercase();
-    if u.contains("PUBLIC_KEY") || u.ends_with("KEY_ID") {
-        return false;
-    }
-    [
-        "PASSWORD",
-        "SECRET",
-        "TOKEN",
-        "PASSCODE",
-        "PASSPHRASE",
-        "CREDENTIAL",
-    ]
-    .iter()
-    .any(|w| u.contains(w))
-        || u.ends_with("KEY")
-        || u.split('_').any(|part| part == "KEY" || part == "KEYS")
-}
 
 /// Where the redactor stands relative to a credential position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

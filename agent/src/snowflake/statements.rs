@@ -4,7 +4,7 @@
 //! are split at their inner semicolons too; the caller falls back to the whole text when the count
 //! does not match what Snowflake ran.
 
-use super::redact::{Kind, Lexer};
+use super::sql_lex::{Kind, Lexer};
 
 /// The statements of `sql`, trimmed, empty ones dropped.
 pub fn split_statements(sql: &str) -> Vec<&str> {

@@ -365,11 +365,15 @@ pub fn transfer_targets(resp: &QueryResponse) -> Vec<TransferTarget> {
         .map_or("", |(_, rest)| rest)
         .to_owned();
     for host in stage.derived_hosts() {
+        // Bytes, not a `str` slice: the bucket's byte length need not fall on a character
+        // boundary of the host.
         let virtual_hosted = !matches!(stage.location_type, LocationType::Azure)
             && !bucket.is_empty()
-            && host.len() > bucket.len()
-            && host[..bucket.len()].eq_ignore_ascii_case(bucket)
-            && host.as_bytes()[bucket.len()] == b'.';
+            && host
+                .as_bytes()
+                .get(..bucket.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(bucket.as_bytes()))
+            && host.as_bytes().get(bucket.len()) == Some(&b'.');
         if virtual_hosted {
             add(&host, format!("/{in_bucket}"));
         } else {
@@ -541,5 +545,39 @@ mod tests {
         )
         .unwrap();
         assert!(transfer_targets(&plain).is_empty(), "not a file command");
+    }
+
+    #[test]
+    fn multi_byte_regions_and_buckets_are_compared_as_bytes() {
+        let answer = |bucket: &str, region: &str| {
+            let body = format!(
+                r#"{{"data":{{"stageInfo":{{"locationType":"S3","location":"{bucket}/stages/abc/",
+                "region":"{region}"}},"src_locations":["a.csv"],"command":"DOWNLOAD"}},"success":true}}"#
+            );
+            transfer_targets(&crate::snowflake::parse_query_response(body.as_bytes()).unwrap())
+        };
+        // A region that is no DNS label gives no host of its own; the other forms stay.
+        let t = answer("sfc-bucket", "eu-zürich-1");
+        assert!(t.iter().all(|t| t.host.is_ascii()), "{t:?}");
+        assert!(
+            t.iter()
+                .any(|t| t.matches("sfc-bucket.s3.amazonaws.com", "/stages/abc/a.csv"))
+        );
+        // A bucket whose byte length ends inside a character of nothing, or of the host: no panic,
+        // and only a host that starts with the bucket and a dot is virtual-hosted.
+        for bucket in ["é", "bü", "日本", "sfc-bucketé"] {
+            let t = answer(bucket, "ap-日本-1");
+            assert!(t.iter().all(|t| t.host.is_ascii()), "{bucket}: {t:?}");
+            assert!(
+                t.iter()
+                    .all(|t| t.path_prefix.starts_with(&format!("/{bucket}/"))),
+                "{bucket}: {t:?}"
+            );
+        }
+        let t = answer("SFC-Bucket", "us-west-2");
+        assert!(
+            t.iter()
+                .any(|t| t.matches("sfc-bucket.s3.us-west-2.amazonaws.com", "/stages/abc/"))
+        );
     }
 }

@@ -120,7 +120,7 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// The files of a partition (`date=.../hour=..`), published ones only.
 pub fn published_in(audit: &Path, partition: &str) -> Vec<PathBuf> {
-    snowtrail::audit::inspect::list_files(audit)
+    snowtrail::audit::readback::list_files(audit)
         .unwrap_or_default()
         .into_iter()
         .filter(|f| f.partition == partition)

@@ -1,5 +1,7 @@
-//! The audit trail for people: `audit ls`, `audit tail`, `audit verify` and `replay`, as library
-//! functions that write to any `Write` and return a `Result`, so the CLI and the tests share them.
+//! The audit trail read back for people: `audit ls`, `audit tail`, `audit verify` and `replay`, as
+//! library functions that write to any `Write` and return a `Result`, so the CLI and the tests
+//! share them. Tables show each outcome whole (decision, `ok` or `failed` and the error code), and
+//! a login as its driver, authenticator, role and warehouse.
 //!
 //! They read the Parquet files under an audit directory (no daemon needed) and never change them.
 //! Argument parsing and exit codes belong to the `cli` module.
@@ -23,10 +25,10 @@ use super::schema::{META_SCHEMA_VERSION, SCHEMA_VERSION, SchemaError, events_fro
 /// A temporary file younger than this is taken for one the agent is still writing.
 const TEMP_IN_PROGRESS: Duration = Duration::from_secs(2 * 3600);
 
-/// Why an inspection command failed (as opposed to finding problems, which `verify` reports).
+/// Why a read-back command failed (as opposed to finding problems, which `verify` reports).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum InspectError {
+pub enum ReadbackError {
     /// A directory could not be listed.
     #[error("{path}: {source}")]
     Io {
@@ -70,8 +72,8 @@ pub struct FileEntry {
     pub bytes: u64,
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<fs::DirEntry>, InspectError> {
-    let io_err = |source| InspectError::Io {
+fn read_dir_sorted(dir: &Path) -> Result<Vec<fs::DirEntry>, ReadbackError> {
+    let io_err = |source| ReadbackError::Io {
         path: dir.to_owned(),
         source,
     };
@@ -86,8 +88,8 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<fs::DirEntry>, InspectError> {
 /// Walks `date=*/hour=*` under `dir`, calling `f(partition, entry)` for every file, hidden ones too.
 fn walk(
     dir: &Path,
-    mut f: impl FnMut(&str, &fs::DirEntry) -> Result<(), InspectError>,
-) -> Result<(), InspectError> {
+    mut f: impl FnMut(&str, &fs::DirEntry) -> Result<(), ReadbackError>,
+) -> Result<(), ReadbackError> {
     for date in read_dir_sorted(dir)? {
         let dname = date.file_name().to_string_lossy().into_owned();
         if !dname.starts_with("date=") || !date.path().is_dir() {
@@ -108,7 +110,7 @@ fn walk(
 }
 
 /// The published Parquet files under `dir`, in partition and name order (temporary files skipped).
-pub fn list_files(dir: &Path) -> Result<Vec<FileEntry>, InspectError> {
+pub fn list_files(dir: &Path) -> Result<Vec<FileEntry>, ReadbackError> {
     let mut out = Vec::new();
     walk(dir, |partition, e| {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -126,33 +128,33 @@ pub fn list_files(dir: &Path) -> Result<Vec<FileEntry>, InspectError> {
     Ok(out)
 }
 
-fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, InspectError> {
-    let f = File::open(path).map_err(|source| InspectError::Io {
+fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, ReadbackError> {
+    let f = File::open(path).map_err(|source| ReadbackError::Io {
         path: path.to_owned(),
         source,
     })?;
-    ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| InspectError::Parquet {
+    ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| ReadbackError::Parquet {
         path: path.to_owned(),
         source,
     })
 }
 
 /// Reads every event of one file.
-pub fn read_file_events(path: &Path) -> Result<Vec<Event>, InspectError> {
+pub fn read_file_events(path: &Path) -> Result<Vec<Event>, ReadbackError> {
     let reader = open_reader(path)?
         .build()
-        .map_err(|source| InspectError::Parquet {
+        .map_err(|source| ReadbackError::Parquet {
             path: path.to_owned(),
             source,
         })?;
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| InspectError::Parquet {
+        let batch = batch.map_err(|e| ReadbackError::Parquet {
             path: path.to_owned(),
             source: e.into(),
         })?;
         out.extend(
-            events_from_batch(&batch).map_err(|source| InspectError::Schema {
+            events_from_batch(&batch).map_err(|source| ReadbackError::Schema {
                 path: path.to_owned(),
                 source,
             })?,
@@ -162,7 +164,7 @@ pub fn read_file_events(path: &Path) -> Result<Vec<Event>, InspectError> {
 }
 
 /// Reads every event under `dir`, in event time order.
-pub fn read_events(dir: &Path) -> Result<Vec<Event>, InspectError> {
+pub fn read_events(dir: &Path) -> Result<Vec<Event>, ReadbackError> {
     let mut out = Vec::new();
     for f in list_files(dir)? {
         out.extend(read_file_events(&f.path)?);
@@ -187,7 +189,7 @@ pub struct LsSummary {
 }
 
 /// `snowtrail audit ls`: files per hour partition with their events and bytes.
-pub fn ls(dir: &Path, out: &mut dyn Write) -> Result<LsSummary, InspectError> {
+pub fn ls(dir: &Path, out: &mut dyn Write) -> Result<LsSummary, ReadbackError> {
     let mut per_hour: BTreeMap<String, LsSummary> = BTreeMap::new();
     for f in list_files(dir)? {
         let rows = read_footer(&f.path)?.file_metadata().num_rows();
@@ -285,6 +287,13 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
+/// Width of the outcome column: a decision, `ok` or `failed` and the whole error code fit
+/// (`deny failed 003001`); a longer outcome widens its line rather than losing characters.
+const OUTCOME_WIDTH: usize = 20;
+
+/// Longest outcome shown (a decision, `failed` and an error code are far shorter).
+const OUTCOME_MAX: usize = 48;
+
 fn outcome(e: &Event) -> String {
     let mut parts = Vec::new();
     if let Some(d) = &e.decision {
@@ -304,7 +313,34 @@ fn outcome(e: &Event) -> String {
     parts.join(" ")
 }
 
+/// A login as a reader wants it: driver and version, authenticator, role and warehouse, those
+/// the event has; `None` when it has none of them.
+fn login_summary(e: &Event) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(d) = &e.driver {
+        parts.push(match &e.driver_version {
+            Some(v) => format!("driver {d} {v}"),
+            None => format!("driver {d}"),
+        });
+    }
+    for (label, value) in [
+        ("authenticator", &e.authenticator),
+        ("role", &e.role),
+        ("warehouse", &e.warehouse),
+    ] {
+        if let Some(v) = value {
+            parts.push(format!("{label} {v}"));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("  "))
+}
+
 fn what(e: &Event) -> String {
+    if e.event_kind == EventKind::Login
+        && let Some(summary) = login_summary(e)
+    {
+        return summary;
+    }
     e.sql_text
         .as_deref()
         .or(e.lifecycle_action.as_deref())
@@ -315,21 +351,33 @@ fn what(e: &Event) -> String {
         .to_owned()
 }
 
+/// The header of `audit tail`'s table.
+fn table_header() -> String {
+    format!(
+        "{:<24} {:<10} {:<20} {:<16} {:<OUTCOME_WIDTH$} WHAT",
+        "TIME", "KIND", "IDENTITY", "USER", "OUTCOME"
+    )
+}
+
+/// One event as a row of `audit tail`'s table.
+fn table_line(e: &Event) -> String {
+    format!(
+        "{:<24} {:<10} {:<20} {:<16} {:<OUTCOME_WIDTH$} {}",
+        fmt_time(e.event_time),
+        e.event_kind.as_str(),
+        one_line(e.workload_identity.as_deref().unwrap_or("-"), 20),
+        one_line(e.login_user.as_deref().unwrap_or("-"), 16),
+        one_line(&outcome(e), OUTCOME_MAX),
+        one_line(&what(e), 100)
+    )
+}
+
 fn print_events(events: &[Event], opts: &TailOptions, out: &mut dyn Write) -> io::Result<()> {
     for e in events {
         if opts.json {
             writeln!(out, "{}", event_json(e))?;
         } else {
-            writeln!(
-                out,
-                "{:<24} {:<10} {:<20} {:<16} {:<12} {}",
-                fmt_time(e.event_time),
-                e.event_kind.as_str(),
-                one_line(e.workload_identity.as_deref().unwrap_or("-"), 20),
-                one_line(e.login_user.as_deref().unwrap_or("-"), 16),
-                one_line(&outcome(e), 12),
-                one_line(&what(e), 100)
-            )?;
+            writeln!(out, "{}", table_line(e))?;
         }
     }
     out.flush()
@@ -342,7 +390,7 @@ pub fn tail(
     opts: &TailOptions,
     out: &mut dyn Write,
     stop: &dyn Fn() -> bool,
-) -> Result<(), InspectError> {
+) -> Result<(), ReadbackError> {
     let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut events = Vec::new();
     for f in list_files(dir)? {
@@ -356,11 +404,7 @@ pub fn tail(
     events.sort_by_key(|e| e.event_time);
     let skip = events.len().saturating_sub(opts.n);
     if !opts.json {
-        writeln!(
-            out,
-            "{:<24} {:<10} {:<20} {:<16} {:<12} WHAT",
-            "TIME", "KIND", "IDENTITY", "USER", "OUTCOME"
-        )?;
+        writeln!(out, "{}", table_header())?;
     }
     print_events(&events[skip..], opts, out)?;
     while opts.follow && !stop() {
@@ -499,7 +543,7 @@ fn verify_file(
 }
 
 /// `snowtrail audit verify` with default options: see [`verify_with`].
-pub fn verify(dir: &Path, out: &mut dyn Write) -> Result<VerifyReport, InspectError> {
+pub fn verify(dir: &Path, out: &mut dyn Write) -> Result<VerifyReport, ReadbackError> {
     verify_with(dir, &VerifyOptions::default(), out)
 }
 
@@ -512,7 +556,7 @@ pub fn verify_with(
     dir: &Path,
     opts: &VerifyOptions,
     out: &mut dyn Write,
-) -> Result<VerifyReport, InspectError> {
+) -> Result<VerifyReport, ReadbackError> {
     let mut report = VerifyReport::default();
     let mut ids = HashSet::new();
     let mut lines = Vec::new();
@@ -620,7 +664,7 @@ pub fn verify_with(
 
 /// `snowtrail replay --session ID`: the session's events (by `session_id`, or `connection_id` for
 /// now) in time order, as a timeline of statements, timings and outcomes; returns how many.
-pub fn replay(dir: &Path, session: &str, out: &mut dyn Write) -> Result<usize, InspectError> {
+pub fn replay(dir: &Path, session: &str, out: &mut dyn Write) -> Result<usize, ReadbackError> {
     let events: Vec<Event> = read_events(dir)?
         .into_iter()
         .filter(|e| {
@@ -656,33 +700,125 @@ pub fn replay(dir: &Path, session: &str, out: &mut dyn Write) -> Result<usize, I
         )?;
     }
     for e in &events {
-        let offset = e.event_time.duration_since(t0).unwrap_or_default();
-        let mut timing = Vec::new();
-        if let Some(d) = e.duration_ms {
-            timing.push(format!("{d} ms"));
-        }
-        if let Some(r) = e.rows_produced {
-            timing.push(format!("{r} rows"));
-        }
-        if let Some(q) = &e.query_id {
-            timing.push(format!("query {q}"));
-        }
-        writeln!(
-            out,
-            "+{:>9.3}s  {:<10} {:<12} {}{}",
-            offset.as_secs_f64(),
-            e.event_kind.as_str(),
-            one_line(&outcome(e), 12),
-            one_line(&what(e), 120),
-            if timing.is_empty() {
-                String::new()
-            } else {
-                format!("  ({})", timing.join(", "))
-            }
-        )?;
+        writeln!(out, "{}", timeline_line(e, t0))?;
         if let Some(m) = &e.error_message {
             writeln!(out, "{:>13}error: {}", "", one_line(m, 160))?;
         }
     }
     Ok(events.len())
+}
+
+/// One event of `replay`'s timeline: its offset from the session's first event, kind, outcome,
+/// what it was and its timings.
+fn timeline_line(e: &Event, t0: SystemTime) -> String {
+    let offset = e.event_time.duration_since(t0).unwrap_or_default();
+    let mut timing = Vec::new();
+    if let Some(d) = e.duration_ms {
+        timing.push(format!("{d} ms"));
+    }
+    if let Some(r) = e.rows_produced {
+        timing.push(format!("{r} rows"));
+    }
+    if let Some(q) = &e.query_id {
+        timing.push(format!("query {q}"));
+    }
+    format!(
+        "+{:>9.3}s  {:<10} {:<OUTCOME_WIDTH$} {}{}",
+        offset.as_secs_f64(),
+        e.event_kind.as_str(),
+        one_line(&outcome(e), OUTCOME_MAX),
+        one_line(&what(e), 120),
+        if timing.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", timing.join(", "))
+        }
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_564_800_000 + ms)
+    }
+
+    fn login() -> Event {
+        let mut e = Event::new(EventKind::Login, at(250), "h");
+        e.success = Some(true);
+        e.driver = Some("PythonConnector".into());
+        e.driver_version = Some("5.2.0".into());
+        e.authenticator = Some("SNOWFLAKE_JWT".into());
+        e.role = Some("ANALYST".into());
+        e.warehouse = Some("COMPUTE_WH".into());
+        e.detail = Some(r#"{"CLIENT_APPLICATION_PATH":"/srv/etl.py","QUERY_TAG":"etl"}"#.into());
+        e
+    }
+
+    #[test]
+    fn a_login_reads_as_driver_authenticator_role_and_warehouse() {
+        let line = timeline_line(&login(), at(0));
+        assert!(line.starts_with("+    0.250s  login      ok "), "{line}");
+        assert!(
+            line.ends_with(
+                "driver PythonConnector 5.2.0  authenticator SNOWFLAKE_JWT  role ANALYST  \
+                 warehouse COMPUTE_WH"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("CLIENT_APPLICATION_PATH"), "{line}");
+        assert!(table_line(&login()).ends_with("warehouse COMPUTE_WH"));
+
+        // Only what the event has; none of it: the detail, as before.
+        let mut partial = login();
+        partial.driver_version = None;
+        partial.role = None;
+        partial.warehouse = None;
+        assert!(
+            timeline_line(&partial, at(0))
+                .ends_with("driver PythonConnector  authenticator SNOWFLAKE_JWT")
+        );
+        let mut bare = Event::new(EventKind::Login, at(0), "h");
+        bare.detail = Some(r#"{"QUERY_TAG":"etl"}"#.into());
+        assert!(timeline_line(&bare, at(0)).ends_with(r#"{"QUERY_TAG":"etl"}"#));
+        // Other kinds keep their own text.
+        let mut q = Event::new(EventKind::Query, at(0), "h");
+        q.sql_text = Some("select 1".into());
+        q.driver = Some("PythonConnector".into());
+        assert!(timeline_line(&q, at(0)).ends_with(" select 1"));
+    }
+
+    #[test]
+    fn the_outcome_column_shows_the_whole_error_code() {
+        let mut failed = Event::new(EventKind::Query, at(1_500), "h");
+        failed.success = Some(false);
+        failed.error_code = Some("002003".into());
+        failed.sql_text = Some("select * from missing".into());
+        failed.query_id = Some("01b2-q".into());
+        let line = timeline_line(&failed, at(0));
+        assert_eq!(
+            line,
+            "+    1.500s  query      failed 002003        select * from missing  (query 01b2-q)"
+        );
+        failed.decision = Some("deny".into());
+        failed.error_code = Some("003001".into());
+        let row = table_line(&failed);
+        assert!(
+            row.contains(" deny failed 003001   select * from missing"),
+            "{row}"
+        );
+        // Longer than the column: shown whole, the text after it moves right.
+        failed.decision = Some("require_approval".into());
+        let row = table_line(&failed);
+        assert!(
+            row.contains(" require_approval failed 003001 select"),
+            "{row}"
+        );
+        // The text starts under the header's WHAT.
+        failed.decision = None;
+        let row = table_line(&failed);
+        assert_eq!(row.find("select"), table_header().find("WHAT"), "{row}");
+    }
 }
