@@ -3,7 +3,7 @@
 
 use super::server::Session;
 use super::{Reply, Response};
-use crate::proxy::holds::Holds;
+use crate::proxy::exchange::holds::Holds;
 
 /// The name of `uid` from the host's user database, else the number.
 fn user_name(uid: u32) -> String {

@@ -35,7 +35,7 @@ pub struct DaemonHandler {
     /// The CA bundle `exec` hands to workloads.
     pub ca_bundle: PathBuf,
     /// Statements held for approval.
-    pub holds: Arc<crate::proxy::holds::Holds>,
+    pub holds: Arc<crate::proxy::exchange::holds::Holds>,
     /// The audit writer, for status (`None` where no writer runs).
     pub audit: Option<crate::audit::AuditWriter>,
     /// Where the digest chain's state lives and how often a digest is due, for status.

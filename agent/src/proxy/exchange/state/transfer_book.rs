@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::record::Recording;
+use super::capture::Recording;
 use crate::audit::Event;
 use crate::recording::payload::{MAX_TRANSFER_FILES, TransferFile, TransferPart};
 use crate::snowflake::TransferTarget;

@@ -10,7 +10,6 @@
 //! bounded ([`MAX_HOLDS`]).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -19,11 +18,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::body::Held;
-use super::exchange::{ConnCtx, mark_denied, reply};
-use super::intercept::Body;
+use super::context::{ConnCtx, mark_denied, reply};
 use crate::audit::{Event, EventSink};
 use crate::control::HoldInfo;
+use crate::proxy::transport::body::Body;
+use crate::proxy::transport::body::Held;
 use crate::snowflake::{self, Refusal};
 
 /// Most statements held at once; past it a statement needing approval is refused.
@@ -240,7 +239,7 @@ pub(super) fn hold(
     request_id: Option<String>,
     timeout: Duration,
 ) -> Response<Body> {
-    let ins = &ctx.inspector;
+    let ins = &ctx.shared;
     let holds = ins.holds.clone();
     let id = uuid::Uuid::now_v7().to_string();
     if lock(&holds.map).len() >= MAX_HOLDS {
@@ -300,7 +299,7 @@ pub(super) fn cancel_named(
     query_id: Option<&str>,
     request_id: Option<&str>,
 ) -> bool {
-    let holds = &ctx.inspector.holds;
+    let holds = &ctx.shared.holds;
     if holds.is_empty() {
         return false;
     }
@@ -314,7 +313,7 @@ pub(super) fn cancel_named(
 
 /// Whether `query_id` is a hold (its polls and monitoring are answered by the agent).
 pub(super) fn is_hold(ctx: &ConnCtx, query_id: &str) -> bool {
-    ctx.inspector.holds.get(query_id).is_some()
+    ctx.shared.holds.get(query_id).is_some()
 }
 
 /// A monitoring request for a hold: `QUEUED` while it waits (nothing reaches Snowflake).
@@ -322,19 +321,29 @@ pub(super) fn monitoring(query_id: &str) -> Response<Body> {
     reply(snowflake::envelope::monitoring_status(query_id, "QUEUED"))
 }
 
-/// A poll of a hold: waits briefly for a decision; approved, forwards the held statement with
-/// `send` and answers with Snowflake's response.
-pub(super) async fn poll<F, Fut>(query_id: &str, ctx: &ConnCtx, send: F) -> Response<Body>
-where
-    F: FnOnce(Request<Body>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
-{
-    let holds = ctx.inspector.holds.clone();
+/// What a poll of a hold comes to.
+pub(super) enum HoldPoll {
+    /// The agent's answer: still waiting, rejected or timed out.
+    Answered(Response<Body>),
+    /// The statement was approved: its held request, to be forwarded by the statement handler
+    /// (it carries its event as [`Approved`]), and the request id the driver sent it with.
+    Approved {
+        /// The held request.
+        request: Request<Body>,
+        /// The driver's request id of the statement.
+        request_id: Option<String>,
+    },
+}
+
+/// A poll of a hold: waits briefly for a decision; approved, hands the held statement back for
+/// forwarding.
+pub(super) async fn poll(query_id: &str, ctx: &ConnCtx) -> HoldPoll {
+    let holds = ctx.shared.holds.clone();
     let Some(hold) = holds.get(query_id) else {
-        return reply(snowflake::envelope::query_error(
+        return HoldPoll::Answered(reply(snowflake::envelope::query_error(
             &Refusal::ApprovalTimedOut,
             query_id,
-        ));
+        )));
     };
     let until = (Instant::now() + POLL_WAIT).min(hold.deadline + Duration::from_millis(50));
     loop {
@@ -347,24 +356,24 @@ where
                 let _ = tokio::time::timeout_at(until, notified).await;
             }
             None => {
-                return reply(snowflake::envelope::in_progress(
+                return HoldPoll::Answered(reply(snowflake::envelope::in_progress(
                     query_id,
                     &snowflake::envelope::result_url(query_id),
-                ));
+                )));
             }
             Some(Decided::Rejected) => {
                 holds.remove(query_id);
-                return reply(snowflake::envelope::query_error(
+                return HoldPoll::Answered(reply(snowflake::envelope::query_error(
                     &Refusal::ApprovalRejected,
                     query_id,
-                ));
+                )));
             }
             Some(Decided::TimedOut) => {
                 holds.remove(query_id);
-                return reply(snowflake::envelope::query_error(
+                return HoldPoll::Answered(reply(snowflake::envelope::query_error(
                     &Refusal::ApprovalTimedOut,
                     query_id,
-                ));
+                )));
             }
             Some(Decided::Approved) => {
                 let taken = {
@@ -377,14 +386,16 @@ where
                 holds.remove(query_id);
                 let Some(((mut parts, raw), event, request_id)) = taken else {
                     // Another poll took it; this one is answered as still running.
-                    return reply(snowflake::envelope::in_progress(
+                    return HoldPoll::Answered(reply(snowflake::envelope::in_progress(
                         query_id,
                         &snowflake::envelope::result_url(query_id),
-                    ));
+                    )));
                 };
                 parts.extensions.insert(Approved(event));
-                let req = Request::from_parts(parts, raw.into_body());
-                return Box::pin(super::statement::query(req, request_id, ctx, send)).await;
+                return HoldPoll::Approved {
+                    request: Request::from_parts(parts, raw.into_body()),
+                    request_id,
+                };
             }
         }
     }

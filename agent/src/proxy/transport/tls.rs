@@ -1,11 +1,13 @@
-//! Interception: terminate the client's TLS with a leaf minted for its server name, open TLS to the
+//! TLS interception: terminate the client's TLS with a leaf minted for its server name, open TLS to the
 //! original destination (same server name, strict verification), and carry HTTP across, exchange by
 //! exchange, with hyper on both sides.
 //!
 //! Client side and upstream side negotiate TLS and ALPN independently (DECISIONS 1): an h2 client
 //! may meet an http/1.1 upstream and the other way round; requests are rewritten between the two
 //! forms (origin-form plus `Host` for HTTP/1.1, absolute URI for h2) and hop-by-hop headers dropped.
-//! Bodies stream through; this role inspects nothing itself. The upstream side is not the client
+//! Bodies stream through; this module inspects nothing itself: each exchange goes to the
+//! connection's [`ConnectionHandler`] (the layer above), which sends it upstream through the
+//! [`SendUpstream`] it is given, or answers it in the upstream's place. The upstream side is not the client
 //! connection's own: each exchange borrows a connection to the same server name and destination
 //! from the proxy's [`pool`](super::pool), so an idle client holds no upstream connection. A failed
 //! upstream (unreachable, or a certificate that does not verify) is an error the client sees on
@@ -20,17 +22,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tracing::warn;
 
+use super::body::Body;
 use super::passthrough::{CloseReason, Metered};
-
-/// The body type both sides of the proxy use.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+use super::{ConnectionHandler, SendUpstream};
 
 /// TLS material shared by every intercepted connection.
 pub struct TlsInputs {
@@ -107,7 +108,7 @@ pub async fn serve<C>(
     sni: String,
     dst: SocketAddr,
     tls: &TlsInputs,
-    inspect: Option<Arc<super::exchange::ConnCtx>>,
+    handler: Option<Arc<dyn ConnectionHandler>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     mut force_close: watch::Receiver<bool>,
@@ -165,17 +166,18 @@ where
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let upstream = upstream.clone();
             let authority = authority.clone();
-            let inspect = inspect.clone();
+            let handler = handler.clone();
             requests.fetch_add(1, Ordering::Relaxed);
             // Boxed: hyper's HTTP/1.1 server keeps a slot the size of this future for the whole
             // connection, idle or not; the exchange's state machine is kilobytes, and a box of it
             // lives only while an exchange does.
             Box::pin(async move {
                 let req = req.map(|b| b.boxed());
-                let resp = match &inspect {
-                    Some(ctx) => {
-                        super::exchange::handle(req, ctx, |r| forward(r, &upstream, &authority))
-                            .await
+                let resp = match &handler {
+                    Some(h) => {
+                        let send: SendUpstream<'_> =
+                            Box::new(|r| Box::pin(forward(r, &upstream, &authority)));
+                        h.handle(req, send).await
                     }
                     None => forward(req, &upstream, &authority).await,
                 };
@@ -665,7 +667,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (addr, upstream_ca, accepted) = counted_upstream(b"h2", dir.path()).await;
         let (mut tls, ca) = agent_tls(dir.path(), &[upstream_ca]);
-        tls.upstreams = Arc::new(crate::proxy::pool::Pool::new(
+        tls.upstreams = Arc::new(super::super::pool::Pool::new(
             tls.client.clone(),
             Duration::from_secs(5),
             Duration::from_millis(50),

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::intercept::Body;
+use super::body::Body;
 
 /// How long an upstream connection may sit unused before the pool closes it.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(90);

@@ -17,10 +17,10 @@ use http::{HeaderValue, header};
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use super::body::{Held, full};
-use super::intercept::Body;
-use super::sessions::Session;
+use super::state::TrackedSession;
 use crate::audit::Event;
+use crate::proxy::transport::body::Body;
+use crate::proxy::transport::body::{Held, full};
 use crate::snowflake::{self, ContentEncoding, TagChange};
 
 /// A new session's id and its correlation id: the exec run's id when the connection's process
@@ -95,7 +95,7 @@ pub(super) fn query_body(
     parts: &mut http::request::Parts,
     raw: Held,
     decoded: &[u8],
-    session: Option<&Session>,
+    session: Option<&TrackedSession>,
     base: &Event,
 ) -> Body {
     let correlation = session
@@ -113,7 +113,7 @@ pub(super) fn query_body(
 }
 
 /// Records a completed statement's change to its session's tag.
-pub(super) fn note_statement(session: Option<&Session>, sql: &str) {
+pub(super) fn note_statement(session: Option<&TrackedSession>, sql: &str) {
     let Some(s) = session else { return };
     let Some(change) = snowflake::session_tag_change(sql) else {
         return;
@@ -170,15 +170,15 @@ mod tests {
             .body(())
             .unwrap();
         let (mut parts, ()) = req.into_parts();
-        let budget = super::super::body::Budget::new(1 << 20);
-        let held = match super::super::body::collect(
+        let budget = crate::proxy::transport::body::Budget::new(1 << 20);
+        let held = match crate::proxy::transport::body::collect(
             full(Bytes::from(snowflake::gzip(body))),
             1 << 20,
             &budget,
         )
         .await
         {
-            super::super::body::Collected::Whole(h) => h,
+            crate::proxy::transport::body::Collected::Whole(h) => h,
             _ => panic!("not collected"),
         };
         let out = query_body(&mut parts, held, body, None, &base());
@@ -198,10 +198,10 @@ mod tests {
 
     #[test]
     fn session_tags_follow_alter_session() {
-        let s = Session {
+        let s = TrackedSession {
             id: "s".into(),
             correlation_id: "c".into(),
-            ..Session::default()
+            ..TrackedSession::default()
         };
         let tag = || s.context.lock().unwrap().query_tag.clone();
         note_statement(Some(&s), "alter session set query_tag = 'nightly'");

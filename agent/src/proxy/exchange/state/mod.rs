@@ -5,122 +5,34 @@
 //! session by a keyed hash of that token (the token itself is not kept) and remembers who logged
 //! in. A brokered session's requests carry agent handles ([`crate::broker::handles`]); the proxy
 //! swaps them for Snowflake's tokens before anything here looks, so sessions are keyed by
-//! Snowflake's token whether brokered or not. Statements whose outcome comes later (a `333333` poll, a retry after token renewal) wait
-//! here by query id or request id. Everything is bounded: past the bounds the oldest entries go.
+//! Snowflake's token whether brokered or not. Statements whose outcome comes later (a `333333`
+//! poll, a retry after token renewal) wait here by query id or request id. Everything is
+//! bounded: past the bounds the oldest entries go.
+//!
+//! This is state only: the types it stores are its own ([`session`], [`chunks`], [`capture`],
+//! [`transfer_book`]), and nothing here calls a handler.
+
+pub mod capture;
+pub mod chunks;
+pub mod session;
+pub mod transfer_book;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::audit::Event;
-use crate::snowflake::Refusal;
+
+pub use capture::{Recorder, Recording};
+pub use chunks::{ChunkMasking, PendingResult};
+pub use session::{FLAG_IDENTITY_UNVERIFIED, Human, SessionContext, TrackedSession};
+pub use transfer_book::{PendingTransfer, TransferBook};
 
 /// Most sessions tracked at once.
 pub const MAX_SESSIONS: usize = 65_536;
 /// Most statements waiting for their outcome at once.
 pub const MAX_PENDING: usize = 65_536;
-
-/// What the agent knows of one Snowflake session.
-#[derive(Debug, Clone, Default)]
-pub struct Session {
-    /// The agent's own id of the session (a UUID v7), the `session_id` column.
-    pub id: String,
-    /// The session's correlation id: its exec run's id, else its own id (`correlation_id`).
-    pub correlation_id: String,
-    /// Snowflake's session id.
-    pub snowflake_session_id: Option<String>,
-    /// The account named at login.
-    pub account: Option<String>,
-    /// The user named at login.
-    pub login_user: Option<String>,
-    /// The authenticator of the login.
-    pub authenticator: Option<String>,
-    /// Driver name.
-    pub driver: Option<String>,
-    /// Driver version.
-    pub driver_version: Option<String>,
-    /// Role, warehouse, database, schema in effect (updated from query responses).
-    pub context: Arc<Mutex<Context>>,
-    /// The human behind the session, from its login token ([`crate::identity::oidc`]).
-    pub human: Human,
-    /// The broker's number of the session when the agent logged it in with a key pair
-    /// ([`crate::broker`]): its token handles share it.
-    pub brokered: Option<u64>,
-    /// Result bytes recorded for the session so far (`recording.max_bytes_per_session`).
-    pub recorded: Arc<AtomicU64>,
-}
-
-/// What the login's token said about the human behind a session; every event of the session
-/// carries it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Human {
-    /// `human_identity`: the verified token's email, else its subject.
-    pub identity: Option<String>,
-    /// `human_groups`: the verified token's groups.
-    pub groups: Vec<String>,
-    /// The token did not verify and the login was allowed anyway: events are flagged
-    /// `identity_unverified`.
-    pub unverified: bool,
-}
-
-impl Human {
-    /// What a login check means for the session: its human, or the refusal of the login.
-    pub fn from_check(check: crate::identity::oidc::LoginCheck) -> Result<Human, Refusal> {
-        use crate::identity::oidc::LoginCheck;
-        match check {
-            LoginCheck::Off | LoginCheck::Allowed => Ok(Human::default()),
-            LoginCheck::Verified(h) => Ok(Human {
-                identity: Some(h.name().to_owned()),
-                groups: h.groups,
-                unverified: false,
-            }),
-            LoginCheck::Flagged(e) => {
-                tracing::warn!(reason = e.label(), error = %e, "login token not verified; login allowed and flagged");
-                Ok(Human {
-                    unverified: true,
-                    ..Human::default()
-                })
-            }
-            LoginCheck::Denied(e) => {
-                tracing::warn!(reason = e.label(), error = %e, "login token not verified; login denied");
-                Err(Refusal::LoginTokenInvalid {
-                    label: e.label(),
-                    reason: e.to_string(),
-                })
-            }
-        }
-    }
-
-    /// The human columns and flag of an event of this session.
-    pub fn fill(&self, e: &mut crate::audit::Event) {
-        e.human_identity.clone_from(&self.identity);
-        e.human_groups.clone_from(&self.groups);
-        if self.unverified && !e.flags.iter().any(|f| f == FLAG_IDENTITY_UNVERIFIED) {
-            e.flags.push(FLAG_IDENTITY_UNVERIFIED.to_owned());
-        }
-    }
-}
-
-/// The flag of events whose session's login token did not verify (DECISIONS 9).
-pub const FLAG_IDENTITY_UNVERIFIED: &str = "identity_unverified";
-
-/// A session's current role, warehouse, database and schema.
-#[derive(Debug, Clone, Default)]
-pub struct Context {
-    /// Role.
-    pub role: Option<String>,
-    /// Warehouse.
-    pub warehouse: Option<String>,
-    /// Database.
-    pub database: Option<String>,
-    /// Schema.
-    pub schema: Option<String>,
-    /// The workload's own session QUERY_TAG (from the login, then `ALTER SESSION`), which the
-    /// agent merges into each statement's tag.
-    pub query_tag: Option<String>,
-}
 
 fn abort_keys(query_id: Option<&str>, request_id: Option<&str>) -> Vec<String> {
     query_id
@@ -177,125 +89,10 @@ impl<V> Bounded<V> {
 /// How long a storage host learned from a query response stays intercepted for its cgroup.
 pub const LEARNED_HOST_TTL: Duration = Duration::from_secs(4 * 3600);
 
-/// A statement whose result comes partly in chunks: its event waits for the chunk downloads.
-pub struct PendingResult {
-    event: Mutex<Option<Event>>,
-    expected: usize,
-    seen: AtomicUsize,
-    bytes: AtomicU64,
-    masking: Option<super::mask::ChunkMasking>,
-    recording: Mutex<Option<super::record::Recording>>,
-    /// Each chunk's index and uncompressed size, by lower-case host and path.
-    chunk_index: HashMap<String, (usize, Option<u64>)>,
-}
-
-impl PendingResult {
-    /// Holds `event` until `expected` chunks were downloaded.
-    pub fn new(event: Event, expected: usize) -> Arc<PendingResult> {
-        Arc::new(PendingResult {
-            event: Mutex::new(Some(event)),
-            expected,
-            seen: AtomicUsize::new(0),
-            bytes: AtomicU64::new(0),
-            masking: None,
-            recording: Mutex::new(None),
-            chunk_index: HashMap::new(),
-        })
-    }
-
-    /// Holds `event` until `expected` chunks were downloaded, each rewritten by `masking`, their
-    /// rows added to `recording` (`chunks`: each chunk's host, path and uncompressed size).
-    pub fn masked(
-        event: Event,
-        expected: usize,
-        masking: Option<super::mask::ChunkMasking>,
-        recording: Option<super::record::Recording>,
-        chunks: &[crate::snowflake::result::Chunk],
-    ) -> Arc<PendingResult> {
-        let chunk_index = chunks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                (
-                    format!("{}{}", c.url.host.to_ascii_lowercase(), c.url.path),
-                    (i, c.uncompressed_size),
-                )
-            })
-            .collect();
-        Arc::new(PendingResult {
-            event: Mutex::new(Some(event)),
-            expected,
-            seen: AtomicUsize::new(0),
-            bytes: AtomicU64::new(0),
-            masking,
-            recording: Mutex::new(recording),
-            chunk_index,
-        })
-    }
-
-    /// The recording of the result, taken (once) when the event is completed.
-    pub(super) fn take_recording(&self) -> Option<super::record::Recording> {
-        self.recording.lock().ok()?.take()
-    }
-
-    /// Runs `f` on the recording of the result, while it is recorded.
-    pub(super) fn with_recording<T>(
-        &self,
-        f: impl FnOnce(&mut super::record::Recording) -> T,
-    ) -> Option<T> {
-        self.recording.lock().ok()?.as_mut().map(f)
-    }
-
-    /// A chunk download's index in the result and its uncompressed size.
-    pub(super) fn chunk_info(&self, host: &str, path: &str) -> Option<(usize, Option<u64>)> {
-        self.chunk_index
-            .get(&format!("{}{path}", host.to_ascii_lowercase()))
-            .copied()
-    }
-
-    /// How the result's chunk downloads are rewritten, when its rule shapes results.
-    pub fn masking(&self) -> Option<&super::mask::ChunkMasking> {
-        self.masking.as_ref()
-    }
-
-    /// Flags the held event (once), for what happened to one of its chunks.
-    pub fn flag(&self, flag: &str) {
-        if let Ok(mut e) = self.event.lock()
-            && let Some(e) = e.as_mut()
-            && !e.flags.iter().any(|f| f == flag)
-        {
-            e.flags.push(flag.to_owned());
-        }
-    }
-
-    /// Counts one downloaded chunk; returns the completed event once every chunk was seen.
-    pub fn chunk_done(&self, bytes: u64) -> Option<Event> {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if seen >= self.expected {
-            self.finish(false)
-        } else {
-            None
-        }
-    }
-
-    /// Takes the event for completion (once): with the chunk bytes added, and flagged
-    /// `chunks_unseen` when `incomplete`.
-    pub fn finish(&self, incomplete: bool) -> Option<Event> {
-        let mut event = self.event.lock().ok()?.take()?;
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        event.result_bytes = Some(event.result_bytes.unwrap_or(0) + bytes);
-        if incomplete {
-            event.flags.push("chunks_unseen".into());
-        }
-        Some(event)
-    }
-}
-
 /// Sessions by token, and statements waiting for their outcome.
 pub struct Tracker {
     hasher: RandomState,
-    sessions: Mutex<Bounded<Arc<Session>>>,
+    sessions: Mutex<Bounded<Arc<TrackedSession>>>,
     by_query_id: Mutex<Bounded<Event>>,
     by_request_id: Mutex<Bounded<Event>>,
     due: Mutex<Bounded<Event>>,
@@ -303,7 +100,7 @@ pub struct Tracker {
     learned: Mutex<Bounded<Instant>>,
     aborted: Mutex<Bounded<()>>,
     /// PUT/GET statements waiting for their stage transfers.
-    pub transfers: super::transfer::TransferBook,
+    pub transfers: TransferBook,
 }
 
 impl Default for Tracker {
@@ -317,7 +114,7 @@ impl Default for Tracker {
             chunks: Mutex::new(Bounded::new(MAX_PENDING)),
             learned: Mutex::new(Bounded::new(MAX_SESSIONS)),
             aborted: Mutex::new(Bounded::new(MAX_PENDING)),
-            transfers: super::transfer::TransferBook::default(),
+            transfers: TransferBook::default(),
         }
     }
 }
@@ -328,7 +125,7 @@ impl Tracker {
     }
 
     /// Records a session under the token the login (or a renewal) issued.
-    pub fn insert(&self, token: &str, session: Arc<Session>) {
+    pub fn insert(&self, token: &str, session: Arc<TrackedSession>) {
         let key = self.key(token);
         if let Ok(mut s) = self.sessions.lock() {
             s.insert(key, session);
@@ -336,13 +133,13 @@ impl Tracker {
     }
 
     /// The session a request's token belongs to.
-    pub fn lookup(&self, token: Option<&str>) -> Option<Arc<Session>> {
+    pub fn lookup(&self, token: Option<&str>) -> Option<Arc<TrackedSession>> {
         let key = self.key(token?);
         self.sessions.lock().ok()?.get(&key).cloned()
     }
 
     /// Forgets a session's token (logout).
-    pub fn remove(&self, token: Option<&str>) -> Option<Arc<Session>> {
+    pub fn remove(&self, token: Option<&str>) -> Option<Arc<TrackedSession>> {
         let key = self.key(token?);
         self.sessions.lock().ok()?.take(&key)
     }
@@ -478,9 +275,9 @@ mod tests {
     #[test]
     fn sessions_by_token_and_bounds() {
         let t = Tracker::default();
-        let s = Arc::new(Session {
+        let s = Arc::new(TrackedSession {
             id: "s1".into(),
-            ..Session::default()
+            ..TrackedSession::default()
         });
         t.insert("token-a", s.clone());
         assert_eq!(t.lookup(Some("token-a")).unwrap().id, "s1");
@@ -533,33 +330,5 @@ mod tests {
         assert!(t.is_learned(7, "bucket.s3.amazonaws.com"));
         assert!(!t.is_learned(8, "bucket.s3.amazonaws.com"));
         assert!(!t.is_learned(7, "other.s3.amazonaws.com"));
-    }
-
-    #[test]
-    fn a_chunked_result_completes_once_with_its_chunk_bytes() {
-        let mut e = Event::new(
-            crate::audit::EventKind::Query,
-            std::time::SystemTime::now(),
-            "h",
-        );
-        e.result_bytes = Some(100);
-        let p = PendingResult::new(e, 2);
-        assert!(p.chunk_done(10).is_none());
-        let done = p.chunk_done(20).unwrap();
-        assert_eq!(done.result_bytes, Some(130));
-        assert!(done.flags.is_empty());
-        assert!(p.finish(true).is_none(), "completed once");
-
-        let p = PendingResult::new(
-            Event::new(
-                crate::audit::EventKind::Query,
-                std::time::SystemTime::now(),
-                "h",
-            ),
-            3,
-        );
-        assert!(p.chunk_done(5).is_none());
-        let late = p.finish(true).unwrap();
-        assert_eq!(late.flags, vec!["chunks_unseen".to_string()]);
     }
 }

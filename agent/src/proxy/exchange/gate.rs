@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::exchange::ConnCtx;
-use super::sessions::Session;
+use super::context::ConnCtx;
+use super::state::TrackedSession;
 use crate::audit::Event;
 use crate::policy::{Action, Decision, NameContext, Subject};
 use crate::snowflake::Refusal;
@@ -25,8 +25,8 @@ pub(super) struct Verdict {
 pub(super) type PerStatement = Vec<(String, String)>;
 
 /// Judges a request's SQL (each of its statements; the strictest decision stands).
-pub(super) fn judge(ctx: &ConnCtx, session: Option<&Session>, sql: &str) -> Verdict {
-    let Some(policy) = ctx.inspector.policy.current() else {
+pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) -> Verdict {
+    let Some(policy) = ctx.shared.policy.current() else {
         return Verdict::default();
     };
     let base = &ctx.base;
@@ -133,7 +133,7 @@ pub(super) enum Gate {
 pub(super) fn gate(
     ctx: &ConnCtx,
     parts: &mut http::request::Parts,
-    session: Option<&Session>,
+    session: Option<&TrackedSession>,
     sql: &str,
     event: &mut Event,
 ) -> Gate {
