@@ -20,7 +20,6 @@ use tracing::info;
 
 use super::context::{ConnCtx, mark_denied, reply};
 use crate::audit::{Event, EventSink};
-use crate::control::HoldInfo;
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::Held;
 use crate::snowflake::{self, Refusal};
@@ -47,9 +46,32 @@ struct Inner {
     request_id: Option<String>,
 }
 
+/// A held statement as approvers see it: what it is, who sent it, when, and how long it may
+/// still wait. The control socket turns it into its own wire form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldSummary {
+    /// The hold id (the query id the driver sees while it waits).
+    pub id: String,
+    /// The rule that asked for approval.
+    pub rule: String,
+    /// The workload identity that sent it.
+    pub identity: Option<String>,
+    /// The Snowflake user.
+    pub user: Option<String>,
+    /// The role in effect.
+    pub role: Option<String>,
+    /// The statement, redacted as in the audit.
+    pub sql: String,
+    /// When the agent received it.
+    pub received_at: SystemTime,
+    /// How long it may still wait before it times out (and is rejected); as held, in the
+    /// answer to a decision.
+    pub expires_in: Duration,
+}
+
 /// One held statement.
 pub struct Hold {
-    info: HoldInfo,
+    info: HoldSummary,
     deadline: Instant,
     inner: Mutex<Inner>,
     notify: Notify,
@@ -95,20 +117,18 @@ impl Holds {
         }
     }
 
-    /// What waits for a decision, oldest first.
-    pub fn pending(&self) -> Vec<HoldInfo> {
+    /// What waits for a decision, in no particular order (the control socket orders it).
+    pub fn pending(&self) -> Vec<HoldSummary> {
         let now = Instant::now();
-        let mut out: Vec<HoldInfo> = lock(&self.map)
+        lock(&self.map)
             .values()
             .filter(|h| lock(&h.inner).decided.is_none())
             .map(|h| {
                 let mut i = h.info.clone();
-                i.expires_in_s = h.deadline.saturating_duration_since(now).as_secs();
+                i.expires_in = h.deadline.saturating_duration_since(now);
                 i
             })
-            .collect();
-        out.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
-        out
+            .collect()
     }
 
     fn get(&self, id: &str) -> Option<Arc<Hold>> {
@@ -120,7 +140,12 @@ impl Holds {
     }
 
     /// Approves (`approve`) or rejects the statement held as `id`, in the name of `approver`.
-    pub fn decide(&self, id: &str, approve: bool, approver: &str) -> Result<HoldInfo, DecideError> {
+    pub fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        approver: &str,
+    ) -> Result<HoldSummary, DecideError> {
         let hold = self
             .get(id)
             .ok_or_else(|| DecideError::Unknown(id.to_owned()))?;
@@ -254,16 +279,15 @@ pub(super) fn hold(
         ));
     }
     event.detail = Some(format!("hold {id}"));
-    let received: chrono::DateTime<chrono::Utc> = event.event_time.into();
-    let info = HoldInfo {
+    let info = HoldSummary {
         id: id.clone(),
         rule: event.policy_rule.clone().unwrap_or_default(),
         identity: event.workload_identity.clone(),
         user: event.login_user.clone(),
         role: event.role.clone(),
         sql: event.sql_text.clone().unwrap_or_default(),
-        received_at: received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        expires_in_s: timeout.as_secs(),
+        received_at: event.event_time,
+        expires_in: timeout,
     };
     let deadline = Instant::now() + timeout;
     let h = Arc::new(Hold {
