@@ -20,6 +20,7 @@ use super::state::{TrackedSession, Tracker};
 use crate::audit::{Durability, Event, EventKind, EventSink, OnAuditFailure};
 use crate::proxy::transport::body::{Body, Budget, Collected, Held, collect, full};
 use crate::snowflake::{self, RedactMode, Refusal};
+use crate::sync::lock;
 
 /// Limits on what the proxy buffers to inspect.
 #[derive(Debug, Clone)]
@@ -115,12 +116,11 @@ pub(super) fn fill_session(e: &mut Event, s: &TrackedSession) {
     if s.brokered.is_some() {
         e.brokered = Some(true);
     }
-    if let Ok(c) = s.context.lock() {
-        e.role.clone_from(&c.role);
-        e.warehouse.clone_from(&c.warehouse);
-        e.database.clone_from(&c.database);
-        e.schema.clone_from(&c.schema);
-    }
+    let c = lock(&s.context);
+    e.role.clone_from(&c.role);
+    e.warehouse.clone_from(&c.warehouse);
+    e.database.clone_from(&c.database);
+    e.schema.clone_from(&c.schema);
 }
 
 pub(super) fn elapsed_ms(started: Instant) -> Option<u64> {

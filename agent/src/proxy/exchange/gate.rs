@@ -9,6 +9,7 @@ use super::state::TrackedSession;
 use crate::audit::Event;
 use crate::policy::{Action, Decision, NameContext, Subject};
 use crate::snowflake::Refusal;
+use crate::sync::lock;
 
 /// What policy says about one request.
 #[derive(Debug, Clone, Default)]
@@ -48,11 +49,10 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) 
             who.human.clone_from(&s.human.identity);
         }
         who.groups.clone_from(&s.human.groups);
-        if let Ok(c) = s.context.lock() {
-            who.role.clone_from(&c.role);
-            names.database.clone_from(&c.database);
-            names.schema.clone_from(&c.schema);
-        }
+        let c = lock(&s.context);
+        who.role.clone_from(&c.role);
+        names.database.clone_from(&c.database);
+        names.schema.clone_from(&c.schema);
     }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

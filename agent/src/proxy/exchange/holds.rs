@@ -23,6 +23,7 @@ use crate::audit::{Event, EventSink};
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::Held;
 use crate::snowflake::{self, Refusal};
+use crate::sync::lock;
 
 /// Most statements held at once; past it a statement needing approval is refused.
 pub const MAX_HOLDS: usize = 1024;
@@ -102,10 +103,6 @@ pub enum DecideError {
         /// approved, rejected or timed out.
         what: &'static str,
     },
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Holds {

@@ -22,6 +22,7 @@ use crate::audit::Event;
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::{Held, full};
 use crate::snowflake::{self, ContentEncoding, TagChange};
+use crate::sync::lock;
 
 /// A new session's id and its correlation id: the exec run's id when the connection's process
 /// belongs to one, else the session's own id.
@@ -102,7 +103,7 @@ pub(super) fn query_body(
         .map(|s| s.correlation_id.clone())
         .or_else(|| base.correlation_id.clone());
     let agent = agent_part(base, correlation.as_deref(), session.map(|s| s.id.as_str()));
-    let session_tag = session.and_then(|s| s.context.lock().ok().and_then(|c| c.query_tag.clone()));
+    let session_tag = session.and_then(|s| lock(&s.context).query_tag.clone());
     match snowflake::set_query_tag(decoded, session_tag.as_deref(), &agent) {
         Ok((body, _)) => reencode(parts, body).unwrap_or_else(|| raw.into_body()),
         Err(e) => {
@@ -118,12 +119,10 @@ pub(super) fn note_statement(session: Option<&TrackedSession>, sql: &str) {
     let Some(change) = snowflake::session_tag_change(sql) else {
         return;
     };
-    if let Ok(mut c) = s.context.lock() {
-        c.query_tag = match change {
-            TagChange::Set(t) => Some(t).filter(|t| !t.is_empty()),
-            TagChange::Unset => None,
-        };
-    }
+    lock(&s.context).query_tag = match change {
+        TagChange::Set(t) => Some(t).filter(|t| !t.is_empty()),
+        TagChange::Unset => None,
+    };
 }
 
 /// Encodes a rewritten body the way the original was (identity or gzip) and fixes the length

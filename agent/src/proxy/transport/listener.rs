@@ -178,10 +178,7 @@ async fn serve(
 ) {
     let stats = &inputs.stats;
     stats.total.fetch_add(1, Ordering::Relaxed);
-    let origin = match inputs.redirect.read() {
-        Ok(r) => r.lookup(normalise(peer)),
-        Err(_) => return,
-    };
+    let origin = crate::sync::read(&inputs.redirect).lookup(normalise(peer));
     let origin = match origin {
         Ok(Some(o)) => o,
         Ok(None) => {

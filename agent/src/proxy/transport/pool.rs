@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::Body;
+use crate::sync::lock;
 
 /// How long an upstream connection may sit unused before the pool closes it.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(90);
@@ -135,9 +136,7 @@ impl Pool {
     /// Upstream connections the pool holds now (h2 ones, and idle HTTP/1.1 ones): what the pool
     /// costs, for tests and diagnostics.
     pub fn open(&self) -> usize {
-        let Ok(map) = self.conns.lock() else {
-            return 0;
-        };
+        let map = lock(&self.conns);
         map.values()
             .map(|c| {
                 c.h2.iter().filter(|h| !h.send.is_closed()).count()
@@ -160,9 +159,7 @@ impl Pool {
         };
         loop {
             let found = {
-                let Ok(mut map) = self.conns.lock() else {
-                    break;
-                };
+                let mut map = lock(&self.conns);
                 let conns = map.entry(key.clone()).or_default();
                 conns.h2.retain(|c| !c.send.is_closed());
                 conns.h1_idle.retain(|c| !c.send.is_closed());
@@ -180,9 +177,8 @@ impl Pool {
             // Closed while idle: it is dropped unreturned; try the next.
         }
         let (sender, usage) = self.connect(&key, connect_timeout).await?;
-        if let Sender::H2(send) = &sender
-            && let Ok(mut map) = self.conns.lock()
-        {
+        if let Sender::H2(send) = &sender {
+            let mut map = lock(&self.conns);
             let conns = map.entry(key.clone()).or_default();
             if conns.h2.len() < MAX_H2_PER_KEY {
                 conns.h2.push(H2Conn {
@@ -215,11 +211,10 @@ impl Pool {
         if conn.send.is_closed() {
             return;
         }
-        if let Ok(mut map) = self.conns.lock() {
-            let conns = map.entry(key).or_default();
-            if conns.h1_idle.len() < MAX_IDLE_H1_PER_KEY {
-                conns.h1_idle.push(conn);
-            }
+        let mut map = lock(&self.conns);
+        let conns = map.entry(key).or_default();
+        if conns.h1_idle.len() < MAX_IDLE_H1_PER_KEY {
+            conns.h1_idle.push(conn);
         }
     }
 

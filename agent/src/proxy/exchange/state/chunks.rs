@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::capture::Recording;
 use crate::audit::Event;
 use crate::snowflake::mask::ChunkShape;
+use crate::sync::lock;
 
 /// How a shaped result's chunk downloads are rewritten.
 pub struct ChunkMasking {
@@ -80,7 +81,7 @@ impl PendingResult {
 
     /// The recording of the result, taken (once) when the event is completed.
     pub(in crate::proxy::exchange) fn take_recording(&self) -> Option<Recording> {
-        self.recording.lock().ok()?.take()
+        lock(&self.recording).take()
     }
 
     /// Runs `f` on the recording of the result, while it is recorded.
@@ -88,7 +89,7 @@ impl PendingResult {
         &self,
         f: impl FnOnce(&mut Recording) -> T,
     ) -> Option<T> {
-        self.recording.lock().ok()?.as_mut().map(f)
+        lock(&self.recording).as_mut().map(f)
     }
 
     /// A chunk download's index in the result and its uncompressed size.
@@ -109,8 +110,7 @@ impl PendingResult {
 
     /// Flags the held event (once), for what happened to one of its chunks.
     pub fn flag(&self, flag: &str) {
-        if let Ok(mut e) = self.event.lock()
-            && let Some(e) = e.as_mut()
+        if let Some(e) = lock(&self.event).as_mut()
             && !e.flags.iter().any(|f| f == flag)
         {
             e.flags.push(flag.to_owned());
@@ -131,7 +131,7 @@ impl PendingResult {
     /// Takes the event for completion (once): with the chunk bytes added, and flagged
     /// `chunks_unseen` when `incomplete`.
     pub fn finish(&self, incomplete: bool) -> Option<Event> {
-        let mut event = self.event.lock().ok()?.take()?;
+        let mut event = lock(&self.event).take()?;
         let bytes = self.bytes.load(Ordering::Relaxed);
         event.result_bytes = Some(event.result_bytes.unwrap_or(0) + bytes);
         if incomplete {

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::audit::Event;
+use crate::sync::lock;
 
 pub use capture::{Recorder, Recording};
 pub use chunks::{ChunkMasking, PendingResult};
@@ -127,55 +128,47 @@ impl Tracker {
     /// Records a session under the token the login (or a renewal) issued.
     pub fn insert(&self, token: &str, session: Arc<TrackedSession>) {
         let key = self.key(token);
-        if let Ok(mut s) = self.sessions.lock() {
-            s.insert(key, session);
-        }
+        lock(&self.sessions).insert(key, session);
     }
 
     /// The session a request's token belongs to.
     pub fn lookup(&self, token: Option<&str>) -> Option<Arc<TrackedSession>> {
         let key = self.key(token?);
-        self.sessions.lock().ok()?.get(&key).cloned()
+        lock(&self.sessions).get(&key).cloned()
     }
 
     /// Forgets a session's token (logout).
     pub fn remove(&self, token: Option<&str>) -> Option<Arc<TrackedSession>> {
         let key = self.key(token?);
-        self.sessions.lock().ok()?.take(&key)
+        lock(&self.sessions).take(&key)
     }
 
     /// Parks a statement until a poll of `query_id` brings its outcome.
     pub fn park_query(&self, query_id: &str, event: Event) {
-        if let Ok(mut m) = self.by_query_id.lock() {
-            m.insert(query_id.to_owned(), event);
-        }
+        lock(&self.by_query_id).insert(query_id.to_owned(), event);
     }
 
     /// Takes the statement parked under `query_id`.
     pub fn take_query(&self, query_id: &str) -> Option<Event> {
-        self.by_query_id.lock().ok()?.take(query_id)
+        lock(&self.by_query_id).take(query_id)
     }
 
     /// Holds a statement whose outcome is known until the driver fetches its result with a
     /// request of its own (`GET /queries/<query_id>/result`): an asynchronous statement once
     /// monitoring said it ended, each statement of a multi-statement request.
     pub fn await_result(&self, query_id: &str, event: Event) {
-        if let Ok(mut m) = self.due.lock() {
-            m.insert(query_id.to_owned(), event);
-        }
+        lock(&self.due).insert(query_id.to_owned(), event);
     }
 
     /// Takes the statement whose result fetch is awaited under `query_id`.
     pub fn take_due(&self, query_id: &str) -> Option<Event> {
-        self.due.lock().ok()?.take(query_id)
+        lock(&self.due).take(query_id)
     }
 
     /// Takes every statement of session `session_id` whose result fetch is still awaited (the
     /// session ended: no fetch will come on it).
     pub fn take_due_of_session(&self, session_id: &str) -> Vec<Event> {
-        let Ok(mut m) = self.due.lock() else {
-            return Vec::new();
-        };
+        let mut m = lock(&self.due);
         let keys: Vec<String> = m
             .map
             .iter()
@@ -188,19 +181,16 @@ impl Tracker {
     /// Remembers that the client is aborting the statement with this query id or request id
     /// (marked before the abort is forwarded, since the statement's answer may come first).
     pub fn note_aborted(&self, query_id: Option<&str>, request_id: Option<&str>) {
-        if let Ok(mut m) = self.aborted.lock() {
-            for key in abort_keys(query_id, request_id) {
-                m.insert(key, ());
-            }
+        let mut m = lock(&self.aborted);
+        for key in abort_keys(query_id, request_id) {
+            m.insert(key, ());
         }
     }
 
     /// Whether the client aborted this statement (once: the mark is consumed); also how a
     /// refused abort, or one that found the statement parked, takes its mark back.
     pub fn take_aborted(&self, query_id: Option<&str>, request_id: Option<&str>) -> bool {
-        let Ok(mut m) = self.aborted.lock() else {
-            return false;
-        };
+        let mut m = lock(&self.aborted);
         if m.map.is_empty() {
             return false;
         }
@@ -213,7 +203,7 @@ impl Tracker {
 
     /// Takes the parked statement the driver sent with `request_id` (a 4.x abort names it so).
     pub fn take_query_by_request(&self, request_id: &str) -> Option<Event> {
-        let mut m = self.by_query_id.lock().ok()?;
+        let mut m = lock(&self.by_query_id);
         let key = m
             .map
             .iter()
@@ -225,46 +215,38 @@ impl Tracker {
     /// Parks a statement that the driver will send again with the same request id (after a
     /// session renewal): the retry is the same statement (DECISIONS 10).
     pub fn park_request(&self, request_id: &str, event: Event) {
-        if let Ok(mut m) = self.by_request_id.lock() {
-            m.insert(request_id.to_owned(), event);
-        }
+        lock(&self.by_request_id).insert(request_id.to_owned(), event);
     }
 
     /// Expects a download of `host` + `path` (a chunk URL without its signature) for `pending`.
     pub fn expect_chunk(&self, host: &str, path: &str, pending: Arc<PendingResult>) {
-        if let Ok(mut m) = self.chunks.lock() {
-            m.insert(format!("{host}{path}"), pending);
-        }
+        lock(&self.chunks).insert(format!("{host}{path}"), pending);
     }
 
     /// The statement a download of `host` + `path` belongs to.
     pub fn take_chunk(&self, host: &str, path: &str) -> Option<Arc<PendingResult>> {
-        self.chunks.lock().ok()?.take(&format!("{host}{path}"))
+        lock(&self.chunks).take(&format!("{host}{path}"))
     }
 
     /// Intercepts `host` for connections from cgroup `cgroup_id` for a while (DECISIONS 3).
     pub fn learn_host(&self, cgroup_id: u64, host: &str) {
-        if let Ok(mut m) = self.learned.lock() {
-            m.insert(
-                format!("{cgroup_id}/{}", host.to_ascii_lowercase()),
-                Instant::now() + LEARNED_HOST_TTL,
-            );
-        }
+        lock(&self.learned).insert(
+            format!("{cgroup_id}/{}", host.to_ascii_lowercase()),
+            Instant::now() + LEARNED_HOST_TTL,
+        );
     }
 
     /// Whether `host` was learned for connections from cgroup `cgroup_id` and has not expired.
     pub fn is_learned(&self, cgroup_id: u64, host: &str) -> bool {
         let key = format!("{cgroup_id}/{}", host.to_ascii_lowercase());
-        self.learned
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).copied())
-            .is_some_and(|until| Instant::now() < until)
+        lock(&self.learned)
+            .get(&key)
+            .is_some_and(|until| Instant::now() < *until)
     }
 
     /// Takes the statement parked under `request_id`.
     pub fn take_request(&self, request_id: &str) -> Option<Event> {
-        self.by_request_id.lock().ok()?.take(request_id)
+        lock(&self.by_request_id).take(request_id)
     }
 }
 

@@ -12,6 +12,7 @@ use crate::proxy::exchange::state::{ChunkMasking, Recording, TrackedSession};
 use crate::proxy::exchange::{masking, recording_tee};
 use crate::proxy::transport::body::Body;
 use crate::snowflake::{self, QueryStatus};
+use crate::sync::lock;
 
 /// Fills a query event from Snowflake's answer.
 pub(super) fn apply_query_response(
@@ -39,9 +40,8 @@ pub(super) fn apply_query_response(
         event.result_bytes = Some(u64::try_from(body_len).unwrap_or(u64::MAX));
         event.chunk_count = u32::try_from(r.chunks.len()).ok();
     }
-    if let Some(s) = session
-        && let Ok(mut c) = s.context.lock()
-    {
+    if let Some(s) = session {
+        let mut c = lock(&s.context);
         if r.final_role.is_some() {
             c.role.clone_from(&r.final_role);
         }
