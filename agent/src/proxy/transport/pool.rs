@@ -38,6 +38,79 @@ const MAX_H2_PER_KEY: usize = 4;
 /// The most idle HTTP/1.1 connections the pool keeps per destination.
 const MAX_IDLE_H1_PER_KEY: usize = 256;
 
+/// Why an exchange could not reach the upstream. Its text is what the client's error answer and
+/// the connection's audit event (`error_message`) say.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The TCP connection to the original destination failed.
+    #[error("connect to {dst}: {source}")]
+    Connect {
+        /// The original destination.
+        dst: SocketAddr,
+        /// What the connect said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connection did not come up within the connect timeout.
+    #[error("connect to {dst}: timed out")]
+    ConnectTimeout {
+        /// The original destination.
+        dst: SocketAddr,
+    },
+    /// The server name cannot be a TLS server name.
+    #[error("invalid server name {sni}")]
+    ServerName {
+        /// The server name the client sent.
+        sni: String,
+    },
+    /// The TLS handshake with the upstream failed (its certificate did not verify, or it
+    /// refused ours).
+    #[error("TLS to {sni} at {dst}: {source}")]
+    Tls {
+        /// The server name verified for.
+        sni: String,
+        /// The original destination.
+        dst: SocketAddr,
+        /// What the handshake said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake did not finish within the handshake timeout.
+    #[error("TLS to {sni} at {dst}: timed out")]
+    TlsTimeout {
+        /// The server name verified for.
+        sni: String,
+        /// The original destination.
+        dst: SocketAddr,
+    },
+    /// The HTTP handshake (h2 or http/1.1, as ALPN chose) on the new connection failed.
+    #[error("{alpn} handshake with {sni}: {source}")]
+    Handshake {
+        /// `h2` or `http/1.1`.
+        alpn: &'static str,
+        /// The server name.
+        sni: String,
+        /// What hyper said.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The new connection was closed before it could carry a request.
+    #[error("connection to {sni} at {dst} closed at once")]
+    ClosedAtOnce {
+        /// The server name.
+        sni: String,
+        /// The original destination.
+        dst: SocketAddr,
+    },
+    /// The lease no longer held its connection.
+    #[error("the connection was given back")]
+    GivenBack,
+    /// Sending the request or reading the response's head failed.
+    #[error("{0}")]
+    Send(#[source] hyper::Error),
+}
+
 /// Where an upstream connection goes: the server name it was verified for and the address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -152,7 +225,7 @@ impl Pool {
         sni: &str,
         dst: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<Lease, String> {
+    ) -> Result<Lease, UpstreamError> {
         let key = Key {
             sni: sni.to_owned(),
             dst,
@@ -191,7 +264,10 @@ impl Pool {
         if lease.ready().await {
             Ok(lease)
         } else {
-            Err(format!("connection to {sni} at {dst} closed at once"))
+            Err(UpstreamError::ClosedAtOnce {
+                sni: sni.to_owned(),
+                dst,
+            })
         }
     }
 
@@ -222,16 +298,17 @@ impl Pool {
         &self,
         key: &Key,
         connect_timeout: Duration,
-    ) -> Result<(Sender, Arc<Usage>), String> {
+    ) -> Result<(Sender, Arc<Usage>), UpstreamError> {
         let Key { sni, dst } = key;
+        let dst = *dst;
         let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("connect to {dst}: {e}")),
-            Err(_) => return Err(format!("connect to {dst}: timed out")),
+            Ok(Err(source)) => return Err(UpstreamError::Connect { dst, source }),
+            Err(_) => return Err(UpstreamError::ConnectTimeout { dst }),
         };
         let _ = tcp.set_nodelay(true);
         let Ok(name) = rustls::pki_types::ServerName::try_from(sni.clone()) else {
-            return Err(format!("invalid server name {sni}"));
+            return Err(UpstreamError::ServerName { sni: sni.clone() });
         };
         let connector = tokio_rustls::TlsConnector::from(self.client.clone());
         let stream = match tokio::time::timeout(
@@ -241,24 +318,45 @@ impl Pool {
         .await
         {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("TLS to {sni} at {dst}: {e}")),
-            Err(_) => return Err(format!("TLS to {sni} at {dst}: timed out")),
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Tls {
+                    sni: sni.clone(),
+                    dst,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(UpstreamError::TlsTimeout {
+                    sni: sni.clone(),
+                    dst,
+                });
+            }
         };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(stream);
         let usage = Usage::new();
         let idle = self.idle;
         if h2 {
-            let (send, conn) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("h2 handshake with {sni}: {e}"))?;
+            let (send, conn) =
+                http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|source| UpstreamError::Handshake {
+                        alpn: "h2",
+                        sni: sni.clone(),
+                        source,
+                    })?;
             tokio::spawn(drive(conn, usage.clone(), idle, "h2"));
             debug!(%sni, %dst, "upstream h2 connection opened");
             Ok((Sender::H2(send), usage))
         } else {
-            let (send, conn) = http1::handshake(io)
-                .await
-                .map_err(|e| format!("http/1.1 handshake with {sni}: {e}"))?;
+            let (send, conn) =
+                http1::handshake(io)
+                    .await
+                    .map_err(|source| UpstreamError::Handshake {
+                        alpn: "http/1.1",
+                        sni: sni.clone(),
+                        source,
+                    })?;
             tokio::spawn(drive(conn, usage.clone(), idle, "http/1.1"));
             debug!(%sni, %dst, "upstream http/1.1 connection opened");
             Ok((Sender::H1(send), usage))
@@ -309,14 +407,14 @@ impl Lease {
     }
 
     /// Sends `req` and returns its response, whose body gives the connection back once read.
-    /// `Err` is the upstream's failure, as text for the client's error.
-    pub async fn send(mut self, req: Request<Body>) -> Result<Response<Body>, String> {
+    /// `Err` is the upstream's failure.
+    pub async fn send(mut self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
         let resp = match &mut self.sender {
             Some(Sender::H2(s)) => s.send_request(req).await,
             Some(Sender::H1(s)) => s.send_request(req).await,
-            None => return Err("the connection was given back".into()),
+            None => return Err(UpstreamError::GivenBack),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(UpstreamError::Send)?;
         let (parts, body) = resp.into_parts();
         if body.is_end_stream() {
             self.reusable = true;
@@ -389,5 +487,46 @@ impl Leased {
         if let Some(mut lease) = self.lease.take() {
             lease.reusable = whole;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_errors_read_as_the_client_and_the_audit_see_them() {
+        let dst: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let sni = "xy12345.snowflakecomputing.com".to_owned();
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let refused_text = refused.to_string();
+        assert_eq!(
+            UpstreamError::Connect {
+                dst,
+                source: refused
+            }
+            .to_string(),
+            format!("connect to {dst}: {refused_text}")
+        );
+        assert_eq!(
+            UpstreamError::ConnectTimeout { dst }.to_string(),
+            "connect to 192.0.2.7:443: timed out"
+        );
+        assert_eq!(
+            UpstreamError::TlsTimeout {
+                sni: sni.clone(),
+                dst
+            }
+            .to_string(),
+            "TLS to xy12345.snowflakecomputing.com at 192.0.2.7:443: timed out"
+        );
+        assert_eq!(
+            UpstreamError::ClosedAtOnce { sni, dst }.to_string(),
+            "connection to xy12345.snowflakecomputing.com at 192.0.2.7:443 closed at once"
+        );
+        assert_eq!(
+            UpstreamError::GivenBack.to_string(),
+            "the connection was given back"
+        );
     }
 }

@@ -287,6 +287,7 @@ async fn forward(
     {
         Ok(l) => l,
         Err(e) => {
+            let e = e.to_string();
             if upstream.failed.set(e.clone()).is_ok() {
                 warn!(dst = %upstream.dst, sni = %upstream.sni, error = %e,
                     "upstream failed; answering the client with errors");
