@@ -97,7 +97,7 @@ impl Verdict {
     }
 
     /// The refusal to answer with instead of forwarding, if any. Masking and row limits pass
-    /// the statement; its result is shaped on the way back (`proxy::mask`).
+    /// the statement; its result is shaped on the way back (`exchange::masking`).
     pub(super) fn refusal(&self) -> Option<Refusal> {
         let d = self.decision.as_ref()?;
         match &d.action {

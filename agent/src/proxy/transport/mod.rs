@@ -6,7 +6,7 @@
 //! terminates TLS and carries HTTP with hyper; [`pool`] holds the upstream connections; [`body`]
 //! is the HTTP body type and the memory budget of inspection.
 //!
-//! The layer above (the Snowflake-aware [`exchange`](super::exchange)) comes in through
+//! The layer above (the Snowflake-aware `proxy::exchange`) comes in through
 //! [`ExchangeHandler`]: this layer asks it which server names to intercept and hands it every
 //! exchange of an intercepted connection. Nothing here imports it, nor the protocol, policy,
 //! broker or recording modules of the crate.
