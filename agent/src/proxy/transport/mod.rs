@@ -3,7 +3,7 @@
 //! [`listener`] accepts the redirected connections, looks up their origin and decides from the
 //! ClientHello whether a connection is intercepted; [`passthrough`] splices the others;
 //! [`replay`] hands the peeked first bytes back to whoever reads the connection next; [`tls`]
-//! terminates TLS and carries HTTP with hyper; [`pool`] holds the upstream connections; [`body`]
+//! terminates TLS and serves HTTP with hyper; [`forward`] carries one exchange upstream; [`pool`] holds the upstream connections; [`body`]
 //! is the HTTP body type and the memory budget of inspection.
 //!
 //! The layer above (the Snowflake-aware `proxy::exchange`) comes in through
@@ -12,6 +12,7 @@
 //! broker or recording modules of the crate.
 
 pub mod body;
+mod forward;
 pub mod listener;
 pub mod passthrough;
 pub mod pool;
