@@ -21,6 +21,7 @@ use crate::audit::{
 use crate::config::Config;
 use crate::control::handler::DaemonHandler;
 use crate::enroll::Registry;
+use crate::proxy::exchange::context::Shared;
 use crate::proxy::{self, Inputs, Proxy, ProxyStats};
 use crate::redirect::{Redirect, RedirectConfig};
 
@@ -121,7 +122,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             info!(recipient = %recipient, dir = %config.recording_dir.display(), "recording statement results");
             let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             (
-                Some(proxy::record::Recorder {
+                Some(proxy::exchange::state::Recorder {
                     writer: w,
                     config: config.recording.clone(),
                     in_flight: in_flight.clone(),
@@ -154,7 +155,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         }
     }
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let holds = Arc::new(proxy::holds::Holds::new(sink.clone()));
+    let holds = Arc::new(proxy::exchange::holds::Holds::new(sink.clone()));
     let (ca, _) =
         crate::tls::Ca::init(&config.state_dir, &host).context("cannot set up the agent's CA")?;
     let ca = Arc::new(ca);
@@ -166,7 +167,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         &config.oidc,
         upstream_roots.clone(),
     )?);
-    let tls = proxy::intercept::TlsInputs::new(
+    let tls = proxy::transport::tls::TlsInputs::new(
         Arc::new(crate::tls::LeafResolver::new(ca.clone())?),
         upstream_roots,
         Duration::from_millis(config.proxy.handshake_timeout_ms),
@@ -178,7 +179,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let registry = Arc::new(RwLock::new(Registry::open(&mount, &config.state_dir)?));
 
     // The listeners exist before the programs redirect anything to them.
-    let listeners = proxy::listener::bind(config.redirect.listen_port)?;
+    let listeners = proxy::transport::listener::bind(config.redirect.listen_port)?;
     let redirect = Redirect::start(
         &RedirectConfig {
             ports: config.redirect.ports.clone(),
@@ -204,13 +205,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         host: host.clone(),
         stats: stats.clone(),
         tls: Some(Arc::new(tls)),
-        hosts: crate::snowflake::hosts::HostMatcher::new(&config.tls.intercept_hosts),
         unidentified: config.tls.unidentified,
-        inspector: Arc::new(proxy::exchange::Inspector {
+        exchanges: Arc::new(proxy::exchange::router::Router::new(Arc::new(Shared {
             sink: sink.clone(),
-            tracker: proxy::sessions::Tracker::default(),
-            limits: proxy::exchange::Limits {
-                budget: proxy::body::Budget::new(config.limits.inspect_budget_bytes),
+            tracker: proxy::exchange::state::Tracker::default(),
+            hosts: crate::snowflake::hosts::HostMatcher::new(&config.tls.intercept_hosts),
+            limits: proxy::exchange::context::Limits {
+                budget: proxy::transport::body::Budget::new(config.limits.inspect_budget_bytes),
                 max_request_bytes: config.limits.max_request_bytes,
                 max_response_inspect_bytes: config.limits.max_response_inspect_bytes,
             },
@@ -228,7 +229,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             oidc,
             broker,
             recorder,
-        }),
+        }))),
         identity: Arc::new(crate::identity::Resolver::new(
             crate::identity::DEFAULT_CACHE_ENTRIES,
         )),

@@ -1,9 +1,26 @@
 //! `pending`, `approve` and `reject` at the control socket: the statements held for approval,
-//! and who decided them (DECISIONS 17: the peer's user and its login user, by name).
+//! and who decided them (DECISIONS 17: the peer's user and its login user, by name). The proxy
+//! keeps its own summary of a held statement; it becomes the wire's [`HoldInfo`] here.
 
 use super::server::Session;
-use super::{Reply, Response};
-use crate::proxy::holds::Holds;
+use super::{HoldInfo, Reply, Response};
+use crate::proxy::exchange::holds::{HoldSummary, Holds};
+
+/// A held statement in the wire's form: the time it was received as RFC 3339 (UTC, to the
+/// millisecond), the time it may still wait in whole seconds.
+fn wire(h: HoldSummary) -> HoldInfo {
+    let received: chrono::DateTime<chrono::Utc> = h.received_at.into();
+    HoldInfo {
+        id: h.id,
+        rule: h.rule,
+        identity: h.identity,
+        user: h.user,
+        role: h.role,
+        sql: h.sql,
+        received_at: received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        expires_in_s: h.expires_in.as_secs(),
+    }
+}
 
 /// The name of `uid` from the host's user database, else the number.
 fn user_name(uid: u32) -> String {
@@ -28,12 +45,12 @@ pub fn approver(session: &Session) -> String {
     }
 }
 
-/// Answers `pending`.
+/// Answers `pending`: oldest first.
 pub fn pending(holds: &Holds) -> Response {
+    let mut holds: Vec<HoldInfo> = holds.pending().into_iter().map(wire).collect();
+    holds.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
     Response::Ok {
-        data: Reply::Pending {
-            holds: holds.pending(),
-        },
+        data: Reply::Pending { holds },
     }
 }
 
@@ -43,7 +60,7 @@ pub fn decide(holds: &Holds, id: &str, approve: bool, session: &Session) -> Resp
     match holds.decide(id, approve, &approver) {
         Ok(hold) => Response::Ok {
             data: Reply::Decided {
-                hold,
+                hold: wire(hold),
                 decision: if approve { "approved" } else { "rejected" }.to_owned(),
                 approver,
             },

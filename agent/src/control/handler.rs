@@ -13,6 +13,7 @@ use super::{AuditStatus, Reply, Request, Response, Status};
 use crate::enroll::{self, Enrollment, Kind, Registry, Selector};
 use crate::proxy::ProxyStats;
 use crate::redirect::Redirect;
+use crate::sync::{read, write};
 
 /// Where `snowtrail exec` cgroups live, relative to the cgroup2 mount: a subtree that belongs to no
 /// service, so stopping the daemon never kills a workload.
@@ -35,7 +36,7 @@ pub struct DaemonHandler {
     /// The CA bundle `exec` hands to workloads.
     pub ca_bundle: PathBuf,
     /// Statements held for approval.
-    pub holds: Arc<crate::proxy::holds::Holds>,
+    pub holds: Arc<crate::proxy::exchange::holds::Holds>,
     /// The audit writer, for status (`None` where no writer runs).
     pub audit: Option<crate::audit::AuditWriter>,
     /// Where the digest chain's state lives and how often a digest is due, for status.
@@ -125,7 +126,7 @@ impl Handler for DaemonHandler {
             } => self.enroll(cgroup, pid, identity, labels, session),
             Request::Unenroll { selector } => self.unenroll(&selector),
             Request::List => {
-                let enrollments = self.registry.read().map(|r| r.list()).unwrap_or_default();
+                let enrollments = read(&self.registry).list();
                 Ok(Reply::List { enrollments })
             }
             Request::ExecBegin { identity, labels } => self.exec_begin(identity, labels, session),
@@ -151,10 +152,7 @@ impl Handler for DaemonHandler {
 
 impl DaemonHandler {
     fn mount(&self) -> PathBuf {
-        self.registry
-            .read()
-            .map(|r| r.mount().to_owned())
-            .unwrap_or_default()
+        read(&self.registry).mount().to_owned()
     }
 
     fn enroll(
@@ -206,10 +204,7 @@ impl DaemonHandler {
         started: Started,
     ) -> Result<Reply, String> {
         let run_id = started.run_id;
-        let mut registry = self
-            .registry
-            .write()
-            .map_err(|_| "registry lock poisoned")?;
+        let mut registry = write(&self.registry);
         if registry.contains(&rel) {
             let current = registry
                 .enrollments()
@@ -221,11 +216,7 @@ impl DaemonHandler {
         }
         let cgroup_id = crate::cgroup::id_of(&dir).map_err(|e| e.to_string())?;
         {
-            let mut redirect = self
-                .redirect
-                .write()
-                .map_err(|_| "redirect lock poisoned")?;
-            redirect
+            write(&self.redirect)
                 .attach(&dir)
                 .map_err(|e| format!("cannot attach to {rel}: {e}"))?;
         }
@@ -242,9 +233,7 @@ impl DaemonHandler {
             started_by_login: started.by_login,
         };
         if let Err(e) = registry.add(enrollment) {
-            if let Ok(mut r) = self.redirect.write() {
-                let _ = r.detach(&dir);
-            }
+            let _ = write(&self.redirect).detach(&dir);
             return Err(e.to_string());
         }
         info!(cgroup = %rel, %identity, ?kind, "enrolled");
@@ -274,15 +263,9 @@ impl DaemonHandler {
             }
             other => other.clone(),
         };
-        let mut registry = self
-            .registry
-            .write()
-            .map_err(|_| "registry lock poisoned")?;
+        let mut registry = write(&self.registry);
         let removed = registry.remove(&selector).map_err(|e| e.to_string())?;
-        let mut redirect = self
-            .redirect
-            .write()
-            .map_err(|_| "redirect lock poisoned")?;
+        let mut redirect = write(&self.redirect);
         for e in &removed {
             let dir = registry.dir_of(&e.cgroup);
             if redirect.detach(&dir).is_err() {
@@ -328,9 +311,7 @@ impl DaemonHandler {
     }
 
     fn exec_end(&self, cgroup: &str) {
-        if let Ok(mut r) = self.registry.write()
-            && let Err(e) = r.mark_ended(cgroup)
-        {
+        if let Err(e) = write(&self.registry).mark_ended(cgroup) {
             warn!(%cgroup, error = %e, "could not record the end of an exec");
         }
         self.reap(cgroup);
@@ -338,19 +319,12 @@ impl DaemonHandler {
 
     /// Removes an ended exec cgroup once no process is left in it.
     fn reap(&self, cgroup: &str) {
-        let dir = match self.registry.read() {
-            Ok(r) => r.dir_of(cgroup),
-            Err(_) => return,
-        };
+        let dir = read(&self.registry).dir_of(cgroup);
         if crate::cgroup::populated(&dir).unwrap_or(false) {
             return;
         }
-        if let Ok(mut r) = self.registry.write() {
-            let _ = r.remove(&Selector::Cgroup(cgroup.to_owned()));
-        }
-        if let Ok(mut r) = self.redirect.write() {
-            let _ = r.detach(&dir);
-        }
+        let _ = write(&self.registry).remove(&Selector::Cgroup(cgroup.to_owned()));
+        let _ = write(&self.redirect).detach(&dir);
         match std::fs::remove_dir(&dir) {
             Ok(()) => info!(%cgroup, "exec cgroup removed"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -361,23 +335,18 @@ impl DaemonHandler {
     /// Periodic upkeep: reaps ended exec cgroups that have emptied, and re-attaches enrolled cgroups
     /// that were deleted and made again (a restarted systemd unit gets a new cgroup at the same path).
     pub fn sweep(&self) {
-        let enrollments = match self.registry.read() {
-            Ok(r) => r.enrollments(),
-            Err(_) => return,
-        };
+        let enrollments = read(&self.registry).enrollments();
         for e in enrollments {
             if e.kind == Kind::Exec && e.ended {
                 self.reap(&e.cgroup);
                 continue;
             }
-            let dir = match self.registry.read() {
-                Ok(r) => r.dir_of(&e.cgroup),
-                Err(_) => return,
-            };
+            let dir = read(&self.registry).dir_of(&e.cgroup);
             if let Ok(id) = crate::cgroup::id_of(&dir)
                 && id != e.cgroup_id
             {
-                if let Ok(mut r) = self.redirect.write() {
+                {
+                    let mut r = write(&self.redirect);
                     let _ = r.detach_id(e.cgroup_id);
                     match r.attach(&dir) {
                         Ok(()) => {
@@ -386,9 +355,7 @@ impl DaemonHandler {
                         Err(err) => warn!(cgroup = %e.cgroup, error = %err, "re-attach failed"),
                     }
                 }
-                if let Ok(mut reg) = self.registry.write() {
-                    reg.set_cgroup_id(&e.cgroup, id);
-                }
+                write(&self.registry).set_cgroup_id(&e.cgroup, id);
             }
         }
     }
@@ -396,63 +363,47 @@ impl DaemonHandler {
     /// Attaches every persisted enrollment and drops kernel attachments nothing enrolls any more;
     /// called once at start.
     pub fn restore(&self) {
-        let enrollments = match self.registry.read() {
-            Ok(r) => r.enrollments(),
-            Err(_) => return,
-        };
+        let enrollments = read(&self.registry).enrollments();
         let mut live_ids = Vec::new();
         for e in enrollments {
-            let dir = match self.registry.read() {
-                Ok(r) => r.dir_of(&e.cgroup),
-                Err(_) => return,
-            };
+            let dir = read(&self.registry).dir_of(&e.cgroup);
             match crate::cgroup::id_of(&dir) {
                 Ok(id) => {
-                    if let Ok(mut r) = self.redirect.write()
-                        && let Err(err) = r.attach(&dir)
-                    {
+                    if let Err(err) = write(&self.redirect).attach(&dir) {
                         warn!(cgroup = %e.cgroup, error = %err, "could not attach a saved enrollment");
                     }
-                    if id != e.cgroup_id
-                        && let Ok(mut reg) = self.registry.write()
-                    {
-                        reg.set_cgroup_id(&e.cgroup, id);
+                    if id != e.cgroup_id {
+                        write(&self.registry).set_cgroup_id(&e.cgroup, id);
                     }
                     live_ids.push(id);
                     info!(cgroup = %e.cgroup, identity = %e.identity, "enrollment restored");
                 }
                 Err(_) if e.kind == Kind::Exec => {
-                    if let Ok(mut reg) = self.registry.write() {
-                        let _ = reg.remove(&Selector::Cgroup(e.cgroup.clone()));
-                    }
+                    let _ = write(&self.registry).remove(&Selector::Cgroup(e.cgroup.clone()));
                 }
                 Err(_) => {
                     warn!(cgroup = %e.cgroup, "enrolled cgroup does not exist now; it is attached when it appears")
                 }
             }
         }
-        if let Ok(mut r) = self.redirect.write() {
-            for id in r.attached() {
-                if !live_ids.contains(&id) {
-                    info!(
-                        cgroup_id = id,
-                        "detaching a pinned cgroup that is no longer enrolled"
-                    );
-                    let _ = r.detach_id(id);
-                }
+        let mut r = write(&self.redirect);
+        for id in r.attached() {
+            if !live_ids.contains(&id) {
+                info!(
+                    cgroup_id = id,
+                    "detaching a pinned cgroup that is no longer enrolled"
+                );
+                let _ = r.detach_id(id);
             }
         }
     }
 
     fn status(&self) -> Status {
-        let (redirected, programs_attached) = self
-            .redirect
-            .read()
-            .map(|r| {
-                let redirected = r.counters().map(|c| c.redirected).unwrap_or(0);
-                (redirected, r.attached().len())
-            })
-            .unwrap_or((0, 0));
+        let (redirected, programs_attached) = {
+            let r = read(&self.redirect);
+            let redirected = r.counters().map(|c| c.redirected).unwrap_or(0);
+            (redirected, r.attached().len())
+        };
         let writer = self
             .audit
             .as_ref()
@@ -463,11 +414,7 @@ impl DaemonHandler {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
             listen: self.listen.clone(),
-            enrolled: self
-                .registry
-                .read()
-                .map(|r| r.enrollments().len())
-                .unwrap_or(0),
+            enrolled: read(&self.registry).enrollments().len(),
             connections_total: self.stats.total(),
             connections_open: self.stats.open(),
             connections_refused: self.stats.refused(),

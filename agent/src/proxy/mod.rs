@@ -1,32 +1,22 @@
 //! The proxy: accepts the connections the kernel redirected, finds out who made them and where they
-//! were going, and carries them on.
+//! were going, passes most of them through untouched, and intercepts those to Snowflake to read,
+//! judge and record what they say.
 //!
-//! In this form every connection is passed through untouched (`passthrough`); TLS termination for
-//! Snowflake hosts comes in a later role beside it. One file per role: [`listener`] accepts and looks
-//! up the origin record, [`passthrough`] splices bytes. A connection that arrives without an origin
-//! record is refused: the agent must never be an open relay.
+//! Two layers, imports pointing down only. [`transport`] is sockets, TLS and HTTP and knows
+//! nothing of Snowflake: it accepts, looks up the origin record, decides from the ClientHello
+//! whether a connection is intercepted, splices or terminates it, and pools the upstream
+//! connections. [`exchange`] is the Snowflake-aware layer above it: it tells the transport which
+//! server names to intercept and serves every HTTP exchange of an intercepted connection,
+//! through the [`transport::ExchangeHandler`] seam the transport defines. A connection that
+//! arrives without an origin record is refused: the agent must never be an open relay.
 
-pub mod body;
-mod brokering;
 pub mod exchange;
-pub mod holds;
-pub mod intercept;
-pub mod listener;
-pub mod mask;
-pub mod passthrough;
-mod policy;
-pub mod pool;
-pub mod prefixed;
-pub mod record;
-pub mod sessions;
-mod statement;
-mod tagging;
-pub mod transfer;
+pub mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-pub use listener::Proxy;
+pub use transport::listener::Proxy;
 
 use crate::audit::EventSink;
 use crate::config::ProxySection;
@@ -57,13 +47,12 @@ pub struct Inputs {
     /// Counters for status and metrics.
     pub stats: Arc<ProxyStats>,
     /// TLS material for interception; `None` runs the proxy as passthrough only.
-    pub tls: Option<Arc<intercept::TlsInputs>>,
-    /// Which server names are intercepted.
-    pub hosts: crate::snowflake::hosts::HostMatcher,
+    pub tls: Option<Arc<transport::tls::TlsInputs>>,
     /// What happens to connections without SNI or not TLS.
     pub unidentified: crate::config::Unidentified,
-    /// Reads the Snowflake protocol of intercepted connections.
-    pub inspector: Arc<exchange::Inspector>,
+    /// The layer above the transport: which server names are intercepted, and who serves the
+    /// exchanges of an intercepted connection.
+    pub exchanges: Arc<dyn transport::ExchangeHandler>,
     /// Who is behind a connection: process, workload, run.
     pub identity: Arc<crate::identity::Resolver>,
 }

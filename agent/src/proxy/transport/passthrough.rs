@@ -170,7 +170,7 @@ pub async fn relay(
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             debug!(error = %e, "no pipe for splice(2); copying through user space");
-            let client = super::prefixed::Prefixed::new(prefix, client);
+            let client = super::replay::Prefixed::new(prefix, client);
             return splice(client, upstream, buffer_bytes, idle_timeout, force_close).await;
         }
     };
@@ -398,7 +398,7 @@ mod tests {
                 .await
             }
             Way::Copy => {
-                let client = super::super::prefixed::Prefixed::new(prefix.to_vec(), client_side);
+                let client = super::super::replay::Prefixed::new(prefix.to_vec(), client_side);
                 splice(client, upstream_side, buffer, idle, rx).await
             }
         }

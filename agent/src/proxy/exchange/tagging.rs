@@ -17,11 +17,12 @@ use http::{HeaderValue, header};
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use super::body::{Held, full};
-use super::intercept::Body;
-use super::sessions::Session;
+use super::state::TrackedSession;
 use crate::audit::Event;
+use crate::proxy::transport::body::Body;
+use crate::proxy::transport::body::{Held, full};
 use crate::snowflake::{self, ContentEncoding, TagChange};
+use crate::sync::lock;
 
 /// A new session's id and its correlation id: the exec run's id when the connection's process
 /// belongs to one, else the session's own id.
@@ -95,14 +96,14 @@ pub(super) fn query_body(
     parts: &mut http::request::Parts,
     raw: Held,
     decoded: &[u8],
-    session: Option<&Session>,
+    session: Option<&TrackedSession>,
     base: &Event,
 ) -> Body {
     let correlation = session
         .map(|s| s.correlation_id.clone())
         .or_else(|| base.correlation_id.clone());
     let agent = agent_part(base, correlation.as_deref(), session.map(|s| s.id.as_str()));
-    let session_tag = session.and_then(|s| s.context.lock().ok().and_then(|c| c.query_tag.clone()));
+    let session_tag = session.and_then(|s| lock(&s.context).query_tag.clone());
     match snowflake::set_query_tag(decoded, session_tag.as_deref(), &agent) {
         Ok((body, _)) => reencode(parts, body).unwrap_or_else(|| raw.into_body()),
         Err(e) => {
@@ -113,17 +114,15 @@ pub(super) fn query_body(
 }
 
 /// Records a completed statement's change to its session's tag.
-pub(super) fn note_statement(session: Option<&Session>, sql: &str) {
+pub(super) fn note_statement(session: Option<&TrackedSession>, sql: &str) {
     let Some(s) = session else { return };
     let Some(change) = snowflake::session_tag_change(sql) else {
         return;
     };
-    if let Ok(mut c) = s.context.lock() {
-        c.query_tag = match change {
-            TagChange::Set(t) => Some(t).filter(|t| !t.is_empty()),
-            TagChange::Unset => None,
-        };
-    }
+    lock(&s.context).query_tag = match change {
+        TagChange::Set(t) => Some(t).filter(|t| !t.is_empty()),
+        TagChange::Unset => None,
+    };
 }
 
 /// Encodes a rewritten body the way the original was (identity or gzip) and fixes the length
@@ -170,15 +169,15 @@ mod tests {
             .body(())
             .unwrap();
         let (mut parts, ()) = req.into_parts();
-        let budget = super::super::body::Budget::new(1 << 20);
-        let held = match super::super::body::collect(
+        let budget = crate::proxy::transport::body::Budget::new(1 << 20);
+        let held = match crate::proxy::transport::body::collect(
             full(Bytes::from(snowflake::gzip(body))),
             1 << 20,
             &budget,
         )
         .await
         {
-            super::super::body::Collected::Whole(h) => h,
+            crate::proxy::transport::body::Collected::Whole(h) => h,
             _ => panic!("not collected"),
         };
         let out = query_body(&mut parts, held, body, None, &base());
@@ -198,10 +197,10 @@ mod tests {
 
     #[test]
     fn session_tags_follow_alter_session() {
-        let s = Session {
+        let s = TrackedSession {
             id: "s".into(),
             correlation_id: "c".into(),
-            ..Session::default()
+            ..TrackedSession::default()
         };
         let tag = || s.context.lock().unwrap().query_tag.clone();
         note_statement(Some(&s), "alter session set query_tag = 'nightly'");

@@ -14,13 +14,14 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use tracing::warn;
 
-use super::body::full;
-use super::exchange::{ConnCtx, Inspected, read_response, reply};
-use super::intercept::Body;
-use super::sessions::PendingResult;
+use super::context::{Buffered, ConnCtx, read_response, reply};
+use super::state::chunks::chunk_key;
+use super::state::{ChunkMasking, PendingResult};
 use crate::audit::Event;
 use crate::policy::{Action, OnExceed};
-use crate::snowflake::mask::{ChunkShape, LimitMode, Shape, ShapeError};
+use crate::proxy::transport::body::Body;
+use crate::proxy::transport::body::full;
+use crate::snowflake::mask::{LimitMode, Shape, ShapeError};
 use crate::snowflake::{self, ContentEncoding, QueryResponse, Refusal};
 
 /// The flag of an event whose result lost rows to a truncating row limit.
@@ -43,7 +44,7 @@ pub(super) fn shaping(ctx: &ConnCtx, event: &Event) -> Option<Shaping> {
         return None;
     }
     let rule = event.policy_rule.clone().unwrap_or_default();
-    let policy = ctx.inspector.policy.current();
+    let policy = ctx.shared.policy.current();
     let action = policy.as_ref().and_then(|p| {
         if rule == crate::policy::DEFAULT_RULE {
             Some(p.default_action().clone())
@@ -159,16 +160,6 @@ impl Shaping {
 /// downloads are rewritten, and the body decoded (for its recording).
 pub(super) type Shaped = (Option<Body>, Option<ChunkMasking>, Option<Bytes>);
 
-/// How a shaped result's chunk downloads are rewritten.
-pub struct ChunkMasking {
-    rule: String,
-    by_path: HashMap<String, ChunkShape>,
-}
-
-fn chunk_key(host: &str, path: &str) -> String {
-    format!("{}{path}", host.to_ascii_lowercase())
-}
-
 /// Encodes a rewritten body as the upstream's was (gzip or not) and fixes the length headers.
 fn encode_like(parts: &mut http::response::Parts, body: Vec<u8>) -> Bytes {
     let gzipped = matches!(
@@ -207,7 +198,7 @@ pub(super) fn withhold(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> Re
         .query_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    drop(ctx.inspector.sink.submit(event));
+    drop(ctx.shared.sink.submit(event));
     reply(snowflake::envelope::query_error(refusal, &qid))
 }
 
@@ -221,7 +212,7 @@ pub(super) async fn chunk(
     path: &str,
     resp: Response<Body>,
 ) -> Response<Body> {
-    let ins = &ctx.inspector;
+    let ins = &ctx.shared;
     let Some(masking) = pending.masking() else {
         return resp;
     };
@@ -229,11 +220,11 @@ pub(super) async fn chunk(
     ins.tracker.expect_chunk(host, path, pending.clone());
     // A chunk the rule leaves as it is (no masked column in it, not cut) passes untouched.
     let Some(shape) = masking.by_path.get(&chunk_key(host, path)) else {
-        return super::record::tee_chunk(ctx.inspector.clone(), pending, host, path, resp);
+        return super::recording_tee::tee_chunk(ctx.shared.clone(), pending, host, path, resp);
     };
     let status = resp.status();
     let out = match read_response(resp, &ins.limits).await {
-        Inspected::Read {
+        Buffered::Read {
             mut parts,
             decoded: Some(decoded),
             ..
@@ -247,7 +238,7 @@ pub(super) async fn chunk(
                 })
                 .map_err(|e| e.to_string())
         }
-        Inspected::Read { .. } if !status.is_success() => {
+        Buffered::Read { .. } if !status.is_success() => {
             Err(format!("the chunk download failed upstream ({status})"))
         }
         _ => Err("the chunk is too large for the agent to inspect".to_owned()),
@@ -256,7 +247,7 @@ pub(super) async fn chunk(
         Ok((body, parts)) => {
             let len = u64::try_from(body.len()).unwrap_or(u64::MAX);
             if let Some(event) = pending.chunk_done(len) {
-                super::record::chunk_finished(ins, &pending, event);
+                super::recording_tee::chunk_finished(ins, &pending, event);
             }
             Response::from_parts(parts, full(body))
         }
@@ -264,7 +255,7 @@ pub(super) async fn chunk(
             warn!(rule = %masking.rule, %why, "result chunk withheld by policy");
             pending.flag(RESULT_REFUSED);
             if let Some(event) = pending.chunk_done(0) {
-                super::record::chunk_finished(ins, &pending, event);
+                super::recording_tee::chunk_finished(ins, &pending, event);
             }
             let mut r = Response::new(full(Bytes::from(format!(
                 "chunk withheld by snowtrail policy rule '{}': {why}",

@@ -4,11 +4,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::exchange::ConnCtx;
-use super::sessions::Session;
+use super::context::ConnCtx;
+use super::state::TrackedSession;
 use crate::audit::Event;
 use crate::policy::{Action, Decision, NameContext, Subject};
 use crate::snowflake::Refusal;
+use crate::sync::lock;
 
 /// What policy says about one request.
 #[derive(Debug, Clone, Default)]
@@ -25,8 +26,8 @@ pub(super) struct Verdict {
 pub(super) type PerStatement = Vec<(String, String)>;
 
 /// Judges a request's SQL (each of its statements; the strictest decision stands).
-pub(super) fn judge(ctx: &ConnCtx, session: Option<&Session>, sql: &str) -> Verdict {
-    let Some(policy) = ctx.inspector.policy.current() else {
+pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) -> Verdict {
+    let Some(policy) = ctx.shared.policy.current() else {
         return Verdict::default();
     };
     let base = &ctx.base;
@@ -48,11 +49,10 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&Session>, sql: &str) -> Verd
             who.human.clone_from(&s.human.identity);
         }
         who.groups.clone_from(&s.human.groups);
-        if let Ok(c) = s.context.lock() {
-            who.role.clone_from(&c.role);
-            names.database.clone_from(&c.database);
-            names.schema.clone_from(&c.schema);
-        }
+        let c = lock(&s.context);
+        who.role.clone_from(&c.role);
+        names.database.clone_from(&c.database);
+        names.schema.clone_from(&c.schema);
     }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -97,7 +97,7 @@ impl Verdict {
     }
 
     /// The refusal to answer with instead of forwarding, if any. Masking and row limits pass
-    /// the statement; its result is shaped on the way back (`proxy::mask`).
+    /// the statement; its result is shaped on the way back (`exchange::masking`).
     pub(super) fn refusal(&self) -> Option<Refusal> {
         let d = self.decision.as_ref()?;
         match &d.action {
@@ -133,7 +133,7 @@ pub(super) enum Gate {
 pub(super) fn gate(
     ctx: &ConnCtx,
     parts: &mut http::request::Parts,
-    session: Option<&Session>,
+    session: Option<&TrackedSession>,
     sql: &str,
     event: &mut Event,
 ) -> Gate {

@@ -1,5 +1,6 @@
-//! Response and request bodies as the exchange inspector handles them: read up to a limit (or
-//! handed back whole as a stream when larger), counted as they pass, chained back together.
+//! HTTP bodies as both sides of the proxy carry them ([`Body`]), and as the layer above reads them
+//! for inspection: read up to a limit (or handed back whole as a stream when larger), counted as
+//! they pass, chained back together. Nothing here knows what a body says.
 //!
 //! Every byte held for inspection is paid for from one [`Budget`] shared by all connections
 //! (DECISIONS 2): when it is spent, a new inspection waits until others hand their bytes on. The
@@ -8,10 +9,11 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::intercept::Body;
+/// The body type both sides of the proxy use.
+pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The unit the budget is counted in.
 const UNIT: usize = 1024;
@@ -62,22 +64,22 @@ impl Budget {
 }
 
 /// Bytes read for inspection, with their share of the budget.
-pub(super) struct Held {
+pub(in crate::proxy) struct Held {
     /// The bytes.
-    pub(super) bytes: Bytes,
+    pub(in crate::proxy) bytes: Bytes,
     permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Held {
     /// How many bytes.
-    pub(super) fn len(&self) -> usize {
+    pub(in crate::proxy) fn len(&self) -> usize {
         self.bytes.len()
     }
 
     /// Pays, from `budget`, for `bytes` more held alongside these (their decoded copy): the
     /// share is returned with this one's. `false` when the budget closed or could never hold
     /// them together with these bytes (waiting would never end).
-    pub(super) async fn pay_for(&mut self, budget: &Budget, bytes: usize) -> bool {
+    pub(in crate::proxy) async fn pay_for(&mut self, budget: &Budget, bytes: usize) -> bool {
         let units = bytes.div_ceil(UNIT);
         if units == 0 {
             return true;
@@ -90,7 +92,7 @@ impl Held {
     }
 
     /// A body carrying the bytes onward; the budget share is returned when it is dropped.
-    pub(super) fn into_body(self) -> Body {
+    pub(in crate::proxy) fn into_body(self) -> Body {
         HeldBody {
             inner: Full::new(self.bytes),
             _permit: self.permit,
@@ -130,13 +132,13 @@ impl hyper::body::Body for HeldBody {
 
 /// What a [`Counted`] body reports at its end: the bytes that passed, and its copy when it kept
 /// one (the body ended whole and fit in the room it was given).
-pub(super) type OnEnd = Box<dyn FnOnce(u64, Option<Vec<u8>>) + Send + Sync>;
+pub(in crate::proxy) type OnEnd = Box<dyn FnOnce(u64, Option<Vec<u8>>) + Send + Sync>;
 
 /// A body passed on as it comes, its bytes counted, and optionally a copy of it kept while it
 /// fits in a bounded room: one type serves stage transfers (counted), and result chunks (counted
 /// for their statement, copied for its recording). The total and the copy are reported once, at
 /// the end (or when dropped early, then without a copy).
-pub(super) struct Counted {
+pub(in crate::proxy) struct Counted {
     inner: Body,
     bytes: u64,
     copy: Option<Vec<u8>>,
@@ -146,7 +148,10 @@ pub(super) struct Counted {
 
 impl Counted {
     /// `inner`, counted; `on_end` gets the total.
-    pub(super) fn counting(inner: Body, on_end: impl FnOnce(u64) + Send + Sync + 'static) -> Body {
+    pub(in crate::proxy) fn counting(
+        inner: Body,
+        on_end: impl FnOnce(u64) + Send + Sync + 'static,
+    ) -> Body {
         Counted {
             inner,
             bytes: 0,
@@ -159,7 +164,7 @@ impl Counted {
 
     /// `inner`, counted, with a copy kept while it fits in `room` bytes (none kept when `room`
     /// is `None`); `on_end` gets the total and the copy.
-    pub(super) fn copied(inner: Body, room: Option<usize>, on_end: OnEnd) -> Body {
+    pub(in crate::proxy) fn copied(inner: Body, room: Option<usize>, on_end: OnEnd) -> Body {
         Counted {
             inner,
             bytes: 0,
@@ -223,14 +228,14 @@ impl Drop for Counted {
 }
 
 /// A body read whole, or too big to hold (then handed back as a stream replaying what was read).
-pub(super) enum Collected {
+pub(in crate::proxy) enum Collected {
     Whole(Held),
     TooLarge(Body),
     Failed(String),
 }
 
 /// Reads `body` up to `limit` bytes, paying for what it holds from `budget`.
-pub(super) async fn collect(mut body: Body, limit: usize, budget: &Budget) -> Collected {
+pub(in crate::proxy) async fn collect(mut body: Body, limit: usize, budget: &Budget) -> Collected {
     let limit = limit.min(budget.bytes());
     let mut buf = BytesMut::new();
     let mut permit: Option<OwnedSemaphorePermit> = None;
@@ -267,7 +272,7 @@ pub(super) async fn collect(mut body: Body, limit: usize, budget: &Budget) -> Co
 }
 
 /// `first`, then `second`, as one body.
-pub(super) fn chain(first: Body, second: Body) -> Body {
+pub(in crate::proxy) fn chain(first: Body, second: Body) -> Body {
     Chain {
         first: Some(first),
         second,
@@ -299,7 +304,7 @@ impl hyper::body::Body for Chain {
     }
 }
 
-pub(super) fn full(bytes: Bytes) -> Body {
+pub(in crate::proxy) fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 

@@ -1,11 +1,14 @@
-//! Interception: terminate the client's TLS with a leaf minted for its server name, open TLS to the
+//! TLS interception: terminate the client's TLS with a leaf minted for its server name, open TLS to the
 //! original destination (same server name, strict verification), and carry HTTP across, exchange by
 //! exchange, with hyper on both sides.
 //!
 //! Client side and upstream side negotiate TLS and ALPN independently (DECISIONS 1): an h2 client
 //! may meet an http/1.1 upstream and the other way round; requests are rewritten between the two
-//! forms (origin-form plus `Host` for HTTP/1.1, absolute URI for h2) and hop-by-hop headers dropped.
-//! Bodies stream through; this role inspects nothing itself. The upstream side is not the client
+//! forms (origin-form plus `Host` for HTTP/1.1, absolute URI for h2) and hop-by-hop headers dropped
+//! ([`forward`](super::forward)).
+//! Bodies stream through; this module inspects nothing itself: each exchange goes to the
+//! connection's [`ConnectionHandler`] (the layer above), which sends it upstream through the
+//! [`SendUpstream`] it is given, or answers it in the upstream's place. The upstream side is not the client
 //! connection's own: each exchange borrows a connection to the same server name and destination
 //! from the proxy's [`pool`](super::pool), so an idle client holds no upstream connection. A failed
 //! upstream (unreachable, or a certificate that does not verify) is an error the client sees on
@@ -17,20 +20,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use http::Request;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tracing::warn;
 
+use super::forward::{Upstream, forward};
 use super::passthrough::{CloseReason, Metered};
-
-/// The body type both sides of the proxy use.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+use super::{ConnectionHandler, SendUpstream};
 
 /// TLS material shared by every intercepted connection.
 pub struct TlsInputs {
@@ -91,15 +90,6 @@ pub struct Intercepted {
     pub upstream_error: Option<String>,
 }
 
-/// Where a connection's exchanges go upstream, and the first failure to reach it.
-struct Upstream {
-    pool: Arc<super::pool::Pool>,
-    sni: String,
-    dst: SocketAddr,
-    connect_timeout: Duration,
-    failed: std::sync::OnceLock<String>,
-}
-
 /// Serves one intercepted connection to its end.
 #[allow(clippy::too_many_arguments)] // one call site; each is a distinct input of the connection
 pub async fn serve<C>(
@@ -107,7 +97,7 @@ pub async fn serve<C>(
     sni: String,
     dst: SocketAddr,
     tls: &TlsInputs,
-    inspect: Option<Arc<super::exchange::ConnCtx>>,
+    handler: Option<Arc<dyn ConnectionHandler>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     mut force_close: watch::Receiver<bool>,
@@ -165,17 +155,18 @@ where
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let upstream = upstream.clone();
             let authority = authority.clone();
-            let inspect = inspect.clone();
+            let handler = handler.clone();
             requests.fetch_add(1, Ordering::Relaxed);
             // Boxed: hyper's HTTP/1.1 server keeps a slot the size of this future for the whole
             // connection, idle or not; the exchange's state machine is kilobytes, and a box of it
             // lives only while an exchange does.
             Box::pin(async move {
                 let req = req.map(|b| b.boxed());
-                let resp = match &inspect {
-                    Some(ctx) => {
-                        super::exchange::handle(req, ctx, |r| forward(r, &upstream, &authority))
-                            .await
+                let resp = match &handler {
+                    Some(h) => {
+                        let send: SendUpstream<'_> =
+                            Box::new(|r| Box::pin(forward(r, &upstream, &authority)));
+                        h.handle(req, send).await
                     }
                     None => forward(req, &upstream, &authority).await,
                 };
@@ -224,134 +215,13 @@ fn rejected_our_certificate(e: &std::io::Error) -> bool {
     }
 }
 
-/// Headers that belong to one hop and never cross the proxy.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
-    }
-}
-
-/// Sends one request upstream in the form that side speaks, and returns its response.
-async fn forward(
-    req: Request<Body>,
-    upstream: &Upstream,
-    default_authority: &str,
-) -> Response<Body> {
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // Keep the authority the client used: from an h2 request's URI, or an HTTP/1.1 Host header.
-    let client_authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-    let authority = client_authority.as_deref().unwrap_or(default_authority);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let lease = match upstream
-        .pool
-        .checkout(&upstream.sni, upstream.dst, upstream.connect_timeout)
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            if upstream.failed.set(e.clone()).is_ok() {
-                warn!(dst = %upstream.dst, sni = %upstream.sni, error = %e,
-                    "upstream failed; answering the client with errors");
-            }
-            return error_response(StatusCode::BAD_GATEWAY, &e);
-        }
-    };
-    if lease.is_h2() {
-        parts.headers.remove(header::HOST);
-        parts.version = http::Version::HTTP_2;
-        parts.uri = match Uri::builder()
-            .scheme("https")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-        {
-            Ok(u) => u,
-            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
-        };
-    } else {
-        parts.version = http::Version::HTTP_11;
-        parts.uri = match path.parse() {
-            Ok(u) => u,
-            Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("{e}")),
-        };
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(authority)
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    let result = lease.send(Request::from_parts(parts, body)).await;
-    match result {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body)
-        }
-        Err(e) => error_response(StatusCode::BAD_GATEWAY, &format!("upstream: {e}")),
-    }
-}
-
-/// An error the proxy itself answers with.
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "data": null,
-        "code": status.as_u16().to_string(),
-        "message": format!("snowtrail: {message}"),
-        "success": false,
-    })
-    .to_string();
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http::header;
+    use http::{Response, StatusCode};
+    use http_body_util::Full;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     use tokio::net::TcpListener;
 
@@ -665,7 +535,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (addr, upstream_ca, accepted) = counted_upstream(b"h2", dir.path()).await;
         let (mut tls, ca) = agent_tls(dir.path(), &[upstream_ca]);
-        tls.upstreams = Arc::new(crate::proxy::pool::Pool::new(
+        tls.upstreams = Arc::new(super::super::pool::Pool::new(
             tls.client.clone(),
             Duration::from_secs(5),
             Duration::from_millis(50),

@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::record::Recording;
+use super::capture::Recording;
 use crate::audit::Event;
 use crate::recording::payload::{MAX_TRANSFER_FILES, TransferFile, TransferPart};
 use crate::snowflake::TransferTarget;
+use crate::sync::lock;
 
 /// At most this many PUT/GET statements wait for their transfers at once; the oldest is
 /// completed early (with what it saw) when more arrive.
@@ -63,9 +64,7 @@ impl PendingTransfer {
     }
 
     fn touch(&self) {
-        if let Ok(mut t) = self.last_activity.lock() {
-            *t = Some(Instant::now());
-        }
+        *lock(&self.last_activity) = Some(Instant::now());
     }
 
     /// A transfer request started.
@@ -84,9 +83,7 @@ impl PendingTransfer {
     /// The response's body came back (`bytes` of it): the request (`file`) is over.
     pub fn end(&self, bytes: u64, file: TransferFile) {
         self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
-        if let Ok(mut r) = self.recording.lock()
-            && let Some((_, part)) = r.as_mut()
-        {
+        if let Some((_, part)) = lock(&self.recording).as_mut() {
             if part.files.len() < MAX_TRANSFER_FILES {
                 part.files.push(file);
             } else {
@@ -107,28 +104,18 @@ impl PendingTransfer {
     pub fn settled(&self, quiet: Duration) -> bool {
         self.seen()
             && self.in_flight.load(Ordering::Acquire) == 0
-            && self
-                .last_activity
-                .lock()
-                .ok()
-                .and_then(|t| *t)
-                .is_some_and(|t| t.elapsed() >= quiet)
+            && lock(&self.last_activity).is_some_and(|t| t.elapsed() >= quiet)
     }
 
     /// Takes the event for completion (once), with the transfer totals, and its recording
     /// with the transfers listed; flagged `transfer_unseen` when `unseen_is_a_gap` and no
     /// transfer was seen.
     pub fn finish(&self, unseen_is_a_gap: bool) -> Option<Finished> {
-        let mut event = self.event.lock().ok()?.take()?;
-        let recording =
-            self.recording
-                .lock()
-                .ok()
-                .and_then(|mut r| r.take())
-                .map(|(mut rec, part)| {
-                    rec.transfer(part);
-                    rec
-                });
+        let mut event = lock(&self.event).take()?;
+        let recording = lock(&self.recording).take().map(|(mut rec, part)| {
+            rec.transfer(part);
+            rec
+        });
         let requests = self.requests.load(Ordering::Relaxed);
         event.stage_requests = Some(requests);
         event.stage_bytes_sent = Some(self.bytes_sent.load(Ordering::Relaxed));
@@ -166,9 +153,7 @@ impl TransferBook {
         targets: Vec<TransferTarget>,
         pending: Arc<PendingTransfer>,
     ) -> Vec<Finished> {
-        let Ok(mut entries) = self.entries.lock() else {
-            return Vec::new();
-        };
+        let mut entries = lock(&self.entries);
         let mut done = Vec::new();
         entries.retain(|e| {
             let superseded =
@@ -176,7 +161,7 @@ impl TransferBook {
             if superseded {
                 done.extend(e.pending.finish(false));
             }
-            !superseded && e.pending.event.lock().is_ok_and(|ev| ev.is_some())
+            !superseded && lock(&e.pending.event).is_some()
         });
         if entries.len() >= MAX_PENDING_TRANSFERS {
             let oldest = entries.remove(0);
@@ -194,7 +179,7 @@ impl TransferBook {
     /// The statement a request from `cgroup_id` to `host` for `path` transfers for: the most
     /// specific target wins, and among equals the newest statement.
     pub fn find(&self, cgroup_id: u64, host: &str, path: &str) -> Option<Arc<PendingTransfer>> {
-        let entries = self.entries.lock().ok()?;
+        let entries = lock(&self.entries);
         let mut best: Option<(usize, &Arc<PendingTransfer>)> = None;
         for e in entries.iter().filter(|e| e.cgroup_id == cgroup_id) {
             for t in e.targets.iter().filter(|t| t.matches(host, path)) {
@@ -208,9 +193,7 @@ impl TransferBook {
 
     /// Forgets `pending` once its event completed.
     pub fn remove(&self, pending: &Arc<PendingTransfer>) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|e| !Arc::ptr_eq(&e.pending, pending));
-        }
+        lock(&self.entries).retain(|e| !Arc::ptr_eq(&e.pending, pending));
     }
 }
 

@@ -1,4 +1,4 @@
-//! Session recording in the data path: what a statement's result looked like to the workload is
+//! The recording tee of the data path: what a statement's result looked like to the workload is
 //! captured here (after masking), within the caps, and handed to the recordings writer; the
 //! statement's audit row is submitted once its recording is durable, saying what became of it.
 //! Capturing and the payload format are [`crate::recording`]; this module moves bytes.
@@ -10,91 +10,28 @@
 //! Results fetched by a request of their own (an asynchronous statement's, each statement's of
 //! a multi-statement request) are recorded by the statement handler when the fetch comes, as a
 //! synchronous statement's; a PUT/GET statement's recording waits with its event for the
-//! transfers ([`super::transfer`]).
+//! transfers ([`super::state::transfer_book`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Response, header};
 use tracing::warn;
 
-use super::body::Counted;
-use super::exchange::Inspector;
-use super::intercept::Body;
-use super::sessions::{PendingResult, Session};
+use super::context::Shared;
+use super::state::{PendingResult, Recording, TrackedSession};
 use crate::audit::Event;
-use crate::recording::payload::{ErrorEnvelope, TransferPart};
-use crate::recording::{Capture, RecordingConfig, RecordingWriter, Status, Submission};
+use crate::proxy::transport::body::Body;
+use crate::proxy::transport::body::Counted;
+use crate::recording::{Capture, Status, Submission};
 use crate::snowflake::ContentEncoding;
-
-/// The recordings writer and what decides which statements it records.
-pub struct Recorder {
-    /// Where recordings go.
-    pub writer: RecordingWriter,
-    /// The `[recording]` section.
-    pub config: RecordingConfig,
-    /// Statements whose audit row waits for their recording to be durable; the daemon's stop
-    /// waits for them before it closes the audit.
-    pub in_flight: Arc<AtomicUsize>,
-}
-
-/// A statement's recording in progress.
-#[derive(Debug)]
-pub struct Recording {
-    capture: Capture,
-    session: Option<Arc<AtomicU64>>,
-}
-
-impl Recording {
-    /// Captures the statement response the workload receives (decoded).
-    pub(super) fn response(&mut self, body: &[u8]) {
-        self.capture.response(body);
-    }
-
-    /// Marks the recording as missing part of the result (not inspected, or chunks not seen).
-    pub(super) fn incomplete(&mut self) {
-        self.capture.passed(0);
-    }
-
-    /// Captures the error the workload learnt from a status request (an asynchronous
-    /// statement's monitoring answer).
-    pub(super) fn error(&mut self, e: ErrorEnvelope) {
-        self.capture.error(e);
-    }
-
-    /// Captures a PUT/GET statement's file command and its transfers.
-    pub(super) fn transfer(&mut self, t: TransferPart) {
-        self.capture.transfer(t);
-    }
-
-    /// Captures a chunk the workload receives, already decoded (a rewritten chunk).
-    pub(super) fn chunk(&mut self, index: usize, body: &[u8]) {
-        self.capture.chunk(index, body, false);
-    }
-}
-
-#[cfg(test)]
-impl Recording {
-    /// A recording within `limit` bytes, of no session.
-    pub(super) fn for_test(limit: u64) -> Recording {
-        Recording {
-            capture: Capture::new(limit),
-            session: None,
-        }
-    }
-
-    /// What the recording captured.
-    pub(super) fn captured(self) -> crate::recording::Captured {
-        self.capture.finish()
-    }
-}
 
 /// Starts recording a statement, unless recording is off (no recipient, or off for the event's
 /// identity).
 pub(super) fn begin(
-    ins: &Inspector,
+    ins: &Shared,
     event: &Event,
-    session: Option<&Session>,
+    session: Option<&TrackedSession>,
 ) -> Option<Recording> {
     let r = ins.recorder.as_ref()?;
     if !r
@@ -118,7 +55,7 @@ pub(super) fn begin(
 
 /// Submits a finished statement's event: with its recording, once that is durable (the
 /// `recording` columns say how it went); without one, at once with `recording = "off"`.
-pub(super) fn submit(ins: &Inspector, mut event: Event, rec: Option<Recording>) {
+pub(super) fn submit(ins: &Shared, mut event: Event, rec: Option<Recording>) {
     let (Some(rec), Some(recorder)) = (rec, ins.recorder.as_ref()) else {
         if event.recording.is_none() {
             event.recording = Some(Status::Off.as_str().to_owned());
@@ -155,7 +92,7 @@ pub(super) fn submit(ins: &Inspector, mut event: Event, rec: Option<Recording>) 
 }
 
 /// Completes a chunked result's event once its last chunk is in, with its recording.
-pub(super) fn chunk_finished(ins: &Inspector, pending: &PendingResult, event: Event) {
+pub(super) fn chunk_finished(ins: &Shared, pending: &PendingResult, event: Event) {
     submit(ins, event, pending.take_recording());
 }
 
@@ -163,7 +100,7 @@ pub(super) fn chunk_finished(ins: &Inspector, pending: &PendingResult, event: Ev
 /// when the chunk fits in what the cap leaves; the statement's event completes with the last
 /// chunk.
 pub(super) fn tee_chunk(
-    ins: Arc<Inspector>,
+    ins: Arc<Shared>,
     pending: Arc<PendingResult>,
     host: &str,
     path: &str,

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use tracing::{info, warn};
 
-use super::body::full;
-use super::exchange::{ConnCtx, mark_denied, reply};
-use super::intercept::Body;
+use super::context::{ConnCtx, mark_denied, reply};
 use crate::audit::EventKind;
 use crate::broker::handles::HandleError;
 use crate::broker::{BrokeredIdentity, Handles, Resolved};
+use crate::proxy::transport::body::Body;
+use crate::proxy::transport::body::full;
 use crate::snowflake::{self, Endpoint, Refusal};
 
 /// How long a session's handles live when Snowflake's answer does not say: its default master
@@ -47,7 +47,7 @@ pub(super) fn swap_authorization(
         return Ok(None);
     };
     match ctx
-        .inspector
+        .shared
         .broker
         .handles
         .resolve(token, ctx.owner.as_ref(), Instant::now())
@@ -72,7 +72,7 @@ pub(super) fn refuse(ctx: &ConnCtx, endpoint: &Endpoint, e: HandleError) -> Resp
     mark_denied(&mut event, &Refusal::UnknownHandle);
     event.detail = Some(e.label().to_owned());
     event.brokered = Some(true);
-    drop(ctx.inspector.sink.submit(event));
+    drop(ctx.shared.sink.submit(event));
     match endpoint {
         Endpoint::Query => reply(snowflake::envelope::query_error(
             &Refusal::UnknownHandle,
@@ -107,7 +107,7 @@ pub(super) async fn login_body(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let brokered = ctx
-        .inspector
+        .shared
         .broker
         .login_body(identity, decoded, login_account, now_s)
         .await
@@ -159,7 +159,7 @@ pub(super) fn login_response(
     let (session_handle, master_handle) = (Handles::mint()?, Handles::mint()?);
     let (body, upstream) =
         snowflake::rewrite_login_tokens(decoded, &session_handle, &master_handle).ok()?;
-    let handles = &ctx.inspector.broker.handles;
+    let handles = &ctx.shared.broker.handles;
     let ttl = handle_ttl(master_validity_s);
     let now = Instant::now();
     handles.bind(
@@ -190,7 +190,7 @@ pub(super) fn renewal_body(
         return Ok(None);
     };
     match ctx
-        .inspector
+        .shared
         .broker
         .handles
         .resolve(old, ctx.owner.as_ref(), Instant::now())
@@ -214,7 +214,7 @@ pub(super) fn renewal_response(
     ctx: &ConnCtx,
     session: u64,
     parts: http::response::Parts,
-    raw: super::body::Held,
+    raw: crate::proxy::transport::body::Held,
     decoded: &[u8],
 ) -> Option<Response<Body>> {
     let parsed = snowflake::parse_renewal_response(decoded).ok()?;
@@ -225,7 +225,7 @@ pub(super) fn renewal_response(
     let (session_handle, master_handle) = (Handles::mint()?, Handles::mint()?);
     let (body, upstream) =
         snowflake::rewrite_renewal_tokens(decoded, &session_handle, &master_handle).ok()?;
-    let handles = &ctx.inspector.broker.handles;
+    let handles = &ctx.shared.broker.handles;
     let ttl = handle_ttl(parsed.master_validity_seconds);
     let now = Instant::now();
     handles.bind(

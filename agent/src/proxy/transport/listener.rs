@@ -1,5 +1,12 @@
 //! The proxy's listeners: accept redirected connections, find their origin record, attribute them to
-//! an enrollment, and hand them to the role that serves them. Also the drain on shutdown.
+//! an enrollment, decide from the first bytes (the TLS ClientHello's server name) whether the
+//! connection is intercepted ([`tls`]) or passed through ([`passthrough`]), and record the
+//! connection's event. Also the drain on shutdown.
+//!
+//! Which server names are intercepted is the layer above's to say
+//! ([`ExchangeHandler::intercepts`](super::ExchangeHandler::intercepts)), as is everything said on
+//! an intercepted connection; a connection without an origin record is refused: the agent must
+//! never be an open relay.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd as _;
@@ -14,10 +21,11 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use tokio::io::AsyncReadExt as _;
 
 use super::passthrough::{self, CloseReason};
-use super::prefixed::Prefixed;
-use super::{Error, Inputs, exchange, intercept};
+use super::replay::Prefixed;
+use super::tls;
 use crate::audit::{Event, EventKind};
 use crate::config::Unidentified;
+use crate::proxy::{Error, Inputs};
 use crate::redirect::Origin;
 use crate::tls::client_hello::{self, MAX_HELLO, Peeked};
 
@@ -170,10 +178,7 @@ async fn serve(
 ) {
     let stats = &inputs.stats;
     stats.total.fetch_add(1, Ordering::Relaxed);
-    let origin = match inputs.redirect.read() {
-        Ok(r) => r.lookup(normalise(peer)),
-        Err(_) => return,
-    };
+    let origin = crate::sync::read(&inputs.redirect).lookup(normalise(peer));
     let origin = match origin {
         Ok(Some(o)) => o,
         Ok(None) => {
@@ -207,10 +212,7 @@ async fn serve(
         Peeked::Hello(hello) => {
             event.sni = hello.sni.clone();
             match (hello.sni, &inputs.tls) {
-                (Some(sni), Some(_))
-                    if inputs.hosts.matches(&sni)
-                        || inputs.inspector.tracker.is_learned(origin.cgroup_id, &sni) =>
-                {
+                (Some(sni), Some(_)) if inputs.exchanges.intercepts(origin.cgroup_id, &sni) => {
                     Route::Intercept(sni)
                 }
                 (Some(_), _) => Route::Passthrough,
@@ -245,20 +247,13 @@ async fn serve(
             // waits for the client's delayed ACK (40 ms on Linux) and one-client latency with it.
             let _ = client.set_nodelay(true);
             let client = Prefixed::new(prefix, client);
-            let ctx = Arc::new(exchange::ConnCtx {
-                owner: crate::broker::Owner::of(
-                    event.correlation_id.as_deref(),
-                    enrolled_cgroup.as_deref(),
-                ),
-                base: event.clone(),
-                inspector: inputs.inspector.clone(),
-            });
-            let done = intercept::serve(
+            let handler = inputs.exchanges.open(&event, enrolled_cgroup.as_deref());
+            let done = tls::serve(
                 client,
                 sni,
                 dst,
                 tls,
-                Some(ctx),
+                Some(handler),
                 connect_timeout,
                 idle_timeout,
                 force,

@@ -10,7 +10,6 @@
 //! bounded ([`MAX_HOLDS`]).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -19,12 +18,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::body::Held;
-use super::exchange::{ConnCtx, mark_denied, reply};
-use super::intercept::Body;
+use super::context::{ConnCtx, mark_denied, reply};
 use crate::audit::{Event, EventSink};
-use crate::control::HoldInfo;
+use crate::proxy::transport::body::Body;
+use crate::proxy::transport::body::Held;
 use crate::snowflake::{self, Refusal};
+use crate::sync::lock;
 
 /// Most statements held at once; past it a statement needing approval is refused.
 pub const MAX_HOLDS: usize = 1024;
@@ -48,9 +47,32 @@ struct Inner {
     request_id: Option<String>,
 }
 
+/// A held statement as approvers see it: what it is, who sent it, when, and how long it may
+/// still wait. The control socket turns it into its own wire form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldSummary {
+    /// The hold id (the query id the driver sees while it waits).
+    pub id: String,
+    /// The rule that asked for approval.
+    pub rule: String,
+    /// The workload identity that sent it.
+    pub identity: Option<String>,
+    /// The Snowflake user.
+    pub user: Option<String>,
+    /// The role in effect.
+    pub role: Option<String>,
+    /// The statement, redacted as in the audit.
+    pub sql: String,
+    /// When the agent received it.
+    pub received_at: SystemTime,
+    /// How long it may still wait before it times out (and is rejected); as held, in the
+    /// answer to a decision.
+    pub expires_in: Duration,
+}
+
 /// One held statement.
 pub struct Hold {
-    info: HoldInfo,
+    info: HoldSummary,
     deadline: Instant,
     inner: Mutex<Inner>,
     notify: Notify,
@@ -83,10 +105,6 @@ pub enum DecideError {
     },
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Holds {
     /// An empty registry whose rejections and timeouts are recorded in `sink`.
     pub fn new(sink: Arc<dyn EventSink>) -> Holds {
@@ -96,20 +114,18 @@ impl Holds {
         }
     }
 
-    /// What waits for a decision, oldest first.
-    pub fn pending(&self) -> Vec<HoldInfo> {
+    /// What waits for a decision, in no particular order (the control socket orders it).
+    pub fn pending(&self) -> Vec<HoldSummary> {
         let now = Instant::now();
-        let mut out: Vec<HoldInfo> = lock(&self.map)
+        lock(&self.map)
             .values()
             .filter(|h| lock(&h.inner).decided.is_none())
             .map(|h| {
                 let mut i = h.info.clone();
-                i.expires_in_s = h.deadline.saturating_duration_since(now).as_secs();
+                i.expires_in = h.deadline.saturating_duration_since(now);
                 i
             })
-            .collect();
-        out.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
-        out
+            .collect()
     }
 
     fn get(&self, id: &str) -> Option<Arc<Hold>> {
@@ -121,7 +137,12 @@ impl Holds {
     }
 
     /// Approves (`approve`) or rejects the statement held as `id`, in the name of `approver`.
-    pub fn decide(&self, id: &str, approve: bool, approver: &str) -> Result<HoldInfo, DecideError> {
+    pub fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        approver: &str,
+    ) -> Result<HoldSummary, DecideError> {
         let hold = self
             .get(id)
             .ok_or_else(|| DecideError::Unknown(id.to_owned()))?;
@@ -240,7 +261,7 @@ pub(super) fn hold(
     request_id: Option<String>,
     timeout: Duration,
 ) -> Response<Body> {
-    let ins = &ctx.inspector;
+    let ins = &ctx.shared;
     let holds = ins.holds.clone();
     let id = uuid::Uuid::now_v7().to_string();
     if lock(&holds.map).len() >= MAX_HOLDS {
@@ -255,16 +276,15 @@ pub(super) fn hold(
         ));
     }
     event.detail = Some(format!("hold {id}"));
-    let received: chrono::DateTime<chrono::Utc> = event.event_time.into();
-    let info = HoldInfo {
+    let info = HoldSummary {
         id: id.clone(),
         rule: event.policy_rule.clone().unwrap_or_default(),
         identity: event.workload_identity.clone(),
         user: event.login_user.clone(),
         role: event.role.clone(),
         sql: event.sql_text.clone().unwrap_or_default(),
-        received_at: received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        expires_in_s: timeout.as_secs(),
+        received_at: event.event_time,
+        expires_in: timeout,
     };
     let deadline = Instant::now() + timeout;
     let h = Arc::new(Hold {
@@ -300,7 +320,7 @@ pub(super) fn cancel_named(
     query_id: Option<&str>,
     request_id: Option<&str>,
 ) -> bool {
-    let holds = &ctx.inspector.holds;
+    let holds = &ctx.shared.holds;
     if holds.is_empty() {
         return false;
     }
@@ -314,7 +334,7 @@ pub(super) fn cancel_named(
 
 /// Whether `query_id` is a hold (its polls and monitoring are answered by the agent).
 pub(super) fn is_hold(ctx: &ConnCtx, query_id: &str) -> bool {
-    ctx.inspector.holds.get(query_id).is_some()
+    ctx.shared.holds.get(query_id).is_some()
 }
 
 /// A monitoring request for a hold: `QUEUED` while it waits (nothing reaches Snowflake).
@@ -322,19 +342,29 @@ pub(super) fn monitoring(query_id: &str) -> Response<Body> {
     reply(snowflake::envelope::monitoring_status(query_id, "QUEUED"))
 }
 
-/// A poll of a hold: waits briefly for a decision; approved, forwards the held statement with
-/// `send` and answers with Snowflake's response.
-pub(super) async fn poll<F, Fut>(query_id: &str, ctx: &ConnCtx, send: F) -> Response<Body>
-where
-    F: FnOnce(Request<Body>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
-{
-    let holds = ctx.inspector.holds.clone();
+/// What a poll of a hold comes to.
+pub(super) enum HoldPoll {
+    /// The agent's answer: still waiting, rejected or timed out.
+    Answered(Response<Body>),
+    /// The statement was approved: its held request, to be forwarded by the statement handler
+    /// (it carries its event as [`Approved`]), and the request id the driver sent it with.
+    Approved {
+        /// The held request.
+        request: Request<Body>,
+        /// The driver's request id of the statement.
+        request_id: Option<String>,
+    },
+}
+
+/// A poll of a hold: waits briefly for a decision; approved, hands the held statement back for
+/// forwarding.
+pub(super) async fn poll(query_id: &str, ctx: &ConnCtx) -> HoldPoll {
+    let holds = ctx.shared.holds.clone();
     let Some(hold) = holds.get(query_id) else {
-        return reply(snowflake::envelope::query_error(
+        return HoldPoll::Answered(reply(snowflake::envelope::query_error(
             &Refusal::ApprovalTimedOut,
             query_id,
-        ));
+        )));
     };
     let until = (Instant::now() + POLL_WAIT).min(hold.deadline + Duration::from_millis(50));
     loop {
@@ -347,24 +377,24 @@ where
                 let _ = tokio::time::timeout_at(until, notified).await;
             }
             None => {
-                return reply(snowflake::envelope::in_progress(
+                return HoldPoll::Answered(reply(snowflake::envelope::in_progress(
                     query_id,
                     &snowflake::envelope::result_url(query_id),
-                ));
+                )));
             }
             Some(Decided::Rejected) => {
                 holds.remove(query_id);
-                return reply(snowflake::envelope::query_error(
+                return HoldPoll::Answered(reply(snowflake::envelope::query_error(
                     &Refusal::ApprovalRejected,
                     query_id,
-                ));
+                )));
             }
             Some(Decided::TimedOut) => {
                 holds.remove(query_id);
-                return reply(snowflake::envelope::query_error(
+                return HoldPoll::Answered(reply(snowflake::envelope::query_error(
                     &Refusal::ApprovalTimedOut,
                     query_id,
-                ));
+                )));
             }
             Some(Decided::Approved) => {
                 let taken = {
@@ -377,14 +407,16 @@ where
                 holds.remove(query_id);
                 let Some(((mut parts, raw), event, request_id)) = taken else {
                     // Another poll took it; this one is answered as still running.
-                    return reply(snowflake::envelope::in_progress(
+                    return HoldPoll::Answered(reply(snowflake::envelope::in_progress(
                         query_id,
                         &snowflake::envelope::result_url(query_id),
-                    ));
+                    )));
                 };
                 parts.extensions.insert(Approved(event));
-                let req = Request::from_parts(parts, raw.into_body());
-                return Box::pin(super::statement::query(req, request_id, ctx, send)).await;
+                return HoldPoll::Approved {
+                    request: Request::from_parts(parts, raw.into_body()),
+                    request_id,
+                };
             }
         }
     }

@@ -27,7 +27,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::intercept::Body;
+use super::body::Body;
+use crate::sync::lock;
 
 /// How long an upstream connection may sit unused before the pool closes it.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(90);
@@ -36,6 +37,79 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(90);
 const MAX_H2_PER_KEY: usize = 4;
 /// The most idle HTTP/1.1 connections the pool keeps per destination.
 const MAX_IDLE_H1_PER_KEY: usize = 256;
+
+/// Why an exchange could not reach the upstream. Its text is what the client's error answer and
+/// the connection's audit event (`error_message`) say.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The TCP connection to the original destination failed.
+    #[error("connect to {dst}: {source}")]
+    Connect {
+        /// The original destination.
+        dst: SocketAddr,
+        /// What the connect said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connection did not come up within the connect timeout.
+    #[error("connect to {dst}: timed out")]
+    ConnectTimeout {
+        /// The original destination.
+        dst: SocketAddr,
+    },
+    /// The server name cannot be a TLS server name.
+    #[error("invalid server name {sni}")]
+    ServerName {
+        /// The server name the client sent.
+        sni: String,
+    },
+    /// The TLS handshake with the upstream failed (its certificate did not verify, or it
+    /// refused ours).
+    #[error("TLS to {sni} at {dst}: {source}")]
+    Tls {
+        /// The server name verified for.
+        sni: String,
+        /// The original destination.
+        dst: SocketAddr,
+        /// What the handshake said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake did not finish within the handshake timeout.
+    #[error("TLS to {sni} at {dst}: timed out")]
+    TlsTimeout {
+        /// The server name verified for.
+        sni: String,
+        /// The original destination.
+        dst: SocketAddr,
+    },
+    /// The HTTP handshake (h2 or http/1.1, as ALPN chose) on the new connection failed.
+    #[error("{alpn} handshake with {sni}: {source}")]
+    Handshake {
+        /// `h2` or `http/1.1`.
+        alpn: &'static str,
+        /// The server name.
+        sni: String,
+        /// What hyper said.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The new connection was closed before it could carry a request.
+    #[error("connection to {sni} at {dst} closed at once")]
+    ClosedAtOnce {
+        /// The server name.
+        sni: String,
+        /// The original destination.
+        dst: SocketAddr,
+    },
+    /// The lease no longer held its connection.
+    #[error("the connection was given back")]
+    GivenBack,
+    /// Sending the request or reading the response's head failed.
+    #[error("{0}")]
+    Send(#[source] hyper::Error),
+}
 
 /// Where an upstream connection goes: the server name it was verified for and the address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -135,9 +209,7 @@ impl Pool {
     /// Upstream connections the pool holds now (h2 ones, and idle HTTP/1.1 ones): what the pool
     /// costs, for tests and diagnostics.
     pub fn open(&self) -> usize {
-        let Ok(map) = self.conns.lock() else {
-            return 0;
-        };
+        let map = lock(&self.conns);
         map.values()
             .map(|c| {
                 c.h2.iter().filter(|h| !h.send.is_closed()).count()
@@ -153,16 +225,14 @@ impl Pool {
         sni: &str,
         dst: SocketAddr,
         connect_timeout: Duration,
-    ) -> Result<Lease, String> {
+    ) -> Result<Lease, UpstreamError> {
         let key = Key {
             sni: sni.to_owned(),
             dst,
         };
         loop {
             let found = {
-                let Ok(mut map) = self.conns.lock() else {
-                    break;
-                };
+                let mut map = lock(&self.conns);
                 let conns = map.entry(key.clone()).or_default();
                 conns.h2.retain(|c| !c.send.is_closed());
                 conns.h1_idle.retain(|c| !c.send.is_closed());
@@ -180,9 +250,8 @@ impl Pool {
             // Closed while idle: it is dropped unreturned; try the next.
         }
         let (sender, usage) = self.connect(&key, connect_timeout).await?;
-        if let Sender::H2(send) = &sender
-            && let Ok(mut map) = self.conns.lock()
-        {
+        if let Sender::H2(send) = &sender {
+            let mut map = lock(&self.conns);
             let conns = map.entry(key.clone()).or_default();
             if conns.h2.len() < MAX_H2_PER_KEY {
                 conns.h2.push(H2Conn {
@@ -195,7 +264,10 @@ impl Pool {
         if lease.ready().await {
             Ok(lease)
         } else {
-            Err(format!("connection to {sni} at {dst} closed at once"))
+            Err(UpstreamError::ClosedAtOnce {
+                sni: sni.to_owned(),
+                dst,
+            })
         }
     }
 
@@ -215,11 +287,10 @@ impl Pool {
         if conn.send.is_closed() {
             return;
         }
-        if let Ok(mut map) = self.conns.lock() {
-            let conns = map.entry(key).or_default();
-            if conns.h1_idle.len() < MAX_IDLE_H1_PER_KEY {
-                conns.h1_idle.push(conn);
-            }
+        let mut map = lock(&self.conns);
+        let conns = map.entry(key).or_default();
+        if conns.h1_idle.len() < MAX_IDLE_H1_PER_KEY {
+            conns.h1_idle.push(conn);
         }
     }
 
@@ -227,16 +298,17 @@ impl Pool {
         &self,
         key: &Key,
         connect_timeout: Duration,
-    ) -> Result<(Sender, Arc<Usage>), String> {
+    ) -> Result<(Sender, Arc<Usage>), UpstreamError> {
         let Key { sni, dst } = key;
+        let dst = *dst;
         let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("connect to {dst}: {e}")),
-            Err(_) => return Err(format!("connect to {dst}: timed out")),
+            Ok(Err(source)) => return Err(UpstreamError::Connect { dst, source }),
+            Err(_) => return Err(UpstreamError::ConnectTimeout { dst }),
         };
         let _ = tcp.set_nodelay(true);
         let Ok(name) = rustls::pki_types::ServerName::try_from(sni.clone()) else {
-            return Err(format!("invalid server name {sni}"));
+            return Err(UpstreamError::ServerName { sni: sni.clone() });
         };
         let connector = tokio_rustls::TlsConnector::from(self.client.clone());
         let stream = match tokio::time::timeout(
@@ -246,24 +318,45 @@ impl Pool {
         .await
         {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("TLS to {sni} at {dst}: {e}")),
-            Err(_) => return Err(format!("TLS to {sni} at {dst}: timed out")),
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Tls {
+                    sni: sni.clone(),
+                    dst,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(UpstreamError::TlsTimeout {
+                    sni: sni.clone(),
+                    dst,
+                });
+            }
         };
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(stream);
         let usage = Usage::new();
         let idle = self.idle;
         if h2 {
-            let (send, conn) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("h2 handshake with {sni}: {e}"))?;
+            let (send, conn) =
+                http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|source| UpstreamError::Handshake {
+                        alpn: "h2",
+                        sni: sni.clone(),
+                        source,
+                    })?;
             tokio::spawn(drive(conn, usage.clone(), idle, "h2"));
             debug!(%sni, %dst, "upstream h2 connection opened");
             Ok((Sender::H2(send), usage))
         } else {
-            let (send, conn) = http1::handshake(io)
-                .await
-                .map_err(|e| format!("http/1.1 handshake with {sni}: {e}"))?;
+            let (send, conn) =
+                http1::handshake(io)
+                    .await
+                    .map_err(|source| UpstreamError::Handshake {
+                        alpn: "http/1.1",
+                        sni: sni.clone(),
+                        source,
+                    })?;
             tokio::spawn(drive(conn, usage.clone(), idle, "http/1.1"));
             debug!(%sni, %dst, "upstream http/1.1 connection opened");
             Ok((Sender::H1(send), usage))
@@ -314,14 +407,14 @@ impl Lease {
     }
 
     /// Sends `req` and returns its response, whose body gives the connection back once read.
-    /// `Err` is the upstream's failure, as text for the client's error.
-    pub async fn send(mut self, req: Request<Body>) -> Result<Response<Body>, String> {
+    /// `Err` is the upstream's failure.
+    pub async fn send(mut self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
         let resp = match &mut self.sender {
             Some(Sender::H2(s)) => s.send_request(req).await,
             Some(Sender::H1(s)) => s.send_request(req).await,
-            None => return Err("the connection was given back".into()),
+            None => return Err(UpstreamError::GivenBack),
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(UpstreamError::Send)?;
         let (parts, body) = resp.into_parts();
         if body.is_end_stream() {
             self.reusable = true;
@@ -394,5 +487,46 @@ impl Leased {
         if let Some(mut lease) = self.lease.take() {
             lease.reusable = whole;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_errors_read_as_the_client_and_the_audit_see_them() {
+        let dst: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let sni = "xy12345.snowflakecomputing.com".to_owned();
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let refused_text = refused.to_string();
+        assert_eq!(
+            UpstreamError::Connect {
+                dst,
+                source: refused
+            }
+            .to_string(),
+            format!("connect to {dst}: {refused_text}")
+        );
+        assert_eq!(
+            UpstreamError::ConnectTimeout { dst }.to_string(),
+            "connect to 192.0.2.7:443: timed out"
+        );
+        assert_eq!(
+            UpstreamError::TlsTimeout {
+                sni: sni.clone(),
+                dst
+            }
+            .to_string(),
+            "TLS to xy12345.snowflakecomputing.com at 192.0.2.7:443: timed out"
+        );
+        assert_eq!(
+            UpstreamError::ClosedAtOnce { sni, dst }.to_string(),
+            "connection to xy12345.snowflakecomputing.com at 192.0.2.7:443 closed at once"
+        );
+        assert_eq!(
+            UpstreamError::GivenBack.to_string(),
+            "the connection was given back"
+        );
     }
 }

@@ -1,0 +1,233 @@
+//! What every exchange of the Snowflake-aware layer shares: the state and settings shared by all
+//! connections ([`Shared`]), one intercepted connection's part ([`ConnCtx`]), and the helpers each
+//! handler uses to read a request or a response for inspection, answer in Snowflake's place, or
+//! record a refusal.
+//!
+//! Request bodies that are inspected are buffered up to `limits.max_request_bytes` (a larger one
+//! is refused with a Snowflake-shaped error, as is one that cannot be parsed: an unreadable
+//! request could carry anything past the audit). Response bodies are buffered up to
+//! `limits.max_response_inspect_bytes`; past that they stream on and the event is flagged
+//! `uninspected` (DECISIONS 2). The workload gets the upstream's bytes exactly as sent.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, header};
+use tracing::warn;
+
+use super::state::{TrackedSession, Tracker};
+use crate::audit::{Durability, Event, EventKind, EventSink, OnAuditFailure};
+use crate::proxy::transport::body::{Body, Budget, Collected, Held, collect, full};
+use crate::snowflake::{self, RedactMode, Refusal};
+use crate::sync::lock;
+
+/// Limits on what the proxy buffers to inspect.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The memory every inspection shares (`limits.inspect_budget_bytes`).
+    pub budget: Budget,
+    /// Largest request body inspected (decoded); larger ones are refused.
+    pub max_request_bytes: usize,
+    /// Largest response body buffered for inspection; larger ones stream on uninspected.
+    pub max_response_inspect_bytes: usize,
+}
+
+/// What every exchange of every intercepted connection shares: settings, sinks and the state
+/// of sessions and statements in flight.
+pub struct Shared {
+    /// Where events go.
+    pub sink: Arc<dyn EventSink>,
+    /// Sessions and statements in flight.
+    pub tracker: Tracker,
+    /// Buffering limits.
+    pub limits: Limits,
+    /// How SQL is redacted in the audit.
+    pub redact: RedactMode,
+    /// Whether a statement's intent must be durable before it is forwarded.
+    pub durability: Durability,
+    /// What to do with statements while the audit cannot record them.
+    pub on_audit_failure: OnAuditFailure,
+    /// How long a chunked result's event waits for its chunk downloads.
+    pub chunk_wait: std::time::Duration,
+    /// How long a PUT/GET statement's transfers must be idle before its event is recorded.
+    pub transfer_quiet: std::time::Duration,
+    /// Which server names are intercepted (`tls.intercept_hosts`).
+    pub hosts: crate::snowflake::hosts::HostMatcher,
+    /// The policy rules in force (issue 6).
+    pub policy: Arc<crate::enforce::LivePolicy>,
+    /// Statements held for approval.
+    pub holds: Arc<super::holds::Holds>,
+    /// Verifies the human identity a login token carries (`[oidc]`).
+    pub oidc: Arc<crate::identity::oidc::Verifier>,
+    /// Brokered logins and the token handles of their sessions (`[broker]`).
+    pub broker: Arc<crate::broker::Broker>,
+    /// Records statement results (`[recording]`), when a recipient is configured.
+    pub recorder: Option<super::state::Recorder>,
+}
+
+/// One intercepted connection's part: who is on it, shared by its exchanges.
+pub struct ConnCtx {
+    /// The connection's who/where columns, copied into each event.
+    pub base: Event,
+    /// Who may use the token handles issued on this connection: its exec run, else its enrolled
+    /// cgroup (`None` when no enrollment covers it).
+    pub owner: Option<crate::broker::Owner>,
+    /// What all connections share.
+    pub shared: Arc<Shared>,
+}
+
+impl ConnCtx {
+    /// A new event of `kind` carrying the connection's columns.
+    pub(super) fn event(
+        &self,
+        kind: EventKind,
+        at: SystemTime,
+        session: Option<&TrackedSession>,
+    ) -> Event {
+        let mut e = self.base.clone();
+        e.event_id = uuid::Uuid::now_v7();
+        e.event_kind = kind;
+        e.event_time = at;
+        e.connection_mode = None;
+        e.close_reason = None;
+        e.bytes_in = None;
+        e.bytes_out = None;
+        e.duration_ms = None;
+        e.success = None;
+        e.flags.clear();
+        if let Some(s) = session {
+            fill_session(&mut e, s);
+        }
+        e
+    }
+}
+
+pub(super) fn fill_session(e: &mut Event, s: &TrackedSession) {
+    e.session_id = Some(s.id.clone());
+    e.correlation_id = Some(s.correlation_id.clone());
+    e.snowflake_session_id.clone_from(&s.snowflake_session_id);
+    e.account.clone_from(&s.account);
+    e.login_user.clone_from(&s.login_user);
+    e.authenticator.clone_from(&s.authenticator);
+    e.driver.clone_from(&s.driver);
+    e.driver_version.clone_from(&s.driver_version);
+    s.human.fill(e);
+    if s.brokered.is_some() {
+        e.brokered = Some(true);
+    }
+    let c = lock(&s.context);
+    e.role.clone_from(&c.role);
+    e.warehouse.clone_from(&c.warehouse);
+    e.database.clone_from(&c.database);
+    e.schema.clone_from(&c.schema);
+}
+
+pub(super) fn elapsed_ms(started: Instant) -> Option<u64> {
+    Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The answer the agent gives instead of Snowflake.
+pub(super) fn reply(r: snowflake::envelope::Reply) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(r.body)));
+    *resp.status_mut() = r.status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(snowflake::envelope::Reply::CONTENT_TYPE),
+    );
+    resp
+}
+
+/// Reads a request body for inspection; `Err` is the refusal to answer with.
+pub(super) async fn read_request(
+    parts: &http::request::Parts,
+    body: Body,
+    limits: &Limits,
+) -> Result<(Held, Vec<u8>), Refusal> {
+    let mut bytes = match collect(body, limits.max_request_bytes, &limits.budget).await {
+        Collected::Whole(b) => b,
+        Collected::TooLarge(_) => {
+            return Err(Refusal::RequestTooLarge {
+                limit: limits.max_request_bytes,
+            });
+        }
+        Collected::Failed(_) => return Err(Refusal::Unparsed),
+    };
+    let too_large = Refusal::RequestTooLarge {
+        limit: limits.max_request_bytes,
+    };
+    let hint = snowflake::decoded_size_hint(&parts.headers, &bytes.bytes, limits.max_request_bytes);
+    if !bytes.pay_for(&limits.budget, hint).await {
+        return Err(too_large);
+    }
+    let decoded =
+        snowflake::decode_with_headers(&parts.headers, &bytes.bytes, limits.max_request_bytes)
+            .map_err(|e| match e {
+                snowflake::BodyError::TooLarge { .. } => Refusal::RequestTooLarge {
+                    limit: limits.max_request_bytes,
+                },
+                _ => Refusal::Unparsed,
+            })?
+            .into_owned();
+    if !bytes
+        .pay_for(&limits.budget, decoded.len().saturating_sub(hint))
+        .await
+    {
+        return Err(too_large);
+    }
+    Ok((bytes, decoded))
+}
+
+/// A response read for inspection: the bytes to hand on and their decoded form, or a stream.
+pub(super) enum Buffered {
+    /// Read whole: the headers, the bytes to hand on, and their decoded form.
+    Read {
+        parts: http::response::Parts,
+        raw: Held,
+        decoded: Option<Vec<u8>>,
+    },
+    Streamed(Response<Body>),
+}
+
+pub(super) async fn read_response(resp: Response<Body>, limits: &Limits) -> Buffered {
+    let limit = limits.max_response_inspect_bytes;
+    let (parts, body) = resp.into_parts();
+    match collect(body, limit, &limits.budget).await {
+        Collected::Whole(mut raw) => {
+            // The decoded copy pays for its memory too; one the budget cannot hold is not made,
+            // and the response goes on uninspected.
+            let hint = snowflake::decoded_size_hint(&parts.headers, &raw.bytes, limit);
+            let mut decoded = None;
+            if raw.pay_for(&limits.budget, hint).await
+                && let Ok(d) = snowflake::decode_with_headers(&parts.headers, &raw.bytes, limit)
+            {
+                let d = d.into_owned();
+                if raw
+                    .pay_for(&limits.budget, d.len().saturating_sub(hint))
+                    .await
+                {
+                    decoded = Some(d);
+                }
+            }
+            Buffered::Read {
+                parts,
+                raw,
+                decoded,
+            }
+        }
+        Collected::TooLarge(body) => Buffered::Streamed(Response::from_parts(parts, body)),
+        Collected::Failed(e) => {
+            warn!(error = %e, "upstream response body failed");
+            Buffered::Streamed(Response::from_parts(parts, full(Bytes::new())))
+        }
+    }
+}
+
+/// Turns an event into the record of a refusal.
+pub(super) fn mark_denied(event: &mut Event, refusal: &Refusal) {
+    event.event_kind = EventKind::Denial;
+    event.success = Some(false);
+    event.decision = Some("deny".into());
+    event.error_message = Some(refusal.message());
+    event.detail = Some(refusal.label().to_owned());
+}
