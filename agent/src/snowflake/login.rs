@@ -605,6 +605,7 @@ mod tests {
         assert_eq!(kept.len(), r.session_parameters.len());
         assert_eq!(kept["QUERY_TAG"], "etl");
         assert_eq!(kept["CLIENT_SESSION_KEEP_ALIVE"], true);
+        assert_eq!(kept["CLIENT_STORE_TEMPORARY_CREDENTIAL"], true, "a flag is no secret");
         // What the audit's `detail` is made of: no secret value survives, every name does.
         let detail = serde_json::to_string(&kept).unwrap();
         assert!(!detail.contains("-clear-"), "{detail}");
@@ -612,7 +613,6 @@ mod tests {
             "PRIVATE_KEY_PASSPHRASE",
             "MFA_PASSCODE",
             "CLIENT_CREDENTIAL",
-            "CLIENT_STORE_TEMPORARY_CREDENTIAL",
             "my_api_key",
             "Sso_Token",
             "DB_PASSWORD",

@@ -81,14 +81,15 @@ pub fn hides_value(name: &str) -> bool {
 }
 
 /// Session parameters as the audit keeps them: the value of every parameter [`hides_value`]
-/// names is replaced by [`MASK`], whatever its type; the others are kept as sent.
+/// names is replaced by [`MASK`] unless it is a boolean or null; the others are kept as sent.
 pub fn mask_secret_values(params: &Map<String, Value>) -> Map<String, Value> {
     params
         .iter()
         .map(|(k, v)| {
-            // A flag or a count under a secret-sounding name (`CLIENT_STORE_TEMPORARY_CREDENTIAL:
-            // false`) carries no secret and says how the session behaves: it is kept.
-            let carries_secret = !matches!(v, Value::Bool(_) | Value::Null | Value::Number(_));
+            // A flag under a secret-sounding name (`CLIENT_STORE_TEMPORARY_CREDENTIAL: false`)
+            // carries no secret and says how the session behaves: it is kept. A number may be a
+            // passcode: it is hidden like a string.
+            let carries_secret = !matches!(v, Value::Bool(_) | Value::Null);
             let v = if carries_secret && hides_value(k) {
                 Value::String(MASK.to_owned())
             } else {
@@ -260,12 +261,12 @@ mod tests {
         assert_eq!(kept["QUERY_TAG"], "etl");
         assert_eq!(kept["CLIENT_SESSION_KEEP_ALIVE"], true);
         assert_eq!(kept["ROWS_PER_RESULTSET"], 0);
+        assert_eq!(kept["CLIENT_STORE_TEMPORARY_CREDENTIAL"], false, "a flag is no secret");
         for k in [
             "my_api_key",
             "Sso_Token",
             "PRIVATE_KEY_PASSPHRASE",
             "MFA_PASSCODE",
-            "CLIENT_STORE_TEMPORARY_CREDENTIAL",
             "KMS_KEY_ID",
         ] {
             assert_eq!(kept[k], MASK, "{k}");

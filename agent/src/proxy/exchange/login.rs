@@ -46,7 +46,7 @@ where
     event.account.clone_from(&parsed.account);
     event.login_user.clone_from(&parsed.login_name);
     event.authenticator = Some(parsed.authenticator.as_str().to_owned());
-    let mut detail = recordable_parameters(&parsed.session_parameters);
+    let mut detail = parsed.recordable_session_parameters();
     if let Some(d) = parsed.driver(user_agent.as_deref()) {
         event.driver = Some(d.name);
         event.driver_version = d.version;
@@ -208,28 +208,6 @@ where
     out
 }
 
-/// A login's session parameters as the audit keeps them: any whose name speaks of a secret
-/// (PASSWORD, SECRET, TOKEN, KEY) has its value replaced by `***` (DECISIONS 14).
-fn recordable_parameters(
-    params: &serde_json::Map<String, serde_json::Value>,
-) -> serde_json::Map<String, serde_json::Value> {
-    params
-        .iter()
-        .map(|(k, v)| {
-            let upper = k.to_ascii_uppercase();
-            let secret = ["PASSWORD", "SECRET", "TOKEN", "KEY"]
-                .iter()
-                .any(|w| upper.contains(w));
-            let v = if secret {
-                serde_json::Value::String("***".into())
-            } else {
-                v.clone()
-            };
-            (k.clone(), v)
-        })
-        .collect()
-}
-
 async fn refuse_login(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
     mark_denied(&mut event, &refusal);
     drop(ctx.shared.sink.submit(event));
@@ -343,23 +321,4 @@ where
     }
     drop(ins.sink.submit(event));
     resp
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_session_parameters_are_masked() {
-        let params: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
-            r#"{"QUERY_TAG":"etl","CLIENT_SESSION_KEEP_ALIVE":true,"my_api_key":"k","Sso_Token":"t"}"#,
-        )
-        .unwrap();
-        let kept = recordable_parameters(&params);
-        assert_eq!(kept["QUERY_TAG"], "etl");
-        assert_eq!(kept["CLIENT_SESSION_KEEP_ALIVE"], true);
-        assert_eq!(kept["my_api_key"], "***");
-        assert_eq!(kept["Sso_Token"], "***");
-    }
 }
