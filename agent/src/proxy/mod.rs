@@ -11,6 +11,8 @@ mod brokering;
 pub mod exchange;
 pub mod holds;
 pub mod intercept;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod listener;
 pub mod mask;
 pub mod passthrough;
