@@ -72,6 +72,11 @@ impl Answer {
         self
     }
 
+    /// The answer's body read as JSON, to build a variant of it.
+    pub(super) fn json_value(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
     /// The answer's body bytes, as the fake sends them.
     pub(super) fn wire_bytes(&self) -> Vec<u8> {
         self.body.clone()

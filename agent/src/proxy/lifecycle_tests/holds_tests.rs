@@ -139,3 +139,58 @@ async fn a_poll_of_an_undecided_hold_is_answered_333333_by_the_agent() {
     assert!(h.sink.queries().is_empty());
     assert_eq!(h.pending_hold(), hold_id);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_hold_is_a_denial_naming_its_approver() {
+    let h = harness(Setup {
+        policy: Some(APPROVAL_POLICY),
+        ..Setup::default()
+    });
+    h.login(TOKEN).await;
+    h.exchange(wire::query_request(TOKEN, "r-1", SQL)).await;
+    let hold_id = h.pending_hold();
+
+    h.decide(&hold_id, false, "bob@example.com");
+
+    // Recorded when decided, before the driver's next poll.
+    let denials = h.sink.of_kind(EventKind::Denial);
+    assert_eq!(denials.len(), 1, "{:?}", h.sink.events());
+    let d = &denials[0];
+    assert_eq!(d.decision.as_deref(), Some("deny"));
+    assert_eq!(d.detail.as_deref(), Some("approval_rejected"));
+    assert_eq!(d.approver.as_deref(), Some("bob@example.com"));
+    assert!(d.decided_at.is_some());
+    let poll = h.exchange(wire::result_poll(TOKEN, &hold_id)).await;
+    assert_eq!(poll.json()["code"], "003001");
+    assert!(h.upstream.received_at(wire::QUERY).is_empty());
+    assert_eq!(h.sink.events().len(), 2, "a login and the denial");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_of_a_held_statement_is_answered_by_the_agent() {
+    let h = harness(Setup {
+        policy: Some(APPROVAL_POLICY),
+        ..Setup::default()
+    });
+    h.login(TOKEN).await;
+    h.exchange(wire::query_request(TOKEN, "r-1", SQL)).await;
+    let hold_id = h.pending_hold();
+
+    let abort = h.exchange(wire::abort_request(TOKEN, "r-1", SQL)).await;
+
+    assert_eq!(abort.json()["success"], true);
+    // Neither the statement nor its abort reached Snowflake.
+    assert!(h.upstream.received_at(wire::QUERY).is_empty());
+    assert!(h.upstream.received_at(wire::ABORT).is_empty());
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 1, "{:?}", h.sink.events());
+    let q = &queries[0];
+    assert_eq!(q.success, Some(false));
+    assert_eq!(q.query_id.as_deref(), Some(hold_id.as_str()));
+    assert_eq!(
+        q.error_message.as_deref(),
+        Some("canceled by the client while held for approval")
+    );
+    assert_eq!(q.decision.as_deref(), Some("require_approval"));
+    assert!(h.holds.pending().is_empty());
+}

@@ -134,3 +134,46 @@ async fn a_chunked_result_is_masked_in_every_download_and_recorded_after_the_las
     assert_eq!(q.chunk_count, Some(2));
     assert!(q.flags.is_empty(), "{:?}", q.flags);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unmasked_chunked_result_streams_through_and_is_recorded_after_the_last_chunk() {
+    let h = harness(Setup::default());
+    h.login(TOKEN).await;
+    let chunk_0 = br#"["3","cat@example.com"],["4","dan@example.com"]"#;
+    let path = "/results/q-1_0/main/data_0_0_1";
+    let answer = wire::chunked(
+        "q-1",
+        &[wire::column("ID", "fixed"), wire::column("EMAIL", "text")],
+        json!([["1", "ann@example.com"]]),
+        STAGE_HOST,
+        &[(path, 2, chunk_0.len())],
+    );
+    let answer_bytes = answer.wire_bytes();
+    h.upstream.answer(wire::QUERY, answer);
+    h.upstream.answer(path, Answer::bytes(chunk_0));
+
+    let got = h
+        .exchange(wire::query_request(
+            TOKEN,
+            "r-1",
+            "select id, email from users",
+        ))
+        .await;
+    assert_eq!(got.body, answer_bytes);
+    assert!(h.sink.queries().is_empty(), "{:?}", h.sink.queries());
+
+    let chunk = h.exchange(wire::chunk_download(STAGE_HOST, path)).await;
+
+    // The chunk's bytes pass as the storage host sent them; its bytes count for the statement.
+    assert_eq!(chunk.body, chunk_0);
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    let q = &queries[0];
+    assert_eq!(q.decision, None);
+    assert_eq!(q.rows_produced, Some(3));
+    assert_eq!(q.chunk_count, Some(1));
+    assert_eq!(
+        q.result_bytes,
+        Some((answer_bytes.len() + chunk_0.len()) as u64)
+    );
+}

@@ -221,3 +221,44 @@ async fn an_async_statement_never_fetched_completes_after_the_chunk_wait() {
     assert_eq!(queries[0].success, Some(true));
     assert_eq!(queries[0].rows_produced, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_async_statement_that_failed_completes_from_its_monitoring_answer() {
+    let h = harness(Setup::default());
+    h.login(TOKEN).await;
+    let monitor = wire::monitoring_path("q-async");
+    h.upstream
+        .answer(wire::QUERY, wire::async_in_progress("q-async"));
+    let mut failed = wire::monitoring("q-async", "FAILED_WITH_ERROR").json_value();
+    failed["data"]["queries"][0]["errorCode"] = json!("002003");
+    failed["data"]["queries"][0]["errorMessage"] = json!("Object 'NOPE' does not exist");
+    h.upstream
+        .answer(&monitor, super::fake_upstream::Answer::json(&failed));
+
+    h.exchange(wire::async_query_request(
+        TOKEN,
+        "r-1",
+        "select * from nope",
+    ))
+    .await;
+    let status = h.exchange(wire::monitoring_request(TOKEN, "q-async")).await;
+
+    assert_eq!(
+        status.json()["data"]["queries"][0]["status"],
+        "FAILED_WITH_ERROR"
+    );
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    let q = &queries[0];
+    assert_eq!(q.success, Some(false));
+    assert_eq!(q.error_code.as_deref(), Some("002003"));
+    // Today the row's `error_message` is the monitoring status; the error's text goes to the
+    // statement's recording.
+    assert_eq!(q.error_message.as_deref(), Some("FAILED_WITH_ERROR"));
+    assert_eq!(q.is_async, Some(true));
+    assert!(
+        h.upstream
+            .received_at(&wire::result_path("q-async"))
+            .is_empty()
+    );
+}
