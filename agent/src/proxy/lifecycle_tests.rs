@@ -128,7 +128,7 @@ impl Harness {
         Got::read(resp).await
     }
 
-    /// Logs in as `fake` with a password; the session token Snowflake issued.
+    /// Logs in as `fake` with a password, Snowflake issuing `token`; what the client got.
     async fn login(&self, token: &str) -> Got {
         self.upstream
             .answer(wire::LOGIN, wire::login_ok(token, 1234));

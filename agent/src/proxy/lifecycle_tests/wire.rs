@@ -1,5 +1,5 @@
-//! The requests a driver sends and the answers Snowflake gives, shaped as the captured exchanges
-//! of connector 5.x and 4.x show them (and as the end-to-end fake Snowflake sends them).
+//! The requests a driver sends and the answers Snowflake gives, field for field as connector 5.x
+//! and 4.x send and receive them (the end-to-end fake Snowflake in `tests/` answers the same).
 
 use http::{Method, Request, header};
 use serde_json::{Value, json};
@@ -212,8 +212,8 @@ pub(super) fn deleted(qid: &str, n: u64) -> Answer {
     Answer::json(&json!({"data": data, "code": null, "message": null, "success": true}))
 }
 
-/// A result whose first `inline` rows are in the answer and the others in chunks served from
-/// `host` at `paths` (each chunk `rows_per_chunk` rows).
+/// A result whose `inline` rows are in the answer and the others in chunks served from `host`,
+/// each chunk given as its path, its row count and its size.
 pub(super) fn chunked(
     qid: &str,
     columns: &[Value],
