@@ -21,6 +21,8 @@ mod brokering;
 pub mod context;
 mod gate;
 pub mod holds;
+#[cfg(test)]
+mod lifecycle_tests;
 mod login;
 mod masking;
 mod recording_tee;
