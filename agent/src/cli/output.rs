@@ -84,7 +84,7 @@ pub fn status_text(s: &Status) -> String {
          statements: {}\n\
          audit: {}, lag {} record(s) not yet in Parquet, {} event(s) lost, {} file(s) published\n\
          current file: {}\n\
-         {}",
+         {}{}",
         s.version,
         s.pid,
         s.uptime_s,
@@ -108,7 +108,17 @@ pub fn status_text(s: &Status) -> String {
         a.files_published,
         files,
         a.digests.as_ref().map(digest_text).unwrap_or_default(),
+        poisoned_text(s.poisoned_locks),
     )
+}
+
+/// The warning line of `snowtrail status` when a panic poisoned locks: the daemon carried on
+/// with their state as left, which is a bug worth reporting with the daemon's log.
+fn poisoned_text(n: u64) -> String {
+    if n == 0 {
+        return String::new();
+    }
+    format!("WARNING: {n} lock(s) were poisoned by a panic and recovered; see the daemon's log\n")
 }
 
 /// The digest chain's lines of `snowtrail status`: the head an operator compares with an off-host
@@ -214,5 +224,12 @@ mod tests {
         s.audit.digests.as_mut().unwrap().overdue_s = 90;
         let t = status_text(&s);
         assert!(t.contains("WARNING: the next digest is 90s overdue"), "{t}");
+        assert!(!t.contains("poisoned"), "{t}");
+        s.poisoned_locks = 2;
+        let t = status_text(&s);
+        assert!(
+            t.contains("WARNING: 2 lock(s) were poisoned by a panic"),
+            "{t}"
+        );
     }
 }

@@ -432,6 +432,7 @@ impl DaemonHandler {
                 current_files: writer.open_files,
                 digests: self.digests.as_ref().map(DigestWatch::status),
             },
+            poisoned_locks: crate::sync::poisoned(),
         }
     }
 }

@@ -196,6 +196,9 @@ pub struct Status {
     /// The audit writer's state.
     #[serde(default)]
     pub audit: AuditStatus,
+    /// Locks found poisoned by a panic (and recovered) since start: nonzero means a bug to report.
+    #[serde(default)]
+    pub poisoned_locks: u64,
 }
 
 /// The audit writer's part of `snowtrail status`.

@@ -605,7 +605,10 @@ mod tests {
         assert_eq!(kept.len(), r.session_parameters.len());
         assert_eq!(kept["QUERY_TAG"], "etl");
         assert_eq!(kept["CLIENT_SESSION_KEEP_ALIVE"], true);
-        assert_eq!(kept["CLIENT_STORE_TEMPORARY_CREDENTIAL"], true, "a flag is no secret");
+        assert_eq!(
+            kept["CLIENT_STORE_TEMPORARY_CREDENTIAL"], true,
+            "a flag is no secret"
+        );
         // What the audit's `detail` is made of: no secret value survives, every name does.
         let detail = serde_json::to_string(&kept).unwrap();
         assert!(!detail.contains("-clear-"), "{detail}");

@@ -261,7 +261,10 @@ mod tests {
         assert_eq!(kept["QUERY_TAG"], "etl");
         assert_eq!(kept["CLIENT_SESSION_KEEP_ALIVE"], true);
         assert_eq!(kept["ROWS_PER_RESULTSET"], 0);
-        assert_eq!(kept["CLIENT_STORE_TEMPORARY_CREDENTIAL"], false, "a flag is no secret");
+        assert_eq!(
+            kept["CLIENT_STORE_TEMPORARY_CREDENTIAL"], false,
+            "a flag is no secret"
+        );
         for k in [
             "my_api_key",
             "Sso_Token",

@@ -136,7 +136,7 @@ fn dir_size(dir: &Path, ext: &str) -> (u64, u64) {
 }
 
 /// Submits one statement: with recording on, its result first (awaiting durability, then the
-/// event with the `recording` columns filled), as `proxy::record::submit` does.
+/// event with the `recording` columns filled), as `proxy::exchange::recording_tee::submit` does.
 async fn one(
     writer: AuditWriter,
     recorder: Option<(RecordingWriter, Arc<Captured>)>,
