@@ -181,7 +181,8 @@ def main():
     if a.query_tag:
         kwargs["session_parameters"] = {"QUERY_TAG": a.query_tag}
     if driver_version.startswith("4."):
-        # 4.x checks OCSP only when asked; there is no network for it here (PROTOCOL.md).
+        # 4.x checks OCSP only when asked; there is no network for it here (docs/protocol.md,
+        # "TLS trust per driver").
         if a.ocsp == "disable":
             kwargs["disable_ocsp_checks"] = True
         else:

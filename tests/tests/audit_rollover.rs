@@ -41,8 +41,14 @@ async fn events_near_the_boundary_land_in_their_hour() {
     let (ida, idb) = (a.event_id, b.event_id);
     w.submit(a).await.unwrap();
     w.submit(b).await.unwrap();
-    // Before the clock reaches 11:00 nothing is published.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Before the clock reaches 11:00 nothing is published. The writer shows its open files after
+    // each closing check: once both hours' files are shown, a check has run with both rows in.
+    wait_until("both hours' files to open", || {
+        let open = w.stats().open_files;
+        [H10, H11]
+            .iter()
+            .all(|h| open.iter().any(|p| p.to_string_lossy().contains(h)))
+    });
     assert!(published_in(&dirs.audit, H10).is_empty());
 
     clock.set(at(3600, 1));

@@ -105,7 +105,8 @@ fn exec_client_is_proxied_and_attributed() {
         direct["reply"], direct["local"],
         "an unenrolled client must reach the server itself"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // An enrolled connection made after it: once its event is in, the direct one's would be too.
+    wait_for_marker(&d, "127.77.0.1");
     let dpid = direct["pid"].as_u64();
     assert!(!d.events().iter().any(|e| e["tgid"].as_u64() == dpid));
 }
@@ -117,9 +118,21 @@ fn other_ports_are_untouched() {
     let r = exec_client(&d, "e2e-ports", &[], "127.77.0.2", 8080, "auto");
     assert!(r["error"].is_null(), "{r}");
     assert_eq!(r["reply"], r["local"], "port 8080 is not intercepted: {r}");
-    std::thread::sleep(Duration::from_millis(300));
+    let _marker_server = PeerServer::start("127.77.0.2:443".parse().unwrap()).unwrap();
+    wait_for_marker(&d, "127.77.0.2");
     let pid = r["pid"].as_u64();
     assert!(!d.events().iter().any(|e| e["tgid"].as_u64() == pid));
+}
+
+/// Makes an enrolled connection to `host`:443 (a [`PeerServer`] listens there) and waits for its
+/// connection event: the positive signal that the daemon has recorded what came before it, after
+/// which an event that did not come will not come.
+fn wait_for_marker(d: &Daemon, host: &str) {
+    let marker = exec_client(d, "e2e-marker", &[], host, 443, "auto");
+    assert!(is_proxied(&marker), "{marker}");
+    let pid = marker["pid"].as_u64();
+    d.wait_event(|e| e["event_kind"] == "connection" && e["tgid"].as_u64() == pid)
+        .unwrap();
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! `cargo xtask`: the project's tasks, one module per subcommand.
 //!
 //! `setup` installs what a fresh machine lacks (the nightly's rust-src, bpf-linker against an LLVM 22
-//! library, a Python venv with the test tools); `demo` and `test` call it first.
+//! library, a Python venv with the test tools); `demo` and `test` call it first, `fuzz` the part it
+//! needs.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod package;
 mod setup;
 mod test;
@@ -32,6 +34,9 @@ enum Command {
     Package(package::Options),
     /// Measure snowtrail against its peers in one run and report ratios (`--quick` for a short run).
     Bench(bench::Options),
+    /// Run the fuzz targets (one, or all in turn) for N seconds each and print the executions each
+    /// reached; a failing input is saved under `fuzz/artifacts/<target>/`, which `test` replays.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Test(o) => test::run(&o),
         Command::Package(o) => package::run(&o).map(|_| ()),
         Command::Bench(o) => bench::run(&o),
+        Command::Fuzz(o) => fuzz::run(&o),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -14,7 +14,8 @@
 //!
 //! With `--bench` (and always before `cargo xtask bench`), also the benchmark's peers, which the
 //! tests do not need: nginx and the DejaVu fonts (the charts' text) from Debian, and mitmproxy
-//! (pinned) in a venv of its own under `target/snowtrail-env/mitmproxy`.
+//! (pinned) in a venv of its own under `target/snowtrail-env/mitmproxy`. `cargo xtask fuzz` needs
+//! only steps 1 and 2, and cargo-fuzz (pinned), which it installs itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,6 +43,8 @@ const NODE_PACKAGE: &str = "snowflake-sdk@3.3.0";
 const CARGO_DEB_VERSION: &str = "3.8.0";
 /// cargo-generate-rpm release `cargo xtask package` is known to work with.
 const CARGO_GENERATE_RPM_VERSION: &str = "0.21.1";
+/// cargo-fuzz release `cargo xtask fuzz` is known to work with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// mitmproxy for the bench's round-trip section: the last release that runs on Python 3.11.
 const MITMPROXY_REQUIREMENTS: &[&str] = &["mitmproxy==11.0.2"];
 
@@ -70,9 +73,7 @@ pub struct Env {
 
 /// Installs what is missing.
 pub fn run(opts: &Options) -> anyhow::Result<Env> {
-    let sysroot = nightly_sysroot()?;
-    rust_src(&sysroot, opts.force)?;
-    bpf_linker(&sysroot, opts.force)?;
+    build_tools(opts.force)?;
     let python = venv(
         "venv",
         PYTHON_REQUIREMENTS,
@@ -103,6 +104,34 @@ pub fn run(opts: &Options) -> anyhow::Result<Env> {
         py5,
         node_modules,
     })
+}
+
+/// What building the agent needs beyond cargo: the nightly's rust-src and bpf-linker (the eBPF
+/// programs are built by the agent's build script).
+pub fn build_tools(force: bool) -> anyhow::Result<()> {
+    let sysroot = nightly_sysroot()?;
+    rust_src(&sysroot, force)?;
+    bpf_linker(&sysroot, force)
+}
+
+/// cargo-fuzz at its pinned version, built with the default toolchain and run on the nightly.
+pub fn cargo_fuzz(force: bool) -> anyhow::Result<()> {
+    let present = output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION));
+    if present && !force {
+        return Ok(());
+    }
+    step(&format!(
+        "installing cargo-fuzz {CARGO_FUZZ_VERSION} from crates.io (a minute or two)"
+    ));
+    sh(Command::new("cargo")
+        .args([
+            "install",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+            "--locked",
+            "--force",
+        ])
+        .env_remove("RUSTUP_TOOLCHAIN"))
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {

@@ -1,10 +1,11 @@
-//! A scripted fake Snowflake REST server for the end-to-end tests and the demo (DECISIONS 19).
+//! A scripted fake Snowflake REST server for the end-to-end tests and the demo
+//! (docs/decisions.md §19).
 //!
 //! It speaks HTTP/1.1 and HTTP/2 (ALPN `h2` and `http/1.1` over TLS, or plain HTTP), with a test CA
 //! it creates in a given directory (`ca.pem`), and answers the endpoints connector 4.8.1, 5.2.0
 //! and Node sdk 3.3.0 use, with envelopes modelled on the captured exchanges in
-//! `shared/snowflake-wire/`. Every request is logged (method, path, query, headers, decoded body)
-//! so tests can assert what reached "Snowflake".
+//! `agent/tests/fixtures/snowflake-wire/`. Every request is logged (method, path, query, headers,
+//! decoded body) so tests can assert what reached "Snowflake".
 //!
 //! The answers are scripted by the SQL text:
 //!
@@ -80,7 +81,8 @@ pub struct FakeOptions {
     pub request_timeout: Duration,
     /// Key-pair users: `(login name, public key PEM)`. With any, a `SNOWFLAKE_JWT` login must
     /// carry a JWT whose signature verifies against its user's key and whose `iss`/`sub`/`exp`
-    /// follow PROTOCOL.md, else it is refused with 390144; with none, any well-formed JWT passes.
+    /// follow docs/protocol.md ("Key-pair authenticator"), else it is refused with 390144; with
+    /// none, any well-formed JWT passes.
     pub jwt_public_keys: Vec<(String, String)>,
     /// Keep every request for [`FakeSnowflake::requests`]; off for load tests, where the log's
     /// lock and copies would cap the throughput being measured.

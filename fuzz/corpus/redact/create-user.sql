@@ -1,0 +1,1 @@
+CREATE USER etl PASSWORD = 'hunter2' DEFAULT_ROLE = etl_role

@@ -1,0 +1,1 @@
+select 1; insert into t values ('x', $1); alter session set query_tag = '{"app":"etl"}'
