@@ -100,7 +100,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     })
     .await
     .context("cannot start the audit writer")?;
-    // Recording (DECISIONS 21): on once a recipient is configured. Its files are named in the
+    // Recording (docs/decisions.md §21): on once a recipient is configured. Its files are named in the
     // audit's digest chain.
     let (recorder, recording_task) = match &config.recording.recipient {
         Some(recipient) => {

@@ -95,7 +95,8 @@ pub struct Config {
     pub on_audit_failure: OnAuditFailure,
     /// Replace every SQL string literal in the audit, not only credentials.
     pub redact_literals: bool,
-    /// Prometheus metrics listener.
+    /// Reserved for the Prometheus metrics endpoint: parsed and validated so configurations can
+    /// carry it, but nothing listens on it yet.
     pub metrics_listen: SocketAddr,
     /// Kernel redirection.
     pub redirect: RedirectSection,
@@ -141,7 +142,7 @@ impl Default for PolicySection {
     }
 }
 
-/// Largest request body (login, statement) inspected; larger ones are refused (DECISIONS 2).
+/// Largest request body (login, statement) inspected; larger ones are refused (docs/decisions.md §2).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// Largest response body buffered for inspection; larger ones stream on, flagged `uninspected`.
 pub const DEFAULT_MAX_RESPONSE_INSPECT_BYTES: usize = 64 * 1024 * 1024;

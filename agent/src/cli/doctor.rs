@@ -458,7 +458,7 @@ pub fn broker_checks(config: &crate::broker::BrokerConfig) -> Vec<Check> {
 }
 
 /// The agent's CA in the state directory.
-/// Whether statement results are recorded (DECISIONS 21), to whom and where, or why not.
+/// Whether statement results are recorded (docs/decisions.md §21), to whom and where, or why not.
 pub fn recording_check(config: &Config) -> Check {
     let r = &config.recording;
     match &r.recipient {

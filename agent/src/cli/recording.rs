@@ -1,4 +1,4 @@
-//! `snowtrail recording keygen`: the key pair of session recording (DECISIONS.md 21). The daemon
+//! `snowtrail recording keygen`: the key pair of session recording (docs/decisions.md §21). The daemon
 //! encrypts each recorded result to the public key (`recording.recipient`); the private key is
 //! for whoever reads recordings (`snowtrail replay --key`), and belongs off the host.
 

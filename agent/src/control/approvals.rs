@@ -1,5 +1,5 @@
 //! `pending`, `approve` and `reject` at the control socket: the statements held for approval,
-//! and who decided them (DECISIONS 17: the peer's user and its login user, by name). The proxy
+//! and who decided them (docs/decisions.md §17: the peer's user and its login user, by name). The proxy
 //! keeps its own summary of a held statement; it becomes the wire's [`HoldInfo`] here.
 
 use super::server::Session;

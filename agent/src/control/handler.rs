@@ -80,7 +80,7 @@ impl DigestWatch {
     }
 }
 
-/// Who made an enrollment (DECISIONS 17) and, for an exec, the run's id.
+/// Who made an enrollment (docs/decisions.md §17) and, for an exec, the run's id.
 struct Started {
     run_id: Option<String>,
     by: Option<String>,
@@ -443,7 +443,7 @@ fn relative(mount: &Path, dir: &Path) -> String {
     format!("/{}", rel.to_string_lossy().trim_matches('/'))
 }
 
-/// Refuses a cgroup holding processes of another network namespace (DECISIONS 5): the redirect
+/// Refuses a cgroup holding processes of another network namespace (docs/decisions.md §5): the redirect
 /// target, the agent's loopback listener, is not reachable from there.
 fn check_same_netns(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;

@@ -78,7 +78,7 @@ impl Classified {
     }
 }
 
-/// Classifies each statement of `sql` (a request may hold several, DECISIONS 10).
+/// Classifies each statement of `sql` (a request may hold several, docs/decisions.md §10).
 pub fn classify_request(sql: &str, ctx: &NameContext) -> Vec<Classified> {
     let pieces = split_statements(sql);
     if pieces.is_empty() {

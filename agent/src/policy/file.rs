@@ -113,7 +113,7 @@ struct RawTime {
     offset: Option<String>,
 }
 
-/// Longest approval hold a rule may ask for: below a session token's validity (DECISIONS 16).
+/// Longest approval hold a rule may ask for: below a session token's validity (docs/decisions.md §16).
 pub const MAX_APPROVAL_TIMEOUT: Duration = Duration::from_secs(3000);
 
 /// The action fields shared by `[default]` and `[[rule]]`.

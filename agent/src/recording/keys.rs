@@ -1,6 +1,6 @@
 //! The recording keys: the recipient (an age X25519 public key, `age1…`) the daemon encrypts to,
 //! and the identity (its private half, `AGE-SECRET-KEY-1…`) that only `snowtrail replay --key`
-//! reads (DECISIONS.md 21). The daemon never holds an identity: it can write recordings but not
+//! reads (docs/decisions.md §21). The daemon never holds an identity: it can write recordings but not
 //! read them back.
 
 use std::fs::OpenOptions;

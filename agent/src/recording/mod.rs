@@ -1,7 +1,7 @@
 //! Session recording: the result each statement returned to the workload, encrypted at rest.
 //!
 //! On once `recording.recipient` (an age X25519 public key) is configured, off until then
-//! (DECISIONS.md 21). For every statement it follows, the proxy captures what the workload
+//! (docs/decisions.md §21). For every statement it follows, the proxy captures what the workload
 //! received, after masking: the row type, the rows (a JSON rowset as sent, an Arrow
 //! `rowsetBase64` as its IPC stream), the rows of the result chunks it downloads, and for a failed
 //! statement the error envelope ([`payload`]). The capture is bounded by

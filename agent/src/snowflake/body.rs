@@ -1,7 +1,7 @@
 //! Request and response bodies: identity or gzip, decoded under a hard size limit.
 //!
-//! Connector 4.x gzips every request body, 5.x gzips telemetry, Node sends identity (PROTOCOL.md,
-//! "Body encoding"). The limit applies to the *decoded* size (DECISIONS 2): a gzip bomb stops at
+//! Connector 4.x gzips every request body, 5.x gzips telemetry, Node sends identity (docs/protocol.md,
+//! "Body encoding"). The limit applies to the *decoded* size (docs/decisions.md §2): a gzip bomb stops at
 //! the limit with [`BodyError::TooLarge`], and the output buffer never grows past the limit.
 //! Concatenated gzip members are decoded as one stream, as Snowflake's server and Python's gzip
 //! do, so the proxy never reads less of a body than upstream does; bytes after the last member

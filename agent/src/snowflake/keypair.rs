@@ -2,7 +2,7 @@
 //! JWT's claims and signature, the public key's fingerprint, and a workload's login body rewritten
 //! to carry them in place of its placeholder credentials.
 //!
-//! The rules are those of PROTOCOL.md ("Key-pair authenticator"): an RS256 JWT with
+//! The rules are those of docs/protocol.md ("Key-pair authenticator"): an RS256 JWT with
 //! `sub = "<ACCOUNT>.<USER>"` and `iss = "<ACCOUNT>.<USER>.SHA256:<fingerprint>"`, where the
 //! fingerprint is the base64 SHA-256 of the public key's DER SubjectPublicKeyInfo, ACCOUNT is the
 //! account name upper-cased without its region (or, for a `.global` name, without its `-` suffix),

@@ -1,7 +1,7 @@
 //! `POST /session/v1/login-request`: who logs in, how, with which driver; and what Snowflake
 //! answered.
 //!
-//! The request body is `{"data":{...}}` with upper-case keys (PROTOCOL.md, "Login body"). Its
+//! The request body is `{"data":{...}}` with upper-case keys (docs/protocol.md, "Login body"). Its
 //! secrets (`secrets::LOGIN_SECRET_FIELDS`: PASSWORD, TOKEN, PASSCODE, PRIVATE_KEY,
 //! RAW_SAML_RESPONSE, PROOF_KEY) are recorded only as present or absent, and its session
 //! parameters are recorded with the value of every secret-named one masked
@@ -167,7 +167,7 @@ pub struct LoginRequest {
     pub client: Option<Driver>,
     /// `CLIENT_ENVIRONMENT.APPLICATION` (a name the workload may set for itself).
     pub application: Option<String>,
-    /// `SESSION_PARAMETERS.QUERY_TAG`: the session's tag from the start (DECISIONS 15).
+    /// `SESSION_PARAMETERS.QUERY_TAG`: the session's tag from the start (docs/decisions.md §15).
     pub query_tag: Option<String>,
     /// `SESSION_PARAMETERS` as sent; the audit keeps
     /// [`recordable_session_parameters`](LoginRequest::recordable_session_parameters) instead.

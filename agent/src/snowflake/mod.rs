@@ -29,8 +29,8 @@
 //! [`UpstreamTokens`]' `session_token_for_brokering`/`master_token_for_brokering` (the tokens
 //! [`rewrite_login_tokens`] and [`rewrite_renewal_tokens`] replace with agent handles).
 //!
-//! The wire as captured from real drivers is described in `PROTOCOL.md` of the shared wire
-//! captures; `tests/snowflake_wire.rs` parses the captured exchanges, and `fuzz/` at the
+//! The wire as real drivers speak it is described in `docs/protocol.md`, with the captured
+//! exchanges in `agent/tests/fixtures/snowflake-wire/`; `tests/snowflake_wire.rs` parses them, and `fuzz/` at the
 //! repository root has a cargo-fuzz target per parser.
 
 pub mod auth;
@@ -88,7 +88,7 @@ pub use storage::{
 
 /// Response codes that drivers act on, named once so no module spells them twice.
 pub mod codes {
-    /// A statement is still running: the driver polls `data.getResultUrl` (DECISIONS 16).
+    /// A statement is still running: the driver polls `data.getResultUrl` (docs/decisions.md §16).
     pub const QUERY_IN_PROGRESS: &str = "333333";
     /// An `asyncExec` statement was detached: the driver keeps the query id and polls later.
     pub const QUERY_IN_PROGRESS_ASYNC: &str = "333334";

@@ -2,7 +2,7 @@
 //!
 //! Bind values are counted, not kept (array binds are counted per row too); the SQL text is kept
 //! whole because policy reads it, but `Debug` prints it redacted ([`super::redact`]).
-//! [`set_query_tag`] writes the agent's tag into `parameters.QUERY_TAG` as DECISIONS 15 says and
+//! [`set_query_tag`] writes the agent's tag into `parameters.QUERY_TAG` as docs/decisions.md §15 says and
 //! leaves every other field of the body as it was.
 
 use serde::Deserialize;
@@ -37,7 +37,7 @@ pub struct QueryRequest {
     pub async_exec: bool,
     /// `sequenceId` (increments per connection in 4.x, always 1 in 5.x, absent in Node).
     pub sequence_id: Option<u64>,
-    /// `describeOnly`: metadata only, nothing executes (DECISIONS 10: its own event, flagged).
+    /// `describeOnly`: metadata only, nothing executes (docs/decisions.md §10: its own event, flagged).
     pub describe_only: bool,
     /// `isInternal`.
     pub is_internal: bool,
@@ -147,7 +147,7 @@ pub fn parse_query_request(body: &[u8]) -> Result<QueryRequest, ParseError> {
     })
 }
 
-/// Builds the QUERY_TAG to send (DECISIONS 15): the agent's keys under `"snowtrail"`, merged into
+/// Builds the QUERY_TAG to send (docs/decisions.md §15): the agent's keys under `"snowtrail"`, merged into
 /// the workload's tag when that is a JSON object, else the workload's tag kept as `"app"`; at most
 /// [`QUERY_TAG_MAX_CHARS`] characters, shortening the workload's string values first.
 ///

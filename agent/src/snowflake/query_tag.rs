@@ -1,5 +1,5 @@
 //! QUERY_TAG beyond a single statement: the login's `SESSION_PARAMETERS.QUERY_TAG`, and the
-//! `ALTER SESSION SET/UNSET QUERY_TAG` statements that change a session's tag (DECISIONS 15).
+//! `ALTER SESSION SET/UNSET QUERY_TAG` statements that change a session's tag (docs/decisions.md §15).
 //!
 //! The merge itself ([`super::merge_query_tag`]) and the per-statement rewrite
 //! ([`super::set_query_tag`]) are in `query`. No I/O.

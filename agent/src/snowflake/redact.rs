@@ -1,4 +1,4 @@
-//! Redaction of SQL text for the audit (DECISIONS 14).
+//! Redaction of SQL text for the audit (docs/decisions.md §14).
 //!
 //! The lexer of `sql_lex` finds Snowflake's string literals and the text that is never a literal
 //! (quoted identifiers, comments). [`RedactMode::Credentials`] replaces with `'***'` each literal

@@ -1,7 +1,7 @@
 //! What Snowflake answers a query request (and a result poll, which has the same shape), and
 //! what a monitoring request answers.
 //!
-//! The envelope is `{data, code, message, success}` (PROTOCOL.md, "Query response"). Rows are
+//! The envelope is `{data, code, message, success}` (docs/protocol.md, "Query response"). Rows are
 //! counted, never kept: a JSON `rowset` is counted row by row as it is read, an Arrow
 //! `rowsetBase64` is measured. Secrets in a response (`qrmk`, `chunkHeaders`,
 //! `encryptionMaterial`, `stageInfo.creds`, URL signatures) are recorded as present at most.
@@ -545,7 +545,7 @@ pub struct MonitoredQuery {
     pub error_message: Option<String>,
 }
 
-/// A parsed `GET /monitoring/queries/<qid>` answer: how an async statement ended (DECISIONS 10).
+/// A parsed `GET /monitoring/queries/<qid>` answer: how an async statement ended (docs/decisions.md §10).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitoringResponse {
     /// `success`.

@@ -2,7 +2,7 @@
 //!
 //! Renewal is `POST /session/token-request {"oldSessionToken", "requestType":"RENEW"}` sent with
 //! the master token, answered with `data.sessionToken`/`masterToken` and their lifetimes
-//! (PROTOCOL.md, "Renewal"). Heartbeat and logout carry no body worth reading (none, or `{}`) and
+//! (docs/protocol.md, "Renewal"). Heartbeat and logout carry no body worth reading (none, or `{}`) and
 //! are answered with the plain envelope [`SimpleResponse`]. Abort names its statement by
 //! `requestId` in the body (4.x) or by query id in the path (5.x, see
 //! [`super::endpoint::Endpoint::Abort`]).

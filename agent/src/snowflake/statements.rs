@@ -1,5 +1,5 @@
 //! Splitting a multi-statement request (`MULTI_STATEMENT_COUNT`) into its statements, so each gets
-//! its own audit event (DECISIONS 10). Semicolons inside strings, quoted identifiers, `$$` bodies
+//! its own audit event (docs/decisions.md §10). Semicolons inside strings, quoted identifiers, `$$` bodies
 //! and comments do not split. Snowflake Scripting blocks (`BEGIN ... END;` with statements inside)
 //! are split at their inner semicolons too; the caller falls back to the whole text when the count
 //! does not match what Snowflake ran.
@@ -21,7 +21,7 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
 }
 
 /// The query id a `RESULT_SCAN('<id>')` in `sql` reads, if any: connector 4.x fetches an
-/// asynchronous statement's result so (PROTOCOL.md, "Async status").
+/// asynchronous statement's result so (docs/protocol.md, "Async status").
 pub fn result_scan_of(sql: &str) -> Option<&str> {
     const CALL: &str = "result_scan";
     let lower = sql.to_ascii_lowercase();

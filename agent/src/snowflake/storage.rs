@@ -1,10 +1,10 @@
 //! Cloud storage a query response sends the driver to, and the hosts the agent learns from it.
 //!
 //! Result chunks and PUT/GET transfers go from the driver straight to cloud storage, not to
-//! Snowflake (PROTOCOL.md, "Result chunks" and "PUT/GET"). DECISIONS 3: the hosts of the full URLs
+//! Snowflake (docs/protocol.md, "Result chunks" and "PUT/GET"). docs/decisions.md §3: the hosts of the full URLs
 //! in a response (chunk URLs, presigned URLs) are intercepted for the session's cgroup; for a
 //! `stageInfo` without a URL the agent derives the host forms the drivers build. URLs are kept
-//! without their query string, which is where the signature lives (DECISIONS 14); stage
+//! without their query string, which is where the signature lives (docs/decisions.md §14); stage
 //! credentials are kept by name only.
 
 use serde::Deserialize;
@@ -140,7 +140,7 @@ impl StageInfo {
     }
 
     /// The hosts a driver may contact for this stage when it has no presigned URL, in the forms
-    /// PROTOCOL.md lists (every form, since which one a driver picks depends on its version and
+    /// docs/protocol.md lists (every form, since which one a driver picks depends on its version and
     /// on flags the agent cannot see).
     pub fn derived_hosts(&self) -> Vec<String> {
         let mut hosts = Vec::new();
@@ -269,7 +269,7 @@ pub enum HostSource {
     Stage,
 }
 
-/// A storage host to intercept for the session's cgroup (DECISIONS 3).
+/// A storage host to intercept for the session's cgroup (docs/decisions.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LearnedHost {
     /// Lower-case host name (or IP literal).

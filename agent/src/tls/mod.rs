@@ -4,7 +4,7 @@
 //! The CA lives in the state directory (`ca.pem`, and `ca-key.pem` readable by root only) and is
 //! created once (`snowtrail ca init`, or the daemon's first start). Leaves are minted on demand for
 //! each SNI the proxy terminates and cached. Upstream trust never includes the agent's own CA
-//! (DECISIONS 4): it is the system roots minus that CA, plus configured extra roots.
+//! (docs/decisions.md §4): it is the system roots minus that CA, plus configured extra roots.
 
 pub mod ca;
 pub mod client_hello;
