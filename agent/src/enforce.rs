@@ -126,7 +126,7 @@ impl LivePolicy {
 
     /// The rules in force, if a file is configured.
     pub fn current(&self) -> Option<Arc<Policy>> {
-        self.current.read().ok().and_then(|p| p.clone())
+        crate::sync::read(&self.current).clone()
     }
 
     /// The configured file.
@@ -144,7 +144,7 @@ impl LivePolicy {
             Ok(r) => r,
             Err(e) => {
                 // Report an unreadable file once, not every poll.
-                let mut last = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
+                let mut last = crate::sync::lock(&self.fingerprint);
                 if *last == Some(0) && !force {
                     return Reload::Unchanged;
                 }
@@ -152,7 +152,7 @@ impl LivePolicy {
                 return Reload::Rejected(e);
             }
         };
-        let mut last = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = crate::sync::lock(&self.fingerprint);
         if *last == Some(fp) && !force {
             return Reload::Unchanged;
         }
@@ -160,9 +160,7 @@ impl LivePolicy {
         match Policy::parse(&text) {
             Ok(p) => {
                 let rules = p.rules().len();
-                if let Ok(mut cur) = self.current.write() {
-                    *cur = Some(Arc::new(p));
-                }
+                *crate::sync::write(&self.current) = Some(Arc::new(p));
                 Reload::Loaded { rules }
             }
             Err(error) => Reload::Rejected(LoadError::Invalid {

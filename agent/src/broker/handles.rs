@@ -150,7 +150,7 @@ impl Handles {
 
     /// Handles held now.
     pub fn len(&self) -> usize {
-        self.table.lock().map(|t| t.by_handle.len()).unwrap_or(0)
+        crate::sync::lock(&self.table).by_handle.len()
     }
 
     /// Whether no handle is held.
@@ -180,7 +180,7 @@ impl Handles {
         ttl: Duration,
         now: Instant,
     ) {
-        let Ok(mut t) = self.table.lock() else { return };
+        let mut t = crate::sync::lock(&self.table);
         t.by_handle.insert(
             handle.to_owned(),
             Entry {
@@ -231,9 +231,7 @@ impl Handles {
         if !token.starts_with(HANDLE_PREFIX) {
             return Resolved::NotAHandle;
         }
-        let Ok(mut t) = self.table.lock() else {
-            return Resolved::Refused(HandleError::Unknown);
-        };
+        let mut t = crate::sync::lock(&self.table);
         let Some(e) = t.by_handle.get(token) else {
             return Resolved::Refused(HandleError::Unknown);
         };
@@ -252,9 +250,8 @@ impl Handles {
 
     /// Forgets every handle of brokered session `session` (its logout).
     pub fn end_session(&self, session: u64) {
-        if let Ok(mut t) = self.table.lock()
-            && let Some(list) = t.by_session.remove(&session)
-        {
+        let mut t = crate::sync::lock(&self.table);
+        if let Some(list) = t.by_session.remove(&session) {
             for h in list {
                 t.by_handle.remove(&h);
             }

@@ -90,11 +90,10 @@ impl Resolver {
     pub fn process(&self, pid: u32) -> Option<Process> {
         let stat = process::read_stat(&self.proc_root, pid)?;
         let key = (pid, stat.start_ticks);
-        let cached = self.cache.lock().ok().and_then(|mut c| {
-            c.get(&key)
-                .filter(|e| e.comm == stat.comm)
-                .map(|e| e.details.clone())
-        });
+        let cached = crate::sync::lock(&self.cache)
+            .get(&key)
+            .filter(|e| e.comm == stat.comm)
+            .map(|e| e.details.clone());
         let details = match cached {
             Some(d) => d,
             None => {
@@ -104,9 +103,8 @@ impl Resolver {
                 // half empty, and its pid may come back as another process).
                 if process::read_stat(&self.proc_root, pid)
                     .is_some_and(|again| again.start_ticks == stat.start_ticks)
-                    && let Ok(mut c) = self.cache.lock()
                 {
-                    c.insert(
+                    crate::sync::lock(&self.cache).insert(
                         key,
                         Cached {
                             comm: stat.comm.clone(),
@@ -166,10 +164,8 @@ impl Resolver {
     ) -> Option<Attribution> {
         let process = self.process(tgid);
         let process_cgroup = process.as_ref().and_then(|p| p.cgroup.clone());
-        let attribution = registry
-            .read()
-            .ok()
-            .and_then(|r| r.attribute(process_cgroup.as_deref(), cgroup_id));
+        let attribution =
+            crate::sync::read(registry).attribute(process_cgroup.as_deref(), cgroup_id);
         if let Some(p) = &process {
             e.ppid = Some(p.stat.ppid);
             e.exe.clone_from(&p.details.exe);

@@ -368,7 +368,7 @@ fn validate(cfg: &RedirectConfig, listen_port: u16) -> Result<(), Error> {
 fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
     // Two starts in one process must not both mount (the second mount would hide the first).
     static MOUNTING: Mutex<()> = Mutex::new(());
-    let _guard = MOUNTING.lock().unwrap_or_else(|p| p.into_inner());
+    let _guard = crate::sync::lock(&MOUNTING);
     let mount = Path::new(BPFFS_MOUNT);
     if pin_dir.starts_with(mount) && !is_bpffs(mount) {
         fs::create_dir_all(mount).map_err(|e| Error::MountBpffs(mount.to_owned(), e))?;

@@ -54,14 +54,14 @@ impl LeafResolver {
     /// The certificate chain and key for `server_name`, minted if not cached or past half its life.
     pub fn certified_key(&self, server_name: &str) -> Result<Arc<CertifiedKey>, Error> {
         let name = server_name.to_ascii_lowercase();
-        if let Ok(cache) = self.cache.lock()
-            && let Some((ck, minted)) = cache.get(&name)
+        if let Some((ck, minted)) = crate::sync::lock(&self.cache).get(&name)
             && minted.elapsed() < LEAF_VALIDITY / 2
         {
             return Ok(ck.clone());
         }
         let ck = Arc::new(self.mint(&name)?);
-        if let Ok(mut cache) = self.cache.lock() {
+        {
+            let mut cache = crate::sync::lock(&self.cache);
             if cache.len() >= MAX_CACHED
                 && !cache.contains_key(&name)
                 && let Some(oldest) = cache
