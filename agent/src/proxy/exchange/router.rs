@@ -1,6 +1,7 @@
 //! The router of the Snowflake-aware layer: each exchange of an intercepted connection goes to the
 //! handler of its endpoint. This is the one module that knows every handler; it is also where the
-//! layer meets the transport ([`ExchangeHandler`], [`ConnectionHandler`]).
+//! layer meets the transport ([`ExchangeHandler`], [`ConnectionHandler`]), and where an exchange
+//! the transport could not carry ([`ForwardError`]) is answered through the envelope.
 //!
 //! Logins, statements, polls, renewals and logouts become audit events; everything else streams
 //! through untouched, save the downloads of a statement's result chunks and stage transfers,

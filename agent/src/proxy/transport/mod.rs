@@ -8,8 +8,9 @@
 //!
 //! The layer above (the Snowflake-aware `proxy::exchange`) comes in through
 //! [`ExchangeHandler`]: this layer asks it which server names to intercept and hands it every
-//! exchange of an intercepted connection. Nothing here imports it, nor the protocol, policy,
-//! broker or recording modules of the crate.
+//! exchange of an intercepted connection, and every failure to carry one upstream as a typed
+//! [`ForwardError`]; it writes no answer of its own. Nothing here imports it, nor the protocol,
+//! policy, broker or recording modules of the crate.
 
 pub mod body;
 mod forward;
