@@ -6,15 +6,22 @@
 //! usual `ProgrammingError`/`SQLException` with the agent's message. A refused login gets the
 //! shape of a failed Snowflake login (`data.nextAction`, code `390xxx`), so the driver shows an
 //! authentication error. A held statement gets `333333` with a hold id and a `getResultUrl`
-//! (DECISIONS 16). All answers are HTTP 200, as Snowflake sends them: a 5xx would make drivers
-//! retry. The codes are chosen so that no driver acts on them (none is 390112/390114, which
-//! trigger renewal, nor 333333/333334 outside the hold).
+//! (DECISIONS 16). All these answers are HTTP 200, as Snowflake sends them: a 5xx would make
+//! drivers retry. The codes are chosen so that no driver acts on them (none is 390112/390114,
+//! which trigger renewal, nor 333333/333334 outside the hold).
+//!
+//! Two answers are not HTTP 200, because the driver should retry or fail the request as it
+//! would with a failing front end: an exchange the agent could not carry to Snowflake
+//! ([`Unforwarded`], a 5xx the driver retries, or a 400) gets the plain envelope, and a result
+//! chunk a rule withholds ([`ChunkWithheld`]) gets a `502` with a line of text, as a storage
+//! host's failure would be (a chunk download is not read as an envelope).
 
 use serde_json::{Value, json};
 
 use super::body::BodyError;
 use super::codes;
 use super::error::ParseError;
+use super::mask::ShapeError;
 
 /// Why the agent answers a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,22 +192,103 @@ impl From<&ParseError> for Refusal {
     }
 }
 
-/// An answer for the proxy to send: always HTTP 200 with a JSON body.
+/// Why the agent answers an exchange it could not carry to Snowflake: the upstream could not
+/// be reached or failed on the way, and the driver sees an HTTP error it retries as it would a
+/// failing front end's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unforwarded {
+    /// No upstream connection could be had (connect, TLS or HTTP handshake failed or timed out).
+    Unreachable {
+        /// What failed, as the connection's audit event records it.
+        detail: String,
+    },
+    /// The upstream connection failed while carrying the request, before the answer's head.
+    Interrupted {
+        /// What failed.
+        detail: String,
+    },
+    /// The request's target cannot be written in the form the upstream connection speaks.
+    BadTarget {
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+impl Unforwarded {
+    /// The HTTP status: a 502 the driver retries when the upstream failed, a 400 it does not
+    /// when the request itself cannot be forwarded.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Unforwarded::Unreachable { .. } | Unforwarded::Interrupted { .. } => {
+                http::StatusCode::BAD_GATEWAY
+            }
+            Unforwarded::BadTarget { .. } => http::StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The envelope's `code` (what the audit's `error_code` records for the statement or login).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Unforwarded::Unreachable { .. } | Unforwarded::Interrupted { .. } => {
+                codes::UPSTREAM_FAILED
+            }
+            Unforwarded::BadTarget { .. } => codes::REQUEST_UNFORWARDABLE,
+        }
+    }
+
+    /// The envelope's `message` (what the audit's `error_message` records).
+    pub fn message(&self) -> String {
+        match self {
+            Unforwarded::Unreachable { detail } | Unforwarded::BadTarget { detail } => {
+                format!("snowtrail: {detail}")
+            }
+            Unforwarded::Interrupted { detail } => format!("snowtrail: upstream: {detail}"),
+        }
+    }
+}
+
+/// Why the agent withholds a download of a result chunk that a rule shapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChunkWithheld {
+    /// The chunk could not be shaped by the rule.
+    #[error("{0}")]
+    Unshapeable(ShapeError),
+    /// The storage host did not serve the chunk.
+    #[error("the chunk download failed upstream ({0})")]
+    UpstreamFailed(http::StatusCode),
+    /// The chunk could not be read whole within the inspection limit and budget.
+    #[error("the chunk is too large for the agent to inspect")]
+    TooLarge,
+}
+
+/// An answer for the proxy to send: its HTTP status, `Content-Type` and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
-    /// The HTTP status (200, as Snowflake answers errors too).
+    /// The HTTP status (200, as Snowflake answers errors too, save for [`Unforwarded`] and
+    /// [`ChunkWithheld`]).
     pub status: http::StatusCode,
-    /// The JSON body.
+    /// The body's `Content-Type`.
+    pub content_type: &'static str,
+    /// The body: JSON, save for a withheld chunk's line of text.
     pub body: Vec<u8>,
 }
 
 impl Reply {
-    /// The `Content-Type` of every reply.
-    pub const CONTENT_TYPE: &'static str = "application/json";
+    /// The `Content-Type` of an envelope.
+    pub const JSON: &'static str = "application/json";
+    /// The `Content-Type` of a withheld chunk's answer.
+    pub const TEXT: &'static str = "text/plain; charset=utf-8";
 
     fn ok(value: Value) -> Reply {
+        Reply::json(http::StatusCode::OK, &value)
+    }
+
+    fn json(status: http::StatusCode, value: &Value) -> Reply {
         Reply {
-            status: http::StatusCode::OK,
+            status,
+            content_type: Reply::JSON,
             body: value.to_string().into_bytes(),
         }
     }
@@ -249,6 +337,31 @@ pub fn session_error(reason: &Refusal) -> Reply {
         "success": false,
         "headers": null,
     }))
+}
+
+/// An exchange the agent could not carry to Snowflake: the plain envelope with the reason's
+/// status, code and message.
+pub fn unforwarded(reason: &Unforwarded) -> Reply {
+    Reply::json(
+        reason.status(),
+        &json!({
+            "data": null,
+            "code": reason.code(),
+            "message": reason.message(),
+            "success": false,
+            "headers": null,
+        }),
+    )
+}
+
+/// A result chunk withheld by rule `rule`: HTTP 502 so the driver's download fails, with a line
+/// of text naming the rule (the driver reads a chunk as rows, never as an envelope).
+pub fn chunk_withheld(rule: &str, why: &ChunkWithheld) -> Reply {
+    Reply {
+        status: http::StatusCode::BAD_GATEWAY,
+        content_type: Reply::TEXT,
+        body: format!("chunk withheld by snowtrail policy rule '{rule}': {why}").into_bytes(),
+    }
 }
 
 /// The result URL a driver polls for `query_id`.
@@ -390,6 +503,106 @@ mod tests {
         let m = parse_monitoring_response(&monitoring_status("hold-42", "RUNNING").body).unwrap();
         assert_eq!(m.queries[0].id.as_deref(), Some("hold-42"));
         assert_eq!(m.queries[0].status.as_deref(), Some("RUNNING"));
+    }
+
+    #[test]
+    fn unforwarded_answers_are_plain_envelopes_with_the_http_status() {
+        let cases = [
+            (
+                Unforwarded::Unreachable {
+                    detail: "connect to 192.0.2.7:443: timed out".into(),
+                },
+                http::StatusCode::BAD_GATEWAY,
+                "502",
+                "snowtrail: connect to 192.0.2.7:443: timed out",
+            ),
+            (
+                Unforwarded::Interrupted {
+                    detail: "connection closed before message completed".into(),
+                },
+                http::StatusCode::BAD_GATEWAY,
+                "502",
+                "snowtrail: upstream: connection closed before message completed",
+            ),
+            (
+                Unforwarded::BadTarget {
+                    detail: "invalid authority".into(),
+                },
+                http::StatusCode::BAD_REQUEST,
+                "400",
+                "snowtrail: invalid authority",
+            ),
+        ];
+        for (reason, status, code, message) in cases {
+            let reply = unforwarded(&reason);
+            assert_eq!(reply.status, status);
+            assert_eq!(reply.content_type, Reply::JSON);
+            let v: Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(
+                v,
+                json!({
+                    "data": null,
+                    "code": code,
+                    "message": message,
+                    "success": false,
+                    "headers": null,
+                })
+            );
+            // A statement's and a login's handler read it as a failure with this code.
+            let q = parse_query_response(&reply.body).unwrap();
+            assert_eq!(q.status, QueryStatus::Failed);
+            assert_eq!(q.code.as_deref(), Some(code));
+            assert_eq!(q.message.as_deref(), Some(message));
+            let l = parse_login_response(&reply.body).unwrap();
+            assert!(!l.success && !l.has_session_token);
+            assert_eq!(l.code.as_deref(), Some(code));
+        }
+    }
+
+    #[test]
+    fn withheld_chunks_are_a_502_line_naming_the_rule() {
+        let cases = [
+            (
+                ChunkWithheld::Unshapeable(ShapeError::Unreadable),
+                "the result could not be read to apply the rule",
+            ),
+            (
+                ChunkWithheld::Unshapeable(ShapeError::TooManyRows { total: 9, limit: 3 }),
+                "the result has 9 rows, more than the 3 the rule allows",
+            ),
+            (
+                ChunkWithheld::UpstreamFailed(http::StatusCode::FORBIDDEN),
+                "the chunk download failed upstream (403 Forbidden)",
+            ),
+            (
+                ChunkWithheld::TooLarge,
+                "the chunk is too large for the agent to inspect",
+            ),
+        ];
+        for (why, text) in cases {
+            let reply = chunk_withheld("mask-email", &why);
+            assert_eq!(reply.status, http::StatusCode::BAD_GATEWAY);
+            assert_eq!(reply.content_type, Reply::TEXT);
+            assert_eq!(
+                String::from_utf8(reply.body).unwrap(),
+                format!("chunk withheld by snowtrail policy rule 'mask-email': {text}")
+            );
+        }
+    }
+
+    #[test]
+    fn every_envelope_is_json() {
+        for reply in [
+            query_error(&Refusal::Unparsed, "q"),
+            login_error(&Refusal::Unparsed),
+            session_error(&Refusal::Unparsed),
+            in_progress("q", &result_url("q")),
+            abort_ok(),
+            monitoring_status("q", "RUNNING"),
+        ] {
+            assert_eq!(reply.content_type, Reply::JSON);
+            serde_json::from_slice::<Value>(&reply.body).unwrap();
+        }
     }
 
     #[test]

@@ -86,7 +86,8 @@ pub use storage::{
     transfer_targets,
 };
 
-/// Response codes that drivers act on, named once so no module spells them twice.
+/// Response codes that drivers act on, and those the agent answers with itself when it cannot
+/// forward, named once so no module spells them twice.
 pub mod codes {
     /// A statement is still running: the driver polls `data.getResultUrl` (docs/decisions.md §16).
     pub const QUERY_IN_PROGRESS: &str = "333333";
@@ -96,6 +97,13 @@ pub mod codes {
     pub const SESSION_EXPIRED: &str = "390112";
     /// The master token expired: the driver must log in again.
     pub const MASTER_TOKEN_EXPIRED: &str = "390114";
+    /// The agent's code for an exchange whose upstream could not be reached or failed on the
+    /// way (HTTP 502). It is the HTTP status, as the audit's `error_code` of such a statement or
+    /// login has always said; no driver acts on it (a driver retries on the 502 itself).
+    pub const UPSTREAM_FAILED: &str = "502";
+    /// The agent's code for a request whose target cannot be written for the upstream (HTTP
+    /// 400), the HTTP status likewise.
+    pub const REQUEST_UNFORWARDABLE: &str = "400";
 }
 
 /// A credential or token taken from a body, kept only where a later feature needs its value.

@@ -1,7 +1,8 @@
 //! What every exchange of the Snowflake-aware layer shares: the state and settings shared by all
 //! connections ([`Shared`]), one intercepted connection's part ([`ConnCtx`]), and the helpers each
-//! handler uses to read a request or a response for inspection, answer in Snowflake's place, or
-//! record a refusal.
+//! handler uses to read a request or a response for inspection, answer in Snowflake's place
+//! (every such answer is an envelope [`Reply`](snowflake::envelope::Reply) made a response by
+//! [`reply`], an exchange the transport could not carry included), or record a refusal.
 //!
 //! Request bodies that are inspected are buffered up to `limits.max_request_bytes` (a larger one
 //! is refused with a Snowflake-shaped error, as is one that cannot be parsed: an unreadable
@@ -18,7 +19,9 @@ use tracing::warn;
 
 use super::state::{TrackedSession, Tracker};
 use crate::audit::{Durability, Event, EventKind, EventSink, OnAuditFailure};
+use crate::proxy::transport::ForwardError;
 use crate::proxy::transport::body::{Body, Budget, Collected, Held, collect, full};
+use crate::snowflake::envelope::Unforwarded;
 use crate::snowflake::{self, RedactMode, Refusal};
 use crate::sync::lock;
 
@@ -133,9 +136,30 @@ pub(super) fn reply(r: snowflake::envelope::Reply) -> Response<Body> {
     *resp.status_mut() = r.status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(snowflake::envelope::Reply::CONTENT_TYPE),
+        HeaderValue::from_static(r.content_type),
     );
     resp
+}
+
+impl From<&ForwardError> for Unforwarded {
+    fn from(e: &ForwardError) -> Self {
+        match e {
+            ForwardError::Unreachable(e) => Unforwarded::Unreachable {
+                detail: e.to_string(),
+            },
+            ForwardError::Interrupted(e) => Unforwarded::Interrupted {
+                detail: e.to_string(),
+            },
+            ForwardError::BadTarget(e) => Unforwarded::BadTarget {
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// The answer to an exchange the transport could not carry upstream.
+pub(super) fn unforwarded(e: &ForwardError) -> Response<Body> {
+    reply(snowflake::envelope::unforwarded(&Unforwarded::from(e)))
 }
 
 /// Reads a request body for inspection; `Err` is the refusal to answer with.

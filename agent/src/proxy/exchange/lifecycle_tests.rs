@@ -18,6 +18,7 @@ mod masking_tests;
 mod retry_abort_tests;
 mod session_tests;
 mod statement_tests;
+mod unforwarded_tests;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

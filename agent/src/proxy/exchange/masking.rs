@@ -5,7 +5,7 @@
 //! [`crate::snowflake::mask`]; this module moves the bytes and fails closed (DECISIONS 2): a
 //! result that cannot be read whole within `limits.max_response_inspect_bytes`, or cannot be
 //! shaped, becomes a Snowflake-shaped error naming the rule, never the unshaped rows; a chunk
-//! that cannot be is answered `502`.
+//! that cannot be is answered with the envelope's withheld chunk (`502`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::audit::Event;
 use crate::policy::{Action, OnExceed};
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::full;
+use crate::snowflake::envelope::ChunkWithheld;
 use crate::snowflake::mask::{LimitMode, Shape, ShapeError};
 use crate::snowflake::{self, ContentEncoding, QueryResponse, Refusal};
 
@@ -203,8 +204,8 @@ pub(super) fn withhold(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> Re
 }
 
 /// A chunk download of a shaped result: read whole (within the inspection limit and budget),
-/// rewritten, re-encoded. One that cannot be is answered `502` so the driver's fetch fails, and
-/// the statement's event is flagged `result_refused`.
+/// rewritten, re-encoded. One that cannot be is answered as the envelope withholds a chunk (a
+/// `502`, so the driver's fetch fails), and the statement's event is flagged `result_refused`.
 pub(super) async fn chunk(
     ctx: &ConnCtx,
     pending: Arc<PendingResult>,
@@ -236,12 +237,10 @@ pub(super) async fn chunk(
                     }
                     (encode_like(&mut parts, b), parts)
                 })
-                .map_err(|e| e.to_string())
+                .map_err(ChunkWithheld::Unshapeable)
         }
-        Buffered::Read { .. } if !status.is_success() => {
-            Err(format!("the chunk download failed upstream ({status})"))
-        }
-        _ => Err("the chunk is too large for the agent to inspect".to_owned()),
+        Buffered::Read { .. } if !status.is_success() => Err(ChunkWithheld::UpstreamFailed(status)),
+        _ => Err(ChunkWithheld::TooLarge),
     };
     match out {
         Ok((body, parts)) => {
@@ -257,12 +256,7 @@ pub(super) async fn chunk(
             if let Some(event) = pending.chunk_done(0) {
                 super::recording_tee::chunk_finished(ins, &pending, event);
             }
-            let mut r = Response::new(full(Bytes::from(format!(
-                "chunk withheld by snowtrail policy rule '{}': {why}",
-                masking.rule
-            ))));
-            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
-            r
+            reply(snowflake::envelope::chunk_withheld(&masking.rule, &why))
         }
     }
 }

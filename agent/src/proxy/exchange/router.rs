@@ -1,6 +1,7 @@
 //! The router of the Snowflake-aware layer: each exchange of an intercepted connection goes to the
 //! handler of its endpoint. This is the one module that knows every handler; it is also where the
-//! layer meets the transport ([`ExchangeHandler`], [`ConnectionHandler`]).
+//! layer meets the transport ([`ExchangeHandler`], [`ConnectionHandler`]), and where an exchange
+//! the transport could not carry ([`ForwardError`]) is answered through the envelope.
 //!
 //! Logins, statements, polls, renewals and logouts become audit events; everything else streams
 //! through untouched, save the downloads of a statement's result chunks and stage transfers,
@@ -12,11 +13,13 @@ use std::sync::Arc;
 use http::{Request, Response, header};
 use tracing::debug;
 
-use super::context::{ConnCtx, Shared};
+use super::context::{ConnCtx, Shared, unforwarded};
 use super::{brokering, login, masking, recording_tee, statement, transfers};
 use crate::audit::Event;
 use crate::proxy::transport::body::Body;
-use crate::proxy::transport::{Answer, ConnectionHandler, ExchangeHandler, SendUpstream};
+use crate::proxy::transport::{
+    Answer, ConnectionHandler, ExchangeHandler, ForwardError, SendUpstream,
+};
 use crate::snowflake::{self, Endpoint};
 
 /// The layer's face to the transport: decides which server names are intercepted and opens the
@@ -55,12 +58,17 @@ impl ConnectionHandler for ConnCtx {
 }
 
 /// Serves one exchange: inspects what the protocol says to inspect, sends the request upstream
-/// with `send`, and returns the response for the client.
-pub(super) async fn handle<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+/// with `upstream`, and returns the response for the client.
+pub(super) async fn handle<F, Fut>(req: Request<Body>, ctx: &ConnCtx, upstream: F) -> Response<Body>
 where
     F: FnOnce(Request<Body>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
+    Fut: Future<Output = Result<Response<Body>, ForwardError>>,
 {
+    // An exchange the transport could not carry is answered here, through the envelope: the
+    // handlers read that answer as they read Snowflake's.
+    let send = move |r: Request<Body>| async move {
+        upstream(r).await.unwrap_or_else(|e| unforwarded(&e))
+    };
     let (endpoint, params) = snowflake::classify_uri(req.method(), req.uri());
     debug!(endpoint = endpoint.name(), "exchange");
     // A brokered session's requests carry agent handles: Snowflake's token goes in their place,

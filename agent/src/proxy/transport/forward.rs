@@ -1,21 +1,36 @@
 //! One HTTP exchange carried upstream: the request rewritten into the form the upstream
 //! connection speaks (origin-form plus `Host` for HTTP/1.1, absolute URI for h2, whichever form
 //! the client used), hop-by-hop headers dropped both ways, sent on a connection lent by the
-//! [`pool`](super::pool). An upstream that cannot be reached is answered with the proxy's own
-//! `502`, and its first failure is kept for the connection's event.
+//! [`pool`](super::pool). An exchange that cannot be carried is a [`ForwardError`] for the layer
+//! above to answer (this layer writes no answer of its own), and the first failure to reach the
+//! upstream is kept for the connection's event.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Full};
+use http::{Request, Response, Uri};
 use tracing::warn;
 
 use super::body::Body;
-use super::pool::Pool;
+use super::pool::{Pool, UpstreamError};
+
+/// Why an exchange was not carried upstream: handed to the connection's handler, which answers
+/// the client in the upstream's place.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForwardError {
+    /// No upstream connection could be had (connect, TLS, HTTP handshake).
+    #[error(transparent)]
+    Unreachable(UpstreamError),
+    /// The upstream connection failed while carrying the request, before the answer's head.
+    #[error(transparent)]
+    Interrupted(UpstreamError),
+    /// The request's target cannot be written in the form the upstream connection speaks.
+    #[error(transparent)]
+    BadTarget(http::Error),
+}
 
 /// Where a connection's exchanges go upstream, and the first failure to reach it.
 pub(super) struct Upstream {
@@ -59,7 +74,7 @@ pub(super) async fn forward(
     req: Request<Body>,
     upstream: &Upstream,
     default_authority: &str,
-) -> Response<Body> {
+) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // Keep the authority the client used: from an h2 request's URI, or an HTTP/1.1 Host header.
@@ -87,67 +102,38 @@ pub(super) async fn forward(
     {
         Ok(l) => l,
         Err(e) => {
-            let e = e.to_string();
-            if upstream.failed.set(e.clone()).is_ok() {
+            if upstream.failed.set(e.to_string()).is_ok() {
                 warn!(dst = %upstream.dst, sni = %upstream.sni, error = %e,
                     "upstream failed; answering the client with errors");
             }
-            return error_response(StatusCode::BAD_GATEWAY, &e);
+            return Err(ForwardError::Unreachable(e));
         }
     };
     if lease.is_h2() {
         parts.headers.remove(header::HOST);
         parts.version = http::Version::HTTP_2;
-        parts.uri = match Uri::builder()
+        parts.uri = Uri::builder()
             .scheme("https")
             .authority(authority)
             .path_and_query(path)
             .build()
-        {
-            Ok(u) => u,
-            Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
-        };
+            .map_err(ForwardError::BadTarget)?;
     } else {
         parts.version = http::Version::HTTP_11;
-        parts.uri = match path.parse() {
-            Ok(u) => u,
-            Err(e) => return error_response(StatusCode::BAD_REQUEST, &format!("{e}")),
-        };
+        parts.uri = path
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ForwardError::BadTarget(e.into()))?;
         if !parts.headers.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(authority)
         {
             parts.headers.insert(header::HOST, v);
         }
     }
-    let result = lease.send(Request::from_parts(parts, body)).await;
-    match result {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body)
-        }
-        Err(e) => error_response(StatusCode::BAD_GATEWAY, &format!("upstream: {e}")),
-    }
-}
-
-/// An error the proxy itself answers with.
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "data": null,
-        "code": status.as_u16().to_string(),
-        "message": format!("snowtrail: {message}"),
-        "success": false,
-    })
-    .to_string();
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    let resp = lease
+        .send(Request::from_parts(parts, body))
+        .await
+        .map_err(ForwardError::Interrupted)?;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body))
 }

@@ -253,7 +253,7 @@ async fn serve(
                 sni,
                 dst,
                 tls,
-                Some(handler),
+                handler,
                 connect_timeout,
                 idle_timeout,
                 force,

@@ -8,8 +8,9 @@
 //!
 //! The layer above (the Snowflake-aware `proxy::exchange`) comes in through
 //! [`ExchangeHandler`]: this layer asks it which server names to intercept and hands it every
-//! exchange of an intercepted connection. Nothing here imports it, nor the protocol, policy,
-//! broker or recording modules of the crate.
+//! exchange of an intercepted connection, and every failure to carry one upstream as a typed
+//! [`ForwardError`]; it writes no answer of its own. Nothing here imports it, nor the protocol,
+//! policy, broker or recording modules of the crate.
 
 pub mod body;
 mod forward;
@@ -28,12 +29,17 @@ use http::{Request, Response};
 use crate::audit::Event;
 use body::Body;
 
+pub use forward::ForwardError;
+
 /// The answer to one exchange, boxed because the handler is a trait object.
 pub type Answer<'a> = Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>;
 
+/// What sending upstream yields: the upstream's response, or why the exchange was not carried.
+pub type Sent<'a> = Pin<Box<dyn Future<Output = Result<Response<Body>, ForwardError>> + Send + 'a>>;
+
 /// Sends one request upstream for the exchange it was given to, at most once, and yields the
-/// upstream's response (or the proxy's own error answer when the upstream failed).
-pub type SendUpstream<'a> = Box<dyn FnOnce(Request<Body>) -> Answer<'a> + Send + 'a>;
+/// upstream's response, or the [`ForwardError`] the handler answers the client with.
+pub type SendUpstream<'a> = Box<dyn FnOnce(Request<Body>) -> Sent<'a> + Send + 'a>;
 
 /// What the transport asks of the layer above: which connections it intercepts, and who serves
 /// the exchanges of each intercepted one.
@@ -49,6 +55,7 @@ pub trait ExchangeHandler: Send + Sync {
 /// Serves the HTTP exchanges of one intercepted connection.
 pub trait ConnectionHandler: Send + Sync {
     /// Answers `req`: what reaches the upstream goes through `send`; an answer made in the
-    /// upstream's place does not call it.
+    /// upstream's place does not call it, and neither does this layer make one: when `send`
+    /// fails, the answer is the handler's.
     fn handle<'a>(&'a self, req: Request<Body>, send: SendUpstream<'a>) -> Answer<'a>;
 }

@@ -97,7 +97,7 @@ pub async fn serve<C>(
     sni: String,
     dst: SocketAddr,
     tls: &TlsInputs,
-    handler: Option<Arc<dyn ConnectionHandler>>,
+    handler: Arc<dyn ConnectionHandler>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     mut force_close: watch::Receiver<bool>,
@@ -162,15 +162,9 @@ where
             // lives only while an exchange does.
             Box::pin(async move {
                 let req = req.map(|b| b.boxed());
-                let resp = match &handler {
-                    Some(h) => {
-                        let send: SendUpstream<'_> =
-                            Box::new(|r| Box::pin(forward(r, &upstream, &authority)));
-                        h.handle(req, send).await
-                    }
-                    None => forward(req, &upstream, &authority).await,
-                };
-                Ok::<_, Infallible>(resp)
+                let send: SendUpstream<'_> =
+                    Box::new(|r| Box::pin(forward(r, &upstream, &authority)));
+                Ok::<_, Infallible>(handler.handle(req, send).await)
             })
         })
     };
@@ -217,6 +211,7 @@ fn rejected_our_certificate(e: &std::io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ForwardError;
     use super::*;
     use bytes::Bytes;
     use http::header;
@@ -317,6 +312,35 @@ mod tests {
         )
     }
 
+    /// The layer above as this one sees it: every exchange goes upstream, and one that cannot is
+    /// answered `502` with the kind of the error the transport handed up and its text.
+    struct Forwarding;
+
+    impl ConnectionHandler for Forwarding {
+        fn handle<'a>(
+            &'a self,
+            req: Request<super::super::body::Body>,
+            send: SendUpstream<'a>,
+        ) -> super::super::Answer<'a> {
+            Box::pin(async move {
+                match send(req).await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        let kind = match &e {
+                            ForwardError::Unreachable(_) => "unreachable",
+                            ForwardError::Interrupted(_) => "interrupted",
+                            _ => "not forwarded",
+                        };
+                        let text = format!("{kind}: {e}");
+                        let mut r = Response::new(super::super::body::full(Bytes::from(text)));
+                        *r.status_mut() = StatusCode::BAD_GATEWAY;
+                        r
+                    }
+                }
+            })
+        }
+    }
+
     /// Runs one request from a client speaking `alpn` through `serve`; returns status, body and the outcome.
     async fn exchange(
         tls: impl AsRef<TlsInputs> + Send + 'static,
@@ -332,7 +356,7 @@ mod tests {
                 NAME.into(),
                 dst,
                 tls.as_ref(),
-                None,
+                Arc::new(Forwarding),
                 Duration::from_secs(5),
                 Duration::from_secs(30),
                 rx,
@@ -436,7 +460,7 @@ mod tests {
         let (result, outcome) = exchange(tls, roots_of(&ca), b"h2", addr).await;
         let (status, body) = result.unwrap();
         assert_eq!(status, StatusCode::BAD_GATEWAY);
-        assert!(body.contains("snowtrail"), "{body}");
+        assert!(body.starts_with("unreachable: TLS to"), "{body}");
         assert!(outcome.upstream_error.unwrap().contains("TLS to"));
     }
 

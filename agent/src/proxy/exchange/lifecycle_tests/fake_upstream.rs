@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::Body;
+use crate::proxy::transport::ForwardError;
 use crate::sync::lock;
 
 /// A body of these bytes, as the proxy's transport hands bodies around.
@@ -30,6 +31,7 @@ pub(super) struct Answer {
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
     gate: Option<oneshot::Receiver<()>>,
+    failure: Option<ForwardError>,
 }
 
 impl Answer {
@@ -41,6 +43,7 @@ impl Answer {
             headers: Vec::new(),
             body: serde_json::to_vec(v).unwrap(),
             gate: None,
+            failure: None,
         }
     }
 
@@ -52,6 +55,7 @@ impl Answer {
             headers: Vec::new(),
             body: text.as_bytes().to_vec(),
             gate: None,
+            failure: None,
         }
     }
 
@@ -63,6 +67,15 @@ impl Answer {
             headers: Vec::new(),
             body: body.to_vec(),
             gate: None,
+            failure: None,
+        }
+    }
+
+    /// No answer: the transport could not carry the request, for `failure`.
+    pub(super) fn failed(failure: ForwardError) -> Answer {
+        Answer {
+            failure: Some(failure),
+            ..Answer::text(502, "")
         }
     }
 
@@ -117,8 +130,8 @@ pub(super) struct FakeSnowflake {
     state: Arc<Mutex<State>>,
 }
 
-/// What `send` returns: the upstream's answer, later.
-type Sent = Pin<Box<dyn Future<Output = Response<Body>>>>;
+/// What `send` returns: the upstream's answer (or why the transport carried none), later.
+type Sent = Pin<Box<dyn Future<Output = Result<Response<Body>, ForwardError>>>>;
 
 impl FakeSnowflake {
     /// Queues `answer` for the next request to `path` (after those queued before).
@@ -178,6 +191,9 @@ impl FakeSnowflake {
                 if let Some(gate) = answer.gate.take() {
                     let _ = gate.await;
                 }
+                if let Some(failure) = answer.failure.take() {
+                    return Err(failure);
+                }
                 let mut resp = Response::new(body_of(answer.body));
                 *resp.status_mut() = http::StatusCode::from_u16(answer.status).unwrap();
                 resp.headers_mut().insert(
@@ -187,7 +203,7 @@ impl FakeSnowflake {
                 for (k, v) in answer.headers {
                     resp.headers_mut().insert(k, v.parse().unwrap());
                 }
-                resp
+                Ok(resp)
             })
         }
     }
@@ -198,6 +214,8 @@ impl FakeSnowflake {
 pub(super) struct Got {
     /// The HTTP status.
     pub(super) status: u16,
+    /// The `Content-Type`, if any.
+    pub(super) content_type: Option<String>,
     /// The body bytes.
     pub(super) body: Vec<u8>,
 }
@@ -206,6 +224,11 @@ impl Got {
     /// Reads a response whole.
     pub(super) async fn read(resp: Response<Body>) -> Got {
         let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp
             .into_body()
             .collect()
@@ -213,7 +236,11 @@ impl Got {
             .unwrap()
             .to_bytes()
             .to_vec();
-        Got { status, body }
+        Got {
+            status,
+            content_type,
+            body,
+        }
     }
 
     /// The body read as JSON.
