@@ -759,6 +759,43 @@ mod tests {
         );
     }
 
+    /// A record the build before the vocabulary became types wrote (its text columns strings),
+    /// in the binary format and in the JSON of format 1.
+    const PREVIOUS_BUILD_BINARY: &str = "0200500060fa226900000000881300000193000000007000800000000000000100016805302e312e3000000000000000000000000000000000000000000000010b696e746572636570746564000122636f6e6e6563745f6661696c65643a20636f6e6e656374696f6e207265667573656400000000000000000000000000000000000000010464656e790000000000000000000000000003066e6f5f736e690d746c735f756e747275737465640f6f7574636f6d655f756e6b6e6f776e010f706f6c6963795f72656a6563746564000000000000000000000000000000";
+    const PREVIOUS_BUILD_JSON: &str = r#"{"event_time":{"secs_since_epoch":1763900000,"nanos_since_epoch":5000},"event_id":"01930000-0000-7000-8000-000000000001","event_kind":"connection","host":"h","agent_version":"0.1.0","pid":null,"tgid":null,"ppid":null,"uid":null,"gid":null,"user_name":null,"comm":null,"exe":null,"cmdline":null,"cgroup_path":null,"cgroup_id":null,"systemd_unit":null,"container_id":null,"pod_uid":null,"workload_identity":null,"labels":{},"human_identity":null,"src_ip":null,"src_port":null,"dst_ip":null,"dst_port":null,"sni":null,"connection_mode":"intercepted","connection_id":null,"close_reason":"connect_failed: connection refused","account":null,"login_user":null,"authenticator":null,"role":null,"warehouse":null,"database":null,"schema":null,"snowflake_session_id":null,"session_id":null,"correlation_id":null,"request_id":null,"query_id":null,"parent_query_id":null,"driver":null,"driver_version":null,"sql_text":null,"statement_type":null,"bind_count":null,"is_async":null,"decision":"deny","policy_rule":null,"approver":null,"decided_at":null,"success":null,"error_code":null,"sql_state":null,"error_message":null,"rows_produced":null,"result_bytes":null,"chunk_count":null,"duration_ms":null,"bytes_in":null,"bytes_out":null,"flags":["no_sni","tls_untrusted","outcome_unknown"],"lifecycle_action":"policy_rejected","detail":null,"pod_qos":null,"container_runtime":null,"parent_chain":[],"process_start_time":null,"started_by":null,"started_by_login":null,"stage_requests":null,"stage_bytes_sent":null,"stage_bytes_received":null,"human_groups":[],"brokered":null,"recording":null,"recording_bytes_kept":null,"recording_bytes_seen":null}"#;
+
+    /// The event of [`PREVIOUS_BUILD_BINARY`] and [`PREVIOUS_BUILD_JSON`].
+    fn previous_build_event() -> Event {
+        let t = UNIX_EPOCH + Duration::new(1_763_900_000, 5_000);
+        let mut e = Event::new(EventKind::Connection, t, "h");
+        e.event_id = Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0001);
+        e.agent_version = "0.1.0".into();
+        e.connection_mode = Some(ConnectionMode::Intercepted);
+        e.close_reason = Some(CloseReason::ConnectFailed("connection refused".into()));
+        e.decision = Some(Decision::Deny);
+        e.lifecycle_action = Some(LifecycleAction::PolicyRejected);
+        e.flags = vec![Flag::NoSni, Flag::TlsUntrusted, Flag::OutcomeUnknown];
+        e
+    }
+
+    #[test]
+    fn a_record_of_the_previous_build_decodes_and_is_written_the_same() {
+        let bytes: Vec<u8> = (0..PREVIOUS_BUILD_BINARY.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&PREVIOUS_BUILD_BINARY[i..i + 2], 16).unwrap())
+            .collect();
+        let e = previous_build_event();
+        assert_eq!(decode(&bytes).unwrap(), e);
+        let mut again = Vec::new();
+        encode(&mut again, false, &e);
+        assert_eq!(again, bytes);
+        assert_eq!(
+            serde_json::from_str::<Event>(PREVIOUS_BUILD_JSON).unwrap(),
+            e
+        );
+        assert_eq!(serde_json::to_string(&e).unwrap(), PREVIOUS_BUILD_JSON);
+    }
+
     #[test]
     fn damaged_and_newer_records_are_refused() {
         let mut buf = Vec::new();
