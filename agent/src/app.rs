@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::audit::{
-    AuditWriter, Event, EventKind, EventSink, SystemClock, WriterOptions, WriterTask,
+    AuditWriter, Event, EventKind, EventSink, LifecycleAction, SystemClock, WriterOptions,
+    WriterTask,
 };
 use crate::config::Config;
 use crate::control::handler::DaemonHandler;
@@ -305,7 +306,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         host,
         signals,
     };
-    app.lifecycle("start", None).await;
+    app.lifecycle(LifecycleAction::Start, None).await;
     info!(listen = ?app.bound.proxy, control = %app.bound.control_socket.display(), "snowtrail is running");
     notify_systemd("READY=1");
     crate::alloc::started();
@@ -319,13 +320,13 @@ impl App {
     }
 
     /// Records a lifecycle event (start, stop, ...).
-    async fn lifecycle(&self, action: &str, detail: Option<String>) {
+    async fn lifecycle(&self, action: LifecycleAction, detail: Option<String>) {
         let mut e = Event::new(EventKind::Lifecycle, SystemTime::now(), &self.host);
-        e.lifecycle_action = Some(action.to_owned());
+        e.lifecycle_action = Some(action);
         e.pid = Some(std::process::id());
         e.detail = detail;
         if let Err(err) = self.sink.submit(e).await {
-            warn!(error = %err, action, "lifecycle event not recorded");
+            warn!(error = %err, action = action.as_str(), "lifecycle event not recorded");
         }
     }
 
@@ -377,7 +378,7 @@ impl App {
             "stopped"
         );
         let mut e = Event::new(EventKind::Lifecycle, SystemTime::now(), &self.host);
-        e.lifecycle_action = Some("stop".into());
+        e.lifecycle_action = Some(LifecycleAction::Stop);
         e.pid = Some(std::process::id());
         if let Err(err) = self.sink.submit(e).await {
             warn!(error = %err, "stop event not recorded");

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::audit::{Event, EventKind, EventSink};
+use crate::audit::{Event, EventKind, EventSink, LifecycleAction};
 use crate::policy::{Policy, PolicyError};
 
 /// Largest rule file read (a policy is a few kilobytes; this bounds a mistaken path).
@@ -177,19 +177,22 @@ async fn record(sink: &Arc<dyn EventSink>, host: &str, outcome: Reload, why: &st
         Reload::Unchanged => return,
         Reload::Loaded { rules } => {
             info!(rules, trigger = why, "policy reloaded");
-            ("policy_reload", format!("{rules} rule(s) in force ({why})"))
+            (
+                LifecycleAction::PolicyReload,
+                format!("{rules} rule(s) in force ({why})"),
+            )
         }
         Reload::Rejected(e) => {
             warn!(error = %e, trigger = why, "policy change rejected; the previous rules stay in force");
-            ("policy_rejected", e.to_string())
+            (LifecycleAction::PolicyRejected, e.to_string())
         }
     };
     let mut e = Event::new(EventKind::Lifecycle, SystemTime::now(), host);
-    e.lifecycle_action = Some(action.to_owned());
+    e.lifecycle_action = Some(action);
     e.pid = Some(std::process::id());
     e.detail = Some(detail);
     if let Err(err) = sink.submit(e).await {
-        warn!(error = %err, action, "lifecycle event not recorded");
+        warn!(error = %err, action = action.as_str(), "lifecycle event not recorded");
     }
 }
 

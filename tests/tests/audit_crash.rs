@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use snowtrail::audit::{Event, FLAG_OUTCOME_UNKNOWN, readback};
+use snowtrail::audit::{Event, Flag, readback};
 use uuid::Uuid;
 
 const KILLS: u64 = 24;
@@ -190,7 +190,7 @@ fn kill_9_loop_keeps_one_row_per_acknowledged_intent() {
     assert!(!acked.completions.is_empty() && !acked.events.is_empty());
     let rows = check_common(&dirs, &acked, &events);
 
-    let unknown = |e: &Event| e.flags.iter().any(|f| f == FLAG_OUTCOME_UNKNOWN);
+    let unknown = |e: &Event| e.has_flag(Flag::OutcomeUnknown);
     let completed = |e: &Event| e.query_id.is_some() && !unknown(e);
     let (mut n_completed, mut n_unknown) = (0, 0);
     for id in &acked.intents {

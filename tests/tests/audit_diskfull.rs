@@ -126,7 +126,7 @@ async fn disk_full(mode: OnAuditFailure) {
     }
     let gaps: Vec<_> = events
         .iter()
-        .filter(|e| e.lifecycle_action.as_deref() == Some("audit_gap"))
+        .filter(|e| e.lifecycle_action.map(|a| a.as_str()) == Some("audit_gap"))
         .collect();
     assert_eq!(gaps.len(), 1, "one audit_gap event");
     assert_eq!(events.len(), acked.len() + 1);
@@ -252,7 +252,7 @@ async fn disk_full_with_intents() {
     assert_eq!(rows[&c.event_id], c_done);
     assert_eq!(rows[&d.event_id], d_done);
     let mut b_unknown = b.clone();
-    b_unknown.flags.push("outcome_unknown".into());
+    b_unknown.flags.push(snowtrail::audit::Flag::OutcomeUnknown);
     assert_eq!(rows[&b.event_id], b_unknown);
     let mut out = Vec::new();
     assert!(

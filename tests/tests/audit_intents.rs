@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use audit_common::{Dirs, at, open_in, published_in, rich_event, start, wait_until};
 use snowtrail::audit::{
-    AuditConfig, AuditError, Event, EventKind, EventSink, FLAG_OUTCOME_UNKNOWN, ManualClock,
-    OnAuditFailure, SystemClock, readback,
+    AuditConfig, AuditError, Event, EventKind, EventSink, Flag, ManualClock, OnAuditFailure,
+    SystemClock, readback,
 };
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ fn completed(intent: &Event, i: u64) -> Event {
 
 fn unknown(intent: &Event) -> Event {
     let mut u = intent.clone();
-    u.flags.push(FLAG_OUTCOME_UNKNOWN.to_owned());
+    u.flags.push(Flag::OutcomeUnknown);
     u
 }
 

@@ -63,7 +63,7 @@ fn all_kinds() -> Vec<Event> {
             e.event_time = at(0, 0);
         }
         if e.event_kind == EventKind::Lifecycle {
-            e.lifecycle_action = Some("start".into());
+            e.lifecycle_action = Some(snowtrail::audit::LifecycleAction::Start);
             e.workload_identity = None;
             e.labels.clear();
         }

@@ -11,6 +11,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::vocabulary::{CloseReason, ConnectionMode, Decision, Flag, LifecycleAction};
+
 /// What an event records; the `event_kind` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,12 +122,12 @@ pub struct Event {
     pub dst_port: Option<u16>,
     /// The TLS server name the client sent.
     pub sni: Option<String>,
-    /// `intercepted` or `passthrough` for connection events.
-    pub connection_mode: Option<String>,
+    /// How a connection was carried (connection events).
+    pub connection_mode: Option<ConnectionMode>,
     /// The agent's id of the connection; joins the events of one connection.
     pub connection_id: Option<u64>,
-    /// Why a connection ended (`client_closed`, `upstream_closed`, `idle_timeout`, `connect_failed`, ...).
-    pub close_reason: Option<String>,
+    /// Why a connection ended (connection events).
+    pub close_reason: Option<CloseReason>,
 
     // Snowflake
     /// Snowflake account.
@@ -170,8 +172,8 @@ pub struct Event {
     pub is_async: Option<bool>,
 
     // the outcome
-    /// allow, deny, alert, hold, ...
-    pub decision: Option<String>,
+    /// What the agent decided: the policy's decision, an approval, or a refusal.
+    pub decision: Option<Decision>,
     /// The policy rule that decided.
     pub policy_rule: Option<String>,
     /// Who approved or rejected a held statement.
@@ -198,10 +200,10 @@ pub struct Event {
     pub bytes_in: Option<u64>,
     /// Bytes the agent wrote to the client, TLS records included.
     pub bytes_out: Option<u64>,
-    /// Marks (`uninspected`, `unparsed`, `alert`, ...), see the schema documentation.
-    pub flags: Vec<String>,
-    /// For lifecycle events, what happened (`start`, `stop`, `config_reload`, `audit_gap`, ...).
-    pub lifecycle_action: Option<String>,
+    /// Marks on the event: how completely the agent saw it, or what it did to it.
+    pub flags: Vec<Flag>,
+    /// For lifecycle events, what happened.
+    pub lifecycle_action: Option<LifecycleAction>,
     /// Free text detail for lifecycle and denial events.
     pub detail: Option<String>,
 
@@ -240,15 +242,22 @@ pub struct Event {
     pub recording_bytes_seen: Option<u64>,
 }
 
-/// The flag of a statement whose intent was recorded but whose completion never was.
-pub const FLAG_OUTCOME_UNKNOWN: &str = "outcome_unknown";
-
 impl Event {
+    /// Adds `flag` to `flags` unless the event carries it already.
+    pub fn add_flag(&mut self, flag: Flag) {
+        if !self.has_flag(flag) {
+            self.flags.push(flag);
+        }
+    }
+
+    /// Whether the event carries `flag`.
+    pub fn has_flag(&self, flag: Flag) -> bool {
+        self.flags.contains(&flag)
+    }
+
     /// Adds `outcome_unknown` to `flags` (once): the row of an intent nobody completed.
     pub(crate) fn mark_outcome_unknown(&mut self) {
-        if !self.flags.iter().any(|f| f == FLAG_OUTCOME_UNKNOWN) {
-            self.flags.push(FLAG_OUTCOME_UNKNOWN.to_owned());
-        }
+        self.add_flag(Flag::OutcomeUnknown);
     }
 
     /// Starts an event of `kind` at `event_time` with a fresh UUID v7 and this host's name and version.

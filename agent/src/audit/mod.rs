@@ -17,7 +17,10 @@
 //! order (`recovery` has the argument).
 //!
 //! Files, one concern each:
-//! - `event`: the row ([`Event`], [`EventKind`]); `schema`: the Arrow schema, its documentation
+//! - `event`: the row ([`Event`], [`EventKind`]); `vocabulary`: the values of the flags,
+//!   decision, close reason, lifecycle action and connection mode columns as types, each with its
+//!   one stable text; `connection`: the who/where columns a connection shares with the events of
+//!   its exchanges ([`ConnectionIdentity`]); `schema`: the Arrow schema, its documentation
 //!   (with OCSF Datastore Activity names) and the Event ↔ Arrow conversion;
 //! - `journal`: the write-ahead journal's format (event and intent records), in the frames of
 //!   `frame` (length, CRC-32, head, body), which the recordings' spools are made of too; `files`: Parquet
@@ -40,6 +43,7 @@
 
 mod clock;
 mod config;
+mod connection;
 pub mod digest;
 pub mod digest_log;
 pub mod digest_verify;
@@ -52,6 +56,7 @@ pub mod publish;
 pub mod readback;
 pub mod recovery;
 pub mod schema;
+pub mod vocabulary;
 mod writer;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -60,9 +65,13 @@ pub use config::{
     DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PENDING_INTENTS, DEFAULT_ROW_GROUP_ROWS,
     DEFAULT_SEGMENT_BYTES, Durability, OnAuditFailure,
 };
+pub use connection::ConnectionIdentity;
 pub use error::{AuditError, JournalFailure, Shared, StartFailure, WriterFailure};
-pub use event::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
+pub use event::{Event, EventKind};
 pub use recovery::RecoveryReport;
+pub use vocabulary::{
+    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, Term, UnknownTerm,
+};
 pub use writer::{AuditWriter, ShutdownReport, WriterOptions, WriterStats, WriterTask};
 
 use std::future::Future;

@@ -21,6 +21,7 @@ use super::digest_verify::{ChainOptions, ChainReport, check_chains};
 use super::event::{Event, EventKind};
 use super::files::{FileError, footer_value, hour_of, is_hidden, partition_rel, read_footer};
 use super::schema::{META_SCHEMA_VERSION, SCHEMA_VERSION, SchemaError, events_from_batch, schema};
+use super::vocabulary::LifecycleAction;
 
 /// A temporary file younger than this is taken for one the agent is still writing.
 const TEMP_IN_PROGRESS: Duration = Duration::from_secs(2 * 3600);
@@ -296,8 +297,8 @@ const OUTCOME_MAX: usize = 48;
 
 fn outcome(e: &Event) -> String {
     let mut parts = Vec::new();
-    if let Some(d) = &e.decision {
-        parts.push(d.clone());
+    if let Some(d) = e.decision {
+        parts.push(d.as_str().to_owned());
     }
     match e.success {
         Some(true) => parts.push("ok".into()),
@@ -343,7 +344,7 @@ fn what(e: &Event) -> String {
     }
     e.sql_text
         .as_deref()
-        .or(e.lifecycle_action.as_deref())
+        .or(e.lifecycle_action.map(LifecycleAction::as_str))
         .or(e.detail.as_deref())
         .or(e.sni.as_deref())
         .or(e.error_message.as_deref())
@@ -740,6 +741,7 @@ fn timeline_line(e: &Event, t0: SystemTime) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::audit::Decision;
 
     fn at(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_564_800_000 + ms)
@@ -802,7 +804,7 @@ mod tests {
             line,
             "+    1.500s  query      failed 002003        select * from missing  (query 01b2-q)"
         );
-        failed.decision = Some("deny".into());
+        failed.decision = Some(Decision::Deny);
         failed.error_code = Some("003001".into());
         let row = table_line(&failed);
         assert!(
@@ -810,7 +812,7 @@ mod tests {
             "{row}"
         );
         // Longer than the column: shown whole, the text after it moves right.
-        failed.decision = Some("require_approval".into());
+        failed.decision = Some(Decision::RequireApproval);
         let row = table_line(&failed);
         assert!(
             row.contains(" require_approval failed 003001 select"),

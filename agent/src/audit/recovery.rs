@@ -375,7 +375,7 @@ mod tests {
     use super::super::files::read_footer;
     use super::*;
     use crate::audit::journal::{RecordKind, encode_kind, encode_record};
-    use crate::audit::{Event, EventKind, FLAG_OUTCOME_UNKNOWN};
+    use crate::audit::{Event, EventKind, Flag};
     use std::io::Write;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(by_id[&plain.event_id], &plain);
         for e in [&b, &c] {
             let row = by_id[&e.event_id];
-            assert_eq!(row.flags, vec![FLAG_OUTCOME_UNKNOWN.to_owned()]);
+            assert_eq!(row.flags, vec![Flag::OutcomeUnknown]);
             assert_eq!(row.query_id, None);
         }
         // Every record is accounted for in some footer.

@@ -34,6 +34,7 @@ use arrow::error::ArrowError;
 use uuid::Uuid;
 
 use super::event::{Event, EventKind};
+use super::vocabulary::{CloseReason, ConnectionMode, Decision, Flag, LifecycleAction};
 
 mod convert;
 
@@ -204,11 +205,11 @@ columns! {
         "The destination port the client connected to.";
     sni: Option<String>, dict = true, ocsf = Some("dst_endpoint.hostname"),
         "The TLS server name the client sent.";
-    connection_mode: Option<String>, dict = true, ocsf = None,
+    connection_mode: Option<ConnectionMode>, dict = true, ocsf = None,
         "intercepted or passthrough (connection events).";
     connection_id: Option<u64>, dict = false, ocsf = Some("connection_info.uid"),
         "The agent's id of the connection; joins the events of one connection.";
-    close_reason: Option<String>, dict = true, ocsf = None,
+    close_reason: Option<CloseReason>, dict = true, ocsf = None,
         "Why a connection ended: client_closed, upstream_closed, idle_timeout, connect_failed, ...";
     account: Option<String>, dict = true, ocsf = Some("cloud.account.uid"),
         "Snowflake account.";
@@ -248,7 +249,7 @@ columns! {
         "Number of bind values sent with the statement.";
     is_async: Option<bool>, dict = true, ocsf = None,
         "Whether the statement was submitted asynchronously.";
-    decision: Option<String>, dict = true, ocsf = Some("disposition"),
+    decision: Option<Decision>, dict = true, ocsf = Some("disposition"),
         "Policy decision: allow, deny, alert, hold, ...";
     policy_rule: Option<String>, dict = true, ocsf = Some("policy.name"),
         "The policy rule that decided.";
@@ -276,9 +277,9 @@ columns! {
         "Bytes the agent read from the client, TLS records included (OCSF counts them from the client's side).";
     bytes_out: Option<u64>, dict = false, ocsf = Some("traffic.bytes_in"),
         "Bytes the agent wrote to the client, TLS records included.";
-    flags: Vec<String>, dict = true, ocsf = None,
-        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified.";
-    lifecycle_action: Option<String>, dict = true, ocsf = None,
+    flags: Vec<Flag>, dict = true, ocsf = None,
+        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified, audit_gap, too_many_holds, result_refused.";
+    lifecycle_action: Option<LifecycleAction>, dict = true, ocsf = None,
         "For lifecycle events: start, stop, config_reload, config_rejected, audit_gap, ...";
     detail: Option<String>, dict = false, ocsf = Some("message"),
         "Free-text detail of lifecycle and denial events (for audit_gap: JSON); for a login, its session parameters as JSON.";
@@ -361,7 +362,11 @@ mod tests {
         e.is_async = Some(false);
         e.success = Some(true);
         e.decided_at = Some(UNIX_EPOCH + Duration::from_secs(5));
-        e.flags = vec!["alert".into(), "describe_only".into()];
+        e.flags = vec![Flag::Alert, Flag::DescribeOnly];
+        e.decision = Some(Decision::RowLimit);
+        e.close_reason = Some(CloseReason::connect_failed(std::io::ErrorKind::TimedOut));
+        e.connection_mode = Some(ConnectionMode::Intercepted);
+        e.lifecycle_action = Some(LifecycleAction::Start);
         e
     }
 
@@ -402,6 +407,61 @@ mod tests {
                 .metadata()
                 .contains_key("ocsf")
         );
+    }
+
+    #[test]
+    fn the_flags_documentation_lists_every_flag() {
+        let doc = COLUMNS.iter().find(|c| c.name == "flags").unwrap().doc;
+        let listed: Vec<&str> = doc
+            .strip_prefix("Marks: ")
+            .and_then(|d| d.strip_suffix('.'))
+            .unwrap()
+            .split(", ")
+            .collect();
+        let mut every: Vec<&str> = Flag::ALL.iter().map(|f| f.as_str()).collect();
+        let mut sorted = listed.clone();
+        sorted.sort_unstable();
+        every.sort_unstable();
+        assert_eq!(sorted, every, "{doc}");
+        assert_eq!(listed.len(), Flag::ALL.len(), "each flag once: {doc}");
+    }
+
+    #[test]
+    fn vocabulary_columns_hold_their_text() {
+        use arrow::array::AsArray;
+        let mut builder = EventBatchBuilder::new(1);
+        builder.append(&full_event());
+        let batch = builder.finish().unwrap();
+        let text = |name: &str| {
+            let col = batch.column_by_name(name).unwrap();
+            col.as_string::<i32>().value(0).to_owned()
+        };
+        assert_eq!(text("decision"), "row_limit");
+        assert_eq!(text("close_reason"), "connect_failed: timed out");
+        assert_eq!(text("connection_mode"), "intercepted");
+        assert_eq!(text("lifecycle_action"), "start");
+        let flags = batch
+            .column_by_name("flags")
+            .unwrap()
+            .as_list::<i32>()
+            .value(0);
+        let flags: Vec<&str> = flags.as_string::<i32>().iter().flatten().collect();
+        assert_eq!(flags, ["alert", "describe_only"]);
+    }
+
+    #[test]
+    fn an_unknown_vocabulary_value_is_a_bad_value() {
+        let mut builder = EventBatchBuilder::new(1);
+        builder.append(&full_event());
+        let batch = builder.finish().unwrap();
+        let idx = batch.schema().index_of("decision").unwrap();
+        let mut columns = batch.columns().to_vec();
+        columns[idx] = Arc::new(arrow::array::StringArray::from(vec![Some("hold")]));
+        let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        assert!(matches!(
+            events_from_batch(&batch),
+            Err(SchemaError::BadValue { column: "decision", value }) if value == "hold"
+        ));
     }
 
     #[test]

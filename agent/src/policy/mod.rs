@@ -62,7 +62,7 @@ pub enum OnExceed {
 }
 
 impl Action {
-    /// The action's name, as written in the rule file and stored in the `decision` column.
+    /// The action's name, as written in the rule file.
     pub fn name(&self) -> &'static str {
         match self {
             Action::Allow => "allow",

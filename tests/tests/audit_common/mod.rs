@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use snowtrail::audit::{
-    AuditConfig, AuditWriter, Clock, Event, EventKind, OnAuditFailure, WriterOptions, WriterTask,
+    AuditConfig, AuditWriter, Clock, Event, EventKind, Flag, OnAuditFailure, WriterOptions,
+    WriterTask,
 };
 
 /// 2024-05-01T10:00:00Z.
@@ -48,13 +49,13 @@ pub fn rich_event(kind: EventKind, t: SystemTime, i: u64) -> Event {
         e.sql_text = Some(format!("select {i} from t where x = 'y'"));
         e.statement_type = Some("SELECT".into());
         e.query_id = Some(format!("01b2-{i}"));
-        e.decision = Some("allow".into());
+        e.decision = Some(snowtrail::audit::Decision::Allow);
         e.success = Some(!i.is_multiple_of(7));
         e.duration_ms = Some(i * 3);
         e.rows_produced = Some(i);
         e.is_async = Some(false);
         if i.is_multiple_of(5) {
-            e.flags = vec!["alert".into(), "describe_only".into()];
+            e.flags = vec![Flag::Alert, Flag::DescribeOnly];
         }
         if i.is_multiple_of(7) {
             e.error_code = Some("002003".into());

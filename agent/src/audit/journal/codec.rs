@@ -11,7 +11,9 @@
 //! Each field: an `Option` is a byte 0 (absent) or 1 followed by the value; strings, maps and
 //! lists start with their length as a LEB128 varint; integers are varints; `bool` a byte; an
 //! instant is seconds (i64 LE) and nanoseconds (u32 LE) since the epoch; a UUID its 16 bytes; an
-//! IP address 4 or 6 then its 4 or 16 bytes; the event kind its index in [`EventKind::ALL`].
+//! IP address 4 or 6 then its 4 or 16 bytes; the event kind its index in [`EventKind::ALL`]; a
+//! value of the audit's vocabulary (a flag, a decision, ...) its text, as a string, so that a
+//! record reads back whatever the enums' order (a text this build does not know is refused).
 //!
 //! No I/O: bytes in, events out.
 
@@ -22,6 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::audit::event::{Event, EventKind};
+use crate::audit::vocabulary::{
+    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, Term, UnknownTerm,
+};
 
 /// The first byte of a record payload in this format; a payload of format 1 (JSON) starts with
 /// `{` (an event) or `I` (an intent).
@@ -51,6 +56,14 @@ pub enum CodecError {
     /// Bytes follow the last field.
     #[error("{0} bytes after the last field")]
     Trailing(usize),
+    /// A field holds a text that is not a value of its vocabulary (a newer agent wrote it).
+    #[error("field {field}: {unknown}")]
+    UnknownTerm {
+        /// The field.
+        field: &'static str,
+        /// The text and its column.
+        unknown: UnknownTerm,
+    },
 }
 
 /// A cursor over a payload.
@@ -335,6 +348,56 @@ impl Field for Vec<String> {
     }
 }
 
+/// A value of the vocabulary is written as its text.
+fn put_term<T: Term>(out: &mut Vec<u8>, v: &T) {
+    put_str(out, &v.text());
+}
+
+fn get_term<T: Term>(r: &mut Reader<'_>) -> Result<T, CodecError> {
+    let n = r.len()?;
+    let bytes = r.take(n)?;
+    let s = std::str::from_utf8(bytes).map_err(|_| r.bad())?;
+    T::parse(s).map_err(|unknown| CodecError::UnknownTerm {
+        field: r.field,
+        unknown,
+    })
+}
+
+macro_rules! term_fields {
+    ($($t:ty),*) => {$(
+        impl Field for $t {
+            fn put(&self, out: &mut Vec<u8>) {
+                put_term(out, self);
+            }
+            fn get(r: &mut Reader<'_>) -> Result<Self, CodecError> {
+                get_term(r)
+            }
+        }
+    )*};
+}
+
+term_fields!(CloseReason, ConnectionMode, Decision, LifecycleAction);
+
+impl Field for Vec<Flag> {
+    fn put(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.len() as u64);
+        for f in self {
+            put_term(out, f);
+        }
+    }
+    fn get(r: &mut Reader<'_>) -> Result<Self, CodecError> {
+        let n = r.len()?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(get_term(r)?);
+        }
+        Ok(v)
+    }
+    fn absent() -> Option<Self> {
+        Some(Vec::new())
+    }
+}
+
 macro_rules! fields {
     ($( $name:ident : $ty:ty, )*) => {
         /// The fields in the order they are written: the audit table's column order.
@@ -391,9 +454,9 @@ fields! {
     dst_ip: Option<IpAddr>,
     dst_port: Option<u16>,
     sni: Option<String>,
-    connection_mode: Option<String>,
+    connection_mode: Option<ConnectionMode>,
     connection_id: Option<u64>,
-    close_reason: Option<String>,
+    close_reason: Option<CloseReason>,
     account: Option<String>,
     login_user: Option<String>,
     authenticator: Option<String>,
@@ -413,7 +476,7 @@ fields! {
     statement_type: Option<String>,
     bind_count: Option<u32>,
     is_async: Option<bool>,
-    decision: Option<String>,
+    decision: Option<Decision>,
     policy_rule: Option<String>,
     approver: Option<String>,
     decided_at: Option<SystemTime>,
@@ -427,8 +490,8 @@ fields! {
     duration_ms: Option<u64>,
     bytes_in: Option<u64>,
     bytes_out: Option<u64>,
-    flags: Vec<String>,
-    lifecycle_action: Option<String>,
+    flags: Vec<Flag>,
+    lifecycle_action: Option<LifecycleAction>,
     detail: Option<String>,
     pod_qos: Option<String>,
     container_runtime: Option<String>,
@@ -543,8 +606,6 @@ mod tests {
         e.dst_port = Some(443);
         for (i, s) in [
             &mut e.sni,
-            &mut e.connection_mode,
-            &mut e.close_reason,
             &mut e.account,
             &mut e.login_user,
             &mut e.authenticator,
@@ -562,13 +623,11 @@ mod tests {
             &mut e.driver_version,
             &mut e.sql_text,
             &mut e.statement_type,
-            &mut e.decision,
             &mut e.policy_rule,
             &mut e.approver,
             &mut e.error_code,
             &mut e.sql_state,
             &mut e.error_message,
-            &mut e.lifecycle_action,
             &mut e.detail,
             &mut e.pod_qos,
             &mut e.container_runtime,
@@ -581,6 +640,10 @@ mod tests {
         {
             *s = Some(format!("value {i} \u{1F600}").repeat(i));
         }
+        e.connection_mode = Some(ConnectionMode::Passthrough);
+        e.close_reason = Some(CloseReason::ConnectFailed("connection refused".into()));
+        e.decision = Some(Decision::RequireApproval);
+        e.lifecycle_action = Some(LifecycleAction::PolicyRejected);
         e.connection_id = Some(7);
         e.bind_count = Some(3);
         e.is_async = Some(false);
@@ -592,7 +655,7 @@ mod tests {
         e.duration_ms = Some(12);
         e.bytes_in = Some(300);
         e.bytes_out = Some(127);
-        e.flags = vec!["alert".into(), "outcome_unknown".into()];
+        e.flags = vec![Flag::Alert, Flag::OutcomeUnknown];
         e.parent_chain = vec!["1:init".into()];
         e.process_start_time = Some(UNIX_EPOCH);
         e.stage_requests = Some(1);
@@ -650,6 +713,87 @@ mod tests {
         assert_eq!(got.parent_chain, Vec::<String>::new());
         assert_eq!(got.recording, None);
         assert_eq!(got.recording_bytes_seen, None);
+    }
+
+    #[test]
+    fn vocabulary_values_are_written_as_their_text() {
+        // The bytes of a typed value are those of its text as a string field.
+        let bytes = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            f(&mut out);
+            out
+        };
+        let flags = vec![Flag::TlsUntrusted, Flag::RowsTruncated];
+        let texts: Vec<String> = flags.iter().map(|f| f.as_str().to_owned()).collect();
+        assert_eq!(bytes(&|o| flags.put(o)), bytes(&|o| texts.put(o)));
+        let reason = Some(CloseReason::Error("client TLS handshake timed out".into()));
+        let text = Some("error: client TLS handshake timed out".to_owned());
+        assert_eq!(bytes(&|o| reason.put(o)), bytes(&|o| text.put(o)));
+        let decision = Some(Decision::Deny);
+        assert_eq!(
+            bytes(&|o| decision.put(o)),
+            bytes(&|o| Some("deny".to_owned()).put(o))
+        );
+    }
+
+    #[test]
+    fn an_unknown_vocabulary_value_is_refused() {
+        let mut e = full();
+        e.flags = vec![Flag::Alert];
+        let mut buf = Vec::new();
+        encode(&mut buf, false, &e);
+        let at = buf
+            .windows(5)
+            .position(|w| w == b"alert")
+            .expect("the flag's text is in the record");
+        buf[at..at + 5].copy_from_slice(b"alarm");
+        assert_eq!(
+            decode(&buf),
+            Err(CodecError::UnknownTerm {
+                field: "flags",
+                unknown: UnknownTerm {
+                    column: "flags",
+                    value: "alarm".into()
+                }
+            })
+        );
+    }
+
+    /// A record the build before the vocabulary became types wrote (its text columns strings),
+    /// in the binary format and in the JSON of format 1.
+    const PREVIOUS_BUILD_BINARY: &str = "0200500060fa226900000000881300000193000000007000800000000000000100016805302e312e3000000000000000000000000000000000000000000000010b696e746572636570746564000122636f6e6e6563745f6661696c65643a20636f6e6e656374696f6e207265667573656400000000000000000000000000000000000000010464656e790000000000000000000000000003066e6f5f736e690d746c735f756e747275737465640f6f7574636f6d655f756e6b6e6f776e010f706f6c6963795f72656a6563746564000000000000000000000000000000";
+    const PREVIOUS_BUILD_JSON: &str = r#"{"event_time":{"secs_since_epoch":1763900000,"nanos_since_epoch":5000},"event_id":"01930000-0000-7000-8000-000000000001","event_kind":"connection","host":"h","agent_version":"0.1.0","pid":null,"tgid":null,"ppid":null,"uid":null,"gid":null,"user_name":null,"comm":null,"exe":null,"cmdline":null,"cgroup_path":null,"cgroup_id":null,"systemd_unit":null,"container_id":null,"pod_uid":null,"workload_identity":null,"labels":{},"human_identity":null,"src_ip":null,"src_port":null,"dst_ip":null,"dst_port":null,"sni":null,"connection_mode":"intercepted","connection_id":null,"close_reason":"connect_failed: connection refused","account":null,"login_user":null,"authenticator":null,"role":null,"warehouse":null,"database":null,"schema":null,"snowflake_session_id":null,"session_id":null,"correlation_id":null,"request_id":null,"query_id":null,"parent_query_id":null,"driver":null,"driver_version":null,"sql_text":null,"statement_type":null,"bind_count":null,"is_async":null,"decision":"deny","policy_rule":null,"approver":null,"decided_at":null,"success":null,"error_code":null,"sql_state":null,"error_message":null,"rows_produced":null,"result_bytes":null,"chunk_count":null,"duration_ms":null,"bytes_in":null,"bytes_out":null,"flags":["no_sni","tls_untrusted","outcome_unknown"],"lifecycle_action":"policy_rejected","detail":null,"pod_qos":null,"container_runtime":null,"parent_chain":[],"process_start_time":null,"started_by":null,"started_by_login":null,"stage_requests":null,"stage_bytes_sent":null,"stage_bytes_received":null,"human_groups":[],"brokered":null,"recording":null,"recording_bytes_kept":null,"recording_bytes_seen":null}"#;
+
+    /// The event of [`PREVIOUS_BUILD_BINARY`] and [`PREVIOUS_BUILD_JSON`].
+    fn previous_build_event() -> Event {
+        let t = UNIX_EPOCH + Duration::new(1_763_900_000, 5_000);
+        let mut e = Event::new(EventKind::Connection, t, "h");
+        e.event_id = Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0001);
+        e.agent_version = "0.1.0".into();
+        e.connection_mode = Some(ConnectionMode::Intercepted);
+        e.close_reason = Some(CloseReason::ConnectFailed("connection refused".into()));
+        e.decision = Some(Decision::Deny);
+        e.lifecycle_action = Some(LifecycleAction::PolicyRejected);
+        e.flags = vec![Flag::NoSni, Flag::TlsUntrusted, Flag::OutcomeUnknown];
+        e
+    }
+
+    #[test]
+    fn a_record_of_the_previous_build_decodes_and_is_written_the_same() {
+        let bytes: Vec<u8> = (0..PREVIOUS_BUILD_BINARY.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&PREVIOUS_BUILD_BINARY[i..i + 2], 16).unwrap())
+            .collect();
+        let e = previous_build_event();
+        assert_eq!(decode(&bytes).unwrap(), e);
+        let mut again = Vec::new();
+        encode(&mut again, false, &e);
+        assert_eq!(again, bytes);
+        assert_eq!(
+            serde_json::from_str::<Event>(PREVIOUS_BUILD_JSON).unwrap(),
+            e
+        );
+        assert_eq!(serde_json::to_string(&e).unwrap(), PREVIOUS_BUILD_JSON);
     }
 
     #[test]

@@ -15,6 +15,9 @@ use uuid::Uuid;
 
 use super::SchemaError;
 use crate::audit::event::EventKind;
+use crate::audit::vocabulary::{
+    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, Term,
+};
 
 /// How one Rust field type maps to an Arrow column; implemented for every type `Event` uses.
 pub(super) trait ColumnValue: Sized {
@@ -384,6 +387,72 @@ impl ColumnValue for Vec<String> {
             .as_string_opt::<i32>()
             .ok_or(SchemaError::Missing(name))?;
         Ok(s.iter().flatten().map(str::to_owned).collect())
+    }
+    fn nullable() -> bool {
+        false
+    }
+}
+
+/// A value of the vocabulary read back from its text.
+fn parse_term<T: Term>(s: &str, name: &'static str) -> Result<T, SchemaError> {
+    T::parse(s).map_err(|_| SchemaError::BadValue {
+        column: name,
+        value: s.to_owned(),
+    })
+}
+
+/// A vocabulary column: the value's text, dictionary-friendly like any string column.
+macro_rules! term_columns {
+    ($($t:ty),*) => {$(
+        impl ColumnValue for Option<$t> {
+            type Builder = StringBuilder;
+            fn builder(capacity: usize) -> Self::Builder {
+                StringBuilder::with_capacity(capacity, capacity * 8)
+            }
+            fn append(b: &mut Self::Builder, v: &Self) {
+                b.append_option(v.as_ref().map(Term::text));
+            }
+            fn read(
+                col: Option<&dyn Array>,
+                row: usize,
+                name: &'static str,
+            ) -> Result<Self, SchemaError> {
+                read_str(col, row, name)?
+                    .map(|s| parse_term(s, name))
+                    .transpose()
+            }
+        }
+    )*};
+}
+
+term_columns!(CloseReason, ConnectionMode, Decision, LifecycleAction);
+
+impl ColumnValue for Vec<Flag> {
+    type Builder = ListBuilder<StringBuilder>;
+    fn builder(capacity: usize) -> Self::Builder {
+        <Vec<String> as ColumnValue>::builder(capacity)
+    }
+    fn append(b: &mut Self::Builder, v: &Self) {
+        for f in v {
+            b.values().append_value(f.as_str());
+        }
+        b.append(true);
+    }
+    fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
+        let Some(col) = col else {
+            return Ok(Vec::new());
+        };
+        let l = col
+            .as_list_opt::<i32>()
+            .ok_or_else(|| wrong_type(name, Self::data_type(), col))?;
+        if l.is_null(row) {
+            return Ok(Vec::new());
+        }
+        let items = l.value(row);
+        let s = items
+            .as_string_opt::<i32>()
+            .ok_or(SchemaError::Missing(name))?;
+        s.iter().flatten().map(|t| parse_term(t, name)).collect()
     }
     fn nullable() -> bool {
         false

@@ -17,7 +17,7 @@ use super::intents::{IntentEntry, Intents};
 use crate::audit::clock::Clock;
 use crate::audit::config::OnAuditFailure;
 use crate::audit::journal::{HEADER_LEN, RecordKind, encode_kind, encode_payload, read_record_at};
-use crate::audit::{AuditError, Event, EventKind, JournalFailure};
+use crate::audit::{AuditError, Event, EventKind, JournalFailure, LifecycleAction};
 use crate::sync::{lock, wait};
 
 /// Most events the journal thread encodes into one write.
@@ -243,7 +243,7 @@ impl JournalWriter {
         let ts =
             |t: SystemTime| DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Micros, true);
         let mut e = Event::new(EventKind::Lifecycle, self.clock.now(), &self.host);
-        e.lifecycle_action = Some("audit_gap".into());
+        e.lifecycle_action = Some(LifecycleAction::AuditGap);
         e.success = Some(false);
         e.detail = Some(
             serde_json::json!({

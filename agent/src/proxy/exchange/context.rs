@@ -18,7 +18,9 @@ use http::{HeaderValue, Response, header};
 use tracing::warn;
 
 use super::state::{TrackedSession, Tracker};
-use crate::audit::{Durability, Event, EventKind, EventSink, OnAuditFailure};
+use crate::audit::{
+    ConnectionIdentity, Decision, Durability, Event, EventKind, EventSink, OnAuditFailure,
+};
 use crate::proxy::transport::ForwardError;
 use crate::proxy::transport::body::{Body, Budget, Collected, Held, collect, full};
 use crate::snowflake::envelope::Unforwarded;
@@ -71,8 +73,8 @@ pub struct Shared {
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.
 pub struct ConnCtx {
-    /// The connection's who/where columns, copied into each event.
-    pub base: Event,
+    /// The connection's who/where columns, which each of its events carries.
+    pub base: ConnectionIdentity,
     /// Who may use the token handles issued on this connection: its exec run, else its enrolled
     /// cgroup (`None` when no enrollment covers it).
     pub owner: Option<crate::broker::Owner>,
@@ -88,17 +90,7 @@ impl ConnCtx {
         at: SystemTime,
         session: Option<&TrackedSession>,
     ) -> Event {
-        let mut e = self.base.clone();
-        e.event_id = uuid::Uuid::now_v7();
-        e.event_kind = kind;
-        e.event_time = at;
-        e.connection_mode = None;
-        e.close_reason = None;
-        e.bytes_in = None;
-        e.bytes_out = None;
-        e.duration_ms = None;
-        e.success = None;
-        e.flags.clear();
+        let mut e = Event::of_connection(kind, at, &self.base);
         if let Some(s) = session {
             fill_session(&mut e, s);
         }
@@ -251,7 +243,7 @@ pub(super) async fn read_response(resp: Response<Body>, limits: &Limits) -> Buff
 pub(super) fn mark_denied(event: &mut Event, refusal: &Refusal) {
     event.event_kind = EventKind::Denial;
     event.success = Some(false);
-    event.decision = Some("deny".into());
+    event.decision = Some(Decision::Deny);
     event.error_message = Some(refusal.message());
     event.detail = Some(refusal.label().to_owned());
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::context::ConnCtx;
 use super::state::TrackedSession;
-use crate::audit::Event;
+use crate::audit::{self, Event, Flag};
 use crate::policy::{Action, Decision, NameContext, Subject};
 use crate::snowflake::Refusal;
 use crate::sync::lock;
@@ -22,8 +22,21 @@ pub(super) struct Verdict {
     each: PerStatement,
 }
 
-/// Each statement's decision name and rule, for the events of a multi-statement request.
-pub(super) type PerStatement = Vec<(String, String)>;
+/// Each statement's decision and rule, for the events of a multi-statement request.
+pub(super) type PerStatement = Vec<(audit::Decision, String)>;
+
+/// The audit's `decision` for a policy action: the one place the policy's actions meet the
+/// audit's vocabulary.
+pub(super) fn decision_of(action: &Action) -> audit::Decision {
+    match action {
+        Action::Allow => audit::Decision::Allow,
+        Action::Alert => audit::Decision::Alert,
+        Action::Deny { .. } => audit::Decision::Deny,
+        Action::RequireApproval { .. } => audit::Decision::RequireApproval,
+        Action::Mask { .. } => audit::Decision::Mask,
+        Action::RowLimit { .. } => audit::Decision::RowLimit,
+    }
+}
 
 /// Judges a request's SQL (each of its statements; the strictest decision stands).
 pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) -> Verdict {
@@ -64,7 +77,7 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) 
         each: j
             .statements
             .iter()
-            .map(|(_, d)| (d.action.name().to_owned(), d.rule.clone()))
+            .map(|(_, d)| (decision_of(&d.action), d.rule.clone()))
             .collect(),
     }
 }
@@ -72,7 +85,7 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) 
 /// Gives each event of a multi-statement request its own statement's decision and rule.
 pub(super) fn mark_child(each: &PerStatement, index: usize, event: &mut Event) {
     if let Some((decision, rule)) = each.get(index) {
-        event.decision = Some(decision.clone());
+        event.decision = Some(*decision);
         event.policy_rule = Some(rule.clone());
     }
 }
@@ -81,18 +94,13 @@ impl Verdict {
     /// Writes the decision, its rule and its flags into the statement's event.
     pub(super) fn mark(&self, event: &mut Event) {
         let Some(d) = &self.decision else { return };
-        event.decision = Some(d.action.name().to_owned());
+        event.decision = Some(decision_of(&d.action));
         event.policy_rule = Some(d.rule.clone());
-        let mut flag = |f: &str| {
-            if !event.flags.iter().any(|x| x == f) {
-                event.flags.push(f.to_owned());
-            }
-        };
         if self.unparsed {
-            flag("unparsed");
+            event.add_flag(Flag::Unparsed);
         }
         if matches!(d.action, Action::Alert) {
-            flag("alert");
+            event.add_flag(Flag::Alert);
         }
     }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::context::{ConnCtx, mark_denied, reply};
-use crate::audit::{Event, EventSink};
+use crate::audit::{Decision, Event, EventSink, Flag};
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::Held;
 use crate::snowflake::{self, Refusal};
@@ -166,7 +166,7 @@ impl Holds {
             if approve {
                 inner.decided = Some(Decided::Approved);
                 if let Some(e) = inner.event.as_mut() {
-                    e.decision = Some("approved".into());
+                    e.decision = Some(Decision::Approved);
                 }
             } else {
                 inner.decided = Some(Decided::Rejected);
@@ -246,7 +246,7 @@ impl Holds {
         let mut inner = lock(&hold.inner);
         inner.request = None;
         if let Some(mut e) = inner.event.take() {
-            e.flags.push("outcome_unknown".into());
+            e.flags.push(Flag::OutcomeUnknown);
             drop(self.sink.submit(e));
         }
     }
@@ -268,7 +268,7 @@ pub(super) fn hold(
         let mut e = event;
         e.query_id = Some(id.clone());
         mark_denied(&mut e, &Refusal::ApprovalTimedOut);
-        e.flags.push("too_many_holds".into());
+        e.flags.push(Flag::TooManyHolds);
         drop(ins.sink.submit(e));
         return reply(snowflake::envelope::query_error(
             &Refusal::ApprovalTimedOut,

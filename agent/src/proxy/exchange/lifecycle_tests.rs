@@ -110,10 +110,10 @@ fn harness(setup: Setup) -> Harness {
     base.workload_identity = Some(IDENTITY.into());
     base.sni = Some("xy12345.snowflakecomputing.com".into());
     base.connection_id = Some(7);
-    base.connection_mode = Some("intercepted".into());
+    base.connection_mode = Some(crate::audit::ConnectionMode::Intercepted);
     Harness {
         ctx: ConnCtx {
-            base,
+            base: crate::audit::ConnectionIdentity::of(&base),
             owner: None,
             shared,
         },

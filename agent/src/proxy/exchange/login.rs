@@ -14,7 +14,7 @@ use super::context::{
     Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response, reply,
 };
 use super::state::TrackedSession;
-use crate::audit::{Event, EventKind};
+use crate::audit::{Event, EventKind, Flag};
 use crate::proxy::transport::body::Body;
 use crate::snowflake::{self, Endpoint, Refusal};
 
@@ -183,14 +183,14 @@ where
             }
             _ => {
                 event.success = Some(status.is_success());
-                event.flags.push("unparsed".into());
+                event.flags.push(Flag::Unparsed);
                 broker_session
                     .is_none()
                     .then(|| Response::from_parts(parts, raw.into_body()))
             }
         },
         Buffered::Streamed(resp) => {
-            event.flags.push("uninspected".into());
+            event.flags.push(Flag::Uninspected);
             broker_session.is_none().then_some(resp)
         }
     };

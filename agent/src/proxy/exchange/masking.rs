@@ -17,18 +17,13 @@ use tracing::warn;
 use super::context::{Buffered, ConnCtx, read_response, reply};
 use super::state::chunks::chunk_key;
 use super::state::{ChunkMasking, PendingResult};
-use crate::audit::Event;
+use crate::audit::{Decision, Event, Flag};
 use crate::policy::{Action, OnExceed};
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::full;
 use crate::snowflake::envelope::ChunkWithheld;
 use crate::snowflake::mask::{LimitMode, Shape, ShapeError};
 use crate::snowflake::{self, ContentEncoding, QueryResponse, Refusal};
-
-/// The flag of an event whose result lost rows to a truncating row limit.
-pub(super) const ROWS_TRUNCATED: &str = "rows_truncated";
-/// The flag of an event whose result (or one of its chunks) was withheld by its rule.
-pub(super) const RESULT_REFUSED: &str = "result_refused";
 
 /// A statement's shaping: its rule, and the shape (`None` when the rule is no longer in the
 /// policy, so no result of it passes).
@@ -40,8 +35,7 @@ pub(super) struct Shaping {
 /// The shaping a statement's event calls for: its decision is `mask` or `row_limit`, and the
 /// rule's current action says how.
 pub(super) fn shaping(ctx: &ConnCtx, event: &Event) -> Option<Shaping> {
-    let decision = event.decision.as_deref()?;
-    if decision != "mask" && decision != "row_limit" {
+    if !matches!(event.decision?, Decision::Mask | Decision::RowLimit) {
         return None;
     }
     let rule = event.policy_rule.clone().unwrap_or_default();
@@ -129,9 +123,7 @@ impl Shaping {
         let shaped =
             snowflake::mask::shape_response(decoded, shape).map_err(|e| self.shape_error(&e))?;
         if let Some(delivered) = shaped.truncated {
-            if !event.flags.iter().any(|f| f == ROWS_TRUNCATED) {
-                event.flags.push(ROWS_TRUNCATED.into());
-            }
+            event.add_flag(Flag::RowsTruncated);
             // The event counts the rows the workload received; the flag says there were more.
             event.rows_produced = Some(delivered);
         }
@@ -190,11 +182,9 @@ pub(super) fn withhold(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> Re
     warn!(rule = ?event.policy_rule, "result withheld by policy");
     event.success = Some(false);
     event.error_message = Some(refusal.message());
-    event.detail = Some(RESULT_REFUSED.into());
+    event.detail = Some(Flag::ResultRefused.as_str().to_owned());
     event.recording = Some(crate::recording::Status::Off.as_str().to_owned());
-    if !event.flags.iter().any(|f| f == RESULT_REFUSED) {
-        event.flags.push(RESULT_REFUSED.into());
-    }
+    event.add_flag(Flag::ResultRefused);
     let qid = event
         .query_id
         .clone()
@@ -252,7 +242,7 @@ pub(super) async fn chunk(
         }
         Err(why) => {
             warn!(rule = %masking.rule, %why, "result chunk withheld by policy");
-            pending.flag(RESULT_REFUSED);
+            pending.flag(Flag::ResultRefused);
             if let Some(event) = pending.chunk_done(0) {
                 super::recording_tee::chunk_finished(ins, &pending, event);
             }

@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::context::{ConnCtx, Shared, unforwarded};
 use super::{brokering, login, masking, recording_tee, statement, transfers};
-use crate::audit::Event;
+use crate::audit::{ConnectionIdentity, Event};
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::{
     Answer, ConnectionHandler, ExchangeHandler, ForwardError, SendUpstream,
@@ -45,7 +45,7 @@ impl ExchangeHandler for Router {
     fn open(&self, event: &Event, enrolled_cgroup: Option<&str>) -> Arc<dyn ConnectionHandler> {
         Arc::new(ConnCtx {
             owner: crate::broker::Owner::of(event.correlation_id.as_deref(), enrolled_cgroup),
-            base: event.clone(),
+            base: ConnectionIdentity::of(event),
             shared: self.shared.clone(),
         })
     }

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::state::TrackedSession;
-use crate::audit::Event;
+use crate::audit::ConnectionIdentity;
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::{Held, full};
 use crate::snowflake::{self, ContentEncoding, TagChange};
@@ -26,7 +26,7 @@ use crate::sync::lock;
 
 /// A new session's id and its correlation id: the exec run's id when the connection's process
 /// belongs to one, else the session's own id.
-pub(super) fn new_session_ids(base: &Event) -> (String, String) {
+pub(super) fn new_session_ids(base: &ConnectionIdentity) -> (String, String) {
     let id = uuid::Uuid::now_v7().to_string();
     let correlation = base.correlation_id.clone().unwrap_or_else(|| id.clone());
     (id, correlation)
@@ -34,7 +34,7 @@ pub(super) fn new_session_ids(base: &Event) -> (String, String) {
 
 /// The agent's part of the tag: what joins a Snowflake query to the audit.
 fn agent_part(
-    base: &Event,
+    base: &ConnectionIdentity,
     correlation_id: Option<&str>,
     session_id: Option<&str>,
 ) -> Map<String, Value> {
@@ -56,7 +56,7 @@ pub(super) fn login_body(
     parts: &mut http::request::Parts,
     raw: Held,
     decoded: &[u8],
-    base: &Event,
+    base: &ConnectionIdentity,
     correlation_id: &str,
     session_id: &str,
 ) -> Body {
@@ -76,7 +76,7 @@ pub(super) fn login_body(
 pub(super) fn brokered_login_body(
     parts: &mut http::request::Parts,
     body: Vec<u8>,
-    base: &Event,
+    base: &ConnectionIdentity,
     correlation_id: &str,
     session_id: &str,
 ) -> Option<Body> {
@@ -97,7 +97,7 @@ pub(super) fn query_body(
     raw: Held,
     decoded: &[u8],
     session: Option<&TrackedSession>,
-    base: &Event,
+    base: &ConnectionIdentity,
 ) -> Body {
     let correlation = session
         .map(|s| s.correlation_id.clone())
@@ -150,14 +150,14 @@ pub(super) fn reencode(parts: &mut http::request::Parts, body: Vec<u8>) -> Optio
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::audit::EventKind;
+    use crate::audit::{Event, EventKind};
     use http_body_util::BodyExt as _;
 
-    fn base() -> Event {
+    fn base() -> ConnectionIdentity {
         let mut e = Event::new(EventKind::Connection, std::time::SystemTime::now(), "h1");
         e.workload_identity = Some("etl".into());
         e.correlation_id = Some("run-1".into());
-        e
+        ConnectionIdentity::of(&e)
     }
 
     #[tokio::test]

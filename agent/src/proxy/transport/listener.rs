@@ -23,7 +23,7 @@ use tokio::io::AsyncReadExt as _;
 use super::passthrough::{self, CloseReason};
 use super::replay::Prefixed;
 use super::tls;
-use crate::audit::{Event, EventKind};
+use crate::audit::{ConnectionMode, Decision, Event, EventKind, Flag};
 use crate::config::Unidentified;
 use crate::proxy::{Error, Inputs};
 use crate::redirect::Origin;
@@ -217,20 +217,20 @@ async fn serve(
                 }
                 (Some(_), _) => Route::Passthrough,
                 (None, _) => {
-                    event.flags.push("no_sni".into());
+                    event.flags.push(Flag::NoSni);
                     Route::Unidentified
                 }
             }
         }
         Peeked::NotTls | Peeked::Incomplete => {
-            event.flags.push("not_tls".into());
+            event.flags.push(Flag::NotTls);
             Route::Unidentified
         }
     };
     let route = match (route, inputs.unidentified) {
         (Route::Unidentified, Unidentified::Deny) => {
-            event.decision = Some("deny".into());
-            event.close_reason = Some("denied: unidentified traffic".into());
+            event.decision = Some(Decision::Deny);
+            event.close_reason = Some(CloseReason::DeniedUnidentified);
             event.success = Some(false);
             reset(client);
             return finish(&inputs, event, started).await;
@@ -242,7 +242,7 @@ async fn serve(
     let idle_timeout = Duration::from_secs(inputs.config.idle_timeout_s);
     match (route, &inputs.tls) {
         (Route::Intercept(sni), Some(tls)) => {
-            event.connection_mode = Some("intercepted".into());
+            event.connection_mode = Some(ConnectionMode::Intercepted);
             // The proxy writes an h2 response as several frames: with Nagle on, the second write
             // waits for the client's delayed ACK (40 ms on Linux) and one-client latency with it.
             let _ = client.set_nodelay(true);
@@ -266,7 +266,7 @@ async fn serve(
             event.success = Some(
                 matches!(done.reason, CloseReason::Completed) && done.upstream_error.is_none(),
             );
-            event.close_reason = Some(done.reason.as_audit());
+            event.close_reason = Some(done.reason);
             event.error_message = done.upstream_error;
             event.flags.extend(done.flags);
         }
@@ -275,11 +275,11 @@ async fn serve(
                 match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
                     Ok(Ok(s)) => Some(s),
                     Ok(Err(e)) => {
-                        event.close_reason = Some(format!("connect_failed: {}", e.kind()));
+                        event.close_reason = Some(CloseReason::connect_failed(e.kind()));
                         None
                     }
                     Err(_) => {
-                        event.close_reason = Some("connect_timeout".into());
+                        event.close_reason = Some(CloseReason::ConnectTimeout);
                         None
                     }
                 };
@@ -305,7 +305,7 @@ async fn serve(
                     event.bytes_in = Some(carried.bytes_in);
                     event.bytes_out = Some(carried.bytes_out);
                     event.success = Some(matches!(carried.reason, CloseReason::Completed));
-                    event.close_reason = Some(carried.reason.as_audit());
+                    event.close_reason = Some(carried.reason);
                 }
                 None => {
                     // Tell the client the way a refused connection would: a reset.
@@ -326,10 +326,10 @@ async fn finish(inputs: &Inputs, mut event: Event, started: Instant) {
     inputs.stats.open.fetch_sub(1, Ordering::Relaxed);
     info!(
         dst = ?event.dst_ip,
-        mode = event.connection_mode.as_deref().unwrap_or(""),
+        mode = event.connection_mode.map_or("", ConnectionMode::as_str),
         bytes_in = event.bytes_in,
         bytes_out = event.bytes_out,
-        close = event.close_reason.as_deref().unwrap_or(""),
+        close = %event.close_reason.as_ref().map(ToString::to_string).unwrap_or_default(),
         "connection closed"
     );
     if let Err(e) = inputs.sink.submit(event).await {
@@ -376,7 +376,7 @@ fn connection_event(
 ) -> (Event, Option<String>) {
     let mut e = Event::new(EventKind::Connection, event_time, &inputs.host);
     e.connection_id = Some(id);
-    e.connection_mode = Some("passthrough".into());
+    e.connection_mode = Some(ConnectionMode::Passthrough);
     e.pid = Some(origin.pid);
     e.tgid = Some(origin.tgid);
     e.uid = Some(origin.uid);

@@ -24,30 +24,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
-/// How a spliced connection ended; the `close_reason` column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Both sides finished normally.
-    Completed,
-    /// A side reset the connection or an I/O error ended it.
-    Error(String),
-    /// No bytes moved for the idle timeout.
-    IdleTimeout,
-    /// The daemon stopped and the drain period ran out.
-    Shutdown,
-}
-
-impl CloseReason {
-    /// The text stored in the audit.
-    pub fn as_audit(&self) -> String {
-        match self {
-            CloseReason::Completed => "completed".into(),
-            CloseReason::Error(e) => format!("error: {e}"),
-            CloseReason::IdleTimeout => "idle_timeout".into(),
-            CloseReason::Shutdown => "shutdown".into(),
-        }
-    }
-}
+/// How a spliced connection ended: `Completed`, `Error`, `IdleTimeout` or `Shutdown` of the
+/// audit's `close_reason` vocabulary.
+pub use crate::audit::CloseReason;
 
 /// What a splice carried.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use super::forward::{Upstream, forward};
 use super::passthrough::{CloseReason, Metered};
 use super::{ConnectionHandler, SendUpstream};
+use crate::audit::Flag;
 
 /// TLS material shared by every intercepted connection.
 pub struct TlsInputs {
@@ -85,7 +86,7 @@ pub struct Intercepted {
     /// HTTP exchanges carried.
     pub requests: u64,
     /// Audit flags (`tls_untrusted`, ...).
-    pub flags: Vec<String>,
+    pub flags: Vec<Flag>,
     /// What the upstream failure was, if it failed.
     pub upstream_error: Option<String>,
 }
@@ -126,7 +127,7 @@ where
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 if rejected_our_certificate(&e) {
-                    out.flags.push("tls_untrusted".into());
+                    out.flags.push(Flag::TlsUntrusted);
                 }
                 out.reason = CloseReason::Error(format!("client TLS handshake: {e}"));
                 out.bytes_in = bytes_in.load(Ordering::Relaxed);

@@ -73,7 +73,7 @@ fn statement(task: u64, i: u64) -> Event {
     e.dst_ip = Some(IpAddr::V4(Ipv4Addr::new(52, 1, 2, 3)));
     e.dst_port = Some(443);
     e.sni = Some("xy12345.eu-west-1.snowflakecomputing.com".into());
-    e.connection_mode = Some("intercepted".into());
+    e.connection_mode = Some(snowtrail::audit::ConnectionMode::Intercepted);
     e.connection_id = Some(task);
     e.account = Some("XY12345".into());
     e.login_user = Some("ETL_USER".into());
@@ -90,7 +90,7 @@ fn statement(task: u64, i: u64) -> Event {
         "insert into analytics.public.orders select * from staging.orders where batch = {i}"
     ));
     e.statement_type = Some("INSERT".into());
-    e.decision = Some("allow".into());
+    e.decision = Some(snowtrail::audit::Decision::Allow);
     e.success = Some(true);
     e.rows_produced = Some(i % 1000);
     e.duration_ms = Some(12);

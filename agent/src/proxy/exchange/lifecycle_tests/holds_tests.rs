@@ -60,7 +60,7 @@ async fn an_approved_hold_is_forwarded_and_recorded_with_its_approver() {
     let queries = h.sink.queries();
     assert_eq!(queries.len(), 1, "{queries:?}");
     let q = &queries[0];
-    assert_eq!(q.decision.as_deref(), Some("approved"));
+    assert_eq!(q.decision.map(|d| d.as_str()), Some("approved"));
     assert_eq!(q.policy_rule.as_deref(), Some("approve-deletes"));
     assert_eq!(q.approver.as_deref(), Some("alice@example.com"));
     assert!(q.decided_at.is_some());
@@ -93,7 +93,7 @@ async fn a_hold_nobody_decides_times_out_and_never_reaches_snowflake() {
     let denials = h.sink.of_kind(EventKind::Denial);
     assert_eq!(denials.len(), 1, "{:?}", h.sink.events());
     let d = &denials[0];
-    assert_eq!(d.decision.as_deref(), Some("deny"));
+    assert_eq!(d.decision.map(|d| d.as_str()), Some("deny"));
     assert_eq!(d.detail.as_deref(), Some("approval_timed_out"));
     assert_eq!(d.policy_rule.as_deref(), Some("approve-deletes"));
     assert_eq!(d.approver, None);
@@ -156,7 +156,7 @@ async fn a_rejected_hold_is_a_denial_naming_its_approver() {
     let denials = h.sink.of_kind(EventKind::Denial);
     assert_eq!(denials.len(), 1, "{:?}", h.sink.events());
     let d = &denials[0];
-    assert_eq!(d.decision.as_deref(), Some("deny"));
+    assert_eq!(d.decision.map(|d| d.as_str()), Some("deny"));
     assert_eq!(d.detail.as_deref(), Some("approval_rejected"));
     assert_eq!(d.approver.as_deref(), Some("bob@example.com"));
     assert!(d.decided_at.is_some());
@@ -191,6 +191,6 @@ async fn an_abort_of_a_held_statement_is_answered_by_the_agent() {
         q.error_message.as_deref(),
         Some("canceled by the client while held for approval")
     );
-    assert_eq!(q.decision.as_deref(), Some("require_approval"));
+    assert_eq!(q.decision.map(|d| d.as_str()), Some("require_approval"));
     assert!(h.holds.pending().is_empty());
 }

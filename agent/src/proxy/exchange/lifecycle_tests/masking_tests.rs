@@ -56,7 +56,7 @@ async fn an_inline_result_reaches_the_client_masked() {
     let queries = h.sink.queries();
     assert_eq!(queries.len(), 1, "{queries:?}");
     let q = &queries[0];
-    assert_eq!(q.decision.as_deref(), Some("mask"));
+    assert_eq!(q.decision.map(|d| d.as_str()), Some("mask"));
     assert_eq!(q.policy_rule.as_deref(), Some("mask-email"));
     assert_eq!(q.success, Some(true));
     assert_eq!(q.rows_produced, Some(2));
@@ -128,7 +128,7 @@ async fn a_chunked_result_is_masked_in_every_download_and_recorded_after_the_las
     let queries = h.sink.queries();
     assert_eq!(queries.len(), 1, "{queries:?}");
     let q = &queries[0];
-    assert_eq!(q.decision.as_deref(), Some("mask"));
+    assert_eq!(q.decision.map(|d| d.as_str()), Some("mask"));
     assert_eq!(q.success, Some(true));
     assert_eq!(q.rows_produced, Some(5));
     assert_eq!(q.chunk_count, Some(2));

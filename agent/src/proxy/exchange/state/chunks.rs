@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::capture::Recording;
-use crate::audit::Event;
+use crate::audit::{Event, Flag};
 use crate::snowflake::mask::ChunkShape;
 use crate::sync::lock;
 
@@ -109,11 +109,9 @@ impl PendingResult {
     }
 
     /// Flags the held event (once), for what happened to one of its chunks.
-    pub fn flag(&self, flag: &str) {
-        if let Some(e) = lock(&self.event).as_mut()
-            && !e.flags.iter().any(|f| f == flag)
-        {
-            e.flags.push(flag.to_owned());
+    pub fn flag(&self, flag: Flag) {
+        if let Some(e) = lock(&self.event).as_mut() {
+            e.add_flag(flag);
         }
     }
 
@@ -135,7 +133,7 @@ impl PendingResult {
         let bytes = self.bytes.load(Ordering::Relaxed);
         event.result_bytes = Some(event.result_bytes.unwrap_or(0) + bytes);
         if incomplete {
-            event.flags.push("chunks_unseen".into());
+            event.flags.push(Flag::ChunksUnseen);
         }
         Some(event)
     }

@@ -27,7 +27,7 @@ use crate::sync::lock;
 
 pub use capture::{Recorder, Recording};
 pub use chunks::{ChunkMasking, PendingResult};
-pub use session::{FLAG_IDENTITY_UNVERIFIED, Human, SessionContext, TrackedSession};
+pub use session::{Human, SessionContext, TrackedSession};
 pub use transfer_book::{PendingTransfer, TransferBook};
 
 /// Most sessions tracked at once.

@@ -81,14 +81,11 @@ impl Human {
     pub fn fill(&self, e: &mut crate::audit::Event) {
         e.human_identity.clone_from(&self.identity);
         e.human_groups.clone_from(&self.groups);
-        if self.unverified && !e.flags.iter().any(|f| f == FLAG_IDENTITY_UNVERIFIED) {
-            e.flags.push(FLAG_IDENTITY_UNVERIFIED.to_owned());
+        if self.unverified {
+            e.add_flag(crate::audit::Flag::IdentityUnverified);
         }
     }
 }
-
-/// The flag of events whose session's login token did not verify (DECISIONS 9).
-pub const FLAG_IDENTITY_UNVERIFIED: &str = "identity_unverified";
 
 /// A session's current role, warehouse, database and schema.
 #[derive(Debug, Clone, Default)]

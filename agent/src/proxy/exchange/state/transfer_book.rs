@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::capture::Recording;
-use crate::audit::Event;
+use crate::audit::{Event, Flag};
 use crate::recording::payload::{MAX_TRANSFER_FILES, TransferFile, TransferPart};
 use crate::snowflake::TransferTarget;
 use crate::sync::lock;
@@ -121,7 +121,7 @@ impl PendingTransfer {
         event.stage_bytes_sent = Some(self.bytes_sent.load(Ordering::Relaxed));
         event.stage_bytes_received = Some(self.bytes_received.load(Ordering::Relaxed));
         if requests == 0 && unseen_is_a_gap {
-            event.flags.push("transfer_unseen".into());
+            event.flags.push(Flag::TransferUnseen);
         }
         Some((event, recording))
     }

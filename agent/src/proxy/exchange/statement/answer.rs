@@ -6,7 +6,7 @@ use std::ops::ControlFlow::{self, Break, Continue};
 use http::Response;
 
 use super::completion::complete_with;
-use crate::audit::Event;
+use crate::audit::{Event, Flag};
 use crate::proxy::exchange::context::ConnCtx;
 use crate::proxy::exchange::state::{ChunkMasking, Recording, TrackedSession};
 use crate::proxy::exchange::{masking, recording_tee};
@@ -130,7 +130,7 @@ pub(super) fn uninspected(
     shaping: Option<&masking::Shaping>,
     resp: Response<Body>,
 ) -> Response<Body> {
-    event.flags.push("uninspected".into());
+    event.flags.push(Flag::Uninspected);
     if let Some(s) = shaping {
         return masking::withhold(ctx, event, &s.uninspectable());
     }

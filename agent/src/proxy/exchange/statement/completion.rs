@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::audit::Event;
+use crate::audit::{ConnectionIdentity, Event, Flag};
 use crate::proxy::exchange::context::{ConnCtx, Shared};
 use crate::proxy::exchange::state::{ChunkMasking, PendingResult, PendingTransfer, Recording};
 use crate::proxy::exchange::{gate, recording_tee};
@@ -72,7 +72,7 @@ pub(in crate::proxy::exchange) fn session_ended(ins: &Shared, session_id: &str) 
 }
 
 /// Intercepts, for this cgroup, the storage hosts a response points the driver at (DECISIONS 3).
-pub(super) fn learn_hosts(ins: &Shared, base: &Event, r: &snowflake::QueryResponse) {
+pub(super) fn learn_hosts(ins: &Shared, base: &ConnectionIdentity, r: &snowflake::QueryResponse) {
     let Some(cgroup_id) = base.cgroup_id else {
         return;
     };
@@ -179,8 +179,8 @@ pub(super) fn complete_with(ins: &Shared, mut event: Event, rec: Option<Recordin
     let aborted = ins
         .tracker
         .take_aborted(event.query_id.as_deref(), event.request_id.as_deref());
-    if aborted && event.success == Some(false) && !event.flags.iter().any(|f| f == "aborted") {
-        event.flags.push("aborted".into());
+    if aborted && event.success == Some(false) {
+        event.add_flag(Flag::Aborted);
     }
     recording_tee::submit(ins, event, rec);
 }

@@ -9,6 +9,7 @@ use tracing::debug;
 
 use super::answer::{Answering, uninspected};
 use super::completion::{await_chunks, await_result, complete, complete_with, learn_hosts};
+use crate::audit::Flag;
 use crate::proxy::exchange::context::{Buffered, ConnCtx, read_request, read_response, reply};
 use crate::proxy::exchange::holds::{self, HoldPoll};
 use crate::proxy::exchange::{masking, recording_tee};
@@ -86,7 +87,7 @@ where
                     }
                 }
                 _ => {
-                    event.flags.push("unparsed".into());
+                    event.flags.push(Flag::Unparsed);
                     if let Some(s) = &shaping {
                         return masking::withhold(ctx, event, &s.uninspectable());
                     }
@@ -236,7 +237,7 @@ where
         debug!(query_id = ?event.query_id, "statement aborted by the client");
         event.success = Some(false);
         event.error_message = Some("aborted by the client".into());
-        event.flags.push("aborted".into());
+        event.flags.push(Flag::Aborted);
         drop(ins.sink.submit(event));
     }
     resp

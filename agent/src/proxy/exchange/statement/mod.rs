@@ -34,7 +34,7 @@ use super::context::{
     Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response, reply,
 };
 use super::{gate, holds, masking, tagging};
-use crate::audit::{Durability, Event, EventKind, OnAuditFailure};
+use crate::audit::{Durability, Event, EventKind, Flag, OnAuditFailure};
 use crate::proxy::transport::body::Body;
 use crate::snowflake::{self, QueryStatus, Refusal};
 
@@ -89,8 +89,8 @@ where
     {
         complete(ins, e);
     }
-    if parsed.describe_only && !event.flags.iter().any(|f| f == "describe_only") {
-        event.flags.push("describe_only".into());
+    if parsed.describe_only {
+        event.add_flag(Flag::DescribeOnly);
     }
     // Policy (issue 6): deny, hold for approval, or forward.
     let each = match gate::gate(
@@ -124,7 +124,7 @@ where
             warn!(error = %e, "statement refused: its audit record could not be made durable");
             return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
         }
-        event.flags.push("audit_gap".into());
+        event.flags.push(Flag::AuditGap);
     }
     // QUERY_TAG in the statement's parameters (DECISIONS 15); the rewrite is in `tagging`.
     let body = tagging::query_body(&mut parts, raw, &decoded, session.as_deref(), &ctx.base);
@@ -190,7 +190,7 @@ where
                 }
                 _ => {
                     event.success = Some(status.is_success());
-                    event.flags.push("unparsed".into());
+                    event.flags.push(Flag::Unparsed);
                     event.duration_ms = elapsed_ms(started);
                     if let Some(s) = &shaping {
                         return masking::withhold(ctx, event, &s.uninspectable());
