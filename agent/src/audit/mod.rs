@@ -5,7 +5,7 @@
 //! (a statement about to go upstream) awaits the [`Ack`]. The promise: every event the agent
 //! acknowledges ends up in exactly one Parquet file, whatever happens to the process.
 //!
-//! A statement is recorded in two steps but is one row (DECISIONS.md 10–12). Before it goes
+//! A statement is recorded in two steps but is one row (docs/decisions.md §10–12). Before it goes
 //! upstream the proxy submits its *intent* ([`EventSink::submit_intent`]) and, with
 //! `durability = "before_forward"`, awaits its acknowledgement; when the response comes back it
 //! submits the *completion* ([`EventSink::submit`], same `event_id` and `event_time`) and does not

@@ -17,7 +17,7 @@
 //!   null (an empty map or list when there is nothing); every other column is null where not known.
 //!
 //! The schema version is stored in each file's key-value metadata under [`META_SCHEMA_VERSION`]. A
-//! later version only adds columns (DECISIONS.md 9), so readers combine versions by name
+//! later version only adds columns (docs/decisions.md §9), so readers combine versions by name
 //! (`union_by_name` in DuckDB, `mergeSchema` in Spark). Reading a batch back into events accepts files
 //! that lack columns added later (they read as null).
 //!

@@ -2,11 +2,11 @@
 //! Snowflake-shaped bodies drivers understand.
 //!
 //! A refused statement gets Snowflake's error envelope (`success:false`, `code`, `message`,
-//! `data.errorCode/sqlState/queryId`, as `py5-session/011` captured), so the driver raises its
+//! `data.errorCode/sqlState/queryId`, as `agent/tests/fixtures/snowflake-wire/py5-session/011` shows), so the driver raises its
 //! usual `ProgrammingError`/`SQLException` with the agent's message. A refused login gets the
 //! shape of a failed Snowflake login (`data.nextAction`, code `390xxx`), so the driver shows an
 //! authentication error. A held statement gets `333333` with a hold id and a `getResultUrl`
-//! (DECISIONS 16). All these answers are HTTP 200, as Snowflake sends them: a 5xx would make
+//! (docs/decisions.md §16). All these answers are HTTP 200, as Snowflake sends them: a 5xx would make
 //! drivers retry. The codes are chosen so that no driver acts on them (none is 390112/390114,
 //! which trigger renewal, nor 333333/333334 outside the hold).
 //!
@@ -38,7 +38,7 @@ pub enum Refusal {
     ApprovalRejected,
     /// No approver decided before the hold's timeout.
     ApprovalTimedOut,
-    /// The request body is over `limits.max_request_bytes` once decoded (DECISIONS 2).
+    /// The request body is over `limits.max_request_bytes` once decoded (docs/decisions.md §2).
     RequestTooLarge {
         /// The limit in bytes.
         limit: usize,
@@ -369,7 +369,7 @@ pub fn result_url(query_id: &str) -> String {
     format!("/queries/{query_id}/result")
 }
 
-/// A statement held (DECISIONS 16): `333333` with `query_id` and `get_result_url`; the driver
+/// A statement held (docs/decisions.md §16): `333333` with `query_id` and `get_result_url`; the driver
 /// polls the URL until the code is neither `333333` nor `333334`.
 pub fn in_progress(query_id: &str, get_result_url: &str) -> Reply {
     Reply::ok(json!({

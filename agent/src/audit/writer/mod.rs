@@ -14,7 +14,7 @@
 //!   journal (their other records all published), so a long statement never holds old segments.
 //! - **sync**: whenever the written position is ahead of the synced one and no fdatasync is in
 //!   flight, it starts one at once; events written meanwhile wait for the next, which starts as soon
-//!   as the in-flight one returns (DECISIONS.md 12). One fdatasync at a time on purpose: after a
+//!   as the in-flight one returns (docs/decisions.md §12). One fdatasync at a time on purpose: after a
 //!   failed fsync, Linux may report success to a concurrent one for pages it dropped, so overlapping
 //!   fsyncs could acknowledge lost events. An event waits therefore at most for the in-flight
 //!   fdatasync and its own, never for a timer: an idle agent pays one fdatasync per statement, a busy

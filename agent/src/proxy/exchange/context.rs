@@ -8,7 +8,7 @@
 //! is refused with a Snowflake-shaped error, as is one that cannot be parsed: an unreadable
 //! request could carry anything past the audit). Response bodies are buffered up to
 //! `limits.max_response_inspect_bytes`; past that they stream on and the event is flagged
-//! `uninspected` (DECISIONS 2). The workload gets the upstream's bytes exactly as sent.
+//! `uninspected` (docs/decisions.md §2). The workload gets the upstream's bytes exactly as sent.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -59,7 +59,7 @@ pub struct Shared {
     pub transfer_quiet: std::time::Duration,
     /// Which server names are intercepted (`tls.intercept_hosts`).
     pub hosts: crate::snowflake::hosts::HostMatcher,
-    /// The policy rules in force (issue 6).
+    /// The policy rules in force (deny, alert, approval holds, masking, row limits).
     pub policy: Arc<crate::enforce::LivePolicy>,
     /// Statements held for approval.
     pub holds: Arc<super::holds::Holds>,

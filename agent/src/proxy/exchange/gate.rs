@@ -57,7 +57,7 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) 
     if let Some(s) = session {
         who.account.clone_from(&s.account);
         who.user.clone_from(&s.login_user);
-        // The human behind the session, as its OIDC token said (issue 5).
+        // The human behind the session, as its verified OIDC token said.
         if s.human.identity.is_some() {
             who.human.clone_from(&s.human.identity);
         }

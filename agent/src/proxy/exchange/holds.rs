@@ -1,4 +1,4 @@
-//! Statements held for approval (DECISIONS 16).
+//! Statements held for approval (docs/decisions.md §16).
 //!
 //! A statement whose rule says `require_approval` is not forwarded: the driver gets `333333` with
 //! a hold id as its query id and polls `/queries/<hold id>/result`, as it polls a long Snowflake

@@ -84,7 +84,7 @@ where
         Err(refusal) => return refuse_login(ctx, event, refusal).await,
     };
     human.fill(&mut event);
-    // QUERY_TAG in SESSION_PARAMETERS (DECISIONS 15); the rewrite is in `tagging`.
+    // QUERY_TAG in SESSION_PARAMETERS (docs/decisions.md §15); the rewrite is in `tagging`.
     let body = match &broker_identity {
         Some(id) => {
             drop(raw);

@@ -1,8 +1,8 @@
-//! Result shaping in the data path (issue 6): a statement whose rule masks columns or limits rows
+//! Result shaping in the data path: a statement whose rule masks columns or limits rows
 //! has its response rewritten before the driver reads it (JSON `rowset` or Arrow
 //! `rowsetBase64`), and its chunk downloads (JSON rows or Arrow IPC streams) buffered, rewritten
 //! and re-encoded as they came (gzip'd or not). The rewriting itself is
-//! [`crate::snowflake::mask`]; this module moves the bytes and fails closed (DECISIONS 2): a
+//! [`crate::snowflake::mask`]; this module moves the bytes and fails closed (docs/decisions.md §2): a
 //! result that cannot be read whole within `limits.max_response_inspect_bytes`, or cannot be
 //! shaped, becomes a Snowflake-shaped error naming the rule, never the unshaped rows; a chunk
 //! that cannot be is answered with the envelope's withheld chunk (`502`).

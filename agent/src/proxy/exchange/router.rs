@@ -37,7 +37,7 @@ impl Router {
 
 impl ExchangeHandler for Router {
     /// A Snowflake (or configured) host, or a storage host a response pointed this cgroup at
-    /// (DECISIONS 3).
+    /// (docs/decisions.md §3).
     fn intercepts(&self, cgroup_id: u64, sni: &str) -> bool {
         self.shared.hosts.matches(sni) || self.shared.tracker.is_learned(cgroup_id, sni)
     }

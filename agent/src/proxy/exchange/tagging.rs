@@ -1,4 +1,4 @@
-//! The agent's QUERY_TAG on the wire (DECISIONS 15): each login's `SESSION_PARAMETERS` and each
+//! The agent's QUERY_TAG on the wire (docs/decisions.md §15): each login's `SESSION_PARAMETERS` and each
 //! statement's `parameters` get `{"snowtrail": {correlation_id, session_id, identity, host}}`,
 //! merged with the tag the workload set itself, so Snowflake's QUERY_HISTORY joins to the audit.
 //!

@@ -3,7 +3,7 @@
 //! they pass, chained back together. Nothing here knows what a body says.
 //!
 //! Every byte held for inspection is paid for from one [`Budget`] shared by all connections
-//! (DECISIONS 2): when it is spent, a new inspection waits until others hand their bytes on. The
+//! (docs/decisions.md §2): when it is spent, a new inspection waits until others hand their bytes on. The
 //! bytes keep their share of the budget until the body carrying them onward has been dropped.
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! original destination (same server name, strict verification), and carry HTTP across, exchange by
 //! exchange, with hyper on both sides.
 //!
-//! Client side and upstream side negotiate TLS and ALPN independently (DECISIONS 1): an h2 client
+//! Client side and upstream side negotiate TLS and ALPN independently (docs/decisions.md §1): an h2 client
 //! may meet an http/1.1 upstream and the other way round; requests are rewritten between the two
 //! forms (origin-form plus `Host` for HTTP/1.1, absolute URI for h2) and hop-by-hop headers dropped
 //! ([`forward`](super::forward)).

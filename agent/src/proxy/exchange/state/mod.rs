@@ -213,7 +213,7 @@ impl Tracker {
     }
 
     /// Parks a statement that the driver will send again with the same request id (after a
-    /// session renewal): the retry is the same statement (DECISIONS 10).
+    /// session renewal): the retry is the same statement (docs/decisions.md §10).
     pub fn park_request(&self, request_id: &str, event: Event) {
         lock(&self.by_request_id).insert(request_id.to_owned(), event);
     }
@@ -228,7 +228,7 @@ impl Tracker {
         lock(&self.chunks).take(&format!("{host}{path}"))
     }
 
-    /// Intercepts `host` for connections from cgroup `cgroup_id` for a while (DECISIONS 3).
+    /// Intercepts `host` for connections from cgroup `cgroup_id` for a while (docs/decisions.md §3).
     pub fn learn_host(&self, cgroup_id: u64, host: &str) {
         lock(&self.learned).insert(
             format!("{cgroup_id}/{}", host.to_ascii_lowercase()),

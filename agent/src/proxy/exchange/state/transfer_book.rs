@@ -1,8 +1,8 @@
 //! Stage transfers (PUT/GET) tied to the statement that asked for them.
 //!
-//! A PUT or GET statement's answer sends the driver to cloud storage (PROTOCOL.md, "PUT/GET"):
+//! A PUT or GET statement's answer sends the driver to cloud storage (docs/protocol.md, "PUT/GET"):
 //! the files move in plain HTTP requests to a storage host, not to Snowflake. When that host is
-//! intercepted (DECISIONS 3), each request whose host and path fall under the statement's stage
+//! intercepted (docs/decisions.md §3), each request whose host and path fall under the statement's stage
 //! location or presigned URLs is counted for that statement: requests, bytes sent and bytes
 //! received. The statement's event waits until its transfers have gone quiet, so it carries the
 //! totals; when none was seen before the wait ends it is flagged `transfer_unseen` (they went

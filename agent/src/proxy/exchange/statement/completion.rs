@@ -10,7 +10,7 @@ use crate::proxy::exchange::{gate, recording_tee};
 use crate::snowflake;
 
 /// A multi-statement request: one event per statement, each with its own query id and the
-/// request's in `parent_query_id` (DECISIONS 10). The first keeps the request's event id, so the
+/// request's in `parent_query_id` (docs/decisions.md §10). The first keeps the request's event id, so the
 /// intent journaled before forwarding is completed by it. Each completes when the driver fetches
 /// its result, which its recording holds ([`await_result`]). The request's own answer names the
 /// statements and holds no row of theirs; it is no statement's result and is not recorded.
@@ -71,7 +71,7 @@ pub(in crate::proxy::exchange) fn session_ended(ins: &Shared, session_id: &str) 
     }
 }
 
-/// Intercepts, for this cgroup, the storage hosts a response points the driver at (DECISIONS 3).
+/// Intercepts, for this cgroup, the storage hosts a response points the driver at (docs/decisions.md §3).
 pub(super) fn learn_hosts(ins: &Shared, base: &ConnectionIdentity, r: &snowflake::QueryResponse) {
     let Some(cgroup_id) = base.cgroup_id else {
         return;
@@ -167,7 +167,7 @@ fn with_transfer(mut rec: Recording, part: crate::recording::payload::TransferPa
 /// How often a held PUT/GET event checks whether its transfers are over.
 const TRANSFER_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Records a finished statement; its durability is not waited on (DECISIONS 12).
+/// Records a finished statement; its durability is not waited on (docs/decisions.md §12).
 pub(super) fn complete(ins: &Shared, event: Event) {
     complete_with(ins, event, None);
 }

@@ -26,7 +26,7 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
-    // Policy (issue 6): a statement held for approval is answered by the agent.
+    // Policy: a statement held for approval is answered by the agent (docs/decisions.md §16).
     if holds::is_hold(ctx, query_id) {
         return match holds::poll(query_id, ctx).await {
             HoldPoll::Answered(resp) => resp,
@@ -125,7 +125,7 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
-    // Policy (issue 6): a statement held for approval is answered by the agent.
+    // Policy: a statement held for approval is answered by the agent (docs/decisions.md §16).
     if holds::is_hold(ctx, query_id) {
         return holds::monitoring(query_id);
     }
@@ -216,7 +216,7 @@ where
         .ok()
         .and_then(|v| v.get("requestId")?.as_str().map(str::to_owned));
     // An abort of a statement held for approval is the agent's to answer: the hold is
-    // cancelled and nothing reaches Snowflake (DECISIONS 16).
+    // cancelled and nothing reaches Snowflake (docs/decisions.md §16).
     if holds::cancel_named(ctx, query_id.as_deref(), request_id.as_deref()) {
         return reply(snowflake::envelope::abort_ok());
     }

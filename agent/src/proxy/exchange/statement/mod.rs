@@ -1,6 +1,6 @@
 //! Statements: a query request from intent to completion, however its outcome arrives (at once,
 //! after `333333` polls, from `/monitoring/queries/` for an async statement, or once its result
-//! chunks were downloaded), one event per statement (DECISIONS 10).
+//! chunks were downloaded), one event per statement (docs/decisions.md §10).
 //!
 //! A result the driver fetches by a request of its own (`GET /queries/<id>/result`: an async
 //! statement's once monitoring said it ended, each statement's of a multi-statement request)
@@ -57,7 +57,7 @@ where
     let session = ins
         .tracker
         .lookup(snowflake::auth::authorization_token(&parts.headers));
-    // A retry with the same request id is the same statement (DECISIONS 10).
+    // A retry with the same request id is the same statement (docs/decisions.md §10).
     let retried = request_id
         .as_deref()
         .and_then(|r| ins.tracker.take_request(r));
@@ -92,7 +92,7 @@ where
     if parsed.describe_only {
         event.add_flag(Flag::DescribeOnly);
     }
-    // Policy (issue 6): deny, hold for approval, or forward.
+    // Policy: deny, hold for approval, or forward.
     let each = match gate::gate(
         ctx,
         &mut parts,
@@ -106,7 +106,7 @@ where
             return holds::hold(ctx, event, parts, raw, request_id, t);
         }
     };
-    // Masking and row limits (issue 6): the result is rewritten below, or withheld.
+    // Masking and row limits: the result is rewritten below, or withheld.
     let shaping = masking::shaping(ctx, &event);
     if let Some(r) = shaping
         .as_ref()
@@ -126,7 +126,7 @@ where
         }
         event.flags.push(Flag::AuditGap);
     }
-    // QUERY_TAG in the statement's parameters (DECISIONS 15); the rewrite is in `tagging`.
+    // QUERY_TAG in the statement's parameters (docs/decisions.md §15); the rewrite is in `tagging`.
     let body = tagging::query_body(&mut parts, raw, &decoded, session.as_deref(), &ctx.base);
     let resp = send(Request::from_parts(parts, body)).await;
     let status = resp.status();
