@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use snowtrail::snowflake::body::decode_body;
+use snowtrail::snowflake::encoding::decode_body;
 use snowtrail::snowflake::envelope;
 use snowtrail::snowflake::*;
 

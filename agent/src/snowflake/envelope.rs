@@ -18,10 +18,10 @@
 
 use serde_json::{Value, json};
 
-use super::body::BodyError;
 use super::codes;
+use super::encoding::BodyError;
 use super::error::ParseError;
-use super::mask::ShapeError;
+use super::shaping::ShapeError;
 
 /// Why the agent answers a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -609,7 +609,7 @@ mod tests {
     fn mapping_from_errors() {
         let too_large = BodyError::TooLarge {
             limit: 10,
-            encoding: crate::snowflake::body::ContentEncoding::Gzip,
+            encoding: crate::snowflake::encoding::ContentEncoding::Gzip,
         };
         assert_eq!(
             Refusal::from(&too_large),

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  method + path + query ──► endpoint::classify ──► Endpoint + RequestParams
-//!  body bytes + Content-Encoding ──► body::decode (size-capped gzip) ──► JSON bytes
+//!  body bytes + Content-Encoding ──► encoding::decode (size-capped gzip) ──► JSON bytes
 //!  JSON bytes ──► login / query / session / result parsers ──► typed requests and responses
 //!  typed facts ──► storage::hosts_to_learn (chunk, presigned and stage hosts)
 //!  agent decisions ──► envelope (Snowflake-shaped answers the agent gives itself)
@@ -34,7 +34,7 @@
 //! repository root has a cargo-fuzz target per parser.
 
 pub mod auth;
-pub mod body;
+pub mod encoding;
 pub mod endpoint;
 pub mod envelope;
 pub mod error;
@@ -42,18 +42,18 @@ pub mod hosts;
 mod json;
 pub mod keypair;
 pub mod login;
-pub mod mask;
 pub mod query;
 pub mod query_tag;
 pub mod redact;
 pub mod result;
 pub mod secrets;
 pub mod session;
+pub mod shaping;
 pub(crate) mod sql_lex;
 pub mod statements;
 pub mod storage;
 
-pub use body::{
+pub use encoding::{
     BodyError, ContentEncoding, decode_body, decode_with_headers, decoded_size_hint, gzip,
 };
 pub use endpoint::{

@@ -2,7 +2,7 @@
 //! has its response rewritten before the driver reads it (JSON `rowset` or Arrow
 //! `rowsetBase64`), and its chunk downloads (JSON rows or Arrow IPC streams) buffered, rewritten
 //! and re-encoded as they came (gzip'd or not). The rewriting itself is
-//! [`crate::snowflake::mask`]; this module moves the bytes and fails closed (docs/decisions.md §2): a
+//! [`crate::snowflake::shaping`]; this module moves the bytes and fails closed (docs/decisions.md §2): a
 //! result that cannot be read whole within `limits.max_response_inspect_bytes`, or cannot be
 //! shaped, becomes a Snowflake-shaped error naming the rule, never the unshaped rows; a chunk
 //! that cannot be is answered with the envelope's withheld chunk (`502`).
@@ -22,7 +22,7 @@ use crate::policy::{Action, OnExceed};
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::full;
 use crate::snowflake::envelope::ChunkWithheld;
-use crate::snowflake::mask::{LimitMode, Shape, ShapeError};
+use crate::snowflake::shaping::{LimitMode, Shape, ShapeError};
 use crate::snowflake::{self, ContentEncoding, QueryResponse, Refusal};
 
 /// A statement's shaping: its rule, and the shape (`None` when the rule is no longer in the
@@ -121,7 +121,7 @@ impl Shaping {
         };
         let decoded = decoded.ok_or_else(|| self.uninspectable())?;
         let shaped =
-            snowflake::mask::shape_response(decoded, shape).map_err(|e| self.shape_error(&e))?;
+            snowflake::shaping::shape_response(decoded, shape).map_err(|e| self.shape_error(&e))?;
         if let Some(delivered) = shaped.truncated {
             event.add_flag(Flag::RowsTruncated);
             // The event counts the rows the workload received; the flag says there were more.
@@ -220,7 +220,7 @@ pub(super) async fn chunk(
             decoded: Some(decoded),
             ..
         } if status.is_success() => {
-            snowflake::mask::shape_chunk(&decoded, shape, ins.limits.max_response_inspect_bytes)
+            snowflake::shaping::shape_chunk(&decoded, shape, ins.limits.max_response_inspect_bytes)
                 .map(|b| {
                     if let Some((index, _)) = pending.chunk_info(host, path) {
                         pending.with_recording(|r| r.chunk(index, &b));

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::capture::Recording;
 use crate::audit::{Event, Flag};
-use crate::snowflake::mask::ChunkShape;
+use crate::snowflake::shaping::ChunkShape;
 use crate::sync::lock;
 
 /// How a shaped result's chunk downloads are rewritten.

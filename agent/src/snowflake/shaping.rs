@@ -356,7 +356,7 @@ const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
 /// bytes, shaped, and packed again.
 pub fn shape_chunk(body: &[u8], shape: &ChunkShape, limit: usize) -> Result<Vec<u8>, ShapeError> {
     if body.starts_with(&GZIP_MAGIC) {
-        let inner = super::body::decode(super::ContentEncoding::Gzip, body, limit)
+        let inner = super::encoding::decode(super::ContentEncoding::Gzip, body, limit)
             .map_err(|_| ShapeError::Unreadable)?;
         return shape_plain_chunk(&inner, shape).map(|b| super::gzip(&b));
     }
