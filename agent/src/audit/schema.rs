@@ -210,7 +210,7 @@ columns! {
     connection_id: Option<u64>, dict = false, ocsf = Some("connection_info.uid"),
         "The agent's id of the connection; joins the events of one connection.";
     close_reason: Option<CloseReason>, dict = true, ocsf = None,
-        "Why a connection ended: client_closed, upstream_closed, idle_timeout, connect_failed, ...";
+        "Why a connection ended: completed, error: <what failed>, idle_timeout, shutdown, denied: unidentified traffic, connect_failed: <io error kind>, connect_timeout.";
     account: Option<String>, dict = true, ocsf = Some("cloud.account.uid"),
         "Snowflake account.";
     login_user: Option<String>, dict = true, ocsf = Some("user.name"),
@@ -250,7 +250,7 @@ columns! {
     is_async: Option<bool>, dict = true, ocsf = None,
         "Whether the statement was submitted asynchronously.";
     decision: Option<Decision>, dict = true, ocsf = Some("disposition"),
-        "Policy decision: allow, deny, alert, hold, ...";
+        "Policy decision: allow, alert, deny, require_approval, mask, row_limit, approved.";
     policy_rule: Option<String>, dict = true, ocsf = Some("policy.name"),
         "The policy rule that decided.";
     approver: Option<String>, dict = true, ocsf = None,
@@ -280,7 +280,7 @@ columns! {
     flags: Vec<Flag>, dict = true, ocsf = None,
         "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified, audit_gap, too_many_holds, result_refused.";
     lifecycle_action: Option<LifecycleAction>, dict = true, ocsf = None,
-        "For lifecycle events: start, stop, config_reload, config_rejected, audit_gap, ...";
+        "For lifecycle events: start, stop, audit_gap, policy_reload, policy_rejected.";
     detail: Option<String>, dict = false, ocsf = Some("message"),
         "Free-text detail of lifecycle and denial events (for audit_gap: JSON); for a login, its session parameters as JSON.";
     pod_qos: Option<String>, dict = true, ocsf = None,
@@ -424,6 +424,27 @@ mod tests {
         every.sort_unstable();
         assert_eq!(sorted, every, "{doc}");
         assert_eq!(listed.len(), Flag::ALL.len(), "each flag once: {doc}");
+    }
+
+    /// The values a column's documentation lists after `prefix`, in order.
+    fn listed<'a>(column: &str, prefix: &str) -> Vec<&'a str> {
+        let doc = COLUMNS.iter().find(|c| c.name == column).unwrap().doc;
+        doc.strip_prefix(prefix)
+            .and_then(|d| d.strip_suffix('.'))
+            .unwrap()
+            .split(", ")
+            .collect()
+    }
+
+    #[test]
+    fn the_decision_and_lifecycle_documentation_list_every_value() {
+        let decisions: Vec<&str> = Decision::ALL.iter().map(|d| d.as_str()).collect();
+        assert_eq!(listed("decision", "Policy decision: "), decisions);
+        let actions: Vec<&str> = LifecycleAction::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(
+            listed("lifecycle_action", "For lifecycle events: "),
+            actions
+        );
     }
 
     #[test]
