@@ -11,7 +11,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::vocabulary::{CloseReason, ConnectionMode, Decision, Flag, LifecycleAction};
+use super::vocabulary::{
+    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, RecordingStatus,
+};
 
 /// What an event records; the `event_kind` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -235,7 +237,7 @@ pub struct Event {
     /// Whether the agent brokered the session's login with a key pair it holds (`[broker]`).
     pub brokered: Option<bool>,
     /// For a statement, what became of its recorded result: `full`, `truncated`, `off`, `failed`.
-    pub recording: Option<String>,
+    pub recording: Option<RecordingStatus>,
     /// Plaintext result bytes kept in the statement's recording.
     pub recording_bytes_kept: Option<u64>,
     /// Result bytes the agent saw for the statement's recording.

@@ -70,7 +70,8 @@ pub use error::{AuditError, JournalFailure, Shared, StartFailure, WriterFailure}
 pub use event::{Event, EventKind};
 pub use recovery::RecoveryReport;
 pub use vocabulary::{
-    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, Term, UnknownTerm,
+    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, RecordingStatus, Term,
+    UnknownTerm,
 };
 pub use writer::{AuditWriter, ShutdownReport, WriterOptions, WriterStats, WriterTask};
 

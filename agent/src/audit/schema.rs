@@ -34,7 +34,9 @@ use arrow::error::ArrowError;
 use uuid::Uuid;
 
 use super::event::{Event, EventKind};
-use super::vocabulary::{CloseReason, ConnectionMode, Decision, Flag, LifecycleAction};
+use super::vocabulary::{
+    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, RecordingStatus,
+};
 
 mod convert;
 
@@ -305,7 +307,7 @@ columns! {
         "The groups claim of the session's verified OIDC login token (schema 2).";
     brokered: Option<bool>, dict = true, ocsf = None,
         "Whether the agent logged the session in with a key pair it holds (credential brokering); on login events and the session's events (schema 3).";
-    recording: Option<String>, dict = true, ocsf = None,
+    recording: Option<RecordingStatus>, dict = true, ocsf = None,
         "For a statement, its recorded result: full, truncated (a cap stopped it), off (recording not configured, off for the identity, or a result the agent does not follow) or failed (schema 3).";
     recording_bytes_kept: Option<u64>, dict = false, ocsf = None,
         "Plaintext result bytes kept in the statement's recording (schema 3).";

@@ -219,6 +219,21 @@ words! {
 }
 
 words! {
+    /// What became of a statement's recorded result (the `recording` column).
+    RecordingStatus, column = "recording" {
+        /// The whole result is recorded.
+        Full => "full",
+        /// A cap stopped the recording; the rest went to the workload unrecorded.
+        Truncated => "truncated",
+        /// Not recorded: no recipient configured, off for the identity, or a result the agent
+        /// does not follow.
+        Off => "off",
+        /// The recording could not be written.
+        Failed => "failed",
+    }
+}
+
+words! {
     /// How the agent carried a connection (the `connection_mode` column of `connection` events).
     ConnectionMode, column = "connection_mode" {
         /// TLS was terminated by the agent and the Snowflake protocol inspected.
@@ -340,6 +355,7 @@ mod tests {
         round_trips(Decision::ALL);
         round_trips(LifecycleAction::ALL);
         round_trips(ConnectionMode::ALL);
+        round_trips(RecordingStatus::ALL);
         round_trips(&close_reasons());
         // Every variant of the data-carrying enum is in the list above.
         for r in close_reasons() {
@@ -405,6 +421,8 @@ mod tests {
         );
         assert_eq!(ConnectionMode::Intercepted.to_string(), "intercepted");
         assert_eq!(ConnectionMode::Passthrough.to_string(), "passthrough");
+        let recording: Vec<&str> = RecordingStatus::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(recording, ["full", "truncated", "off", "failed"]);
         let reasons: Vec<String> = close_reasons().iter().map(|r| r.to_string()).collect();
         assert_eq!(
             reasons,

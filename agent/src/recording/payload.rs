@@ -211,32 +211,8 @@ impl Payload {
     }
 }
 
-/// How a statement's recording ended: the audit's `recording` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// The whole result is recorded.
-    Full,
-    /// A cap stopped the recording; the rest went to the workload unrecorded.
-    Truncated,
-    /// Not recorded: no recipient configured, off for the identity, or a result the agent does
-    /// not follow.
-    Off,
-    /// The recording could not be written.
-    Failed,
-}
-
-impl Status {
-    /// The value of the audit's `recording` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Full => "full",
-            Status::Truncated => "truncated",
-            Status::Off => "off",
-            Status::Failed => "failed",
-        }
-    }
-}
+/// How a statement's recording ended: the audit's `recording` column, one of its vocabulary.
+pub use crate::audit::RecordingStatus as Status;
 
 /// A statement's result being captured, within the bytes its caps leave it.
 #[derive(Debug)]

@@ -25,7 +25,8 @@ use uuid::Uuid;
 
 use crate::audit::event::{Event, EventKind};
 use crate::audit::vocabulary::{
-    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, Term, UnknownTerm,
+    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, RecordingStatus, Term,
+    UnknownTerm,
 };
 
 /// The first byte of a record payload in this format; a payload of format 1 (JSON) starts with
@@ -376,7 +377,13 @@ macro_rules! term_fields {
     )*};
 }
 
-term_fields!(CloseReason, ConnectionMode, Decision, LifecycleAction);
+term_fields!(
+    CloseReason,
+    ConnectionMode,
+    Decision,
+    LifecycleAction,
+    RecordingStatus
+);
 
 impl Field for Vec<Flag> {
     fn put(&self, out: &mut Vec<u8>) {
@@ -504,7 +511,7 @@ fields! {
     stage_bytes_received: Option<u64>,
     human_groups: Vec<String>,
     brokered: Option<bool>,
-    recording: Option<String>,
+    recording: Option<RecordingStatus>,
     recording_bytes_kept: Option<u64>,
     recording_bytes_seen: Option<u64>,
 }
@@ -633,13 +640,13 @@ mod tests {
             &mut e.container_runtime,
             &mut e.started_by,
             &mut e.started_by_login,
-            &mut e.recording,
         ]
         .into_iter()
         .enumerate()
         {
             *s = Some(format!("value {i} \u{1F600}").repeat(i));
         }
+        e.recording = Some(RecordingStatus::Truncated);
         e.connection_mode = Some(ConnectionMode::Passthrough);
         e.close_reason = Some(CloseReason::ConnectFailed("connection refused".into()));
         e.decision = Some(Decision::RequireApproval);

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::SchemaError;
 use crate::audit::event::EventKind;
 use crate::audit::vocabulary::{
-    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, Term,
+    CloseReason, ConnectionMode, Decision, Flag, LifecycleAction, RecordingStatus, Term,
 };
 
 /// How one Rust field type maps to an Arrow column; implemented for every type `Event` uses.
@@ -425,7 +425,13 @@ macro_rules! term_columns {
     )*};
 }
 
-term_columns!(CloseReason, ConnectionMode, Decision, LifecycleAction);
+term_columns!(
+    CloseReason,
+    ConnectionMode,
+    Decision,
+    LifecycleAction,
+    RecordingStatus
+);
 
 impl ColumnValue for Vec<Flag> {
     type Builder = ListBuilder<StringBuilder>;

@@ -183,7 +183,7 @@ pub(super) fn withhold(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> Re
     event.success = Some(false);
     event.error_message = Some(refusal.message());
     event.detail = Some(Flag::ResultRefused.as_str().to_owned());
-    event.recording = Some(crate::recording::Status::Off.as_str().to_owned());
+    event.recording = Some(crate::recording::Status::Off);
     event.add_flag(Flag::ResultRefused);
     let qid = event
         .query_id

@@ -58,7 +58,7 @@ pub(super) fn begin(
 pub(super) fn submit(ins: &Shared, mut event: Event, rec: Option<Recording>) {
     let (Some(rec), Some(recorder)) = (rec, ins.recorder.as_ref()) else {
         if event.recording.is_none() {
-            event.recording = Some(Status::Off.as_str().to_owned());
+            event.recording = Some(Status::Off);
         }
         drop(ins.sink.submit(event));
         return;
@@ -67,7 +67,7 @@ pub(super) fn submit(ins: &Shared, mut event: Event, rec: Option<Recording>) {
     if let Some(s) = &rec.session {
         s.fetch_add(captured.bytes_kept, Ordering::Relaxed);
     }
-    event.recording = Some(captured.status.as_str().to_owned());
+    event.recording = Some(captured.status);
     event.recording_bytes_kept = Some(captured.bytes_kept);
     event.recording_bytes_seen = Some(captured.bytes_seen);
     let durable = recorder.writer.submit(Submission {
@@ -83,7 +83,7 @@ pub(super) fn submit(ins: &Shared, mut event: Event, rec: Option<Recording>) {
     tokio::spawn(async move {
         if let Err(e) = durable.await {
             warn!(error = %e, query_id = ?event.query_id, "statement result not recorded");
-            event.recording = Some(Status::Failed.as_str().to_owned());
+            event.recording = Some(Status::Failed);
             event.recording_bytes_kept = Some(0);
         }
         drop(sink.submit(event));

@@ -144,7 +144,7 @@ async fn one(
 ) -> anyhow::Result<()> {
     if let Some((rec, captured)) = recorder {
         let captured = (*captured).clone();
-        event.recording = Some(captured.status.as_str().to_owned());
+        event.recording = Some(captured.status);
         event.recording_bytes_kept = Some(captured.bytes_kept);
         event.recording_bytes_seen = Some(captured.bytes_seen);
         rec.submit(Submission {

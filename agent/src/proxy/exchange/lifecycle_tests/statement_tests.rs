@@ -56,7 +56,7 @@ async fn a_statement_answered_inline_is_one_event_with_its_outcome() {
         q.sql_text.as_deref(),
         Some("select id, name from users where email = '***'")
     );
-    assert_eq!(q.recording.as_deref(), Some("off"));
+    assert_eq!(q.recording.map(|r| r.as_str()), Some("off"));
     assert!(q.flags.is_empty(), "{:?}", q.flags);
     assert_eq!(q.error_code, None);
     // Its intent was journaled before it was forwarded: the same row, by event id.

@@ -211,7 +211,7 @@ async fn refuse_query(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Resp
     let qid = uuid::Uuid::now_v7().to_string();
     mark_denied(&mut event, &refusal);
     event.query_id = Some(qid.clone());
-    event.recording = Some(crate::recording::Status::Off.as_str().to_owned());
+    event.recording = Some(crate::recording::Status::Off);
     drop(ctx.shared.sink.submit(event));
     reply(snowflake::envelope::query_error(&refusal, &qid))
 }
