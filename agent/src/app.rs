@@ -170,9 +170,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     )?);
     let tls = proxy::transport::tls::TlsInputs::new(
         Arc::new(crate::tls::LeafResolver::new(ca.clone())?),
-        upstream_roots,
+        upstream_roots.clone(),
         Duration::from_millis(config.proxy.handshake_timeout_ms),
     )?;
+    let vouch = Arc::new(proxy::transport::vouch::Vouch::new(
+        upstream_roots,
+        Duration::from_millis(config.proxy.connect_timeout_ms),
+        Duration::from_millis(config.proxy.handshake_timeout_ms),
+    )?);
 
     let mount = crate::cgroup::mount_point()?;
     let agent_cgroup = crate::cgroup::cgroup_of(None)?;
@@ -207,6 +212,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         stats: stats.clone(),
         tls: Some(Arc::new(tls)),
         unidentified: config.tls.unidentified,
+        allow_unverified: config.tls.allow_unverified.clone(),
+        vouch,
         exchanges: Arc::new(proxy::exchange::router::Router::new(Arc::new(Shared {
             sink: sink.clone(),
             tracker: proxy::exchange::state::Tracker::default(),

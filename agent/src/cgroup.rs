@@ -145,15 +145,20 @@ pub fn populated(dir: &Path) -> Result<bool, Error> {
 
 /// Counts the processes in `dir` and all its descendants.
 pub fn count_procs_recursive(dir: &Path) -> usize {
-    let mut n = procs(dir).map(|p| p.len()).unwrap_or(0);
+    procs_recursive(dir).len()
+}
+
+/// The processes in `dir` and all its descendants (a cgroup that cannot be read adds none).
+pub fn procs_recursive(dir: &Path) -> Vec<u32> {
+    let mut all = procs(dir).unwrap_or_default();
     if let Ok(rd) = fs::read_dir(dir) {
         for entry in rd.flatten() {
             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                n += count_procs_recursive(&entry.path());
+                all.extend(procs_recursive(&entry.path()));
             }
         }
     }
-    n
+    all
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditConfig, OnAuditFailure};
 
+pub mod destination;
+
+pub use destination::{Destination, DestinationError};
+
 /// Where the agent keeps enrollments, its CA and the audit journal.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/snowtrail";
 /// Where the hourly Parquet files go.
@@ -43,7 +47,7 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 10;
 pub const DEFAULT_BUFFER_BYTES: usize = 64 * 1024;
 /// Connections served at once; further ones wait in the kernel's accept queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
-/// How long the proxy waits for a client's first bytes (its ClientHello) before passing through.
+/// How long the proxy waits for a client's whole ClientHello before it refuses the connection.
 pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
 /// How long each TLS handshake may take.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
@@ -171,27 +175,35 @@ impl Default for LimitsSection {
     }
 }
 
-/// What to do with a connection on an intercepted port that cannot be identified (no SNI, not TLS).
+/// What to do with a connection on an intercepted port that cannot be identified: no SNI, or not
+/// TLS at all. A ClientHello that does not arrive whole in time is refused whatever this says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unidentified {
-    /// Carry it to its destination untouched, and audit it.
+    /// Refuse it (a reset), and audit it; `tls.allow_unverified` names the exceptions.
     #[default]
-    Passthrough,
-    /// Refuse it, and audit it.
     Deny,
+    /// Carry it to its destination untouched, and audit it. This lets a workload reach any
+    /// destination on an intercepted port unread, Snowflake included (by address, without SNI).
+    Passthrough,
 }
 
 /// The `[tls]` section: which connections are terminated and whom the agent trusts upstream.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
-    /// PEM files trusted upstream besides the system roots (never the agent's own CA).
+    /// PEM files trusted upstream besides the system roots (never the agent's own CA). They are
+    /// also trusted when the agent checks where a passed-through connection leads.
     pub upstream_extra_roots: Vec<PathBuf>,
     /// Hosts terminated besides Snowflake's own: exact names or `*.domain`.
     pub intercept_hosts: Vec<String>,
     /// Connections without SNI, or not TLS at all, on an intercepted port.
     pub unidentified: Unidentified,
+    /// Destinations the operator vouches for: connections to them on an intercepted port are
+    /// passed through when the agent cannot identify them (no SNI, not TLS, a ClientHello that
+    /// never came whole) or cannot check the server's certificate for the name asked. A
+    /// connection to them that names an intercepted host is still intercepted.
+    pub allow_unverified: Vec<Destination>,
 }
 
 /// The `[redirect]` section: which connections the kernel sends to the agent.
@@ -223,7 +235,8 @@ pub struct ProxySection {
     pub buffer_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Wait for the client's first bytes, in milliseconds.
+    /// Wait for the client's whole ClientHello, in milliseconds; a connection whose ClientHello
+    /// has not arrived by then is refused.
     pub hello_timeout_ms: u64,
     /// TLS handshake timeout on either side, in milliseconds.
     pub handshake_timeout_ms: u64,
@@ -341,6 +354,12 @@ impl Config {
         }
         if r.max_tracked_connections < 16 {
             return Err("redirect.max_tracked_connections must be at least 16".into());
+        }
+        if self.audit.max_sql_bytes < crate::audit::MIN_MAX_SQL_BYTES {
+            return Err(format!(
+                "audit.max_sql_bytes must be at least {}",
+                crate::audit::MIN_MAX_SQL_BYTES
+            ));
         }
         self.oidc.validate()?;
         self.broker.validate()?;

@@ -58,6 +58,12 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
+/// A `[tls]` section for daemons whose tests talk to [`PeerServer`]s: those speak plain text, which
+/// the agent refuses on an intercepted port unless the destination is allowed, so the peer
+/// servers' addresses (`127.77.0.0/24`, `127.78.0.0/24` and `[::1]`, port 443) are.
+pub const PLAIN_PEERS: &str =
+    "[tls]\nallow_unverified = [\"127.77.0.0/24:443\", \"127.78.0.0/24:443\", \"[::1]:443\"]\n";
+
 /// Options for a test daemon.
 #[derive(Debug, Clone, Default)]
 pub struct DaemonOptions {

@@ -293,3 +293,43 @@ async fn a_long_pending_intent_does_not_hold_old_journal_segments() {
     assert_eq!(all[&long.event_id], done);
     verify(&dirs.audit);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_longer_than_max_sql_bytes_is_cut_and_identified_whole() {
+    use sha2::Digest as _;
+    let dirs = Dirs::new();
+    let config = AuditConfig {
+        max_sql_bytes: 1024,
+        ..AuditConfig::default()
+    };
+    let (w, task) = start(
+        &dirs.state,
+        &dirs.audit,
+        Arc::new(SystemClock),
+        config,
+        OnAuditFailure::Block,
+    )
+    .await;
+    let long = format!("insert into t values {}", "(1, 'x'), ".repeat(400));
+    let mut stmt = intent(SystemTime::now(), 1);
+    stmt.sql_text = Some(long.clone());
+    let short = intent(SystemTime::now(), 2);
+    w.submit_intent(stmt.clone()).await.unwrap();
+    w.submit(completed(&stmt, 1)).await.unwrap();
+    w.submit(completed(&short, 2)).await.unwrap();
+    task.shutdown().await.unwrap();
+
+    let all = rows(&dirs.audit);
+    let cut = &all[&stmt.event_id];
+    assert_eq!(cut.sql_text.as_deref(), Some(&long[..1024]));
+    assert!(cut.flags.contains(&Flag::SqlTruncated), "{:?}", cut.flags);
+    let whole: String = sha2::Sha256::digest(long.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(cut.sql_sha256.as_deref(), Some(whole.as_str()));
+    let kept = &all[&short.event_id];
+    assert_eq!(kept.sql_text, short.sql_text);
+    assert_eq!(kept.sql_sha256, None);
+    assert!(!kept.flags.contains(&Flag::SqlTruncated));
+}

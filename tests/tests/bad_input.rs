@@ -148,24 +148,44 @@ fn bad_input_gets_a_bounded_clean_outcome() -> anyhow::Result<()> {
         ..DaemonOptions::default()
     };
     let mut d = Daemon::start("badinput", unique_port(PORT_BASE), &opts)?;
-    // A short handshake timeout so the silent client is cut off quickly.
-    let text = std::fs::read_to_string(&d.config)?
-        .replace("[proxy]\n", "[proxy]\nhandshake_timeout_ms = 1000\n");
+    // Short handshake and ClientHello timeouts so the silent and the truncating clients are cut
+    // off quickly.
+    let text = std::fs::read_to_string(&d.config)?.replace(
+        "[proxy]\n",
+        "[proxy]\nhandshake_timeout_ms = 1000\nhello_timeout_ms = 1000\n",
+    );
     std::fs::write(&d.config, text)?;
     d.restart()?;
 
-    for mode in ["plain_http", "garbage", "truncated_hello"] {
+    // Nothing that cannot be identified is carried: plain HTTP, garbage and a ClientHello cut
+    // short are refused (a reset), recorded as refused with the reason.
+    for (mode, flag) in [
+        ("plain_http", "not_tls"),
+        ("garbage", "not_tls"),
+        ("truncated_hello", "hello_incomplete"),
+    ] {
         let r = run(&d, ip, mode)?;
         ensure!(r.get("exception").is_none(), "{r}");
+        ensure!(r["reply"] == "", "{mode}: the client got an answer: {r}");
         let ev = event_of(&d, r["pid"].as_u64(), "connection")?;
-        ensure!(ev["connection_mode"] == "passthrough", "{mode}: {ev}");
+        ensure!(ev["connection_mode"] == "refused", "{mode}: {ev}");
+        ensure!(ev["decision"] == "deny", "{mode}: {ev}");
+        ensure!(
+            ev["close_reason"] == "denied: unidentified traffic",
+            "{mode}: {ev}"
+        );
         ensure!(
             ev["flags"]
                 .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == "not_tls")),
+                .is_some_and(|f| f.iter().any(|x| x == flag)),
             "{mode}: {ev}"
         );
     }
+    ensure!(
+        fake.requests().is_empty(),
+        "refused connections reached the upstream: {:?}",
+        fake.requests()
+    );
 
     let r = run(&d, ip, "silent_after_hello")?;
     ensure!(r.get("exception").is_none(), "{r}");

@@ -16,7 +16,11 @@ use snowtrail_tests::{
 const PORT_BASE: u16 = 29_430;
 
 fn daemon(name: &str) -> Daemon {
-    Daemon::start(name, unique_port(PORT_BASE), &DaemonOptions::default()).unwrap()
+    let opts = DaemonOptions {
+        extra_top: snowtrail_tests::PLAIN_PEERS.to_owned(),
+        ..DaemonOptions::default()
+    };
+    Daemon::start(name, unique_port(PORT_BASE), &opts).unwrap()
 }
 
 fn exec_client(
@@ -154,6 +158,104 @@ fn ipv6_and_v4_mapped_destinations_are_redirected() {
     let ev = d.wait_event(|e| e["tgid"].as_u64() == pid).unwrap();
     assert_eq!(ev["dst_ip"], "127.77.0.3");
     assert_eq!(ev["workload_identity"], "e2e-mapped");
+}
+
+/// What a command run with `exec --user` finds itself to be: ids, privileges, cgroup, whether it
+/// can leave the cgroup or read the CA bundle it was given, and one connection's report.
+const WHOAMI_PY: &str = r#"
+import json, os, sys
+out = {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()),
+       "home": os.environ.get("HOME"), "user": os.environ.get("USER")}
+status = open("/proc/self/status").read()
+out["no_new_privs"] = [l.split()[1] for l in status.splitlines() if l.startswith("NoNewPrivs:")][0]
+out["cgroup"] = open("/proc/self/cgroup").read().strip().split("::")[-1]
+try:
+    with open(sys.argv[1] + "/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+    out["left"] = True
+except OSError as e:
+    out["left"] = False
+    out["leave_error"] = e.errno
+bundle = os.environ.get("SSL_CERT_FILE", "")
+out["bundle_readable"] = bool(bundle) and "snowtrail agent CA" in open(bundle).read()
+print(json.dumps(out), flush=True)
+"#;
+
+#[test]
+fn exec_as_a_user_cannot_leave_its_cgroup() {
+    let d = daemon("execuser");
+    let mount = snowtrail::cgroup::mount_point().unwrap();
+    let out = d
+        .cli(&[
+            "exec",
+            "--identity",
+            "e2e-user",
+            "--user",
+            "nobody",
+            "--group",
+            "nogroup",
+            "--",
+            "python3",
+            "-c",
+            WHOAMI_PY,
+            mount.to_str().unwrap(),
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let me: Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text} / {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(me["uid"], 65534, "{me}");
+    assert_eq!(me["euid"], 65534, "{me}");
+    assert_eq!(me["gid"], 65534, "{me}");
+    assert_eq!(me["groups"], serde_json::json!([65534]), "{me}");
+    assert_eq!(me["user"], "nobody");
+    assert_eq!(me["home"], "/nonexistent");
+    assert_eq!(
+        me["no_new_privs"], "1",
+        "a setuid program could give root back: {me}"
+    );
+    assert!(
+        me["cgroup"]
+            .as_str()
+            .unwrap()
+            .starts_with("/snowtrail/exec/"),
+        "{me}"
+    );
+    assert_eq!(me["left"], false, "the workload moved itself out: {me}");
+    assert_eq!(me["bundle_readable"], true, "{me}");
+
+    // Its connections are attributed to that user.
+    let _server = PeerServer::start("127.77.0.8:443".parse().unwrap()).unwrap();
+    let mut args: Vec<String> = ["exec", "--identity", "e2e-user", "--user", "65534", "--"]
+        .map(String::from)
+        .to_vec();
+    args.extend(client_args("127.77.0.8", 443, "auto"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = client::parse(d.cli(&refs).unwrap()).unwrap();
+    assert!(is_proxied(&r), "{r}");
+    let pid = r["pid"].as_u64();
+    let ev = d.wait_event(|e| e["tgid"].as_u64() == pid).unwrap();
+    assert_eq!(ev["uid"], 65534, "{ev}");
+    assert_eq!(ev["user_name"], "nobody", "{ev}");
+
+    // A user that does not exist is an error before anything is enrolled.
+    let out = d
+        .cli(&[
+            "exec",
+            "--identity",
+            "e2e-user",
+            "--user",
+            "no-such-user-here",
+            "--",
+            "true",
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no user \"no-such-user-here\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -15,7 +15,11 @@ use snowtrail_tests::{Daemon, DaemonOptions, PeerServer, remove_cgroup, unique_p
 const PORT_BASE: u16 = 29_830;
 
 fn daemon(name: &str) -> Daemon {
-    Daemon::start(name, unique_port(PORT_BASE), &DaemonOptions::default()).unwrap()
+    let opts = DaemonOptions {
+        extra_top: snowtrail_tests::PLAIN_PEERS.to_owned(),
+        ..DaemonOptions::default()
+    };
+    Daemon::start(name, unique_port(PORT_BASE), &opts).unwrap()
 }
 
 /// A cgroup made at a path relative to the cgroup2 mount, removed (with its processes and the

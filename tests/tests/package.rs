@@ -552,12 +552,13 @@ fn daemon_runs_with_the_units_capabilities_and_notifies_readiness() {
     std::fs::write(
         &config,
         format!(
-            "state_dir = {:?}\naudit_dir = {:?}\ncontrol_socket = {:?}\n\
+            "state_dir = {:?}\naudit_dir = {:?}\ncontrol_socket = {:?}\n{}\
              [redirect]\nlisten_port = {port}\npin_dir = {:?}\n[proxy]\ndrain_timeout_s = 2\n\
              [audit]\nmax_file_age_s = 1\n",
             dir.path().join("state").display().to_string(),
             audit_dir.display().to_string(),
             socket.display().to_string(),
+            snowtrail_tests::PLAIN_PEERS,
             pin_dir.display().to_string(),
         ),
     )

@@ -19,6 +19,10 @@ pub const DEFAULT_INTENT_TIMEOUT_S: u64 = 3600;
 pub const DEFAULT_MAX_PENDING_INTENTS: usize = 100_000;
 /// Default for [`AuditConfig::digest_interval_s`]: an hour, as CloudTrail.
 pub const DEFAULT_DIGEST_INTERVAL_S: u64 = 3600;
+/// Most bytes of a statement's text an audit row holds.
+pub const DEFAULT_MAX_SQL_BYTES: usize = 64 * 1024;
+/// The smallest `max_sql_bytes` accepted: enough to tell any statement's kind and objects.
+pub const MIN_MAX_SQL_BYTES: usize = 1024;
 /// Default for [`AuditConfig::segment_bytes`]: 64 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = super::journal::SEGMENT_BYTES;
 
@@ -86,6 +90,10 @@ pub struct AuditConfig {
     /// At most this many seconds pass between two signed digests (`_digests/`) naming the files
     /// closed meanwhile; one is also written at shutdown and, after a crash, at start.
     pub digest_interval_s: u64,
+    /// A statement's text longer than this many bytes is cut (at a character boundary) in the
+    /// audit, flagged `sql_truncated`, and identified whole by `sql_sha256`: one workload's
+    /// megabyte statements must not fill the audit disk for all.
+    pub max_sql_bytes: usize,
 }
 
 impl Default for AuditConfig {
@@ -101,6 +109,7 @@ impl Default for AuditConfig {
             max_pending_intents: DEFAULT_MAX_PENDING_INTENTS,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             digest_interval_s: DEFAULT_DIGEST_INTERVAL_S,
+            max_sql_bytes: DEFAULT_MAX_SQL_BYTES,
         }
     }
 }

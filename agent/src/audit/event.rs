@@ -9,6 +9,9 @@ use std::net::IpAddr;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+
+/// Lower-case hexadecimal digits, for `sql_sha256`.
+const HEX: &[u8; 16] = b"0123456789abcdef";
 use uuid::Uuid;
 
 use super::vocabulary::{
@@ -242,9 +245,40 @@ pub struct Event {
     pub recording_bytes_kept: Option<u64>,
     /// Result bytes the agent saw for the statement's recording.
     pub recording_bytes_seen: Option<u64>,
+    // added in schema version 4: bounded statement text
+    /// For a statement whose text `audit.max_sql_bytes` cut: the SHA-256 (hex) of the whole text,
+    /// so that it can still be told apart from, and matched with, others.
+    pub sql_sha256: Option<String>,
+    /// For a statement: how many times the driver sent it (the same request id), 1 without a
+    /// retry; the row holds the last attempt's outcome.
+    pub attempts: Option<u32>,
 }
 
 impl Event {
+    /// Bounds the statement text to `max` bytes: a longer one is cut at a character boundary,
+    /// flagged [`Flag::SqlTruncated`], and its whole text's SHA-256 recorded in `sql_sha256`.
+    pub fn cap_sql(&mut self, max: usize) {
+        use sha2::Digest as _;
+        let Some(text) = self.sql_text.as_mut() else {
+            return;
+        };
+        if text.len() > max {
+            let digest = sha2::Sha256::digest(text.as_bytes());
+            let mut hex = String::with_capacity(64);
+            for b in digest {
+                hex.push(char::from(HEX[usize::from(b >> 4)]));
+                hex.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+            self.sql_sha256 = Some(hex);
+            let mut cut = max;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            self.add_flag(Flag::SqlTruncated);
+        }
+    }
+
     /// Adds `flag` to `flags` unless the event carries it already.
     pub fn add_flag(&mut self, flag: Flag) {
         if !self.has_flag(flag) {
@@ -345,6 +379,60 @@ impl Event {
             recording: None,
             recording_bytes_kept: None,
             recording_bytes_seen: None,
+            sql_sha256: None,
+            attempts: None,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn statement(sql: &str) -> Event {
+        let mut e = Event::new(EventKind::Query, SystemTime::UNIX_EPOCH, "h");
+        e.sql_text = Some(sql.to_owned());
+        e
+    }
+
+    #[test]
+    fn a_long_statement_is_cut_at_a_character_and_identified_whole() {
+        // 'é' is two bytes: a cut at 1025 bytes falls inside one and moves back.
+        let long = format!("select '{}'", "é".repeat(2000));
+        let mut e = statement(&long);
+        e.cap_sql(1025);
+        let kept = e.sql_text.clone().unwrap();
+        assert!(kept.len() <= 1025 && kept.len() >= 1024, "{}", kept.len());
+        assert!(long.starts_with(&kept));
+        assert!(e.has_flag(Flag::SqlTruncated));
+        let whole = e.sql_sha256.clone().unwrap();
+        assert_eq!(whole.len(), 64);
+        // The same statement cut elsewhere has the same hash: it is of the whole text.
+        let mut other = statement(&long);
+        other.cap_sql(2000);
+        assert_eq!(other.sql_sha256, Some(whole));
+        assert_eq!(e.flags, vec![Flag::SqlTruncated]);
+        // Short enough: nothing changes.
+        let mut full = statement(&long);
+        full.cap_sql(1 << 20);
+        assert_eq!(full.sql_sha256, None);
+        assert_eq!(full.sql_text.as_deref(), Some(long.as_str()));
+        assert!(full.flags.is_empty());
+    }
+
+    #[test]
+    fn the_hash_is_sha256_of_the_whole_text_and_rows_without_sql_have_none() {
+        let mut e = statement("select 1");
+        e.cap_sql(4);
+        assert_eq!(e.sql_text.as_deref(), Some("sele"));
+        // `printf 'select 1' | sha256sum`
+        assert_eq!(
+            e.sql_sha256.as_deref(),
+            Some("822ae07d4783158bc1912bb623e5107cc9002d519e1143a9c200ed6ee18b6d0f")
+        );
+        let mut c = Event::new(EventKind::Connection, SystemTime::UNIX_EPOCH, "h");
+        c.cap_sql(1024);
+        assert_eq!(c.sql_sha256, None);
     }
 }

@@ -62,8 +62,8 @@ mod writer;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     AuditConfig, DEFAULT_BATCH_WINDOW_MS, DEFAULT_CHANNEL_CAPACITY, DEFAULT_INTENT_TIMEOUT_S,
-    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PENDING_INTENTS, DEFAULT_ROW_GROUP_ROWS,
-    DEFAULT_SEGMENT_BYTES, Durability, OnAuditFailure,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PENDING_INTENTS, DEFAULT_MAX_SQL_BYTES,
+    DEFAULT_ROW_GROUP_ROWS, DEFAULT_SEGMENT_BYTES, Durability, MIN_MAX_SQL_BYTES, OnAuditFailure,
 };
 pub use connection::ConnectionIdentity;
 pub use error::{AuditError, JournalFailure, Shared, StartFailure, WriterFailure};

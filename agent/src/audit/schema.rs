@@ -46,7 +46,7 @@ use self::convert::micros;
 use self::convert::{ColumnValue, field};
 
 /// The schema version this build writes; bumped whenever columns are added.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// Key-value metadata key holding [`SCHEMA_VERSION`] in every Parquet file.
 pub const META_SCHEMA_VERSION: &str = "snowtrail.schema_version";
 
@@ -208,11 +208,11 @@ columns! {
     sni: Option<String>, dict = true, ocsf = Some("dst_endpoint.hostname"),
         "The TLS server name the client sent.";
     connection_mode: Option<ConnectionMode>, dict = true, ocsf = None,
-        "intercepted or passthrough (connection events).";
+        "How a connection was carried (connection events): intercepted, passthrough, refused.";
     connection_id: Option<u64>, dict = false, ocsf = Some("connection_info.uid"),
         "The agent's id of the connection; joins the events of one connection.";
     close_reason: Option<CloseReason>, dict = true, ocsf = None,
-        "Why a connection ended: completed, error: <what failed>, idle_timeout, shutdown, denied: unidentified traffic, connect_failed: <io error kind>, connect_timeout.";
+        "Why a connection ended: completed, error: <what failed>, idle_timeout, shutdown, denied: unidentified traffic, denied: unverified destination, connect_failed: <io error kind>, connect_timeout.";
     account: Option<String>, dict = true, ocsf = Some("cloud.account.uid"),
         "Snowflake account.";
     login_user: Option<String>, dict = true, ocsf = Some("user.name"),
@@ -280,7 +280,7 @@ columns! {
     bytes_out: Option<u64>, dict = false, ocsf = Some("traffic.bytes_in"),
         "Bytes the agent wrote to the client, TLS records included.";
     flags: Vec<Flag>, dict = true, ocsf = None,
-        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, rows_truncated, identity_unverified, audit_gap, too_many_holds, result_refused.";
+        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, hello_incomplete, hello_oversized, sql_truncated, rows_truncated, identity_unverified, audit_gap, too_many_holds, result_refused.";
     lifecycle_action: Option<LifecycleAction>, dict = true, ocsf = None,
         "For lifecycle events: start, stop, audit_gap, policy_reload, policy_rejected.";
     detail: Option<String>, dict = false, ocsf = Some("message"),
@@ -313,6 +313,10 @@ columns! {
         "Plaintext result bytes kept in the statement's recording (schema 3).";
     recording_bytes_seen: Option<u64>, dict = false, ocsf = None,
         "Result bytes the agent saw for the statement's recording (schema 3).";
+    sql_sha256: Option<String>, dict = false, ocsf = None,
+        "For a statement whose text was longer than audit.max_sql_bytes (sql_text holds its start, flagged sql_truncated): the SHA-256 (hex) of the whole text (schema 4).";
+    attempts: Option<u32>, dict = false, ocsf = None,
+        "For a statement: how many times the driver sent it with the same request id (a retry after HTTP 5xx, a timeout or an expired session); 1 without a retry. The row holds the last attempt's outcome (schema 4).";
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -446,6 +450,14 @@ mod tests {
         assert_eq!(
             listed("lifecycle_action", "For lifecycle events: "),
             actions
+        );
+        let modes: Vec<&str> = ConnectionMode::ALL.iter().map(|m| m.as_str()).collect();
+        assert_eq!(
+            listed(
+                "connection_mode",
+                "How a connection was carried (connection events): "
+            ),
+            modes
         );
     }
 

@@ -161,6 +161,15 @@ words! {
         NotTls => "not_tls",
         /// The ClientHello named no server (no SNI).
         NoSni => "no_sni",
+        /// The ClientHello did not arrive whole within `proxy.hello_timeout_ms` (sent late, in
+        /// pieces too slowly, or cut short): the connection was refused.
+        HelloIncomplete => "hello_incomplete",
+        /// The ClientHello was longer than the agent reads to find the server name: the
+        /// connection was refused.
+        HelloOversized => "hello_oversized",
+        /// The statement's text was longer than `audit.max_sql_bytes`: `sql_text` holds its
+        /// start, `sql_sha256` identifies the whole.
+        SqlTruncated => "sql_truncated",
         /// A truncating row limit cut the result: `rows_produced` counts the rows delivered.
         RowsTruncated => "rows_truncated",
         /// The session's human identity token could not be verified; `human_identity` is what
@@ -240,6 +249,8 @@ words! {
         Intercepted => "intercepted",
         /// The bytes were carried untouched to the original destination.
         Passthrough => "passthrough",
+        /// The agent refused the connection (a reset): nothing of it reached the destination.
+        Refused => "refused",
     }
 }
 
@@ -255,9 +266,14 @@ pub enum CloseReason {
     IdleTimeout,
     /// The daemon stopped and its drain period ran out (`shutdown`).
     Shutdown,
-    /// The connection was neither TLS with a server name nor allowed through as such, and
-    /// `tls.unidentified = "deny"` reset it (`denied: unidentified traffic`).
+    /// The agent could not tell where the connection goes (no SNI, not TLS, a ClientHello not
+    /// received whole) and reset it (`denied: unidentified traffic`); the flags say which.
     DeniedUnidentified,
+    /// The connection named a server that is not intercepted, but its destination could not be
+    /// shown to be that server (no certificate valid for the name under the trusted roots), so
+    /// the agent reset it rather than pass it through (`denied: unverified destination`); the
+    /// event's `error_message` says what the check found.
+    DeniedUnverified,
     /// The original destination refused or failed the connection; the text is the I/O error's
     /// kind (`connect_failed: <kind>`, e.g. `connect_failed: connection refused`).
     ConnectFailed(String),
@@ -269,6 +285,7 @@ impl CloseReason {
     const ERROR: &'static str = "error: ";
     const CONNECT_FAILED: &'static str = "connect_failed: ";
     const DENIED_UNIDENTIFIED: &'static str = "denied: unidentified traffic";
+    const DENIED_UNVERIFIED: &'static str = "denied: unverified destination";
 
     /// The reason of a connection to the original destination that failed with `kind`.
     pub fn connect_failed(kind: std::io::ErrorKind) -> Self {
@@ -286,6 +303,7 @@ impl Term for CloseReason {
             CloseReason::IdleTimeout => Cow::Borrowed("idle_timeout"),
             CloseReason::Shutdown => Cow::Borrowed("shutdown"),
             CloseReason::DeniedUnidentified => Cow::Borrowed(Self::DENIED_UNIDENTIFIED),
+            CloseReason::DeniedUnverified => Cow::Borrowed(Self::DENIED_UNVERIFIED),
             CloseReason::ConnectFailed(kind) => {
                 Cow::Owned(format!("{}{kind}", Self::CONNECT_FAILED))
             }
@@ -300,6 +318,7 @@ impl Term for CloseReason {
             "shutdown" => CloseReason::Shutdown,
             "connect_timeout" => CloseReason::ConnectTimeout,
             Self::DENIED_UNIDENTIFIED => CloseReason::DeniedUnidentified,
+            Self::DENIED_UNVERIFIED => CloseReason::DeniedUnverified,
             _ => {
                 if let Some(e) = s.strip_prefix(Self::ERROR) {
                     CloseReason::Error(e.to_owned())
@@ -344,6 +363,7 @@ mod tests {
             CloseReason::IdleTimeout,
             CloseReason::Shutdown,
             CloseReason::DeniedUnidentified,
+            CloseReason::DeniedUnverified,
             CloseReason::connect_failed(std::io::ErrorKind::ConnectionRefused),
             CloseReason::ConnectTimeout,
         ]
@@ -365,6 +385,7 @@ mod tests {
                 | CloseReason::IdleTimeout
                 | CloseReason::Shutdown
                 | CloseReason::DeniedUnidentified
+                | CloseReason::DeniedUnverified
                 | CloseReason::ConnectFailed(_)
                 | CloseReason::ConnectTimeout => {}
             }
@@ -387,6 +408,9 @@ mod tests {
                 "tls_untrusted",
                 "not_tls",
                 "no_sni",
+                "hello_incomplete",
+                "hello_oversized",
+                "sql_truncated",
                 "rows_truncated",
                 "identity_unverified",
                 "audit_gap",
@@ -421,6 +445,7 @@ mod tests {
         );
         assert_eq!(ConnectionMode::Intercepted.to_string(), "intercepted");
         assert_eq!(ConnectionMode::Passthrough.to_string(), "passthrough");
+        assert_eq!(ConnectionMode::Refused.to_string(), "refused");
         let recording: Vec<&str> = RecordingStatus::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(recording, ["full", "truncated", "off", "failed"]);
         let reasons: Vec<String> = close_reasons().iter().map(|r| r.to_string()).collect();
@@ -433,6 +458,7 @@ mod tests {
                 "idle_timeout",
                 "shutdown",
                 "denied: unidentified traffic",
+                "denied: unverified destination",
                 "connect_failed: connection refused",
                 "connect_timeout",
             ]

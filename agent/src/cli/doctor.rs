@@ -219,7 +219,104 @@ fn collect(config_path: Option<&Path>, socket: Option<&Path>) -> Vec<Check> {
         .map(Path::to_path_buf)
         .unwrap_or(config.control_socket);
     checks.push(daemon_check(&socket));
+    if let Some(c) = containment_check(&socket) {
+        checks.push(c);
+    }
     checks
+}
+
+/// What doctor saw of one enrolled cgroup, for [`containment_verdict`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contained {
+    /// The cgroup's path below the cgroup2 mount.
+    pub cgroup: String,
+    /// Its processes (and its descendants') whose effective uid is 0.
+    pub root_pids: Vec<u32>,
+    /// The uid that owns the cgroup's directory or its `cgroup.procs`, when not root: a user to
+    /// whom the cgroup is delegated can make cgroups of their own beside the enrolled ones.
+    pub delegated_to: Option<u32>,
+}
+
+/// Reads each enrolled cgroup's processes and owner; `None` when the daemon cannot be asked (the
+/// daemon check says so already).
+fn containment_check(socket: &Path) -> Option<Check> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mount = crate::cgroup::mount_point().ok()?;
+    let reply = Client::connect(socket)
+        .and_then(|mut c| c.call(&Request::List))
+        .ok()?;
+    let Reply::List { enrollments } = reply else {
+        return None;
+    };
+    let seen: Vec<Contained> = enrollments
+        .iter()
+        .map(|l| {
+            let dir = mount.join(l.enrollment.cgroup.trim_start_matches('/'));
+            let root_pids = crate::cgroup::procs_recursive(&dir)
+                .into_iter()
+                .filter(|pid| effective_uid(*pid) == Some(0))
+                .collect();
+            let owner = |p: &Path| std::fs::metadata(p).ok().map(|m| m.uid());
+            let delegated_to = [owner(&dir), owner(&dir.join("cgroup.procs"))]
+                .into_iter()
+                .flatten()
+                .find(|uid| *uid != 0);
+            Contained {
+                cgroup: l.enrollment.cgroup.clone(),
+                root_pids,
+                delegated_to,
+            }
+        })
+        .collect();
+    Some(containment_verdict(&seen))
+}
+
+/// The effective uid of process `pid`, from `/proc/<pid>/status`.
+fn effective_uid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Whether the enrolled workloads can walk away from their enrollment: a process running as root
+/// can move itself to another cgroup (and read the agent's keys), and a user to whom a cgroup is
+/// delegated can create sibling cgroups outside it.
+pub fn containment_verdict(seen: &[Contained]) -> Check {
+    const NAME: &str = "containment";
+    let mut problems = Vec::new();
+    for c in seen {
+        if !c.root_pids.is_empty() {
+            let shown: Vec<String> = c.root_pids.iter().take(5).map(u32::to_string).collect();
+            problems.push(format!(
+                "{}: {} process(es) run as root (pid {}{})",
+                c.cgroup,
+                c.root_pids.len(),
+                shown.join(", "),
+                if c.root_pids.len() > 5 { ", ..." } else { "" }
+            ));
+        }
+        if let Some(uid) = c.delegated_to {
+            problems.push(format!("{}: delegated to uid {uid}", c.cgroup));
+        }
+    }
+    if problems.is_empty() {
+        return Check::pass(
+            NAME,
+            format!(
+                "{} enrolled cgroup(s); none runs a process as root or is delegated",
+                seen.len()
+            ),
+        );
+    }
+    Check::warn(
+        NAME,
+        format!(
+            "enrolled workloads could leave their cgroup: {}",
+            problems.join("; ")
+        ),
+        "run workloads as an unprivileged user (`snowtrail exec --user USER`, or User= in the \
+         unit), and do not delegate enrolled cgroups (Delegate=no)",
+    )
 }
 
 /// The kernel release against [`MIN_KERNEL`].
@@ -638,6 +735,42 @@ mod tests {
             checks[1]
         );
         assert!(broker_checks(&crate::broker::BrokerConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn containment_warns_of_root_processes_and_delegation() {
+        let clean = Contained {
+            cgroup: "/svc/etl".into(),
+            root_pids: vec![],
+            delegated_to: None,
+        };
+        let c = containment_verdict(std::slice::from_ref(&clean));
+        assert_eq!(c.status, Verdict::Pass, "{c:?}");
+        let rooted = Contained {
+            cgroup: "/snowtrail/exec/r1".into(),
+            root_pids: (1..=7).collect(),
+            delegated_to: None,
+        };
+        let delegated = Contained {
+            cgroup: "/user.slice/app".into(),
+            root_pids: vec![],
+            delegated_to: Some(1000),
+        };
+        let c = containment_verdict(&[clean, rooted, delegated]);
+        assert_eq!(c.status, Verdict::Warn);
+        assert!(
+            c.detail
+                .contains("/snowtrail/exec/r1: 7 process(es) run as root (pid 1, 2, 3, 4, 5, ...)"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail.contains("/user.slice/app: delegated to uid 1000"),
+            "{}",
+            c.detail
+        );
+        assert!(!c.detail.contains("/svc/etl"), "{}", c.detail);
+        assert!(c.fix.as_deref().is_some_and(|f| f.contains("--user")));
     }
 
     #[test]

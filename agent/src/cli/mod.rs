@@ -63,12 +63,22 @@ enum Command {
     /// The command's environment gets REQUESTS_CA_BUNDLE, SSL_CERT_FILE and NODE_EXTRA_CA_CERTS
     /// pointing at a bundle of the system's roots plus the agent's CA, so Python (4.x and 5.x)
     /// and Node drivers trust the agent's certificates.
+    ///
+    /// Run the workload as an unprivileged user (`--user`): a process running as root can move
+    /// itself out of its cgroup, and read the agent's keys.
     Exec {
         #[command(flatten)]
         who: Who,
         /// Leave the command's CA environment variables alone.
         #[arg(long)]
         no_ca_env: bool,
+        /// Run the command as this user (name or uid), with the user's groups, once it is in
+        /// its cgroup; HOME, USER and LOGNAME are set to the user's.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// The command's primary group (name or gid); default: the user's own.
+        #[arg(long, value_name = "GROUP", requires = "user")]
+        group: Option<String>,
         /// The command and its arguments (after `--`).
         #[arg(
             required = true,
@@ -392,11 +402,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec {
             who,
             no_ca_env,
+            user,
+            group,
             command,
         } => {
+            // Who the command runs as is settled before anything is enrolled.
+            let run_as = user
+                .map(|u| exec::RunAs::lookup(&u, group.as_deref()))
+                .transpose()?;
             let client = connect(&cli.config, &cli.control_socket, "exec")?;
             let labels = crate::enroll::labels_from(who.labels)?;
-            exec::run(client, who.identity, labels, !no_ca_env, &command)
+            exec::run(
+                client,
+                exec::Spec {
+                    identity: who.identity,
+                    labels,
+                    ca_env: !no_ca_env,
+                    run_as,
+                },
+                &command,
+            )
         }
         Command::Unenroll { cgroup, identity } => {
             let mut client = connect(&cli.config, &cli.control_socket, "unenroll")?;

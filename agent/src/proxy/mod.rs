@@ -50,6 +50,10 @@ pub struct Inputs {
     pub tls: Option<Arc<transport::tls::TlsInputs>>,
     /// What happens to connections without SNI or not TLS.
     pub unidentified: crate::config::Unidentified,
+    /// Destinations connections may reach unidentified or unverified (`tls.allow_unverified`).
+    pub allow_unverified: Vec<crate::config::Destination>,
+    /// The check that a passed-through connection reaches the server it names.
+    pub vouch: Arc<transport::vouch::Vouch>,
     /// The layer above the transport: which server names are intercepted, and who serves the
     /// exchanges of an intercepted connection.
     pub exchanges: Arc<dyn transport::ExchangeHandler>,

@@ -15,6 +15,9 @@ pub enum Peeked {
     Incomplete,
     /// The bytes are not a TLS handshake.
     NotTls,
+    /// A TLS handshake whose ClientHello is longer than [`MAX_HELLO`]: the agent will not read
+    /// that far to find out where the connection goes.
+    Oversized,
     /// A ClientHello.
     Hello(HelloInfo),
 }
@@ -68,7 +71,7 @@ pub fn peek(buf: &[u8]) -> Peeked {
                 };
             }
             if 4 + body_len > MAX_HELLO {
-                return Peeked::NotTls;
+                return Peeked::Oversized;
             }
         }
     }
@@ -189,6 +192,16 @@ mod tests {
     fn an_ip_literal_hello_has_no_sni() {
         let bytes = hello("127.0.0.1", &[]);
         assert_eq!(peek(&bytes), Peeked::Hello(HelloInfo::default()));
+    }
+
+    #[test]
+    fn a_hello_longer_than_the_agent_reads_is_oversized_from_its_first_record() {
+        // A handshake header announcing a ClientHello of 20,000 bytes, in a first record of 4.
+        let body_len: u32 = 20_000;
+        let mut v = vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01];
+        v.extend_from_slice(&body_len.to_be_bytes()[1..]);
+        assert_eq!(peek(&v), Peeked::Oversized);
+        assert_eq!(peek(&v[..8]), Peeked::Incomplete);
     }
 
     #[test]

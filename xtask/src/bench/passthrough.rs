@@ -1,6 +1,7 @@
 //! Passthrough bulk transfer: one TLS stream from a server whose name is not Snowflake's, received
 //! directly and through the agent (the client enrolled, its connection to port 443 redirected; the
-//! agent reads the ClientHello, sees a host it does not intercept, and splices the bytes). Reports
+//! agent reads the ClientHello, sees a host it does not intercept, checks once that the server
+//! holds a certificate for that name, and splices the bytes). Reports
 //! the throughput of each, their ratio, and the agent's CPU seconds per GB carried (user plus
 //! system time of the daemon, from `/proc/<pid>/stat`, before and after its runs).
 
@@ -37,7 +38,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         bin: &snowtrail,
         dir: dir.join("daemon"),
         listen_port: LISTEN_PORT,
-        extra: String::new(),
+        // The agent passes a connection through only to a server that proves the name it was
+        // asked for, so it must trust the bulk server's CA as a workload's upstream would.
+        extra: format!(
+            "[tls]\nupstream_extra_roots = [{:?}]\n",
+            ca_dir.join("ca.pem").display().to_string()
+        ),
     })?;
     let bytes: u64 = if ctx.quick { 1 << 30 } else { 4 << 30 };
     let rounds = if ctx.quick { 2 } else { 3 };

@@ -514,6 +514,8 @@ fields! {
     recording: Option<RecordingStatus>,
     recording_bytes_kept: Option<u64>,
     recording_bytes_seen: Option<u64>,
+    sql_sha256: Option<String>,
+    attempts: Option<u32>,
 }
 
 /// Bytes before the first field: format, kind, field count.
@@ -793,14 +795,24 @@ mod tests {
             .collect();
         let e = previous_build_event();
         assert_eq!(decode(&bytes).unwrap(), e);
+        // This build writes the same record with the fields added since (schema 4:
+        // `sql_sha256`, `attempts`) appended, absent.
+        const ADDED: &[&str] = &["sql_sha256", "attempts"];
+        let mut expected = bytes.clone();
+        let count = u16::from_le_bytes([bytes[2], bytes[3]]) + ADDED.len() as u16;
+        expected[2..4].copy_from_slice(&count.to_le_bytes());
+        expected.extend(std::iter::repeat_n(0u8, ADDED.len()));
         let mut again = Vec::new();
         encode(&mut again, false, &e);
-        assert_eq!(again, bytes);
+        assert_eq!(again, expected);
+        assert_eq!(&FIELDS[FIELDS.len() - ADDED.len()..], ADDED);
         assert_eq!(
             serde_json::from_str::<Event>(PREVIOUS_BUILD_JSON).unwrap(),
             e
         );
-        assert_eq!(serde_json::to_string(&e).unwrap(), PREVIOUS_BUILD_JSON);
+        let added: String = ADDED.iter().map(|f| format!(",\"{f}\":null")).collect();
+        let json = format!("{}{added}}}", PREVIOUS_BUILD_JSON.trim_end_matches('}'));
+        assert_eq!(serde_json::to_string(&e).unwrap(), json);
     }
 
     #[test]

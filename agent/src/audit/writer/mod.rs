@@ -114,6 +114,7 @@ pub struct WriterOptions {
 #[derive(Clone)]
 pub struct AuditWriter {
     tx: mpsc::Sender<Msg>,
+    max_sql_bytes: usize,
     health: Arc<Health>,
     core: Arc<Core>,
     digests: Arc<Mutex<DigestLog>>,
@@ -232,7 +233,8 @@ impl EventSink for AuditWriter {
 }
 
 impl AuditWriter {
-    fn send(&self, event: Event, msg: fn(Box<Event>, AckTx) -> Msg) -> Ack {
+    fn send(&self, mut event: Event, msg: fn(Box<Event>, AckTx) -> Msg) -> Ack {
+        event.cap_sql(self.max_sql_bytes);
         let (ack_tx, ack_rx) = oneshot::channel();
         let recv = async move { ack_rx.await.unwrap_or(Err(AuditError::Closed)) };
         match self.tx.try_send(msg(Box::new(event), ack_tx)) {
@@ -464,6 +466,7 @@ fn start_blocking(opts: WriterOptions) -> Result<(AuditWriter, WriterTask), Audi
 
     let writer = AuditWriter {
         tx: tx.clone(),
+        max_sql_bytes: opts.config.max_sql_bytes,
         health,
         core: core.clone(),
         digests,

@@ -23,8 +23,9 @@ use tokio::io::AsyncReadExt as _;
 use super::passthrough::{self, CloseReason};
 use super::replay::Prefixed;
 use super::tls;
+use super::vouch::Unvouched;
 use crate::audit::{ConnectionMode, Decision, Event, EventKind, Flag};
-use crate::config::Unidentified;
+use crate::config::{Unidentified, destination};
 use crate::proxy::{Error, Inputs};
 use crate::redirect::Origin;
 use crate::tls::client_hello::{self, MAX_HELLO, Peeked};
@@ -215,28 +216,53 @@ async fn serve(
                 (Some(sni), Some(_)) if inputs.exchanges.intercepts(origin.cgroup_id, &sni) => {
                     Route::Intercept(sni)
                 }
-                (Some(_), _) => Route::Passthrough,
+                (Some(sni), _) => Route::Passthrough(Some(sni)),
                 (None, _) => {
-                    event.flags.push(Flag::NoSni);
-                    Route::Unidentified
+                    event.add_flag(Flag::NoSni);
+                    Route::Unidentified { whole: true }
                 }
             }
         }
-        Peeked::NotTls | Peeked::Incomplete => {
-            event.flags.push(Flag::NotTls);
-            Route::Unidentified
+        Peeked::NotTls => {
+            event.add_flag(Flag::NotTls);
+            Route::Unidentified { whole: true }
+        }
+        Peeked::Incomplete => {
+            event.add_flag(Flag::HelloIncomplete);
+            Route::Unidentified { whole: false }
+        }
+        Peeked::Oversized => {
+            event.add_flag(Flag::HelloOversized);
+            Route::Unidentified { whole: false }
         }
     };
-    let route = match (route, inputs.unidentified) {
-        (Route::Unidentified, Unidentified::Deny) => {
-            event.decision = Some(Decision::Deny);
-            event.close_reason = Some(CloseReason::DeniedUnidentified);
+    let route = match admit(&inputs, route, dst).await {
+        Ok(route) => route,
+        Err(refusal) => {
+            match &refusal {
+                Refusal::Unidentified => {
+                    event.close_reason = Some(CloseReason::DeniedUnidentified);
+                    warn!(dst = %dst, flags = ?event.flags, "refused a connection that could not be identified");
+                }
+                Refusal::Unverified(why) => {
+                    event.close_reason = Some(CloseReason::DeniedUnverified);
+                    event.error_message = Some(why.to_string());
+                    warn!(dst = %dst, sni = ?event.sni, reason = %why, "refused a passthrough to a destination that is not the server named");
+                }
+                Refusal::ConnectFailed(kind) => {
+                    event.close_reason = Some(CloseReason::connect_failed(*kind));
+                }
+            }
+            if !matches!(refusal, Refusal::ConnectFailed(_)) {
+                event.decision = Some(Decision::Deny);
+                event.connection_mode = Some(ConnectionMode::Refused);
+            }
             event.success = Some(false);
+            event.bytes_in = Some(prefix.len() as u64);
+            event.bytes_out = Some(0);
             reset(client);
             return finish(&inputs, event, started).await;
         }
-        (Route::Unidentified, Unidentified::Passthrough) => Route::Passthrough,
-        (r, _) => r,
     };
     let connect_timeout = Duration::from_millis(inputs.config.connect_timeout_ms);
     let idle_timeout = Duration::from_secs(inputs.config.idle_timeout_s);
@@ -341,14 +367,52 @@ async fn finish(inputs: &Inputs, mut event: Event, started: Instant) {
 enum Route {
     /// A Snowflake (or configured) host: terminate TLS.
     Intercept(String),
-    /// Any other TLS server: carry bytes untouched.
-    Passthrough,
-    /// No SNI or not TLS: as `tls.unidentified` says.
+    /// Carry the bytes untouched; to a server of this name, if the connection named one.
+    Passthrough(Option<String>),
+    /// No SNI, not TLS (`whole`), or no whole ClientHello at all.
+    Unidentified {
+        /// Whether the first bytes were read whole (only those may pass as `tls.unidentified`
+        /// says).
+        whole: bool,
+    },
+}
+
+/// Why a connection is refused before anything of it is carried.
+enum Refusal {
+    /// The agent cannot tell where it goes.
     Unidentified,
+    /// It names a server its destination did not prove to be.
+    Unverified(Unvouched),
+    /// The destination could not be reached to check it.
+    ConnectFailed(std::io::ErrorKind),
+}
+
+/// Decides whether a connection may go the way its first bytes say: an intercepted one always;
+/// one to a destination in `tls.allow_unverified` always; an unidentified one as
+/// `tls.unidentified` says, if its first bytes came whole; a passthrough only to a destination
+/// that proves it is the server named ([`Vouch`]).
+async fn admit(inputs: &Inputs, route: Route, dst: SocketAddr) -> Result<Route, Refusal> {
+    match route {
+        Route::Intercept(_) => Ok(route),
+        _ if destination::any_contains(&inputs.allow_unverified, dst) => {
+            Ok(Route::Passthrough(None))
+        }
+        Route::Unidentified { whole: true } if inputs.unidentified == Unidentified::Passthrough => {
+            Ok(Route::Passthrough(None))
+        }
+        Route::Unidentified { .. } => Err(Refusal::Unidentified),
+        Route::Passthrough(None) => Ok(route),
+        Route::Passthrough(Some(sni)) => match inputs.vouch.check(&sni, dst).await {
+            Ok(()) => Ok(Route::Passthrough(Some(sni))),
+            Err(Unvouched::Connect(kind)) => Err(Refusal::ConnectFailed(kind)),
+            Err(why) => Err(Refusal::Unverified(why)),
+        },
+    }
 }
 
 /// Reads the client's first bytes until they tell what the connection is, the client stops
-/// sending, [`MAX_HELLO`] bytes were read, or `timeout` passes.
+/// sending, [`MAX_HELLO`] bytes were read (oversized), or `timeout` passes (incomplete: a
+/// ClientHello sent late or in slow pieces is never waited for past it).
 async fn read_hello(client: &mut TcpStream, timeout: Duration) -> (Vec<u8>, Peeked) {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = Vec::with_capacity(2048);
@@ -358,7 +422,13 @@ async fn read_hello(client: &mut TcpStream, timeout: Duration) -> (Vec<u8>, Peek
             Ok(Err(_)) | Err(_) => 0,
         };
         let peeked = client_hello::peek(&buf);
-        if n == 0 || peeked != Peeked::Incomplete || buf.len() >= MAX_HELLO {
+        if peeked != Peeked::Incomplete {
+            return (buf, peeked);
+        }
+        if buf.len() >= MAX_HELLO {
+            return (buf, Peeked::Oversized);
+        }
+        if n == 0 {
             return (buf, peeked);
         }
     }

@@ -1,7 +1,8 @@
 //! The proxy's transport layer: sockets, TLS and HTTP, knowing nothing of Snowflake.
 //!
 //! [`listener`] accepts the redirected connections, looks up their origin and decides from the
-//! ClientHello whether a connection is intercepted; [`passthrough`] splices the others;
+//! ClientHello whether a connection is intercepted, passed through or refused; [`vouch`] checks
+//! that a passed-through connection reaches the server it names; [`passthrough`] splices them;
 //! [`replay`] hands the peeked first bytes back to whoever reads the connection next; [`tls`]
 //! terminates TLS and serves HTTP with hyper; [`forward`] carries one exchange upstream; [`pool`] holds the upstream connections; [`body`]
 //! is the HTTP body type and the memory budget of inspection.
@@ -19,6 +20,7 @@ pub mod passthrough;
 pub mod pool;
 pub mod replay;
 pub mod tls;
+pub mod vouch;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -9,15 +9,16 @@ use super::{Setup, harness, has_flag};
 
 const TOKEN: &str = "tok-1";
 
-/// Today a retry after a 5xx is a statement of its own: the failed attempt is recorded (failed,
-/// `unparsed`) and the retry gets a second row with the same request id. A known weakness:
-/// when retries of one request id become one statement, this test changes with it.
+/// A retry after a 5xx is the same statement: one row, the intent's event id, the attempts
+/// counted and the last attempt's outcome, whatever the earlier attempts got.
 #[tokio::test(start_paused = true)]
-async fn known_weakness_a_retry_after_a_5xx_is_recorded_per_attempt() {
+async fn a_retry_after_a_5xx_is_one_statement_with_its_attempts_counted() {
     let h = harness(Setup::default());
     h.login(TOKEN).await;
-    h.upstream
-        .answer(wire::QUERY, Answer::text(503, "Service Unavailable"));
+    for _ in 0..3 {
+        h.upstream
+            .answer(wire::QUERY, Answer::text(503, "Service Unavailable"));
+    }
     h.upstream.answer(
         wire::QUERY,
         wire::rows("q-1", &[wire::column("N", "fixed")], json!([["1"]])),
@@ -25,29 +26,72 @@ async fn known_weakness_a_retry_after_a_5xx_is_recorded_per_attempt() {
     let sql = "insert into t select 1";
 
     let first = h.exchange(wire::query_request(TOKEN, "r-1", sql)).await;
-    let retry = h.exchange(wire::query_retry(TOKEN, "r-1", sql, 1)).await;
+    let mut answers = vec![first];
+    for n in 1..=3 {
+        answers.push(h.exchange(wire::query_retry(TOKEN, "r-1", sql, n)).await);
+    }
 
     // The client sees each attempt's answer as Snowflake sent it.
-    assert_eq!(first.status, 503);
-    assert_eq!(first.text(), "Service Unavailable");
-    assert_eq!(retry.json()["data"]["queryId"], "q-1");
-    // Both attempts went upstream, the retry flagged as such in its query string.
+    for failed in &answers[..3] {
+        assert_eq!(failed.status, 503);
+        assert_eq!(failed.text(), "Service Unavailable");
+    }
+    assert_eq!(answers[3].json()["data"]["queryId"], "q-1");
+    // Every attempt went upstream, the retries flagged as such in their query strings.
     let sent = h.upstream.received_at(wire::QUERY);
-    assert_eq!(sent.len(), 2);
-    assert!(sent[1].query.as_deref().unwrap().contains("retryCount=1"));
-    // Two rows for one request id: the failed attempt, and the retry's outcome.
+    assert_eq!(sent.len(), 4);
+    assert!(sent[3].query.as_deref().unwrap().contains("retryCount=3"));
+    // One row for the request id: the last attempt's outcome, four attempts.
     let queries = h.sink.queries();
-    assert_eq!(queries.len(), 2, "{queries:?}");
-    let (a, b) = (&queries[0], &queries[1]);
-    assert_eq!(a.request_id.as_deref(), Some("r-1"));
-    assert_eq!(b.request_id.as_deref(), Some("r-1"));
-    assert_ne!(a.event_id, b.event_id);
-    assert_eq!(a.success, Some(false));
-    assert!(has_flag(a, "unparsed"), "{:?}", a.flags);
-    assert_eq!(a.query_id, None);
-    assert_eq!(b.success, Some(true));
-    assert_eq!(b.query_id.as_deref(), Some("q-1"));
-    assert!(b.flags.is_empty(), "{:?}", b.flags);
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    let q = &queries[0];
+    assert_eq!(q.request_id.as_deref(), Some("r-1"));
+    assert_eq!(q.attempts, Some(4));
+    assert_eq!(q.success, Some(true));
+    assert_eq!(q.query_id.as_deref(), Some("q-1"));
+    assert!(q.flags.is_empty(), "{:?}", q.flags);
+    assert_eq!(q.error_message, None);
+    // No row of a failed attempt comes later.
+    tokio::time::advance(crate::proxy::exchange::statement::RETRY_WAIT * 2).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.sink.queries().len(), 1, "{:?}", h.sink.queries());
+}
+
+/// A 5xx the driver does not retry: the failed attempt is the statement's row once the retry
+/// wait passed, with what the upstream answered.
+#[tokio::test(start_paused = true)]
+async fn a_5xx_never_retried_is_recorded_after_the_retry_wait() {
+    let h = harness(Setup::default());
+    h.login(TOKEN).await;
+    h.upstream
+        .answer(wire::QUERY, Answer::text(500, "Internal Server Error"));
+    let got = h
+        .exchange(wire::query_request(TOKEN, "r-9", "select 9"))
+        .await;
+    assert_eq!(got.status, 500);
+    tokio::task::yield_now().await;
+    tokio::time::advance(
+        crate::proxy::exchange::statement::RETRY_WAIT - std::time::Duration::from_secs(1),
+    )
+    .await;
+    tokio::task::yield_now().await;
+    assert!(
+        h.sink.queries().is_empty(),
+        "recorded before the retry wait passed"
+    );
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    tokio::task::yield_now().await;
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    let q = &queries[0];
+    assert_eq!(q.success, Some(false));
+    assert_eq!(q.attempts, Some(1));
+    assert_eq!(q.sql_text.as_deref(), Some("select 9"));
+    assert!(has_flag(q, "unparsed"), "{:?}", q.flags);
+    assert_eq!(
+        q.error_message.as_deref(),
+        Some("HTTP 500 Internal Server Error")
+    );
 }
 
 /// A retry after `390112` (the session expired; the driver renews it and sends the statement

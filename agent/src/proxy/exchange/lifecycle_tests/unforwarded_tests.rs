@@ -47,6 +47,11 @@ async fn a_statement_whose_upstream_is_unreachable_gets_a_502_envelope() {
         })
     );
     assert_eq!(h.upstream.received_at(wire::QUERY).len(), 1);
+    // The driver retries a 502: the statement waits for the retry before its failure is its row.
+    assert!(h.sink.queries().is_empty(), "{:?}", h.sink.queries());
+    tokio::task::yield_now().await;
+    tokio::time::advance(crate::proxy::exchange::statement::RETRY_WAIT).await;
+    tokio::task::yield_now().await;
     // The statement's row says what the client was told.
     let queries = h.sink.queries();
     assert_eq!(queries.len(), 1, "{queries:?}");
@@ -58,6 +63,7 @@ async fn a_statement_whose_upstream_is_unreachable_gets_a_502_envelope() {
         Some("snowtrail: connect to 192.0.2.7:443: timed out")
     );
     assert!(!has_flag(q, "unparsed"), "{:?}", q.flags);
+    assert_eq!(q.attempts, Some(1));
 }
 
 #[tokio::test(start_paused = true)]

@@ -90,12 +90,21 @@ impl<V> Bounded<V> {
 /// How long a storage host learned from a query response stays intercepted for its cgroup.
 pub const LEARNED_HOST_TTL: Duration = Duration::from_secs(4 * 3600);
 
+/// A statement whose attempt failed the way drivers retry (HTTP 5xx), waiting for the retry.
+struct Retrying {
+    /// The statement to go on with when the retry comes (no outcome of the failed attempt).
+    next: Event,
+    /// Its row if no retry comes: the failed attempt's outcome.
+    failed: Event,
+}
+
 /// Sessions by token, and statements waiting for their outcome.
 pub struct Tracker {
     hasher: RandomState,
     sessions: Mutex<Bounded<Arc<TrackedSession>>>,
     by_query_id: Mutex<Bounded<Event>>,
     by_request_id: Mutex<Bounded<Event>>,
+    retrying: Mutex<Bounded<Retrying>>,
     due: Mutex<Bounded<Event>>,
     chunks: Mutex<Bounded<Arc<PendingResult>>>,
     learned: Mutex<Bounded<Instant>>,
@@ -111,6 +120,7 @@ impl Default for Tracker {
             sessions: Mutex::new(Bounded::new(MAX_SESSIONS)),
             by_query_id: Mutex::new(Bounded::new(MAX_PENDING)),
             by_request_id: Mutex::new(Bounded::new(MAX_PENDING)),
+            retrying: Mutex::new(Bounded::new(MAX_PENDING)),
             due: Mutex::new(Bounded::new(MAX_PENDING)),
             chunks: Mutex::new(Bounded::new(MAX_PENDING)),
             learned: Mutex::new(Bounded::new(MAX_SESSIONS)),
@@ -244,9 +254,32 @@ impl Tracker {
             .is_some_and(|until| Instant::now() < *until)
     }
 
-    /// Takes the statement parked under `request_id`.
+    /// Takes the statement parked under `request_id`: after a session renewal, or after an
+    /// attempt that failed with HTTP 5xx (the statement without that attempt's outcome).
     pub fn take_request(&self, request_id: &str) -> Option<Event> {
-        lock(&self.by_request_id).take(request_id)
+        if let Some(e) = lock(&self.by_request_id).take(request_id) {
+            return Some(e);
+        }
+        lock(&self.retrying).take(request_id).map(|r| r.next)
+    }
+
+    /// Parks a statement whose attempt failed with HTTP 5xx until the driver sends it again with
+    /// the same request id: `next` goes on with the retry, `failed` is its row if none comes
+    /// (docs/decisions.md §10).
+    pub fn park_retry(&self, request_id: &str, next: Event, failed: Event) {
+        lock(&self.retrying).insert(request_id.to_owned(), Retrying { next, failed });
+    }
+
+    /// The failed attempt's row of the statement parked under `request_id`, if no retry took it
+    /// since attempt number `attempt` was parked.
+    pub fn take_unretried(&self, request_id: &str, attempt: Option<u32>) -> Option<Event> {
+        let mut m = lock(&self.retrying);
+        if m.get(request_id)
+            .is_some_and(|r| r.next.attempts == attempt)
+        {
+            return m.take(request_id).map(|r| r.failed);
+        }
+        None
     }
 }
 

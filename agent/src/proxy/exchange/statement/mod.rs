@@ -21,7 +21,7 @@ mod follow_up;
 
 use std::future::Future;
 use std::ops::ControlFlow::{Break, Continue};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response};
 use tracing::warn;
@@ -40,6 +40,11 @@ use crate::snowflake::{self, QueryStatus, Refusal};
 
 pub(in crate::proxy::exchange) use self::completion::session_ended;
 pub(in crate::proxy::exchange) use self::follow_up::{abort, monitoring, poll};
+
+/// How long a statement whose attempt failed with HTTP 5xx waits for the driver to send it again
+/// (same request id) before its failure is recorded: drivers back off at most 16 s between
+/// attempts (docs/decisions.md §10).
+pub(in crate::proxy::exchange) const RETRY_WAIT: Duration = Duration::from_secs(60);
 
 pub(super) async fn query<F, Fut>(
     req: Request<Body>,
@@ -62,10 +67,14 @@ where
         .as_deref()
         .and_then(|r| ins.tracker.take_request(r));
     let mut event = match retried {
-        Some(e) => e,
+        Some(mut e) => {
+            e.attempts = Some(e.attempts.unwrap_or(1).saturating_add(1));
+            e
+        }
         None => {
             let mut e = ctx.event(EventKind::Query, SystemTime::now(), session.as_deref());
             e.request_id.clone_from(&request_id);
+            e.attempts = Some(1);
             e
         }
     };
@@ -130,6 +139,11 @@ where
     let body = tagging::query_body(&mut parts, raw, &decoded, session.as_deref(), &ctx.base);
     let resp = send(Request::from_parts(parts, body)).await;
     let status = resp.status();
+    if status.is_server_error()
+        && let Some(rid) = request_id.as_deref()
+    {
+        return attempt_failed(ctx, event, rid, resp, started).await;
+    }
 
     match read_response(resp, &ins.limits).await {
         Buffered::Read {
@@ -205,6 +219,60 @@ where
             uninspected(ctx, event, session.as_deref(), shaping.as_ref(), resp)
         }
     }
+}
+
+/// An attempt the upstream (or the agent, for an upstream it could not reach) answered with HTTP
+/// 5xx, which drivers retry with the same request id: the answer goes to the driver as it came,
+/// and the statement waits [`RETRY_WAIT`] for the retry, which goes on with the same event.
+/// Without one, the failed attempt is the statement's row.
+async fn attempt_failed(
+    ctx: &ConnCtx,
+    event: Event,
+    request_id: &str,
+    resp: Response<Body>,
+    started: Instant,
+) -> Response<Body> {
+    let ins = &ctx.shared;
+    let status = resp.status();
+    let mut failed = event.clone();
+    failed.success = Some(false);
+    failed.duration_ms = elapsed_ms(started);
+    let resp = match read_response(resp, &ins.limits).await {
+        Buffered::Read {
+            parts,
+            raw,
+            decoded,
+        } => {
+            match decoded.as_deref().map(snowflake::parse_query_response) {
+                Some(Ok(r)) => {
+                    failed.error_code = r.error_code.or(r.code);
+                    failed.sql_state = r.sql_state;
+                    failed.error_message = r.message;
+                }
+                _ => failed.add_flag(Flag::Unparsed),
+            }
+            Response::from_parts(parts, raw.into_body())
+        }
+        Buffered::Streamed(resp) => {
+            failed.add_flag(Flag::Uninspected);
+            resp
+        }
+    };
+    if failed.error_message.is_none() {
+        failed.error_message = Some(format!("HTTP {status}"));
+    }
+    failed.recording = Some(crate::recording::Status::Off);
+    let attempt = event.attempts;
+    ins.tracker.park_retry(request_id, event, failed);
+    let shared = ins.clone();
+    let request_id = request_id.to_owned();
+    tokio::spawn(async move {
+        tokio::time::sleep(RETRY_WAIT).await;
+        if let Some(failed) = shared.tracker.take_unretried(&request_id, attempt) {
+            complete(&shared, failed);
+        }
+    });
+    resp
 }
 
 async fn refuse_query(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {

@@ -1,0 +1,220 @@
+//! An enrolled workload that tries to reach Snowflake around the agent, the way a hostile or
+//! careless one would, under `snowtrail exec` against the fake Snowflake behind TLS. Each attempt
+//! logs in and sends a statement; the proof is the fake's own log of what it received: nothing
+//! the audit lacks. Root only (real cgroups, real redirect).
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use serde_json::Value;
+use snowtrail_tests::session::{self, ACCOUNT_HOST, PASSWORD};
+use snowtrail_tests::wait_for;
+
+const PORT_BASE: u16 = 29_680;
+const IP: [u8; 4] = [127, 77, 12, 1];
+
+/// The attacker: logs in and runs one statement over one TLS connection it drives by hand (a
+/// memory BIO), so it can send its ClientHello late, in pieces, under another name or none. One
+/// JSON line: its pid, and what came back or the error.
+const ATTACK_PY: &str = r#"
+import json, os, socket, ssl, sys, time
+ip, host, password, mode, sql = sys.argv[1:6]
+out = {"mode": mode, "pid": os.getpid()}
+
+def context(verify):
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+def session(name, verify, first=None, pause=0.0, delay=0.0):
+    """A TLS connection to ip:443 named `name` (None: no SNI). The ClientHello is sent after
+    `delay` seconds, its first `first` bytes then the rest after `pause` seconds."""
+    s = socket.create_connection((ip, 443), timeout=20)
+    inc, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context(verify).wrap_bio(inc, outb, server_hostname=name)
+    time.sleep(delay)
+    hello_sent = False
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pending = outb.read()
+            if pending:
+                if not hello_sent and first is not None:
+                    s.sendall(pending[:first])
+                    time.sleep(pause)
+                    s.sendall(pending[first:])
+                else:
+                    s.sendall(pending)
+                hello_sent = True
+            data = s.recv(65536)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            inc.write(data)
+    pending = outb.read()
+    if pending:
+        s.sendall(pending)
+    return s, tls, inc, outb
+
+def exchange(conn, method, path, body, token=None):
+    s, tls, inc, outb = conn
+    payload = json.dumps(body).encode()
+    head = "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: %d\r\n" % (method, path, host, len(payload))
+    if token:
+        head += 'Authorization: Snowflake Token="%s"\r\n' % token
+    tls.write(head.encode() + b"\r\n" + payload)
+    s.sendall(outb.read())
+    got = b""
+    while True:
+        try:
+            chunk = tls.read(65536)
+            got += chunk
+        except ssl.SSLWantReadError:
+            data = s.recv(65536)
+            if not data:
+                break
+            inc.write(data)
+            continue
+        head_end = got.find(b"\r\n\r\n")
+        if head_end >= 0:
+            headers = got[:head_end].decode("latin-1").lower()
+            length = [int(l.split(":")[1]) for l in headers.split("\r\n") if l.startswith("content-length:")]
+            if length and len(got) >= head_end + 4 + length[0]:
+                return json.loads(got[head_end + 4:head_end + 4 + length[0]])
+    raise ConnectionError("no whole answer")
+
+try:
+    if mode == "late_hello":
+        conn = session(host, True, delay=2.5)
+    elif mode == "split_slow":
+        conn = session(host, True, first=60, pause=2.5)
+    elif mode == "split_quick":
+        conn = session(host, True, first=60, pause=0.3)
+    elif mode == "foreign_sni":
+        conn = session("bypass.example.com", False)
+    elif mode == "no_sni":
+        conn = session(None, False)
+    else:
+        raise ValueError(mode)
+    login = exchange(conn, "POST", "/session/v1/login-request?requestId=a1",
+                     {"data": {"LOGIN_NAME": "attacker", "PASSWORD": password, "ACCOUNT_NAME": "xy12345",
+                               "CLIENT_APP_ID": "PythonConnector", "CLIENT_APP_VERSION": "4.8.1"}})
+    token = login["data"]["token"]
+    answer = exchange(conn, "POST", "/queries/v1/query-request?requestId=b2",
+                      {"sqlText": sql, "sequenceId": 1}, token)
+    out["success"] = answer.get("success")
+except Exception as e:
+    out["error"] = "%s: %s" % (type(e).__name__, e)
+print(json.dumps(out), flush=True)
+"#;
+
+fn attack(s: &session::Setup, mode: &str, sql: &str) -> anyhow::Result<Value> {
+    let ip = format!("{}.{}.{}.{}", IP[0], IP[1], IP[2], IP[3]);
+    let mut inner = Command::new("python3");
+    inner.args(["-c", ATTACK_PY, &ip, ACCOUNT_HOST, PASSWORD, mode, sql]);
+    let out = s.daemon.exec_command("e2e-bypass", &inner).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "{mode}: no report; stdout {text}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn connection_of(s: &session::Setup, pid: Option<u64>) -> anyhow::Result<Value> {
+    wait_for(Duration::from_secs(20), || {
+        s.daemon
+            .events()
+            .into_iter()
+            .find(|e| e["tgid"].as_u64() == pid && e["event_kind"] == "connection")
+    })
+    .with_context(|| format!("no connection event for pid {pid:?}"))
+}
+
+#[test]
+fn a_workload_cannot_reach_snowflake_around_the_audit() -> anyhow::Result<()> {
+    let mut s = session::setup("nobypass", IP, PORT_BASE, None, |_| String::new())?;
+    let text = std::fs::read_to_string(&s.daemon.config)?
+        .replace("[proxy]\n", "[proxy]\nhello_timeout_ms = 1500\n");
+    std::fs::write(&s.daemon.config, text)?;
+    s.daemon.restart()?;
+
+    // Each way around: refused before a byte reaches the upstream, and recorded as such.
+    for (mode, close, flag) in [
+        (
+            "late_hello",
+            "denied: unidentified traffic",
+            Some("hello_incomplete"),
+        ),
+        (
+            "split_slow",
+            "denied: unidentified traffic",
+            Some("hello_incomplete"),
+        ),
+        ("no_sni", "denied: unidentified traffic", Some("no_sni")),
+        ("foreign_sni", "denied: unverified destination", None),
+    ] {
+        let sql = format!("select '{mode}' as attempt");
+        let r = attack(&s, mode, &sql)?;
+        ensure!(r.get("error").is_some(), "{mode} got through: {r}");
+        let ev = connection_of(&s, r["pid"].as_u64())?;
+        ensure!(ev["connection_mode"] == "refused", "{mode}: {ev}");
+        ensure!(ev["decision"] == "deny", "{mode}: {ev}");
+        ensure!(ev["close_reason"] == close, "{mode}: {ev}");
+        if let Some(flag) = flag {
+            ensure!(
+                ev["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == flag)),
+                "{mode}: {ev}"
+            );
+        }
+        if mode == "foreign_sni" {
+            ensure!(ev["sni"] == "bypass.example.com", "{ev}");
+            ensure!(
+                ev["error_message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("not valid for bypass.example.com")),
+                "{ev}"
+            );
+        }
+        ensure!(
+            s.fake.requests().is_empty(),
+            "{mode}: the upstream received {:?}",
+            s.fake.requests()
+        );
+    }
+
+    // A ClientHello in two pieces that arrives whole in time is read like any other: the
+    // connection is intercepted, and everything the upstream received is in the audit.
+    let sql = "select 'split_quick' as attempt";
+    let r = attack(&s, "split_quick", sql)?;
+    ensure!(r["success"] == true, "{r}");
+    let ev = connection_of(&s, r["pid"].as_u64())?;
+    ensure!(ev["connection_mode"] == "intercepted", "{ev}");
+    let received = s.fake.sql_texts();
+    ensure!(received == [sql.to_owned()], "{received:?}");
+    let audited = wait_for(Duration::from_secs(20), || {
+        s.daemon
+            .events()
+            .into_iter()
+            .find(|e| e["event_kind"] == "query" && e["sql_text"] == sql)
+    });
+    ensure!(
+        audited.is_some(),
+        "the statement the upstream ran is not in the audit"
+    );
+    ensure!(
+        s.daemon
+            .events()
+            .iter()
+            .any(|e| e["event_kind"] == "login" && e["login_user"] == "attacker"),
+        "the login the upstream accepted is not in the audit"
+    );
+    Ok(())
+}
