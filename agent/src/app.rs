@@ -237,6 +237,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             oidc,
             broker,
             recorder,
+            unknown_requests: config.proxy.unknown_requests,
         }))),
         identity: Arc::new(crate::identity::Resolver::new(
             crate::identity::DEFAULT_CACHE_ENTRIES,

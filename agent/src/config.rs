@@ -220,6 +220,18 @@ pub struct RedirectSection {
     pub max_tracked_connections: u32,
 }
 
+/// What becomes of an HTTP request to a Snowflake host that is neither a login nor a statement the
+/// agent reads (Snowflake's REST resource APIs, endpoints it does not know).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownRequests {
+    /// Forward it, and record it as a `request` event.
+    #[default]
+    Record,
+    /// Refuse it with a Snowflake-shaped error, and record a denial; nothing is forwarded.
+    Deny,
+}
+
 /// The `[proxy]` section: limits on each proxied connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -249,6 +261,9 @@ pub struct ProxySection {
     /// recorded with their totals, in milliseconds (a driver pauses between files while it
     /// compresses the next one).
     pub transfer_quiet_ms: u64,
+    /// Requests to a Snowflake host that are neither a login nor a statement the agent reads:
+    /// recorded and forwarded, or refused.
+    pub unknown_requests: UnknownRequests,
 }
 
 impl Default for Config {
@@ -300,6 +315,7 @@ impl Default for ProxySection {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             chunk_wait_s: DEFAULT_CHUNK_WAIT_S,
             transfer_quiet_ms: DEFAULT_TRANSFER_QUIET_MS,
+            unknown_requests: UnknownRequests::default(),
         }
     }
 }

@@ -34,6 +34,10 @@ pub enum EventKind {
     Denial,
     /// The agent's own life: start, stop, config reload or rejection, audit gap.
     Lifecycle,
+    /// An HTTP request to an intercepted Snowflake host that is neither a login nor a statement
+    /// the agent reads (Snowflake's REST resource APIs, endpoints it does not know): method,
+    /// path, status and bytes, with the session and identity behind it.
+    Request,
 }
 
 impl EventKind {
@@ -46,17 +50,19 @@ impl EventKind {
             EventKind::Query => "query",
             EventKind::Denial => "denial",
             EventKind::Lifecycle => "lifecycle",
+            EventKind::Request => "request",
         }
     }
 
     /// Every kind, for tools that list or validate kinds.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Connection,
         EventKind::Login,
         EventKind::Logout,
         EventKind::Query,
         EventKind::Denial,
         EventKind::Lifecycle,
+        EventKind::Request,
     ];
 
     /// The kind stored as `s` in the `event_kind` column, if it is one.
@@ -252,6 +258,12 @@ pub struct Event {
     /// For a statement: how many times the driver sent it (the same request id), 1 without a
     /// retry; the row holds the last attempt's outcome.
     pub attempts: Option<u32>,
+    /// For a `request` event (or its denial): the HTTP method.
+    pub http_method: Option<String>,
+    /// For a `request` event (or its denial): the URL's path, without its query string.
+    pub http_path: Option<String>,
+    /// For a `request` event: the HTTP status the workload received.
+    pub http_status: Option<u16>,
 }
 
 impl Event {
@@ -381,6 +393,9 @@ impl Event {
             recording_bytes_seen: None,
             sql_sha256: None,
             attempts: None,
+            http_method: None,
+            http_path: None,
+            http_status: None,
         }
     }
 }

@@ -158,7 +158,7 @@ columns! {
     event_id: Uuid, dict = false, ocsf = Some("metadata.uid"),
         "UUID v7 of the event, unique; the key that makes the trail exactly-once.";
     event_kind: EventKind, dict = true, ocsf = Some("activity_name"),
-        "connection, login, logout, query, denial or lifecycle.";
+        "connection, login, logout, query, denial, lifecycle or request.";
     host: String, dict = true, ocsf = Some("device.hostname"),
         "Host name of the machine the agent runs on.";
     agent_version: String, dict = true, ocsf = Some("metadata.product.version"),
@@ -317,6 +317,12 @@ columns! {
         "For a statement whose text was longer than audit.max_sql_bytes (sql_text holds its start, flagged sql_truncated): the SHA-256 (hex) of the whole text (schema 4).";
     attempts: Option<u32>, dict = false, ocsf = None,
         "For a statement: how many times the driver sent it with the same request id (a retry after HTTP 5xx, a timeout or an expired session); 1 without a retry. The row holds the last attempt's outcome (schema 4).";
+    http_method: Option<String>, dict = true, ocsf = Some("http_request.http_method"),
+        "For a request event (or the denial of one): the HTTP method (schema 4).";
+    http_path: Option<String>, dict = true, ocsf = Some("http_request.url.path"),
+        "For a request event (or the denial of one): the URL's path, without its query string (schema 4).";
+    http_status: Option<u16>, dict = true, ocsf = Some("http_response.code"),
+        "For a request event: the HTTP status the workload received (schema 4).";
 }
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {

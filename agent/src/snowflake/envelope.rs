@@ -66,6 +66,9 @@ pub enum Refusal {
     /// The request carries an agent token handle that is unknown, expired, or not the caller's
     /// (issued to another cgroup or run): it is never forwarded.
     UnknownHandle,
+    /// The request is neither a login nor a statement the agent reads, and
+    /// `proxy.unknown_requests = "deny"` refuses such requests.
+    UnknownRequest,
 }
 
 /// The Snowflake error a refusal becomes.
@@ -89,7 +92,8 @@ impl Refusal {
             | Refusal::ApprovalRejected
             | Refusal::IdentityUnverified
             | Refusal::LoginTokenInvalid { .. }
-            | Refusal::BrokerFailed { .. } => ("003001", "42501"),
+            | Refusal::BrokerFailed { .. }
+            | Refusal::UnknownRequest => ("003001", "42501"),
             // 390111 is Snowflake's "session no longer exists": the driver must log in again.
             Refusal::UnknownHandle => ("390111", "08001"),
             Refusal::ApprovalTimedOut => ("000630", "57014"),
@@ -157,6 +161,9 @@ impl Refusal {
             Refusal::UnknownHandle => {
                 "Session no longer exists.  New login required to access the service.".to_owned()
             }
+            Refusal::UnknownRequest => {
+                "Request refused by snowtrail: this Snowflake endpoint is not permitted.".to_owned()
+            }
         }
     }
 
@@ -173,6 +180,7 @@ impl Refusal {
             Refusal::LoginTokenInvalid { label, .. } => label,
             Refusal::BrokerFailed { .. } => "broker_failed",
             Refusal::UnknownHandle => "unknown_handle",
+            Refusal::UnknownRequest => "unknown_request",
         }
     }
 }
@@ -337,6 +345,21 @@ pub fn session_error(reason: &Refusal) -> Reply {
         "success": false,
         "headers": null,
     }))
+}
+
+/// A request to an endpoint the agent refuses (not a login or a statement): HTTP 403, as
+/// Snowflake's REST APIs answer a request they do not permit, with the plain envelope.
+pub fn request_refused(reason: &Refusal) -> Reply {
+    Reply::json(
+        http::StatusCode::FORBIDDEN,
+        &json!({
+            "data": null,
+            "code": reason.wire().query_code,
+            "message": reason.message(),
+            "success": false,
+            "headers": null,
+        }),
+    )
 }
 
 /// An exchange the agent could not carry to Snowflake: the plain envelope with the reason's

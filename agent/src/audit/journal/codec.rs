@@ -516,6 +516,9 @@ fields! {
     recording_bytes_seen: Option<u64>,
     sql_sha256: Option<String>,
     attempts: Option<u32>,
+    http_method: Option<String>,
+    http_path: Option<String>,
+    http_status: Option<u16>,
 }
 
 /// Bytes before the first field: format, kind, field count.
@@ -796,8 +799,14 @@ mod tests {
         let e = previous_build_event();
         assert_eq!(decode(&bytes).unwrap(), e);
         // This build writes the same record with the fields added since (schema 4:
-        // `sql_sha256`, `attempts`) appended, absent.
-        const ADDED: &[&str] = &["sql_sha256", "attempts"];
+        // statement text, attempts, requests) appended, absent.
+        const ADDED: &[&str] = &[
+            "sql_sha256",
+            "attempts",
+            "http_method",
+            "http_path",
+            "http_status",
+        ];
         let mut expected = bytes.clone();
         let count = u16::from_le_bytes([bytes[2], bytes[3]]) + ADDED.len() as u16;
         expected[2..4].copy_from_slice(&count.to_le_bytes());

@@ -69,6 +69,8 @@ pub struct Shared {
     pub broker: Arc<crate::broker::Broker>,
     /// Records statement results (`[recording]`), when a recipient is configured.
     pub recorder: Option<super::state::Recorder>,
+    /// What becomes of requests that are neither a login nor a statement (`proxy.unknown_requests`).
+    pub unknown_requests: crate::config::UnknownRequests,
 }
 
 /// One intercepted connection's part: who is on it, shared by its exchanges.

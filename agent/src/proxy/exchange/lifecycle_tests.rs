@@ -15,6 +15,7 @@ mod wire;
 
 mod holds_tests;
 mod masking_tests;
+mod requests_tests;
 mod retry_abort_tests;
 mod session_tests;
 mod statement_tests;
@@ -48,6 +49,8 @@ struct Setup {
     policy: Option<&'static str>,
     /// How SQL is redacted in `sql_text`.
     redact: RedactMode,
+    /// `proxy.unknown_requests`.
+    unknown_requests: crate::config::UnknownRequests,
 }
 
 impl Default for Setup {
@@ -55,6 +58,7 @@ impl Default for Setup {
         Setup {
             policy: None,
             redact: RedactMode::Credentials,
+            unknown_requests: crate::config::UnknownRequests::default(),
         }
     }
 }
@@ -105,6 +109,7 @@ fn harness(setup: Setup) -> Harness {
             &crate::broker::BrokerConfig::default(),
         )),
         recorder: None,
+        unknown_requests: setup.unknown_requests,
     });
     let mut base = Event::new(EventKind::Connection, SystemTime::now(), "test-host");
     base.workload_identity = Some(IDENTITY.into());

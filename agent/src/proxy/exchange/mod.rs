@@ -11,7 +11,8 @@
 //! and calls no handler. The handlers: [`login`] (login, token renewal, logout), [`statement`]
 //! (query, polls, monitoring, abort), [`holds`] (statements held for approval), [`masking`]
 //! (results shaped by a rule), [`recording_tee`] (results recorded as they pass),
-//! [`transfers`] (PUT/GET stage transfers), [`tagging`] (QUERY_TAG), [`brokering`] (the
+//! [`transfers`] (PUT/GET stage transfers), [`requests`] (any other request to a Snowflake
+//! host), [`tagging`] (QUERY_TAG), [`brokering`] (the
 //! broker's logins and token handles) and [`gate`] (the policy's decision on a statement).
 //!
 //! [`ExchangeHandler`]: super::transport::ExchangeHandler
@@ -26,6 +27,7 @@ mod lifecycle_tests;
 mod login;
 mod masking;
 mod recording_tee;
+mod requests;
 pub mod router;
 pub mod state;
 mod statement;

@@ -14,7 +14,7 @@ use http::{Request, Response, header};
 use tracing::debug;
 
 use super::context::{ConnCtx, Shared, unforwarded};
-use super::{brokering, login, masking, recording_tee, statement, transfers};
+use super::{brokering, login, masking, recording_tee, requests, statement, transfers};
 use crate::audit::{ConnectionIdentity, Event};
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::{
@@ -86,12 +86,15 @@ where
         Endpoint::TokenRequest => login::renewal(req, ctx, brokered, send).await,
         Endpoint::Logout => login::logout(req, ctx, brokered, send).await,
         Endpoint::Abort { query_id } => statement::abort(req, query_id, ctx, send).await,
-        _ => other(req, ctx, send).await,
+        Endpoint::Heartbeat | Endpoint::Telemetry => other(req, ctx, false, send).await,
+        _ => other(req, ctx, true, send).await,
     }
 }
 
-/// Anything else: streamed through; a download of a result chunk is counted for its statement.
-async fn other<F, Fut>(req: Request<Body>, ctx: &ConnCtx, send: F) -> Response<Body>
+/// Anything else: streamed through; a download of a result chunk or a stage transfer is counted
+/// for its statement, and any other request to a Snowflake host (`unknown`, not a heartbeat or
+/// telemetry) is a `request` event of its own ([`requests`]).
+async fn other<F, Fut>(req: Request<Body>, ctx: &ConnCtx, unknown: bool, send: F) -> Response<Body>
 where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
@@ -118,6 +121,9 @@ where
         return transfers::stage_transfer(req, transfer, host, send).await;
     }
     let pending = ctx.shared.tracker.take_chunk(&host, req.uri().path());
+    if pending.is_none() && unknown && ctx.shared.hosts.matches(&host) {
+        return requests::unknown(req, ctx, send).await;
+    }
     let path = req.uri().path().to_owned();
     let resp = send(req).await;
     let Some(pending) = pending else { return resp };

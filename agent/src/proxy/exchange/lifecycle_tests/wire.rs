@@ -13,6 +13,8 @@ pub(super) const LOGIN: &str = "/session/v1/login-request";
 pub(super) const QUERY: &str = "/queries/v1/query-request";
 /// The 4.x abort endpoint (the statement named by `requestId` in the body).
 pub(super) const ABORT: &str = "/queries/v1/abort-request";
+/// The session heartbeat endpoint.
+pub(super) const HEARTBEAT: &str = "/session/heartbeat";
 /// The driver's `User-Agent`.
 const USER_AGENT: &str = "PythonConnector/5.2.0 (linux-x86_64) CPython/3.11.7";
 
@@ -150,6 +152,20 @@ pub(super) fn monitoring_request(token: &str, qid: &str) -> Request<Body> {
 pub(super) fn abort_request(token: &str, request_id: &str, sql: &str) -> Request<Body> {
     let body = json!({"sqlText": sql, "requestId": request_id});
     request(Method::POST, ABORT, Some(token), Some(&body))
+}
+
+/// `POST /api/v2/statements`: a statement through Snowflake's SQL API, with a session token.
+pub(super) const SQL_API: &str = "/api/v2/statements";
+
+/// `POST /session/heartbeat`.
+pub(super) fn heartbeat(token: &str) -> Request<Body> {
+    request(Method::POST, HEARTBEAT, Some(token), None)
+}
+
+/// A statement sent through the SQL API with the session's token.
+pub(super) fn sql_api_request(token: &str, sql: &str) -> Request<Body> {
+    let body = json!({"statement": sql, "timeout": 60});
+    request(Method::POST, SQL_API, Some(token), Some(&body))
 }
 
 /// A download of a result chunk from its storage host (no `Authorization`, SSE-C headers).
