@@ -172,6 +172,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         Arc::new(crate::tls::LeafResolver::new(ca.clone())?),
         upstream_roots.clone(),
         Duration::from_millis(config.proxy.handshake_timeout_ms),
+        Duration::from_millis(config.proxy.header_read_timeout_ms),
     )?;
     let vouch = Arc::new(proxy::transport::vouch::Vouch::new(
         upstream_roots,
@@ -219,7 +220,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             tracker: proxy::exchange::state::Tracker::default(),
             hosts: crate::snowflake::hosts::HostMatcher::new(&config.tls.intercept_hosts),
             limits: proxy::exchange::context::Limits {
-                budget: proxy::transport::body::Budget::new(config.limits.inspect_budget_bytes),
+                budget: proxy::transport::body::Budget::with_wait(
+                    config.limits.inspect_budget_bytes,
+                    Duration::from_millis(config.limits.inspect_wait_ms),
+                ),
                 max_request_bytes: config.limits.max_request_bytes,
                 max_response_inspect_bytes: config.limits.max_response_inspect_bytes,
             },

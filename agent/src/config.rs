@@ -47,10 +47,14 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 10;
 pub const DEFAULT_BUFFER_BYTES: usize = 64 * 1024;
 /// Connections served at once; further ones wait in the kernel's accept queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Connections one enrollment may have served at once: a quarter of all.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ENROLLMENT: usize = DEFAULT_MAX_CONNECTIONS / 4;
 /// How long the proxy waits for a client's whole ClientHello before it refuses the connection.
 pub const DEFAULT_HELLO_TIMEOUT_MS: u64 = 5_000;
 /// How long each TLS handshake may take.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long a client may take to send a request's headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
 /// How long a chunked result's event waits for its chunk downloads.
 pub const DEFAULT_CHUNK_WAIT_S: u64 = 300;
 /// Default `proxy.transfer_quiet_ms`.
@@ -152,6 +156,8 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_RESPONSE_INSPECT_BYTES: usize = 64 * 1024 * 1024;
 /// Memory all inspection buffers share, so memory stays bounded at any concurrency.
 pub const DEFAULT_INSPECT_BUDGET_BYTES: usize = 512 * 1024 * 1024;
+/// How long an inspection waits for its share of that memory.
+pub const DEFAULT_INSPECT_WAIT_MS: u64 = 10_000;
 
 /// The `[limits]` section: bounds on what the proxy holds in memory to inspect.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -163,6 +169,9 @@ pub struct LimitsSection {
     pub max_response_inspect_bytes: usize,
     /// Memory all inspections share; when it is spent, new inspections wait.
     pub inspect_budget_bytes: usize,
+    /// How long an inspection waits for its share of the budget, in milliseconds: past it, a
+    /// request is refused with a Snowflake error and a response streams on uninspected.
+    pub inspect_wait_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -171,6 +180,7 @@ impl Default for LimitsSection {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_inspect_bytes: DEFAULT_MAX_RESPONSE_INSPECT_BYTES,
             inspect_budget_bytes: DEFAULT_INSPECT_BUDGET_BYTES,
+            inspect_wait_ms: DEFAULT_INSPECT_WAIT_MS,
         }
     }
 }
@@ -247,11 +257,16 @@ pub struct ProxySection {
     pub buffer_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one enrollment may have served at once; more are refused, so that one
+    /// workload cannot take every slot.
+    pub max_connections_per_enrollment: usize,
     /// Wait for the client's whole ClientHello, in milliseconds; a connection whose ClientHello
     /// has not arrived by then is refused.
     pub hello_timeout_ms: u64,
     /// TLS handshake timeout on either side, in milliseconds.
     pub handshake_timeout_ms: u64,
+    /// How long a client may take to send an HTTP/1.1 request's headers, in milliseconds.
+    pub header_read_timeout_ms: u64,
     /// How long a chunked result's event waits for the chunk downloads before it is recorded
     /// with the flag `chunks_unseen`, in seconds; also how long a statement whose result the
     /// driver fetches by a request of its own (an async statement that ended, each statement of
@@ -311,8 +326,10 @@ impl Default for ProxySection {
             drain_timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
             buffer_bytes: DEFAULT_BUFFER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_enrollment: DEFAULT_MAX_CONNECTIONS_PER_ENROLLMENT,
             hello_timeout_ms: DEFAULT_HELLO_TIMEOUT_MS,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             chunk_wait_s: DEFAULT_CHUNK_WAIT_S,
             transfer_quiet_ms: DEFAULT_TRANSFER_QUIET_MS,
             unknown_requests: UnknownRequests::default(),
@@ -367,6 +384,9 @@ impl Config {
                 "redirect.listen_port {} is also an intercepted port",
                 r.listen_port
             ));
+        }
+        if self.proxy.max_connections_per_enrollment == 0 {
+            return Err("proxy.max_connections_per_enrollment must be at least 1".into());
         }
         if r.max_tracked_connections < 16 {
             return Err("redirect.max_tracked_connections must be at least 16".into());

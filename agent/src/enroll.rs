@@ -101,6 +101,9 @@ pub struct Attribution {
     pub cgroup_path: Option<String>,
     /// The enrollment's connection counter.
     pub connections: Arc<AtomicU64>,
+    /// The enrollment's connections being served now, for its cap
+    /// (`proxy.max_connections_per_enrollment`).
+    pub open: Arc<AtomicU64>,
     /// The exec run's id (the correlation id of its events); `None` for operator enrollments.
     pub run_id: Option<String>,
     /// Who made the enrollment or started the run.
@@ -124,6 +127,7 @@ pub struct Listed {
 struct Entry {
     enrollment: Enrollment,
     connections: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
 }
 
 /// The daemon's enrollments, keyed by cgroup path.
@@ -158,6 +162,7 @@ impl Registry {
                         Entry {
                             enrollment: e,
                             connections: Arc::default(),
+                            open: Arc::default(),
                         },
                     );
                 }
@@ -191,6 +196,7 @@ impl Registry {
             Entry {
                 enrollment,
                 connections: Arc::default(),
+                open: Arc::default(),
             },
         );
         self.save()
@@ -296,6 +302,7 @@ impl Registry {
             enrolled_cgroup: entry.enrollment.cgroup.clone(),
             cgroup_path: process_cgroup.map(str::to_owned),
             connections: entry.connections.clone(),
+            open: entry.open.clone(),
             run_id: entry.enrollment.run_id.clone(),
             started_by: entry.enrollment.started_by.clone(),
             started_by_login: entry.enrollment.started_by_login.clone(),

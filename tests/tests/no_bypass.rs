@@ -98,6 +98,8 @@ try:
         conn = session("bypass.example.com", False)
     elif mode == "no_sni":
         conn = session(None, False)
+    elif mode == "plain":
+        conn = session(host, True)
     else:
         raise ValueError(mode)
     login = exchange(conn, "POST", "/session/v1/login-request?requestId=a1",
@@ -216,5 +218,81 @@ fn a_workload_cannot_reach_snowflake_around_the_audit() -> anyhow::Result<()> {
             .any(|e| e["event_kind"] == "login" && e["login_user"] == "attacker"),
         "the login the upstream accepted is not in the audit"
     );
+    Ok(())
+}
+
+/// A workload that holds open connections: `n` TLS connections to ip:443 named `host`, each held
+/// for `hold` seconds; one JSON line: its pid and how many handshakes succeeded.
+const HOG_PY: &str = r#"
+import json, os, socket, ssl, sys, time
+ip, host, n, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+ctx = ssl.create_default_context()
+held, refused = [], 0
+for _ in range(n):
+    try:
+        s = socket.create_connection((ip, 443), timeout=10)
+        held.append(ctx.wrap_socket(s, server_hostname=host))
+    except OSError:
+        refused += 1
+print(json.dumps({"pid": os.getpid(), "held": len(held), "refused": refused}), flush=True)
+time.sleep(hold)
+"#;
+
+#[test]
+fn one_workload_cannot_take_every_connection_slot() -> anyhow::Result<()> {
+    let mut s = session::setup("noslots", [127, 77, 12, 2], PORT_BASE + 5, None, |_| {
+        String::new()
+    })?;
+    let text = std::fs::read_to_string(&s.daemon.config)?
+        .replace("[proxy]\n", "[proxy]\nmax_connections_per_enrollment = 4\n");
+    std::fs::write(&s.daemon.config, text)?;
+    s.daemon.restart()?;
+
+    // Workload A takes its four slots and holds them; its other connections are refused.
+    let mut hog = Command::new("python3");
+    hog.args(["-c", HOG_PY, "127.77.12.2", ACCOUNT_HOST, "10", "20"]);
+    let mut a = s
+        .daemon
+        .exec_command("e2e-hog", &hog)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(a.stdout.take().context("no stdout")?),
+        &mut line,
+    )?;
+    let report: Value = serde_json::from_str(line.trim()).with_context(|| line.clone())?;
+    ensure!(report["held"] == 4 && report["refused"] == 6, "{report}");
+    let refused = wait_for(Duration::from_secs(20), || {
+        let n = s
+            .daemon
+            .events()
+            .iter()
+            .filter(|e| {
+                e["workload_identity"] == "e2e-hog"
+                    && e["close_reason"] == "denied: connection limit"
+                    && e["connection_mode"] == "refused"
+            })
+            .count();
+        (n == 6).then_some(n)
+    });
+    ensure!(refused.is_some(), "the refusals are not in the audit");
+
+    // Workload B, enrolled apart, is served while A holds its slots.
+    let mut inner = Command::new("python3");
+    inner.args([
+        "-c",
+        ATTACK_PY,
+        "127.77.12.2",
+        ACCOUNT_HOST,
+        PASSWORD,
+        "plain",
+        "select 'b' as other",
+    ]);
+    let out = s.daemon.exec_command("e2e-other", &inner).output()?;
+    let b: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())?;
+    ensure!(b["success"] == true, "{b}");
+    let _ = a.kill();
+    let _ = a.wait();
     Ok(())
 }

@@ -274,6 +274,9 @@ pub enum CloseReason {
     /// the agent reset it rather than pass it through (`denied: unverified destination`); the
     /// event's `error_message` says what the check found.
     DeniedUnverified,
+    /// The workload's enrollment already had `proxy.max_connections_per_enrollment` connections
+    /// open, so the agent reset this one (`denied: connection limit`).
+    DeniedConnectionLimit,
     /// The original destination refused or failed the connection; the text is the I/O error's
     /// kind (`connect_failed: <kind>`, e.g. `connect_failed: connection refused`).
     ConnectFailed(String),
@@ -286,6 +289,7 @@ impl CloseReason {
     const CONNECT_FAILED: &'static str = "connect_failed: ";
     const DENIED_UNIDENTIFIED: &'static str = "denied: unidentified traffic";
     const DENIED_UNVERIFIED: &'static str = "denied: unverified destination";
+    const DENIED_CONNECTION_LIMIT: &'static str = "denied: connection limit";
 
     /// The reason of a connection to the original destination that failed with `kind`.
     pub fn connect_failed(kind: std::io::ErrorKind) -> Self {
@@ -304,6 +308,7 @@ impl Term for CloseReason {
             CloseReason::Shutdown => Cow::Borrowed("shutdown"),
             CloseReason::DeniedUnidentified => Cow::Borrowed(Self::DENIED_UNIDENTIFIED),
             CloseReason::DeniedUnverified => Cow::Borrowed(Self::DENIED_UNVERIFIED),
+            CloseReason::DeniedConnectionLimit => Cow::Borrowed(Self::DENIED_CONNECTION_LIMIT),
             CloseReason::ConnectFailed(kind) => {
                 Cow::Owned(format!("{}{kind}", Self::CONNECT_FAILED))
             }
@@ -319,6 +324,7 @@ impl Term for CloseReason {
             "connect_timeout" => CloseReason::ConnectTimeout,
             Self::DENIED_UNIDENTIFIED => CloseReason::DeniedUnidentified,
             Self::DENIED_UNVERIFIED => CloseReason::DeniedUnverified,
+            Self::DENIED_CONNECTION_LIMIT => CloseReason::DeniedConnectionLimit,
             _ => {
                 if let Some(e) = s.strip_prefix(Self::ERROR) {
                     CloseReason::Error(e.to_owned())
@@ -364,6 +370,7 @@ mod tests {
             CloseReason::Shutdown,
             CloseReason::DeniedUnidentified,
             CloseReason::DeniedUnverified,
+            CloseReason::DeniedConnectionLimit,
             CloseReason::connect_failed(std::io::ErrorKind::ConnectionRefused),
             CloseReason::ConnectTimeout,
         ]
@@ -386,6 +393,7 @@ mod tests {
                 | CloseReason::Shutdown
                 | CloseReason::DeniedUnidentified
                 | CloseReason::DeniedUnverified
+                | CloseReason::DeniedConnectionLimit
                 | CloseReason::ConnectFailed(_)
                 | CloseReason::ConnectTimeout => {}
             }
@@ -459,6 +467,7 @@ mod tests {
                 "shutdown",
                 "denied: unidentified traffic",
                 "denied: unverified destination",
+                "denied: connection limit",
                 "connect_failed: connection refused",
                 "connect_timeout",
             ]

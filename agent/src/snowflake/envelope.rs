@@ -69,6 +69,9 @@ pub enum Refusal {
     /// The request is neither a login nor a statement the agent reads, and
     /// `proxy.unknown_requests = "deny"` refuses such requests.
     UnknownRequest,
+    /// The agent's inspection memory (`limits.inspect_budget_bytes`) did not free room for the
+    /// request within `limits.inspect_wait_ms`: it cannot be checked now, so it does not pass.
+    InspectionBusy,
 }
 
 /// The Snowflake error a refusal becomes.
@@ -100,6 +103,8 @@ impl Refusal {
             Refusal::RequestTooLarge { .. } => ("000603", "54000"),
             Refusal::Unparsed => ("000603", "22000"),
             Refusal::AuditUnavailable => ("000603", "58000"),
+            // 53000: the SQL standard's "insufficient resources".
+            Refusal::InspectionBusy => ("000603", "53000"),
         };
         // 390303 is Snowflake's "Invalid OAuth access token".
         let login_code = match self {
@@ -164,6 +169,10 @@ impl Refusal {
             Refusal::UnknownRequest => {
                 "Request refused by snowtrail: this Snowflake endpoint is not permitted.".to_owned()
             }
+            Refusal::InspectionBusy => {
+                "Request refused by snowtrail: the agent is at its inspection limit; try again."
+                    .to_owned()
+            }
         }
     }
 
@@ -181,6 +190,7 @@ impl Refusal {
             Refusal::BrokerFailed { .. } => "broker_failed",
             Refusal::UnknownHandle => "unknown_handle",
             Refusal::UnknownRequest => "unknown_request",
+            Refusal::InspectionBusy => "inspection_busy",
         }
     }
 }

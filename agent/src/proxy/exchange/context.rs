@@ -22,7 +22,7 @@ use crate::audit::{
     ConnectionIdentity, Decision, Durability, Event, EventKind, EventSink, OnAuditFailure,
 };
 use crate::proxy::transport::ForwardError;
-use crate::proxy::transport::body::{Body, Budget, Collected, Held, collect, full};
+use crate::proxy::transport::body::{Body, Budget, Collected, Held, Unpaid, collect, full};
 use crate::snowflake::envelope::Unforwarded;
 use crate::snowflake::{self, RedactMode, Refusal};
 use crate::sync::lock;
@@ -169,15 +169,17 @@ pub(super) async fn read_request(
                 limit: limits.max_request_bytes,
             });
         }
+        Collected::Unaffordable(_) => return Err(Refusal::InspectionBusy),
         Collected::Failed(_) => return Err(Refusal::Unparsed),
     };
-    let too_large = Refusal::RequestTooLarge {
-        limit: limits.max_request_bytes,
+    let unpaid = |u: Unpaid| match u {
+        Unpaid::Never => Refusal::RequestTooLarge {
+            limit: limits.max_request_bytes,
+        },
+        Unpaid::Busy => Refusal::InspectionBusy,
     };
     let hint = snowflake::decoded_size_hint(&parts.headers, &bytes.bytes, limits.max_request_bytes);
-    if !bytes.pay_for(&limits.budget, hint).await {
-        return Err(too_large);
-    }
+    bytes.pay_for(&limits.budget, hint).await.map_err(unpaid)?;
     let decoded =
         snowflake::decode_with_headers(&parts.headers, &bytes.bytes, limits.max_request_bytes)
             .map_err(|e| match e {
@@ -187,12 +189,10 @@ pub(super) async fn read_request(
                 _ => Refusal::Unparsed,
             })?
             .into_owned();
-    if !bytes
+    bytes
         .pay_for(&limits.budget, decoded.len().saturating_sub(hint))
         .await
-    {
-        return Err(too_large);
-    }
+        .map_err(unpaid)?;
     Ok((bytes, decoded))
 }
 
@@ -216,13 +216,14 @@ pub(super) async fn read_response(resp: Response<Body>, limits: &Limits) -> Buff
             // and the response goes on uninspected.
             let hint = snowflake::decoded_size_hint(&parts.headers, &raw.bytes, limit);
             let mut decoded = None;
-            if raw.pay_for(&limits.budget, hint).await
+            if raw.pay_for(&limits.budget, hint).await.is_ok()
                 && let Ok(d) = snowflake::decode_with_headers(&parts.headers, &raw.bytes, limit)
             {
                 let d = d.into_owned();
                 if raw
                     .pay_for(&limits.budget, d.len().saturating_sub(hint))
                     .await
+                    .is_ok()
                 {
                     decoded = Some(d);
                 }
@@ -233,7 +234,10 @@ pub(super) async fn read_response(resp: Response<Body>, limits: &Limits) -> Buff
                 decoded,
             }
         }
-        Collected::TooLarge(body) => Buffered::Streamed(Response::from_parts(parts, body)),
+        // Too large, or no room freed in time: it goes on uninspected.
+        Collected::TooLarge(body) | Collected::Unaffordable(body) => {
+            Buffered::Streamed(Response::from_parts(parts, body))
+        }
         Collected::Failed(e) => {
             warn!(error = %e, "upstream response body failed");
             Buffered::Streamed(Response::from_parts(parts, full(Bytes::new())))

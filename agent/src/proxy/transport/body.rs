@@ -3,10 +3,13 @@
 //! they pass, chained back together. Nothing here knows what a body says.
 //!
 //! Every byte held for inspection is paid for from one [`Budget`] shared by all connections
-//! (docs/decisions.md §2): when it is spent, a new inspection waits until others hand their bytes on. The
-//! bytes keep their share of the budget until the body carrying them onward has been dropped.
+//! (docs/decisions.md §2): when it is spent, a new inspection waits until others hand their bytes on,
+//! for at most the budget's wait (then the body is [`Collected::Unaffordable`] or a payment
+//! [`Unpaid::Busy`]). The bytes keep their share of the budget until the body carrying them
+//! onward has been dropped.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
@@ -18,20 +21,40 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// The unit the budget is counted in.
 const UNIT: usize = 1024;
 
+/// How long an inspection waits for its share of a [`Budget`] by default.
+pub const DEFAULT_BUDGET_WAIT: Duration = Duration::from_secs(10);
+
 /// The memory all inspections share.
 #[derive(Debug, Clone)]
 pub struct Budget {
     sem: Arc<Semaphore>,
     units: usize,
+    wait: Duration,
+}
+
+/// Why bytes could not be paid for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::proxy) enum Unpaid {
+    /// The budget could never hold them (or it closed): waiting would never end.
+    Never,
+    /// The budget did not free enough within its wait.
+    Busy,
 }
 
 impl Budget {
-    /// A budget of `bytes` (rounded down to whole KiB, at least one).
+    /// A budget of `bytes` (rounded down to whole KiB, at least one), waited for at most
+    /// [`DEFAULT_BUDGET_WAIT`].
     pub fn new(bytes: usize) -> Budget {
+        Budget::with_wait(bytes, DEFAULT_BUDGET_WAIT)
+    }
+
+    /// A budget of `bytes` whose share an inspection waits at most `wait` for.
+    pub fn with_wait(bytes: usize, wait: Duration) -> Budget {
         let units = (bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
         Budget {
             sem: Arc::new(Semaphore::new(units)),
             units,
+            wait,
         }
     }
 
@@ -45,20 +68,26 @@ impl Budget {
         self.sem.available_permits() * UNIT
     }
 
-    /// Waits for `units` more of the budget and adds them to `held`.
-    async fn reserve(&self, held: &mut Option<OwnedSemaphorePermit>, units: usize) -> bool {
+    /// Waits (at most the budget's wait) for `units` more of the budget and adds them to
+    /// `held`.
+    async fn reserve(
+        &self,
+        held: &mut Option<OwnedSemaphorePermit>,
+        units: usize,
+    ) -> Result<(), Unpaid> {
         let Ok(n) = u32::try_from(units) else {
-            return false;
+            return Err(Unpaid::Never);
         };
-        match self.sem.clone().acquire_many_owned(n).await {
-            Ok(p) => {
+        match tokio::time::timeout(self.wait, self.sem.clone().acquire_many_owned(n)).await {
+            Ok(Ok(p)) => {
                 match held {
                     Some(h) => h.merge(p),
                     None => *held = Some(p),
                 }
-                true
+                Ok(())
             }
-            Err(_) => false,
+            Ok(Err(_)) => Err(Unpaid::Never),
+            Err(_) => Err(Unpaid::Busy),
         }
     }
 }
@@ -77,16 +106,21 @@ impl Held {
     }
 
     /// Pays, from `budget`, for `bytes` more held alongside these (their decoded copy): the
-    /// share is returned with this one's. `false` when the budget closed or could never hold
-    /// them together with these bytes (waiting would never end).
-    pub(in crate::proxy) async fn pay_for(&mut self, budget: &Budget, bytes: usize) -> bool {
+    /// share is returned with this one's. [`Unpaid::Never`] when the budget closed or could
+    /// never hold them together with these bytes, [`Unpaid::Busy`] when it did not free them
+    /// within its wait.
+    pub(in crate::proxy) async fn pay_for(
+        &mut self,
+        budget: &Budget,
+        bytes: usize,
+    ) -> Result<(), Unpaid> {
         let units = bytes.div_ceil(UNIT);
         if units == 0 {
-            return true;
+            return Ok(());
         }
         let held = self.permit.as_ref().map_or(0, |p| p.num_permits());
         if held.saturating_add(units) > budget.units {
-            return false;
+            return Err(Unpaid::Never);
         }
         budget.reserve(&mut self.permit, units).await
     }
@@ -229,8 +263,13 @@ impl Drop for Counted {
 
 /// A body read whole, or too big to hold (then handed back as a stream replaying what was read).
 pub(in crate::proxy) enum Collected {
+    /// Read whole, and paid for.
     Whole(Held),
+    /// Larger than the limit: the whole body, as a stream.
     TooLarge(Body),
+    /// The budget did not free room for it within its wait: the whole body, as a stream.
+    Unaffordable(Body),
+    /// Reading it failed.
     Failed(String),
 }
 
@@ -260,10 +299,17 @@ pub(in crate::proxy) async fn collect(mut body: Body, limit: usize, budget: &Bud
                     }
                     let needed = buf.len().div_ceil(UNIT);
                     if needed > units {
-                        if !budget.reserve(&mut permit, needed - units).await {
-                            return Collected::Failed("inspection budget closed".into());
+                        match budget.reserve(&mut permit, needed - units).await {
+                            Ok(()) => units = needed,
+                            Err(Unpaid::Busy) => {
+                                drop(permit);
+                                let head = Full::new(buf.freeze()).map_err(|never| match never {});
+                                return Collected::Unaffordable(chain(head.boxed(), body));
+                            }
+                            Err(Unpaid::Never) => {
+                                return Collected::Failed("inspection budget closed".into());
+                            }
                         }
-                        units = needed;
                     }
                 }
             }
@@ -325,10 +371,11 @@ mod tests {
         let Collected::Whole(mut held) = collect(body_of(3 * 1024), 1 << 20, &budget).await else {
             panic!("not whole");
         };
-        assert!(held.pay_for(&budget, 4 * 1024).await);
+        assert_eq!(held.pay_for(&budget, 4 * 1024).await, Ok(()));
         assert_eq!(budget.available(), 1024);
-        assert!(
-            !held.pay_for(&budget, 2 * 1024).await,
+        assert_eq!(
+            held.pay_for(&budget, 2 * 1024).await,
+            Err(Unpaid::Never),
             "9 KiB can never fit an 8 KiB budget"
         );
         assert_eq!(budget.available(), 1024, "a refused payment holds nothing");
@@ -364,6 +411,34 @@ mod tests {
         assert_eq!(second.len(), 4 * 1024);
         drop(second);
         assert_eq!(budget.available(), 8 * 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_the_budget_ends_at_its_deadline() {
+        let budget = Budget::with_wait(8 * 1024, Duration::from_secs(3));
+        let Collected::Whole(mut held) = collect(body_of(6 * 1024), 1 << 20, &budget).await else {
+            panic!("not whole");
+        };
+        // Another inspection that needs more than is left gets the whole body back, unread, once
+        // the wait passed: the budget stays as the first holds it.
+        let Collected::Unaffordable(body) = collect(body_of(4 * 1024), 1 << 20, &budget).await
+        else {
+            panic!("waited past the deadline or was not handed back");
+        };
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 4 * 1024);
+        assert_eq!(budget.available(), 2 * 1024);
+        // So does a payment for a decoded copy.
+        let other = Budget::with_wait(8 * 1024, Duration::from_secs(3));
+        let Collected::Whole(hog) = collect(body_of(7 * 1024), 1 << 20, &other).await else {
+            panic!("not whole");
+        };
+        let Collected::Whole(mut small) = collect(body_of(1024), 1 << 20, &other).await else {
+            panic!("not whole");
+        };
+        assert_eq!(small.pay_for(&other, 1024).await, Err(Unpaid::Busy));
+        drop(hog);
+        assert_eq!(small.pay_for(&other, 1024).await, Ok(()));
+        assert_eq!(held.pay_for(&budget, 1024).await, Ok(()));
     }
 
     /// A body of several data frames.

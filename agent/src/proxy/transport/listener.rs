@@ -199,9 +199,28 @@ async fn serve(
     let started = Instant::now();
     let event_time = SystemTime::now();
     let dst = crate::redirect::socket_addr(&origin.original_dst);
-    let (mut event, enrolled_cgroup) =
-        connection_event(&inputs, id, peer, dst, &origin, event_time);
+    let (mut event, attribution) = connection_event(&inputs, id, peer, dst, &origin, event_time);
+    let enrolled_cgroup = attribution.as_ref().map(|a| a.enrolled_cgroup.clone());
     debug!(dst = %dst, pid = origin.tgid, identity = ?event.workload_identity, "accepted");
+    // One workload may hold at most its share of the connection slots.
+    let _slot = match attribution
+        .as_ref()
+        .map(|a| OpenSlot::take(&a.open, inputs.config.max_connections_per_enrollment))
+    {
+        Some(None) => {
+            warn!(identity = ?event.workload_identity, cap = inputs.config.max_connections_per_enrollment, "refused a connection over the enrollment's cap");
+            event.close_reason = Some(CloseReason::DeniedConnectionLimit);
+            event.decision = Some(Decision::Deny);
+            event.connection_mode = Some(ConnectionMode::Refused);
+            event.success = Some(false);
+            event.bytes_in = Some(0);
+            event.bytes_out = Some(0);
+            reset(client);
+            return finish(&inputs, event, started).await;
+        }
+        Some(Some(slot)) => Some(slot),
+        None => None,
+    };
 
     let mut client = client;
     let (prefix, peeked) = read_hello(
@@ -434,8 +453,29 @@ async fn read_hello(client: &mut TcpStream, timeout: Duration) -> (Vec<u8>, Peek
     }
 }
 
+/// A connection counted against its enrollment's cap while it is served.
+struct OpenSlot(Arc<AtomicU64>);
+
+impl OpenSlot {
+    /// A slot of `open` if fewer than `cap` are taken.
+    fn take(open: &Arc<AtomicU64>, cap: usize) -> Option<OpenSlot> {
+        let cap = u64::try_from(cap).unwrap_or(u64::MAX);
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| OpenSlot(open.clone()))
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Builds the connection event from what the kernel and the registry know; also returns the
-/// enrolled cgroup that covers the connection, if one does.
+/// enrollment that covers the connection, if one does.
 fn connection_event(
     inputs: &Inputs,
     id: u64,
@@ -443,7 +483,7 @@ fn connection_event(
     dst: SocketAddr,
     origin: &Origin,
     event_time: SystemTime,
-) -> (Event, Option<String>) {
+) -> (Event, Option<crate::enroll::Attribution>) {
     let mut e = Event::new(EventKind::Connection, event_time, &inputs.host);
     e.connection_id = Some(id);
     e.connection_mode = Some(ConnectionMode::Passthrough);
@@ -467,7 +507,7 @@ fn connection_event(
     if let Some(a) = &attribution {
         a.connections.fetch_add(1, Ordering::Relaxed);
     }
-    (e, attribution.map(|a| a.enrolled_cgroup))
+    (e, attribution)
 }
 
 /// Peers of the IPv6 listener that are v4-mapped are looked up as IPv4.

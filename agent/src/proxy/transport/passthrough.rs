@@ -39,30 +39,69 @@ pub struct Carried {
     pub reason: CloseReason,
 }
 
-/// A stream that counts the bytes read from it (and, if asked, written to it) and stamps the time
-/// of the last activity.
+/// Bytes that must move, either way, for a connection to count as active again: a trickle below
+/// this per idle timeout (a byte every few minutes) does not keep a connection, and the slot it
+/// holds, alive.
+pub const KEEPALIVE_BYTES: u64 = 1024;
+
+/// When a connection last showed life, for its idle timeout: stamped each time another
+/// [`KEEPALIVE_BYTES`] moved since the last stamp (and at the start).
+pub(crate) struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+    since: AtomicU64,
+}
+
+impl Activity {
+    /// A connection's activity, starting now.
+    pub(crate) fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// `n` bytes moved.
+    pub(crate) fn moved(&self, n: usize) {
+        let total = self.since.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total >= KEEPALIVE_BYTES {
+            self.since.store(0, Ordering::Relaxed);
+            let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves once no activity has been stamped for `timeout`.
+    pub(crate) async fn idle(&self, timeout: Duration) {
+        loop {
+            let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A stream that counts the bytes read from it (and, if asked, written to it) and stamps its
+/// connection's [`Activity`].
 pub(crate) struct Metered<S> {
     inner: S,
     read: Arc<AtomicU64>,
     written: Option<Arc<AtomicU64>>,
-    activity: Arc<AtomicU64>,
-    epoch: Instant,
+    activity: Arc<Activity>,
 }
 
 impl<S> Metered<S> {
-    /// Wraps `inner`, adding bytes read to `read` and stamping `activity` (ms since `epoch`).
-    pub(crate) fn new(
-        inner: S,
-        read: Arc<AtomicU64>,
-        activity: Arc<AtomicU64>,
-        epoch: Instant,
-    ) -> Self {
+    /// Wraps `inner`, adding bytes read to `read` and stamping `activity`.
+    pub(crate) fn new(inner: S, read: Arc<AtomicU64>, activity: Arc<Activity>) -> Self {
         Metered {
             inner,
             read,
             written: None,
             activity,
-            epoch,
         }
     }
 
@@ -77,13 +116,8 @@ impl<S> Metered<S> {
             && *n > 0
         {
             w.fetch_add(*n as u64, Ordering::Relaxed);
-            self.touch();
+            self.activity.moved(*n);
         }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -98,7 +132,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.read.fetch_add(n as u64, Ordering::Relaxed);
-            self.touch();
+            self.activity.moved(n);
         }
         r
     }
@@ -153,19 +187,16 @@ pub async fn relay(
             return splice(client, upstream, buffer_bytes, idle_timeout, force_close).await;
         }
     };
-    let epoch = Instant::now();
-    let activity = AtomicU64::new(0);
+    let activity = Activity::new();
     let bytes_in = AtomicU64::new(0);
     let bytes_out = AtomicU64::new(0);
     let meter_in = Meter {
         read: &bytes_in,
         activity: &activity,
-        epoch,
     };
     let meter_out = Meter {
         read: &bytes_out,
         activity: &activity,
-        epoch,
     };
     let both = async {
         tokio::try_join!(
@@ -173,7 +204,7 @@ pub async fn relay(
             pump(&upstream, &client, &to_client, &[], &meter_out),
         )
     };
-    let reason = until_closed(both, &activity, epoch, idle_timeout, &mut force_close).await;
+    let reason = until_closed(both, &activity, idle_timeout, &mut force_close).await;
     Carried {
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
@@ -185,8 +216,7 @@ pub async fn relay(
 /// `force_close` turns true, and says which of them closed it.
 async fn until_closed<T>(
     transfer: impl std::future::Future<Output = io::Result<T>>,
-    activity: &AtomicU64,
-    epoch: Instant,
+    activity: &Activity,
     idle_timeout: Duration,
     force_close: &mut watch::Receiver<bool>,
 ) -> CloseReason {
@@ -195,7 +225,7 @@ async fn until_closed<T>(
             Ok(_) => CloseReason::Completed,
             Err(e) => CloseReason::Error(e.kind().to_string()),
         },
-        _ = idle(activity, epoch, idle_timeout) => CloseReason::IdleTimeout,
+        _ = activity.idle(idle_timeout) => CloseReason::IdleTimeout,
         _ = crate::drain::signalled(force_close) => CloseReason::Shutdown,
     }
 }
@@ -203,15 +233,13 @@ async fn until_closed<T>(
 /// Where one direction of a relay counts its bytes and stamps its activity.
 struct Meter<'a> {
     read: &'a AtomicU64,
-    activity: &'a AtomicU64,
-    epoch: Instant,
+    activity: &'a Activity,
 }
 
 impl Meter<'_> {
     fn add(&self, n: usize) {
         self.read.fetch_add(n as u64, Ordering::Relaxed);
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.store(ms, Ordering::Relaxed);
+        self.activity.moved(n);
     }
 }
 
@@ -308,30 +336,17 @@ pub async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
     idle_timeout: Duration,
     mut force_close: watch::Receiver<bool>,
 ) -> Carried {
-    let epoch = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::new());
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
-    let mut a = Metered::new(client, bytes_in.clone(), activity.clone(), epoch);
-    let mut b = Metered::new(upstream, bytes_out.clone(), activity.clone(), epoch);
+    let mut a = Metered::new(client, bytes_in.clone(), activity.clone());
+    let mut b = Metered::new(upstream, bytes_out.clone(), activity.clone());
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, buffer_bytes, buffer_bytes);
-    let reason = until_closed(copy, &activity, epoch, idle_timeout, &mut force_close).await;
+    let reason = until_closed(copy, &activity, idle_timeout, &mut force_close).await;
     Carried {
         bytes_in: bytes_in.load(Ordering::Relaxed),
         bytes_out: bytes_out.load(Ordering::Relaxed),
         reason,
-    }
-}
-
-/// Resolves once no activity has been stamped for `timeout`.
-pub(crate) async fn idle(activity: &AtomicU64, epoch: Instant, timeout: Duration) {
-    loop {
-        let last = epoch + Duration::from_millis(activity.load(Ordering::Relaxed));
-        let deadline = last + timeout;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
     }
 }
 
@@ -528,6 +543,72 @@ mod tests {
             )
             .await;
             assert_eq!(carried.reason, CloseReason::IdleTimeout);
+        }
+    }
+
+    /// Writes `chunk` bytes every `every` to `stream`, `times` times, then closes it; stops early
+    /// when the other side closed.
+    async fn trickle(mut stream: TcpStream, chunk: usize, every: Duration, times: usize) {
+        for _ in 0..times {
+            if stream.write_all(&vec![b'x'; chunk]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        let _ = stream.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_trickle_does_not_keep_a_connection_alive_but_traffic_does() {
+        for way in [Way::Kernel, Way::Copy] {
+            // A byte every 200 ms for a minute: never KEEPALIVE_BYTES within the 1 s idle timeout.
+            let (client, client_side) = pair().await;
+            let (upstream_side, mut server) = pair().await;
+            let (_tx, rx) = watch::channel(false);
+            let drip = tokio::spawn(trickle(client, 1, Duration::from_millis(200), 300));
+            let sink = tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while matches!(server.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+            let carried = run(
+                way,
+                b"",
+                client_side,
+                upstream_side,
+                1024,
+                Duration::from_secs(1),
+                rx,
+            )
+            .await;
+            assert_eq!(carried.reason, CloseReason::IdleTimeout);
+            assert!(carried.bytes_in >= 2, "{carried:?}");
+            drip.abort();
+            sink.abort();
+
+            // 2 KiB every 200 ms for a second and a half: alive until the client closes.
+            let (client, client_side) = pair().await;
+            let (upstream_side, mut server) = pair().await;
+            let (_tx, rx) = watch::channel(false);
+            let flow = tokio::spawn(trickle(client, 2048, Duration::from_millis(200), 8));
+            let sink = tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while matches!(server.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = server.shutdown().await;
+            });
+            let carried = run(
+                way,
+                b"",
+                client_side,
+                upstream_side,
+                1024,
+                Duration::from_secs(1),
+                rx,
+            )
+            .await;
+            assert_eq!(carried.reason, CloseReason::Completed, "{carried:?}");
+            assert_eq!(carried.bytes_in, 8 * 2048);
+            flow.await.unwrap();
+            sink.await.unwrap();
         }
     }
 

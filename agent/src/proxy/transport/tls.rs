@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::forward::{Upstream, forward};
-use super::passthrough::{CloseReason, Metered};
+use super::passthrough::{Activity, CloseReason, Metered};
 use super::{ConnectionHandler, SendUpstream};
 use crate::audit::Flag;
 
@@ -40,6 +40,8 @@ pub struct TlsInputs {
     pub client: Arc<rustls::ClientConfig>,
     /// How long each TLS handshake may take.
     pub handshake_timeout: Duration,
+    /// How long a client may take to send a request's headers (HTTP/1.1), from its first byte.
+    pub header_read_timeout: Duration,
     /// Upstream connections, shared by every intercepted client connection.
     pub upstreams: Arc<super::pool::Pool>,
 }
@@ -50,6 +52,7 @@ impl TlsInputs {
         resolver: Arc<crate::tls::LeafResolver>,
         upstream_roots: Arc<rustls::RootCertStore>,
         handshake_timeout: Duration,
+        header_read_timeout: Duration,
     ) -> Result<TlsInputs, crate::tls::Error> {
         let alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
@@ -67,6 +70,7 @@ impl TlsInputs {
             server: Arc::new(server),
             client,
             handshake_timeout,
+            header_read_timeout,
             upstreams,
         })
     }
@@ -106,8 +110,7 @@ pub async fn serve<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let epoch = tokio::time::Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::new());
     let bytes_in = Arc::new(AtomicU64::new(0));
     let bytes_out = Arc::new(AtomicU64::new(0));
     let requests = Arc::new(AtomicU64::new(0));
@@ -119,8 +122,8 @@ where
         flags: Vec::new(),
         upstream_error: None,
     };
-    let client = Metered::new(client, bytes_in.clone(), activity.clone(), epoch)
-        .counting_writes(bytes_out.clone());
+    let client =
+        Metered::new(client, bytes_in.clone(), activity.clone()).counting_writes(bytes_out.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
     let client_tls =
         match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(client)).await {
@@ -169,7 +172,12 @@ where
             })
         })
     };
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A client that sends its headers a byte at a time is cut off, not waited for.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(tls.header_read_timeout);
     let conn = builder.serve_connection(TokioIo::new(client_tls), service);
     tokio::pin!(conn);
     out.reason = tokio::select! {
@@ -177,7 +185,7 @@ where
             Ok(()) => CloseReason::Completed,
             Err(e) => CloseReason::Error(e.to_string()),
         },
-        _ = super::passthrough::idle(&activity, epoch, idle_timeout) => CloseReason::IdleTimeout,
+        _ = activity.idle(idle_timeout) => CloseReason::IdleTimeout,
         _ = crate::drain::signalled(&mut force_close) => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.as_mut()).await;
@@ -308,7 +316,13 @@ mod tests {
         let roots = crate::tls::upstream::roots(ca.cert_der(), extra_roots).unwrap();
         let resolver = Arc::new(crate::tls::LeafResolver::new(ca.clone()).unwrap());
         (
-            TlsInputs::new(resolver, Arc::new(roots), Duration::from_secs(5)).unwrap(),
+            TlsInputs::new(
+                resolver,
+                Arc::new(roots),
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            )
+            .unwrap(),
             ca,
         )
     }
