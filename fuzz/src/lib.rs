@@ -8,6 +8,9 @@
 //!
 //! No dependency beyond `snowtrail` and `serde_json`, so that the test crate can include it as is.
 
+use snowtrail::snowflake::sql_api::{
+    StatementStatus, parse_statement_request, parse_statement_response,
+};
 use snowtrail::snowflake::{
     BodyError, QUERY_TAG_MAX_CHARS, RedactMode, classify, decode_body, driver_from_user_agent,
     hosts_to_learn, parse_abort_request, parse_login_request, parse_login_response,
@@ -31,6 +34,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("query_response", query_response),
     ("redact", redact),
     ("session", session),
+    ("sql_api", sql_api),
 ];
 
 const BODY_LIMIT: usize = 1 << 20;
@@ -205,5 +209,34 @@ pub fn session(data: &[u8]) {
         && let Ok((body, _)) = rewrite_renewal_tokens(data, "h1", "h2")
     {
         parse_renewal_response(&body).expect("a rewritten answer parses");
+    }
+}
+
+/// The SQL API's request and answer: never a panic; a parsed request's statement is text the
+/// input holds (when it has no escapes), and an answer is complete only under HTTP 200, in progress
+/// under 202 or its code; its partitions are no more than the input could list.
+pub fn sql_api(data: &[u8]) {
+    if let Ok(r) = parse_statement_request(data)
+        && !data.contains(&b'\\')
+    {
+        // Without escapes, the statement is the input's own text.
+        let text = String::from_utf8_lossy(data);
+        assert!(
+            text.contains(&r.statement),
+            "{:?} is not in the input",
+            r.statement
+        );
+    }
+    for status in [200u16, 202, 422] {
+        if let Ok(r) = parse_statement_response(status, data) {
+            match r.status {
+                StatementStatus::Complete => assert_eq!(status, 200),
+                StatementStatus::InProgress => {
+                    assert!(status == 202 || r.code.as_deref() == Some("333334"))
+                }
+                StatementStatus::Failed => assert_eq!(status, 422),
+            }
+            assert!(r.partitions <= data.len());
+        }
     }
 }

@@ -38,6 +38,19 @@ pub enum Endpoint {
     },
     /// `POST /telemetry/send`.
     Telemetry,
+    /// `POST /api/v2/statements`: a statement through the SQL API.
+    SqlApiSubmit,
+    /// `GET /api/v2/statements/<handle>`: a SQL API statement's status, or a partition of its
+    /// result (`?partition=N`).
+    SqlApiStatus {
+        /// The statement handle from the path.
+        handle: String,
+    },
+    /// `POST /api/v2/statements/<handle>/cancel`.
+    SqlApiCancel {
+        /// The statement handle from the path.
+        handle: String,
+    },
     /// Anything else (chunk downloads on storage hosts, unknown Snowflake endpoints).
     Other,
 }
@@ -55,6 +68,9 @@ impl Endpoint {
             Endpoint::Monitoring { .. } => "monitoring",
             Endpoint::ResultPoll { .. } => "result_poll",
             Endpoint::Telemetry => "telemetry",
+            Endpoint::SqlApiSubmit => "sql_api_submit",
+            Endpoint::SqlApiStatus { .. } => "sql_api_status",
+            Endpoint::SqlApiCancel { .. } => "sql_api_cancel",
             Endpoint::Other => "other",
         }
     }
@@ -86,6 +102,10 @@ pub struct RequestParams {
     pub retry_reason: Option<String>,
     /// `delete=true` (logout).
     pub delete: bool,
+    /// `async=true`: a SQL API statement submitted to run asynchronously.
+    pub async_submit: bool,
+    /// `partition=N` of a SQL API status request: a partition of the result.
+    pub partition: Option<u64>,
     /// The login target, filled for any endpoint that carries the keys (only login does).
     pub login: LoginTarget,
 }
@@ -114,6 +134,13 @@ pub fn classify(method: &str, path: &str, query: Option<&str>) -> (Endpoint, Req
             query_id: (*qid).to_owned(),
         },
         (true, _, ["telemetry", "send"]) => Endpoint::Telemetry,
+        (true, _, ["api", "v2", "statements"]) => Endpoint::SqlApiSubmit,
+        (_, true, ["api", "v2", "statements", handle]) => Endpoint::SqlApiStatus {
+            handle: (*handle).to_owned(),
+        },
+        (true, _, ["api", "v2", "statements", handle, "cancel"]) => Endpoint::SqlApiCancel {
+            handle: (*handle).to_owned(),
+        },
         _ => Endpoint::Other,
     };
     (endpoint, params)
@@ -164,6 +191,8 @@ fn parse_params(query: &str) -> RequestParams {
             "retryCount" => p.retry_count = value.parse().ok(),
             "retryReason" => p.retry_reason = non_empty(value),
             "delete" => p.delete = value.eq_ignore_ascii_case("true"),
+            "async" => p.async_submit = value.eq_ignore_ascii_case("true"),
+            "partition" => p.partition = value.parse().ok(),
             "databaseName" => p.login.database = non_empty(value),
             "schemaName" => p.login.schema = non_empty(value),
             "warehouse" => p.login.warehouse = non_empty(value),
@@ -295,6 +324,27 @@ mod tests {
             ep("PUT", "/fs_bucket/DB1/SCHEMA1/STG1/data1.csv").0,
             Endpoint::Other
         );
+        // The SQL API: submit, status (and partitions), cancel.
+        let (e, p) = ep("POST", "/api/v2/statements?requestId=r-9&async=true");
+        assert_eq!(e, Endpoint::SqlApiSubmit);
+        assert_eq!(p.request_id.as_deref(), Some("r-9"));
+        assert!(p.async_submit);
+        assert_eq!(ep("POST", "/api/v2/statements/").0, Endpoint::SqlApiSubmit);
+        let (e, p) = ep("GET", "/api/v2/statements/01b2-h?partition=3");
+        assert_eq!(
+            e,
+            Endpoint::SqlApiStatus {
+                handle: "01b2-h".into()
+            }
+        );
+        assert_eq!(p.partition, Some(3));
+        assert_eq!(
+            ep("POST", "/api/v2/statements/01b2-h/cancel").0,
+            Endpoint::SqlApiCancel {
+                handle: "01b2-h".into()
+            }
+        );
+        assert_eq!(ep("GET", "/api/v2/databases").0, Endpoint::Other);
         // Method matters.
         assert_eq!(ep("GET", "/queries/v1/query-request").0, Endpoint::Other);
         assert_eq!(

@@ -121,6 +121,12 @@ impl Refusal {
         }
     }
 
+    /// The `code` and `sqlState` of the statement error this refusal becomes.
+    pub fn query_codes(&self) -> (&'static str, &'static str) {
+        let w = self.wire();
+        (w.query_code, w.sql_state)
+    }
+
     /// The `code` of the login error this refusal becomes (what the audit's `error_code` says).
     pub fn login_code(&self) -> &'static str {
         self.wire().login_code

@@ -49,6 +49,7 @@ pub mod result;
 pub mod secrets;
 pub mod session;
 pub mod shaping;
+pub mod sql_api;
 pub(crate) mod sql_lex;
 pub mod statements;
 pub mod storage;

@@ -18,6 +18,7 @@ mod masking_tests;
 mod requests_tests;
 mod retry_abort_tests;
 mod session_tests;
+mod sql_api_tests;
 mod statement_tests;
 mod unforwarded_tests;
 

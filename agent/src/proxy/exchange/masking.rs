@@ -99,6 +99,13 @@ impl Shaping {
         None
     }
 
+    /// The refusal for a statement through the SQL API, whose results the agent does not shape.
+    pub(super) fn sql_api(&self) -> Refusal {
+        self.refusal(
+            "results of statements sent through the SQL API cannot be masked or limited; use a driver",
+        )
+    }
+
     /// The refusal for a response too large to inspect, or one that could not be decoded.
     pub(super) fn uninspectable(&self) -> Refusal {
         self.refusal("the result is too large for the agent to inspect, so it is withheld")

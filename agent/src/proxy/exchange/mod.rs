@@ -9,7 +9,7 @@
 //! [`router`] maps each endpoint to its handler and is the only module that knows them all;
 //! [`context`] holds what the handlers share; [`state`] the sessions and statements in flight,
 //! and calls no handler. The handlers: [`login`] (login, token renewal, logout), [`statement`]
-//! (query, polls, monitoring, abort), [`holds`] (statements held for approval), [`masking`]
+//! (query, polls, monitoring, abort), [`sql_api`] (statements through the SQL API), [`holds`] (statements held for approval), [`masking`]
 //! (results shaped by a rule), [`recording_tee`] (results recorded as they pass),
 //! [`transfers`] (PUT/GET stage transfers), [`requests`] (any other request to a Snowflake
 //! host), [`tagging`] (QUERY_TAG), [`brokering`] (the
@@ -29,6 +29,7 @@ mod masking;
 mod recording_tee;
 mod requests;
 pub mod router;
+mod sql_api;
 pub mod state;
 mod statement;
 mod tagging;

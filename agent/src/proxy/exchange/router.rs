@@ -14,7 +14,7 @@ use http::{Request, Response, header};
 use tracing::debug;
 
 use super::context::{ConnCtx, Shared, unforwarded};
-use super::{brokering, login, masking, recording_tee, requests, statement, transfers};
+use super::{brokering, login, masking, recording_tee, requests, sql_api, statement, transfers};
 use crate::audit::{ConnectionIdentity, Event};
 use crate::proxy::transport::body::Body;
 use crate::proxy::transport::{
@@ -86,6 +86,9 @@ where
         Endpoint::TokenRequest => login::renewal(req, ctx, brokered, send).await,
         Endpoint::Logout => login::logout(req, ctx, brokered, send).await,
         Endpoint::Abort { query_id } => statement::abort(req, query_id, ctx, send).await,
+        Endpoint::SqlApiSubmit => sql_api::submit(req, params, ctx, send).await,
+        Endpoint::SqlApiStatus { handle } => sql_api::status(req, &handle, ctx, send).await,
+        Endpoint::SqlApiCancel { handle } => sql_api::cancel(req, &handle, ctx, send).await,
         Endpoint::Heartbeat | Endpoint::Telemetry => other(req, ctx, false, send).await,
         _ => other(req, ctx, true, send).await,
     }

@@ -47,6 +47,14 @@ impl Answer {
         }
     }
 
+    /// A JSON answer with `status` (the SQL API answers 202 and 422).
+    pub(super) fn json_with(status: u16, v: &Value) -> Answer {
+        Answer {
+            status,
+            ..Answer::json(v)
+        }
+    }
+
     /// A plain-text answer with `status` (a load balancer's 5xx page).
     pub(super) fn text(status: u16, text: &str) -> Answer {
         Answer {

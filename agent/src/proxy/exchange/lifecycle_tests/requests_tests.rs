@@ -10,27 +10,27 @@ use crate::config::UnknownRequests;
 
 const TOKEN: &str = "tok-1";
 
-/// A statement sent through an endpoint the agent does not read is carried and recorded as a
-/// request of its session: method, path, status, bytes.
+/// A request to an endpoint the agent does not read (a REST resource API) is carried and
+/// recorded as a request of its session: method, path, status, bytes.
 #[tokio::test(start_paused = true)]
 async fn an_unknown_endpoint_is_recorded_with_its_session() {
     let h = harness(Setup::default());
     h.login(TOKEN).await;
     h.upstream.answer(
-        wire::SQL_API,
-        Answer::json(&json!({"statementHandle": "h-1", "data": [["1"]]})),
+        wire::DATABASES,
+        Answer::json(&json!({"name": "ANALYTICS", "kind": "PERMANENT"})),
     );
 
-    let got = h.exchange(wire::sql_api_request(TOKEN, "select 1")).await;
+    let got = h.exchange(wire::rest_request(TOKEN, wire::DATABASES)).await;
 
     assert_eq!(got.status, 200);
-    assert_eq!(got.json()["statementHandle"], "h-1");
-    assert_eq!(h.upstream.received_at(wire::SQL_API).len(), 1);
+    assert_eq!(got.json()["name"], "ANALYTICS");
+    assert_eq!(h.upstream.received_at(wire::DATABASES).len(), 1);
     let requests = h.sink.of_kind(EventKind::Request);
     assert_eq!(requests.len(), 1, "{:?}", h.sink.events());
     let r = &requests[0];
     assert_eq!(r.http_method.as_deref(), Some("POST"));
-    assert_eq!(r.http_path.as_deref(), Some(wire::SQL_API));
+    assert_eq!(r.http_path.as_deref(), Some(wire::DATABASES));
     assert_eq!(r.http_status, Some(200));
     assert_eq!(r.success, Some(true));
     assert!(r.bytes_in.is_some_and(|n| n > 0), "{r:?}");
@@ -50,19 +50,17 @@ async fn an_unknown_endpoint_is_refused_when_unknown_requests_are_denied() {
     });
     h.login(TOKEN).await;
 
-    let got = h
-        .exchange(wire::sql_api_request(TOKEN, "drop table t"))
-        .await;
+    let got = h.exchange(wire::rest_request(TOKEN, wire::DATABASES)).await;
 
     assert_eq!(got.status, 403);
     assert_eq!(got.json()["success"], false);
     assert_eq!(got.json()["code"], "003001");
-    assert!(h.upstream.received_at(wire::SQL_API).is_empty());
+    assert!(h.upstream.received_at(wire::DATABASES).is_empty());
     let denials = h.sink.of_kind(EventKind::Denial);
     assert_eq!(denials.len(), 1, "{:?}", h.sink.events());
     let d = &denials[0];
     assert_eq!(d.detail.as_deref(), Some("unknown_request"));
-    assert_eq!(d.http_path.as_deref(), Some(wire::SQL_API));
+    assert_eq!(d.http_path.as_deref(), Some(wire::DATABASES));
     assert_eq!(d.http_status, Some(403));
     assert_eq!(d.decision.map(|d| d.as_str()), Some("deny"));
 }

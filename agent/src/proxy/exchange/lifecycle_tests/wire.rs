@@ -162,6 +162,54 @@ pub(super) fn heartbeat(token: &str) -> Request<Body> {
     request(Method::POST, HEARTBEAT, Some(token), None)
 }
 
+/// A REST resource API (`POST` creates a database).
+pub(super) const DATABASES: &str = "/api/v2/databases";
+
+/// A request to a REST resource API with the session's token.
+pub(super) fn rest_request(token: &str, path: &str) -> Request<Body> {
+    let body = json!({"name": "ANALYTICS"});
+    request(Method::POST, path, Some(token), Some(&body))
+}
+
+/// `GET /api/v2/statements/<handle>` (`partition` = N when given).
+pub(super) fn sql_api_status(token: &str, handle: &str, partition: Option<u32>) -> Request<Body> {
+    let uri = match partition {
+        Some(n) => format!("{SQL_API}/{handle}?partition={n}"),
+        None => format!("{SQL_API}/{handle}"),
+    };
+    request(Method::GET, &uri, Some(token), None)
+}
+
+/// `POST /api/v2/statements/<handle>/cancel`.
+pub(super) fn sql_api_cancel(token: &str, handle: &str) -> Request<Body> {
+    request(
+        Method::POST,
+        &format!("{SQL_API}/{handle}/cancel"),
+        Some(token),
+        None,
+    )
+}
+
+/// A SQL API answer with `rows` of one column `N`, under `handle`.
+pub(super) fn sql_api_rows(handle: &str, rows: Value) -> Answer {
+    let n = rows.as_array().map_or(0, Vec::len);
+    Answer::json(&json!({
+        "resultSetMetaData": {"numRows": n, "format": "jsonv2",
+            "partitionInfo": [{"rowCount": n}], "rowType": [{"name": "N", "type": "fixed"}]},
+        "data": rows, "code": "090001", "sqlState": "00000", "statementHandle": handle,
+        "message": "Statement executed successfully."
+    }))
+}
+
+/// The SQL API's answer for a statement still running (HTTP 202).
+pub(super) fn sql_api_running(handle: &str) -> Answer {
+    Answer::json_with(
+        202,
+        &json!({"code": "333334", "message": "Asynchronous execution in progress.",
+            "statementHandle": handle, "statementStatusUrl": format!("{SQL_API}/{handle}")}),
+    )
+}
+
 /// A statement sent through the SQL API with the session's token.
 pub(super) fn sql_api_request(token: &str, sql: &str) -> Request<Body> {
     let body = json!({"statement": sql, "timeout": 60});

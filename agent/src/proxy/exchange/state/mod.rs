@@ -109,6 +109,7 @@ pub struct Tracker {
     chunks: Mutex<Bounded<Arc<PendingResult>>>,
     learned: Mutex<Bounded<Instant>>,
     aborted: Mutex<Bounded<()>>,
+    answered: Mutex<Bounded<()>>,
     /// PUT/GET statements waiting for their stage transfers.
     pub transfers: TransferBook,
 }
@@ -125,6 +126,7 @@ impl Default for Tracker {
             chunks: Mutex::new(Bounded::new(MAX_PENDING)),
             learned: Mutex::new(Bounded::new(MAX_SESSIONS)),
             aborted: Mutex::new(Bounded::new(MAX_PENDING)),
+            answered: Mutex::new(Bounded::new(MAX_PENDING)),
             transfers: TransferBook::default(),
         }
     }
@@ -261,6 +263,17 @@ impl Tracker {
             return Some(e);
         }
         lock(&self.retrying).take(request_id).map(|r| r.next)
+    }
+
+    /// Notes that the SQL API statement `handle` was answered and recorded: the partitions of its
+    /// result are fetched by handle later, and belong to that statement.
+    pub fn note_answered(&self, handle: &str) {
+        lock(&self.answered).insert(handle.to_owned(), ());
+    }
+
+    /// Whether the SQL API statement `handle` was answered and recorded.
+    pub fn was_answered(&self, handle: &str) -> bool {
+        lock(&self.answered).get(handle).is_some()
     }
 
     /// Parks a statement whose attempt failed with HTTP 5xx until the driver sends it again with

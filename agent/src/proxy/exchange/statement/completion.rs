@@ -168,7 +168,7 @@ fn with_transfer(mut rec: Recording, part: crate::recording::payload::TransferPa
 const TRANSFER_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Records a finished statement; its durability is not waited on (docs/decisions.md §12).
-pub(super) fn complete(ins: &Shared, event: Event) {
+pub(in crate::proxy::exchange) fn complete(ins: &Shared, event: Event) {
     complete_with(ins, event, None);
 }
 

@@ -38,6 +38,7 @@ use crate::audit::{Durability, Event, EventKind, Flag, OnAuditFailure};
 use crate::proxy::transport::body::Body;
 use crate::snowflake::{self, QueryStatus, Refusal};
 
+pub(in crate::proxy::exchange) use self::completion::complete as complete_event;
 pub(in crate::proxy::exchange) use self::completion::session_ended;
 pub(in crate::proxy::exchange) use self::follow_up::{abort, monitoring, poll};
 

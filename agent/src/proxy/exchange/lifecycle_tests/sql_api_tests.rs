@@ -1,0 +1,202 @@
+//! Statements through Snowflake's SQL API (`/api/v2/statements`), read like a driver's.
+
+use serde_json::json;
+
+use super::fake_upstream::Answer;
+use super::wire;
+use super::{Setup, harness, has_flag};
+use crate::audit::EventKind;
+
+const TOKEN: &str = "tok-1";
+
+const DENY_DROPS: &str = r#"
+[default]
+action = "allow"
+
+[[rule]]
+name = "no-drops"
+action = "deny"
+[rule.when]
+statement = ["DROP"]
+"#;
+
+const MASK_POLICY: &str = r#"
+[default]
+action = "allow"
+
+[[rule]]
+name = "mask-email"
+action = "mask"
+columns = ["email"]
+[rule.when]
+statement = ["SELECT"]
+"#;
+
+/// A statement answered at once is one `query` event of its session, its handle the query id.
+#[tokio::test(start_paused = true)]
+async fn a_statement_is_one_query_event_with_its_handle() {
+    let h = harness(Setup::default());
+    h.login(TOKEN).await;
+    h.upstream.answer(
+        wire::SQL_API,
+        wire::sql_api_rows("01b2-h1", json!([["1"], ["2"]])),
+    );
+
+    let got = h
+        .exchange(wire::sql_api_request(TOKEN, "select n from t"))
+        .await;
+
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["statementHandle"], "01b2-h1");
+    let sent = h.upstream.received_at(wire::SQL_API);
+    assert_eq!(sent.len(), 1);
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 1, "{:?}", h.sink.events());
+    let q = &queries[0];
+    assert_eq!(q.query_id.as_deref(), Some("01b2-h1"));
+    assert_eq!(q.sql_text.as_deref(), Some("select n from t"));
+    assert_eq!(q.success, Some(true));
+    assert_eq!(q.rows_produced, Some(2));
+    assert_eq!(q.driver.as_deref(), Some("SQL API"));
+    assert_eq!(q.login_user.as_deref(), Some("fake"));
+    // Its partitions, fetched by handle, belong to it: no event of their own.
+    h.upstream.answer(
+        "/api/v2/statements/01b2-h1",
+        Answer::json(&json!({"data": [["3"]]})),
+    );
+    let part = h
+        .exchange(wire::sql_api_status(TOKEN, "01b2-h1", Some(1)))
+        .await;
+    assert_eq!(part.status, 200);
+    assert_eq!(
+        h.sink.events().len(),
+        queries.len() + 1,
+        "{:?}",
+        h.sink.events()
+    );
+}
+
+/// A statement a rule denies never reaches Snowflake: the SQL API's own error, and a denial.
+#[tokio::test(start_paused = true)]
+async fn a_denied_statement_is_refused_as_the_sql_api_refuses() {
+    let h = harness(Setup {
+        policy: Some(DENY_DROPS),
+        ..Setup::default()
+    });
+    h.login(TOKEN).await;
+
+    let got = h
+        .exchange(wire::sql_api_request(TOKEN, "drop table orders"))
+        .await;
+
+    assert_eq!(got.status, 422);
+    let body = got.json();
+    assert_eq!(body["code"], "003001");
+    assert_eq!(body["sqlState"], "42501");
+    assert!(
+        body["message"].as_str().unwrap().contains("no-drops"),
+        "{body}"
+    );
+    assert!(h.upstream.received_at(wire::SQL_API).is_empty());
+    let denials = h.sink.of_kind(EventKind::Denial);
+    assert_eq!(denials.len(), 1, "{:?}", h.sink.events());
+    assert_eq!(denials[0].policy_rule.as_deref(), Some("no-drops"));
+    assert_eq!(denials[0].sql_text.as_deref(), Some("drop table orders"));
+    assert_eq!(
+        denials[0].query_id.as_deref(),
+        body["statementHandle"].as_str()
+    );
+}
+
+/// A rule that shapes results cannot be applied to the SQL API's: the statement is refused,
+/// never passed unshaped.
+#[tokio::test(start_paused = true)]
+async fn a_statement_whose_result_a_rule_masks_is_refused() {
+    let h = harness(Setup {
+        policy: Some(MASK_POLICY),
+        ..Setup::default()
+    });
+    h.login(TOKEN).await;
+    let got = h
+        .exchange(wire::sql_api_request(TOKEN, "select email from users"))
+        .await;
+    assert_eq!(got.status, 422);
+    assert!(
+        got.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be masked"),
+        "{}",
+        got.text()
+    );
+    assert!(h.upstream.received_at(wire::SQL_API).is_empty());
+}
+
+/// An asynchronous statement is recorded once its status says it ended; a cancelled one as
+/// aborted.
+#[tokio::test(start_paused = true)]
+async fn async_statements_complete_from_their_status_or_their_cancel() {
+    let h = harness(Setup::default());
+    h.login(TOKEN).await;
+    h.upstream
+        .answer(wire::SQL_API, wire::sql_api_running("01b2-a"));
+    h.upstream
+        .answer(wire::SQL_API, wire::sql_api_running("01b2-b"));
+    let got = h.exchange(wire::sql_api_request(TOKEN, "select 1")).await;
+    assert_eq!(got.status, 202);
+    h.exchange(wire::sql_api_request(TOKEN, "select 2")).await;
+    assert!(h.sink.queries().is_empty(), "{:?}", h.sink.events());
+
+    // The first: still running, then done.
+    let status_a = "/api/v2/statements/01b2-a";
+    h.upstream.answer(status_a, wire::sql_api_running("01b2-a"));
+    h.upstream
+        .answer(status_a, wire::sql_api_rows("01b2-a", json!([["1"]])));
+    h.exchange(wire::sql_api_status(TOKEN, "01b2-a", None))
+        .await;
+    assert!(h.sink.queries().is_empty());
+    h.exchange(wire::sql_api_status(TOKEN, "01b2-a", None))
+        .await;
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    assert_eq!(queries[0].query_id.as_deref(), Some("01b2-a"));
+    assert_eq!(queries[0].success, Some(true));
+    assert_eq!(queries[0].rows_produced, Some(1));
+    assert_eq!(queries[0].is_async, Some(false));
+
+    // The second: cancelled.
+    h.upstream.answer(
+        "/api/v2/statements/01b2-b/cancel",
+        Answer::json(&json!({"code": "000604", "message": "Statement canceled.",
+            "statementHandle": "01b2-b"})),
+    );
+    h.exchange(wire::sql_api_cancel(TOKEN, "01b2-b")).await;
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    let b = &queries[1];
+    assert_eq!(b.query_id.as_deref(), Some("01b2-b"));
+    assert_eq!(b.success, Some(false));
+    assert!(has_flag(b, "aborted"), "{:?}", b.flags);
+}
+
+/// A status request for a handle the agent never saw answered (another session's statement, a
+/// result fetched by its id) is an unknown request: recorded, or refused with
+/// `unknown_requests = "deny"`.
+#[tokio::test(start_paused = true)]
+async fn a_status_request_for_a_handle_never_seen_is_an_unknown_request() {
+    let h = harness(Setup::default());
+    h.login(TOKEN).await;
+    h.upstream.answer(
+        "/api/v2/statements/01b2-elsewhere",
+        wire::sql_api_rows("01b2-elsewhere", json!([["9"]])),
+    );
+    h.exchange(wire::sql_api_status(TOKEN, "01b2-elsewhere", None))
+        .await;
+    let requests = h.sink.of_kind(EventKind::Request);
+    assert_eq!(requests.len(), 1, "{:?}", h.sink.events());
+    assert_eq!(
+        requests[0].http_path.as_deref(),
+        Some("/api/v2/statements/01b2-elsewhere")
+    );
+    assert!(h.sink.queries().is_empty());
+}

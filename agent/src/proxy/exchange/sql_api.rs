@@ -1,0 +1,263 @@
+//! Statements through Snowflake's SQL API (`/api/v2/statements`), read like a driver's
+//! `query-request`: one `query` event per statement with its handle as query id, policy before
+//! anything is forwarded, the intent durable first, and the outcome from the answer or, for a
+//! statement still running, from the status request that finds it ended.
+//!
+//! What the agent does not do for the SQL API yet is refused rather than passed: a rule that
+//! holds a statement for approval (the API cannot wait for an approver through the agent) or
+//! shapes its result (masking, row limits). A status or partition request for a handle the
+//! agent did not see answered is an unknown request ([`super::requests`]).
+
+use std::time::{Instant, SystemTime};
+
+use http::{Request, Response};
+use tracing::warn;
+
+use super::context::{Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response};
+use super::{gate, masking, requests};
+use crate::audit::{Durability, Event, EventKind, Flag, OnAuditFailure};
+use crate::proxy::transport::body::{Body, full};
+use crate::snowflake::sql_api::{self, StatementStatus};
+use crate::snowflake::{self, Refusal, RequestParams};
+
+/// The header naming the kind of credential a SQL API request carries.
+const TOKEN_TYPE: &str = "x-snowflake-authorization-token-type";
+
+/// `POST /api/v2/statements`.
+pub(super) async fn submit<F, Fut>(
+    req: Request<Body>,
+    params: RequestParams,
+    ctx: &ConnCtx,
+    send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let started = Instant::now();
+    let ins = &ctx.shared;
+    let (mut parts, body) = req.into_parts();
+    let session = ins
+        .tracker
+        .lookup(snowflake::auth::authorization_token(&parts.headers));
+    let mut event = ctx.event(EventKind::Query, SystemTime::now(), session.as_deref());
+    event.request_id.clone_from(&params.request_id);
+    event.attempts = Some(1);
+    event.is_async = Some(params.async_submit);
+    event.driver = Some("SQL API".to_owned());
+    if session.is_none() {
+        event.authenticator = parts
+            .headers
+            .get(TOKEN_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+    }
+    let decoded = match read_request(&parts, body, &ins.limits).await {
+        Ok((_, decoded)) => decoded,
+        Err(refusal) => return refuse(ctx, event, refusal),
+    };
+    let Ok(stmt) = sql_api::parse_statement_request(&decoded) else {
+        return refuse(ctx, event, Refusal::Unparsed);
+    };
+    event.sql_text = Some(snowflake::redact_sql(&stmt.statement, ins.redact).into_owned());
+    event.bind_count = u32::try_from(stmt.bind_count).ok();
+    for (field, value) in [
+        (&mut event.role, &stmt.role),
+        (&mut event.warehouse, &stmt.warehouse),
+        (&mut event.database, &stmt.database),
+        (&mut event.schema, &stmt.schema),
+    ] {
+        if value.is_some() {
+            field.clone_from(value);
+        }
+    }
+    match gate::gate(
+        ctx,
+        &mut parts,
+        session.as_deref(),
+        &stmt.statement,
+        &mut event,
+    ) {
+        gate::Gate::Forward(_) => {}
+        gate::Gate::Refuse(r) => return refuse(ctx, event, r),
+        gate::Gate::Hold(_) => {
+            let rule = event.policy_rule.clone().unwrap_or_default();
+            let r = Refusal::PolicyDenied {
+                rule,
+                message: Some(
+                    "the rule requires approval, which a statement sent through the SQL API \
+                     cannot wait for; use a driver"
+                        .to_owned(),
+                ),
+            };
+            return refuse(ctx, event, r);
+        }
+    }
+    if let Some(s) = masking::shaping(ctx, &event) {
+        return refuse(ctx, event, s.sql_api());
+    }
+    if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
+        return refuse(ctx, event, Refusal::AuditUnavailable);
+    }
+    if ins.durability == Durability::BeforeForward
+        && let Err(e) = ins.sink.submit_intent(event.clone()).await
+    {
+        if ins.on_audit_failure == OnAuditFailure::Block {
+            warn!(error = %e, "statement refused: its audit record could not be made durable");
+            return refuse(ctx, event, Refusal::AuditUnavailable);
+        }
+        event.flags.push(Flag::AuditGap);
+    }
+    let body = full(bytes::Bytes::from(decoded));
+    parts.headers.remove(http::header::CONTENT_ENCODING);
+    parts.headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(body_len(&body)),
+    );
+    let resp = send(Request::from_parts(parts, body)).await;
+    answer(ctx, event, resp, started).await
+}
+
+/// `GET /api/v2/statements/<handle>`: the status of a statement that was still running, or a
+/// partition of an answered one's result.
+pub(super) async fn status<F, Fut>(
+    req: Request<Body>,
+    handle: &str,
+    ctx: &ConnCtx,
+    send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let started = Instant::now();
+    if let Some(event) = ctx.shared.tracker.take_query(handle) {
+        let resp = send(req).await;
+        return answer(ctx, event, resp, started).await;
+    }
+    if ctx.shared.tracker.was_answered(handle) {
+        // A partition of a result already recorded with its statement.
+        return send(req).await;
+    }
+    requests::unknown(req, ctx, send).await
+}
+
+/// `POST /api/v2/statements/<handle>/cancel`: a running statement's event completes as
+/// aborted once Snowflake confirmed the cancellation.
+pub(super) async fn cancel<F, Fut>(
+    req: Request<Body>,
+    handle: &str,
+    ctx: &ConnCtx,
+    send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    let Some(mut event) = ctx.shared.tracker.take_query(handle) else {
+        return requests::unknown(req, ctx, send).await;
+    };
+    let resp = send(req).await;
+    if resp.status().is_success() {
+        event.success = Some(false);
+        event.add_flag(Flag::Aborted);
+        super::statement::complete_event(&ctx.shared, event);
+    } else {
+        ctx.shared.tracker.park_query(handle, event);
+    }
+    resp
+}
+
+/// Reads a SQL API answer into the statement's event: completed or failed, it is recorded; still
+/// running, it waits for the status request that finds it ended.
+async fn answer(
+    ctx: &ConnCtx,
+    mut event: Event,
+    resp: Response<Body>,
+    started: Instant,
+) -> Response<Body> {
+    let ins = &ctx.shared;
+    let status = resp.status();
+    match read_response(resp, &ins.limits).await {
+        Buffered::Read {
+            parts,
+            raw,
+            decoded,
+        } => {
+            let parsed = decoded
+                .as_deref()
+                .map(|d| sql_api::parse_statement_response(status.as_u16(), d));
+            match parsed {
+                Some(Ok(r)) => {
+                    event.query_id = r.handle.clone().or(event.query_id.take());
+                    match r.status {
+                        StatementStatus::InProgress => match r.handle.as_deref() {
+                            Some(h) => ins.tracker.park_query(h, event),
+                            None => super::statement::complete_event(ins, event),
+                        },
+                        StatementStatus::Complete => {
+                            event.success = Some(true);
+                            event.rows_produced = r.num_rows;
+                            event.result_bytes = u64::try_from(raw.len()).ok();
+                            event.chunk_count = u32::try_from(r.partitions).ok();
+                            event.duration_ms = elapsed_ms(started);
+                            if let Some(h) = r.handle.as_deref() {
+                                ins.tracker.note_answered(h);
+                            }
+                            super::statement::complete_event(ins, event);
+                        }
+                        StatementStatus::Failed => {
+                            event.success = Some(false);
+                            event.error_code = r.code;
+                            event.sql_state = r.sql_state;
+                            event.error_message = r.message;
+                            event.duration_ms = elapsed_ms(started);
+                            super::statement::complete_event(ins, event);
+                        }
+                    }
+                }
+                _ => {
+                    event.success = Some(status.is_success());
+                    event.add_flag(Flag::Unparsed);
+                    if !status.is_success() {
+                        event.error_message = Some(format!("HTTP {status}"));
+                    }
+                    event.duration_ms = elapsed_ms(started);
+                    super::statement::complete_event(ins, event);
+                }
+            }
+            Response::from_parts(parts, raw.into_body())
+        }
+        Buffered::Streamed(resp) => {
+            event.success = Some(resp.status().is_success());
+            event.add_flag(Flag::Uninspected);
+            event.duration_ms = elapsed_ms(started);
+            super::statement::complete_event(ins, event);
+            resp
+        }
+    }
+}
+
+/// Refuses a statement as the SQL API refuses one (HTTP 422 with its error body), and records
+/// the denial; nothing is forwarded.
+fn refuse(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
+    let handle = uuid::Uuid::now_v7().to_string();
+    mark_denied(&mut event, &refusal);
+    event.query_id = Some(handle.clone());
+    event.recording = Some(crate::recording::Status::Off);
+    drop(ctx.shared.sink.submit(event));
+    let (code, sql_state) = refusal.query_codes();
+    let body = sql_api::error_body(code, sql_state, &refusal.message(), &handle);
+    let mut resp = Response::new(full(bytes::Bytes::from(body)));
+    *resp.status_mut() = http::StatusCode::UNPROCESSABLE_ENTITY;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The exact length of a whole body.
+fn body_len(body: &Body) -> u64 {
+    hyper::body::Body::size_hint(body).exact().unwrap_or(0)
+}

@@ -1,0 +1,288 @@
+//! Snowflake's SQL API (`/api/v2/statements`, docs/protocol.md "SQL API"): a statement submitted
+//! as JSON with any credential Snowflake takes (a session token, a key-pair JWT, OAuth, a
+//! programmatic access token), its answer, and the handle by which its status, its result
+//! partitions and its cancellation are asked for later.
+//!
+//! Pure parsing: bytes in, typed values out. The SQL text is kept whole because policy reads it;
+//! `Debug` prints it redacted. Result rows are not read here: only what the audit records of
+//! them (their count, the partitions, the handle).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ParseError;
+use super::json::{self, UniqueMap};
+use super::redact::{RedactMode, redact_sql};
+
+const REQUEST: &str = "SQL API request";
+const RESPONSE: &str = "SQL API response";
+
+/// `code` of a statement that completed.
+pub const CODE_SUCCESS: &str = "090001";
+/// `code` of a statement still running (HTTP 202).
+pub const CODE_IN_PROGRESS: &str = "333334";
+
+/// A statement submitted to `POST /api/v2/statements`.
+#[derive(Clone, PartialEq)]
+pub struct StatementRequest {
+    /// `statement`, as sent (may carry credentials: redact it before it reaches the audit).
+    pub statement: String,
+    /// `database`, when set.
+    pub database: Option<String>,
+    /// `schema`, when set.
+    pub schema: Option<String>,
+    /// `warehouse`, when set.
+    pub warehouse: Option<String>,
+    /// `role`, when set.
+    pub role: Option<String>,
+    /// Number of bind variables (keys of `bindings`).
+    pub bind_count: usize,
+    /// `parameters.query_tag` (any case), when a string.
+    pub query_tag: Option<String>,
+    /// `parameters.multi_statement_count` (any case): 0 means any number.
+    pub multi_statement_count: Option<u64>,
+}
+
+impl std::fmt::Debug for StatementRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatementRequest")
+            .field(
+                "statement",
+                &redact_sql(&self.statement, RedactMode::Credentials),
+            )
+            .field("database", &self.database)
+            .field("schema", &self.schema)
+            .field("warehouse", &self.warehouse)
+            .field("role", &self.role)
+            .field("bind_count", &self.bind_count)
+            .field("query_tag", &self.query_tag)
+            .field("multi_statement_count", &self.multi_statement_count)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct WireRequest {
+    statement: Option<String>,
+    database: Option<String>,
+    schema: Option<String>,
+    warehouse: Option<String>,
+    role: Option<String>,
+    bindings: Option<UniqueMap<Value>>,
+    parameters: Option<UniqueMap<Value>>,
+}
+
+/// Parses a (decoded) `POST /api/v2/statements` body.
+pub fn parse_statement_request(body: &[u8]) -> Result<StatementRequest, ParseError> {
+    let w: WireRequest = json::from_slice(REQUEST, body)?;
+    let statement = w.statement.ok_or(ParseError::MissingField {
+        what: REQUEST,
+        field: "statement",
+    })?;
+    let parameters = w.parameters.map(|m| m.0).unwrap_or_default();
+    let param = |name: &str| {
+        parameters
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let multi_statement_count = param("multi_statement_count").and_then(|v| match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    });
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    Ok(StatementRequest {
+        statement,
+        database: nonempty(w.database),
+        schema: nonempty(w.schema),
+        warehouse: nonempty(w.warehouse),
+        role: nonempty(w.role),
+        bind_count: w.bindings.map_or(0, |b| b.0.len()),
+        query_tag: param("query_tag")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        multi_statement_count,
+    })
+}
+
+/// Where a statement stands, from an answer's HTTP status and `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementStatus {
+    /// It completed (HTTP 200): the answer holds its result's first partition.
+    Complete,
+    /// It is still running (HTTP 202, `333334`): its handle is asked for its status later.
+    InProgress,
+    /// It failed (HTTP 422 and other errors naming the statement).
+    Failed,
+}
+
+/// What the audit records of an answer of the SQL API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementResponse {
+    /// Where the statement stands.
+    pub status: StatementStatus,
+    /// `code`: Snowflake's result or error code.
+    pub code: Option<String>,
+    /// `message`.
+    pub message: Option<String>,
+    /// `sqlState`.
+    pub sql_state: Option<String>,
+    /// `statementHandle`: the statement's query id.
+    pub handle: Option<String>,
+    /// `statementHandles`: the statements of a multi-statement request.
+    pub handles: Vec<String>,
+    /// `resultSetMetaData.numRows`: rows of the whole result.
+    pub num_rows: Option<u64>,
+    /// `resultSetMetaData.partitionInfo`: how many partitions the result has.
+    pub partitions: usize,
+    /// The columns' names (`resultSetMetaData.rowType[].name`), as a rule that shapes a
+    /// result by column would read them.
+    pub columns: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse {
+    code: Option<String>,
+    message: Option<String>,
+    sql_state: Option<String>,
+    statement_handle: Option<String>,
+    statement_handles: Option<Vec<String>>,
+    result_set_meta_data: Option<WireMeta>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta {
+    num_rows: Option<u64>,
+    partition_info: Option<Vec<Value>>,
+    row_type: Option<Vec<WireColumn>>,
+}
+
+#[derive(Deserialize)]
+struct WireColumn {
+    name: Option<String>,
+}
+
+/// Parses a (decoded) answer of `POST /api/v2/statements` or `GET /api/v2/statements/<handle>`
+/// given its HTTP status.
+pub fn parse_statement_response(
+    http_status: u16,
+    body: &[u8],
+) -> Result<StatementResponse, ParseError> {
+    let w: WireResponse = json::from_slice(RESPONSE, body)?;
+    let status = match (http_status, w.code.as_deref()) {
+        (202, _) | (_, Some(CODE_IN_PROGRESS)) => StatementStatus::InProgress,
+        (200, _) => StatementStatus::Complete,
+        _ => StatementStatus::Failed,
+    };
+    let meta = w.result_set_meta_data;
+    Ok(StatementResponse {
+        status,
+        code: w.code,
+        message: w.message,
+        sql_state: w.sql_state,
+        handle: w.statement_handle,
+        handles: w.statement_handles.unwrap_or_default(),
+        num_rows: meta.as_ref().and_then(|m| m.num_rows),
+        partitions: meta
+            .as_ref()
+            .and_then(|m| m.partition_info.as_ref())
+            .map_or(0, Vec::len),
+        columns: meta
+            .and_then(|m| m.row_type)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name.unwrap_or_default())
+            .collect(),
+    })
+}
+
+/// The error body the SQL API answers a refused statement with (as Snowflake's own 422): `code`,
+/// `message`, `sqlState` and the handle the agent gave the refusal.
+pub fn error_body(code: &str, sql_state: &str, message: &str, handle: &str) -> Vec<u8> {
+    serde_json::json!({
+        "code": code,
+        "message": message,
+        "sqlState": sql_state,
+        "statementHandle": handle,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_gives_its_statement_context_and_tag() {
+        let body = br#"{"statement": "select * from t where id = ?", "timeout": 60,
+            "database": "DB", "schema": "", "warehouse": "WH", "role": "R",
+            "bindings": {"1": {"type": "FIXED", "value": "7"}},
+            "parameters": {"QUERY_TAG": "nightly", "MULTI_STATEMENT_COUNT": "2"}}"#;
+        let r = parse_statement_request(body).unwrap();
+        assert_eq!(r.statement, "select * from t where id = ?");
+        assert_eq!(r.database.as_deref(), Some("DB"));
+        assert_eq!(r.schema, None);
+        assert_eq!(r.warehouse.as_deref(), Some("WH"));
+        assert_eq!(r.role.as_deref(), Some("R"));
+        assert_eq!(r.bind_count, 1);
+        assert_eq!(r.query_tag.as_deref(), Some("nightly"));
+        assert_eq!(r.multi_statement_count, Some(2));
+    }
+
+    #[test]
+    fn a_request_without_a_statement_or_with_a_repeated_key_is_refused() {
+        assert!(parse_statement_request(br#"{"timeout": 60}"#).is_err());
+        // A second "statement" must not hide the first from policy.
+        assert!(
+            parse_statement_request(br#"{"statement": "select 1", "statement": "drop table t"}"#)
+                .is_err()
+        );
+        assert!(parse_statement_request(b"not json").is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let r =
+            parse_statement_request(br#"{"statement": "alter user u set password = 'hunter2'"}"#)
+                .unwrap();
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn answers_say_where_the_statement_stands() {
+        let done = br#"{"resultSetMetaData": {"numRows": 3, "format": "jsonv2",
+            "partitionInfo": [{"rowCount": 2}, {"rowCount": 1}],
+            "rowType": [{"name": "ID", "type": "fixed"}, {"name": "EMAIL", "type": "text"}]},
+            "data": [["1", "a"], ["2", "b"]], "code": "090001", "sqlState": "00000",
+            "statementHandle": "01b2-h", "message": "Statement executed successfully."}"#;
+        let r = parse_statement_response(200, done).unwrap();
+        assert_eq!(r.status, StatementStatus::Complete);
+        assert_eq!(r.handle.as_deref(), Some("01b2-h"));
+        assert_eq!(r.num_rows, Some(3));
+        assert_eq!(r.partitions, 2);
+        assert_eq!(r.columns, ["ID", "EMAIL"]);
+        let running = br#"{"code": "333334", "message": "Asynchronous execution in progress.",
+            "statementHandle": "01b2-h", "statementStatusUrl": "/api/v2/statements/01b2-h"}"#;
+        assert_eq!(
+            parse_statement_response(202, running).unwrap().status,
+            StatementStatus::InProgress
+        );
+        let failed = br#"{"code": "002003", "sqlState": "42S02",
+            "message": "Object 'T' does not exist.", "statementHandle": "01b2-x"}"#;
+        let f = parse_statement_response(422, failed).unwrap();
+        assert_eq!(f.status, StatementStatus::Failed);
+        assert_eq!(f.code.as_deref(), Some("002003"));
+        assert_eq!(f.sql_state.as_deref(), Some("42S02"));
+        let multi =
+            br#"{"code": "090001", "statementHandles": ["h1", "h2"], "statementHandle": "h0"}"#;
+        assert_eq!(
+            parse_statement_response(200, multi).unwrap().handles,
+            ["h1", "h2"]
+        );
+    }
+}
