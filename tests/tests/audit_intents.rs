@@ -266,14 +266,7 @@ async fn a_statement_longer_than_max_sql_bytes_is_cut_and_identified_whole() {
         max_sql_bytes: 1024,
         ..AuditConfig::default()
     };
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        Arc::new(SystemClock),
-        config,
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(Arc::new(SystemClock), config).await;
     let long = format!("insert into t values {}", "(1, 'x'), ".repeat(400));
     let mut stmt = intent(SystemTime::now(), 1);
     stmt.sql_text = Some(long.clone());
