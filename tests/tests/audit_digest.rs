@@ -15,12 +15,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use audit_common::{Dirs, at, open_in, published_in, rich_event, start, wait_until};
+use audit_common::{Dirs, at, open_in, published_in, rich_event, wait_until};
 use snowtrail::audit::digest::{DIGEST_DIR, DigestFile, public_key_text};
 use snowtrail::audit::digest_verify::{ChainOptions, check_chains};
 use snowtrail::audit::files::{FileSettings, OpenFile, hour_of};
 use snowtrail::audit::readback::{self, VerifyOptions};
-use snowtrail::audit::{AuditConfig, Clock, EventKind, ManualClock, OnAuditFailure};
+use snowtrail::audit::{AuditConfig, Clock, EventKind, ManualClock};
 
 /// The digest files under an audit directory, in path order.
 fn digests(audit: &Path) -> Vec<PathBuf> {
@@ -53,14 +53,7 @@ async fn build_trail(dirs: &Dirs) {
         digest_interval_s: 60,
         ..AuditConfig::default()
     };
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock.clone(),
-        config,
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(clock.clone(), config).await;
     for h in 0..3u64 {
         clock.set(at(h * 3600 + 10, 0));
         for i in 0..20 {

@@ -7,10 +7,8 @@ mod audit_common;
 
 use std::sync::Arc;
 
-use audit_common::{Dirs, at, rich_event, start};
-use snowtrail::audit::{
-    AuditConfig, AuditError, EventKind, EventSink, ManualClock, OnAuditFailure, readback,
-};
+use audit_common::{Dirs, at, rich_event};
+use snowtrail::audit::{AuditConfig, AuditError, EventKind, EventSink, ManualClock, readback};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_events_share_fdatasyncs() {
@@ -21,14 +19,7 @@ async fn concurrent_events_share_fdatasyncs() {
         ..AuditConfig::default()
     };
     let clock = Arc::new(ManualClock::new(at(0, 0)));
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock,
-        config,
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(clock, config).await;
     const N: u64 = 3000;
     let mut acks = Vec::new();
     for i in 0..N {

@@ -11,10 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use audit_common::{Dirs, at, open_in, published_in, rich_event, start, wait_until};
+use audit_common::{Dirs, at, open_in, published_in, rich_event, wait_until};
 use snowtrail::audit::{
-    AuditConfig, AuditError, Event, EventKind, EventSink, Flag, ManualClock, OnAuditFailure,
-    SystemClock, readback,
+    AuditConfig, AuditError, Event, EventKind, EventSink, Flag, ManualClock, SystemClock, readback,
 };
 use uuid::Uuid;
 
@@ -81,14 +80,7 @@ fn segments(state: &Path) -> Vec<String> {
 async fn a_completion_after_its_hour_closed_goes_to_a_new_file_of_that_hour() {
     let dirs = Dirs::new();
     let clock = Arc::new(ManualClock::new(at(3590, 0))); // 10:59:50
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock.clone(),
-        AuditConfig::default(),
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(clock.clone(), AuditConfig::default()).await;
     let stmt = intent(at(3595, 0), 1);
     let login = rich_event(EventKind::Login, at(3596, 0), 2);
     w.submit_intent(stmt.clone()).await.unwrap();
@@ -139,14 +131,7 @@ async fn a_completion_after_its_hour_closed_goes_to_a_new_file_of_that_hour() {
 async fn shutdown_writes_a_pending_intent_with_outcome_unknown() {
     let dirs = Dirs::new();
     let clock = Arc::new(ManualClock::new(at(100, 0)));
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock.clone(),
-        AuditConfig::default(),
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(clock.clone(), AuditConfig::default()).await;
     let pending = intent(at(100, 0), 1);
     let answered = intent(at(101, 0), 2);
     w.submit_intent(pending.clone()).await.unwrap();
@@ -169,14 +154,7 @@ async fn shutdown_writes_a_pending_intent_with_outcome_unknown() {
     assert_eq!(segments(&dirs.state).len(), 1);
 
     // Nothing is left for the next start.
-    let (_w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock,
-        AuditConfig::default(),
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (_w, task) = dirs.start(clock, AuditConfig::default()).await;
     assert_eq!(task.recovery().records, 0);
     task.shutdown().await.unwrap();
     assert_eq!(rows(&dirs.audit).len(), 2);
@@ -191,14 +169,7 @@ async fn timeout_and_bound_write_outcome_unknown_and_refuse_late_completions() {
         max_pending_intents: 2,
         ..AuditConfig::default()
     };
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock.clone(),
-        config,
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(clock.clone(), config).await;
 
     // Timeout: a statement that stays pending past intent_timeout_s.
     let slow = intent(at(100, 0), 1);
@@ -254,14 +225,7 @@ async fn a_long_pending_intent_does_not_hold_old_journal_segments() {
         max_file_bytes: 1,
         ..AuditConfig::default()
     };
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        Arc::new(SystemClock),
-        config,
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(Arc::new(SystemClock), config).await;
     // Now, to the microsecond the files keep.
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let t0 = UNIX_EPOCH + Duration::from_micros(since_epoch.as_micros() as u64);
@@ -302,14 +266,7 @@ async fn a_statement_longer_than_max_sql_bytes_is_cut_and_identified_whole() {
         max_sql_bytes: 1024,
         ..AuditConfig::default()
     };
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        Arc::new(SystemClock),
-        config,
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(Arc::new(SystemClock), config).await;
     let long = format!("insert into t values {}", "(1, 'x'), ".repeat(400));
     let mut stmt = intent(SystemTime::now(), 1);
     stmt.sql_text = Some(long.clone());

@@ -10,9 +10,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use audit_common::{Dirs, at, python, rich_event, start};
+use audit_common::{Dirs, at, python, rich_event};
 use snowtrail::audit::readback::{self, TailOptions};
-use snowtrail::audit::{AuditConfig, Event, EventKind, EventSink, OnAuditFailure, SystemClock};
+use snowtrail::audit::{AuditConfig, Event, EventKind, EventSink, SystemClock};
 
 const SCRIPT: &str = r#"
 import json, sys
@@ -75,14 +75,9 @@ fn all_kinds() -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duckdb_and_pyarrow_read_back_exactly_what_was_written() {
     let dirs = Dirs::new();
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        Arc::new(SystemClock),
-        AuditConfig::default(),
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs
+        .start(Arc::new(SystemClock), AuditConfig::default())
+        .await;
     let events = all_kinds();
     let acks: Vec<_> = events.iter().cloned().map(|e| w.submit(e)).collect();
     for a in acks {
@@ -183,14 +178,9 @@ async fn duckdb_and_pyarrow_read_back_exactly_what_was_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ls_tail_verify_replay() {
     let dirs = Dirs::new();
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        Arc::new(SystemClock),
-        AuditConfig::default(),
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs
+        .start(Arc::new(SystemClock), AuditConfig::default())
+        .await;
     for e in all_kinds() {
         w.submit(e).await.unwrap();
     }

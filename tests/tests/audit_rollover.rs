@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use audit_common::{Dirs, at, open_in, published_in, rich_event, start, wait_until};
-use snowtrail::audit::{AuditConfig, EventKind, EventSink, ManualClock, OnAuditFailure, readback};
+use audit_common::{Dirs, at, open_in, published_in, rich_event, wait_until};
+use snowtrail::audit::{AuditConfig, EventKind, EventSink, ManualClock, readback};
 
 const H10: &str = "date=2024-05-01/hour=10";
 const H11: &str = "date=2024-05-01/hour=11";
@@ -27,14 +27,7 @@ fn ids_of(path: &std::path::Path) -> HashSet<uuid::Uuid> {
 async fn events_near_the_boundary_land_in_their_hour() {
     let dirs = Dirs::new();
     let clock = Arc::new(ManualClock::new(at(3599, 0)));
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock.clone(),
-        AuditConfig::default(),
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(clock.clone(), AuditConfig::default()).await;
 
     let a = rich_event(EventKind::Query, at(3599, 999_999), 1); // 10:59:59.999999
     let b = rich_event(EventKind::Query, at(3600, 0), 2); // 11:00:00.000000
@@ -101,14 +94,7 @@ async fn age_and_size_limits_close_files() {
         max_file_age_s: Some(60),
         ..AuditConfig::default()
     };
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock.clone(),
-        config,
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(clock.clone(), config).await;
     w.submit(rich_event(EventKind::Login, at(100, 0), 1))
         .await
         .unwrap();
@@ -129,14 +115,7 @@ async fn age_and_size_limits_close_files() {
         max_file_bytes: 1,
         ..AuditConfig::default()
     };
-    let (w, task) = start(
-        &dirs.state,
-        &dirs.audit,
-        clock.clone(),
-        config,
-        OnAuditFailure::Block,
-    )
-    .await;
+    let (w, task) = dirs.start(clock.clone(), config).await;
     for i in 0..5 {
         w.submit(rich_event(EventKind::Query, at(200, i), i))
             .await

@@ -13,187 +13,66 @@ use std::time::SystemTime;
 
 use super::event::{Event, EventKind};
 
-/// The columns of a connection's event that every event of its exchanges carries too.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectionIdentity {
-    /// The host name of the machine the agent runs on.
-    pub host: String,
-    /// The agent's version.
-    pub agent_version: String,
-    /// Thread id of the caller.
-    pub pid: Option<u32>,
-    /// Process id of the caller.
-    pub tgid: Option<u32>,
-    /// Parent process id of the caller.
-    pub ppid: Option<u32>,
-    /// Real user id of the caller.
-    pub uid: Option<u32>,
-    /// Real group id of the caller.
-    pub gid: Option<u32>,
-    /// User name of `uid`.
-    pub user_name: Option<String>,
-    /// The caller's `comm`.
-    pub comm: Option<String>,
-    /// The caller's executable path.
-    pub exe: Option<String>,
-    /// The caller's command line, bounded.
-    pub cmdline: Option<String>,
-    /// The caller's cgroup, relative to the cgroup2 mount.
-    pub cgroup_path: Option<String>,
-    /// The caller's cgroup id.
-    pub cgroup_id: Option<u64>,
-    /// The systemd unit the cgroup belongs to.
-    pub systemd_unit: Option<String>,
-    /// A container id found in the cgroup path.
-    pub container_id: Option<String>,
-    /// A Kubernetes pod UID found in the cgroup path.
-    pub pod_uid: Option<String>,
-    /// The enrollment's workload identity.
-    pub workload_identity: Option<String>,
-    /// The enrollment's labels.
-    pub labels: BTreeMap<String, String>,
-    /// The human behind the workload, when known for the connection.
-    pub human_identity: Option<String>,
-    /// The client's address.
-    pub src_ip: Option<IpAddr>,
-    /// The client's port.
-    pub src_port: Option<u16>,
-    /// The destination the client asked for.
-    pub dst_ip: Option<IpAddr>,
-    /// The destination port the client asked for.
-    pub dst_port: Option<u16>,
-    /// The TLS server name the client sent.
-    pub sni: Option<String>,
-    /// The agent's id of the connection.
-    pub connection_id: Option<u64>,
-    /// The run's correlation id (the `snowtrail exec` run the caller belongs to).
-    pub correlation_id: Option<String>,
-    /// The Kubernetes QoS class of the pod.
-    pub pod_qos: Option<String>,
-    /// The runtime of `container_id`.
-    pub container_runtime: Option<String>,
-    /// The caller's ancestors inside the enrolled cgroup, nearest first, as `pid:comm`.
-    pub parent_chain: Vec<String>,
-    /// When the caller's process started.
-    pub process_start_time: Option<SystemTime>,
-    /// Who started the run (or enrolled the cgroup).
-    pub started_by: Option<String>,
-    /// The login user of whoever started the run.
-    pub started_by_login: Option<String>,
+/// Declares [`ConnectionIdentity`] from one list of the identity columns, with the copy of those
+/// columns out of an [`Event`] and back into one, so that the struct and both copies cannot
+/// disagree on which columns a connection shares with its exchanges.
+macro_rules! connection_identity {
+    ($($field:ident: $ty:ty),+ $(,)?) => {
+        /// The columns of a connection's event that every event of its exchanges carries too.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct ConnectionIdentity {
+            $(
+                #[doc = concat!(
+                    "The connection's [`Event::", stringify!($field),
+                    "`], carried by every event of its exchanges."
+                )]
+                pub $field: $ty,
+            )+
+        }
+
+        impl ConnectionIdentity {
+            /// The identity columns of a connection's event.
+            pub fn of(e: &Event) -> Self {
+                ConnectionIdentity {
+                    $($field: e.$field.clone(),)+
+                }
+            }
+
+            /// Writes the identity columns into `e`, replacing what it had in them.
+            fn copy_into(&self, e: &mut Event) {
+                $(e.$field.clone_from(&self.$field);)+
+            }
+        }
+    };
 }
 
-impl ConnectionIdentity {
-    /// The identity columns of a connection's event.
-    pub fn of(e: &Event) -> Self {
-        ConnectionIdentity {
-            host: e.host.clone(),
-            agent_version: e.agent_version.clone(),
-            pid: e.pid,
-            tgid: e.tgid,
-            ppid: e.ppid,
-            uid: e.uid,
-            gid: e.gid,
-            user_name: e.user_name.clone(),
-            comm: e.comm.clone(),
-            exe: e.exe.clone(),
-            cmdline: e.cmdline.clone(),
-            cgroup_path: e.cgroup_path.clone(),
-            cgroup_id: e.cgroup_id,
-            systemd_unit: e.systemd_unit.clone(),
-            container_id: e.container_id.clone(),
-            pod_uid: e.pod_uid.clone(),
-            workload_identity: e.workload_identity.clone(),
-            labels: e.labels.clone(),
-            human_identity: e.human_identity.clone(),
-            src_ip: e.src_ip,
-            src_port: e.src_port,
-            dst_ip: e.dst_ip,
-            dst_port: e.dst_port,
-            sni: e.sni.clone(),
-            connection_id: e.connection_id,
-            correlation_id: e.correlation_id.clone(),
-            pod_qos: e.pod_qos.clone(),
-            container_runtime: e.container_runtime.clone(),
-            parent_chain: e.parent_chain.clone(),
-            process_start_time: e.process_start_time,
-            started_by: e.started_by.clone(),
-            started_by_login: e.started_by_login.clone(),
-        }
-    }
+connection_identity! {
+    // The agent.
+    host: String, agent_version: String,
+    // The calling process.
+    pid: Option<u32>, tgid: Option<u32>, ppid: Option<u32>, uid: Option<u32>, gid: Option<u32>,
+    user_name: Option<String>, comm: Option<String>, exe: Option<String>,
+    cmdline: Option<String>,
+    // Its cgroup and workload.
+    cgroup_path: Option<String>, cgroup_id: Option<u64>, systemd_unit: Option<String>,
+    container_id: Option<String>, pod_uid: Option<String>, workload_identity: Option<String>,
+    labels: BTreeMap<String, String>, human_identity: Option<String>,
+    // The addresses.
+    src_ip: Option<IpAddr>, src_port: Option<u16>, dst_ip: Option<IpAddr>, dst_port: Option<u16>,
+    sni: Option<String>, connection_id: Option<u64>,
+    // The run, and the workload's details added with it.
+    correlation_id: Option<String>, pod_qos: Option<String>, container_runtime: Option<String>,
+    parent_chain: Vec<String>, process_start_time: Option<SystemTime>,
+    started_by: Option<String>, started_by_login: Option<String>,
 }
 
 impl Event {
     /// Starts an event of `kind` at `event_time` on the connection `id`: its identity columns
     /// filled, every other column empty.
     pub fn of_connection(kind: EventKind, event_time: SystemTime, id: &ConnectionIdentity) -> Self {
-        let ConnectionIdentity {
-            host,
-            agent_version,
-            pid,
-            tgid,
-            ppid,
-            uid,
-            gid,
-            user_name,
-            comm,
-            exe,
-            cmdline,
-            cgroup_path,
-            cgroup_id,
-            systemd_unit,
-            container_id,
-            pod_uid,
-            workload_identity,
-            labels,
-            human_identity,
-            src_ip,
-            src_port,
-            dst_ip,
-            dst_port,
-            sni,
-            connection_id,
-            correlation_id,
-            pod_qos,
-            container_runtime,
-            parent_chain,
-            process_start_time,
-            started_by,
-            started_by_login,
-        } = id.clone();
-        Event {
-            agent_version,
-            pid,
-            tgid,
-            ppid,
-            uid,
-            gid,
-            user_name,
-            comm,
-            exe,
-            cmdline,
-            cgroup_path,
-            cgroup_id,
-            systemd_unit,
-            container_id,
-            pod_uid,
-            workload_identity,
-            labels,
-            human_identity,
-            src_ip,
-            src_port,
-            dst_ip,
-            dst_port,
-            sni,
-            connection_id,
-            correlation_id,
-            pod_qos,
-            container_runtime,
-            parent_chain,
-            process_start_time,
-            started_by,
-            started_by_login,
-            ..Event::new(kind, event_time, &host)
-        }
+        let mut e = Event::new(kind, event_time, &id.host);
+        id.copy_into(&mut e);
+        e
     }
 }
 

@@ -159,7 +159,7 @@ pub struct Event {
     pub snowflake_session_id: Option<String>,
     /// The agent's session id.
     pub session_id: Option<String>,
-    /// The run's correlation id.
+    /// The run's correlation id (the `snowtrail exec` run the caller belongs to).
     pub correlation_id: Option<String>,
     /// The driver's request id.
     pub request_id: Option<String>,

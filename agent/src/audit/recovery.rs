@@ -135,6 +135,14 @@ pub(crate) struct Replayed {
     pub(crate) undecodable: u64,
 }
 
+impl Replayed {
+    /// Logs record `seq` of the segment `path`, which cannot be decoded, and counts it.
+    fn undecodable(&mut self, seq: u64, path: &Path, e: DecodeError) {
+        tracing::error!(seq, error = %e, segment = %path.display(), "journal record cannot be decoded");
+        self.undecodable += 1;
+    }
+}
+
 /// Turns journal records into rows the way the writer does, in sequence order: a complete event is
 /// a row (record `seq`) and takes with it the pending intent records with its `event_id`
 /// (`intents`); an intent record waits; after the last record, every intent still waiting is a row
@@ -152,9 +160,6 @@ pub(crate) fn replay<E: From<JournalError>>(
     let mut stats = Replayed::default();
     let mut waiting: HashMap<Uuid, Vec<u64>> = HashMap::new();
     let mut failed: Option<E> = None;
-    let undecodable = |seq: u64, path: &Path, e: DecodeError| {
-        tracing::error!(seq, error = %e, segment = %path.display(), "journal record cannot be decoded");
-    };
     for path in paths {
         let path = path.as_ref();
         read_segment(path, |seq, payload| {
@@ -172,16 +177,10 @@ pub(crate) fn replay<E: From<JournalError>>(
                     }
                 }
                 Take::Write => match record_kind(payload) {
-                    Err(e) => {
-                        undecodable(seq, path, e);
-                        stats.undecodable += 1;
-                    }
+                    Err(e) => stats.undecodable(seq, path, e),
                     Ok(RecordKind::Intent) => match peek_time_and_id(payload) {
                         Ok((_, id)) => waiting.entry(id).or_default().push(seq),
-                        Err(e) => {
-                            undecodable(seq, path, e);
-                            stats.undecodable += 1;
-                        }
+                        Err(e) => stats.undecodable(seq, path, e),
                     },
                     Ok(RecordKind::Event) => match decode_event(payload) {
                         Ok(event) => {
@@ -191,10 +190,7 @@ pub(crate) fn replay<E: From<JournalError>>(
                                 failed = Some(e);
                             }
                         }
-                        Err(e) => {
-                            undecodable(seq, path, e);
-                            stats.undecodable += 1;
-                        }
+                        Err(e) => stats.undecodable(seq, path, e),
                     },
                 },
             }
@@ -232,10 +228,7 @@ pub(crate) fn replay<E: From<JournalError>>(
                         failed = Some(e);
                     }
                 }
-                Err(e) => {
-                    undecodable(seq, path, e);
-                    stats.undecodable += 1;
-                }
+                Err(e) => stats.undecodable(seq, path, e),
             }
             Ok(())
         })?;

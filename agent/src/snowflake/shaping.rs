@@ -424,8 +424,23 @@ mod tests {
         .unwrap()
     }
 
-    fn data(body: &[u8]) -> Value {
+    /// The `data` object of a response body.
+    pub(super) fn data(body: &[u8]) -> Value {
         serde_json::from_slice::<Value>(body).unwrap()["data"].clone()
+    }
+
+    /// Asserts that a limit refusing results of more than `limit` rows refuses `body`, which
+    /// has `total`, and that a limit of `total` lets it pass as it is.
+    pub(super) fn assert_refused_over(body: &[u8], limit: u64, total: u64) {
+        let refusing = |n| Shape {
+            mask: vec![],
+            row_limit: Some((n, LimitMode::Refuse)),
+        };
+        assert_eq!(
+            shape_response(body, &refusing(limit)),
+            Err(ShapeError::TooManyRows { total, limit })
+        );
+        assert_eq!(shape_response(body, &refusing(total)).unwrap().body, None);
     }
 
     #[test]
@@ -523,15 +538,7 @@ mod tests {
     #[test]
     fn a_refusing_limit_refuses_larger_results_only() {
         let body = response(json!([["1", "a", "2"], ["2", "b", "3"]]), json!([]), 2);
-        let refuse = |n| Shape {
-            mask: vec![],
-            row_limit: Some((n, LimitMode::Refuse)),
-        };
-        assert_eq!(
-            shape_response(&body, &refuse(1)),
-            Err(ShapeError::TooManyRows { total: 2, limit: 1 })
-        );
-        assert_eq!(shape_response(&body, &refuse(2)).unwrap().body, None);
+        assert_refused_over(&body, 1, 2);
     }
 
     #[test]
@@ -565,6 +572,7 @@ mod arrow_tests {
     use base64::Engine as _;
     use serde_json::{Value, json};
 
+    use super::tests::{assert_refused_over, data};
     use super::*;
 
     const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -695,10 +703,6 @@ mod arrow_tests {
         .unwrap()
     }
 
-    fn data(body: &[u8]) -> Value {
-        serde_json::from_slice::<Value>(body).unwrap()["data"].clone()
-    }
-
     fn inline_of(d: &Value) -> Vec<u8> {
         B64.decode(d["rowsetBase64"].as_str().unwrap()).unwrap()
     }
@@ -708,6 +712,10 @@ mod arrow_tests {
             mask: columns.iter().map(|c| (*c).to_owned()).collect(),
             row_limit: None,
         }
+    }
+
+    fn rows_per_batch(batches: &[RecordBatch]) -> Vec<usize> {
+        batches.iter().map(RecordBatch::num_rows).collect()
     }
 
     fn ids(batches: &[RecordBatch]) -> Vec<i64> {
@@ -801,13 +809,7 @@ mod arrow_tests {
         assert_eq!(d["chunks"], json!([]));
         let (got, batches) = read(&inline_of(&d));
         assert_eq!(got, schema());
-        assert_eq!(
-            batches
-                .iter()
-                .map(RecordBatch::num_rows)
-                .collect::<Vec<_>>(),
-            [3, 1]
-        );
+        assert_eq!(rows_per_batch(&batches), [3, 1]);
         assert_eq!(ids(&batches), [1, 2, 3, 4]);
 
         // A truncation inside the first chunk: the inline rows untouched (the very same
@@ -826,13 +828,7 @@ mod arrow_tests {
         assert_eq!(d["total"], json!(9));
         let out = shape_chunk(&chunk, &s.chunks[0].shape, 1 << 20).unwrap();
         let (_, batches) = read(&out);
-        assert_eq!(
-            batches
-                .iter()
-                .map(RecordBatch::num_rows)
-                .collect::<Vec<_>>(),
-            [3, 1]
-        );
+        assert_eq!(rows_per_batch(&batches), [3, 1]);
         assert_eq!(ids(&batches), [6, 7, 8, 9]);
     }
 
@@ -843,15 +839,7 @@ mod arrow_tests {
             "rowsetBase64": B64.encode(stream(&[batch(1..4), batch(4..6)])),
         }}))
         .unwrap();
-        let refuse = |n| Shape {
-            mask: vec![],
-            row_limit: Some((n, LimitMode::Refuse)),
-        };
-        assert_eq!(
-            shape_response(&body, &refuse(3)),
-            Err(ShapeError::TooManyRows { total: 5, limit: 3 })
-        );
-        assert_eq!(shape_response(&body, &refuse(5)).unwrap().body, None);
+        assert_refused_over(&body, 3, 5);
     }
 
     #[test]

@@ -87,6 +87,23 @@ impl Dirs {
         let audit = tmp.path().join("audit");
         Dirs { tmp, state, audit }
     }
+
+    /// Starts a writer on these directories that blocks when the audit fails, the mode most
+    /// tests run in.
+    pub async fn start(
+        &self,
+        clock: Arc<dyn Clock>,
+        config: AuditConfig,
+    ) -> (AuditWriter, WriterTask) {
+        start(
+            &self.state,
+            &self.audit,
+            clock,
+            config,
+            OnAuditFailure::Block,
+        )
+        .await
+    }
 }
 
 /// Starts a writer on `state`/`audit`.

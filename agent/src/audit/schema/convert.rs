@@ -357,6 +357,41 @@ impl ColumnValue for BTreeMap<String, String> {
     }
 }
 
+/// Appends one row of a list-of-strings column: `texts`, in order.
+fn append_texts<S: AsRef<str>>(
+    b: &mut ListBuilder<StringBuilder>,
+    texts: impl IntoIterator<Item = S>,
+) {
+    for t in texts {
+        b.values().append_value(t);
+    }
+    b.append(true);
+}
+
+/// Reads row `row` of a list-of-strings column, each text turned into a value by `value` (an
+/// empty list when the file predates the column or the row is null).
+fn read_texts<T>(
+    col: Option<&dyn Array>,
+    row: usize,
+    name: &'static str,
+    value: impl FnMut(&str) -> Result<T, SchemaError>,
+) -> Result<Vec<T>, SchemaError> {
+    let Some(col) = col else {
+        return Ok(Vec::new());
+    };
+    let l = col
+        .as_list_opt::<i32>()
+        .ok_or_else(|| wrong_type(name, <Vec<String>>::data_type(), col))?;
+    if l.is_null(row) {
+        return Ok(Vec::new());
+    }
+    let items = l.value(row);
+    let s = items
+        .as_string_opt::<i32>()
+        .ok_or(SchemaError::Missing(name))?;
+    s.iter().flatten().map(value).collect()
+}
+
 impl ColumnValue for Vec<String> {
     type Builder = ListBuilder<StringBuilder>;
     fn builder(capacity: usize) -> Self::Builder {
@@ -367,26 +402,10 @@ impl ColumnValue for Vec<String> {
         ))
     }
     fn append(b: &mut Self::Builder, v: &Self) {
-        for s in v {
-            b.values().append_value(s);
-        }
-        b.append(true);
+        append_texts(b, v);
     }
     fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
-        let Some(col) = col else {
-            return Ok(Vec::new());
-        };
-        let l = col
-            .as_list_opt::<i32>()
-            .ok_or_else(|| wrong_type(name, Self::data_type(), col))?;
-        if l.is_null(row) {
-            return Ok(Vec::new());
-        }
-        let items = l.value(row);
-        let s = items
-            .as_string_opt::<i32>()
-            .ok_or(SchemaError::Missing(name))?;
-        Ok(s.iter().flatten().map(str::to_owned).collect())
+        read_texts(col, row, name, |s| Ok(s.to_owned()))
     }
     fn nullable() -> bool {
         false
@@ -407,7 +426,7 @@ macro_rules! term_columns {
         impl ColumnValue for Option<$t> {
             type Builder = StringBuilder;
             fn builder(capacity: usize) -> Self::Builder {
-                StringBuilder::with_capacity(capacity, capacity * 8)
+                <Option<String> as ColumnValue>::builder(capacity)
             }
             fn append(b: &mut Self::Builder, v: &Self) {
                 b.append_option(v.as_ref().map(Term::text));
@@ -439,26 +458,10 @@ impl ColumnValue for Vec<Flag> {
         <Vec<String> as ColumnValue>::builder(capacity)
     }
     fn append(b: &mut Self::Builder, v: &Self) {
-        for f in v {
-            b.values().append_value(f.as_str());
-        }
-        b.append(true);
+        append_texts(b, v.iter().map(|f| f.as_str()));
     }
     fn read(col: Option<&dyn Array>, row: usize, name: &'static str) -> Result<Self, SchemaError> {
-        let Some(col) = col else {
-            return Ok(Vec::new());
-        };
-        let l = col
-            .as_list_opt::<i32>()
-            .ok_or_else(|| wrong_type(name, Self::data_type(), col))?;
-        if l.is_null(row) {
-            return Ok(Vec::new());
-        }
-        let items = l.value(row);
-        let s = items
-            .as_string_opt::<i32>()
-            .ok_or(SchemaError::Missing(name))?;
-        s.iter().flatten().map(|t| parse_term(t, name)).collect()
+        read_texts(col, row, name, |t| parse_term(t, name))
     }
     fn nullable() -> bool {
         false

@@ -130,6 +130,26 @@ fn harness(setup: Setup) -> Harness {
 }
 
 impl Harness {
+    /// The shared setup with the policy file `policy`, every other setting its default.
+    fn with_policy(policy: &'static str) -> Harness {
+        harness(Setup {
+            policy: Some(policy),
+            ..Setup::default()
+        })
+    }
+
+    /// This connection after a login as `fake` that Snowflake answered with `token`.
+    async fn logged_in(self, token: &str) -> Harness {
+        self.login(token).await;
+        self
+    }
+
+    /// The client sends the statement `sql` as request `r-1` of the session `token`; what it
+    /// gets back.
+    async fn query(&self, token: &str, sql: &str) -> Got {
+        self.exchange(wire::query_request(token, "r-1", sql)).await
+    }
+
     /// The client sends `req` through the proxy; what it gets back.
     async fn exchange(&self, req: Request<Body>) -> Got {
         let resp = router::handle(req, &self.ctx, self.upstream.send()).await;

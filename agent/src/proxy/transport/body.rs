@@ -8,11 +8,14 @@
 //! [`Unpaid::Busy`]). The bytes keep their share of the budget until the body carrying them
 //! onward has been dropped.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::Frame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The body type both sides of the proxy use.
@@ -127,36 +130,55 @@ impl Held {
 
     /// A body carrying the bytes onward; the budget share is returned when it is dropped.
     pub(in crate::proxy) fn into_body(self) -> Body {
-        HeldBody {
-            inner: Full::new(self.bytes),
-            _permit: self.permit,
+        Passing {
+            inner: full(self.bytes),
+            watch: self.permit,
         }
         .boxed()
     }
 }
 
-/// A whole body that keeps its share of the budget while it lives.
-struct HeldBody {
-    inner: Full<Bytes>,
-    _permit: Option<OwnedSemaphorePermit>,
+/// A whole body keeps its share of the budget while it lives, and passes its end on.
+impl Watch for Option<OwnedSemaphorePermit> {
+    // Said, so that h2 ends the stream on the data frame, not with an empty one after it.
+    const SAYS_END: bool = true;
+
+    fn saw(&mut self, _: &Polled) {}
 }
 
-impl hyper::body::Body for HeldBody {
+/// One poll of a body for its next frame.
+type Polled = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
+
+/// What a [`Passing`] body keeps or does besides handing its inner body's frames on.
+trait Watch: Send + Sync + Unpin + 'static {
+    /// Whether the body says it has ended when its inner body does. A watch that must see the
+    /// end of the body (the last poll) says no, so that the body is polled to its end.
+    const SAYS_END: bool;
+
+    /// Sees each poll of the inner body before it is handed on.
+    fn saw(&mut self, polled: &Polled);
+}
+
+/// A body handing `inner`'s frames on as they come, `watch` seeing each poll: the polling that
+/// held bytes ([`Held::into_body`]) and [`Counted`] bodies share.
+struct Passing<W> {
+    inner: Body,
+    watch: W,
+}
+
+impl<W: Watch> hyper::body::Body for Passing<W> {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(|never| match never {})
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.watch.saw(&polled);
+        polled
     }
 
-    // Said, so that h2 ends the stream on the data frame, not with an empty one after it.
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        W::SAYS_END && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
@@ -173,7 +195,6 @@ pub(in crate::proxy) type OnEnd = Box<dyn FnOnce(u64, Option<Vec<u8>>) + Send + 
 /// for their statement, copied for its recording). The total and the copy are reported once, at
 /// the end (or when dropped early, then without a copy).
 pub(in crate::proxy) struct Counted {
-    inner: Body,
     bytes: u64,
     copy: Option<Vec<u8>>,
     room: usize,
@@ -186,12 +207,14 @@ impl Counted {
         inner: Body,
         on_end: impl FnOnce(u64) + Send + Sync + 'static,
     ) -> Body {
-        Counted {
+        Passing {
             inner,
-            bytes: 0,
-            copy: None,
-            room: 0,
-            on_end: Some(Box::new(move |n, _| on_end(n))),
+            watch: Counted {
+                bytes: 0,
+                copy: None,
+                room: 0,
+                on_end: Some(Box::new(move |n, _| on_end(n))),
+            },
         }
         .boxed()
     }
@@ -199,28 +222,26 @@ impl Counted {
     /// `inner`, counted, with a copy kept while it fits in `room` bytes (none kept when `room`
     /// is `None`); `on_end` gets the total and the copy.
     pub(in crate::proxy) fn copied(inner: Body, room: Option<usize>, on_end: OnEnd) -> Body {
-        Counted {
+        Passing {
             inner,
-            bytes: 0,
-            copy: room.map(|_| Vec::new()),
-            room: room.unwrap_or(0),
-            on_end: Some(on_end),
+            watch: Counted {
+                bytes: 0,
+                copy: room.map(|_| Vec::new()),
+                room: room.unwrap_or(0),
+                on_end: Some(on_end),
+            },
         }
         .boxed()
     }
 }
 
-impl hyper::body::Body for Counted {
-    type Data = Bytes;
-    type Error = hyper::Error;
+impl Watch for Counted {
+    // Polled to its end, which reports the total and the copy.
+    const SAYS_END: bool = false;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
+    fn saw(&mut self, polled: &Polled) {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len();
                     self.bytes += n as u64;
@@ -235,20 +256,15 @@ impl hyper::body::Body for Counted {
                     }
                 }
             }
-            std::task::Poll::Ready(None) => {
+            Poll::Ready(None) => {
                 if let Some(f) = self.on_end.take() {
                     let copy = self.copy.take();
                     f(self.bytes, copy);
                 }
             }
-            std::task::Poll::Ready(Some(Err(_))) => self.copy = None,
-            std::task::Poll::Pending => {}
+            Poll::Ready(Some(Err(_))) => self.copy = None,
+            Poll::Pending => {}
         }
-        polled
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -336,17 +352,14 @@ impl hyper::body::Body for Chain {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         if let Some(first) = self.first.as_mut() {
-            match std::pin::Pin::new(first).poll_frame(cx) {
-                std::task::Poll::Ready(None) => self.first = None,
+            match Pin::new(first).poll_frame(cx) {
+                Poll::Ready(None) => self.first = None,
                 other => return other,
             }
         }
-        std::pin::Pin::new(&mut self.second).poll_frame(cx)
+        Pin::new(&mut self.second).poll_frame(cx)
     }
 }
 

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use super::fake_upstream::Got;
 use super::wire;
-use super::{EventKind, Setup, harness};
+use super::{EventKind, Harness};
 
 const TOKEN: &str = "tok-1";
 
@@ -22,15 +23,17 @@ statement = ["DELETE"]
 
 const SQL: &str = "delete from orders where id = 42";
 
+/// A logged-in connection under [`APPROVAL_POLICY`] that has sent [`SQL`] (held, as request
+/// `r-1`); what the client got back for it.
+async fn held() -> (Harness, Got) {
+    let h = Harness::with_policy(APPROVAL_POLICY).logged_in(TOKEN).await;
+    let got = h.query(TOKEN, SQL).await;
+    (h, got)
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_approved_hold_is_forwarded_and_recorded_with_its_approver() {
-    let h = harness(Setup {
-        policy: Some(APPROVAL_POLICY),
-        ..Setup::default()
-    });
-    h.login(TOKEN).await;
-
-    let held = h.exchange(wire::query_request(TOKEN, "r-1", SQL)).await;
+    let (h, held) = held().await;
 
     // The driver is told the statement runs, under the hold's id; nothing reached Snowflake.
     assert_eq!(held.json()["code"], "333333");
@@ -77,12 +80,7 @@ async fn an_approved_hold_is_forwarded_and_recorded_with_its_approver() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hold_nobody_decides_times_out_and_never_reaches_snowflake() {
-    let h = harness(Setup {
-        policy: Some(APPROVAL_POLICY),
-        ..Setup::default()
-    });
-    h.login(TOKEN).await;
-    let held = h.exchange(wire::query_request(TOKEN, "r-1", SQL)).await;
+    let (h, held) = held().await;
     assert_eq!(held.json()["code"], "333333");
     let hold_id = h.pending_hold();
 
@@ -117,12 +115,7 @@ async fn a_hold_nobody_decides_times_out_and_never_reaches_snowflake() {
 
 #[tokio::test(start_paused = true)]
 async fn a_poll_of_an_undecided_hold_is_answered_333333_by_the_agent() {
-    let h = harness(Setup {
-        policy: Some(APPROVAL_POLICY),
-        ..Setup::default()
-    });
-    h.login(TOKEN).await;
-    h.exchange(wire::query_request(TOKEN, "r-1", SQL)).await;
+    let (h, _) = held().await;
     let hold_id = h.pending_hold();
 
     // The poll waits (on the paused clock, which advances while nothing else runs) and is
@@ -142,12 +135,7 @@ async fn a_poll_of_an_undecided_hold_is_answered_333333_by_the_agent() {
 
 #[tokio::test(start_paused = true)]
 async fn a_rejected_hold_is_a_denial_naming_its_approver() {
-    let h = harness(Setup {
-        policy: Some(APPROVAL_POLICY),
-        ..Setup::default()
-    });
-    h.login(TOKEN).await;
-    h.exchange(wire::query_request(TOKEN, "r-1", SQL)).await;
+    let (h, _) = held().await;
     let hold_id = h.pending_hold();
 
     h.decide(&hold_id, false, "bob@example.com");
@@ -168,12 +156,7 @@ async fn a_rejected_hold_is_a_denial_naming_its_approver() {
 
 #[tokio::test(start_paused = true)]
 async fn an_abort_of_a_held_statement_is_answered_by_the_agent() {
-    let h = harness(Setup {
-        policy: Some(APPROVAL_POLICY),
-        ..Setup::default()
-    });
-    h.login(TOKEN).await;
-    h.exchange(wire::query_request(TOKEN, "r-1", SQL)).await;
+    let (h, _) = held().await;
     let hold_id = h.pending_hold();
 
     let abort = h.exchange(wire::abort_request(TOKEN, "r-1", SQL)).await;

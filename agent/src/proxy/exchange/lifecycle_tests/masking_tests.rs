@@ -4,12 +4,12 @@ use serde_json::json;
 
 use super::fake_upstream::Answer;
 use super::wire;
-use super::{Setup, harness};
+use super::{Harness, Setup, harness};
 
 const TOKEN: &str = "tok-1";
 
 /// The EMAIL column of every SELECT is masked.
-const MASK_POLICY: &str = r#"
+pub(super) const MASK_POLICY: &str = r#"
 [default]
 action = "allow"
 
@@ -21,15 +21,12 @@ columns = ["email"]
 statement = ["SELECT"]
 "#;
 
-const STAGE_HOST: &str = "sfc-eu-ds1-customer-stage.s3.eu-west-1.amazonaws.com";
+/// The storage host that serves result chunks.
+pub(super) const STAGE_HOST: &str = "sfc-eu-ds1-customer-stage.s3.eu-west-1.amazonaws.com";
 
 #[tokio::test(start_paused = true)]
 async fn an_inline_result_reaches_the_client_masked() {
-    let h = harness(Setup {
-        policy: Some(MASK_POLICY),
-        ..Setup::default()
-    });
-    h.login(TOKEN).await;
+    let h = Harness::with_policy(MASK_POLICY).logged_in(TOKEN).await;
     h.upstream.answer(
         wire::QUERY,
         wire::rows(
@@ -39,13 +36,7 @@ async fn an_inline_result_reaches_the_client_masked() {
         ),
     );
 
-    let got = h
-        .exchange(wire::query_request(
-            TOKEN,
-            "r-1",
-            "select id, email from users",
-        ))
-        .await;
+    let got = h.query(TOKEN, "select id, email from users").await;
 
     assert_eq!(
         got.json()["data"]["rowset"],
@@ -64,11 +55,7 @@ async fn an_inline_result_reaches_the_client_masked() {
 
 #[tokio::test(start_paused = true)]
 async fn a_chunked_result_is_masked_in_every_download_and_recorded_after_the_last() {
-    let h = harness(Setup {
-        policy: Some(MASK_POLICY),
-        ..Setup::default()
-    });
-    h.login(TOKEN).await;
+    let h = Harness::with_policy(MASK_POLICY).logged_in(TOKEN).await;
     let chunk_0 = br#"["3","cat@example.com"],["4","dan@example.com"]"#;
     let chunk_1 = br#"["5","eve@example.com"]"#;
     let paths = [
@@ -88,13 +75,7 @@ async fn a_chunked_result_is_masked_in_every_download_and_recorded_after_the_las
     h.upstream.answer(paths[0], Answer::bytes(chunk_0));
     h.upstream.answer(paths[1], Answer::bytes(chunk_1));
 
-    let got = h
-        .exchange(wire::query_request(
-            TOKEN,
-            "r-1",
-            "select id, email from users",
-        ))
-        .await;
+    let got = h.query(TOKEN, "select id, email from users").await;
 
     assert_eq!(
         got.json()["data"]["rowset"],
@@ -137,8 +118,7 @@ async fn a_chunked_result_is_masked_in_every_download_and_recorded_after_the_las
 
 #[tokio::test(start_paused = true)]
 async fn an_unmasked_chunked_result_streams_through_and_is_recorded_after_the_last_chunk() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     let chunk_0 = br#"["3","cat@example.com"],["4","dan@example.com"]"#;
     let path = "/results/q-1_0/main/data_0_0_1";
     let answer = wire::chunked(
@@ -152,13 +132,7 @@ async fn an_unmasked_chunked_result_streams_through_and_is_recorded_after_the_la
     h.upstream.answer(wire::QUERY, answer);
     h.upstream.answer(path, Answer::bytes(chunk_0));
 
-    let got = h
-        .exchange(wire::query_request(
-            TOKEN,
-            "r-1",
-            "select id, email from users",
-        ))
-        .await;
+    let got = h.query(TOKEN, "select id, email from users").await;
     assert_eq!(got.body, answer_bytes);
     assert!(h.sink.queries().is_empty(), "{:?}", h.sink.queries());
 

@@ -14,8 +14,7 @@ const TOKEN: &str = "tok-1";
 /// recorded as a request of its session: method, path, status, bytes.
 #[tokio::test(start_paused = true)]
 async fn an_unknown_endpoint_is_recorded_with_its_session() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     h.upstream.answer(
         wire::DATABASES,
         Answer::json(&json!({"name": "ANALYTICS", "kind": "PERMANENT"})),
@@ -47,8 +46,9 @@ async fn an_unknown_endpoint_is_refused_when_unknown_requests_are_denied() {
     let h = harness(Setup {
         unknown_requests: UnknownRequests::Deny,
         ..Setup::default()
-    });
-    h.login(TOKEN).await;
+    })
+    .logged_in(TOKEN)
+    .await;
 
     let got = h.exchange(wire::rest_request(TOKEN, wire::DATABASES)).await;
 
@@ -71,8 +71,9 @@ async fn a_heartbeat_is_not_a_request_event() {
     let h = harness(Setup {
         unknown_requests: UnknownRequests::Deny,
         ..Setup::default()
-    });
-    h.login(TOKEN).await;
+    })
+    .logged_in(TOKEN)
+    .await;
     h.upstream
         .answer(wire::HEARTBEAT, Answer::json(&json!({"success": true})));
     let got = h.exchange(wire::heartbeat(TOKEN)).await;

@@ -13,8 +13,7 @@ const TOKEN: &str = "tok-1";
 /// counted and the last attempt's outcome, whatever the earlier attempts got.
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_a_5xx_is_one_statement_with_its_attempts_counted() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     for _ in 0..3 {
         h.upstream
             .answer(wire::QUERY, Answer::text(503, "Service Unavailable"));
@@ -25,7 +24,7 @@ async fn a_retry_after_a_5xx_is_one_statement_with_its_attempts_counted() {
     );
     let sql = "insert into t select 1";
 
-    let first = h.exchange(wire::query_request(TOKEN, "r-1", sql)).await;
+    let first = h.query(TOKEN, sql).await;
     let mut answers = vec![first];
     for n in 1..=3 {
         answers.push(h.exchange(wire::query_retry(TOKEN, "r-1", sql, n)).await);
@@ -61,8 +60,7 @@ async fn a_retry_after_a_5xx_is_one_statement_with_its_attempts_counted() {
 /// wait passed, with what the upstream answered.
 #[tokio::test(start_paused = true)]
 async fn a_5xx_never_retried_is_recorded_after_the_retry_wait() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     h.upstream
         .answer(wire::QUERY, Answer::text(500, "Internal Server Error"));
     let got = h
@@ -98,22 +96,17 @@ async fn a_5xx_never_retried_is_recorded_after_the_retry_wait() {
 /// again with the same request id) is the same statement: one row, the intent's event id.
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_session_expiry_is_the_same_statement() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     h.upstream.answer(wire::QUERY, wire::session_expired());
     h.upstream.answer(
         wire::QUERY,
         wire::rows("q-1", &[wire::column("N", "fixed")], json!([["1"]])),
     );
 
-    let first = h
-        .exchange(wire::query_request(TOKEN, "r-1", "select 1"))
-        .await;
+    let first = h.query(TOKEN, "select 1").await;
     assert_eq!(first.json()["code"], "390112");
     assert!(h.sink.queries().is_empty(), "{:?}", h.sink.queries());
-    let retry = h
-        .exchange(wire::query_request(TOKEN, "r-1", "select 1"))
-        .await;
+    let retry = h.query(TOKEN, "select 1").await;
 
     assert_eq!(retry.json()["data"]["queryId"], "q-1");
     assert_eq!(h.upstream.received_at(wire::QUERY).len(), 2);
@@ -132,8 +125,7 @@ async fn a_retry_after_session_expiry_is_the_same_statement() {
 /// statement then fails with Snowflake's cancellation: its row is flagged `aborted`.
 #[tokio::test(start_paused = true)]
 async fn a_statement_failing_after_the_abort_is_flagged_aborted() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     let (release, held) = oneshot::channel();
     h.upstream
         .answer(wire::QUERY, wire::canceled("q-1").after(held));
@@ -176,8 +168,7 @@ async fn a_statement_failing_after_the_abort_is_flagged_aborted() {
 /// before the abort took effect: its row is not flagged, and the abort records nothing.
 #[tokio::test(start_paused = true)]
 async fn a_statement_succeeding_before_the_abort_is_not_flagged() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     let (release_statement, statement_held) = oneshot::channel();
     let (release_abort, abort_held) = oneshot::channel();
     h.upstream.answer(
@@ -218,15 +209,14 @@ async fn a_statement_succeeding_before_the_abort_is_not_flagged() {
 /// flagged `aborted`; the poll that follows finds nothing left to record.
 #[tokio::test(start_paused = true)]
 async fn an_abort_of_a_running_statement_records_it_aborted() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     h.upstream.answer(wire::QUERY, wire::in_progress("q-1"));
     h.upstream.answer(wire::ABORT, wire::ok_null());
     h.upstream
         .answer(&wire::result_path("q-1"), wire::canceled("q-1"));
     let sql = "select long_running()";
 
-    h.exchange(wire::query_request(TOKEN, "r-1", sql)).await;
+    h.query(TOKEN, sql).await;
     let abort = h.exchange(wire::abort_request(TOKEN, "r-1", sql)).await;
 
     assert_eq!(abort.json()["success"], true);

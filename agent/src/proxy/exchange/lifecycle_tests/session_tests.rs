@@ -52,8 +52,7 @@ async fn a_password_login_is_recorded_and_its_session_carries_onto_statements() 
         wire::QUERY,
         wire::rows("q-1", &[wire::column("N", "fixed")], json!([["1"]])),
     );
-    h.exchange(wire::query_request("tok-1", "r-1", "select 1"))
-        .await;
+    h.query("tok-1", "select 1").await;
     let queries = h.sink.queries();
     assert_eq!(queries.len(), 1);
     let q = &queries[0];
@@ -84,8 +83,7 @@ async fn a_statement_on_an_unknown_token_has_no_session_columns() {
         wire::rows("q-1", &[wire::column("N", "fixed")], json!([["1"]])),
     );
 
-    h.exchange(wire::query_request("tok-other", "r-1", "select 1"))
-        .await;
+    h.query("tok-other", "select 1").await;
 
     let q = &h.sink.queries()[0];
     assert_eq!(q.session_id, None);

@@ -23,7 +23,7 @@ async fn a_statement_answered_inline_is_one_event_with_its_outcome() {
     h.upstream.answer(wire::QUERY, answer);
     let sql = "select id, name from users where email = 'bob@example.com'";
 
-    let got = h.exchange(wire::query_request(TOKEN, "r-1", sql)).await;
+    let got = h.query(TOKEN, sql).await;
 
     // The client gets Snowflake's bytes exactly.
     assert_eq!(got.status, 200);
@@ -68,15 +68,14 @@ async fn a_statement_answered_inline_is_one_event_with_its_outcome() {
 
 #[tokio::test(start_paused = true)]
 async fn credentials_in_sql_are_redacted_even_when_literals_are_kept() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     h.upstream.answer(
         wire::QUERY,
         wire::rows("q-1", &[wire::column("status", "text")], json!([["ok"]])),
     );
     let sql = "create user bob password = 'hunter2' comment = 'kept'";
 
-    h.exchange(wire::query_request(TOKEN, "r-1", sql)).await;
+    h.query(TOKEN, sql).await;
 
     let q = &h.sink.queries()[0];
     assert_eq!(
@@ -91,8 +90,7 @@ async fn credentials_in_sql_are_redacted_even_when_literals_are_kept() {
 
 #[tokio::test(start_paused = true)]
 async fn a_statement_answered_333333_is_recorded_once_after_its_last_poll() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     h.upstream.answer(wire::QUERY, wire::in_progress("q-slow"));
     let poll = wire::result_path("q-slow");
     h.upstream.answer(&poll, wire::in_progress("q-slow"));
@@ -106,9 +104,7 @@ async fn a_statement_answered_333333_is_recorded_once_after_its_last_poll() {
         ),
     );
 
-    let first = h
-        .exchange(wire::query_request(TOKEN, "r-1", "select slow()"))
-        .await;
+    let first = h.query(TOKEN, "select slow()").await;
     assert_eq!(first.json()["code"], "333333");
     assert!(h.sink.queries().is_empty(), "recorded before its outcome");
 
@@ -140,8 +136,7 @@ async fn a_statement_answered_333333_is_recorded_once_after_its_last_poll() {
 
 #[tokio::test(start_paused = true)]
 async fn an_async_statement_completes_when_the_driver_fetches_its_result() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     let monitor = wire::monitoring_path("q-async");
     h.upstream
         .answer(wire::QUERY, wire::async_in_progress("q-async"));
@@ -193,8 +188,7 @@ async fn an_async_statement_completes_when_the_driver_fetches_its_result() {
 
 #[tokio::test(start_paused = true)]
 async fn an_async_statement_never_fetched_completes_after_the_chunk_wait() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     let monitor = wire::monitoring_path("q-async");
     h.upstream
         .answer(wire::QUERY, wire::async_in_progress("q-async"));
@@ -224,8 +218,7 @@ async fn an_async_statement_never_fetched_completes_after_the_chunk_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn an_async_statement_that_failed_completes_from_its_monitoring_answer() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     let monitor = wire::monitoring_path("q-async");
     h.upstream
         .answer(wire::QUERY, wire::async_in_progress("q-async"));

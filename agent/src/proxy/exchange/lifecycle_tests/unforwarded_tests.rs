@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use serde_json::json;
 
 use super::fake_upstream::Answer;
+use super::masking_tests::{MASK_POLICY, STAGE_HOST};
 use super::wire;
-use super::{Setup, harness, has_flag};
+use super::{Harness, Setup, harness, has_flag};
 use crate::audit::EventKind;
 use crate::proxy::transport::ForwardError;
 use crate::proxy::transport::pool::UpstreamError;
@@ -20,8 +21,7 @@ fn dst() -> SocketAddr {
 
 #[tokio::test(start_paused = true)]
 async fn a_statement_whose_upstream_is_unreachable_gets_a_502_envelope() {
-    let h = harness(Setup::default());
-    h.login(TOKEN).await;
+    let h = harness(Setup::default()).logged_in(TOKEN).await;
     h.upstream.answer(
         wire::QUERY,
         Answer::failed(ForwardError::Unreachable(UpstreamError::ConnectTimeout {
@@ -29,9 +29,7 @@ async fn a_statement_whose_upstream_is_unreachable_gets_a_502_envelope() {
         })),
     );
 
-    let got = h
-        .exchange(wire::query_request(TOKEN, "r-1", "select 1"))
-        .await;
+    let got = h.query(TOKEN, "select 1").await;
 
     // A 502, which drivers retry, with the plain envelope naming the failure.
     assert_eq!(got.status, 502);
@@ -117,28 +115,9 @@ async fn a_request_whose_target_cannot_be_forwarded_gets_a_400_envelope() {
     );
 }
 
-/// The EMAIL column of every SELECT is masked.
-const MASK_POLICY: &str = r#"
-[default]
-action = "allow"
-
-[[rule]]
-name = "mask-email"
-action = "mask"
-columns = ["email"]
-[rule.when]
-statement = ["SELECT"]
-"#;
-
-const STAGE_HOST: &str = "sfc-eu-ds1-customer-stage.s3.eu-west-1.amazonaws.com";
-
 #[tokio::test(start_paused = true)]
 async fn a_chunk_the_rule_cannot_shape_is_withheld_with_a_502_naming_the_rule() {
-    let h = harness(Setup {
-        policy: Some(MASK_POLICY),
-        ..Setup::default()
-    });
-    h.login(TOKEN).await;
+    let h = Harness::with_policy(MASK_POLICY).logged_in(TOKEN).await;
     let path = "/results/q-1_0/main/data_0_0_1";
     h.upstream.answer(
         wire::QUERY,
@@ -152,12 +131,7 @@ async fn a_chunk_the_rule_cannot_shape_is_withheld_with_a_502_naming_the_rule() 
     );
     h.upstream
         .answer(path, Answer::text(503, "cat@example.com is in here"));
-    h.exchange(wire::query_request(
-        TOKEN,
-        "r-1",
-        "select id, email from users",
-    ))
-    .await;
+    h.query(TOKEN, "select id, email from users").await;
 
     let got = h.exchange(wire::chunk_download(STAGE_HOST, path)).await;
 
