@@ -296,3 +296,139 @@ fn one_workload_cannot_take_every_connection_slot() -> anyhow::Result<()> {
     let _ = a.wait();
     Ok(())
 }
+
+/// A client of Snowflake's SQL API with a driver session's token: logs in, submits a statement
+/// synchronously, one asynchronously (then asks for its status), and one a rule denies. One JSON
+/// line with what each got.
+const SQL_API_PY: &str = r#"
+import http.client, json, os, socket, ssl, sys
+ip, host, password = sys.argv[1:4]
+class Conn(http.client.HTTPSConnection):
+    def connect(self):
+        s = socket.create_connection((ip, 443), timeout=20)
+        self.sock = self._context.wrap_socket(s, server_hostname=self.host)
+def call(method, path, body=None, token=None):
+    c = Conn(host, 443, context=ssl.create_default_context())
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = 'Snowflake Token="%s"' % token
+    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, json.loads(data) if data else None
+out = {"pid": os.getpid()}
+_, login = call("POST", "/session/v1/login-request?requestId=l1",
+    {"data": {"LOGIN_NAME": "api_user", "PASSWORD": password, "ACCOUNT_NAME": "xy12345",
+              "CLIENT_APP_ID": "curl", "CLIENT_APP_VERSION": "8"}})
+token = login["data"]["token"]
+s, r = call("POST", "/api/v2/statements?requestId=s1", {"statement": "select 1", "timeout": 60}, token)
+out["sync"] = [s, r.get("statementHandle"), r.get("data")]
+s, r = call("POST", "/api/v2/statements?requestId=s2&async=true", {"statement": "select 'a' as x"}, token)
+handle = r.get("statementHandle")
+s2, r2 = call("GET", "/api/v2/statements/" + handle, None, token)
+out["async"] = [s, handle, s2, r2.get("data")]
+s, r = call("POST", "/api/v2/statements?requestId=s3", {"statement": "drop table orders"}, token)
+out["denied"] = [s, r.get("code"), r.get("message"), r.get("statementHandle")]
+print(json.dumps(out), flush=True)
+"#;
+
+const DENY_DROPS: &str = r#"
+[default]
+action = "allow"
+
+[[rule]]
+name = "no-drops"
+action = "deny"
+[rule.when]
+statement = ["DROP"]
+"#;
+
+#[test]
+fn statements_through_the_sql_api_are_audited_and_judged() -> anyhow::Result<()> {
+    let s = session::setup(
+        "sqlapi",
+        [127, 77, 12, 3],
+        PORT_BASE + 10,
+        Some(DENY_DROPS),
+        |_| String::new(),
+    )?;
+    let mut inner = Command::new("python3");
+    inner.args(["-c", SQL_API_PY, "127.77.12.3", ACCOUNT_HOST, PASSWORD]);
+    let out = s.daemon.exec_command("e2e-sqlapi", &inner).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "no report; stdout {text}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    // The client got Snowflake's answers, and the API's own error for the denied statement.
+    ensure!(
+        r["sync"][0] == 200 && r["sync"][2] == serde_json::json!([["1"]]),
+        "{r}"
+    );
+    ensure!(r["async"][0] == 202 && r["async"][2] == 200, "{r}");
+    ensure!(r["async"][3] == serde_json::json!([["a"]]), "{r}");
+    ensure!(r["denied"][0] == 422 && r["denied"][1] == "003001", "{r}");
+    ensure!(
+        r["denied"][2]
+            .as_str()
+            .is_some_and(|m| m.contains("no-drops")),
+        "{r}"
+    );
+
+    // The upstream ran two statements and never saw the third.
+    let submitted: Vec<String> = s
+        .fake
+        .requests()
+        .iter()
+        .filter(|q| q.path == "/api/v2/statements")
+        .filter_map(|q| q.json()?.get("statement")?.as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        submitted == ["select 1", "select 'a' as x"],
+        "{submitted:?}"
+    );
+
+    // Each is one query event under its handle, with the workload and the session's user.
+    let pid = r["pid"].as_u64();
+    let events = wait_for(Duration::from_secs(20), || {
+        let ev: Vec<Value> = s
+            .daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["tgid"].as_u64() == pid)
+            .collect();
+        let queries = ev.iter().filter(|e| e["event_kind"] == "query").count();
+        let denials = ev.iter().filter(|e| e["event_kind"] == "denial").count();
+        (queries == 2 && denials == 1).then_some(ev)
+    })
+    .with_context(|| format!("events: {:#?}", s.daemon.events()))?;
+    for (sql, handle) in [
+        ("select 1", &r["sync"][1]),
+        ("select 'a' as x", &r["async"][1]),
+    ] {
+        let q = events
+            .iter()
+            .find(|e| e["event_kind"] == "query" && e["sql_text"] == sql)
+            .with_context(|| format!("no event for {sql}"))?;
+        ensure!(q["query_id"] == *handle, "{q}");
+        ensure!(q["success"] == true && q["rows_produced"] == 1, "{q}");
+        ensure!(
+            q["driver"] == "SQL API" && q["login_user"] == "api_user",
+            "{q}"
+        );
+        ensure!(q["workload_identity"] == "e2e-sqlapi", "{q}");
+    }
+    let d = events
+        .iter()
+        .find(|e| e["event_kind"] == "denial")
+        .context("no denial")?;
+    ensure!(
+        d["sql_text"] == "drop table orders" && d["policy_rule"] == "no-drops",
+        "{d}"
+    );
+    ensure!(d["query_id"] == r["denied"][3], "{d}");
+    Ok(())
+}

@@ -8,7 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::queries::{abort, chunk, monitoring, query_request, result_poll};
+use super::queries::{
+    abort, chunk, monitoring, query_request, result_poll, sql_api_cancel, sql_api_status,
+    sql_api_submit,
+};
 use super::state::{Inner, RecordedRequest, Session, StagedFile, State};
 
 pub use super::queries::CHUNK_KEY;
@@ -135,6 +138,18 @@ pub fn route(state: &State, req: &RecordedRequest, ctx: &Ctx) -> Reply {
                 Ok(_) => monitoring(&mut inner, qid),
                 Err(r) => r,
             }
+        }
+        ("POST", "/api/v2/statements") => sql_api_submit(&mut inner, req, ctx),
+        ("GET", p) if p.starts_with("/api/v2/statements/") => {
+            let handle = p.trim_start_matches("/api/v2/statements/").to_owned();
+            sql_api_status(&mut inner, req, &handle)
+        }
+        ("POST", p) if p.starts_with("/api/v2/statements/") && p.ends_with("/cancel") => {
+            let handle = p
+                .trim_start_matches("/api/v2/statements/")
+                .trim_end_matches("/cancel")
+                .to_owned();
+            sql_api_cancel(&mut inner, req, &handle)
         }
         ("GET", p) if p.starts_with("/fake-stage-results/") => chunk(&inner, req, p),
         (m, p) if p.starts_with("/fs_bucket/") => stage_object(&mut inner, req, m, p),

@@ -25,6 +25,7 @@
 //! | several statements (`MULTI_STATEMENT_COUNT`) | a parent with `resultIds`, children by result URL |
 //! | `describeOnly: true` | the columns, no rows, `numberOfBinds` |
 //! | `put file://... @stage`, `get`, `list` | `stageInfo` with a presigned URL on `/fs_bucket/...` |
+//! | `POST /api/v2/statements` (SQL API, session token) | the same statements as JSON `data` (200), `async=true` 202 then `GET /api/v2/statements/<handle>`, `…/cancel` |
 //!
 //! Key-pair logins (`SNOWFLAKE_JWT`) are verified against the users' public keys when
 //! [`FakeOptions::jwt_public_keys`] names any (signature, `iss`, `sub`, `exp`), else only their shape

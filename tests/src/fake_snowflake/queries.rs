@@ -465,3 +465,150 @@ pub(crate) fn chunk(inner: &Inner, req: &RecordedRequest, path: &str) -> Reply {
         None => Reply::text(404, "NoSuchKey"),
     }
 }
+
+/// `POST /api/v2/statements`: a statement through the SQL API, with a session's token. Done at
+/// once (200), or, with `async=true`, answered 202 and kept for its status request.
+pub(crate) fn sql_api_submit(inner: &mut Inner, req: &RecordedRequest, ctx: &Ctx) -> Reply {
+    let session = match authenticate(inner, req) {
+        Ok(s) => s,
+        Err(_) => {
+            return sql_api_reply(
+                401,
+                &json!({"code": "390303", "message": "Invalid OAuth access token. "}),
+            );
+        }
+    };
+    let Some(body) = req.json() else {
+        return sql_api_reply(
+            400,
+            &json!({"code": "391901", "message": "Unsupported body."}),
+        );
+    };
+    let statement = body
+        .get("statement")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let handle = new_qid();
+    let markers = sql::markers(&statement);
+    let outcome = engine::execute(
+        inner,
+        &session,
+        &statement,
+        body.get("bindings"),
+        &markers,
+        &ctx.base_url,
+    );
+    let (status, answer, failed, result) = match outcome {
+        Outcome::Rows(rs) => (200, sql_api_rows(&handle, &rs), None, Some(rs)),
+        Outcome::Error(e) => (
+            422,
+            json!({"code": e.code, "message": e.message, "sqlState": e.sql_state,
+                "statementHandle": handle}),
+            Some((e.code.clone(), e.sql_state.clone(), e.message.clone())),
+            None,
+        ),
+        Outcome::Transfer(_) => (
+            422,
+            json!({"code": "391902", "message": "PUT and GET are not supported by the SQL API.",
+                "sqlState": "0A000", "statementHandle": handle}),
+            None,
+            None,
+        ),
+    };
+    inner.store(
+        &handle,
+        Stored {
+            envelope: json!({"status": status, "answer": answer}),
+            pending: 0,
+            sql: statement,
+            request_id: req.query_param("requestId"),
+            failed,
+            result,
+            aborted: false,
+            submitted_ms: now_ms(),
+        },
+    );
+    if req.query_param("async").as_deref() == Some("true") {
+        return sql_api_reply(
+            202,
+            &json!({"code": "333334", "message": "Asynchronous execution in progress.",
+                "statementHandle": handle,
+                "statementStatusUrl": format!("/api/v2/statements/{handle}")}),
+        );
+    }
+    sql_api_reply(status, &answer)
+}
+
+/// `GET /api/v2/statements/<handle>`: the stored answer (a cancelled statement's error).
+pub(crate) fn sql_api_status(inner: &mut Inner, req: &RecordedRequest, handle: &str) -> Reply {
+    if authenticate(inner, req).is_err() {
+        return sql_api_reply(
+            401,
+            &json!({"code": "390303", "message": "Invalid OAuth access token. "}),
+        );
+    }
+    match inner.stored(handle) {
+        Some(s) if s.aborted => sql_api_reply(
+            422,
+            &json!({"code": "000604", "message": "SQL execution canceled", "sqlState": "57014",
+                "statementHandle": handle}),
+        ),
+        Some(s) => {
+            let status = s.envelope["status"].as_u64().unwrap_or(200) as u16;
+            sql_api_reply(status, &s.envelope["answer"])
+        }
+        None => sql_api_reply(
+            404,
+            &json!({"code": "391918", "message": "Statement handle not found.", "statementHandle": handle}),
+        ),
+    }
+}
+
+/// `POST /api/v2/statements/<handle>/cancel`.
+pub(crate) fn sql_api_cancel(inner: &mut Inner, req: &RecordedRequest, handle: &str) -> Reply {
+    if authenticate(inner, req).is_err() {
+        return sql_api_reply(
+            401,
+            &json!({"code": "390303", "message": "Invalid OAuth access token. "}),
+        );
+    }
+    match inner.stored_mut(handle) {
+        Some(s) => {
+            s.aborted = true;
+            sql_api_reply(
+                200,
+                &json!({"code": "000604", "message": "Statement canceled.", "sqlState": "57014",
+                    "statementHandle": handle}),
+            )
+        }
+        None => sql_api_reply(
+            404,
+            &json!({"code": "391918", "message": "Statement handle not found."}),
+        ),
+    }
+}
+
+/// A result as the SQL API answers it: `resultSetMetaData`, `data` as strings, one partition.
+fn sql_api_rows(handle: &str, rs: &ResultSet) -> Value {
+    json!({
+        "resultSetMetaData": {
+            "numRows": rs.rows.len(),
+            "format": "jsonv2",
+            "partitionInfo": [{"rowCount": rs.rows.len()}],
+            "rowType": rs.rowtype(),
+        },
+        "data": rs.rows,
+        "code": "090001",
+        "statementStatusUrl": format!("/api/v2/statements/{handle}"),
+        "sqlState": "00000",
+        "statementHandle": handle,
+        "message": "Statement executed successfully.",
+    })
+}
+
+fn sql_api_reply(status: u16, v: &Value) -> Reply {
+    let mut r = Reply::json(v);
+    r.status = status;
+    r
+}
