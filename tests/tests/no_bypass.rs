@@ -390,6 +390,19 @@ fn statements_through_the_sql_api_are_audited_and_judged() -> anyhow::Result<()>
         submitted == ["select 1", "select 'a' as x"],
         "{submitted:?}"
     );
+    // Each with the agent's QUERY_TAG naming the run, which joins Snowflake's history to the audit.
+    for q in s
+        .fake
+        .requests()
+        .iter()
+        .filter(|q| q.path == "/api/v2/statements")
+    {
+        let tag = q
+            .json()
+            .and_then(|b| b["parameters"]["query_tag"].as_str().map(str::to_owned))
+            .context("no query_tag")?;
+        ensure!(tag.contains("\"snowtrail\""), "{tag}");
+    }
 
     // Each is one query event under its handle, with the workload and the session's user.
     let pid = r["pid"].as_u64();

@@ -308,6 +308,11 @@ impl<'a> RawObject<'a> {
         Ok(())
     }
 
+    /// Removes every key `matches` says yes to.
+    pub(crate) fn remove_where(&mut self, matches: impl Fn(&str) -> bool) {
+        self.entries.retain(|(k, _)| !matches(k));
+    }
+
     /// Removes `key`; true when it was there.
     pub(crate) fn remove(&mut self, key: &str) -> bool {
         let before = self.entries.len();

@@ -8,10 +8,10 @@
 //! them (their count, the partitions, the handle).
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::error::ParseError;
-use super::json::{self, UniqueMap};
+use super::error::{ParseError, RewriteError};
+use super::json::{self, RawObject, UniqueMap};
 use super::redact::{RedactMode, redact_sql};
 
 const REQUEST: &str = "SQL API request";
@@ -104,6 +104,49 @@ pub fn parse_statement_request(body: &[u8]) -> Result<StatementRequest, ParseErr
             .map(str::to_owned),
         multi_statement_count,
     })
+}
+
+/// The request body with the agent's tag merged into `parameters.query_tag` as for a driver's
+/// statement (docs/decisions.md §15): the statement's own tag, else the session's, kept beside
+/// the agent's. Every other member stays as sent; a parameter spelt `QUERY_TAG` in another case
+/// is replaced, not doubled. Also returns the tag written.
+pub fn set_query_tag(
+    body: &[u8],
+    session_tag: Option<&str>,
+    agent: &Map<String, Value>,
+) -> Result<(Vec<u8>, String), RewriteError> {
+    let parsed = parse_statement_request(body)?;
+    let tag = super::query::merge_query_tag(
+        parsed
+            .query_tag
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or(session_tag),
+        agent,
+    )?;
+    let mut top = RawObject::parse(REQUEST, body)?;
+    let params_text = match top.get("parameters") {
+        Some(slot) if !json::is_null(slot.get()) => Some(slot.get().to_owned()),
+        _ => None,
+    };
+    let params_bytes = {
+        let mut params = match &params_text {
+            Some(text) => {
+                RawObject::parse_str(REQUEST, text).map_err(|_| RewriteError::NotAnObject {
+                    what: REQUEST,
+                    field: "parameters",
+                })?
+            }
+            None => RawObject::default(),
+        };
+        params.remove_where(|k| k.eq_ignore_ascii_case("query_tag"));
+        params.set(REQUEST, "query_tag", &tag)?;
+        params.to_vec(REQUEST)?
+    };
+    let params_raw: &serde_json::value::RawValue = serde_json::from_slice(&params_bytes)
+        .map_err(|_| RewriteError::Serialize { what: REQUEST })?;
+    top.set(REQUEST, "parameters", params_raw)?;
+    Ok((top.to_vec(REQUEST)?, tag))
 }
 
 /// Where a statement stands, from an answer's HTTP status and `code`.
@@ -243,6 +286,29 @@ mod tests {
                 .is_err()
         );
         assert!(parse_statement_request(b"not json").is_err());
+    }
+
+    #[test]
+    fn the_agents_tag_joins_the_statements_own_and_replaces_any_spelling() {
+        let mut agent = Map::new();
+        agent.insert("correlation_id".into(), Value::from("run-1"));
+        let body = br#"{"statement": "select 1", "parameters": {"QUERY_TAG": "nightly", "TIMEZONE": "UTC"}}"#;
+        let (out, tag) = set_query_tag(body, Some("session-tag"), &agent).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["statement"], "select 1");
+        assert_eq!(v["parameters"]["TIMEZONE"], "UTC");
+        assert!(v["parameters"].get("QUERY_TAG").is_none(), "{v}");
+        assert_eq!(v["parameters"]["query_tag"], tag.as_str());
+        let t: Value = serde_json::from_str(&tag).unwrap();
+        assert_eq!(t["snowtrail"]["correlation_id"], "run-1");
+        assert_eq!(t["app"], "nightly", "{t}");
+        // Without parameters: added, with the session's tag.
+        let (out, tag) = set_query_tag(br#"{"statement": "select 1"}"#, Some("s"), &agent).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["parameters"]["query_tag"], tag.as_str());
+        assert!(tag.contains("run-1"));
+        // Not a request: nothing is rewritten.
+        assert!(set_query_tag(b"[1]", None, &agent).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use http::{Request, Response};
 use tracing::warn;
 
 use super::context::{Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response};
-use super::{gate, masking, requests};
+use super::{gate, masking, requests, tagging};
 use crate::audit::{Durability, Event, EventKind, Flag, OnAuditFailure};
 use crate::proxy::transport::body::{Body, full};
 use crate::snowflake::sql_api::{self, StatementStatus};
@@ -108,12 +108,8 @@ where
         }
         event.flags.push(Flag::AuditGap);
     }
-    let body = full(bytes::Bytes::from(decoded));
-    parts.headers.remove(http::header::CONTENT_ENCODING);
-    parts.headers.insert(
-        http::header::CONTENT_LENGTH,
-        http::HeaderValue::from(body_len(&body)),
-    );
+    // QUERY_TAG in the statement's parameters, as for a driver's (docs/decisions.md §15).
+    let body = tagging::sql_api_body(&mut parts, decoded, session.as_deref(), &ctx.base);
     let resp = send(Request::from_parts(parts, body)).await;
     answer(ctx, event, resp, started).await
 }
@@ -255,9 +251,4 @@ fn refuse(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
         http::HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// The exact length of a whole body.
-fn body_len(body: &Body) -> u64 {
-    hyper::body::Body::size_hint(body).exact().unwrap_or(0)
 }

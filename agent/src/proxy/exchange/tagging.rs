@@ -113,6 +113,33 @@ pub(super) fn query_body(
     }
 }
 
+/// A SQL API statement's body to send: decoded (the agent forwards it identity-encoded), with
+/// the agent's tag merged into `parameters.query_tag`; as received when that cannot be done.
+pub(super) fn sql_api_body(
+    parts: &mut http::request::Parts,
+    decoded: Vec<u8>,
+    session: Option<&TrackedSession>,
+    base: &ConnectionIdentity,
+) -> Body {
+    let correlation = session
+        .map(|s| s.correlation_id.clone())
+        .or_else(|| base.correlation_id.clone());
+    let agent = agent_part(base, correlation.as_deref(), session.map(|s| s.id.as_str()));
+    let session_tag = session.and_then(|s| lock(&s.context).query_tag.clone());
+    let body = match snowflake::sql_api::set_query_tag(&decoded, session_tag.as_deref(), &agent) {
+        Ok((body, _)) => body,
+        Err(e) => {
+            warn!(error = %e, "SQL API statement sent without the agent's QUERY_TAG");
+            decoded
+        }
+    };
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    full(Bytes::from(body))
+}
+
 /// Records a completed statement's change to its session's tag.
 pub(super) fn note_statement(session: Option<&TrackedSession>, sql: &str) {
     let Some(s) = session else { return };

@@ -50,6 +50,12 @@ async fn a_statement_is_one_query_event_with_its_handle() {
     assert_eq!(got.json()["statementHandle"], "01b2-h1");
     let sent = h.upstream.received_at(wire::SQL_API);
     assert_eq!(sent.len(), 1);
+    // Snowflake got the statement with the agent's tag, which joins its history to the audit.
+    let forwarded: serde_json::Value = serde_json::from_slice(&sent[0].body).unwrap();
+    assert_eq!(forwarded["statement"], "select n from t");
+    let tag: serde_json::Value =
+        serde_json::from_str(forwarded["parameters"]["query_tag"].as_str().unwrap()).unwrap();
+    assert!(tag["snowtrail"]["session_id"].is_string(), "{tag}");
     let queries = h.sink.queries();
     assert_eq!(queries.len(), 1, "{:?}", h.sink.events());
     let q = &queries[0];
