@@ -224,6 +224,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
                     config.limits.inspect_budget_bytes,
                     Duration::from_millis(config.limits.inspect_wait_ms),
                 ),
+                workload_share: config.limits.inspect_budget_per_workload_bytes,
+                shares: Arc::default(),
                 max_request_bytes: config.limits.max_request_bytes,
                 max_response_inspect_bytes: config.limits.max_response_inspect_bytes,
             },

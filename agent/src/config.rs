@@ -156,6 +156,8 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_RESPONSE_INSPECT_BYTES: usize = 64 * 1024 * 1024;
 /// Memory all inspection buffers share, so memory stays bounded at any concurrency.
 pub const DEFAULT_INSPECT_BUDGET_BYTES: usize = 512 * 1024 * 1024;
+/// The most of that memory one workload may hold: a quarter.
+pub const DEFAULT_INSPECT_BUDGET_PER_WORKLOAD_BYTES: usize = DEFAULT_INSPECT_BUDGET_BYTES / 4;
 /// How long an inspection waits for its share of that memory.
 pub const DEFAULT_INSPECT_WAIT_MS: u64 = 10_000;
 
@@ -169,6 +171,9 @@ pub struct LimitsSection {
     pub max_response_inspect_bytes: usize,
     /// Memory all inspections share; when it is spent, new inspections wait.
     pub inspect_budget_bytes: usize,
+    /// The most of it one workload's inspections may hold at once (its share), so that one
+    /// workload's slow or large bodies cannot take all of it.
+    pub inspect_budget_per_workload_bytes: usize,
     /// How long an inspection waits for its share of the budget, in milliseconds: past it, a
     /// request is refused with a Snowflake error and a response streams on uninspected.
     pub inspect_wait_ms: u64,
@@ -180,6 +185,7 @@ impl Default for LimitsSection {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_inspect_bytes: DEFAULT_MAX_RESPONSE_INSPECT_BYTES,
             inspect_budget_bytes: DEFAULT_INSPECT_BUDGET_BYTES,
+            inspect_budget_per_workload_bytes: DEFAULT_INSPECT_BUDGET_PER_WORKLOAD_BYTES,
             inspect_wait_ms: DEFAULT_INSPECT_WAIT_MS,
         }
     }
@@ -383,6 +389,15 @@ impl Config {
             return Err(format!(
                 "redirect.listen_port {} is also an intercepted port",
                 r.listen_port
+            ));
+        }
+        let l = &self.limits;
+        if l.inspect_budget_per_workload_bytes < l.max_request_bytes
+            || l.inspect_budget_per_workload_bytes > l.inspect_budget_bytes
+        {
+            return Err(format!(
+                "limits.inspect_budget_per_workload_bytes must be between limits.max_request_bytes ({}) and limits.inspect_budget_bytes ({})",
+                l.max_request_bytes, l.inspect_budget_bytes
             ));
         }
         if self.proxy.max_connections_per_enrollment == 0 {

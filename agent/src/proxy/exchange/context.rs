@@ -32,6 +32,11 @@ use crate::sync::lock;
 pub struct Limits {
     /// The memory every inspection shares (`limits.inspect_budget_bytes`).
     pub budget: Budget,
+    /// The most of it one workload's inspections may hold at once
+    /// (`limits.inspect_budget_per_workload_bytes`).
+    pub workload_share: usize,
+    /// Each workload identity's share, made when its first connection opens.
+    pub shares: Arc<std::sync::Mutex<std::collections::HashMap<String, Budget>>>,
     /// Largest request body inspected (decoded); larger ones are refused.
     pub max_request_bytes: usize,
     /// Largest response body buffered for inspection; larger ones stream on uninspected.
@@ -73,10 +78,37 @@ pub struct Shared {
     pub unknown_requests: crate::config::UnknownRequests,
 }
 
+/// Most workload identities whose budget shares are kept; past it the shares start afresh
+/// (inspections in flight keep what they hold).
+const MAX_SHARES: usize = 4096;
+
+impl Limits {
+    /// The budget the inspections of a workload pay from: its identity's share of the whole,
+    /// so one workload cannot hold all of it; a connection no enrollment covers pays from a
+    /// share of its own.
+    pub fn budget_for(&self, identity: Option<&str>) -> Budget {
+        let Some(identity) = identity else {
+            return self.budget.share(self.workload_share);
+        };
+        let mut shares = crate::sync::lock(&self.shares);
+        if let Some(b) = shares.get(identity) {
+            return b.clone();
+        }
+        if shares.len() >= MAX_SHARES {
+            shares.clear();
+        }
+        let b = self.budget.share(self.workload_share);
+        shares.insert(identity.to_owned(), b.clone());
+        b
+    }
+}
+
 /// One intercepted connection's part: who is on it, shared by its exchanges.
 pub struct ConnCtx {
     /// The connection's who/where columns, which each of its events carries.
     pub base: ConnectionIdentity,
+    /// The inspection budget its exchanges pay from: its workload's share.
+    pub budget: Budget,
     /// Who may use the token handles issued on this connection: its exec run, else its enrolled
     /// cgroup (`None` when no enrollment covers it).
     pub owner: Option<crate::broker::Owner>,
@@ -160,9 +192,11 @@ pub(super) fn unforwarded(e: &ForwardError) -> Response<Body> {
 pub(super) async fn read_request(
     parts: &http::request::Parts,
     body: Body,
-    limits: &Limits,
+    ctx: &ConnCtx,
 ) -> Result<(Held, Vec<u8>), Refusal> {
-    let mut bytes = match collect(body, limits.max_request_bytes, &limits.budget).await {
+    let limits = &ctx.shared.limits;
+    let budget = &ctx.budget;
+    let mut bytes = match collect(body, limits.max_request_bytes, budget).await {
         Collected::Whole(b) => b,
         Collected::TooLarge(_) => {
             return Err(Refusal::RequestTooLarge {
@@ -179,7 +213,7 @@ pub(super) async fn read_request(
         Unpaid::Busy => Refusal::InspectionBusy,
     };
     let hint = snowflake::decoded_size_hint(&parts.headers, &bytes.bytes, limits.max_request_bytes);
-    bytes.pay_for(&limits.budget, hint).await.map_err(unpaid)?;
+    bytes.pay_for(budget, hint).await.map_err(unpaid)?;
     let decoded =
         snowflake::decode_with_headers(&parts.headers, &bytes.bytes, limits.max_request_bytes)
             .map_err(|e| match e {
@@ -190,7 +224,7 @@ pub(super) async fn read_request(
             })?
             .into_owned();
     bytes
-        .pay_for(&limits.budget, decoded.len().saturating_sub(hint))
+        .pay_for(budget, decoded.len().saturating_sub(hint))
         .await
         .map_err(unpaid)?;
     Ok((bytes, decoded))
@@ -207,21 +241,22 @@ pub(super) enum Buffered {
     Streamed(Response<Body>),
 }
 
-pub(super) async fn read_response(resp: Response<Body>, limits: &Limits) -> Buffered {
-    let limit = limits.max_response_inspect_bytes;
+pub(super) async fn read_response(resp: Response<Body>, ctx: &ConnCtx) -> Buffered {
+    let limit = ctx.shared.limits.max_response_inspect_bytes;
+    let budget = &ctx.budget;
     let (parts, body) = resp.into_parts();
-    match collect(body, limit, &limits.budget).await {
+    match collect(body, limit, budget).await {
         Collected::Whole(mut raw) => {
             // The decoded copy pays for its memory too; one the budget cannot hold is not made,
             // and the response goes on uninspected.
             let hint = snowflake::decoded_size_hint(&parts.headers, &raw.bytes, limit);
             let mut decoded = None;
-            if raw.pay_for(&limits.budget, hint).await.is_ok()
+            if raw.pay_for(budget, hint).await.is_ok()
                 && let Ok(d) = snowflake::decode_with_headers(&parts.headers, &raw.bytes, limit)
             {
                 let d = d.into_owned();
                 if raw
-                    .pay_for(&limits.budget, d.len().saturating_sub(hint))
+                    .pay_for(budget, d.len().saturating_sub(hint))
                     .await
                     .is_ok()
                 {

@@ -94,6 +94,8 @@ fn harness(setup: Setup) -> Harness {
         tracker: Tracker::default(),
         limits: Limits {
             budget: Budget::new(64 << 20),
+            workload_share: 32 << 20,
+            shares: Arc::default(),
             max_request_bytes: 1 << 20,
             max_response_inspect_bytes: 1 << 20,
         },
@@ -119,6 +121,7 @@ fn harness(setup: Setup) -> Harness {
     base.connection_mode = Some(crate::audit::ConnectionMode::Intercepted);
     Harness {
         ctx: ConnCtx {
+            budget: shared.limits.budget_for(Some(IDENTITY)),
             base: crate::audit::ConnectionIdentity::of(&base),
             owner: None,
             shared,

@@ -35,7 +35,7 @@ where
     let mut event = ctx.event(EventKind::Login, at, None);
     let (session_id, correlation_id) = super::tagging::new_session_ids(&ctx.base);
     event.correlation_id = Some(correlation_id.clone());
-    let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
+    let (raw, decoded) = match read_request(&parts, body, ctx).await {
         Ok(b) => b,
         Err(refusal) => return refuse_login(ctx, event, refusal).await,
     };
@@ -126,7 +126,7 @@ where
     let status = resp.status();
     // `None`: a brokered login's answer whose tokens cannot be replaced (unread, unparsed, or not
     // rewritable). It must not reach the workload, which never holds Snowflake's tokens.
-    let out: Option<Response<Body>> = match read_response(resp, &ins.limits).await {
+    let out: Option<Response<Body>> = match read_response(resp, ctx).await {
         Buffered::Read {
             parts,
             raw,
@@ -228,7 +228,7 @@ where
     // The renewal carries the master token in Authorization and the old session token in the
     // body; the session is found by the old token.
     let (mut parts, body) = req.into_parts();
-    let (raw, mut decoded) = match read_request(&parts, body, &ins.limits).await {
+    let (raw, mut decoded) = match read_request(&parts, body, ctx).await {
         Ok(b) => b,
         Err(refusal) => return reply(snowflake::envelope::session_error(&refusal)),
     };
@@ -258,7 +258,7 @@ where
     if session.is_none() && brokered.is_none() {
         return resp;
     }
-    match read_response(resp, &ins.limits).await {
+    match read_response(resp, ctx).await {
         Buffered::Read {
             parts,
             raw,

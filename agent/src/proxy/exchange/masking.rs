@@ -221,7 +221,7 @@ pub(super) async fn chunk(
         return super::recording_tee::tee_chunk(ctx.shared.clone(), pending, host, path, resp);
     };
     let status = resp.status();
-    let out = match read_response(resp, &ins.limits).await {
+    let out = match read_response(resp, ctx).await {
         Buffered::Read {
             mut parts,
             decoded: Some(decoded),

@@ -44,6 +44,10 @@ impl ExchangeHandler for Router {
 
     fn open(&self, event: &Event, enrolled_cgroup: Option<&str>) -> Arc<dyn ConnectionHandler> {
         Arc::new(ConnCtx {
+            budget: self
+                .shared
+                .limits
+                .budget_for(event.workload_identity.as_deref()),
             owner: crate::broker::Owner::of(event.correlation_id.as_deref(), enrolled_cgroup),
             base: ConnectionIdentity::of(event),
             shared: self.shared.clone(),

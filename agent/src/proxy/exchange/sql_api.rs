@@ -52,7 +52,7 @@ where
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
     }
-    let decoded = match read_request(&parts, body, &ins.limits).await {
+    let decoded = match read_request(&parts, body, ctx).await {
         Ok((_, decoded)) => decoded,
         Err(refusal) => return refuse(ctx, event, refusal),
     };
@@ -174,7 +174,7 @@ async fn answer(
 ) -> Response<Body> {
     let ins = &ctx.shared;
     let status = resp.status();
-    match read_response(resp, &ins.limits).await {
+    match read_response(resp, ctx).await {
         Buffered::Read {
             parts,
             raw,

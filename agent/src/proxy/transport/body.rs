@@ -27,12 +27,15 @@ const UNIT: usize = 1024;
 /// How long an inspection waits for its share of a [`Budget`] by default.
 pub const DEFAULT_BUDGET_WAIT: Duration = Duration::from_secs(10);
 
-/// The memory all inspections share.
+/// The memory all inspections share, or one workload's share of it: a share pays from its own
+/// semaphore and from the whole budget's, so no workload holds more than its share and none
+/// more than the whole.
 #[derive(Debug, Clone)]
 pub struct Budget {
     sem: Arc<Semaphore>,
     units: usize,
     wait: Duration,
+    whole: Option<Arc<Budget>>,
 }
 
 /// Why bytes could not be paid for.
@@ -58,6 +61,19 @@ impl Budget {
             sem: Arc::new(Semaphore::new(units)),
             units,
             wait,
+            whole: None,
+        }
+    }
+
+    /// A share of this budget of at most `bytes` (rounded down to whole KiB, at least one, at
+    /// most the whole): what it holds is paid from both.
+    pub fn share(&self, bytes: usize) -> Budget {
+        let units = (bytes / UNIT).clamp(1, self.units);
+        Budget {
+            sem: Arc::new(Semaphore::new(units)),
+            units,
+            wait: self.wait,
+            whole: Some(Arc::new(self.clone())),
         }
     }
 
@@ -71,27 +87,57 @@ impl Budget {
         self.sem.available_permits() * UNIT
     }
 
-    /// Waits (at most the budget's wait) for `units` more of the budget and adds them to
-    /// `held`.
-    async fn reserve(
-        &self,
-        held: &mut Option<OwnedSemaphorePermit>,
-        units: usize,
-    ) -> Result<(), Unpaid> {
+    /// Waits (at most the budget's wait, for the share and the whole together) for `units`
+    /// more of the budget and adds them to `held`.
+    async fn reserve(&self, held: &mut Permits, units: usize) -> Result<(), Unpaid> {
         let Ok(n) = u32::try_from(units) else {
             return Err(Unpaid::Never);
         };
-        match tokio::time::timeout(self.wait, self.sem.clone().acquire_many_owned(n)).await {
-            Ok(Ok(p)) => {
-                match held {
-                    Some(h) => h.merge(p),
-                    None => *held = Some(p),
-                }
+        let both = async {
+            let own = self.sem.clone().acquire_many_owned(n).await;
+            let whole = match &self.whole {
+                Some(w) => Some(w.sem.clone().acquire_many_owned(n).await),
+                None => None,
+            };
+            (own, whole)
+        };
+        match tokio::time::timeout(self.wait, both).await {
+            Ok((Ok(p), None)) => {
+                held.add(p, None);
                 Ok(())
             }
-            Ok(Err(_)) => Err(Unpaid::Never),
+            Ok((Ok(p), Some(Ok(w)))) => {
+                held.add(p, Some(w));
+                Ok(())
+            }
+            Ok(_) => Err(Unpaid::Never),
             Err(_) => Err(Unpaid::Busy),
         }
+    }
+}
+
+/// The budget shares bytes held for inspection have paid: a workload's share and the whole's.
+#[derive(Default)]
+pub(in crate::proxy) struct Permits {
+    own: Option<OwnedSemaphorePermit>,
+    whole: Option<OwnedSemaphorePermit>,
+}
+
+impl Permits {
+    fn add(&mut self, own: OwnedSemaphorePermit, whole: Option<OwnedSemaphorePermit>) {
+        for (slot, p) in [(&mut self.own, Some(own)), (&mut self.whole, whole)] {
+            if let Some(p) = p {
+                match slot {
+                    Some(h) => h.merge(p),
+                    None => *slot = Some(p),
+                }
+            }
+        }
+    }
+
+    /// Units held (of the share, which is never less than of the whole).
+    fn units(&self) -> usize {
+        self.own.as_ref().map_or(0, |p| p.num_permits())
     }
 }
 
@@ -99,7 +145,7 @@ impl Budget {
 pub(in crate::proxy) struct Held {
     /// The bytes.
     pub(in crate::proxy) bytes: Bytes,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Permits,
 }
 
 impl Held {
@@ -121,7 +167,7 @@ impl Held {
         if units == 0 {
             return Ok(());
         }
-        let held = self.permit.as_ref().map_or(0, |p| p.num_permits());
+        let held = self.permit.units();
         if held.saturating_add(units) > budget.units {
             return Err(Unpaid::Never);
         }
@@ -139,7 +185,7 @@ impl Held {
 }
 
 /// A whole body keeps its share of the budget while it lives, and passes its end on.
-impl Watch for Option<OwnedSemaphorePermit> {
+impl Watch for Permits {
     // Said, so that h2 ends the stream on the data frame, not with an empty one after it.
     const SAYS_END: bool = true;
 
@@ -293,7 +339,7 @@ pub(in crate::proxy) enum Collected {
 pub(in crate::proxy) async fn collect(mut body: Body, limit: usize, budget: &Budget) -> Collected {
     let limit = limit.min(budget.bytes());
     let mut buf = BytesMut::new();
-    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let mut permit = Permits::default();
     let mut units = 0usize;
     loop {
         match body.frame().await {
@@ -452,6 +498,29 @@ mod tests {
         drop(hog);
         assert_eq!(small.pay_for(&other, 1024).await, Ok(()));
         assert_eq!(held.pay_for(&budget, 1024).await, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_workloads_share_bounds_it_and_leaves_the_rest_to_others() {
+        let whole = Budget::with_wait(8 * 1024, Duration::from_secs(3));
+        let (a, b) = (whole.share(4 * 1024), whole.share(4 * 1024));
+        let Collected::Whole(held) = collect(body_of(4 * 1024), 1 << 20, &a).await else {
+            panic!("not whole");
+        };
+        assert_eq!(whole.available(), 4 * 1024);
+        // Workload A is at its share: its next inspection waits, then gets its body back.
+        assert!(matches!(
+            collect(body_of(1024), 1 << 20, &a).await,
+            Collected::Unaffordable(_)
+        ));
+        // Workload B is served from what the whole has left.
+        let Collected::Whole(other) = collect(body_of(4 * 1024), 1 << 20, &b).await else {
+            panic!("B was starved by A");
+        };
+        assert_eq!(whole.available(), 0);
+        drop((held, other));
+        assert_eq!(whole.available(), 8 * 1024);
+        assert_eq!(a.available(), 4 * 1024);
     }
 
     /// A body of several data frames.

@@ -50,7 +50,7 @@ where
         .lookup(snowflake::auth::authorization_token(req.headers()));
     let shaping = masking::shaping(ctx, &event);
     let resp = send(req).await;
-    match read_response(resp, &ins.limits).await {
+    match read_response(resp, ctx).await {
         Buffered::Read {
             mut parts,
             raw,
@@ -137,7 +137,7 @@ where
         .tracker
         .lookup(snowflake::auth::authorization_token(req.headers()));
     let resp = send(req).await;
-    match read_response(resp, &ins.limits).await {
+    match read_response(resp, ctx).await {
         Buffered::Read {
             parts,
             raw,
@@ -208,7 +208,7 @@ where
 {
     let ins = &ctx.shared;
     let (parts, body) = req.into_parts();
-    let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
+    let (raw, decoded) = match read_request(&parts, body, ctx).await {
         Ok(b) => b,
         Err(refusal) => return reply(snowflake::envelope::session_error(&refusal)),
     };

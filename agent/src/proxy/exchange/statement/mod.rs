@@ -79,7 +79,7 @@ where
             e
         }
     };
-    let (raw, decoded) = match read_request(&parts, body, &ins.limits).await {
+    let (raw, decoded) = match read_request(&parts, body, ctx).await {
         Ok(b) => b,
         Err(refusal) => return refuse_query(ctx, event, refusal).await,
     };
@@ -146,7 +146,7 @@ where
         return attempt_failed(ctx, event, rid, resp, started).await;
     }
 
-    match read_response(resp, &ins.limits).await {
+    match read_response(resp, ctx).await {
         Buffered::Read {
             mut parts,
             raw,
@@ -238,7 +238,7 @@ async fn attempt_failed(
     let mut failed = event.clone();
     failed.success = Some(false);
     failed.duration_ms = elapsed_ms(started);
-    let resp = match read_response(resp, &ins.limits).await {
+    let resp = match read_response(resp, ctx).await {
         Buffered::Read {
             parts,
             raw,
