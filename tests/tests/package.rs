@@ -351,6 +351,7 @@ fn deb_installs_upgrades_and_purges_in_a_scratch_root() {
         "audit_dir",
         "ca",
         "trust_store",
+        "no_bypass",
     ] {
         assert_eq!(check(name)["status"], "pass", "{name}: {report:#}");
     }

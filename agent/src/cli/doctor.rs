@@ -211,6 +211,7 @@ fn collect(config_path: Option<&Path>, socket: Option<&Path>) -> Vec<Check> {
         &config.audit_dir,
         config.audit.max_file_bytes,
     ));
+    checks.push(bypass_verdict(&config));
     checks.push(recording_check(&config));
     checks.push(ca_check(&config.state_dir));
     checks.push(trust_check(&config.state_dir));
@@ -223,6 +224,48 @@ fn collect(config_path: Option<&Path>, socket: Option<&Path>) -> Vec<Check> {
         checks.push(c);
     }
     checks
+}
+
+/// Whether the configuration leaves a way around the agent on an intercepted port: connections
+/// it cannot identify passed through, or destinations vouched for so wide that they take in
+/// Snowflake's fronts.
+pub fn bypass_verdict(config: &Config) -> Check {
+    const NAME: &str = "no_bypass";
+    let mut open = Vec::new();
+    if config.tls.unidentified == crate::config::Unidentified::Passthrough {
+        open.push(
+            "tls.unidentified = \"passthrough\" carries connections without SNI unread, so a \
+             workload can reach Snowflake by address"
+                .to_owned(),
+        );
+    }
+    // Wider than a /8 (IPv4) or a /32 (IPv6): such a range takes in cloud providers' fronts.
+    for d in &config.tls.allow_unverified {
+        let widest = if d.is_v4() { 24 } else { 96 };
+        if d.host_bits() > widest {
+            open.push(format!(
+                "tls.allow_unverified lists {d}, a range wide enough to hold Snowflake's fronts"
+            ));
+        }
+    }
+    if open.is_empty() {
+        return Check::pass(
+            NAME,
+            format!(
+                "unidentified connections are refused; {} destination(s) vouched for; requests the agent does not read are {}",
+                config.tls.allow_unverified.len(),
+                match config.proxy.unknown_requests {
+                    crate::config::UnknownRequests::Record => "recorded",
+                    crate::config::UnknownRequests::Deny => "refused",
+                }
+            ),
+        );
+    }
+    Check::warn(
+        NAME,
+        open.join("; "),
+        "set tls.unidentified = \"deny\" and list in tls.allow_unverified only the destinations that need it",
+    )
 }
 
 /// What doctor saw of one enrolled cgroup, for [`containment_verdict`].
@@ -735,6 +778,28 @@ mod tests {
             checks[1]
         );
         assert!(broker_checks(&crate::broker::BrokerConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn bypass_warns_of_unidentified_passthrough_and_wide_ranges() {
+        let mut c = Config::default();
+        assert_eq!(bypass_verdict(&c).status, Verdict::Pass);
+        c.tls.allow_unverified = vec![
+            "10.20.0.0/16:443".parse().unwrap(),
+            "[2001:db8::]/64".parse().unwrap(),
+        ];
+        assert_eq!(bypass_verdict(&c).status, Verdict::Pass);
+        c.tls
+            .allow_unverified
+            .push("0.0.0.0/0:443".parse().unwrap());
+        let v = bypass_verdict(&c);
+        assert_eq!(v.status, Verdict::Warn);
+        assert!(v.detail.contains("0.0.0.0/0:443"), "{}", v.detail);
+        c.tls.allow_unverified.clear();
+        c.tls.unidentified = crate::config::Unidentified::Passthrough;
+        let v = bypass_verdict(&c);
+        assert_eq!(v.status, Verdict::Warn);
+        assert!(v.detail.contains("by address"), "{}", v.detail);
     }
 
     #[test]

@@ -37,6 +37,17 @@ pub struct DestinationError {
 }
 
 impl Destination {
+    /// Whether the range is of IPv4 addresses.
+    pub fn is_v4(&self) -> bool {
+        self.net.is_ipv4()
+    }
+
+    /// How many addresses the range spans, as the number of host bits (0 for one address).
+    pub fn host_bits(&self) -> u8 {
+        let width = if self.net.is_ipv4() { 32 } else { 128 };
+        width - self.prefix
+    }
+
     /// Whether `addr` lies in the range and, when a port is named, uses it. An IPv4 address
     /// mapped into IPv6 (`::ffff:a.b.c.d`) is compared as the IPv4 address it is.
     pub fn contains(&self, addr: SocketAddr) -> bool {

@@ -246,7 +246,7 @@ impl Holds {
         let mut inner = lock(&hold.inner);
         inner.request = None;
         if let Some(mut e) = inner.event.take() {
-            e.flags.push(Flag::OutcomeUnknown);
+            e.add_flag(Flag::OutcomeUnknown);
             drop(self.sink.submit(e));
         }
     }
@@ -268,7 +268,7 @@ pub(super) fn hold(
         let mut e = event;
         e.query_id = Some(id.clone());
         mark_denied(&mut e, &Refusal::ApprovalTimedOut);
-        e.flags.push(Flag::TooManyHolds);
+        e.add_flag(Flag::TooManyHolds);
         drop(ins.sink.submit(e));
         return reply(snowflake::envelope::query_error(
             &Refusal::ApprovalTimedOut,

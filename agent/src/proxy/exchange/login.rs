@@ -183,14 +183,14 @@ where
             }
             _ => {
                 event.success = Some(status.is_success());
-                event.flags.push(Flag::Unparsed);
+                event.add_flag(Flag::Unparsed);
                 broker_session
                     .is_none()
                     .then(|| Response::from_parts(parts, raw.into_body()))
             }
         },
         Buffered::Streamed(resp) => {
-            event.flags.push(Flag::Uninspected);
+            event.add_flag(Flag::Uninspected);
             broker_session.is_none().then_some(resp)
         }
     };

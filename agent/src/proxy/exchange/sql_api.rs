@@ -40,9 +40,23 @@ where
     let session = ins
         .tracker
         .lookup(snowflake::auth::authorization_token(&parts.headers));
-    let mut event = ctx.event(EventKind::Query, SystemTime::now(), session.as_deref());
-    event.request_id.clone_from(&params.request_id);
-    event.attempts = Some(1);
+    // A request resubmitted with the same request id (`retry=true`) is the same statement.
+    let retried = params
+        .request_id
+        .as_deref()
+        .and_then(|r| ins.tracker.take_request(r));
+    let mut event = match retried {
+        Some(mut e) => {
+            e.attempts = Some(e.attempts.unwrap_or(1).saturating_add(1));
+            e
+        }
+        None => {
+            let mut e = ctx.event(EventKind::Query, SystemTime::now(), session.as_deref());
+            e.request_id.clone_from(&params.request_id);
+            e.attempts = Some(1);
+            e
+        }
+    };
     event.is_async = Some(params.async_submit);
     event.driver = Some("SQL API".to_owned());
     if session.is_none() {
@@ -106,11 +120,16 @@ where
             warn!(error = %e, "statement refused: its audit record could not be made durable");
             return refuse(ctx, event, Refusal::AuditUnavailable);
         }
-        event.flags.push(Flag::AuditGap);
+        event.add_flag(Flag::AuditGap);
     }
     // QUERY_TAG in the statement's parameters, as for a driver's (docs/decisions.md §15).
     let body = tagging::sql_api_body(&mut parts, decoded, session.as_deref(), &ctx.base);
     let resp = send(Request::from_parts(parts, body)).await;
+    if resp.status().is_server_error()
+        && let Some(rid) = params.request_id.as_deref()
+    {
+        return super::statement::attempt_failed(ctx, event, rid, resp, started).await;
+    }
     answer(ctx, event, resp, started).await
 }
 

@@ -313,7 +313,9 @@ async fn serve(
             );
             event.close_reason = Some(done.reason);
             event.error_message = done.upstream_error;
-            event.flags.extend(done.flags);
+            for f in done.flags {
+                event.add_flag(f);
+            }
         }
         _ => {
             let upstream =

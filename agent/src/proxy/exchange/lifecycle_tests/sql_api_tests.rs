@@ -206,3 +206,27 @@ async fn a_status_request_for_a_handle_never_seen_is_an_unknown_request() {
     );
     assert!(h.sink.queries().is_empty());
 }
+
+/// A statement resubmitted with the same request id after a 5xx is one statement.
+#[tokio::test(start_paused = true)]
+async fn a_resubmission_after_a_5xx_is_the_same_statement() {
+    let h = harness(Setup::default());
+    h.login(TOKEN).await;
+    h.upstream
+        .answer(wire::SQL_API, Answer::text(503, "Service Unavailable"));
+    h.upstream
+        .answer(wire::SQL_API, wire::sql_api_rows("01b2-r", json!([["1"]])));
+    let first = h
+        .exchange(wire::sql_api_request_with_id(TOKEN, "rq-1", "select 1"))
+        .await;
+    assert_eq!(first.status, 503);
+    let again = h
+        .exchange(wire::sql_api_request_with_id(TOKEN, "rq-1", "select 1"))
+        .await;
+    assert_eq!(again.status, 200);
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    assert_eq!(queries[0].attempts, Some(2));
+    assert_eq!(queries[0].success, Some(true));
+    assert_eq!(queries[0].query_id.as_deref(), Some("01b2-r"));
+}

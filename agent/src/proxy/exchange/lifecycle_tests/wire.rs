@@ -210,6 +210,13 @@ pub(super) fn sql_api_running(handle: &str) -> Answer {
     )
 }
 
+/// A statement sent through the SQL API with a request id (`retry=true` marks a resubmission).
+pub(super) fn sql_api_request_with_id(token: &str, request_id: &str, sql: &str) -> Request<Body> {
+    let body = json!({"statement": sql, "timeout": 60});
+    let uri = format!("{SQL_API}?requestId={request_id}&retry=true");
+    request(Method::POST, &uri, Some(token), Some(&body))
+}
+
 /// A statement sent through the SQL API with the session's token.
 pub(super) fn sql_api_request(token: &str, sql: &str) -> Request<Body> {
     let body = json!({"statement": sql, "timeout": 60});

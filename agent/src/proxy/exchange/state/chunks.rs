@@ -133,7 +133,7 @@ impl PendingResult {
         let bytes = self.bytes.load(Ordering::Relaxed);
         event.result_bytes = Some(event.result_bytes.unwrap_or(0) + bytes);
         if incomplete {
-            event.flags.push(Flag::ChunksUnseen);
+            event.add_flag(Flag::ChunksUnseen);
         }
         Some(event)
     }

@@ -121,7 +121,7 @@ impl PendingTransfer {
         event.stage_bytes_sent = Some(self.bytes_sent.load(Ordering::Relaxed));
         event.stage_bytes_received = Some(self.bytes_received.load(Ordering::Relaxed));
         if requests == 0 && unseen_is_a_gap {
-            event.flags.push(Flag::TransferUnseen);
+            event.add_flag(Flag::TransferUnseen);
         }
         Some((event, recording))
     }

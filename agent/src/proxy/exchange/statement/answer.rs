@@ -130,7 +130,7 @@ pub(super) fn uninspected(
     shaping: Option<&masking::Shaping>,
     resp: Response<Body>,
 ) -> Response<Body> {
-    event.flags.push(Flag::Uninspected);
+    event.add_flag(Flag::Uninspected);
     if let Some(s) = shaping {
         return masking::withhold(ctx, event, &s.uninspectable());
     }

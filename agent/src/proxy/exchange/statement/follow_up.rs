@@ -87,7 +87,7 @@ where
                     }
                 }
                 _ => {
-                    event.flags.push(Flag::Unparsed);
+                    event.add_flag(Flag::Unparsed);
                     if let Some(s) = &shaping {
                         return masking::withhold(ctx, event, &s.uninspectable());
                     }
@@ -237,7 +237,7 @@ where
         debug!(query_id = ?event.query_id, "statement aborted by the client");
         event.success = Some(false);
         event.error_message = Some("aborted by the client".into());
-        event.flags.push(Flag::Aborted);
+        event.add_flag(Flag::Aborted);
         drop(ins.sink.submit(event));
     }
     resp

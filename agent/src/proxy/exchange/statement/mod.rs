@@ -134,7 +134,7 @@ where
             warn!(error = %e, "statement refused: its audit record could not be made durable");
             return refuse_query(ctx, event, Refusal::AuditUnavailable).await;
         }
-        event.flags.push(Flag::AuditGap);
+        event.add_flag(Flag::AuditGap);
     }
     // QUERY_TAG in the statement's parameters (docs/decisions.md §15); the rewrite is in `tagging`.
     let body = tagging::query_body(&mut parts, raw, &decoded, session.as_deref(), &ctx.base);
@@ -205,7 +205,7 @@ where
                 }
                 _ => {
                     event.success = Some(status.is_success());
-                    event.flags.push(Flag::Unparsed);
+                    event.add_flag(Flag::Unparsed);
                     event.duration_ms = elapsed_ms(started);
                     if let Some(s) = &shaping {
                         return masking::withhold(ctx, event, &s.uninspectable());
@@ -226,7 +226,7 @@ where
 /// 5xx, which drivers retry with the same request id: the answer goes to the driver as it came,
 /// and the statement waits [`RETRY_WAIT`] for the retry, which goes on with the same event.
 /// Without one, the failed attempt is the statement's row.
-async fn attempt_failed(
+pub(in crate::proxy::exchange) async fn attempt_failed(
     ctx: &ConnCtx,
     event: Event,
     request_id: &str,
