@@ -8,14 +8,14 @@
 //! shapes its result (masking, row limits). A status or partition request for a handle the
 //! agent did not see answered is an unknown request ([`super::requests`]).
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::{Request, Response};
 use tracing::warn;
 
 use super::context::{Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response};
 use super::{gate, masking, requests, tagging};
-use crate::audit::{Durability, Event, EventKind, Flag, OnAuditFailure};
+use crate::audit::{Durability, Event, Flag, OnAuditFailure};
 use crate::proxy::transport::body::{Body, full};
 use crate::snowflake::sql_api::{self, StatementStatus};
 use crate::snowflake::{self, Refusal, RequestParams};
@@ -41,22 +41,7 @@ where
         .tracker
         .lookup(snowflake::auth::authorization_token(&parts.headers));
     // A request resubmitted with the same request id (`retry=true`) is the same statement.
-    let retried = params
-        .request_id
-        .as_deref()
-        .and_then(|r| ins.tracker.take_request(r));
-    let mut event = match retried {
-        Some(mut e) => {
-            e.attempts = Some(e.attempts.unwrap_or(1).saturating_add(1));
-            e
-        }
-        None => {
-            let mut e = ctx.event(EventKind::Query, SystemTime::now(), session.as_deref());
-            e.request_id.clone_from(&params.request_id);
-            e.attempts = Some(1);
-            e
-        }
-    };
+    let mut event = super::statement::begin(ctx, session.as_deref(), params.request_id.as_deref());
     event.is_async = Some(params.async_submit);
     event.driver = Some("SQL API".to_owned());
     if session.is_none() {

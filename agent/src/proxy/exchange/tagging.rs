@@ -91,6 +91,20 @@ pub(super) fn brokered_login_body(
     reencode(parts, body)
 }
 
+/// What a statement's tag is made of: the agent's part (its session's correlation, else the
+/// connection's) and the session's own tag, if it set one.
+fn statement_tags(
+    session: Option<&TrackedSession>,
+    base: &ConnectionIdentity,
+) -> (Map<String, Value>, Option<String>) {
+    let correlation = session
+        .map(|s| s.correlation_id.clone())
+        .or_else(|| base.correlation_id.clone());
+    let agent = agent_part(base, correlation.as_deref(), session.map(|s| s.id.as_str()));
+    let session_tag = session.and_then(|s| lock(&s.context).query_tag.clone());
+    (agent, session_tag)
+}
+
 /// The query body to send: with the agent's tag merged into `parameters.QUERY_TAG`.
 pub(super) fn query_body(
     parts: &mut http::request::Parts,
@@ -99,11 +113,7 @@ pub(super) fn query_body(
     session: Option<&TrackedSession>,
     base: &ConnectionIdentity,
 ) -> Body {
-    let correlation = session
-        .map(|s| s.correlation_id.clone())
-        .or_else(|| base.correlation_id.clone());
-    let agent = agent_part(base, correlation.as_deref(), session.map(|s| s.id.as_str()));
-    let session_tag = session.and_then(|s| lock(&s.context).query_tag.clone());
+    let (agent, session_tag) = statement_tags(session, base);
     match snowflake::set_query_tag(decoded, session_tag.as_deref(), &agent) {
         Ok((body, _)) => reencode(parts, body).unwrap_or_else(|| raw.into_body()),
         Err(e) => {
@@ -121,11 +131,7 @@ pub(super) fn sql_api_body(
     session: Option<&TrackedSession>,
     base: &ConnectionIdentity,
 ) -> Body {
-    let correlation = session
-        .map(|s| s.correlation_id.clone())
-        .or_else(|| base.correlation_id.clone());
-    let agent = agent_part(base, correlation.as_deref(), session.map(|s| s.id.as_str()));
-    let session_tag = session.and_then(|s| lock(&s.context).query_tag.clone());
+    let (agent, session_tag) = statement_tags(session, base);
     let body = match snowflake::sql_api::set_query_tag(&decoded, session_tag.as_deref(), &agent) {
         Ok((body, _)) => body,
         Err(e) => {

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::fake_upstream::Answer;
+use super::masking_tests::MASK_POLICY;
 use super::wire;
 use super::{Setup, harness, has_flag};
 use crate::audit::EventKind;
@@ -18,18 +19,6 @@ name = "no-drops"
 action = "deny"
 [rule.when]
 statement = ["DROP"]
-"#;
-
-const MASK_POLICY: &str = r#"
-[default]
-action = "allow"
-
-[[rule]]
-name = "mask-email"
-action = "mask"
-columns = ["email"]
-[rule.when]
-statement = ["SELECT"]
 "#;
 
 /// A statement answered at once is one `query` event of its session, its handle the query id.

@@ -33,6 +33,7 @@ use self::completion::{
 use super::context::{
     Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response, reply,
 };
+use super::state::TrackedSession;
 use super::{gate, holds, masking, tagging};
 use crate::audit::{Durability, Event, EventKind, Flag, OnAuditFailure};
 use crate::proxy::transport::body::Body;
@@ -41,6 +42,27 @@ use crate::snowflake::{self, QueryStatus, Refusal};
 pub(in crate::proxy::exchange) use self::completion::complete as complete_event;
 pub(in crate::proxy::exchange) use self::completion::session_ended;
 pub(in crate::proxy::exchange) use self::follow_up::{abort, monitoring, poll};
+
+/// A statement's event as it is received: a new one, or, for a retry with the same request id,
+/// the statement's own with one more attempt counted (docs/decisions.md §10).
+pub(in crate::proxy::exchange) fn begin(
+    ctx: &ConnCtx,
+    session: Option<&TrackedSession>,
+    request_id: Option<&str>,
+) -> Event {
+    match request_id.and_then(|r| ctx.shared.tracker.take_request(r)) {
+        Some(mut e) => {
+            e.attempts = Some(e.attempts.unwrap_or(1).saturating_add(1));
+            e
+        }
+        None => {
+            let mut e = ctx.event(EventKind::Query, SystemTime::now(), session);
+            e.request_id = request_id.map(str::to_owned);
+            e.attempts = Some(1);
+            e
+        }
+    }
+}
 
 /// How long a statement whose attempt failed with HTTP 5xx waits for the driver to send it again
 /// (same request id) before its failure is recorded: drivers back off at most 16 s between
@@ -63,22 +85,7 @@ where
     let session = ins
         .tracker
         .lookup(snowflake::auth::authorization_token(&parts.headers));
-    // A retry with the same request id is the same statement (docs/decisions.md §10).
-    let retried = request_id
-        .as_deref()
-        .and_then(|r| ins.tracker.take_request(r));
-    let mut event = match retried {
-        Some(mut e) => {
-            e.attempts = Some(e.attempts.unwrap_or(1).saturating_add(1));
-            e
-        }
-        None => {
-            let mut e = ctx.event(EventKind::Query, SystemTime::now(), session.as_deref());
-            e.request_id.clone_from(&request_id);
-            e.attempts = Some(1);
-            e
-        }
-    };
+    let mut event = begin(ctx, session.as_deref(), request_id.as_deref());
     let (raw, decoded) = match read_request(&parts, body, ctx).await {
         Ok(b) => b,
         Err(refusal) => return refuse_query(ctx, event, refusal).await,
