@@ -154,8 +154,9 @@ pub struct JwtClaims {
 }
 
 /// A parsed login request. Secrets are not reachable except the TOKEN, through
-/// [`LoginRequest::token_for_validation`]; `Debug` prints none.
-#[derive(Debug, Clone, PartialEq)]
+/// [`LoginRequest::token_for_validation`]; `Debug` prints none (session parameters as the audit
+/// keeps them, secret-named values masked).
+#[derive(Clone, PartialEq)]
 pub struct LoginRequest {
     /// `ACCOUNT_NAME` as sent (5.x sends `xy12345.us-east-1`, 4.x `xy12345`).
     pub account: Option<String>,
@@ -185,6 +186,27 @@ pub struct LoginRequest {
     /// Every secret-bearing key present in `data` (e.g. `["PASSWORD"]`), by name only.
     pub secret_fields: Vec<&'static str>,
     token: Option<Secret>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("account", &self.account)
+            .field("login_name", &self.login_name)
+            .field("authenticator", &self.authenticator)
+            .field("client", &self.client)
+            .field("application", &self.application)
+            .field("query_tag", &self.query_tag)
+            .field("session_parameters", &self.recordable_session_parameters())
+            .field("has_password", &self.has_password)
+            .field("has_passcode", &self.has_passcode)
+            .field("has_token", &self.has_token)
+            .field("token_shape", &self.token_shape)
+            .field("jwt_claims", &self.jwt_claims)
+            .field("secret_fields", &self.secret_fields)
+            .field("token", &self.token)
+            .finish()
+    }
 }
 
 impl LoginRequest {
@@ -621,7 +643,10 @@ mod tests {
             "DB_PASSWORD",
         ] {
             assert_eq!(kept[name], "***", "{name}");
-        }
+        } // Nor does `Debug`, which prints the parameters as the audit keeps them.
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains("-clear-"), "{dbg}");
+        assert!(dbg.contains("QUERY_TAG"), "{dbg}");
     }
 
     #[test]
