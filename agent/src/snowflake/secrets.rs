@@ -81,23 +81,30 @@ pub fn hides_value(name: &str) -> bool {
 }
 
 /// Session parameters as the audit keeps them: the value of every parameter [`hides_value`]
-/// names is replaced by [`MASK`] unless it is a boolean or null; the others are kept as sent.
+/// names is replaced by [`MASK`] unless it is a boolean or null; the others are kept as sent,
+/// and an object or a list among them is read the same way all the way down (a secret-named key
+/// nested under an innocent one is hidden too).
 pub fn mask_secret_values(params: &Map<String, Value>) -> Map<String, Value> {
     params
         .iter()
-        .map(|(k, v)| {
-            // A flag under a secret-sounding name (`CLIENT_STORE_TEMPORARY_CREDENTIAL: false`)
-            // carries no secret and says how the session behaves: it is kept. A number may be a
-            // passcode: it is hidden like a string.
-            let carries_secret = !matches!(v, Value::Bool(_) | Value::Null);
-            let v = if carries_secret && hides_value(k) {
-                Value::String(MASK.to_owned())
-            } else {
-                v.clone()
-            };
-            (k.clone(), v)
-        })
+        .map(|(k, v)| (k.clone(), mask_value(k, v)))
         .collect()
+}
+
+/// `v`, found under the name `name`, as the audit keeps it.
+fn mask_value(name: &str, v: &Value) -> Value {
+    // A flag under a secret-sounding name (`CLIENT_STORE_TEMPORARY_CREDENTIAL: false`) carries
+    // no secret and says how the session behaves: it is kept. A number may be a passcode: it is
+    // hidden like a string, and so is a whole object or list under a secret name.
+    let carries_secret = !matches!(v, Value::Bool(_) | Value::Null);
+    if carries_secret && hides_value(name) {
+        return Value::String(MASK.to_owned());
+    }
+    match v {
+        Value::Object(m) => Value::Object(mask_secret_values(m)),
+        Value::Array(items) => Value::Array(items.iter().map(|x| mask_value(name, x)).collect()),
+        other => other.clone(),
+    }
 }
 
 /// A command line's arguments with secret values replaced by [`MASK`]: `--password X`,
@@ -246,6 +253,26 @@ mod tests {
         for f in LOGIN_SECRET_FIELDS {
             assert!(is_secret_name(f), "{f}");
         }
+    }
+
+    #[test]
+    fn a_secret_nested_under_an_innocent_name_is_hidden_too() {
+        let params: Map<String, Value> = serde_json::from_str(
+            r#"{"OUTER": {"INNER_TOKEN": "n-clear-7", "LIST": [{"PASSWORD": "n-clear-8"}],
+                "KEEP": "ok", "FLAG_SECRET": true}, "API_KEY": {"a": "n-clear-9"}}"#,
+        )
+        .unwrap();
+        let kept = mask_secret_values(&params);
+        let text = serde_json::to_string(&kept).unwrap();
+        assert!(!text.contains("-clear-"), "{text}");
+        assert_eq!(kept["OUTER"]["KEEP"], "ok");
+        assert_eq!(kept["OUTER"]["INNER_TOKEN"], MASK);
+        assert_eq!(kept["OUTER"]["LIST"][0]["PASSWORD"], MASK);
+        assert_eq!(kept["OUTER"]["FLAG_SECRET"], true, "a flag is no secret");
+        assert_eq!(
+            kept["API_KEY"], MASK,
+            "a whole object under a secret name is hidden"
+        );
     }
 
     #[test]
