@@ -242,17 +242,21 @@ pub fn parse_statement_response(
     })
 }
 
-/// The error body the SQL API answers a refused statement with (as Snowflake's own 422): `code`,
-/// `message`, `sqlState` and the handle the agent gave the refusal.
-pub fn error_body(code: &str, sql_state: &str, message: &str, handle: &str) -> Vec<u8> {
-    serde_json::json!({
-        "code": code,
-        "message": message,
-        "sqlState": sql_state,
-        "statementHandle": handle,
-    })
-    .to_string()
-    .into_bytes()
+/// The answer to a refused statement, as the SQL API's own (HTTP 422): `code`, `message`,
+/// `sqlState` and the handle the agent gave the refusal.
+pub fn refused(code: &str, sql_state: &str, message: &str, handle: &str) -> super::Reply {
+    super::Reply {
+        status: http::StatusCode::UNPROCESSABLE_ENTITY,
+        content_type: super::Reply::JSON,
+        body: serde_json::json!({
+            "code": code,
+            "message": message,
+            "sqlState": sql_state,
+            "statementHandle": handle,
+        })
+        .to_string()
+        .into_bytes(),
+    }
 }
 
 #[cfg(test)]

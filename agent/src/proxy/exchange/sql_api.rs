@@ -13,10 +13,12 @@ use std::time::Instant;
 use http::{Request, Response};
 use tracing::warn;
 
-use super::context::{Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response};
+use super::context::{
+    Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response, reply,
+};
 use super::{gate, masking, requests, tagging};
 use crate::audit::{Durability, Event, Flag, OnAuditFailure};
-use crate::proxy::transport::body::{Body, full};
+use crate::proxy::transport::body::Body;
 use crate::snowflake::sql_api::{self, StatementStatus};
 use crate::snowflake::{self, Refusal, RequestParams};
 
@@ -247,12 +249,10 @@ fn refuse(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
     event.recording = Some(crate::recording::Status::Off);
     drop(ctx.shared.sink.submit(event));
     let (code, sql_state) = refusal.query_codes();
-    let body = sql_api::error_body(code, sql_state, &refusal.message(), &handle);
-    let mut resp = Response::new(full(bytes::Bytes::from(body)));
-    *resp.status_mut() = http::StatusCode::UNPROCESSABLE_ENTITY;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
+    reply(sql_api::refused(
+        code,
+        sql_state,
+        &refusal.message(),
+        &handle,
+    ))
 }
