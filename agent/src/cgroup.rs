@@ -123,6 +123,33 @@ pub fn id_of(dir: &Path) -> Result<u64, Error> {
         })
 }
 
+/// The ids of `root` and of every cgroup below it, except the subtrees at `skip`, at most `limit`
+/// of them: what a new guard on `root` may let pass at once, since no enrollment covers them.
+pub fn ids_below(root: &Path, skip: &[PathBuf], limit: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        if ids.len() >= limit {
+            break;
+        }
+        if skip.iter().any(|s| s == &dir) {
+            continue;
+        }
+        let Ok(id) = id_of(&dir) else {
+            continue;
+        };
+        ids.push(id);
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+    }
+    ids
+}
+
 /// Moves process `pid` into the cgroup at `dir`.
 pub fn move_pid(dir: &Path, pid: u32) -> Result<(), Error> {
     let procs = dir.join("cgroup.procs");

@@ -4,7 +4,7 @@
 //!
 //! Each test owns a cgroup `<cgroup2 mount>/snowtrail-test/<name>-<pid>`, a pin directory
 //! `/sys/fs/bpf/snowtrail-test-<name>-<pid>` and a listener port the kernel picked, so tests run in
-//! parallel (several agents at once, their getsockopt programs all on the test process's cgroup) and
+//! parallel (several agents at once, their sockops programs all on the test process's cgroup) and
 //! twice in a row. Guards remove cgroups, pins and child processes even when a test fails.
 //! Clients are python3 processes placed in the cgroup before they exec; they connect to
 //! 127.77.0.1:443, where nothing listens, unless a test says otherwise.
@@ -33,13 +33,16 @@ const TARGET: &str = "127.77.0.1:443";
 
 const PYTHON: &str = "/usr/bin/python3";
 
-/// The client: connects, prints one JSON line (`peer`/`local` or `error`), then waits for the server
-/// to close the connection.
+/// The client: connects (from the local port in argv[4], if given), prints one JSON line
+/// (`peer`/`local` or `error`), then waits for the server to close the connection.
 const CLIENT: &str = r#"
 import errno, json, socket, sys
 family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
 s = socket.socket(family, socket.SOCK_STREAM)
 try:
+    if len(sys.argv) > 4:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::1" if sys.argv[1] == "6" else "127.0.0.1", int(sys.argv[4])))
     s.connect((sys.argv[2], int(sys.argv[3])))
 except OSError as e:
     print(json.dumps({"error": errno.errorcode.get(e.errno, str(e.errno))}), flush=True)
@@ -144,10 +147,14 @@ impl Pins {
     }
 
     fn config(&self) -> RedirectConfig {
+        self.config_with(4096)
+    }
+
+    fn config_with(&self, max_connections: u32) -> RedirectConfig {
         RedirectConfig {
             ports: vec![443],
             pin_dir: self.dir.clone(),
-            max_connections: 4096,
+            max_connections,
         }
     }
 }
@@ -181,11 +188,24 @@ impl Listeners {
 struct Client {
     child: Child,
     line: mpsc::Receiver<String>,
+    said: std::cell::OnceCell<Value>,
 }
 
 impl Client {
     /// Starts a client in `cgroup_dir` (moved there before it execs), or where the test runs.
     fn spawn(cgroup_dir: Option<&Path>, family: u8, host: &str, port: u16, netns: bool) -> Self {
+        Self::spawn_from(cgroup_dir, family, host, port, netns, None)
+    }
+
+    /// As [`Client::spawn`], binding the local port `from` first when given.
+    fn spawn_from(
+        cgroup_dir: Option<&Path>,
+        family: u8,
+        host: &str,
+        port: u16,
+        netns: bool,
+        from: Option<u16>,
+    ) -> Self {
         let mut cmd = match cgroup_dir {
             Some(dir) => {
                 let mut c = Command::new("/bin/sh");
@@ -208,6 +228,9 @@ impl Client {
             host,
             &port.to_string(),
         ]);
+        if let Some(from) = from {
+            cmd.arg(from.to_string());
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -219,7 +242,11 @@ impl Client {
             let _ = BufReader::new(stdout).read_line(&mut first);
             let _ = tx.send(first);
         });
-        Client { child, line }
+        Client {
+            child,
+            line,
+            said: std::cell::OnceCell::new(),
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -228,17 +255,26 @@ impl Client {
 
     /// The client's report.
     fn report(&self) -> Value {
-        let line = self
-            .line
-            .recv_timeout(PATIENCE)
-            .expect("client printed nothing");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("client said {line:?}: {e}"))
+        self.said
+            .get_or_init(|| {
+                let line = self
+                    .line
+                    .recv_timeout(PATIENCE)
+                    .expect("client printed nothing");
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("client said {line:?}: {e}"))
+            })
+            .clone()
     }
 
     /// The address the client's getpeername() reported.
     fn peer(&self) -> SocketAddr {
         let report = self.report();
         addr_of(&report["peer"]).unwrap_or_else(|| panic!("client did not connect: {report}"))
+    }
+
+    /// The client's own address, when it connected.
+    fn local(&self) -> Option<SocketAddr> {
+        addr_of(&self.report()["local"])
     }
 
     /// The errno name of a failed connect.
@@ -305,7 +341,7 @@ fn wait_until_clean(r: &Redirect) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let c = r.counters().unwrap();
-        if c.live_origins == 0 && c.live_tuples == 0 {
+        if c.live_origins == 0 && c.live_tuples == 0 && c.live_accepted == 0 {
             return;
         }
         assert!(Instant::now() < deadline, "records left behind: {c:?}");
@@ -328,9 +364,9 @@ fn check_redirected(
         "the client's getpeername shows the original destination"
     );
     let origin = r
-        .lookup(peer)
+        .lookup(stream.as_fd())
         .unwrap()
-        .expect("an origin record for the accepted peer");
+        .unwrap_or_else(|| panic!("an origin record for the accepted peer {peer}"));
     assert_eq!(redirect::socket_addr(&origin.original_dst), original);
     assert_eq!(origin.tgid, client.pid());
     assert_eq!(redirect::comm(&origin), "python3");
@@ -338,7 +374,10 @@ fn check_redirected(
     assert_eq!(origin.gid, nix::unistd::getgid().as_raw());
     assert_eq!(origin.cgroup_id, cgroup_id);
     assert_ne!(origin.socket_cookie, 0);
-    assert_eq!(redirect::original_dst(stream.as_fd()).unwrap(), original);
+    assert_eq!(
+        origin.flags, 0,
+        "an enrolled cgroup's own programs redirected it"
+    );
     drop(stream);
     client.finish();
 }
@@ -361,19 +400,15 @@ fn redirects_ipv4_and_leaves_other_ports_alone() {
     let direct = TcpListener::bind("127.0.0.1:0").unwrap();
     let direct_addr = direct.local_addr().unwrap();
     let client = Client::spawn(Some(&cg.dir), 4, "127.0.0.1", direct_addr.port(), false);
-    let (stream, peer) = accept(&direct);
+    let (stream, _) = accept(&direct);
     assert_eq!(client.peer(), direct_addr);
-    assert!(r.lookup(peer).unwrap().is_none());
-    assert!(
-        redirect::original_dst(stream.as_fd()).is_err(),
-        "getsockopt must leave other sockets alone"
-    );
+    assert!(r.lookup(stream.as_fd()).unwrap().is_none());
     drop(stream);
     client.finish();
 
     wait_until_clean(&r);
     let c = r.counters().unwrap();
-    assert!(c.redirected >= 1 && c.original_dst_answered >= 1, "{c:?}");
+    assert!(c.redirected >= 1 && c.accepted >= 1, "{c:?}");
     r.shutdown(true).unwrap();
     assert!(!pins.dir.exists());
 }
@@ -399,10 +434,10 @@ fn redirects_ipv6_and_v4_mapped() {
 
     // A dual-stack socket to ::ffff:a.b.c.d goes to the IPv4 listener and keeps its mapped form.
     let client = Client::spawn(Some(&cg.dir), 6, "::ffff:127.77.0.1", 443, false);
-    let (stream, peer) = accept(&listeners.v4);
+    let (stream, _) = accept(&listeners.v4);
     assert_eq!(client.peer(), "[::ffff:127.77.0.1]:443".parse().unwrap());
     let origin = r
-        .lookup(peer)
+        .lookup(stream.as_fd())
         .unwrap()
         .expect("origin of the v4-mapped connection");
     assert_eq!(origin.original_dst.family, snowtrail_common::FAMILY_INET6);
@@ -411,10 +446,6 @@ fn redirects_ipv6_and_v4_mapped() {
         TARGET.parse().unwrap()
     );
     assert_eq!(origin.tgid, client.pid());
-    assert_eq!(
-        redirect::original_dst(stream.as_fd()).unwrap(),
-        TARGET.parse().unwrap()
-    );
     drop(stream);
     client.finish();
 
@@ -564,6 +595,7 @@ fn takeover_leaves_no_gap() {
     let looping = Client {
         child: looping,
         line: mpsc::channel().1,
+        said: std::cell::OnceCell::new(),
     };
 
     // Waits until the client got through once more, so every phase below sees it connecting.
@@ -673,17 +705,13 @@ fn two_agents_do_not_interfere() {
     let c1 = Client::spawn(Some(&cg1.dir), 4, "127.77.0.1", 443, false);
     check_redirected(&r1, &l1.v4, c1, cg1.id(), TARGET.parse().unwrap());
     let c2 = Client::spawn(Some(&cg2.dir), 6, "::1", 443, false);
-    let (stream, peer) = accept(&l2.v6);
+    let (stream, _) = accept(&l2.v6);
     assert_eq!(c2.peer(), "[::1]:443".parse().unwrap());
     assert!(
-        r1.lookup(peer).unwrap().is_none(),
+        r1.lookup(stream.as_fd()).unwrap().is_none(),
         "one agent's records are not the other's"
     );
-    assert!(r2.lookup(peer).unwrap().is_some());
-    assert_eq!(
-        redirect::original_dst(stream.as_fd()).unwrap(),
-        "[::1]:443".parse().unwrap()
-    );
+    assert!(r2.lookup(stream.as_fd()).unwrap().is_some());
     drop(stream);
     c2.finish();
 
@@ -691,4 +719,175 @@ fn two_agents_do_not_interfere() {
     wait_until_clean(&r2);
     r1.shutdown(true).unwrap();
     r2.shutdown(true).unwrap();
+}
+
+/// A connection is found by the accepted socket itself: a process that later connects to the
+/// listener straight from the port a redirected client used (its cgroup unenrolled while the
+/// connection was open, so no close callback ran on the client's side) gets no origin.
+#[test]
+fn a_freed_port_cannot_borrow_an_origin() {
+    require_root!();
+    let cg = TestCgroup::new("borrow");
+    let pins = Pins::new("borrow");
+    let listeners = Listeners::new();
+    let mut r = start(&pins, &listeners);
+    r.attach(&cg.dir).unwrap();
+
+    let client = Client::spawn(Some(&cg.dir), 4, "127.77.0.1", 443, false);
+    let (stream, _) = accept(&listeners.v4);
+    let used = client.local().expect("the client connected");
+    assert_eq!(
+        r.lookup(stream.as_fd()).unwrap().map(|o| o.tgid),
+        Some(client.pid())
+    );
+    r.detach(&cg.dir).unwrap();
+    // The agent's side closes first, so the client's port is free again at once.
+    drop(stream);
+    client.finish();
+
+    let before = r.counters().unwrap().unmatched;
+    let stranger = Client::spawn_from(
+        None,
+        4,
+        "127.0.0.1",
+        listeners.port,
+        false,
+        Some(used.port()),
+    );
+    let (stream, peer) = accept(&listeners.v4);
+    assert_eq!(peer, used, "the stranger connected from the freed port");
+    assert!(
+        r.lookup(stream.as_fd()).unwrap().is_none(),
+        "a direct connection from a port an origin once had is not that origin's"
+    );
+    assert!(r.counters().unwrap().unmatched > before);
+    drop(stream);
+    stranger.finish();
+    r.shutdown(true).unwrap();
+}
+
+/// With maps far smaller than the connections opened at once, origins are lost (the connect is
+/// refused, or the agent finds no record and refuses the connection), and every origin that is
+/// found is the one of the process at the other end.
+#[test]
+fn under_map_pressure_origins_are_lost_never_misattributed() {
+    require_root!();
+    const CAPACITY: u32 = 8;
+    const CLIENTS: usize = 32;
+    let cg = TestCgroup::new("pressure");
+    let pins = Pins::new("pressure");
+    let listeners = Listeners::new();
+    let mut r =
+        Redirect::start(&pins.config_with(CAPACITY), listeners.port, &own_cgroup()).unwrap();
+    r.attach(&cg.dir).unwrap();
+
+    let clients: Vec<Client> = (0..CLIENTS)
+        .map(|_| Client::spawn(Some(&cg.dir), 4, "127.77.0.1", 443, false))
+        .collect();
+    // Every client has connected (or failed) before the first accept: all handshakes are done.
+    let connected: Vec<(SocketAddr, u32)> = clients
+        .iter()
+        .filter_map(|c| c.local().map(|local| (local, c.pid())))
+        .collect();
+    for c in clients.iter().filter(|c| c.local().is_none()) {
+        assert_eq!(
+            c.error(),
+            "EPERM",
+            "a connect without a stored origin is refused"
+        );
+    }
+    let mut found = 0;
+    for _ in 0..connected.len() {
+        let (stream, peer) = accept(&listeners.v4);
+        let owner = connected
+            .iter()
+            .find(|(local, _)| *local == peer)
+            .map(|(_, pid)| *pid)
+            .expect("every accepted peer is one of the clients");
+        if let Some(origin) = r.lookup(stream.as_fd()).unwrap() {
+            assert_eq!(
+                origin.tgid, owner,
+                "the origin of {peer} is its own client's"
+            );
+            found += 1;
+        }
+    }
+    eprintln!(
+        "{} of {CLIENTS} connected, {found} origins found",
+        connected.len()
+    );
+    assert!(
+        found <= CAPACITY as usize,
+        "{found} origins found; the map holds {CAPACITY}"
+    );
+    assert!(
+        found < CLIENTS,
+        "the pressure was real: {found} of {CLIENTS} found"
+    );
+    drop(clients);
+    r.shutdown(true).unwrap();
+}
+
+/// The guard on an enrolled cgroup's parent: a cgroup made again at the enrolled path (a
+/// restarted unit) reaches the agent marked guarded before its own programs are attached; a
+/// cgroup the agent classified as foreign goes where it asked; an enrolled cgroup is redirected by
+/// its own programs, unmarked.
+#[test]
+fn a_guard_covers_a_recreated_cgroup_and_lets_foreign_ones_pass() {
+    require_root!();
+    let parent = TestCgroup::new("guard");
+    let pins = Pins::new("guard");
+    let listeners = Listeners::new();
+    let mut r = start(&pins, &listeners);
+    let unit = parent.child("unit");
+    r.attach(&unit).unwrap();
+    r.guard(&parent.dir).unwrap();
+    r.guard(&parent.dir).unwrap(); // idempotent
+    assert_eq!(r.guarded(), vec![parent.id()]);
+
+    let client = Client::spawn(Some(&unit), 4, "127.77.0.1", 443, false);
+    check_redirected(
+        &r,
+        &listeners.v4,
+        client,
+        cgroup::id_of(&unit).unwrap(),
+        TARGET.parse().unwrap(),
+    );
+
+    // The unit restarts: its cgroup is removed and made again, with a new id nothing is attached to.
+    let old_id = cgroup::id_of(&unit).unwrap();
+    fs::remove_dir(&unit).unwrap();
+    fs::create_dir(&unit).unwrap();
+    let new_id = cgroup::id_of(&unit).unwrap();
+    assert_ne!(old_id, new_id);
+    let client = Client::spawn(Some(&unit), 4, "127.77.0.1", 443, false);
+    let (stream, _) = accept(&listeners.v4);
+    assert_eq!(client.peer(), TARGET.parse().unwrap());
+    let origin = r
+        .lookup(stream.as_fd())
+        .unwrap()
+        .expect("the guard recorded the origin");
+    assert_eq!(
+        origin.flags & redirect::ORIGIN_GUARDED,
+        redirect::ORIGIN_GUARDED
+    );
+    assert_eq!(origin.cgroup_id, new_id);
+    assert_eq!(origin.tgid, client.pid());
+    drop(stream);
+    client.finish();
+
+    // A sibling the agent classified as enrolled by nothing goes straight to where it asked.
+    let sibling = parent.child("other");
+    r.mark_foreign(&[cgroup::id_of(&sibling).unwrap()]).unwrap();
+    let before = r.counters().unwrap().guarded;
+    let outsider = Client::spawn(Some(&sibling), 4, "127.77.0.1", 443, false);
+    assert_eq!(outsider.error(), "ECONNREFUSED");
+    outsider.finish();
+    assert_eq!(r.counters().unwrap().guarded, before);
+
+    wait_until_clean(&r);
+    r.unguard_id(parent.id()).unwrap();
+    assert!(r.guarded().is_empty());
+    r.shutdown(true).unwrap();
+    assert!(!pins.dir.exists());
 }

@@ -360,23 +360,39 @@ pub fn remove_cgroup(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// A throwaway cgroup under `<mount>/snowtrail-test/`, removed with its processes on drop.
+/// A throwaway cgroup, `<mount>/snowtrail-test/<name>-<pid>/workload`, removed with its processes
+/// and its parent on drop.
+///
+/// Each test owns the parent too: the daemon guards an enrolled cgroup's parent (every cgroup made
+/// below it reaches the daemon until classified), and the tests running beside this one must not
+/// live under that guard.
 pub struct TestCgroup {
     /// Its directory.
     pub dir: PathBuf,
     /// Its path relative to the mount.
     pub rel: String,
+    /// The parent only this test uses.
+    pub parent: PathBuf,
 }
 
 impl TestCgroup {
-    /// Makes `<mount>/snowtrail-test/<name>-<pid>`.
+    /// Makes `<mount>/snowtrail-test/<name>-<pid>/workload`.
     pub fn new(name: &str) -> anyhow::Result<TestCgroup> {
         let mount = snowtrail::cgroup::mount_point()?;
-        let rel = format!("/snowtrail-test/{name}-{}", std::process::id());
+        let parent_rel = format!("/snowtrail-test/{name}-{}", std::process::id());
+        let rel = format!("{parent_rel}/workload");
+        let parent = mount.join(parent_rel.trim_start_matches('/'));
         let dir = mount.join(rel.trim_start_matches('/'));
-        remove_cgroup(&dir);
+        remove_cgroup(&parent);
         std::fs::create_dir_all(&dir)?;
-        Ok(TestCgroup { dir, rel })
+        Ok(TestCgroup { dir, rel, parent })
+    }
+
+    /// A sibling of this cgroup under the same parent: under the guard, enrolled by nothing.
+    pub fn sibling(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let d = self.parent.join(name);
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
     }
 
     /// A child cgroup below this one.
@@ -389,7 +405,7 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        remove_cgroup(&self.dir);
+        remove_cgroup(&self.parent);
     }
 }
 

@@ -445,3 +445,143 @@ fn statements_through_the_sql_api_are_audited_and_judged() -> anyhow::Result<()>
     ensure!(d["query_id"] == r["denied"][3], "{d}");
     Ok(())
 }
+
+/// Where the restart test's fake listens.
+const RESTART_IP: [u8; 4] = [127, 77, 12, 4];
+
+/// Runs the attacker's `plain` session as a process placed in `cgroup` before it execs: what a
+/// unit's process does when it connects at start. It trusts the agent's CA bundle.
+fn session_in_cgroup(
+    s: &session::Setup,
+    cgroup: &std::path::Path,
+    sql: &str,
+) -> anyhow::Result<Value> {
+    let ip = RESTART_IP.map(|b| b.to_string()).join(".");
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(cgroup)
+        .args([
+            "python3",
+            "-c",
+            ATTACK_PY,
+            &ip,
+            ACCOUNT_HOST,
+            PASSWORD,
+            "plain",
+            sql,
+        ]);
+    for v in snowtrail_tests::fake_snowflake::drivers::CA_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.env("SSL_CERT_FILE", s.daemon.state_dir.join("ca-bundle.pem"));
+    let out = cmd.output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "no report; stdout {text}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A unit that restarts in a loop and connects at once: each restart makes its cgroup again at the
+/// enrolled path, with a new id no program is attached to yet. Every session of every restart is
+/// intercepted and audited under the enrollment's identity (the guard on the parent sends the
+/// first connects of a new cgroup to the agent); a sibling cgroup no enrollment covers still
+/// reaches its destination, unrecorded.
+#[test]
+fn a_unit_restarting_in_a_loop_never_reaches_snowflake_unaudited() -> anyhow::Result<()> {
+    let s = session::setup("restartloop", RESTART_IP, PORT_BASE + 30, None, |_| {
+        String::new()
+    })?;
+    let unit = snowtrail_tests::TestCgroup::new("restartloop")?;
+    s.daemon.cli_ok(&[
+        "enroll",
+        "--cgroup",
+        &unit.rel,
+        "--identity",
+        "e2e-restarting",
+    ])?;
+    let mut sent = Vec::new();
+    let mut guarded = 0;
+    for round in 0..5 {
+        if round > 0 {
+            // The unit stops and starts again: a new cgroup at the same path.
+            snowtrail_tests::remove_cgroup(&unit.dir);
+            std::fs::create_dir_all(&unit.dir)?;
+        }
+        let sql = format!("select {round} as restart_round");
+        let r = session_in_cgroup(&s, &unit.dir, &sql)?;
+        ensure!(r["success"] == true, "round {round}: {r}");
+        sent.push(sql);
+        let ev = connection_of(&s, r["pid"].as_u64())?;
+        ensure!(
+            ev["connection_mode"] == "intercepted",
+            "round {round}: {ev}"
+        );
+        ensure!(
+            ev["workload_identity"] == "e2e-restarting",
+            "round {round}: {ev}"
+        );
+        if ev["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "guarded"))
+        {
+            guarded += 1;
+        }
+    }
+    ensure!(
+        s.fake.sql_texts() == sent,
+        "the upstream ran {:?}; the sessions sent {sent:?}",
+        s.fake.sql_texts()
+    );
+    for sql in &sent {
+        let audited = wait_for(Duration::from_secs(20), || {
+            s.daemon
+                .events()
+                .into_iter()
+                .find(|e| e["event_kind"] == "query" && e["sql_text"] == sql.as_str())
+        });
+        ensure!(
+            audited.is_some(),
+            "{sql} ran upstream but is not in the audit"
+        );
+    }
+    eprintln!("{guarded} of 5 sessions reached the agent through the guard");
+
+    // A sibling nobody enrolled: its connect goes through (relayed once, then straight), and the
+    // audit has no row of it.
+    let sibling = unit.sibling("bystander")?;
+    let ip = RESTART_IP.map(|b| b.to_string()).join(".");
+    for _ in 0..2 {
+        let out = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(&sibling)
+            .args([
+                "python3",
+                "-c",
+                "import os,socket,sys; socket.create_connection((sys.argv[1], 443), timeout=10).close(); print(os.getpid())",
+                &ip,
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "the bystander could not connect: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        std::thread::sleep(Duration::from_millis(500));
+        ensure!(
+            !s.daemon
+                .events()
+                .iter()
+                .any(|e| e["tgid"].as_u64() == Some(pid)),
+            "a process no enrollment covers is in the audit"
+        );
+    }
+    Ok(())
+}

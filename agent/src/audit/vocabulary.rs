@@ -167,6 +167,9 @@ words! {
         /// The ClientHello was longer than the agent reads to find the server name: the
         /// connection was refused.
         HelloOversized => "hello_oversized",
+        /// The connection reached the agent through the guard on its enrolled cgroup's parent: the
+        /// cgroup was made again (a restarted unit) and its programs were not attached yet.
+        Guarded => "guarded",
         /// The statement's text was longer than `audit.max_sql_bytes`: `sql_text` holds its
         /// start, `sql_sha256` identifies the whole.
         SqlTruncated => "sql_truncated",

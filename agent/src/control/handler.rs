@@ -237,6 +237,10 @@ impl DaemonHandler {
             return Err(e.to_string());
         }
         info!(cgroup = %rel, %identity, ?kind, "enrolled");
+        drop(registry);
+        if kind == Kind::Cgroup {
+            self.guard_parents();
+        }
         Ok(Reply::Enrolled {
             cgroup: rel,
             cgroup_dir: dir,
@@ -273,6 +277,9 @@ impl DaemonHandler {
             }
             info!(cgroup = %e.cgroup, identity = %e.identity, "unenrolled");
         }
+        drop(redirect);
+        drop(registry);
+        self.guard_parents();
         Ok(Reply::Removed {
             removed: removed.into_iter().map(|e| e.cgroup).collect(),
         })
@@ -358,6 +365,55 @@ impl DaemonHandler {
                 write(&self.registry).set_cgroup_id(&e.cgroup, id);
             }
         }
+        self.guard_parents();
+    }
+
+    /// Puts the guard on the parent of every operator enrollment and takes it off parents no
+    /// enrollment has any more. A new guard lets everything already below its parent pass, except
+    /// the enrolled cgroups: only cgroups made from then on reach the agent to be classified.
+    fn guard_parents(&self) {
+        let enrollments = read(&self.registry).enrollments();
+        let mut enrolled_dirs = Vec::new();
+        let mut wanted: BTreeMap<u64, PathBuf> = BTreeMap::new();
+        for e in &enrollments {
+            let dir = read(&self.registry).dir_of(&e.cgroup);
+            if e.kind == Kind::Cgroup
+                && let Some(parent) = dir.parent()
+                && let Ok(id) = crate::cgroup::id_of(parent)
+            {
+                wanted.insert(id, parent.to_owned());
+            }
+            enrolled_dirs.push(dir);
+        }
+        let mut r = write(&self.redirect);
+        for id in r.guarded() {
+            if !wanted.contains_key(&id) {
+                info!(
+                    cgroup_id = id,
+                    "no enrolled cgroup below this parent any more; guard removed"
+                );
+                let _ = r.unguard_id(id);
+            }
+        }
+        let have = r.guarded();
+        for (id, parent) in wanted {
+            if have.contains(&id) {
+                continue;
+            }
+            if let Err(err) = r.guard(&parent) {
+                warn!(parent = %parent.display(), error = %err, "could not guard an enrolled cgroup's parent: a cgroup made again there goes unaudited until it is attached");
+                continue;
+            }
+            let below = crate::cgroup::ids_below(
+                &parent,
+                &enrolled_dirs,
+                snowtrail_common::MAX_FOREIGN as usize / 2,
+            );
+            if let Err(err) = r.mark_foreign(&below) {
+                warn!(parent = %parent.display(), error = %err, "could not let the cgroups below a new guard pass; their next connects are classified by the agent");
+            }
+            info!(parent = %parent.display(), classified = below.len(), "guarding an enrolled cgroup's parent");
+        }
     }
 
     /// Attaches every persisted enrollment and drops kernel attachments nothing enrolls any more;
@@ -386,16 +442,19 @@ impl DaemonHandler {
                 }
             }
         }
-        let mut r = write(&self.redirect);
-        for id in r.attached() {
-            if !live_ids.contains(&id) {
-                info!(
-                    cgroup_id = id,
-                    "detaching a pinned cgroup that is no longer enrolled"
-                );
-                let _ = r.detach_id(id);
+        {
+            let mut r = write(&self.redirect);
+            for id in r.attached() {
+                if !live_ids.contains(&id) {
+                    info!(
+                        cgroup_id = id,
+                        "detaching a pinned cgroup that is no longer enrolled"
+                    );
+                    let _ = r.detach_id(id);
+                }
             }
         }
+        self.guard_parents();
     }
 
     fn status(&self) -> Status {

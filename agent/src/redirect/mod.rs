@@ -8,15 +8,17 @@
 //! # Lifecycle
 //! - [`Redirect::start`] loads the programs, adopts the maps and links a previous run left pinned
 //!   (each link switches to the new program with one atomic `BPF_LINK_UPDATE`, so enrolled sockets
-//!   are redirected throughout), writes the settings, and attaches `getsockopt` to the agent's cgroup.
-//! - [`Redirect::attach`] / [`Redirect::detach`] manage enrolled cgroups; their links are pinned and
-//!   outlive the daemon.
+//!   are redirected throughout), writes the settings, and attaches `sockops` to the agent's cgroup,
+//!   where it hands each client's origin to the socket the listener accepts ([`Redirect::lookup`]).
+//! - [`Redirect::attach`] / [`Redirect::detach`] manage enrolled cgroups, [`Redirect::guard`] /
+//!   [`Redirect::unguard_id`] the guards on their parents (see `ebpf/programs/src/connect.rs`), and
+//!   [`Redirect::mark_foreign`] the cgroups a guard lets pass; links are pinned and outlive the daemon.
 //! - [`Redirect::shutdown`]`(false)` (fail closed) leaves everything pinned: enrolled connects keep
 //!   going to the closed listener and are refused. `shutdown(true)` (fail open) removes everything.
 //!   A crash is the same as `shutdown(false)`. [`detach_pinned`] cleans up with the daemon down.
 //!
 //! # For the daemon
-//! The listener must be created by a process already in `agent_cgroup`: the getsockopt program is
+//! The listener must be created by a process already in `agent_cgroup`: the sockops program is
 //! chosen by the cgroup a socket was created in, and an accepted socket inherits the listener's.
 //! The daemon must run in the initial pid namespace (its own connections are recognised by pid).
 
@@ -28,7 +30,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -37,14 +39,14 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
 use snowtrail_common::{
-    COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, MAP_BY_TUPLE, MAP_COUNTERS, MAP_ORIGINS,
-    MAP_PORTS, MAP_SETTINGS, MAX_PORTS, Settings, TupleKey,
+    COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, MAP_ACCEPTED, MAP_BY_TUPLE, MAP_COUNTERS,
+    MAP_FOREIGN, MAP_ORIGINS, MAP_PORTS, MAP_SETTINGS, MAX_FOREIGN, MAX_PORTS, Settings, TupleKey,
 };
 
 pub use error::Error;
-pub use snowtrail_common::{Addr, Origin};
+pub use snowtrail_common::{Addr, ORIGIN_GUARDED, Origin};
 
-use pins::{GETSOCKOPT, HOOKS, Layout, LinkSet, ProgramFds};
+use pins::{AGENT_SOCKOPS, GUARD_HOOKS, HOOKS, Layout, LinkSet, ProgramFds, SetKind};
 
 /// The compiled eBPF object, embedded so the agent is one self-contained binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snowtrail"));
@@ -56,11 +58,13 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/snowtrail";
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
 /// Every map of the object; all are pinned.
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 7] = [
     MAP_SETTINGS,
     MAP_PORTS,
     MAP_ORIGINS,
     MAP_BY_TUPLE,
+    MAP_ACCEPTED,
+    MAP_FOREIGN,
     MAP_COUNTERS,
 ];
 
@@ -97,12 +101,18 @@ pub struct Counters {
     pub refused_netns: u64,
     /// Records that could not be stored (origins: connect refused; tuples: lookup will miss).
     pub store_failed: u64,
-    /// `SO_ORIGINAL_DST` questions the getsockopt program answered.
-    pub original_dst_answered: u64,
+    /// Accepted connections whose origin was handed to the accepted socket.
+    pub accepted: u64,
+    /// Accepted connections with no origin to hand over (the agent refuses them).
+    pub unmatched: u64,
+    /// Connects the guards on enrolled cgroups' parents sent to the agent.
+    pub guarded: u64,
     /// Entries in `ST_ORIGINS` (redirected sockets not yet closed).
     pub live_origins: usize,
-    /// Entries in `ST_BY_TUPLE` (established redirected connections not yet closed).
+    /// Entries in `ST_BY_TUPLE` (handshakes whose accepted side has not taken its origin yet).
     pub live_tuples: usize,
+    /// Entries in `ST_ACCEPTED` (accepted connections not yet closed).
+    pub live_accepted: usize,
 }
 
 /// The loaded programs and the cgroups they are attached to; one per running agent.
@@ -110,9 +120,9 @@ pub struct Redirect {
     ebpf: Ebpf,
     layout: Layout,
     netns_cookie: u64,
-    /// The getsockopt link on the agent's cgroup; never pinned, it goes with the agent.
+    /// The sockops link on the agent's cgroup; never pinned, it goes with the agent.
     agent_link: Option<OwnedFd>,
-    sets: BTreeMap<u64, LinkSet>,
+    sets: BTreeMap<(SetKind, u64), LinkSet>,
 }
 
 impl fmt::Debug for Redirect {
@@ -121,6 +131,7 @@ impl fmt::Debug for Redirect {
             .field("pin_dir", &self.layout.root())
             .field("netns_cookie", &self.netns_cookie)
             .field("attached", &self.attached())
+            .field("guarded", &self.guarded())
             .finish_non_exhaustive()
     }
 }
@@ -128,7 +139,7 @@ impl fmt::Debug for Redirect {
 impl Redirect {
     /// Loads the programs, adopts pinned maps/links left by a previous run (takeover without a gap),
     /// writes Settings {listen_port, enabled: 1, agent_tgid: own pid, agent_netns_cookie: own netns
-    /// cookie} and ST_PORTS, and attaches getsockopt to `agent_cgroup` (the daemon's own cgroup
+    /// cookie} and ST_PORTS, and attaches sockops to `agent_cgroup` (the daemon's own cgroup
     /// directory). Mounts bpffs at /sys/fs/bpf if it is not mounted.
     pub fn start(
         cfg: &RedirectConfig,
@@ -147,7 +158,8 @@ impl Redirect {
         }
         loader
             .map_max_entries(MAP_ORIGINS, cfg.max_connections)
-            .map_max_entries(MAP_BY_TUPLE, cfg.max_connections);
+            .map_max_entries(MAP_BY_TUPLE, cfg.max_connections)
+            .map_max_entries(MAP_ACCEPTED, cfg.max_connections);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
@@ -171,10 +183,10 @@ impl Redirect {
         let (ids, _) = layout.scan()?;
         let progs = program_fds(&ebpf)?;
         let mut sets = BTreeMap::new();
-        for id in ids {
-            if let Some(set) = pins::adopt_set(&layout, id, &progs)? {
-                tracing::info!(cgroup_id = id, "adopted pinned cgroup links");
-                sets.insert(id, set);
+        for (kind, id) in ids {
+            if let Some(set) = pins::adopt_set(&layout, kind, id, &progs)? {
+                tracing::info!(cgroup_id = id, ?kind, "adopted pinned cgroup links");
+                sets.insert((kind, id), set);
             }
         }
         Ok(Redirect {
@@ -190,22 +202,33 @@ impl Redirect {
     /// pin_dir (so they outlive the daemon). Idempotent: attaching a cgroup already attached (e.g.
     /// adopted at start) is Ok.
     pub fn attach(&mut self, cgroup_dir: &Path) -> Result<(), Error> {
+        self.attach_set(SetKind::Enrolled, cgroup_dir)
+    }
+
+    /// Attaches the guard (guard4/6, sockops, getpeername4/6) to an enrolled cgroup's parent, pinned
+    /// like an enrolled set: cgroups made below it later are sent to the agent until classified.
+    /// Idempotent.
+    pub fn guard(&mut self, parent_dir: &Path) -> Result<(), Error> {
+        self.attach_set(SetKind::Guard, parent_dir)
+    }
+
+    fn attach_set(&mut self, kind: SetKind, cgroup_dir: &Path) -> Result<(), Error> {
         let id = crate::cgroup::id_of(cgroup_dir)?;
-        if self.sets.contains_key(&id) {
+        if self.sets.contains_key(&(kind, id)) {
             return Ok(());
         }
         let progs = program_fds(&self.ebpf)?;
-        let adopted = if self.layout.set_dir(id).exists() {
+        let adopted = if self.layout.set_dir(kind, id).exists() {
             // Pinned but not held here: published by another agent on this pin directory.
-            pins::adopt_set(&self.layout, id, &progs)?
+            pins::adopt_set(&self.layout, kind, id, &progs)?
         } else {
             None
         };
         let set = match adopted {
             Some(set) => set,
-            None => pins::create_set(&self.layout, id, cgroup_dir, &progs)?,
+            None => pins::create_set(&self.layout, kind, id, cgroup_dir, &progs)?,
         };
-        self.sets.insert(id, set);
+        self.sets.insert((kind, id), set);
         Ok(())
     }
 
@@ -218,27 +241,74 @@ impl Redirect {
     /// Cgroup ids currently attached (including adopted ones), so the daemon can reconcile with its
     /// enrollments.
     pub fn attached(&self) -> Vec<u64> {
-        self.sets.keys().copied().collect()
+        self.ids(SetKind::Enrolled)
+    }
+
+    /// Cgroup ids that carry a guard (including adopted ones).
+    pub fn guarded(&self) -> Vec<u64> {
+        self.ids(SetKind::Guard)
+    }
+
+    fn ids(&self, kind: SetKind) -> Vec<u64> {
+        self.sets
+            .keys()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, id)| *id)
+            .collect()
     }
 
     /// Detaches by cgroup id (for a pinned cgroup whose directory is gone or no longer enrolled).
     pub fn detach_id(&mut self, cgroup_id: u64) -> Result<(), Error> {
-        let held = self.sets.remove(&cgroup_id);
-        pins::remove_set(&self.layout, cgroup_id, held).map(drop)
+        self.remove(SetKind::Enrolled, cgroup_id)
     }
 
-    /// The origin record of an accepted connection, by its peer address (the client's local address),
-    /// using the agent's netns cookie.
-    pub fn lookup(&self, peer: SocketAddr) -> Result<Option<Origin>, Error> {
-        let map: HashMap<&MapData, TupleKey, Origin> = map_ref(&self.ebpf, MAP_BY_TUPLE)?;
-        let key = TupleKey {
-            client: tuple_addr(peer),
-            netns_cookie: self.netns_cookie,
-        };
-        match map.get(&key, 0) {
+    /// Removes the guard of a cgroup no enrollment has as its parent any more.
+    pub fn unguard_id(&mut self, cgroup_id: u64) -> Result<(), Error> {
+        self.remove(SetKind::Guard, cgroup_id)
+    }
+
+    fn remove(&mut self, kind: SetKind, cgroup_id: u64) -> Result<(), Error> {
+        let held = self.sets.remove(&(kind, cgroup_id));
+        pins::remove_set(&self.layout, kind, cgroup_id, held).map(drop)
+    }
+
+    /// Lets the guards pass connects of these cgroups from now on: the agent found that no
+    /// enrollment covers them. The map is an LRU; an evicted cgroup is classified again.
+    pub fn mark_foreign(&mut self, cgroup_ids: &[u64]) -> Result<(), Error> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_FOREIGN)
+            .ok_or(Error::MissingMap(MAP_FOREIGN))?;
+        let mut map: HashMap<&mut MapData, u64, u8> =
+            HashMap::try_from(map).map_err(|e| Error::map(MAP_FOREIGN, e))?;
+        for id in cgroup_ids {
+            map.insert(id, 1, 0)
+                .map_err(|e| Error::map(MAP_FOREIGN, e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the guards let a cgroup pass (tests, and `status`).
+    pub fn is_foreign(&self, cgroup_id: u64) -> Result<bool, Error> {
+        let map: HashMap<&MapData, u64, u8> = map_ref(&self.ebpf, MAP_FOREIGN)?;
+        match map.get(&cgroup_id, 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(Error::map(MAP_FOREIGN, e)),
+        }
+    }
+
+    /// The origin record of a connection the listener accepted, by the accepted socket's cookie:
+    /// the kernel handed it over during this very handshake, so it names the client's socket and
+    /// no other. `None`: the connection was not redirected (or its record was evicted) and must be
+    /// refused.
+    pub fn lookup(&self, accepted: BorrowedFd<'_>) -> Result<Option<Origin>, Error> {
+        let cookie = sys::socket_cookie(accepted).map_err(Error::Cookie)?;
+        let map: HashMap<&MapData, u64, Origin> = map_ref(&self.ebpf, MAP_ACCEPTED)?;
+        match map.get(&cookie, 0) {
             Ok(origin) => Ok(Some(origin)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(Error::map(MAP_BY_TUPLE, e)),
+            Err(e) => Err(Error::map(MAP_ACCEPTED, e)),
         }
     }
 
@@ -255,14 +325,18 @@ impl Redirect {
         };
         let origins: HashMap<&MapData, u64, Origin> = map_ref(&self.ebpf, MAP_ORIGINS)?;
         let tuples: HashMap<&MapData, TupleKey, Origin> = map_ref(&self.ebpf, MAP_BY_TUPLE)?;
+        let accepted: HashMap<&MapData, u64, Origin> = map_ref(&self.ebpf, MAP_ACCEPTED)?;
         Ok(Counters {
             seen: sum(Counter::Seen)?,
             redirected: sum(Counter::Redirected)?,
             refused_netns: sum(Counter::RefusedNetns)?,
             store_failed: sum(Counter::StoreFailed)?,
-            original_dst_answered: sum(Counter::OriginalDstAnswered)?,
+            accepted: sum(Counter::Accepted)?,
+            unmatched: sum(Counter::Unmatched)?,
+            guarded: sum(Counter::Guarded)?,
             live_origins: count_keys(origins.keys(), MAP_ORIGINS)?,
             live_tuples: count_keys(tuples.keys(), MAP_BY_TUPLE)?,
+            live_accepted: count_keys(accepted.keys(), MAP_ACCEPTED)?,
         })
     }
 
@@ -279,18 +353,12 @@ impl Redirect {
         }
         // Stop redirecting at once, even if some link below cannot be removed.
         update_settings(&mut self.ebpf, |s| s.enabled = 0)?;
-        for id in self.attached() {
-            self.detach_id(id)?;
+        for (kind, id) in self.sets.keys().copied().collect::<Vec<_>>() {
+            self.remove(kind, id)?;
         }
         pins::remove_all_sets(&self.layout)?;
         remove_map_pins(&self.layout)
     }
-}
-
-/// SO_ORIGINAL_DST (or IP6T_SO_ORIGINAL_DST for v6 sockets) of an accepted socket, answered by the
-/// getsockopt program.
-pub fn original_dst(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    sys::original_dst(fd)
 }
 
 /// Detaches and removes everything pinned under pin_dir; works with the daemon down (`snowtrail
@@ -324,15 +392,6 @@ pub fn comm(origin: &Origin) -> String {
         .position(|&b| b == 0)
         .unwrap_or(origin.comm.len());
     String::from_utf8_lossy(&origin.comm[..end]).into_owned()
-}
-
-/// The key form of a peer address: v4 and v4-mapped alike as v4-mapped `FAMILY_INET`.
-fn tuple_addr(peer: SocketAddr) -> Addr {
-    let ip = match peer.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    Addr::tuple_form(ip.octets(), peer.port())
 }
 
 fn validate(cfg: &RedirectConfig, listen_port: u16) -> Result<(), Error> {
@@ -411,6 +470,8 @@ fn retire_incompatible_maps(layout: &Layout, max_connections: u32) -> Result<(),
             size_of::<Origin>(),
             max_connections,
         ),
+        (MAP_ACCEPTED, 8, size_of::<Origin>(), max_connections),
+        (MAP_FOREIGN, 8, 1, MAX_FOREIGN),
         (MAP_COUNTERS, 4, 8, COUNTER_SLOTS),
     ];
     for (name, key_size, value_size, max_entries) in expected {
@@ -433,13 +494,24 @@ fn retire_incompatible_maps(layout: &Layout, max_connections: u32) -> Result<(),
     Ok(())
 }
 
+/// Every program of the object, each once.
+fn program_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = HOOKS
+        .iter()
+        .chain(GUARD_HOOKS.iter())
+        .chain([&AGENT_SOCKOPS])
+        .map(|h| h.program)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
-    for hook in HOOKS.iter().chain([&GETSOCKOPT]) {
-        let name = hook.program;
+    for name in program_names() {
         let loaded = match ebpf.program_mut(name) {
             Some(Program::CgroupSockAddr(p)) => p.load(),
             Some(Program::SockOps(p)) => p.load(),
-            Some(Program::CgroupSockopt(p)) => p.load(),
             _ => return Err(Error::MissingProgram(name)),
         };
         loaded.map_err(|e| Error::ProgramLoad {
@@ -460,22 +532,22 @@ fn program_fd<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<BorrowedFd<'a>, 
 }
 
 fn program_fds(ebpf: &Ebpf) -> Result<ProgramFds<'_>, Error> {
-    let fds = HOOKS
-        .iter()
-        .map(|h| program_fd(ebpf, h.program))
-        .collect::<Result<Vec<_>, _>>()?;
-    fds.try_into()
-        .map_err(|_| Error::MissingProgram("cgroup hooks"))
+    program_names()
+        .into_iter()
+        .map(|name| Ok((name, program_fd(ebpf, name)?)))
+        .collect()
 }
 
 fn attach_agent(ebpf: &Ebpf, agent_cgroup: &Path) -> Result<OwnedFd, Error> {
-    let prog = program_fd(ebpf, GETSOCKOPT.program)?;
+    let prog = program_fd(ebpf, AGENT_SOCKOPS.program)?;
     let cgroup =
         fs::File::open(agent_cgroup).map_err(|e| Error::OpenCgroup(agent_cgroup.to_owned(), e))?;
-    sys::link_create(prog, cgroup.as_fd(), GETSOCKOPT.attach_type).map_err(|source| Error::Attach {
-        program: GETSOCKOPT.program,
-        cgroup: agent_cgroup.to_owned(),
-        source,
+    sys::link_create(prog, cgroup.as_fd(), AGENT_SOCKOPS.attach_type).map_err(|source| {
+        Error::Attach {
+            program: AGENT_SOCKOPS.program,
+            cgroup: agent_cgroup.to_owned(),
+            source,
+        }
     })
 }
 
@@ -581,13 +653,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tuple_form_of_peers() {
-        let v4: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
-        assert_eq!(tuple_addr(v4), tuple_addr(mapped));
-        assert_eq!(tuple_addr(v4).family, snowtrail_common::FAMILY_INET);
-        let v6: SocketAddr = "[::1]:40000".parse().unwrap();
-        assert_eq!(tuple_addr(v6).family, snowtrail_common::FAMILY_INET6);
+    fn every_program_is_loaded_once() {
+        let names = program_names();
+        assert_eq!(
+            names,
+            [
+                "st_connect4",
+                "st_connect6",
+                "st_guard4",
+                "st_guard6",
+                "st_peername4",
+                "st_peername6",
+                "st_sockops"
+            ]
+        );
     }
 
     #[test]
@@ -649,6 +728,8 @@ mod tests {
             tgid: 0,
             uid: 0,
             gid: 0,
+            flags: 0,
+            server_isn: 0,
             comm: [0; 16],
         };
         origin.comm[..7].copy_from_slice(b"python3");

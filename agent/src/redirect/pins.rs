@@ -1,15 +1,18 @@
 //! What `redirect` leaves on the bpf file system, and the operations on it.
 //!
 //! ```text
-//! <pin_dir>/maps/<MAP>                     ST_SETTINGS, ST_PORTS, ST_ORIGINS, ST_BY_TUPLE, ST_COUNTERS
+//! <pin_dir>/maps/<MAP>                     ST_SETTINGS, ST_PORTS, ST_ORIGINS, ST_BY_TUPLE,
+//!                                          ST_ACCEPTED, ST_FOREIGN, ST_COUNTERS
 //! <pin_dir>/links/<cgroup id>/<hook>       one bpf_link per hook (connect4, connect6, sockops,
-//!                                          getpeername4, getpeername6) attached to that cgroup
-//! <pin_dir>/links/new-<cgroup id>/<hook>   a set being built; renamed to <cgroup id> once complete
+//!                                          getpeername4, getpeername6) attached to an enrolled cgroup
+//! <pin_dir>/links/guard-<cgroup id>/<hook> the guard on an enrolled cgroup's parent (guard4,
+//!                                          guard6, sockops, getpeername4, getpeername6)
+//! <pin_dir>/links/new-<name>/<hook>        a set being built; renamed to <name> once complete
 //! ```
 //! A cgroup is named by its id (the inode number of its directory, what `bpf_get_current_cgroup_id`
 //! reports): bpffs holds only bpf objects and directories, so no file can record a path, and an id
 //! stays right when a cgroup directory is renamed. The links keep the programs and maps alive after
-//! the agent exits; the agent's own getsockopt link is never pinned.
+//! the agent exits; the agent's own sockops link is never pinned.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -58,18 +61,96 @@ pub(super) const HOOKS: [Hook; 5] = [
     },
 ];
 
-/// The getsockopt program, attached to the agent's own cgroup.
-pub(super) const GETSOCKOPT: Hook = Hook {
-    program: "st_getsockopt",
-    pin: "getsockopt",
-    attach_type: 21,
+/// The hooks of an enrolled cgroup's parent, in attach order, as for [`HOOKS`]: the sockets the
+/// guard redirects are followed by the same sockops and getpeername programs.
+pub(super) const GUARD_HOOKS: [Hook; 5] = [
+    Hook {
+        program: "st_sockops",
+        pin: "sockops",
+        attach_type: 3,
+    },
+    Hook {
+        program: "st_peername4",
+        pin: "getpeername4",
+        attach_type: 29,
+    },
+    Hook {
+        program: "st_peername6",
+        pin: "getpeername6",
+        attach_type: 30,
+    },
+    Hook {
+        program: "st_guard4",
+        pin: "guard4",
+        attach_type: 10,
+    },
+    Hook {
+        program: "st_guard6",
+        pin: "guard6",
+        attach_type: 11,
+    },
+];
+
+/// The sockops program on the agent's own cgroup, where it hands each origin to the accepted socket.
+pub(super) const AGENT_SOCKOPS: Hook = Hook {
+    program: "st_sockops",
+    pin: "sockops",
+    attach_type: 3,
 };
 
-/// The loaded programs' descriptors, in [`HOOKS`] order.
-pub(super) type ProgramFds<'a> = [BorrowedFd<'a>; HOOKS.len()];
+/// Pins in the order they are detached: the programs that redirect first.
+const DETACH_ORDER: [&str; 7] = [
+    "connect6",
+    "connect4",
+    "guard6",
+    "guard4",
+    "getpeername6",
+    "getpeername4",
+    "sockops",
+];
+
+/// What a set of links attaches, and so how its directory is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum SetKind {
+    /// An enrolled cgroup ([`HOOKS`]): every intercepted connect goes to the agent.
+    Enrolled,
+    /// An enrolled cgroup's parent ([`GUARD_HOOKS`]): connects of cgroups no enrollment covers yet
+    /// go to the agent, which classifies them.
+    Guard,
+}
+
+impl SetKind {
+    /// The hooks of a set of this kind, in attach order.
+    pub fn hooks(self) -> &'static [Hook; 5] {
+        match self {
+            SetKind::Enrolled => &HOOKS,
+            SetKind::Guard => &GUARD_HOOKS,
+        }
+    }
+
+    fn dir_name(self, cgroup_id: u64) -> String {
+        match self {
+            SetKind::Enrolled => cgroup_id.to_string(),
+            SetKind::Guard => format!("{GUARD_PREFIX}{cgroup_id}"),
+        }
+    }
+}
+
+/// The loaded programs' descriptors, by program name.
+pub(super) type ProgramFds<'a> = BTreeMap<&'static str, BorrowedFd<'a>>;
+
+/// The descriptor of a hook's program.
+fn prog<'a>(progs: &ProgramFds<'a>, hook: &Hook) -> Result<BorrowedFd<'a>, Error> {
+    progs
+        .get(hook.program)
+        .copied()
+        .ok_or(Error::MissingProgram(hook.program))
+}
 
 /// bpffs refuses names with a dot, so no hidden-file convention here.
 const STAGING_PREFIX: &str = "new-";
+/// Guard sets are named `guard-<cgroup id>`.
+const GUARD_PREFIX: &str = "guard-";
 
 /// Paths under one pin directory.
 #[derive(Clone, Debug)]
@@ -100,13 +181,13 @@ impl Layout {
         self.root.join("links")
     }
 
-    pub fn set_dir(&self, cgroup_id: u64) -> PathBuf {
-        self.links_dir().join(cgroup_id.to_string())
+    pub fn set_dir(&self, kind: SetKind, cgroup_id: u64) -> PathBuf {
+        self.links_dir().join(kind.dir_name(cgroup_id))
     }
 
-    fn staging_dir(&self, cgroup_id: u64) -> PathBuf {
+    fn staging_dir(&self, kind: SetKind, cgroup_id: u64) -> PathBuf {
         self.links_dir()
-            .join(format!("{STAGING_PREFIX}{cgroup_id}"))
+            .join(format!("{STAGING_PREFIX}{}", kind.dir_name(cgroup_id)))
     }
 
     /// Creates the directories (the root must be on a bpf file system).
@@ -117,8 +198,8 @@ impl Layout {
         Ok(())
     }
 
-    /// The published sets (cgroup ids) and the unfinished staging directories.
-    pub fn scan(&self) -> Result<(Vec<u64>, Vec<PathBuf>), Error> {
+    /// The published sets and the unfinished staging directories.
+    pub fn scan(&self) -> Result<(Vec<(SetKind, u64)>, Vec<PathBuf>), Error> {
         let dir = self.links_dir();
         let mut ids = Vec::new();
         let mut staging = Vec::new();
@@ -132,7 +213,9 @@ impl Layout {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if let Ok(id) = name.parse::<u64>() {
-                ids.push(id);
+                ids.push((SetKind::Enrolled, id));
+            } else if let Some(Ok(id)) = name.strip_prefix(GUARD_PREFIX).map(str::parse::<u64>) {
+                ids.push((SetKind::Guard, id));
             } else if name.starts_with(STAGING_PREFIX) {
                 staging.push(entry.path());
             }
@@ -142,33 +225,50 @@ impl Layout {
     }
 }
 
-/// The links of one enrolled cgroup that this agent holds open, by pin name.
-#[derive(Debug, Default)]
+/// The links of one cgroup's set that this agent holds open, by pin name.
+#[derive(Debug)]
 pub(super) struct LinkSet {
+    kind: SetKind,
     links: BTreeMap<&'static str, OwnedFd>,
+}
+
+impl LinkSet {
+    fn new(kind: SetKind) -> LinkSet {
+        LinkSet {
+            kind,
+            links: BTreeMap::new(),
+        }
+    }
 }
 
 /// Attaches every hook to a cgroup and publishes the pinned set.
 pub(super) fn create_set(
     layout: &Layout,
+    kind: SetKind,
     cgroup_id: u64,
     cgroup_dir: &Path,
     progs: &ProgramFds<'_>,
 ) -> Result<LinkSet, Error> {
     let cgroup =
         fs::File::open(cgroup_dir).map_err(|e| Error::OpenCgroup(cgroup_dir.to_owned(), e))?;
-    let staging = layout.staging_dir(cgroup_id);
+    let staging = layout.staging_dir(kind, cgroup_id);
     if staging.exists() {
         discard_dir(&staging)?;
     }
     fs::create_dir(&staging).map_err(|e| Error::PinDir(staging.clone(), e))?;
-    let mut set = LinkSet::default();
+    let mut set = LinkSet::new(kind);
     let built = (|| {
-        for (hook, prog) in HOOKS.iter().zip(progs) {
-            let link = attach_pinned(hook, *prog, cgroup.as_fd(), cgroup_dir, &staging)?;
+        for hook in kind.hooks() {
+            let link = attach_pinned(
+                hook,
+                prog(progs, hook)?,
+                cgroup.as_fd(),
+                cgroup_dir,
+                &staging,
+            )?;
             set.links.insert(hook.pin, link);
         }
-        let published = layout.set_dir(cgroup_id);
+        let published = layout.set_dir(kind, cgroup_id);
         fs::rename(&staging, &published).map_err(|e| Error::PinDir(published, e))
     })();
     if let Err(e) = built {
@@ -185,26 +285,28 @@ pub(super) fn create_set(
 /// set was removed.
 pub(super) fn adopt_set(
     layout: &Layout,
+    kind: SetKind,
     cgroup_id: u64,
     progs: &ProgramFds<'_>,
 ) -> Result<Option<LinkSet>, Error> {
-    let dir = layout.set_dir(cgroup_id);
-    let mut set = LinkSet::default();
+    let dir = layout.set_dir(kind, cgroup_id);
+    let hooks = kind.hooks();
+    let mut set = LinkSet::new(kind);
     for entry in fs::read_dir(&dir).map_err(|e| Error::PinDir(dir.clone(), e))? {
         let path = entry.map_err(|e| Error::PinDir(dir.clone(), e))?.path();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let Some(index) = HOOKS.iter().position(|h| h.pin == name) else {
+        let Some(index) = hooks.iter().position(|h| h.pin == name) else {
             tracing::info!(pin = %path.display(), "removing a pinned link this agent does not know");
             discard_link(&path)?;
             continue;
         };
         let link = sys::obj_get(&path).map_err(|e| Error::Link(path.clone(), e))?;
-        match sys::link_update(link.as_fd(), progs[index]) {
+        match sys::link_update(link.as_fd(), prog(progs, &hooks[index])?) {
             Ok(()) => {
-                set.links.insert(HOOKS[index].pin, link);
+                set.links.insert(hooks[index].pin, link);
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
                 tracing::info!(cgroup_id, "pinned cgroup is gone; removing its links");
@@ -214,8 +316,8 @@ pub(super) fn adopt_set(
             Err(e) => return Err(Error::Link(path, e)),
         }
     }
-    let missing: Vec<usize> = (0..HOOKS.len())
-        .filter(|&i| !set.links.contains_key(HOOKS[i].pin))
+    let missing: Vec<usize> = (0..hooks.len())
+        .filter(|&i| !set.links.contains_key(hooks[i].pin))
         .collect();
     if !missing.is_empty() {
         let Some(cgroup_dir) = find_cgroup(cgroup_id) else {
@@ -230,8 +332,14 @@ pub(super) fn adopt_set(
         let cgroup =
             fs::File::open(&cgroup_dir).map_err(|e| Error::OpenCgroup(cgroup_dir.clone(), e))?;
         for i in missing {
-            let link = attach_pinned(&HOOKS[i], progs[i], cgroup.as_fd(), &cgroup_dir, &dir)?;
-            set.links.insert(HOOKS[i].pin, link);
+            let link = attach_pinned(
+                &hooks[i],
+                prog(progs, &hooks[i])?,
+                cgroup.as_fd(),
+                &cgroup_dir,
+                &dir,
+            )?;
+            set.links.insert(hooks[i].pin, link);
         }
     }
     Ok(Some(set))
@@ -241,13 +349,14 @@ pub(super) fn adopt_set(
 /// links were removed.
 pub(super) fn remove_set(
     layout: &Layout,
+    kind: SetKind,
     cgroup_id: u64,
     held: Option<LinkSet>,
 ) -> Result<usize, Error> {
     if let Some(set) = &held {
         detach_all(set);
     }
-    let dir = layout.set_dir(cgroup_id);
+    let dir = layout.set_dir(kind, cgroup_id);
     if !dir.exists() {
         return Ok(held.map_or(0, |s| s.links.len()));
     }
@@ -261,8 +370,8 @@ pub(super) fn remove_all_sets(layout: &Layout) -> Result<usize, Error> {
     for dir in staging {
         removed += discard_dir(&dir)?;
     }
-    for id in ids {
-        removed += remove_set(layout, id, None)?;
+    for (kind, id) in ids {
+        removed += remove_set(layout, kind, id, None)?;
     }
     let links = layout.links_dir();
     match fs::remove_dir(&links) {
@@ -305,7 +414,7 @@ fn attach_pinned(
 
 /// Detaches the links of a held set, redirecting hooks first.
 fn detach_all(set: &LinkSet) {
-    for hook in HOOKS.iter().rev() {
+    for hook in set.kind.hooks().iter().rev() {
         if let Some(link) = set.links.get(hook.pin) {
             let _ = sys::link_detach(link.as_fd());
         }
@@ -324,11 +433,10 @@ fn discard_dir(dir: &Path) -> Result<usize, Error> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        HOOKS
+        DETACH_ORDER
             .iter()
-            .rev()
-            .position(|h| h.pin == name)
-            .unwrap_or(HOOKS.len())
+            .position(|pin| *pin == name)
+            .unwrap_or(DETACH_ORDER.len())
     };
     pins.sort_by_key(rank);
     let mut removed = 0;

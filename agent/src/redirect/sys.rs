@@ -1,11 +1,10 @@
 //! The few system calls the loader makes itself, because aya 0.14 offers no file descriptor of a
-//! cgroup link, no `BPF_LINK_UPDATE` or `BPF_LINK_DETACH` for one, and no `SO_ORIGINAL_DST` or
+//! cgroup link, no `BPF_LINK_UPDATE` or `BPF_LINK_DETACH` for one, and no `SO_COOKIE` or
 //! `SO_NETNS_COOKIE` reading. Every `unsafe` block of the agent that talks to the kernel is here.
 
 use std::ffi::CString;
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::mem::size_of;
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
@@ -20,8 +19,6 @@ const BPF_LINK_DETACH: c_int = 34;
 
 /// `SO_NETNS_COOKIE` (asm-generic value; libc does not export it for every target).
 const SO_NETNS_COOKIE: c_int = 71;
-/// `SO_ORIGINAL_DST` at `SOL_IP` and `IP6T_SO_ORIGINAL_DST` at `SOL_IPV6`.
-const SO_ORIGINAL_DST: c_int = 80;
 
 /// `bpf_attr` for `BPF_OBJ_PIN` / `BPF_OBJ_GET`. The kernel zero-fills the union past what is passed.
 #[repr(C)]
@@ -180,51 +177,15 @@ pub(super) fn own_netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// `SO_ORIGINAL_DST` for an IPv4 socket, `IP6T_SO_ORIGINAL_DST` for an IPv6 one (v4-mapped → V4).
-pub(super) fn original_dst(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
-    let mut domain: c_int = 0;
-    getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, &mut domain)?;
-    match domain {
-        libc::AF_INET => {
-            // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
-            let mut sin: libc::sockaddr_in = unsafe { zeroed() };
-            let len = getsockopt_into(fd, libc::SOL_IP, SO_ORIGINAL_DST, &mut sin)?;
-            if len < size_of::<libc::sockaddr_in>()
-                || sin.sin_family != libc::AF_INET as libc::sa_family_t
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "SO_ORIGINAL_DST gave no sockaddr_in",
-                ));
-            }
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Ok(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: sockaddr_in6 is plain data; all zeroes is a valid value.
-            let mut sin6: libc::sockaddr_in6 = unsafe { zeroed() };
-            let len = getsockopt_into(fd, libc::SOL_IPV6, SO_ORIGINAL_DST, &mut sin6)?;
-            if len < size_of::<libc::sockaddr_in6>()
-                || sin6.sin6_family != libc::AF_INET6 as libc::sa_family_t
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "IP6T_SO_ORIGINAL_DST gave no sockaddr_in6",
-                ));
-            }
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            let port = u16::from_be(sin6.sin6_port);
-            Ok(match ip.to_ipv4_mapped() {
-                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
-            })
-        }
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not an IPv4 or IPv6 socket",
-        )),
+/// The cookie of a socket (`SO_COOKIE`): the kernel's id for it, never reused while the system runs.
+pub(super) fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let len = getsockopt_into(fd, libc::SOL_SOCKET, libc::SO_COOKIE, &mut cookie)?;
+    if len != size_of::<u64>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SO_COOKIE gave no 64-bit cookie",
+        ));
     }
+    Ok(cookie)
 }

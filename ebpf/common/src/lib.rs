@@ -15,8 +15,17 @@ pub const MAX_PORTS: u32 = 64;
 pub const MAP_SETTINGS: &str = "ST_SETTINGS";
 /// Name of the LRU map from a client socket's cookie to its [`Origin`].
 pub const MAP_ORIGINS: &str = "ST_ORIGINS";
-/// Name of the LRU map from a client's [`TupleKey`] to its [`Origin`], read by the proxy on accept.
+/// Name of the LRU map from a client's [`TupleKey`] to its [`Origin`]: the bridge from the client's
+/// socket to the one the agent accepts, alive only between the two ends of one handshake.
 pub const MAP_BY_TUPLE: &str = "ST_BY_TUPLE";
+/// Name of the LRU map from the cookie of a socket the agent accepted to its client's [`Origin`],
+/// read by the proxy on accept.
+pub const MAP_ACCEPTED: &str = "ST_ACCEPTED";
+/// Name of the LRU map of cgroups (by id) the agent found enrolled by nothing: the guard on an
+/// enrolled cgroup's parent lets their connects go where they were going.
+pub const MAP_FOREIGN: &str = "ST_FOREIGN";
+/// Capacity of [`MAP_FOREIGN`]; an evicted cgroup's next connect is classified by the agent again.
+pub const MAX_FOREIGN: u32 = 65_536;
 /// Name of the per-CPU array of [`Counters`] the programs bump.
 pub const MAP_COUNTERS: &str = "ST_COUNTERS";
 
@@ -81,9 +90,19 @@ pub struct Origin {
     pub uid: u32,
     /// Real group id of the caller.
     pub gid: u32,
+    /// [`ORIGIN_GUARDED`] and the like.
+    pub flags: u32,
+    /// The initial sequence number of the listener's side of the handshake (the SYN-ACK's), once the
+    /// client's socket is established; part of the [`TupleKey`] the connection is found by.
+    pub server_isn: u32,
     /// The caller's `comm`, NUL padded.
     pub comm: [u8; COMM_LEN],
 }
+
+/// [`Origin::flags`]: the connect was redirected by the guard on an enrolled cgroup's parent, from a
+/// cgroup no enrollment's programs were attached to (a restarted unit's new cgroup, or a stranger the
+/// agent has not classified yet).
+pub const ORIGIN_GUARDED: u32 = 1;
 
 /// Key of [`MAP_BY_TUPLE`]: the client's side of the redirected connection, as the proxy sees its peer.
 ///
@@ -97,6 +116,11 @@ pub struct TupleKey {
     pub client: Addr,
     /// The network namespace cookie; tuples of different namespaces never collide.
     pub netns_cookie: u64,
+    /// The listener side's initial sequence number: another connection from the same address and
+    /// port (a later one, after the first closed) has another one, so it never finds this entry.
+    pub server_isn: u32,
+    /// Keeps the struct free of implicit padding.
+    pub _pad: u32,
 }
 
 /// Index of each counter in [`MAP_COUNTERS`].
@@ -111,8 +135,13 @@ pub enum Counter {
     RefusedNetns = 2,
     /// Records that could not be stored: an origin (its connect() is refused) or a tuple (sockops).
     StoreFailed = 3,
-    /// SO_ORIGINAL_DST questions answered.
-    OriginalDstAnswered = 4,
+    /// Connections the listener accepted whose origin was handed to the accepted socket.
+    Accepted = 4,
+    /// Connections accepted on the listen port with no origin to hand over (not redirected, or the
+    /// bridge entry was evicted): the agent refuses them.
+    Unmatched = 5,
+    /// connect() calls the guard on a parent cgroup redirected.
+    Guarded = 6,
 }
 
 /// Number of counters in [`MAP_COUNTERS`].
@@ -198,8 +227,8 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(size_of::<Addr>(), 24);
-        assert_eq!(size_of::<TupleKey>(), 32);
-        assert_eq!(size_of::<Origin>(), 24 + 8 * 4 + 4 * 4 + COMM_LEN);
+        assert_eq!(size_of::<TupleKey>(), 40);
+        assert_eq!(size_of::<Origin>(), 24 + 8 * 4 + 4 * 6 + COMM_LEN);
     }
 
     #[test]

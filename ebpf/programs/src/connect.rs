@@ -4,6 +4,14 @@
 //! Not intercepted: other protocols, other ports, the agent's own process, and anything while the
 //! agent has not enabled the programs. Refused (connect() fails with `EPERM`): sockets of another
 //! network namespace, and connects whose origin could not be stored (the agent would have no record).
+//!
+//! The same programs in [`Mode::Guard`] sit on the parent of each enrolled cgroup and see every
+//! cgroup below it. A connect that the enrolled programs already rewrote reaches them with the
+//! listener's port, which is not intercepted, and passes. Of the rest, connects from cgroups in
+//! `ST_FOREIGN` (classified by the agent as enrolled by nothing) and from other network namespaces
+//! pass; every other one goes to the agent marked [`ORIGIN_GUARDED`], so a cgroup made again at an
+//! enrolled path (a restarted unit) is never without the agent between its first connect and the
+//! moment its own programs are attached.
 
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
@@ -19,9 +27,11 @@ use aya_ebpf::{
     },
     programs::SockAddrContext,
 };
-use snowtrail_common::{Addr, COMM_LEN, Counter, Origin, Settings};
+use snowtrail_common::{Addr, COMM_LEN, Counter, ORIGIN_GUARDED, Origin, Settings};
 
-use crate::maps::{ST_ORIGINS, ST_PORTS, bump, bytes_to_words, settings, words_to_bytes};
+use crate::maps::{
+    ST_FOREIGN, ST_ORIGINS, ST_PORTS, bump, bytes_to_words, settings, words_to_bytes,
+};
 
 /// Let the connect() proceed.
 const ALLOW: i32 = 1;
@@ -35,6 +45,15 @@ const LOOPBACK4: [u8; 4] = [127, 0, 0, 1];
 const LOOPBACK6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const MAPPED_LOOPBACK4: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
 
+/// Where the program is attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// On an enrolled cgroup: every intercepted connect goes to the agent.
+    Enrolled,
+    /// On an enrolled cgroup's parent: connects of cgroups not yet classified go to the agent.
+    Guard,
+}
+
 /// What to do with an intercepted connect() once its origin has been considered.
 enum Step {
     /// Leave the destination alone.
@@ -45,7 +64,7 @@ enum Step {
     Redirect,
 }
 
-pub fn try_connect4(ctx: &SockAddrContext) -> i32 {
+pub fn try_connect4(ctx: &SockAddrContext, mode: Mode) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the kernel's bpf_sock_addr context; these fields are readable in connect4.
     let (ty, protocol, ip, port_be) =
@@ -53,7 +72,7 @@ pub fn try_connect4(ctx: &SockAddrContext) -> i32 {
     let Some((settings, port)) = intercepted(ty, protocol, port_be) else {
         return ALLOW;
     };
-    match record(ctx, settings, Addr::v4(ip.to_ne_bytes(), port)) {
+    match record(ctx, settings, Addr::v4(ip.to_ne_bytes(), port), mode) {
         Step::Pass => ALLOW,
         Step::Refuse => REFUSE,
         Step::Redirect => {
@@ -71,7 +90,7 @@ pub fn try_connect4(ctx: &SockAddrContext) -> i32 {
     }
 }
 
-pub fn try_connect6(ctx: &SockAddrContext) -> i32 {
+pub fn try_connect6(ctx: &SockAddrContext, mode: Mode) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the kernel's bpf_sock_addr context; these fields are readable in connect6.
     let (ty, protocol, port_be) = unsafe { ((*sa).type_, (*sa).protocol, (*sa).user_port) };
@@ -96,7 +115,7 @@ pub fn try_connect6(ctx: &SockAddrContext) -> i32 {
     } else {
         LOOPBACK6
     };
-    match record(ctx, settings, original) {
+    match record(ctx, settings, original, mode) {
         Step::Pass => ALLOW,
         Step::Refuse => REFUSE,
         Step::Redirect => {
@@ -137,7 +156,7 @@ fn intercepted(ty: u32, protocol: u32, port_be: u32) -> Option<(&'static Setting
 
 /// Applies the agent and namespace rules, then stores the origin of an intercepted connect().
 #[inline(always)]
-fn record(ctx: &SockAddrContext, settings: &Settings, original_dst: Addr) -> Step {
+fn record(ctx: &SockAddrContext, settings: &Settings, original_dst: Addr, mode: Mode) -> Step {
     bump(Counter::Seen);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
@@ -152,22 +171,40 @@ fn record(ctx: &SockAddrContext, settings: &Settings, original_dst: Addr) -> Ste
         )
     };
     if netns_cookie != settings.agent_netns_cookie {
+        if mode == Mode::Guard {
+            // Not the agent's to decide: no enrolled cgroup lives in another namespace.
+            return Step::Pass;
+        }
         // 127.0.0.1 would mean that namespace's own loopback, where no agent listens.
         bump(Counter::RefusedNetns);
         return Step::Refuse;
     }
+    // SAFETY: a helper without arguments, available to cgroup sock_addr programs.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let flags = match mode {
+        Mode::Enrolled => 0,
+        Mode::Guard => {
+            if ST_FOREIGN.get_ptr(cgroup_id).is_some() {
+                return Step::Pass;
+            }
+            bump(Counter::Guarded);
+            ORIGIN_GUARDED
+        }
+    };
     let uid_gid = bpf_get_current_uid_gid();
     let origin = Origin {
         original_dst,
         // SAFETY: helpers without arguments, available to cgroup sock_addr programs.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id,
         netns_cookie,
         socket_cookie,
         pid: pid_tgid as u32,
         tgid,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
+        flags,
+        server_isn: 0,
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
     if ST_ORIGINS

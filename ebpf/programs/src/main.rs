@@ -4,9 +4,9 @@
 //! | program | attached to | job |
 //! |---|---|---|
 //! | `st_connect4`, `st_connect6` | enrolled cgroups | rewrite intercepted connects to the listener, record the origin |
-//! | `st_sockops` | enrolled cgroups | key the origin by the client's address once established; forget it on close |
-//! | `st_peername4`, `st_peername6` | enrolled cgroups | `getpeername()` shows the original destination |
-//! | `st_getsockopt` | the agent's own cgroup | answer `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` |
+//! | `st_guard4`, `st_guard6` | each enrolled cgroup's parent | send connects of cgroups not yet classified to the listener, marked guarded |
+//! | `st_sockops` | enrolled cgroups, their parents, the agent's cgroup | client side: key the origin by the client's address once established; agent side: hand it to the accepted socket; forget both on close |
+//! | `st_peername4`, `st_peername6` | enrolled cgroups, their parents | `getpeername()` shows the original destination |
 //!
 //! Each entry point is a thin wrapper around `try_<name>` in its module. The programs keep no state of
 //! their own beyond the maps in [`maps`]; the agent fills `ST_SETTINGS` and `ST_PORTS` before attaching.
@@ -17,26 +17,39 @@ mod connect;
 mod maps;
 mod peername;
 mod sockops;
-mod sockopt;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, cgroup_sockopt, sock_ops},
-    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+    macros::{cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
 };
+
+use connect::Mode;
 
 /// `cgroup/connect4`: redirects intercepted IPv4 TCP connects.
 #[cgroup_sock_addr(connect4)]
 pub fn st_connect4(ctx: SockAddrContext) -> i32 {
-    connect::try_connect4(&ctx)
+    connect::try_connect4(&ctx, Mode::Enrolled)
 }
 
 /// `cgroup/connect6`: redirects intercepted IPv6 (and v4-mapped) TCP connects.
 #[cgroup_sock_addr(connect6)]
 pub fn st_connect6(ctx: SockAddrContext) -> i32 {
-    connect::try_connect6(&ctx)
+    connect::try_connect6(&ctx, Mode::Enrolled)
 }
 
-/// `sockops`: publishes origins by tuple when established and removes them when closed.
+/// `cgroup/connect4` on an enrolled cgroup's parent: guards IPv4 connects of unclassified cgroups.
+#[cgroup_sock_addr(connect4)]
+pub fn st_guard4(ctx: SockAddrContext) -> i32 {
+    connect::try_connect4(&ctx, Mode::Guard)
+}
+
+/// `cgroup/connect6` on an enrolled cgroup's parent: guards IPv6 connects of unclassified cgroups.
+#[cgroup_sock_addr(connect6)]
+pub fn st_guard6(ctx: SockAddrContext) -> i32 {
+    connect::try_connect6(&ctx, Mode::Guard)
+}
+
+/// `sockops`: bridges origins from the client's socket to the accepted one, removes them when closed.
 #[sock_ops]
 pub fn st_sockops(ctx: SockOpsContext) -> u32 {
     sockops::try_sockops(&ctx)
@@ -52,12 +65,6 @@ pub fn st_peername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn st_peername6(ctx: SockAddrContext) -> i32 {
     peername::try_peername6(&ctx)
-}
-
-/// `cgroup/getsockopt`: answers `SO_ORIGINAL_DST` for connections the agent accepted.
-#[cgroup_sockopt(getsockopt)]
-pub fn st_getsockopt(ctx: SockoptContext) -> i32 {
-    sockopt::try_getsockopt(&ctx)
 }
 
 #[cfg(not(test))]

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use snowtrail_common::{
-    COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, MAX_PORTS, Origin, Settings, TupleKey,
+    COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, MAX_FOREIGN, MAX_PORTS, Origin, Settings,
+    TupleKey,
 };
 
 /// One [`Settings`] record at index 0, written by the agent at start.
@@ -21,10 +22,20 @@ pub static ST_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 pub static ST_ORIGINS: LruHashMap<u64, Origin> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
 
-/// Origins of established redirected connections, by the client's address as the agent sees it.
+/// Origins of established redirected connections, by the client's address as the agent sees it and
+/// the handshake's listener-side sequence number, until the agent's side of the handshake takes them.
 #[map]
 pub static ST_BY_TUPLE: LruHashMap<TupleKey, Origin> =
     LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+
+/// Origins of connections the agent accepted, by the accepted socket's cookie.
+#[map]
+pub static ST_ACCEPTED: LruHashMap<u64, Origin> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+
+/// Cgroups the agent classified as enrolled by nothing; the guard lets their connects pass.
+#[map]
+pub static ST_FOREIGN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_FOREIGN, 0);
 
 /// Per-CPU event counters, indexed by [`Counter`].
 #[map]

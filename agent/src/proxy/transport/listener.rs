@@ -8,7 +8,7 @@
 //! an intercepted connection; a connection without an origin record is refused: the agent must
 //! never be an open relay.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use super::vouch::Unvouched;
 use crate::audit::{ConnectionMode, Decision, Event, EventKind, Flag};
 use crate::config::{Unidentified, destination};
 use crate::proxy::{Error, Inputs};
-use crate::redirect::Origin;
+use crate::redirect::{ORIGIN_GUARDED, Origin};
 use crate::tls::client_hello::{self, MAX_HELLO, Peeked};
 
 /// The accepting side of the proxy.
@@ -179,7 +179,7 @@ async fn serve(
 ) {
     let stats = &inputs.stats;
     stats.total.fetch_add(1, Ordering::Relaxed);
-    let origin = crate::sync::read(&inputs.redirect).lookup(normalise(peer));
+    let origin = crate::sync::read(&inputs.redirect).lookup(client.as_fd());
     let origin = match origin {
         Ok(Some(o)) => o,
         Ok(None) => {
@@ -200,6 +200,35 @@ async fn serve(
     let event_time = SystemTime::now();
     let dst = crate::redirect::socket_addr(&origin.original_dst);
     let (mut event, attribution) = connection_event(&inputs, id, peer, dst, &origin, event_time);
+    if origin.flags & ORIGIN_GUARDED != 0 {
+        match (&attribution, &event.cgroup_path) {
+            // A cgroup made again at an enrolled path: served like any enrolled connection; the
+            // sweeper attaches its programs.
+            (Some(_), _) => event.add_flag(Flag::Guarded),
+            (None, Some(path)) => {
+                return pass_foreign(&inputs, client, dst, &origin, path, force).await;
+            }
+            (None, None) => {
+                warn!(
+                    cgroup_id = origin.cgroup_id,
+                    pid = origin.tgid,
+                    "refused a guarded connection whose process is gone: its cgroup cannot be told enrolled or not"
+                );
+                event.add_flag(Flag::Guarded);
+                event.close_reason = Some(CloseReason::DeniedUnidentified);
+                event.error_message = Some(
+                    "the connecting process is gone; its cgroup could not be classified".into(),
+                );
+                event.decision = Some(Decision::Deny);
+                event.connection_mode = Some(ConnectionMode::Refused);
+                event.success = Some(false);
+                event.bytes_in = Some(0);
+                event.bytes_out = Some(0);
+                reset(client);
+                return finish(&inputs, event, started).await;
+            }
+        }
+    }
     let enrolled_cgroup = attribution.as_ref().map(|a| a.enrolled_cgroup.clone());
     debug!(dst = %dst, pid = origin.tgid, identity = ?event.workload_identity, "accepted");
     // One workload may hold at most its share of the connection slots.
@@ -367,6 +396,45 @@ async fn serve(
     finish(&inputs, event, started).await;
 }
 
+/// Carries a connection the guard sent from a cgroup no enrollment covers to where it was going,
+/// untouched and unrecorded (it is not an enrolled workload's), and tells the guards to let that
+/// cgroup's later connects go straight there.
+async fn pass_foreign(
+    inputs: &Inputs,
+    client: TcpStream,
+    dst: SocketAddr,
+    origin: &Origin,
+    cgroup_path: &str,
+    force: watch::Receiver<bool>,
+) {
+    info!(cgroup = %cgroup_path, cgroup_id = origin.cgroup_id, "cgroup below a guarded parent is enrolled by nothing; its connects go straight out from now on");
+    if let Err(e) = crate::sync::write(&inputs.redirect).mark_foreign(&[origin.cgroup_id]) {
+        warn!(error = %e, "could not let the guard pass this cgroup; its connects keep coming here");
+    }
+    let connect_timeout = Duration::from_millis(inputs.config.connect_timeout_ms);
+    let upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => {
+            reset(client);
+            inputs.stats.open.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let carried = passthrough::relay(
+        Vec::new(),
+        client,
+        upstream,
+        inputs.config.buffer_bytes,
+        Duration::from_secs(inputs.config.idle_timeout_s),
+        force,
+    )
+    .await;
+    debug!(bytes_in = carried.bytes_in, bytes_out = carried.bytes_out, close = %carried.reason, "foreign connection closed");
+    inputs.stats.open.fetch_sub(1, Ordering::Relaxed);
+}
+
 /// Completes and records a connection's event.
 async fn finish(inputs: &Inputs, mut event: Event, started: Instant) {
     event.duration_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
@@ -510,17 +578,6 @@ fn connection_event(
         a.connections.fetch_add(1, Ordering::Relaxed);
     }
     (e, attribution)
-}
-
-/// Peers of the IPv6 listener that are v4-mapped are looked up as IPv4.
-fn normalise(peer: SocketAddr) -> SocketAddr {
-    match peer.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, peer.port())),
-            None => peer,
-        },
-        IpAddr::V4(_) => peer,
-    }
 }
 
 /// Closes a connection with a reset, the way a refused or failed connection looks to the client.
