@@ -421,6 +421,7 @@ mod tests {
                 "no_sni",
                 "hello_incomplete",
                 "hello_oversized",
+                "guarded",
                 "sql_truncated",
                 "rows_truncated",
                 "identity_unverified",

@@ -78,7 +78,7 @@ pub fn status_text(s: &Status) -> String {
     format!(
         "snowtrail {} running (pid {}, up {}s)\n\
          listening: {}\n\
-         programs attached: {} cgroup(s); redirected connects (kernel): {}\n\
+         programs attached: {} cgroup(s), guards on {} parent(s); redirected connects (kernel): {}, {} through a guard\n\
          enrolled cgroups: {}\n\
          connections: {} total, {} open, {} refused; {} bytes in, {} bytes out\n\
          statements: {}\n\
@@ -90,7 +90,9 @@ pub fn status_text(s: &Status) -> String {
         s.uptime_s,
         s.listen.join(", "),
         s.programs_attached,
+        s.parents_guarded,
         s.redirected,
+        s.guarded,
         s.enrolled,
         s.connections_total,
         s.connections_open,
@@ -187,6 +189,8 @@ mod tests {
             version: "0.1.0".into(),
             statements: 7,
             programs_attached: 2,
+            parents_guarded: 1,
+            guarded: 0,
             audit: crate::control::AuditStatus {
                 healthy: true,
                 lag_records: 3,
@@ -197,7 +201,10 @@ mod tests {
         };
         let t = status_text(&s);
         assert!(t.contains("statements: 7\n"), "{t}");
-        assert!(t.contains("programs attached: 2 cgroup(s)"), "{t}");
+        assert!(
+            t.contains("programs attached: 2 cgroup(s), guards on 1 parent(s)"),
+            "{t}"
+        );
         assert!(t.contains("audit: writing, lag 3 record(s)"), "{t}");
         assert!(
             t.contains("current file: /a/date=2026-11-23/hour=06/h-1.parquet\n"),

@@ -458,10 +458,13 @@ impl DaemonHandler {
     }
 
     fn status(&self) -> Status {
-        let (redirected, programs_attached) = {
+        let (counters, programs_attached, parents_guarded) = {
             let r = read(&self.redirect);
-            let redirected = r.counters().map(|c| c.redirected).unwrap_or(0);
-            (redirected, r.attached().len())
+            (
+                r.counters().unwrap_or_default(),
+                r.attached().len(),
+                r.guarded().len(),
+            )
         };
         let writer = self
             .audit
@@ -477,8 +480,10 @@ impl DaemonHandler {
             connections_total: self.stats.total(),
             connections_open: self.stats.open(),
             connections_refused: self.stats.refused(),
-            redirected,
+            redirected: counters.redirected,
             programs_attached,
+            parents_guarded,
+            guarded: counters.guarded,
             bytes_in: self.stats.bytes_in(),
             bytes_out: self.stats.bytes_out(),
             statements: writer.statements,

@@ -184,6 +184,12 @@ pub struct Status {
     /// Cgroups the kernel programs are attached to now.
     #[serde(default)]
     pub programs_attached: usize,
+    /// Enrolled cgroups' parents that carry a guard now.
+    #[serde(default)]
+    pub parents_guarded: usize,
+    /// Kernel counters: connect() calls a guard sent to the agent.
+    #[serde(default)]
+    pub guarded: u64,
     /// Bytes carried from clients to upstreams since start.
     #[serde(default)]
     pub bytes_in: u64,

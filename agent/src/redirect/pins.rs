@@ -136,6 +136,9 @@ impl SetKind {
     }
 }
 
+/// A published set: what it attaches, and to which cgroup (by id).
+pub(super) type SetId = (SetKind, u64);
+
 /// The loaded programs' descriptors, by program name.
 pub(super) type ProgramFds<'a> = BTreeMap<&'static str, BorrowedFd<'a>>;
 
@@ -199,7 +202,7 @@ impl Layout {
     }
 
     /// The published sets and the unfinished staging directories.
-    pub fn scan(&self) -> Result<(Vec<(SetKind, u64)>, Vec<PathBuf>), Error> {
+    pub fn scan(&self) -> Result<(Vec<SetId>, Vec<PathBuf>), Error> {
         let dir = self.links_dir();
         let mut ids = Vec::new();
         let mut staging = Vec::new();
