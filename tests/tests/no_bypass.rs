@@ -585,3 +585,50 @@ fn a_unit_restarting_in_a_loop_never_reaches_snowflake_unaudited() -> anyhow::Re
     }
     Ok(())
 }
+
+/// A statement the upstream answers with HTTP 503 twice before it runs it: the driver retries it
+/// with the same request id, and the audit has it once, with the attempts counted and the last
+/// outcome. Both Python connectors.
+#[test]
+fn a_statement_retried_after_server_errors_is_one_event() -> anyhow::Result<()> {
+    let s = session::setup("retries", [127, 77, 12, 5], PORT_BASE + 40, None, |_| {
+        String::new()
+    })?;
+    for (driver, sql) in [
+        (
+            snowtrail_tests::fake_snowflake::drivers::Driver::Py4,
+            "select 4 as retried /*fail:2*/",
+        ),
+        (
+            snowtrail_tests::fake_snowflake::drivers::Driver::Py5,
+            "select 5 as retried /*fail:2*/",
+        ),
+    ] {
+        let lines = session::run_driver(&s, driver, "e2e-retries", &[], &[sql])?;
+        let rows = session::rows(&lines, sql)?;
+        ensure!(rows.len() == 1, "{}: {rows:?}", driver.name());
+        let attempts = s.fake.sql_texts().iter().filter(|t| *t == sql).count();
+        ensure!(
+            attempts == 3,
+            "{}: the upstream saw {attempts} attempts",
+            driver.name()
+        );
+        let ev = wait_for(Duration::from_secs(20), || {
+            s.daemon
+                .events()
+                .into_iter()
+                .find(|e| e["event_kind"] == "query" && e["sql_text"] == sql)
+        })
+        .with_context(|| format!("{}: {sql} is not in the audit", driver.name()))?;
+        let rows_of_it = s
+            .daemon
+            .events()
+            .iter()
+            .filter(|e| e["event_kind"] == "query" && e["sql_text"] == sql)
+            .count();
+        ensure!(rows_of_it == 1, "{}: {rows_of_it} rows", driver.name());
+        ensure!(ev["attempts"] == 3, "{}: {ev}", driver.name());
+        ensure!(ev["success"] == true, "{}: {ev}", driver.name());
+    }
+    Ok(())
+}

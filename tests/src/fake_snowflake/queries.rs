@@ -174,6 +174,14 @@ pub(crate) fn query_request(inner: &mut Inner, req: &RecordedRequest, ctx: &Ctx)
             return session_expired();
         }
     }
+    if let Some(n) = markers.fail {
+        let key = request_id.clone().unwrap_or_else(|| sql_text.clone());
+        let failed = inner.failed_attempts.entry(key).or_insert(0);
+        if *failed < n {
+            *failed += 1;
+            return Reply::text(503, "Service Unavailable");
+        }
+    }
     let qid = new_qid();
     if sql::strip_comments(&sql_text).is_empty() {
         let e = SfError {

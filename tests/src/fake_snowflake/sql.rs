@@ -20,6 +20,9 @@ pub struct Markers {
     pub arrow: bool,
     /// `/*sf_chunks*/`: split the result into an inline part and three downloadable chunks.
     pub chunks: bool,
+    /// `/*fail:N*/`: answer HTTP 503 to the first N attempts of the request (by `requestId`), then
+    /// run it: what a driver retries with the same request id.
+    pub fail: Option<u32>,
 }
 
 /// Reads the markers of `sql`.
@@ -33,6 +36,7 @@ pub fn markers(sql: &str) -> Markers {
         match body.split_once(':') {
             Some(("slow", n)) => m.slow = n.trim().parse().ok(),
             Some(("rows", n)) => m.rows = n.trim().parse().ok(),
+            Some(("fail", n)) => m.fail = n.trim().parse().ok(),
             _ => match body.as_str() {
                 "error" => m.error = true,
                 "expire_token" => m.expire_token = true,

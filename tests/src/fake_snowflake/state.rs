@@ -167,6 +167,8 @@ pub struct Inner {
     pub expired_tokens: HashSet<String>,
     /// Requests (by `requestId`, else SQL) already answered 390112 for `/*expire_token*/`.
     pub expired_requests: HashSet<String>,
+    /// Attempts answered 503 so far for `/*fail:N*/`, by `requestId` (else SQL).
+    pub failed_attempts: HashMap<String, u32>,
     results: HashMap<String, Stored>,
     results_order: VecDeque<String>,
     /// Result chunks by query id: raw bodies (before gzip).
@@ -195,6 +197,7 @@ impl Inner {
             by_master: HashMap::new(),
             expired_tokens: HashSet::new(),
             expired_requests: HashSet::new(),
+            failed_attempts: HashMap::new(),
             results: HashMap::new(),
             results_order: VecDeque::new(),
             chunks: HashMap::new(),
