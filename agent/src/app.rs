@@ -189,7 +189,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let listeners = proxy::transport::listener::bind(config.redirect.listen_port)?;
     let redirect = Redirect::start(
         &RedirectConfig {
-            ports: config.redirect.ports.clone(),
+            ports: config
+                .redirect
+                .ports
+                .iter()
+                .chain(&config.redirect.proxy_ports)
+                .copied()
+                .collect(),
             pin_dir: config.redirect.pin_dir.clone(),
             max_connections: config.redirect.max_tracked_connections,
         },
@@ -213,6 +219,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         stats: stats.clone(),
         tls: Some(Arc::new(tls)),
         unidentified: config.tls.unidentified,
+        proxy_ports: config.redirect.proxy_ports.clone(),
         allow_unverified: config.tls.allow_unverified.clone(),
         vouch,
         exchanges: Arc::new(proxy::exchange::router::Router::new(Arc::new(Shared {

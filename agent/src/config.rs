@@ -228,6 +228,10 @@ pub struct TlsSection {
 pub struct RedirectSection {
     /// Destination ports whose TCP connections from enrolled cgroups are redirected.
     pub ports: Vec<u16>,
+    /// Ports of HTTP proxies (what `HTTPS_PROXY` names) whose connections from enrolled cgroups are
+    /// redirected too: the agent reads each CONNECT and intercepts the TLS inside a tunnel to a
+    /// Snowflake host.
+    pub proxy_ports: Vec<u16>,
     /// The proxy's listening port on 127.0.0.1 and ::1.
     pub listen_port: u16,
     /// bpffs directory for pinned maps and links.
@@ -317,6 +321,7 @@ impl Default for RedirectSection {
     fn default() -> Self {
         RedirectSection {
             ports: DEFAULT_PORTS.to_vec(),
+            proxy_ports: Vec::new(),
             listen_port: DEFAULT_LISTEN_PORT,
             pin_dir: DEFAULT_PIN_DIR.into(),
             max_tracked_connections: DEFAULT_MAX_TRACKED,
@@ -385,10 +390,18 @@ impl Config {
         if r.listen_port == 0 {
             return Err("redirect.listen_port must not be 0".into());
         }
-        if r.ports.contains(&r.listen_port) {
+        if r.ports.contains(&r.listen_port) || r.proxy_ports.contains(&r.listen_port) {
             return Err(format!(
                 "redirect.listen_port {} is also an intercepted port",
                 r.listen_port
+            ));
+        }
+        if r.proxy_ports.contains(&0) {
+            return Err("redirect.proxy_ports contains 0".into());
+        }
+        if let Some(p) = r.proxy_ports.iter().find(|p| r.ports.contains(p)) {
+            return Err(format!(
+                "port {p} is in both redirect.ports and redirect.proxy_ports: a connection to it is TLS or a proxy's, not both"
             ));
         }
         let l = &self.limits;
@@ -496,6 +509,21 @@ mod tests {
     fn listen_port_cannot_be_intercepted() {
         let err = Config::from_toml("[redirect]\nports = [943]\n", "t").unwrap_err();
         assert!(err.to_string().contains("also an intercepted port"));
+    }
+
+    #[test]
+    fn proxy_ports_are_their_own() {
+        let cfg = Config::from_toml("[redirect]\nproxy_ports = [3128, 8080]\n", "t").unwrap();
+        assert_eq!(cfg.redirect.proxy_ports, vec![3128, 8080]);
+        assert!(Config::default().redirect.proxy_ports.is_empty());
+        for (text, says) in [
+            ("[redirect]\nproxy_ports = [443]\n", "both redirect.ports and"),
+            ("[redirect]\nproxy_ports = [943]\n", "also an intercepted port"),
+            ("[redirect]\nproxy_ports = [0]\n", "proxy_ports contains 0"),
+        ] {
+            let err = Config::from_toml(text, "t").unwrap_err().to_string();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

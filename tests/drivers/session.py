@@ -152,6 +152,7 @@ def main():
     p.add_argument("--ocsp", choices=["disable", "fail-open"], default="disable")
     p.add_argument("--show-tokens", action="store_true")
     p.add_argument("--keep-session", action="store_true")
+    p.add_argument("--proxy", help="an HTTP proxy URL: 5.x takes it as a connection parameter, 4.x from HTTPS_PROXY")
     p.add_argument("statements", nargs="*")
     a = p.parse_args()
 
@@ -180,6 +181,11 @@ def main():
         kwargs["password"] = a.password
     if a.query_tag:
         kwargs["session_parameters"] = {"QUERY_TAG": a.query_tag}
+    if a.proxy:
+        if driver_version.startswith("4."):
+            os.environ["HTTPS_PROXY"] = a.proxy
+        else:
+            kwargs["proxy"] = a.proxy
     if driver_version.startswith("4."):
         # 4.x checks OCSP only when asked; there is no network for it here (docs/protocol.md,
         # "TLS trust per driver").

@@ -5,6 +5,7 @@
 //! failing test leaves nothing behind and the suite can run twice in a row.
 
 pub mod client;
+pub mod connect_proxy;
 pub mod fake_snowflake;
 pub mod session;
 

@@ -632,3 +632,169 @@ fn a_statement_retried_after_server_errors_is_one_event() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// Where the proxy test's fake Snowflake and HTTP proxy listen.
+const PROXIED_IP: [u8; 4] = [127, 77, 12, 6];
+const PROXY_ADDR: &str = "127.77.12.7:3128";
+
+/// A workload that opens its own tunnel through the proxy to `bypass.example.com` and speaks TLS
+/// inside it naming `argv[3]` (certificate checks off), then logs in. One JSON line: what came
+/// back or the error.
+const TUNNEL_PY: &str = r#"
+import json, socket, ssl, sys
+proxy_ip, proxy_port, name, host, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out = {}
+try:
+    s = socket.create_connection((proxy_ip, proxy_port), timeout=20)
+    s.sendall(b"CONNECT bypass.example.com:443 HTTP/1.1\r\nHost: bypass.example.com:443\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = s.recv(1)
+        if not chunk:
+            raise ConnectionError("closed before the proxy's answer")
+        answer += chunk
+    out["answer"] = answer.split(b"\r\n")[0].decode()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(s, server_hostname=name)
+    body = json.dumps({"data": {"LOGIN_NAME": "tunneller", "PASSWORD": password, "ACCOUNT_NAME": "xy12345"}}).encode()
+    tls.sendall(b"POST /session/v1/login-request?requestId=t1 HTTP/1.1\r\nHost: " + host.encode() +
+                b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    out["reply"] = tls.recv(65536).decode(errors="replace")[:200]
+except Exception as e:
+    out["error"] = "%s: %s" % (type(e).__name__, e)
+print(json.dumps(out), flush=True)
+"#;
+
+/// Both Python connectors with `HTTPS_PROXY` set: their tunnels to the account are answered by the
+/// agent, which intercepts the TLS inside and goes upstream through the same proxy; every statement
+/// is audited once, with the same results as without a proxy. A tunnel to another host that carries
+/// TLS for the account, or that leads to a Snowflake front under another name, is refused, and the
+/// upstream receives nothing of it.
+#[test]
+fn connections_through_an_https_proxy_are_audited_and_cannot_hide_snowflake() -> anyhow::Result<()>
+{
+    use snowtrail_tests::fake_snowflake::drivers::Driver;
+    let mut s = session::setup("proxied", PROXIED_IP, PORT_BASE + 50, None, |_| {
+        String::new()
+    })?;
+    let proxy_addr: std::net::SocketAddr = PROXY_ADDR.parse()?;
+    let routes = std::collections::HashMap::from([
+        (ACCOUNT_HOST.to_owned(), s.fake.addr()),
+        ("bypass.example.com".to_owned(), s.fake.addr()),
+    ]);
+    let proxy = snowtrail_tests::connect_proxy::ConnectProxy::start(proxy_addr, routes)?;
+    let text = std::fs::read_to_string(&s.daemon.config)?.replace(
+        "[redirect]\n",
+        &format!("[redirect]\nproxy_ports = [{}]\n", proxy_addr.port()),
+    );
+    std::fs::write(&s.daemon.config, text)?;
+    s.daemon.restart()?;
+
+    let proxy_url = format!("http://{proxy_addr}");
+    for (driver, identity, sql) in [
+        (
+            Driver::Py4,
+            "e2e-proxied-4",
+            "select 'py4 behind a proxy' as via",
+        ),
+        (
+            Driver::Py5,
+            "e2e-proxied-5",
+            "select 'py5 behind a proxy' as via",
+        ),
+    ] {
+        let mut cmd =
+            session::exec_session(&s, driver, identity, &[], &["--proxy", &proxy_url, sql])?;
+        cmd.env("HTTPS_PROXY", &proxy_url)
+            .env("https_proxy", &proxy_url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        let out = cmd.output()?;
+        let lines = session::output_lines(&s, driver, &out)?;
+        let rows = session::rows(&lines, sql)?;
+        ensure!(rows.len() == 1, "{}: {rows:?}", driver.name());
+        let audited = wait_for(Duration::from_secs(20), || {
+            let n = s
+                .daemon
+                .events()
+                .iter()
+                .filter(|e| e["event_kind"] == "query" && e["sql_text"] == sql)
+                .count();
+            (n > 0).then_some(n)
+        });
+        ensure!(
+            audited == Some(1),
+            "{}: {audited:?} rows of {sql}",
+            driver.name()
+        );
+        // Its connections went to the proxy, and the agent intercepted the tunnel.
+        let proxied = wait_for(Duration::from_secs(20), || {
+            let v: Vec<Value> = s
+                .daemon
+                .events()
+                .into_iter()
+                .filter(|e| e["event_kind"] == "connection" && e["workload_identity"] == identity)
+                .collect();
+            (!v.is_empty()).then_some(v)
+        })
+        .with_context(|| format!("{}: no connection recorded", driver.name()))?;
+        for ev in &proxied {
+            let via_proxy = ev["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "via_proxy"));
+            ensure!(via_proxy, "{}: not through the proxy: {ev}", driver.name());
+            ensure!(ev["connection_mode"] == "intercepted", "{ev}");
+            ensure!(ev["http_method"] == "CONNECT", "{ev}");
+            ensure!(ev["http_path"] == format!("{ACCOUNT_HOST}:443"), "{ev}");
+        }
+    }
+    // The upstream was reached through the proxy, and only ever for the account (the agent's own
+    // tunnels, shared by both sessions' exchanges).
+    let targets = proxy.targets();
+    ensure!(
+        !targets.is_empty() && targets.iter().all(|t| *t == format!("{ACCOUNT_HOST}:443")),
+        "the proxy was asked for {targets:?}"
+    );
+
+    // Tunnels that try to hide the account.
+    let received = s.fake.requests().len();
+    for name in [ACCOUNT_HOST, "bypass.example.com"] {
+        let mut inner = Command::new("python3");
+        inner.args([
+            "-c",
+            TUNNEL_PY,
+            &proxy_addr.ip().to_string(),
+            &proxy_addr.port().to_string(),
+            name,
+            ACCOUNT_HOST,
+            PASSWORD,
+        ]);
+        let out = s.daemon.exec_command("e2e-tunneller", &inner).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r: Value = serde_json::from_str(text.trim())
+            .with_context(|| format!("{name}: no report: {text}"))?;
+        ensure!(r.get("error").is_some(), "{name}: got through: {r}");
+        let ev = wait_for(Duration::from_secs(20), || {
+            s.daemon.events().into_iter().find(|e| {
+                e["event_kind"] == "connection"
+                    && e["workload_identity"] == "e2e-tunneller"
+                    && e["sni"] == name
+            })
+        })
+        .with_context(|| format!("{name}: no connection event"))?;
+        ensure!(ev["connection_mode"] == "refused", "{name}: {ev}");
+        ensure!(
+            ev["close_reason"] == "denied: unverified destination",
+            "{name}: {ev}"
+        );
+        ensure!(ev["http_path"] == "bypass.example.com:443", "{name}: {ev}");
+    }
+    ensure!(
+        s.fake.requests().len() == received,
+        "the upstream received {:?}",
+        &s.fake.requests()[received..]
+    );
+    Ok(())
+}

@@ -280,7 +280,7 @@ columns! {
     bytes_out: Option<u64>, dict = false, ocsf = Some("traffic.bytes_in"),
         "Bytes the agent wrote to the client, TLS records included.";
     flags: Vec<Flag>, dict = true, ocsf = None,
-        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, hello_incomplete, hello_oversized, guarded, sql_truncated, rows_truncated, identity_unverified, audit_gap, too_many_holds, result_refused.";
+        "Marks: uninspected, unparsed, alert, describe_only, outcome_unknown, chunks_unseen, transfer_unseen, aborted, tls_untrusted, not_tls, no_sni, hello_incomplete, hello_oversized, guarded, via_proxy, sql_truncated, rows_truncated, identity_unverified, audit_gap, too_many_holds, result_refused.";
     lifecycle_action: Option<LifecycleAction>, dict = true, ocsf = None,
         "For lifecycle events: start, stop, audit_gap, policy_reload, policy_rejected.";
     detail: Option<String>, dict = false, ocsf = Some("message"),

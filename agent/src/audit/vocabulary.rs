@@ -170,6 +170,9 @@ words! {
         /// The connection reached the agent through the guard on its enrolled cgroup's parent: the
         /// cgroup was made again (a restarted unit) and its programs were not attached yet.
         Guarded => "guarded",
+        /// The connection was to an HTTP proxy (`redirect.proxy_ports`): `http_method` and
+        /// `http_path` hold its CONNECT and target, `http_status` the answer.
+        ViaProxy => "via_proxy",
         /// The statement's text was longer than `audit.max_sql_bytes`: `sql_text` holds its
         /// start, `sql_sha256` identifies the whole.
         SqlTruncated => "sql_truncated",
@@ -422,6 +425,7 @@ mod tests {
                 "hello_incomplete",
                 "hello_oversized",
                 "guarded",
+                "via_proxy",
                 "sql_truncated",
                 "rows_truncated",
                 "identity_unverified",

@@ -50,6 +50,8 @@ pub struct Inputs {
     pub tls: Option<Arc<transport::tls::TlsInputs>>,
     /// What happens to connections without SNI or not TLS.
     pub unidentified: crate::config::Unidentified,
+    /// Ports of HTTP proxies whose connections are redirected (`redirect.proxy_ports`).
+    pub proxy_ports: Vec<u16>,
     /// Destinations connections may reach unidentified or unverified (`tls.allow_unverified`).
     pub allow_unverified: Vec<crate::config::Destination>,
     /// The check that a passed-through connection reaches the server it names.

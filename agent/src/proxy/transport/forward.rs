@@ -37,6 +37,7 @@ pub(super) struct Upstream {
     pub(super) pool: Arc<Pool>,
     pub(super) sni: String,
     pub(super) dst: SocketAddr,
+    pub(super) via: Option<super::tunnel::Tunnel>,
     pub(super) connect_timeout: Duration,
     pub(super) failed: std::sync::OnceLock<String>,
 }
@@ -97,7 +98,12 @@ pub(super) async fn forward(
         .unwrap_or_else(|| "/".into());
     let lease = match upstream
         .pool
-        .checkout(&upstream.sni, upstream.dst, upstream.connect_timeout)
+        .checkout(
+            &upstream.sni,
+            upstream.dst,
+            upstream.via.as_ref(),
+            upstream.connect_timeout,
+        )
         .await
     {
         Ok(l) => l,

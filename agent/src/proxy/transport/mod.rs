@@ -4,8 +4,10 @@
 //! ClientHello whether a connection is intercepted, passed through or refused; [`vouch`] checks
 //! that a passed-through connection reaches the server it names; [`passthrough`] splices them;
 //! [`replay`] hands the peeked first bytes back to whoever reads the connection next; [`tls`]
-//! terminates TLS and serves HTTP with hyper; [`forward`] carries one exchange upstream; [`pool`] holds the upstream connections; [`body`]
-//! is the HTTP body type and the memory budget of inspection.
+//! terminates TLS and serves HTTP with hyper; [`forward`] carries one exchange upstream; [`pool`]
+//! holds the upstream connections; [`tunnel`] reads a workload's CONNECT to its HTTP proxy and
+//! opens the agent's own through it; [`body`] is the HTTP body type and the memory budget of
+//! inspection.
 //!
 //! The layer above (the Snowflake-aware `proxy::exchange`) comes in through
 //! [`ExchangeHandler`]: this layer asks it which server names to intercept and hands it every
@@ -20,6 +22,7 @@ pub mod passthrough;
 pub mod pool;
 pub mod replay;
 pub mod tls;
+pub mod tunnel;
 pub mod vouch;
 
 use std::future::Future;

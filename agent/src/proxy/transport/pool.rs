@@ -7,7 +7,9 @@
 //! flight. A connection nobody used for [`Pool::idle`] is closed, so an idle client costs only its
 //! own TLS session and HTTP state, and a burst of clients leaves no upstream connections behind.
 //! Verification towards the upstream is the same strict one as before: the pool only ever connects
-//! with the agent's upstream client config.
+//! with the agent's upstream client config. A connection a workload made through an HTTP proxy
+//! (`redirect.proxy_ports`) goes upstream through that proxy too, with a CONNECT of the agent's
+//! own ([`Tunnel`]); the tunnel is part of the destination's key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +30,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::Body;
+use super::tunnel::{self, Tunnel, TunnelError};
 use crate::sync::lock;
 
 /// How long an upstream connection may sit unused before the pool closes it.
@@ -57,6 +60,15 @@ pub enum UpstreamError {
     ConnectTimeout {
         /// The original destination.
         dst: SocketAddr,
+    },
+    /// The proxy a workload's connection went through did not open the agent's tunnel.
+    #[error("through the proxy at {dst}: {source}")]
+    Tunnel {
+        /// The proxy's address (the connection's original destination).
+        dst: SocketAddr,
+        /// What the proxy said.
+        #[source]
+        source: TunnelError,
     },
     /// The server name cannot be a TLS server name.
     #[error("invalid server name {sni}")]
@@ -111,11 +123,13 @@ pub enum UpstreamError {
     Send(#[source] hyper::Error),
 }
 
-/// Where an upstream connection goes: the server name it was verified for and the address.
+/// Where an upstream connection goes: the server name it was verified for, the address, and the
+/// tunnel through the proxy at that address, if it is a proxy's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     sni: String,
     dst: SocketAddr,
+    via: Option<Tunnel>,
 }
 
 /// When a connection was last used and how many exchanges it carries now.
@@ -218,17 +232,20 @@ impl Pool {
             .sum()
     }
 
-    /// Lends a connection to `sni` at `dst`: a live one from the pool, else a new one (connect
-    /// within `connect_timeout`, then TLS and ALPN). `Err` says why the upstream is unreachable.
+    /// Lends a connection to `sni` at `dst` (through `via` when `dst` is a proxy): a live one from
+    /// the pool, else a new one (connect and tunnel within `connect_timeout`, then TLS and ALPN).
+    /// `Err` says why the upstream is unreachable.
     pub async fn checkout(
         self: &Arc<Self>,
         sni: &str,
         dst: SocketAddr,
+        via: Option<&Tunnel>,
         connect_timeout: Duration,
     ) -> Result<Lease, UpstreamError> {
         let key = Key {
             sni: sni.to_owned(),
             dst,
+            via: via.cloned(),
         };
         loop {
             let found = {
@@ -299,14 +316,21 @@ impl Pool {
         key: &Key,
         connect_timeout: Duration,
     ) -> Result<(Sender, Arc<Usage>), UpstreamError> {
-        let Key { sni, dst } = key;
+        let Key { sni, dst, via } = key;
         let dst = *dst;
-        let tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
+        let started = Instant::now();
+        let mut tcp = match tokio::time::timeout(connect_timeout, TcpStream::connect(dst)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(UpstreamError::Connect { dst, source }),
             Err(_) => return Err(UpstreamError::ConnectTimeout { dst }),
         };
         let _ = tcp.set_nodelay(true);
+        if let Some(via) = via {
+            let left = connect_timeout.saturating_sub(started.elapsed());
+            tunnel::open(&mut tcp, via, left)
+                .await
+                .map_err(|source| UpstreamError::Tunnel { dst, source })?;
+        }
         let Ok(name) = rustls::pki_types::ServerName::try_from(sni.clone()) else {
             return Err(UpstreamError::ServerName { sni: sni.clone() });
         };

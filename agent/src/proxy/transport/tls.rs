@@ -101,6 +101,7 @@ pub async fn serve<C>(
     client: C,
     sni: String,
     dst: SocketAddr,
+    via: Option<super::tunnel::Tunnel>,
     tls: &TlsInputs,
     handler: Arc<dyn ConnectionHandler>,
     connect_timeout: Duration,
@@ -145,13 +146,20 @@ where
         pool: tls.upstreams.clone(),
         sni: sni.clone(),
         dst,
+        via: via.clone(),
         connect_timeout,
         failed: std::sync::OnceLock::new(),
     });
-    let authority = if dst.port() == 443 {
+    // The authority the upstream sees: the tunnel's target through a proxy, else the destination.
+    let port = via
+        .as_ref()
+        .and_then(|t| t.authority.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .unwrap_or(dst.port());
+    let authority = if port == 443 {
         sni.clone()
     } else {
-        format!("{sni}:{}", dst.port())
+        format!("{sni}:{port}")
     };
     let service = {
         let requests = requests.clone();
@@ -370,6 +378,7 @@ mod tests {
                 agent_side,
                 NAME.into(),
                 dst,
+                None,
                 tls.as_ref(),
                 Arc::new(Forwarding),
                 Duration::from_secs(5),
@@ -535,11 +544,11 @@ mod tests {
         // Two exchanges at once need two connections; both come back to the pool.
         let pool = &tls.upstreams;
         let a = pool
-            .checkout(NAME, addr, Duration::from_secs(5))
+            .checkout(NAME, addr, None, Duration::from_secs(5))
             .await
             .unwrap();
         let b = pool
-            .checkout(NAME, addr, Duration::from_secs(5))
+            .checkout(NAME, addr, None, Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -554,7 +563,7 @@ mod tests {
         assert_eq!(pool.open(), 2);
         // A response dropped unread takes its connection with it.
         let lease = pool
-            .checkout(NAME, addr, Duration::from_secs(5))
+            .checkout(NAME, addr, None, Duration::from_secs(5))
             .await
             .unwrap();
         let req = Request::get("/x")

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use super::tunnel::Tunnel;
+
 /// How long a proven (name, destination) pair stays proven.
 pub const PROVEN_FOR: Duration = Duration::from_secs(600);
 /// How long a pair whose certificate did not match stays refused without a new check.
@@ -66,6 +68,9 @@ pub enum Unvouched {
     /// The TCP connection to the destination failed: the passthrough would have failed too.
     #[error("cannot connect to the destination: {0}")]
     Connect(std::io::ErrorKind),
+    /// The proxy in front of the destination did not open the agent's own tunnel to it.
+    #[error("the proxy did not open a tunnel for the check: {0}")]
+    Tunnel(String),
 }
 
 /// The checker with its kept verdicts, shared by every connection.
@@ -73,8 +78,11 @@ pub struct Vouch {
     client: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
-    kept: Mutex<HashMap<(String, SocketAddr), Kept>>,
+    kept: Mutex<HashMap<Pair, Kept>>,
 }
+
+/// What a verdict is kept for: the name, the destination, and the tunnel through the proxy there.
+type Pair = (String, SocketAddr, Option<Tunnel>);
 
 /// A verdict and when it was reached.
 #[derive(Clone)]
@@ -99,9 +107,15 @@ impl Vouch {
         })
     }
 
-    /// Whether `dst` is shown to be server `sni`: from a kept verdict, or by a handshake now.
-    pub async fn check(&self, sni: &str, dst: SocketAddr) -> Result<(), Unvouched> {
-        let key = (sni.to_owned(), dst);
+    /// Whether `dst` (or, through the proxy at `dst`, the tunnel `via`) is shown to be server
+    /// `sni`: from a kept verdict, or by a handshake now.
+    pub async fn check(
+        &self,
+        sni: &str,
+        dst: SocketAddr,
+        via: Option<&Tunnel>,
+    ) -> Result<(), Unvouched> {
+        let key = (sni.to_owned(), dst, via.cloned());
         if let Some(kept) = crate::sync::lock(&self.kept).get(&key).cloned() {
             let ttl = if kept.verdict.is_ok() {
                 PROVEN_FOR
@@ -112,7 +126,7 @@ impl Vouch {
                 return kept.verdict;
             }
         }
-        let verdict = self.handshake(sni, dst).await;
+        let verdict = self.handshake(sni, dst, via).await;
         if matches!(verdict, Ok(()) | Err(Unvouched::Certificate { .. })) {
             let mut kept = crate::sync::lock(&self.kept);
             if kept.len() >= MAX_PAIRS {
@@ -137,17 +151,28 @@ impl Vouch {
         crate::sync::lock(&self.kept).len()
     }
 
-    async fn handshake(&self, sni: &str, dst: SocketAddr) -> Result<(), Unvouched> {
+    async fn handshake(
+        &self,
+        sni: &str,
+        dst: SocketAddr,
+        via: Option<&Tunnel>,
+    ) -> Result<(), Unvouched> {
         let name = rustls::pki_types::ServerName::try_from(sni.to_owned())
             .map_err(|_| Unvouched::BadName(sni.to_owned()))?;
         if matches!(name, rustls::pki_types::ServerName::IpAddress(_)) {
             return Err(Unvouched::BadName(sni.to_owned()));
         }
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Unvouched::Connect(e.kind())),
-            Err(_) => return Err(Unvouched::Connect(std::io::ErrorKind::TimedOut)),
-        };
+        let mut tcp =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(Unvouched::Connect(e.kind())),
+                Err(_) => return Err(Unvouched::Connect(std::io::ErrorKind::TimedOut)),
+            };
+        if let Some(via) = via {
+            super::tunnel::open(&mut tcp, via, self.connect_timeout)
+                .await
+                .map_err(|e| Unvouched::Tunnel(e.to_string()))?;
+        }
         let connector = tokio_rustls::TlsConnector::from(self.client.clone());
         match tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp)).await {
             Ok(Ok(mut tls)) => {
@@ -256,11 +281,11 @@ mod tests {
         let (addr, roots, accepted) = server(&["*.snowflakecomputing.com"]).await;
         let v = vouch(roots);
         assert_eq!(
-            v.check("xy12345.snowflakecomputing.com", addr).await,
+            v.check("xy12345.snowflakecomputing.com", addr, None).await,
             Ok(())
         );
         // A Snowflake front asked to be another host cannot prove it.
-        let refused = v.check("bypass.example.com", addr).await.unwrap_err();
+        let refused = v.check("bypass.example.com", addr, None).await.unwrap_err();
         assert!(
             matches!(&refused, Unvouched::Certificate { sni, .. } if sni == "bypass.example.com"),
             "{refused:?}"
@@ -268,10 +293,13 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // Both verdicts are kept: no new handshake for either pair.
         assert_eq!(
-            v.check("xy12345.snowflakecomputing.com", addr).await,
+            v.check("xy12345.snowflakecomputing.com", addr, None).await,
             Ok(())
         );
-        assert_eq!(v.check("bypass.example.com", addr).await, Err(refused));
+        assert_eq!(
+            v.check("bypass.example.com", addr, None).await,
+            Err(refused)
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(v.kept(), 2);
     }
@@ -282,7 +310,7 @@ mod tests {
         let (_, other_roots, _) = server(&["other.example.com"]).await;
         let v = vouch(other_roots);
         assert!(matches!(
-            v.check("api.example.com", addr).await,
+            v.check("api.example.com", addr, None).await,
             Err(Unvouched::Certificate { .. })
         ));
     }
@@ -296,12 +324,12 @@ mod tests {
             l.local_addr().unwrap()
         };
         assert_eq!(
-            v.check("a.example.com", closed).await,
+            v.check("a.example.com", closed, None).await,
             Err(Unvouched::Connect(std::io::ErrorKind::ConnectionRefused))
         );
         assert_eq!(v.kept(), 0);
         assert!(matches!(
-            v.check("127.0.0.1", closed).await,
+            v.check("127.0.0.1", closed, None).await,
             Err(Unvouched::BadName(_))
         ));
     }
@@ -317,7 +345,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            v.check("a.example.com", addr).await,
+            v.check("a.example.com", addr, None).await,
             Err(Unvouched::Timeout { .. })
         ));
         drop(silent);
