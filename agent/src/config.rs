@@ -517,8 +517,14 @@ mod tests {
         assert_eq!(cfg.redirect.proxy_ports, vec![3128, 8080]);
         assert!(Config::default().redirect.proxy_ports.is_empty());
         for (text, says) in [
-            ("[redirect]\nproxy_ports = [443]\n", "both redirect.ports and"),
-            ("[redirect]\nproxy_ports = [943]\n", "also an intercepted port"),
+            (
+                "[redirect]\nproxy_ports = [443]\n",
+                "both redirect.ports and",
+            ),
+            (
+                "[redirect]\nproxy_ports = [943]\n",
+                "also an intercepted port",
+            ),
             ("[redirect]\nproxy_ports = [0]\n", "proxy_ports contains 0"),
         ] {
             let err = Config::from_toml(text, "t").unwrap_err().to_string();

@@ -891,3 +891,120 @@ fn a_guard_covers_a_recreated_cgroup_and_lets_foreign_ones_pass() {
     r.shutdown(true).unwrap();
     assert!(!pins.dir.exists());
 }
+
+/// A UDP client: one `sendto`, then prints `{"sent": n}` or `{"error": errno}`.
+const UDP_CLIENT: &str = r#"
+import errno, json, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    n = s.sendto(b"x", (sys.argv[1], int(sys.argv[2])))
+    print(json.dumps({"sent": n}), flush=True)
+except OSError as e:
+    print(json.dumps({"error": errno.errorcode.get(e.errno, str(e.errno))}), flush=True)
+"#;
+
+fn udp_send(cgroup_dir: &Path, host: &str, port: u16) -> Value {
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(cgroup_dir)
+        .args([PYTHON, "-c", UDP_CLIENT, host, &port.to_string()])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A locked-down cgroup: intercepted ports are still redirected; TCP and UDP to anything not
+/// allowed fail with EPERM and reach the agent as denials; allowed destinations (one port of an
+/// address, or every port of a range) work.
+#[test]
+fn a_locked_down_cgroup_reaches_only_allowed_destinations() {
+    require_root!();
+    let cg = TestCgroup::new("locked");
+    let pins = Pins::new("locked");
+    let listeners = Listeners::new();
+    let mut r = start(&pins, &listeners);
+    r.attach_locked(&cg.dir, true).unwrap();
+    assert!(r.is_locked(cg.id()));
+    assert_eq!(r.attached(), vec![cg.id()]);
+    let range = TcpListener::bind("127.77.31.5:0").unwrap();
+    r.allow(&[
+        redirect::Allowed {
+            net: "127.77.30.1".parse().unwrap(),
+            prefix: 32,
+            port: Some(5353),
+        },
+        redirect::Allowed {
+            net: "127.77.31.0".parse().unwrap(),
+            prefix: 24,
+            port: None,
+        },
+    ])
+    .unwrap();
+    let mut denials = r.take_denials().expect("the ring buffer");
+
+    let client = Client::spawn(Some(&cg.dir), 4, "127.77.0.1", 443, false);
+    check_redirected(&r, &listeners.v4, client, cg.id(), TARGET.parse().unwrap());
+
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    let refused = Client::spawn(Some(&cg.dir), 4, "127.0.0.1", port, false);
+    assert_eq!(refused.error(), "EPERM", "a port nobody allowed");
+    refused.finish();
+
+    let allowed = Client::spawn(
+        Some(&cg.dir),
+        4,
+        "127.77.31.5",
+        range.local_addr().unwrap().port(),
+        false,
+    );
+    let (stream, _) = accept(&range);
+    assert!(allowed.local().is_some(), "every port of an allowed range");
+    drop(stream);
+    allowed.finish();
+
+    assert_eq!(
+        udp_send(&cg.dir, "127.77.0.1", 443)["error"],
+        "EPERM",
+        "QUIC"
+    );
+    assert_eq!(udp_send(&cg.dir, "127.77.30.1", 5353)["sent"], 1);
+    assert_eq!(udp_send(&cg.dir, "127.77.30.1", 5354)["error"], "EPERM");
+
+    let c = r.counters().unwrap();
+    assert_eq!(c.lockdown_denied, 3, "{c:?}");
+    let mut seen = Vec::new();
+    while let Some(item) = denials.next() {
+        let d: snowtrail_common::Denial = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        seen.push((redirect::socket_addr(&d.dst), d.protocol, d.cgroup_id));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                redirect::PROTO_TCP,
+                cg.id()
+            ),
+            (
+                "127.77.0.1:443".parse().unwrap(),
+                redirect::PROTO_UDP,
+                cg.id()
+            ),
+            (
+                "127.77.30.1:5354".parse().unwrap(),
+                redirect::PROTO_UDP,
+                cg.id()
+            ),
+        ]
+    );
+
+    // Back to plain enrollment: nothing is refused any more.
+    r.attach_locked(&cg.dir, false).unwrap();
+    assert!(!r.is_locked(cg.id()));
+    assert_eq!(udp_send(&cg.dir, "127.77.0.1", 443)["sent"], 1);
+    wait_until_clean(&r);
+    r.shutdown(true).unwrap();
+}

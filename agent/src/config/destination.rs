@@ -37,6 +37,21 @@ pub struct DestinationError {
 }
 
 impl Destination {
+    /// The range's first address.
+    pub fn net(&self) -> IpAddr {
+        self.net
+    }
+
+    /// How many leading bits of [`Destination::net`] must match.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The one port, or `None` for every port.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
     /// Whether the range is of IPv4 addresses.
     pub fn is_v4(&self) -> bool {
         self.net.is_ipv4()

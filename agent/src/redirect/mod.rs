@@ -30,23 +30,26 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::Program;
 use aya::{Ebpf, EbpfLoader};
 use snowtrail_common::{
-    COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, MAP_ACCEPTED, MAP_BY_TUPLE, MAP_COUNTERS,
-    MAP_FOREIGN, MAP_ORIGINS, MAP_PORTS, MAP_SETTINGS, MAX_FOREIGN, MAX_PORTS, Settings, TupleKey,
+    AllowAddrKey, AllowPortKey, COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, DENIALS_BYTES,
+    MAP_ACCEPTED, MAP_ALLOW_ADDR, MAP_ALLOW_PORT, MAP_BY_TUPLE, MAP_COUNTERS, MAP_DENIALS,
+    MAP_FOREIGN, MAP_ORIGINS, MAP_PORTS, MAP_SETTINGS, MAX_ALLOWED, MAX_FOREIGN, MAX_PORTS,
+    Settings, TupleKey,
 };
 
 pub use error::Error;
-pub use snowtrail_common::{Addr, ORIGIN_GUARDED, Origin};
+pub use snowtrail_common::{Addr, Denial, ORIGIN_GUARDED, Origin, PROTO_TCP, PROTO_UDP};
 
-use pins::{AGENT_SOCKOPS, GUARD_HOOKS, HOOKS, Layout, LinkSet, ProgramFds, SetKind};
+use pins::{AGENT_SOCKOPS, GUARD_HOOKS, HOOKS, LOCKED_HOOKS, Layout, LinkSet, ProgramFds, SetKind};
 
 /// The compiled eBPF object, embedded so the agent is one self-contained binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snowtrail"));
@@ -58,15 +61,29 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/snowtrail";
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
 /// Every map of the object; all are pinned.
-const MAPS: [&str; 7] = [
+const MAPS: [&str; 10] = [
     MAP_SETTINGS,
     MAP_PORTS,
     MAP_ORIGINS,
     MAP_BY_TUPLE,
     MAP_ACCEPTED,
     MAP_FOREIGN,
+    MAP_ALLOW_PORT,
+    MAP_ALLOW_ADDR,
+    MAP_DENIALS,
     MAP_COUNTERS,
 ];
+
+/// A destination a locked-down cgroup may reach: an address range, on one port or on all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    /// The range's first address.
+    pub net: IpAddr,
+    /// How many leading bits must match.
+    pub prefix: u8,
+    /// The one port, or every port.
+    pub port: Option<u16>,
+}
 
 /// The `[redirect]` settings this module needs, so it can be configured without the whole config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +124,8 @@ pub struct Counters {
     pub unmatched: u64,
     /// Connects the guards on enrolled cgroups' parents sent to the agent.
     pub guarded: u64,
+    /// Connects and UDP sends a lockdown refused.
+    pub lockdown_denied: u64,
     /// Entries in `ST_ORIGINS` (redirected sockets not yet closed).
     pub live_origins: usize,
     /// Entries in `ST_BY_TUPLE` (handshakes whose accepted side has not taken its origin yet).
@@ -202,7 +221,83 @@ impl Redirect {
     /// pin_dir (so they outlive the daemon). Idempotent: attaching a cgroup already attached (e.g.
     /// adopted at start) is Ok.
     pub fn attach(&mut self, cgroup_dir: &Path) -> Result<(), Error> {
-        self.attach_set(SetKind::Enrolled, cgroup_dir)
+        self.attach_locked(cgroup_dir, false)
+    }
+
+    /// As [`Redirect::attach`]; `locked` attaches the lockdown programs instead (connects and UDP
+    /// sends only to intercepted ports and [`Redirect::allow`]ed destinations). A cgroup attached
+    /// the other way is switched: the new set first, then the old one goes.
+    pub fn attach_locked(&mut self, cgroup_dir: &Path, locked: bool) -> Result<(), Error> {
+        let (kind, other) = if locked {
+            (SetKind::Locked, SetKind::Enrolled)
+        } else {
+            (SetKind::Enrolled, SetKind::Locked)
+        };
+        self.attach_set(kind, cgroup_dir)?;
+        let id = crate::cgroup::id_of(cgroup_dir)?;
+        if self.sets.contains_key(&(other, id)) || self.layout.set_dir(other, id).exists() {
+            self.remove(other, id)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a cgroup is attached locked down.
+    pub fn is_locked(&self, cgroup_id: u64) -> bool {
+        self.sets.contains_key(&(SetKind::Locked, cgroup_id))
+    }
+
+    /// Replaces the destinations locked-down cgroups may reach.
+    pub fn allow(&mut self, allowed: &[Allowed]) -> Result<(), Error> {
+        {
+            let map = self
+                .ebpf
+                .map_mut(MAP_ALLOW_PORT)
+                .ok_or(Error::MissingMap(MAP_ALLOW_PORT))?;
+            let mut trie: LpmTrie<&mut MapData, AllowPortKey, u8> =
+                LpmTrie::try_from(map).map_err(|e| Error::map(MAP_ALLOW_PORT, e))?;
+            let stale: Vec<LpmKey<AllowPortKey>> = trie.keys().filter_map(Result::ok).collect();
+            for key in &stale {
+                let _ = trie.remove(key);
+            }
+            for a in allowed {
+                if let Some(port) = a.port {
+                    let (ip, bits) = mapped(a.net, a.prefix);
+                    let key = LpmKey::new(
+                        16 + bits,
+                        AllowPortKey {
+                            port_be: port.to_be_bytes(),
+                            ip,
+                            _pad: [0; 2],
+                        },
+                    );
+                    trie.insert(&key, 1, 0)
+                        .map_err(|e| Error::map(MAP_ALLOW_PORT, e))?;
+                }
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(MAP_ALLOW_ADDR)
+            .ok_or(Error::MissingMap(MAP_ALLOW_ADDR))?;
+        let mut trie: LpmTrie<&mut MapData, AllowAddrKey, u8> =
+            LpmTrie::try_from(map).map_err(|e| Error::map(MAP_ALLOW_ADDR, e))?;
+        let stale: Vec<LpmKey<AllowAddrKey>> = trie.keys().filter_map(Result::ok).collect();
+        for key in &stale {
+            let _ = trie.remove(key);
+        }
+        for a in allowed.iter().filter(|a| a.port.is_none()) {
+            let (ip, bits) = mapped(a.net, a.prefix);
+            trie.insert(&LpmKey::new(bits, AllowAddrKey { ip }), 1, 0)
+                .map_err(|e| Error::map(MAP_ALLOW_ADDR, e))?;
+        }
+        Ok(())
+    }
+
+    /// The ring buffer of refused connects and sends, for one reader (the agent's); `None` once
+    /// taken.
+    pub fn take_denials(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        let map = self.ebpf.take_map(MAP_DENIALS)?;
+        aya::maps::RingBuf::try_from(map).ok()
     }
 
     /// Attaches the guard (guard4/6, sockops, getpeername4/6) to an enrolled cgroup's parent, pinned
@@ -241,7 +336,10 @@ impl Redirect {
     /// Cgroup ids currently attached (including adopted ones), so the daemon can reconcile with its
     /// enrollments.
     pub fn attached(&self) -> Vec<u64> {
-        self.ids(SetKind::Enrolled)
+        let mut ids = self.ids(SetKind::Enrolled);
+        ids.extend(self.ids(SetKind::Locked));
+        ids.sort_unstable();
+        ids
     }
 
     /// Cgroup ids that carry a guard (including adopted ones).
@@ -259,6 +357,7 @@ impl Redirect {
 
     /// Detaches by cgroup id (for a pinned cgroup whose directory is gone or no longer enrolled).
     pub fn detach_id(&mut self, cgroup_id: u64) -> Result<(), Error> {
+        self.remove(SetKind::Locked, cgroup_id)?;
         self.remove(SetKind::Enrolled, cgroup_id)
     }
 
@@ -334,6 +433,7 @@ impl Redirect {
             accepted: sum(Counter::Accepted)?,
             unmatched: sum(Counter::Unmatched)?,
             guarded: sum(Counter::Guarded)?,
+            lockdown_denied: sum(Counter::LockdownDenied)?,
             live_origins: count_keys(origins.keys(), MAP_ORIGINS)?,
             live_tuples: count_keys(tuples.keys(), MAP_BY_TUPLE)?,
             live_accepted: count_keys(accepted.keys(), MAP_ACCEPTED)?,
@@ -373,6 +473,15 @@ pub fn detach_pinned(pin_dir: &Path) -> Result<usize, Error> {
     let removed = pins::remove_all_sets(&layout)?;
     remove_map_pins(&layout)?;
     Ok(removed)
+}
+
+/// An address range in the 16-byte form the maps use (IPv4 v4-mapped), with its prefix length
+/// counted over those 16 bytes.
+fn mapped(net: IpAddr, prefix: u8) -> ([u8; 16], u32) {
+    match net {
+        IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + u32::from(prefix.min(32))),
+        IpAddr::V6(v6) => (v6.octets(), u32::from(prefix.min(128))),
+    }
 }
 
 /// Converts a recorded address to a socket address (v4-mapped → V4), e.g. to connect upstream.
@@ -472,6 +581,19 @@ fn retire_incompatible_maps(layout: &Layout, max_connections: u32) -> Result<(),
         ),
         (MAP_ACCEPTED, 8, size_of::<Origin>(), max_connections),
         (MAP_FOREIGN, 8, 1, MAX_FOREIGN),
+        (
+            MAP_ALLOW_PORT,
+            4 + size_of::<AllowPortKey>(),
+            1,
+            MAX_ALLOWED,
+        ),
+        (
+            MAP_ALLOW_ADDR,
+            4 + size_of::<AllowAddrKey>(),
+            1,
+            MAX_ALLOWED,
+        ),
+        (MAP_DENIALS, 0, 0, DENIALS_BYTES),
         (MAP_COUNTERS, 4, 8, COUNTER_SLOTS),
     ];
     for (name, key_size, value_size, max_entries) in expected {
@@ -499,6 +621,7 @@ fn program_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = HOOKS
         .iter()
         .chain(GUARD_HOOKS.iter())
+        .chain(LOCKED_HOOKS.iter())
         .chain([&AGENT_SOCKOPS])
         .map(|h| h.program)
         .collect();
@@ -662,8 +785,12 @@ mod tests {
                 "st_connect6",
                 "st_guard4",
                 "st_guard6",
+                "st_locked4",
+                "st_locked6",
                 "st_peername4",
                 "st_peername6",
+                "st_sendmsg4",
+                "st_sendmsg6",
                 "st_sockops"
             ]
         );

@@ -5,6 +5,8 @@
 //!                                          ST_ACCEPTED, ST_FOREIGN, ST_COUNTERS
 //! <pin_dir>/links/<cgroup id>/<hook>       one bpf_link per hook (connect4, connect6, sockops,
 //!                                          getpeername4, getpeername6) attached to an enrolled cgroup
+//! <pin_dir>/links/locked-<cgroup id>/<hook> a locked-down enrolled cgroup (locked4, locked6,
+//!                                          sendmsg4, sendmsg6, sockops, getpeername4, getpeername6)
 //! <pin_dir>/links/guard-<cgroup id>/<hook> the guard on an enrolled cgroup's parent (guard4,
 //!                                          guard6, sockops, getpeername4, getpeername6)
 //! <pin_dir>/links/new-<name>/<hook>        a set being built; renamed to <name> once complete
@@ -91,6 +93,46 @@ pub(super) const GUARD_HOOKS: [Hook; 5] = [
     },
 ];
 
+/// The hooks of a locked-down enrolled cgroup, in attach order: as [`HOOKS`], with the programs
+/// that refuse what is not allowed (UDP sends first, then the connects).
+pub(super) const LOCKED_HOOKS: [Hook; 7] = [
+    Hook {
+        program: "st_sockops",
+        pin: "sockops",
+        attach_type: 3,
+    },
+    Hook {
+        program: "st_peername4",
+        pin: "getpeername4",
+        attach_type: 29,
+    },
+    Hook {
+        program: "st_peername6",
+        pin: "getpeername6",
+        attach_type: 30,
+    },
+    Hook {
+        program: "st_sendmsg4",
+        pin: "sendmsg4",
+        attach_type: 14,
+    },
+    Hook {
+        program: "st_sendmsg6",
+        pin: "sendmsg6",
+        attach_type: 15,
+    },
+    Hook {
+        program: "st_locked4",
+        pin: "locked4",
+        attach_type: 10,
+    },
+    Hook {
+        program: "st_locked6",
+        pin: "locked6",
+        attach_type: 11,
+    },
+];
+
 /// The sockops program on the agent's own cgroup, where it hands each origin to the accepted socket.
 pub(super) const AGENT_SOCKOPS: Hook = Hook {
     program: "st_sockops",
@@ -99,9 +141,13 @@ pub(super) const AGENT_SOCKOPS: Hook = Hook {
 };
 
 /// Pins in the order they are detached: the programs that redirect first.
-const DETACH_ORDER: [&str; 7] = [
+const DETACH_ORDER: [&str; 11] = [
     "connect6",
     "connect4",
+    "locked6",
+    "locked4",
+    "sendmsg6",
+    "sendmsg4",
     "guard6",
     "guard4",
     "getpeername6",
@@ -114,6 +160,9 @@ const DETACH_ORDER: [&str; 7] = [
 pub(super) enum SetKind {
     /// An enrolled cgroup ([`HOOKS`]): every intercepted connect goes to the agent.
     Enrolled,
+    /// A locked-down enrolled cgroup ([`LOCKED_HOOKS`]): as `Enrolled`, and nothing else leaves
+    /// but to allowed destinations.
+    Locked,
     /// An enrolled cgroup's parent ([`GUARD_HOOKS`]): connects of cgroups no enrollment covers yet
     /// go to the agent, which classifies them.
     Guard,
@@ -121,9 +170,10 @@ pub(super) enum SetKind {
 
 impl SetKind {
     /// The hooks of a set of this kind, in attach order.
-    pub fn hooks(self) -> &'static [Hook; 5] {
+    pub fn hooks(self) -> &'static [Hook] {
         match self {
             SetKind::Enrolled => &HOOKS,
+            SetKind::Locked => &LOCKED_HOOKS,
             SetKind::Guard => &GUARD_HOOKS,
         }
     }
@@ -131,6 +181,7 @@ impl SetKind {
     fn dir_name(self, cgroup_id: u64) -> String {
         match self {
             SetKind::Enrolled => cgroup_id.to_string(),
+            SetKind::Locked => format!("{LOCKED_PREFIX}{cgroup_id}"),
             SetKind::Guard => format!("{GUARD_PREFIX}{cgroup_id}"),
         }
     }
@@ -154,6 +205,8 @@ fn prog<'a>(progs: &ProgramFds<'a>, hook: &Hook) -> Result<BorrowedFd<'a>, Error
 const STAGING_PREFIX: &str = "new-";
 /// Guard sets are named `guard-<cgroup id>`.
 const GUARD_PREFIX: &str = "guard-";
+/// Locked-down sets are named `locked-<cgroup id>`.
+const LOCKED_PREFIX: &str = "locked-";
 
 /// Paths under one pin directory.
 #[derive(Clone, Debug)]
@@ -219,6 +272,8 @@ impl Layout {
                 ids.push((SetKind::Enrolled, id));
             } else if let Some(Ok(id)) = name.strip_prefix(GUARD_PREFIX).map(str::parse::<u64>) {
                 ids.push((SetKind::Guard, id));
+            } else if let Some(Ok(id)) = name.strip_prefix(LOCKED_PREFIX).map(str::parse::<u64>) {
+                ids.push((SetKind::Locked, id));
             } else if name.starts_with(STAGING_PREFIX) {
                 staging.push(entry.path());
             }

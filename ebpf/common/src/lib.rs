@@ -26,6 +26,66 @@ pub const MAP_ACCEPTED: &str = "ST_ACCEPTED";
 pub const MAP_FOREIGN: &str = "ST_FOREIGN";
 /// Capacity of [`MAP_FOREIGN`]; an evicted cgroup's next connect is classified by the agent again.
 pub const MAX_FOREIGN: u32 = 65_536;
+/// Name of the LPM trie of destinations a locked-down cgroup may reach on one port
+/// ([`AllowPortKey`]; the value is unused).
+pub const MAP_ALLOW_PORT: &str = "ST_ALLOW_PORT";
+/// Name of the LPM trie of destinations a locked-down cgroup may reach on every port
+/// ([`AllowAddrKey`]; the value is unused).
+pub const MAP_ALLOW_ADDR: &str = "ST_ALLOW_ADDR";
+/// Entries of each allow-list trie.
+pub const MAX_ALLOWED: u32 = 1024;
+/// Name of the ring buffer of [`Denial`] records the lockdown programs send the agent.
+pub const MAP_DENIALS: &str = "ST_DENIALS";
+/// Size of [`MAP_DENIALS`] in bytes (a power of two, a multiple of the page size).
+pub const DENIALS_BYTES: u32 = 64 * 1024;
+
+/// `IPPROTO_TCP`.
+pub const PROTO_TCP: u32 = 6;
+/// `IPPROTO_UDP`.
+pub const PROTO_UDP: u32 = 17;
+
+/// Data of a [`MAP_ALLOW_PORT`] key: the port (network order) first, then the address, so that a
+/// prefix of 16 + n bits is "this port, these n address bits".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowPortKey {
+    /// The destination port, network byte order.
+    pub port_be: [u8; 2],
+    /// The address, IPv4 as v4-mapped.
+    pub ip: [u8; 16],
+    /// Zero; keeps the key free of implicit padding.
+    pub _pad: [u8; 2],
+}
+
+/// Data of a [`MAP_ALLOW_ADDR`] key: the address alone (IPv4 as v4-mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowAddrKey {
+    /// The address.
+    pub ip: [u8; 16],
+}
+
+/// A connect or send a lockdown program refused, for the agent to record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Denial {
+    /// Where it was going.
+    pub dst: Addr,
+    /// Monotonic time (`bpf_ktime_get_ns`).
+    pub timestamp_ns: u64,
+    /// The cgroup v2 id of the caller.
+    pub cgroup_id: u64,
+    /// Thread id of the caller (initial pid namespace).
+    pub pid: u32,
+    /// Process id of the caller.
+    pub tgid: u32,
+    /// Real user id of the caller.
+    pub uid: u32,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub protocol: u32,
+    /// The caller's `comm`, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
 /// Name of the per-CPU array of [`Counters`] the programs bump.
 pub const MAP_COUNTERS: &str = "ST_COUNTERS";
 
@@ -142,6 +202,8 @@ pub enum Counter {
     Unmatched = 5,
     /// connect() calls the guard on a parent cgroup redirected.
     Guarded = 6,
+    /// connect() and sendmsg() calls a lockdown refused.
+    LockdownDenied = 7,
 }
 
 /// Number of counters in [`MAP_COUNTERS`].
@@ -216,6 +278,9 @@ mod user {
     unsafe impl aya::Pod for super::Addr {}
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::TupleKey {}
+    unsafe impl aya::Pod for super::AllowPortKey {}
+    unsafe impl aya::Pod for super::AllowAddrKey {}
+    unsafe impl aya::Pod for super::Denial {}
 }
 
 #[cfg(test)]
@@ -228,6 +293,9 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(size_of::<Addr>(), 24);
         assert_eq!(size_of::<TupleKey>(), 40);
+        assert_eq!(size_of::<AllowPortKey>(), 20);
+        assert_eq!(size_of::<AllowAddrKey>(), 16);
+        assert_eq!(size_of::<Denial>(), 24 + 16 + 16 + COMM_LEN);
         assert_eq!(size_of::<Origin>(), 24 + 8 * 4 + 4 * 6 + COMM_LEN);
     }
 

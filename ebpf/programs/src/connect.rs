@@ -34,9 +34,9 @@ use crate::maps::{
 };
 
 /// Let the connect() proceed.
-const ALLOW: i32 = 1;
+pub const ALLOW: i32 = 1;
 /// Fail the connect() with `EPERM`.
-const REFUSE: i32 = 0;
+pub const REFUSE: i32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
@@ -52,6 +52,9 @@ pub enum Mode {
     Enrolled,
     /// On an enrolled cgroup's parent: connects of cgroups not yet classified go to the agent.
     Guard,
+    /// On a locked-down enrolled cgroup: as [`Mode::Enrolled`], and every other connect must go
+    /// to an allowed destination (see `lockdown.rs`).
+    Locked,
 }
 
 /// What to do with an intercepted connect() once its origin has been considered.
@@ -70,6 +73,10 @@ pub fn try_connect4(ctx: &SockAddrContext, mode: Mode) -> i32 {
     let (ty, protocol, ip, port_be) =
         unsafe { ((*sa).type_, (*sa).protocol, (*sa).user_ip4, (*sa).user_port) };
     let Some((settings, port)) = intercepted(ty, protocol, port_be) else {
+        if mode == Mode::Locked {
+            let dst = Addr::v4(ip.to_ne_bytes(), u16::from_be(port_be as u16));
+            return crate::lockdown::confine(&dst, protocol);
+        }
         return ALLOW;
     };
     match record(ctx, settings, Addr::v4(ip.to_ne_bytes(), port), mode) {
@@ -94,9 +101,6 @@ pub fn try_connect6(ctx: &SockAddrContext, mode: Mode) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the kernel's bpf_sock_addr context; these fields are readable in connect6.
     let (ty, protocol, port_be) = unsafe { ((*sa).type_, (*sa).protocol, (*sa).user_port) };
-    let Some((settings, port)) = intercepted(ty, protocol, port_be) else {
-        return ALLOW;
-    };
     // SAFETY: as above; one 4-byte load per word, each at its own constant offset.
     let words = unsafe {
         [
@@ -107,6 +111,13 @@ pub fn try_connect6(ctx: &SockAddrContext, mode: Mode) -> i32 {
         ]
     };
     let ip = words_to_bytes(words);
+    let Some((settings, port)) = intercepted(ty, protocol, port_be) else {
+        if mode == Mode::Locked {
+            let dst = Addr::v6(ip, u16::from_be(port_be as u16));
+            return crate::lockdown::confine(&dst, protocol);
+        }
+        return ALLOW;
+    };
     let original = Addr::v6(ip, port);
     // A dual-stack socket connecting to `::ffff:a.b.c.d` must stay on IPv4: send it to the mapped
     // IPv4 loopback. Every other IPv6 destination goes to `::1`.
@@ -182,7 +193,7 @@ fn record(ctx: &SockAddrContext, settings: &Settings, original_dst: Addr, mode: 
     // SAFETY: a helper without arguments, available to cgroup sock_addr programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let flags = match mode {
-        Mode::Enrolled => 0,
+        Mode::Enrolled | Mode::Locked => 0,
         Mode::Guard => {
             if ST_FOREIGN.get_ptr(cgroup_id).is_some() {
                 return Step::Pass;

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `st_connect4`, `st_connect6` | enrolled cgroups | rewrite intercepted connects to the listener, record the origin |
 //! | `st_guard4`, `st_guard6` | each enrolled cgroup's parent | send connects of cgroups not yet classified to the listener, marked guarded |
+//! | `st_locked4`, `st_locked6`, `st_sendmsg4`, `st_sendmsg6` | locked-down enrolled cgroups | as `st_connect4/6`, and refuse connects and UDP sends to destinations not allowed |
 //! | `st_sockops` | enrolled cgroups, their parents, the agent's cgroup | client side: key the origin by the client's address once established; agent side: hand it to the accepted socket; forget both on close |
 //! | `st_peername4`, `st_peername6` | enrolled cgroups, their parents | `getpeername()` shows the original destination |
 //!
@@ -14,6 +15,7 @@
 #![no_main]
 
 mod connect;
+mod lockdown;
 mod maps;
 mod peername;
 mod sockops;
@@ -47,6 +49,31 @@ pub fn st_guard4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(connect6)]
 pub fn st_guard6(ctx: SockAddrContext) -> i32 {
     connect::try_connect6(&ctx, Mode::Guard)
+}
+
+/// `cgroup/connect4` on a locked-down enrolled cgroup: redirects intercepted IPv4 TCP connects and
+/// refuses every other connect to a destination not allowed.
+#[cgroup_sock_addr(connect4)]
+pub fn st_locked4(ctx: SockAddrContext) -> i32 {
+    connect::try_connect4(&ctx, Mode::Locked)
+}
+
+/// `cgroup/connect6` on a locked-down enrolled cgroup: as `st_locked4`, for IPv6.
+#[cgroup_sock_addr(connect6)]
+pub fn st_locked6(ctx: SockAddrContext) -> i32 {
+    connect::try_connect6(&ctx, Mode::Locked)
+}
+
+/// `cgroup/sendmsg4` on a locked-down enrolled cgroup: refuses UDP sends not allowed.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn st_sendmsg4(ctx: SockAddrContext) -> i32 {
+    lockdown::try_sendmsg4(&ctx)
+}
+
+/// `cgroup/sendmsg6` on a locked-down enrolled cgroup: refuses UDP sends not allowed.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn st_sendmsg6(ctx: SockAddrContext) -> i32 {
+    lockdown::try_sendmsg6(&ctx)
 }
 
 /// `sockops`: bridges origins from the client's socket to the accepted one, removes them when closed.

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use snowtrail_common::{
-    COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, MAX_FOREIGN, MAX_PORTS, Origin, Settings,
-    TupleKey,
+    AllowAddrKey, AllowPortKey, COUNTER_SLOTS, Counter, DEFAULT_MAX_CONNECTIONS, DENIALS_BYTES,
+    MAX_ALLOWED, MAX_FOREIGN, MAX_PORTS, Origin, Settings, TupleKey,
 };
 
 /// One [`Settings`] record at index 0, written by the agent at start.
@@ -36,6 +36,18 @@ pub static ST_ACCEPTED: LruHashMap<u64, Origin> =
 /// Cgroups the agent classified as enrolled by nothing; the guard lets their connects pass.
 #[map]
 pub static ST_FOREIGN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_FOREIGN, 0);
+
+/// Destinations a locked-down cgroup may reach on one port.
+#[map]
+pub static ST_ALLOW_PORT: LpmTrie<AllowPortKey, u8> = LpmTrie::with_max_entries(MAX_ALLOWED, 0);
+
+/// Destinations a locked-down cgroup may reach on every port.
+#[map]
+pub static ST_ALLOW_ADDR: LpmTrie<AllowAddrKey, u8> = LpmTrie::with_max_entries(MAX_ALLOWED, 0);
+
+/// Refused connects and sends, for the agent to record.
+#[map]
+pub static ST_DENIALS: RingBuf = RingBuf::with_byte_size(DENIALS_BYTES, 0);
 
 /// Per-CPU event counters, indexed by [`Counter`].
 #[map]
