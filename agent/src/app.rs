@@ -203,6 +203,13 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         &agent_cgroup_dir,
     )
     .context("cannot load the kernel programs")?;
+    let mut redirect = redirect;
+    redirect
+        .allow(&lockdown_allowed(&config))
+        .context("cannot write the lockdown's allowed destinations")?;
+    let denials = redirect
+        .take_denials()
+        .context("cannot read the lockdown's refusals")?;
     let redirect = Arc::new(RwLock::new(redirect));
 
     let broker = Arc::new(crate::broker::Broker::new(&config.broker));
@@ -256,6 +263,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             crate::identity::DEFAULT_CACHE_ENTRIES,
         )),
     });
+    let denials_inputs = inputs.clone();
     let proxy = Proxy::new(listeners, inputs)?;
     let proxy_addrs = proxy.addresses();
 
@@ -274,6 +282,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
             interval: Duration::from_secs(config.audit.digest_interval_s),
             started: started_at,
         }),
+        lockdown_all: config.redirect.lockdown,
     });
     handler.restore();
 
@@ -285,6 +294,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         shutdown_rx.clone(),
     ));
     let proxy_task = tokio::spawn(proxy.run(shutdown_rx.clone()));
+    if let Some(ring) = denials {
+        // Ends with the shutdown signal; nothing waits for it.
+        drop(tokio::spawn(proxy::transport::denials::record(
+            ring,
+            denials_inputs,
+            shutdown_rx.clone(),
+        )));
+    }
     let policy_task = tokio::spawn(crate::enforce::watch(
         policy,
         sink.clone(),
@@ -468,4 +485,28 @@ fn notify_systemd(state: &str) {
     if let Err(e) = result {
         warn!(error = %e, state, "could not notify systemd");
     }
+}
+
+/// What a locked-down cgroup may reach besides the intercepted and proxy ports:
+/// `redirect.lockdown_allow`, and port 53 of the name servers in `/etc/resolv.conf`.
+fn lockdown_allowed(config: &Config) -> Vec<crate::redirect::Allowed> {
+    let mut allowed: Vec<crate::redirect::Allowed> = config
+        .redirect
+        .lockdown_allow
+        .iter()
+        .map(|d| crate::redirect::Allowed {
+            net: d.net(),
+            prefix: d.prefix(),
+            port: d.port(),
+        })
+        .collect();
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for ip in crate::config::destination::resolvers(&resolv) {
+        allowed.push(crate::redirect::Allowed {
+            net: ip,
+            prefix: if ip.is_ipv4() { 32 } else { 128 },
+            port: Some(53),
+        });
+    }
+    allowed
 }

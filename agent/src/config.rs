@@ -238,6 +238,11 @@ pub struct RedirectSection {
     pub pin_dir: PathBuf,
     /// Entries of each LRU connection map in the kernel.
     pub max_tracked_connections: u32,
+    /// Egress lockdown for every enrollment (`enroll --lockdown` asks it for one).
+    pub lockdown: bool,
+    /// Destinations a locked-down cgroup may reach besides the intercepted and proxy ports (the
+    /// host's DNS resolvers from `/etc/resolv.conf`, port 53, are added).
+    pub lockdown_allow: Vec<Destination>,
 }
 
 /// What becomes of an HTTP request to a Snowflake host that is neither a login nor a statement the
@@ -325,6 +330,8 @@ impl Default for RedirectSection {
             listen_port: DEFAULT_LISTEN_PORT,
             pin_dir: DEFAULT_PIN_DIR.into(),
             max_tracked_connections: DEFAULT_MAX_TRACKED,
+            lockdown: false,
+            lockdown_allow: Vec::new(),
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct Enrollment {
     /// That client's login user (`loginuid`), when set: the human behind `sudo`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by_login: Option<String>,
+    /// Egress lockdown (`enroll --lockdown`): the cgroup's connects and UDP sends go only to
+    /// intercepted ports and `redirect.lockdown_allow`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lockdown: bool,
 }
 
 /// What the proxy attaches to a connection: the enrollment that covers its process.
@@ -104,6 +108,8 @@ pub struct Attribution {
     /// The enrollment's connections being served now, for its cap
     /// (`proxy.max_connections_per_enrollment`).
     pub open: Arc<AtomicU64>,
+    /// The enrollment's lockdown refusals, as the kernel reported them.
+    pub denials: Arc<AtomicU64>,
     /// The exec run's id (the correlation id of its events); `None` for operator enrollments.
     pub run_id: Option<String>,
     /// Who made the enrollment or started the run.
@@ -122,12 +128,16 @@ pub struct Listed {
     pub live_processes: usize,
     /// Connections the proxy attributed to it since the daemon started.
     pub connections: u64,
+    /// Connects and sends its lockdown refused since the daemon started.
+    #[serde(default)]
+    pub denials: u64,
 }
 
 struct Entry {
     enrollment: Enrollment,
     connections: Arc<AtomicU64>,
     open: Arc<AtomicU64>,
+    denials: Arc<AtomicU64>,
 }
 
 /// The daemon's enrollments, keyed by cgroup path.
@@ -163,6 +173,7 @@ impl Registry {
                             enrollment: e,
                             connections: Arc::default(),
                             open: Arc::default(),
+                            denials: Arc::default(),
                         },
                     );
                 }
@@ -197,6 +208,7 @@ impl Registry {
                 enrollment,
                 connections: Arc::default(),
                 open: Arc::default(),
+                denials: Arc::default(),
             },
         );
         self.save()
@@ -270,6 +282,7 @@ impl Registry {
                     &self.dir_of(&e.enrollment.cgroup),
                 ),
                 connections: e.connections.load(Ordering::Relaxed),
+                denials: e.denials.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -302,6 +315,7 @@ impl Registry {
             enrolled_cgroup: entry.enrollment.cgroup.clone(),
             cgroup_path: process_cgroup.map(str::to_owned),
             connections: entry.connections.clone(),
+            denials: entry.denials.clone(),
             open: entry.open.clone(),
             run_id: entry.enrollment.run_id.clone(),
             started_by: entry.enrollment.started_by.clone(),
@@ -424,6 +438,7 @@ mod tests {
             run_id: None,
             started_by: None,
             started_by_login: None,
+            lockdown: false,
         }
     }
 

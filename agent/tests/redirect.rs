@@ -942,7 +942,14 @@ fn a_locked_down_cgroup_reaches_only_allowed_destinations() {
         },
     ])
     .unwrap();
-    let mut denials = r.take_denials().expect("the ring buffer");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let mut denials = {
+        let _in_runtime = rt.enter();
+        r.take_denials().unwrap().expect("the ring buffer")
+    };
 
     let client = Client::spawn(Some(&cg.dir), 4, "127.77.0.1", 443, false);
     check_redirected(&r, &listeners.v4, client, cg.id(), TARGET.parse().unwrap());
@@ -975,11 +982,12 @@ fn a_locked_down_cgroup_reaches_only_allowed_destinations() {
 
     let c = r.counters().unwrap();
     assert_eq!(c.lockdown_denied, 3, "{c:?}");
-    let mut seen = Vec::new();
-    while let Some(item) = denials.next() {
-        let d: snowtrail_common::Denial = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        seen.push((redirect::socket_addr(&d.dst), d.protocol, d.cgroup_id));
-    }
+    let seen: Vec<_> = rt
+        .block_on(denials.next())
+        .unwrap()
+        .iter()
+        .map(|d| (redirect::socket_addr(&d.dst), d.protocol, d.cgroup_id))
+        .collect();
     assert_eq!(
         seen,
         vec![

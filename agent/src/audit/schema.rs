@@ -212,7 +212,7 @@ columns! {
     connection_id: Option<u64>, dict = false, ocsf = Some("connection_info.uid"),
         "The agent's id of the connection; joins the events of one connection.";
     close_reason: Option<CloseReason>, dict = true, ocsf = None,
-        "Why a connection ended: completed, error: <what failed>, idle_timeout, shutdown, denied: unidentified traffic, denied: unverified destination, denied: connection limit, connect_failed: <io error kind>, connect_timeout.";
+        "Why a connection ended: completed, error: <what failed>, idle_timeout, shutdown, denied: unidentified traffic, denied: unverified destination, denied: connection limit, denied: lockdown (on a `denial` event of the egress lockdown), connect_failed: <io error kind>, connect_timeout.";
     account: Option<String>, dict = true, ocsf = Some("cloud.account.uid"),
         "Snowflake account.";
     login_user: Option<String>, dict = true, ocsf = Some("user.name"),

@@ -283,6 +283,9 @@ pub enum CloseReason {
     /// The workload's enrollment already had `proxy.max_connections_per_enrollment` connections
     /// open, so the agent reset this one (`denied: connection limit`).
     DeniedConnectionLimit,
+    /// The egress lockdown refused a connect or a UDP send to a destination not allowed
+    /// (`denied: lockdown`; on `denial` events, whose `detail` is `tcp` or `udp`).
+    DeniedLockdown,
     /// The original destination refused or failed the connection; the text is the I/O error's
     /// kind (`connect_failed: <kind>`, e.g. `connect_failed: connection refused`).
     ConnectFailed(String),
@@ -296,6 +299,7 @@ impl CloseReason {
     const DENIED_UNIDENTIFIED: &'static str = "denied: unidentified traffic";
     const DENIED_UNVERIFIED: &'static str = "denied: unverified destination";
     const DENIED_CONNECTION_LIMIT: &'static str = "denied: connection limit";
+    const DENIED_LOCKDOWN: &'static str = "denied: lockdown";
 
     /// The reason of a connection to the original destination that failed with `kind`.
     pub fn connect_failed(kind: std::io::ErrorKind) -> Self {
@@ -315,6 +319,7 @@ impl Term for CloseReason {
             CloseReason::DeniedUnidentified => Cow::Borrowed(Self::DENIED_UNIDENTIFIED),
             CloseReason::DeniedUnverified => Cow::Borrowed(Self::DENIED_UNVERIFIED),
             CloseReason::DeniedConnectionLimit => Cow::Borrowed(Self::DENIED_CONNECTION_LIMIT),
+            CloseReason::DeniedLockdown => Cow::Borrowed(Self::DENIED_LOCKDOWN),
             CloseReason::ConnectFailed(kind) => {
                 Cow::Owned(format!("{}{kind}", Self::CONNECT_FAILED))
             }
@@ -331,6 +336,7 @@ impl Term for CloseReason {
             Self::DENIED_UNIDENTIFIED => CloseReason::DeniedUnidentified,
             Self::DENIED_UNVERIFIED => CloseReason::DeniedUnverified,
             Self::DENIED_CONNECTION_LIMIT => CloseReason::DeniedConnectionLimit,
+            Self::DENIED_LOCKDOWN => CloseReason::DeniedLockdown,
             _ => {
                 if let Some(e) = s.strip_prefix(Self::ERROR) {
                     CloseReason::Error(e.to_owned())
@@ -377,6 +383,7 @@ mod tests {
             CloseReason::DeniedUnidentified,
             CloseReason::DeniedUnverified,
             CloseReason::DeniedConnectionLimit,
+            CloseReason::DeniedLockdown,
             CloseReason::connect_failed(std::io::ErrorKind::ConnectionRefused),
             CloseReason::ConnectTimeout,
         ]
@@ -400,6 +407,7 @@ mod tests {
                 | CloseReason::DeniedUnidentified
                 | CloseReason::DeniedUnverified
                 | CloseReason::DeniedConnectionLimit
+                | CloseReason::DeniedLockdown
                 | CloseReason::ConnectFailed(_)
                 | CloseReason::ConnectTimeout => {}
             }
@@ -476,6 +484,7 @@ mod tests {
                 "denied: unidentified traffic",
                 "denied: unverified destination",
                 "denied: connection limit",
+                "denied: lockdown",
                 "connect_failed: connection refused",
                 "connect_timeout",
             ]

@@ -55,6 +55,11 @@ enum Command {
         /// Enroll the cgroup this process is in.
         #[arg(long, group = "target", value_name = "PID")]
         pid: Option<u32>,
+        /// Egress lockdown: the cgroup may connect (TCP) and send (UDP) only to intercepted and
+        /// proxy ports and to `redirect.lockdown_allow` (and this host's DNS resolvers); anything
+        /// else fails with EPERM and is recorded as a `denial`.
+        #[arg(long)]
+        lockdown: bool,
         #[command(flatten)]
         who: Who,
     },
@@ -384,7 +389,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("detached {n} pinned link(s) under {}", pin_dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Enroll { cgroup, pid, who } => {
+        Command::Enroll {
+            cgroup,
+            pid,
+            lockdown,
+            who,
+        } => {
             let mut client = connect(&cli.config, &cli.control_socket, "enroll")?;
             let labels = crate::enroll::labels_from(who.labels)?;
             let reply = client.call(&Request::Enroll {
@@ -392,6 +402,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 pid,
                 identity: who.identity.clone(),
                 labels,
+                lockdown,
             })?;
             if let Reply::Enrolled { cgroup, .. } = reply {
                 println!("enrolled {cgroup} as {}", who.identity);

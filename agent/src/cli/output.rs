@@ -22,6 +22,7 @@ pub fn enrollment_table(rows: &[Listed]) -> String {
         "PROCS".to_string(),
         "SINCE".to_string(),
         "CONNECTIONS".to_string(),
+        "DENIED".to_string(),
         "LABELS".to_string(),
     ]];
     for r in rows {
@@ -38,10 +39,15 @@ pub fn enrollment_table(rows: &[Listed]) -> String {
             r.live_processes.to_string(),
             utc(e.since),
             r.connections.to_string(),
+            if e.lockdown {
+                format!("{} (lockdown)", r.denials)
+            } else {
+                r.denials.to_string()
+            },
             labels,
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for l in &lines {
         for (w, c) in widths.iter_mut().zip(l) {
             *w = (*w).max(c.chars().count());
@@ -78,7 +84,7 @@ pub fn status_text(s: &Status) -> String {
     format!(
         "snowtrail {} running (pid {}, up {}s)\n\
          listening: {}\n\
-         programs attached: {} cgroup(s), guards on {} parent(s); redirected connects (kernel): {}, {} through a guard\n\
+         programs attached: {} cgroup(s), guards on {} parent(s); redirected connects (kernel): {}, {} through a guard; lockdown refusals: {}\n\
          enrolled cgroups: {}\n\
          connections: {} total, {} open, {} refused; {} bytes in, {} bytes out\n\
          statements: {}\n\
@@ -93,6 +99,7 @@ pub fn status_text(s: &Status) -> String {
         s.parents_guarded,
         s.redirected,
         s.guarded,
+        s.lockdown_denied,
         s.enrolled,
         s.connections_total,
         s.connections_open,
@@ -167,9 +174,11 @@ mod tests {
                 run_id: None,
                 started_by: None,
                 started_by_login: None,
+                lockdown: true,
             },
             live_processes: 3,
             connections: 12,
+            denials: 2,
         }];
         let t = enrollment_table(&rows);
         let lines: Vec<&str> = t.lines().collect();
@@ -179,7 +188,7 @@ mod tests {
                 "etl       /system.slice/etl.service  3      1970-01-01T00:00:00Z  12"
             )
         );
-        assert!(lines[1].ends_with("team=data"));
+        assert!(lines[1].ends_with("2 (lockdown)  team=data"), "{t}");
         assert!(enrollment_table(&[]).contains("no enrollments"));
     }
 

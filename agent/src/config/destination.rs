@@ -23,6 +23,21 @@ pub struct Destination {
     port: Option<u16>,
 }
 
+/// The name servers `/etc/resolv.conf` lists (`nameserver ADDRESS` lines; a zone index after `%`
+/// is dropped), which a locked-down cgroup may always reach on port 53.
+pub fn resolvers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|addr| addr.split('%').next()?.parse().ok())
+        .collect()
+}
+
 /// Why a destination's text was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -243,5 +258,18 @@ mod tests {
             assert_eq!(e.why, why, "{s}");
             assert!(e.to_string().contains(s), "{e}");
         }
+    }
+
+    #[test]
+    fn resolvers_are_read_from_resolv_conf() {
+        let text = "# generated\nsearch example.com\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver bogus\noptions ndots:5\n";
+        assert_eq!(
+            resolvers(text),
+            [
+                "10.0.0.2".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
+        assert!(resolvers("").is_empty());
     }
 }

@@ -41,6 +41,8 @@ pub struct DaemonHandler {
     pub audit: Option<crate::audit::AuditWriter>,
     /// Where the digest chain's state lives and how often a digest is due, for status.
     pub digests: Option<DigestWatch>,
+    /// `redirect.lockdown`: every enrollment is locked down, whatever it asked.
+    pub lockdown_all: bool,
 }
 
 /// What status needs to report the digest chain: the state directory holding its head and the
@@ -85,6 +87,7 @@ struct Started {
     run_id: Option<String>,
     by: Option<String>,
     by_login: Option<String>,
+    lockdown: bool,
 }
 
 impl Started {
@@ -98,7 +101,13 @@ impl Started {
                 .peer_pid
                 .and_then(|p| crate::identity::process::login_uid(Path::new("/proc"), p))
                 .map(name),
+            lockdown: false,
         }
+    }
+
+    /// With egress lockdown asked for.
+    fn locked(self, lockdown: bool) -> Started {
+        Started { lockdown, ..self }
     }
 }
 
@@ -123,7 +132,8 @@ impl Handler for DaemonHandler {
                 pid,
                 identity,
                 labels,
-            } => self.enroll(cgroup, pid, identity, labels, session),
+                lockdown,
+            } => self.enroll(cgroup, pid, identity, labels, lockdown, session),
             Request::Unenroll { selector } => self.unenroll(&selector),
             Request::List => {
                 let enrollments = read(&self.registry).list();
@@ -161,6 +171,7 @@ impl DaemonHandler {
         pid: Option<u32>,
         identity: String,
         labels: BTreeMap<String, String>,
+        lockdown: bool,
         session: &Session,
     ) -> Result<Reply, String> {
         enroll::check_identity(&identity).map_err(|e| e.to_string())?;
@@ -190,7 +201,7 @@ impl DaemonHandler {
             identity,
             labels,
             Kind::Cgroup,
-            Started::by(session, None),
+            Started::by(session, None).locked(lockdown),
         )
     }
 
@@ -215,9 +226,10 @@ impl DaemonHandler {
             return Err(format!("cgroup {rel} is already enrolled as {current}"));
         }
         let cgroup_id = crate::cgroup::id_of(&dir).map_err(|e| e.to_string())?;
+        let lockdown = started.lockdown;
         {
             write(&self.redirect)
-                .attach(&dir)
+                .attach_locked(&dir, lockdown || self.lockdown_all)
                 .map_err(|e| format!("cannot attach to {rel}: {e}"))?;
         }
         let enrollment = Enrollment {
@@ -231,6 +243,7 @@ impl DaemonHandler {
             run_id: run_id.clone(),
             started_by: started.by,
             started_by_login: started.by_login,
+            lockdown,
         };
         if let Err(e) = registry.add(enrollment) {
             let _ = write(&self.redirect).detach(&dir);
@@ -355,7 +368,7 @@ impl DaemonHandler {
                 {
                     let mut r = write(&self.redirect);
                     let _ = r.detach_id(e.cgroup_id);
-                    match r.attach(&dir) {
+                    match r.attach_locked(&dir, e.lockdown || self.lockdown_all) {
                         Ok(()) => {
                             info!(cgroup = %e.cgroup, "cgroup was recreated; attached again")
                         }
@@ -425,7 +438,9 @@ impl DaemonHandler {
             let dir = read(&self.registry).dir_of(&e.cgroup);
             match crate::cgroup::id_of(&dir) {
                 Ok(id) => {
-                    if let Err(err) = write(&self.redirect).attach(&dir) {
+                    if let Err(err) =
+                        write(&self.redirect).attach_locked(&dir, e.lockdown || self.lockdown_all)
+                    {
                         warn!(cgroup = %e.cgroup, error = %err, "could not attach a saved enrollment");
                     }
                     if id != e.cgroup_id {
@@ -484,6 +499,7 @@ impl DaemonHandler {
             programs_attached,
             parents_guarded,
             guarded: counters.guarded,
+            lockdown_denied: counters.lockdown_denied,
             bytes_in: self.stats.bytes_in(),
             bytes_out: self.stats.bytes_out(),
             statements: writer.statements,

@@ -39,6 +39,9 @@ pub enum Request {
         identity: String,
         /// Labels.
         labels: BTreeMap<String, String>,
+        /// Egress lockdown for this cgroup.
+        #[serde(default)]
+        lockdown: bool,
     },
     /// Remove enrollments.
     Unenroll {
@@ -190,6 +193,9 @@ pub struct Status {
     /// Kernel counters: connect() calls a guard sent to the agent.
     #[serde(default)]
     pub guarded: u64,
+    /// Kernel counters: connects and UDP sends an egress lockdown refused.
+    #[serde(default)]
+    pub lockdown_denied: u64,
     /// Bytes carried from clients to upstreams since start.
     #[serde(default)]
     pub bytes_in: u64,
@@ -338,6 +344,7 @@ mod tests {
             pid: None,
             identity: "etl".into(),
             labels: BTreeMap::from([("team".into(), "data".into())]),
+            lockdown: true,
         };
         let text = serde_json::to_string(&req).unwrap();
         assert!(!text.contains('\n'));

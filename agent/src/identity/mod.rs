@@ -393,6 +393,7 @@ mod tests {
             run_id: Some("run-9".into()),
             started_by: Some("root".into()),
             started_by_login: Some("alice".into()),
+            lockdown: false,
         })
         .unwrap();
         let reg = RwLock::new(reg);

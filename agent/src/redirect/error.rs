@@ -77,6 +77,9 @@ pub enum Error {
     /// The agent's network namespace cookie could not be read (kernel older than 5.14?).
     #[error("reading the agent's network namespace cookie (SO_NETNS_COOKIE): {0}")]
     NetnsCookie(#[source] io::Error),
+    /// The lockdown's ring buffer could not be waited on.
+    #[error("waiting on the lockdown's ring buffer: {0}")]
+    Denials(#[source] io::Error),
     /// An accepted socket's cookie (`SO_COOKIE`) could not be read, so its origin cannot be found.
     #[error("reading an accepted socket's cookie (SO_COOKIE): {0}")]
     Cookie(#[source] io::Error),

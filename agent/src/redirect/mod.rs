@@ -294,10 +294,14 @@ impl Redirect {
     }
 
     /// The ring buffer of refused connects and sends, for one reader (the agent's); `None` once
-    /// taken.
-    pub fn take_denials(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
-        let map = self.ebpf.take_map(MAP_DENIALS)?;
-        aya::maps::RingBuf::try_from(map).ok()
+    /// taken. Must be called within a tokio runtime (the reader waits on the buffer's descriptor).
+    pub fn take_denials(&mut self) -> Result<Option<Denials>, Error> {
+        let Some(map) = self.ebpf.take_map(MAP_DENIALS) else {
+            return Ok(None);
+        };
+        let ring = aya::maps::RingBuf::try_from(map).map_err(|e| Error::map(MAP_DENIALS, e))?;
+        let fd = sys::register_ring(ring).map_err(Error::Denials)?;
+        Ok(Some(Denials { fd }))
     }
 
     /// Attaches the guard (guard4/6, sockops, getpeername4/6) to an enrolled cgroup's parent, pinned
@@ -475,6 +479,52 @@ pub fn detach_pinned(pin_dir: &Path) -> Result<usize, Error> {
     Ok(removed)
 }
 
+/// The reader of the lockdown's refusals, as the kernel sends them.
+pub struct Denials {
+    fd: tokio::io::unix::AsyncFd<aya::maps::RingBuf<MapData>>,
+}
+
+impl Denials {
+    /// Waits for refusals and returns those the buffer holds now.
+    pub async fn next(&mut self) -> io::Result<Vec<Denial>> {
+        let mut ready = self.fd.readable_mut().await?;
+        let mut taken = Vec::new();
+        while let Some(item) = ready.get_inner_mut().next() {
+            if let Some(d) = parse_denial(&item) {
+                taken.push(d);
+            }
+        }
+        ready.clear_ready();
+        Ok(taken)
+    }
+}
+
+/// A [`Denial`] from the bytes of a ring-buffer record (native byte order, the layout of
+/// `snowtrail_common`); `None` when the record is too short.
+pub fn parse_denial(bytes: &[u8]) -> Option<Denial> {
+    let u16_at = |i: usize| Some(u16::from_ne_bytes(bytes.get(i..i + 2)?.try_into().ok()?));
+    let u32_at = |i: usize| Some(u32::from_ne_bytes(bytes.get(i..i + 4)?.try_into().ok()?));
+    let u64_at = |i: usize| Some(u64::from_ne_bytes(bytes.get(i..i + 8)?.try_into().ok()?));
+    Some(Denial {
+        dst: Addr {
+            ip: bytes.get(0..16)?.try_into().ok()?,
+            port: u16_at(16)?,
+            family: u16_at(18)?,
+            _pad: 0,
+        },
+        timestamp_ns: u64_at(24)?,
+        cgroup_id: u64_at(32)?,
+        pid: u32_at(40)?,
+        tgid: u32_at(44)?,
+        uid: u32_at(48)?,
+        protocol: u32_at(52)?,
+        comm: bytes
+            .get(56..56 + snowtrail_common::COMM_LEN)?
+            .try_into()
+            .ok()?,
+    })
+}
+
 /// An address range in the 16-byte form the maps use (IPv4 v4-mapped), with its prefix length
 /// counted over those 16 bytes.
 fn mapped(net: IpAddr, prefix: u8) -> ([u8; 16], u32) {
@@ -495,12 +545,13 @@ pub fn socket_addr(addr: &Addr) -> SocketAddr {
 
 /// The caller's command name of an origin as text, for logs and the audit.
 pub fn comm(origin: &Origin) -> String {
-    let end = origin
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(origin.comm.len());
-    String::from_utf8_lossy(&origin.comm[..end]).into_owned()
+    comm_of(&origin.comm)
+}
+
+/// A NUL-padded `comm` as text.
+pub fn comm_of(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 fn validate(cfg: &RedirectConfig, listen_port: u16) -> Result<(), Error> {
@@ -774,6 +825,35 @@ fn remove_map_pins(layout: &Layout) -> Result<(), Error> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_denial_record_parses_from_its_bytes() {
+        let d = Denial {
+            dst: Addr::v4([127, 77, 0, 1], 443),
+            timestamp_ns: 7,
+            cgroup_id: 42,
+            pid: 100,
+            tgid: 99,
+            uid: 1000,
+            protocol: PROTO_UDP,
+            comm: *b"python3\0\0\0\0\0\0\0\0\0",
+        };
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&d.dst.ip);
+        bytes.extend_from_slice(&d.dst.port.to_ne_bytes());
+        bytes.extend_from_slice(&d.dst.family.to_ne_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        for v in [d.timestamp_ns, d.cgroup_id] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        for v in [d.pid, d.tgid, d.uid, d.protocol] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        bytes.extend_from_slice(&d.comm);
+        assert_eq!(bytes.len(), std::mem::size_of::<Denial>());
+        assert_eq!(parse_denial(&bytes), Some(d));
+        assert_eq!(parse_denial(&bytes[..40]), None);
+    }
 
     #[test]
     fn every_program_is_loaded_once() {

@@ -189,3 +189,13 @@ pub(super) fn socket_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     }
     Ok(cookie)
 }
+
+/// Registers the lockdown's ring buffer with the tokio reactor, to wait until it holds records.
+pub(super) fn register_ring(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+    // SAFETY: the ring buffer owns its map's descriptor, and the AsyncFd owns the ring buffer:
+    // the descriptor stays open for as long as it is registered.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
+}

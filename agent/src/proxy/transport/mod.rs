@@ -6,8 +6,8 @@
 //! [`replay`] hands the peeked first bytes back to whoever reads the connection next; [`tls`]
 //! terminates TLS and serves HTTP with hyper; [`forward`] carries one exchange upstream; [`pool`]
 //! holds the upstream connections; [`tunnel`] reads a workload's CONNECT to its HTTP proxy and
-//! opens the agent's own through it; [`body`] is the HTTP body type and the memory budget of
-//! inspection.
+//! opens the agent's own through it; [`denials`] records the egress lockdown's refusals the
+//! kernel reports; [`body`] is the HTTP body type and the memory budget of inspection.
 //!
 //! The layer above (the Snowflake-aware `proxy::exchange`) comes in through
 //! [`ExchangeHandler`]: this layer asks it which server names to intercept and hands it every
@@ -16,6 +16,7 @@
 //! policy, broker or recording modules of the crate.
 
 pub mod body;
+pub mod denials;
 mod forward;
 pub mod listener;
 pub mod passthrough;
