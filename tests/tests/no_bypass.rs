@@ -456,7 +456,7 @@ fn session_in_cgroup(
     cgroup: &std::path::Path,
     sql: &str,
 ) -> anyhow::Result<Value> {
-    let ip = RESTART_IP.map(|b| b.to_string()).join(".");
+    let ip = s.fake.addr().ip().to_string();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
@@ -795,6 +795,138 @@ fn connections_through_an_https_proxy_are_audited_and_cannot_hide_snowflake() ->
         s.fake.requests().len() == received,
         "the upstream received {:?}",
         &s.fake.requests()[received..]
+    );
+    Ok(())
+}
+
+/// What a locked-down workload tries: one line of JSON with each attempt's outcome.
+const LOCKED_PY: &str = r#"
+import errno, json, socket, sys
+allowed_ip, allowed_port, fake_ip, resolver = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out = {}
+def attempt(name, f):
+    try:
+        f()
+        out[name] = "ok"
+    except OSError as e:
+        out[name] = errno.errorcode.get(e.errno, str(e.errno))
+attempt("tcp_closed_port", lambda: socket.create_connection(("127.0.0.1", 1), timeout=5).close())
+attempt("quic", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", (fake_ip, 443)))
+attempt("tcp_allowed", lambda: socket.create_connection((allowed_ip, allowed_port), timeout=5).close())
+if resolver:
+    attempt("dns", lambda: socket.socket(socket.AF_INET6 if ":" in resolver else socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", (resolver, 53)))
+print(json.dumps(out), flush=True)
+"#;
+
+/// `enroll --lockdown`: the workload's connects and UDP sends go only to intercepted ports (its
+/// statements still work, audited), `redirect.lockdown_allow` and the host's resolvers; a TCP
+/// connect to another port and a QUIC send fail with EPERM and are recorded as denials of its
+/// identity, and counted on its enrollment.
+#[test]
+fn a_locked_down_workload_reaches_only_snowflake_and_what_is_allowed() -> anyhow::Result<()> {
+    const LOCKED_IP: [u8; 4] = [127, 77, 12, 8];
+    let mut s = session::setup("lockdown", LOCKED_IP, PORT_BASE + 60, None, |_| {
+        String::new()
+    })?;
+    let allowed = snowtrail_tests::PeerServer::start("127.77.12.9:7000".parse()?)?;
+    let text = std::fs::read_to_string(&s.daemon.config)?.replace(
+        "[redirect]\n",
+        "[redirect]\nlockdown_allow = [\"127.77.12.9:7000\"]\n",
+    );
+    std::fs::write(&s.daemon.config, text)?;
+    s.daemon.restart()?;
+    let cg = snowtrail_tests::TestCgroup::new("lockdown")?;
+    s.daemon.cli_ok(&[
+        "enroll",
+        "--cgroup",
+        &cg.rel,
+        "--identity",
+        "e2e-locked",
+        "--lockdown",
+    ])?;
+    let resolver = snowtrail::config::destination::resolvers(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    )
+    .first()
+    .map(ToString::to_string)
+    .unwrap_or_default();
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&cg.dir)
+        .args([
+            "python3",
+            "-c",
+            LOCKED_PY,
+            "127.77.12.9",
+            "7000",
+            &LOCKED_IP.map(|b| b.to_string()).join("."),
+            &resolver,
+        ])
+        .output()?;
+    let r: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "no report: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    ensure!(r["tcp_closed_port"] == "EPERM", "{r}");
+    ensure!(r["quic"] == "EPERM", "{r}");
+    ensure!(r["tcp_allowed"] == "ok", "{r}");
+    if !resolver.is_empty() {
+        ensure!(r["dns"] == "ok", "the resolver {resolver} is allowed: {r}");
+    }
+    let _ = &allowed;
+
+    // Snowflake itself is an intercepted port: the session works and is audited.
+    let sql = "select 'locked down' as still_works";
+    let session = session_in_cgroup(&s, &cg.dir, sql)?;
+    ensure!(session["success"] == true, "{session}");
+
+    let denials = wait_for(Duration::from_secs(20), || {
+        let v: Vec<Value> = s
+            .daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["event_kind"] == "denial" && e["workload_identity"] == "e2e-locked")
+            .collect();
+        (v.len() >= 2).then_some(v)
+    })
+    .context("the refusals are not in the audit")?;
+    let tcp = denials
+        .iter()
+        .find(|e| e["detail"] == "tcp")
+        .context("no tcp denial")?;
+    ensure!(
+        tcp["dst_ip"] == "127.0.0.1" && tcp["dst_port"] == 1,
+        "{tcp}"
+    );
+    ensure!(
+        tcp["close_reason"] == "denied: lockdown" && tcp["decision"] == "deny",
+        "{tcp}"
+    );
+    let udp = denials
+        .iter()
+        .find(|e| e["detail"] == "udp")
+        .context("no udp denial")?;
+    ensure!(udp["dst_port"] == 443, "{udp}");
+    ensure!(
+        s.daemon
+            .events()
+            .iter()
+            .any(|e| e["event_kind"] == "query" && e["sql_text"] == sql),
+        "the statement is not in the audit"
+    );
+    let list: Value = serde_json::from_str(&s.daemon.cli_ok(&["list", "--json"])?)?;
+    let row = list
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["identity"] == "e2e-locked"))
+        .context("the enrollment is not listed")?;
+    ensure!(
+        row["lockdown"] == true && row["denials"].as_u64() >= Some(2),
+        "{row}"
     );
     Ok(())
 }
