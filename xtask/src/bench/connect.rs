@@ -4,7 +4,9 @@
 //! the agent does not redirect and to port 443, which it redirects to its listener.
 //!
 //! The listeners (a sink for the unredirected port, the agent for the redirected one) run outside
-//! the enrolled cgroup, so only the client's side of the hooks is in the figure.
+//! the enrolled cgroup, so only the client's side of the hooks is in the figure. The same two
+//! enrolled runs again under egress lockdown (`redirect.lockdown`, the sink in
+//! `redirect.lockdown_allow`): a connect not redirected then also looks up the allow-list tries.
 
 use std::process::Command;
 use std::time::Duration;
@@ -54,6 +56,24 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let unmatched = last_json(&capture(&mut daemon.exec(&loadgen, &args(SINK)))?)?;
     step(&format!("{n} connects: enrolled, redirected to the agent"));
     let redirected = last_json(&capture(&mut daemon.exec(&loadgen, &args(REDIRECTED)))?)?;
+    drop(daemon);
+    let locked_daemon = Daemon::start(DaemonSpec {
+        bin: &snowtrail,
+        dir: dir.join("daemon-locked"),
+        listen_port: LISTEN_PORT,
+        extra: format!("lockdown = true\nlockdown_allow = [{SINK:?}]\n"),
+    })?;
+    step(&format!(
+        "{n} connects: locked down, to an allowed destination"
+    ));
+    let locked_allowed = last_json(&capture(&mut locked_daemon.exec(&loadgen, &args(SINK)))?)?;
+    step(&format!(
+        "{n} connects: locked down, redirected to the agent"
+    ));
+    let locked_redirected = last_json(&capture(
+        &mut locked_daemon.exec(&loadgen, &args(REDIRECTED)),
+    )?)?;
+    drop(locked_daemon);
     let base = num(&bare, "ns_per_connect")?;
     let mut rows = Vec::new();
     for (name, r, note) in [
@@ -71,6 +91,16 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
             "attached, redirected",
             &redirected,
             "enrolled; port 443, to the agent's listener",
+        ),
+        (
+            "locked down, allowed",
+            &locked_allowed,
+            "enrolled with lockdown; port not intercepted, destination in lockdown_allow",
+        ),
+        (
+            "locked down, redirected",
+            &locked_redirected,
+            "enrolled with lockdown; port 443, to the agent's listener",
         ),
     ] {
         let ns = num(r, "ns_per_connect")?;
