@@ -103,6 +103,7 @@ struct RawWhen {
     sql: Option<Spanned<String>>,
     unparsed: Option<bool>,
     time: Option<Spanned<RawTime>>,
+    requests: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +178,15 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             Some(w) => conditions(text, w)?,
             None => Conditions::default(),
         };
+        if when.requests.is_some()
+            && !matches!(act, Action::Allow | Action::Alert | Action::Deny { .. })
+        {
+            return Err(PolicyError::at(
+                text,
+                Some(r.action.span()),
+                "a rule on `requests` can allow, alert or deny: a request has no statement to hold or result to shape",
+            ));
+        }
         rules.push(Rule {
             name: name.to_owned(),
             line: PolicyError::at(text, Some(span), "").line,
@@ -347,6 +357,52 @@ fn conditions(text: &str, w: &Spanned<RawWhen>) -> Result<Conditions, PolicyErro
             )
         }
     };
+    let requests = match &w.requests {
+        None => None,
+        Some(v) => {
+            for (field, given) in [
+                ("statement", w.statement.is_some()),
+                ("objects", w.objects.is_some()),
+                ("writes", w.writes.is_some()),
+                ("sql", w.sql.is_some()),
+                ("unparsed", w.unparsed.is_some()),
+            ] {
+                if given {
+                    return Err(PolicyError::at(
+                        text,
+                        Some(span.clone()),
+                        format!(
+                            "`requests` and `{field}` in one rule: a rule decides requests or statements, not both"
+                        ),
+                    ));
+                }
+            }
+            let mut out = Vec::new();
+            for p in v {
+                let (method, path) = p
+                    .get_ref()
+                    .trim()
+                    .split_once(' ')
+                    .map(|(m, p)| (m.trim(), p.trim()))
+                    .filter(|(m, p)| !m.is_empty() && p.starts_with(['/', '*']))
+                    .ok_or_else(|| {
+                        PolicyError::at(
+                            text,
+                            Some(p.span()),
+                            format!(
+                                "request pattern {:?}: write METHOD PATH, e.g. \"DELETE /api/v2/databases/*\" or \"* /api/v2/*\"",
+                                p.get_ref()
+                            ),
+                        )
+                    })?;
+                out.push(super::RequestPattern {
+                    method: Glob::caseless(method),
+                    path: Glob::exact(path),
+                });
+            }
+            Some(out)
+        }
+    };
     let statement = match &w.statement {
         None => None,
         Some(v) => {
@@ -382,5 +438,6 @@ fn conditions(text: &str, w: &Spanned<RawWhen>) -> Result<Conditions, PolicyErro
         sql,
         unparsed: w.unparsed,
         time,
+        requests,
     })
 }

@@ -130,6 +130,16 @@ pub(crate) struct Conditions {
     sql: Option<regex::Regex>,
     unparsed: Option<bool>,
     time: Option<TimeWindow>,
+    /// HTTP requests (Snowflake's REST resource APIs and other requests the agent does not read as
+    /// statements); a rule with them decides requests only, never statements.
+    requests: Option<Vec<RequestPattern>>,
+}
+
+/// `METHOD PATH` of a `when.requests` entry: a caseless method glob and a path glob.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestPattern {
+    pub(crate) method: Glob,
+    pub(crate) path: Glob,
 }
 
 /// One rule of the file.
@@ -195,20 +205,8 @@ fn type_matches(wanted: &str, actual: &str) -> bool {
 
 impl Conditions {
     fn holds(&self, who: &Subject, stmt: &Classified, now_unix_s: i64) -> bool {
-        any_glob(&self.identity, who.identity.as_deref())
-            && self.labels.as_ref().is_none_or(|l| {
-                l.iter()
-                    .all(|(k, g)| who.labels.get(k).is_some_and(|v| g.matches(v)))
-            })
-            && any_glob(&self.human, who.human.as_deref())
-            && self.groups.as_ref().is_none_or(|g| {
-                who.groups
-                    .iter()
-                    .any(|have| g.iter().any(|g| g.matches(have)))
-            })
-            && any_glob(&self.account, who.account.as_deref())
-            && any_glob(&self.user, who.user.as_deref())
-            && any_glob(&self.role, who.role.as_deref())
+        self.requests.is_none()
+            && self.holds_for(who, now_unix_s)
             && self.unparsed.is_none_or(|u| u == stmt.unparsed)
             && self
                 .statement
@@ -223,7 +221,33 @@ impl Conditions {
                 .as_ref()
                 .is_none_or(|p| stmt.writes.iter().any(|o| p.iter().any(|p| p.matches(o))))
             && self.sql.as_ref().is_none_or(|r| r.is_match(&stmt.text))
+    }
+
+    /// The conditions on who sends and when, which statements and requests share.
+    fn holds_for(&self, who: &Subject, now_unix_s: i64) -> bool {
+        any_glob(&self.identity, who.identity.as_deref())
+            && self.labels.as_ref().is_none_or(|l| {
+                l.iter()
+                    .all(|(k, g)| who.labels.get(k).is_some_and(|v| g.matches(v)))
+            })
+            && any_glob(&self.human, who.human.as_deref())
+            && self.groups.as_ref().is_none_or(|g| {
+                who.groups
+                    .iter()
+                    .any(|have| g.iter().any(|g| g.matches(have)))
+            })
+            && any_glob(&self.account, who.account.as_deref())
+            && any_glob(&self.user, who.user.as_deref())
+            && any_glob(&self.role, who.role.as_deref())
             && self.time.as_ref().is_none_or(|t| t.contains(now_unix_s))
+    }
+
+    /// Whether a `requests` rule's conditions hold for `method path`.
+    fn holds_request(&self, who: &Subject, method: &str, path: &str, now_unix_s: i64) -> bool {
+        self.requests.as_ref().is_some_and(|r| {
+            r.iter()
+                .any(|p| p.method.matches(method) && p.path.matches(path))
+        }) && self.holds_for(who, now_unix_s)
     }
 }
 
@@ -266,6 +290,25 @@ impl Policy {
             rule: DEFAULT_RULE.to_owned(),
             action: self.default.clone(),
         }
+    }
+
+    /// Decides an HTTP request the agent does not read as a statement (`method` and `path`, no
+    /// query string): the first rule with `when.requests` that matches; `None` when none does
+    /// (the default action is for statements, and `proxy.unknown_requests` decides).
+    pub fn decide_request(
+        &self,
+        who: &Subject,
+        method: &str,
+        path: &str,
+        now_unix_s: i64,
+    ) -> Option<Decision> {
+        self.rules
+            .iter()
+            .find(|r| r.when.holds_request(who, method, path, now_unix_s))
+            .map(|r| Decision {
+                rule: r.name.clone(),
+                action: r.action.clone(),
+            })
     }
 
     /// Classifies a request's SQL and decides each of its statements.

@@ -455,3 +455,65 @@ fn a_rule_can_turn_recording_off() {
         Policy::parse("[[rule]]\nname = \"x\"\naction = \"allow\"\nrecord = \"no\"\n").is_err()
     );
 }
+
+#[test]
+fn rules_on_requests_decide_requests_and_never_statements() {
+    let p = Policy::parse(
+        r#"
+        [default]
+        action = "deny"
+        [[rule]]
+        name = "reads-of-resources"
+        action = "alert"
+        when.identity = ["etl"]
+        when.requests = ["get /api/v2/*"]
+        [[rule]]
+        name = "no-drops"
+        action = "deny"
+        when.requests = ["DELETE /api/v2/databases/*"]
+        "#,
+    )
+    .unwrap();
+    let etl = Subject {
+        identity: Some("etl".into()),
+        ..Subject::default()
+    };
+    let other = Subject::default();
+    let rule =
+        |who: &Subject, m: &str, path: &str| p.decide_request(who, m, path, 0).map(|d| d.rule);
+    assert_eq!(
+        rule(&etl, "GET", "/api/v2/databases/x").as_deref(),
+        Some("reads-of-resources")
+    );
+    assert_eq!(rule(&other, "GET", "/api/v2/databases/x"), None);
+    assert_eq!(
+        rule(&other, "DELETE", "/api/v2/databases/x").as_deref(),
+        Some("no-drops")
+    );
+    assert_eq!(rule(&other, "DELETE", "/api/v2/warehouses/w"), None);
+    // Statements are decided by the other rules and the default alone.
+    let d = p.decide(&etl, &classify_request("select 1", &ctx())[0], 0);
+    assert_eq!(d.rule, DEFAULT_RULE);
+}
+
+#[test]
+fn a_rule_on_requests_is_checked_when_read() {
+    for (text, says) in [
+        (
+            "[[rule]]\nname = \"r\"\naction = \"deny\"\nwhen.requests = [\"GET\"]\n",
+            "write METHOD PATH",
+        ),
+        (
+            "[[rule]]\nname = \"r\"\naction = \"mask\"\ncolumns = [\"a\"]\nwhen.requests = [\"GET /x\"]\n",
+            "can allow, alert or deny",
+        ),
+        (
+            "[[rule]]\nname = \"r\"\naction = \"deny\"\nwhen.requests = [\"GET /x\"]\nwhen.statement = [\"DROP\"]\n",
+            "`requests` and `statement` in one rule",
+        ),
+    ] {
+        let text = format!("[default]\naction = \"allow\"\n{text}");
+        let e = Policy::parse(&text).unwrap_err();
+        assert!(e.to_string().contains(says), "{text}: {e}");
+    }
+}

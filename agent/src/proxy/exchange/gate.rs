@@ -43,6 +43,47 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) 
     let Some(policy) = ctx.shared.policy.current() else {
         return Verdict::default();
     };
+    let (who, names) = subject(ctx, session);
+    let j = policy.judge(&who, sql, &names, now_unix_s());
+    Verdict {
+        unparsed: j.unparsed(),
+        decision: j.verdict().cloned(),
+        each: j
+            .statements
+            .iter()
+            .map(|(_, d)| (decision_of(&d.action), d.rule.clone()))
+            .collect(),
+    }
+}
+
+/// Judges an HTTP request the agent does not read as a statement (a REST resource API call):
+/// `None` when no rule on `requests` decides it. Marks the event with the decision.
+pub(super) fn judge_request(
+    ctx: &ConnCtx,
+    session: Option<&TrackedSession>,
+    method: &str,
+    path: &str,
+    event: &mut Event,
+) -> Option<Decision> {
+    let policy = ctx.shared.policy.current()?;
+    let (who, _) = subject(ctx, session);
+    let d = policy.decide_request(&who, method, path, now_unix_s())?;
+    event.decision = Some(decision_of(&d.action));
+    event.policy_rule = Some(d.rule.clone());
+    if matches!(d.action, Action::Alert) {
+        event.add_flag(Flag::Alert);
+    }
+    Some(d)
+}
+
+fn now_unix_s() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Who is behind a connection's exchange, and the session's current database and schema.
+fn subject(ctx: &ConnCtx, session: Option<&TrackedSession>) -> (Subject, NameContext) {
     let base = &ctx.base;
     let mut who = Subject {
         identity: base.workload_identity.clone(),
@@ -67,19 +108,7 @@ pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) 
         names.database.clone_from(&c.database);
         names.schema.clone_from(&c.schema);
     }
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let j = policy.judge(&who, sql, &names, now);
-    Verdict {
-        unparsed: j.unparsed(),
-        decision: j.verdict().cloned(),
-        each: j
-            .statements
-            .iter()
-            .map(|(_, d)| (decision_of(&d.action), d.rule.clone()))
-            .collect(),
-    }
+    (who, names)
 }
 
 /// Gives each event of a multi-statement request its own statement's decision and rule.

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use super::context::{ConnCtx, mark_denied, reply};
 use crate::audit::EventKind;
 use crate::config::UnknownRequests;
+use crate::policy::Action;
 use crate::proxy::transport::body::{Body, Counted};
 use crate::snowflake::{self, Refusal};
 
@@ -34,9 +35,21 @@ where
     let mut event = ctx.event(EventKind::Request, SystemTime::now(), session.as_deref());
     event.http_method = Some(req.method().as_str().to_owned());
     event.http_path = Some(req.uri().path().to_owned());
-    if ins.unknown_requests == UnknownRequests::Deny {
-        let refusal = Refusal::UnknownRequest;
-        warn!(method = %req.method(), path = req.uri().path(), "refused a request to an endpoint the agent does not read");
+    let decided = super::gate::judge_request(
+        ctx,
+        session.as_deref(),
+        req.method().as_str(),
+        req.uri().path(),
+        &mut event,
+    );
+    let refusal = match decided.map(|d| (d.action, d.rule)) {
+        Some((Action::Deny { message }, rule)) => Some(Refusal::PolicyDenied { rule, message }),
+        Some(_) => None,
+        None if ins.unknown_requests == UnknownRequests::Deny => Some(Refusal::UnknownRequest),
+        None => None,
+    };
+    if let Some(refusal) = refusal {
+        warn!(method = %req.method(), path = req.uri().path(), reason = ?refusal, "refused a request to an endpoint the agent does not read");
         mark_denied(&mut event, &refusal);
         event.http_status = Some(http::StatusCode::FORBIDDEN.as_u16());
         drop(ins.sink.submit(event));

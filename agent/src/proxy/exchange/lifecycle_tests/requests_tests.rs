@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::fake_upstream::Answer;
 use super::wire;
-use super::{Setup, harness};
+use super::{Harness, Setup, harness};
 use crate::audit::EventKind;
 use crate::config::UnknownRequests;
 
@@ -80,4 +80,45 @@ async fn a_heartbeat_is_not_a_request_event() {
     assert_eq!(got.status, 200);
     assert!(h.sink.of_kind(EventKind::Request).is_empty());
     assert!(h.sink.of_kind(EventKind::Denial).is_empty());
+}
+
+/// REST resource APIs are subject to policy: a rule on `requests` denies `POST` on databases for
+/// the workload, so the request is refused, recorded as a denial under that rule, and never
+/// reaches Snowflake; a `GET` no rule names is carried and recorded as usual.
+#[tokio::test(start_paused = true)]
+async fn a_rule_on_requests_decides_rest_resource_calls() {
+    let h = Harness::with_policy(
+        r#"
+        [default]
+        action = "allow"
+        [[rule]]
+        name = "no-database-changes"
+        action = "deny"
+        message = "databases are managed by terraform"
+        when.requests = ["POST /api/v2/databases*", "DELETE /api/v2/databases/*"]
+        "#,
+    )
+    .logged_in(TOKEN)
+    .await;
+
+    let got = h.exchange(wire::rest_request(TOKEN, wire::DATABASES)).await;
+
+    assert_eq!(got.status, 403);
+    assert!(
+        got.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("terraform")),
+        "{}",
+        got.json()
+    );
+    assert!(h.upstream.received_at(wire::DATABASES).is_empty());
+    let denials = h.sink.of_kind(EventKind::Denial);
+    assert_eq!(denials.len(), 1, "{:?}", h.sink.events());
+    assert_eq!(
+        denials[0].policy_rule.as_deref(),
+        Some("no-database-changes")
+    );
+    assert_eq!(denials[0].http_method.as_deref(), Some("POST"));
+    // A statement is not a request: the rule does not apply to it.
+    assert!(h.sink.queries().is_empty());
 }
