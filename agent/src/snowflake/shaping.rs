@@ -161,7 +161,7 @@ pub fn column_matches(rule_column: &str, name: &str) -> bool {
 }
 
 /// The masked columns of a `rowtype` array.
-fn masked_columns(rowtype: &[Value], mask: &[String]) -> Vec<MaskedColumn> {
+pub(crate) fn masked_columns(rowtype: &[Value], mask: &[String]) -> Vec<MaskedColumn> {
     rowtype
         .iter()
         .enumerate()
@@ -182,7 +182,7 @@ fn masked_columns(rowtype: &[Value], mask: &[String]) -> Vec<MaskedColumn> {
         .collect()
 }
 
-fn mask_row(row: &mut Value, columns: &[MaskedColumn]) {
+pub(crate) fn mask_row(row: &mut Value, columns: &[MaskedColumn]) {
     if let Some(cells) = row.as_array_mut() {
         for c in columns {
             if let Some(cell) = cells.get_mut(c.index) {

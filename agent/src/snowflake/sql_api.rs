@@ -4,8 +4,9 @@
 //! partitions and its cancellation are asked for later.
 //!
 //! Pure parsing: bytes in, typed values out. The SQL text is kept whole because policy reads it;
-//! `Debug` prints it redacted. Result rows are not read here: only what the audit records of
-//! them (their count, the partitions, the handle).
+//! `Debug` prints it redacted. Result rows are read only to shape them ([`shape_answer`],
+//! [`shape_partition`]: masking and row limits, as for a driver's result); otherwise only what the
+//! audit records of them (their count, the partitions, the handle).
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -13,6 +14,7 @@ use serde_json::{Map, Value};
 use super::error::{ParseError, RewriteError};
 use super::json::{self, RawObject, UniqueMap};
 use super::redact::{RedactMode, redact_sql};
+use super::shaping::{LimitMode, MaskedColumn, Shape, ShapeError, mask_row, masked_columns};
 
 const REQUEST: &str = "SQL API request";
 const RESPONSE: &str = "SQL API response";
@@ -259,6 +261,112 @@ pub fn refused(code: &str, sql_state: &str, message: &str, handle: &str) -> supe
     }
 }
 
+/// How the later partitions of a shaped SQL API result are answered: their rows' masked cells, or
+/// withheld altogether (a row limit kept the rows of the first only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionShape {
+    /// The cells to mask in each row.
+    pub columns: Vec<MaskedColumn>,
+    /// No later partition may be handed out.
+    pub withheld: bool,
+}
+
+/// A SQL API answer shaped by a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapedAnswer {
+    /// The new body (`None` when nothing changed).
+    pub body: Option<Vec<u8>>,
+    /// How its later partitions are answered.
+    pub partitions: PartitionShape,
+    /// The rows kept, when a row limit dropped some.
+    pub truncated: Option<u64>,
+}
+
+/// Shapes a SQL API answer (`resultSetMetaData.rowType`, `data`) by `shape`: masked cells in
+/// every row of the first partition, a row limit over `numRows` (refused, or kept to the first
+/// rows of the first partition, the others withheld). An answer without rows comes back
+/// unchanged.
+pub fn shape_answer(body: &[u8], shape: &Shape) -> Result<ShapedAnswer, ShapeError> {
+    let mut root: Value = serde_json::from_slice(body).map_err(|_| ShapeError::Unreadable)?;
+    let unchanged = ShapedAnswer {
+        body: None,
+        partitions: PartitionShape::default(),
+        truncated: None,
+    };
+    let Some(meta) = root.get("resultSetMetaData").and_then(Value::as_object) else {
+        return Ok(unchanged);
+    };
+    let rowtype = meta
+        .get("rowType")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let columns = masked_columns(&rowtype, &shape.mask);
+    let inline = root
+        .get("data")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let total = meta
+        .get("numRows")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::try_from(inline).unwrap_or(u64::MAX));
+    let mut keep = None;
+    if let Some((limit, mode)) = shape.row_limit
+        && total > limit
+    {
+        match mode {
+            LimitMode::Refuse => return Err(ShapeError::TooManyRows { total, limit }),
+            LimitMode::Truncate => keep = Some(usize::try_from(limit).unwrap_or(usize::MAX)),
+        }
+    }
+    if columns.is_empty() && keep.is_none() {
+        return Ok(unchanged);
+    }
+    let mut kept = 0;
+    if let Some(rows) = root.get_mut("data").and_then(Value::as_array_mut) {
+        if let Some(n) = keep {
+            rows.truncate(n);
+        }
+        for r in rows.iter_mut() {
+            mask_row(r, &columns);
+        }
+        kept = rows.len();
+    }
+    if keep.is_some()
+        && let Some(meta) = root
+            .get_mut("resultSetMetaData")
+            .and_then(Value::as_object_mut)
+    {
+        meta.insert("numRows".into(), Value::from(kept));
+        meta.insert(
+            "partitionInfo".into(),
+            serde_json::json!([{ "rowCount": kept }]),
+        );
+    }
+    let body = serde_json::to_vec(&root).map_err(|_| ShapeError::Unreadable)?;
+    Ok(ShapedAnswer {
+        body: Some(body),
+        partitions: PartitionShape {
+            columns,
+            withheld: keep.is_some(),
+        },
+        truncated: keep.map(|_| u64::try_from(kept).unwrap_or(u64::MAX)),
+    })
+}
+
+/// Masks the rows of a later partition (`{"data": [...]}`) as the first partition's were.
+pub fn shape_partition(body: &[u8], shape: &PartitionShape) -> Result<Vec<u8>, ShapeError> {
+    let mut root: Value = serde_json::from_slice(body).map_err(|_| ShapeError::Unreadable)?;
+    let rows = root
+        .get_mut("data")
+        .and_then(Value::as_array_mut)
+        .ok_or(ShapeError::Unreadable)?;
+    for r in rows.iter_mut() {
+        mask_row(r, &shape.columns);
+    }
+    serde_json::to_vec(&root).map_err(|_| ShapeError::Unreadable)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -353,6 +461,57 @@ mod tests {
         assert_eq!(
             parse_statement_response(200, multi).unwrap().handles,
             ["h1", "h2"]
+        );
+    }
+
+    #[test]
+    fn answers_and_partitions_are_masked_and_limited() {
+        let done = br#"{"resultSetMetaData": {"numRows": 3, "format": "jsonv2",
+            "partitionInfo": [{"rowCount": 2}, {"rowCount": 1}],
+            "rowType": [{"name": "ID", "type": "fixed"}, {"name": "EMAIL", "type": "text"}]},
+            "data": [["1", "a@x"], ["2", "b@x"]], "code": "090001", "statementHandle": "h"}"#;
+        let mask = Shape {
+            mask: vec!["email".into()],
+            row_limit: None,
+        };
+        let s = shape_answer(done, &mask).unwrap();
+        let v: Value = serde_json::from_slice(&s.body.unwrap()).unwrap();
+        assert_eq!(v["data"], serde_json::json!([["1", "***"], ["2", "***"]]));
+        assert_eq!(v["resultSetMetaData"]["numRows"], 3);
+        assert!(!s.partitions.withheld);
+        let later = shape_partition(br#"{"data": [["3", "c@x"]]}"#, &s.partitions).unwrap();
+        let v: Value = serde_json::from_slice(&later).unwrap();
+        assert_eq!(v["data"], serde_json::json!([["3", "***"]]));
+
+        let refuse = Shape {
+            mask: Vec::new(),
+            row_limit: Some((2, LimitMode::Refuse)),
+        };
+        assert_eq!(
+            shape_answer(done, &refuse).unwrap_err(),
+            ShapeError::TooManyRows { total: 3, limit: 2 }
+        );
+        let truncate = Shape {
+            mask: Vec::new(),
+            row_limit: Some((1, LimitMode::Truncate)),
+        };
+        let s = shape_answer(done, &truncate).unwrap();
+        let v: Value = serde_json::from_slice(&s.body.unwrap()).unwrap();
+        assert_eq!(v["data"], serde_json::json!([["1", "a@x"]]));
+        assert_eq!(v["resultSetMetaData"]["numRows"], 1);
+        assert_eq!(
+            v["resultSetMetaData"]["partitionInfo"],
+            serde_json::json!([{"rowCount": 1}])
+        );
+        assert!(s.partitions.withheld);
+        assert_eq!(s.truncated, Some(1));
+
+        // No rows, nothing to do; not JSON, refused.
+        let running = br#"{"code": "333334", "statementHandle": "h"}"#;
+        assert_eq!(shape_answer(running, &mask).unwrap().body, None);
+        assert_eq!(
+            shape_answer(b"<html>", &mask).unwrap_err(),
+            ShapeError::Unreadable
         );
     }
 }

@@ -23,6 +23,7 @@ use crate::proxy::transport::body::Body;
 use crate::proxy::transport::body::full;
 use crate::snowflake::envelope::ChunkWithheld;
 use crate::snowflake::shaping::{LimitMode, Shape, ShapeError};
+use crate::snowflake::sql_api::PartitionShape;
 use crate::snowflake::{self, ContentEncoding, QueryResponse, Refusal};
 
 /// A statement's shaping: its rule, and the shape (`None` when the rule is no longer in the
@@ -99,11 +100,28 @@ impl Shaping {
         None
     }
 
-    /// The refusal for a statement through the SQL API, whose results the agent does not shape.
-    pub(super) fn sql_api(&self) -> Refusal {
-        self.refusal(
-            "results of statements sent through the SQL API cannot be masked or limited; use a driver",
-        )
+    /// Rewrites a SQL API answer by the rule: the new body (`None` when nothing changed) and how
+    /// its later partitions are answered.
+    pub(super) fn sql_api_answer(
+        &self,
+        parts: &mut http::response::Parts,
+        decoded: Option<&[u8]>,
+        event: &mut Event,
+    ) -> Result<(Option<Body>, PartitionShape), Refusal> {
+        let Some(shape) = &self.shape else {
+            return Err(
+                self.refusal("the rule is no longer in the policy, so the result is withheld")
+            );
+        };
+        let decoded = decoded.ok_or_else(|| self.uninspectable())?;
+        let shaped =
+            snowflake::sql_api::shape_answer(decoded, shape).map_err(|e| self.shape_error(&e))?;
+        if let Some(delivered) = shaped.truncated {
+            event.add_flag(Flag::RowsTruncated);
+            event.rows_produced = Some(delivered);
+        }
+        let body = shaped.body.map(|b| full(encode_like(parts, b)));
+        Ok((body, shaped.partitions))
     }
 
     /// The refusal for a response too large to inspect, or one that could not be decoded.
@@ -185,7 +203,14 @@ fn encode_like(parts: &mut http::response::Parts, body: Vec<u8>) -> Bytes {
 
 /// Records a statement whose result is withheld and answers the driver with the refusal: the
 /// statement ran, so the event keeps its query id and its decision, flagged `result_refused`.
-pub(super) fn withhold(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> Response<Body> {
+pub(super) fn withhold(ctx: &ConnCtx, event: Event, refusal: &Refusal) -> Response<Body> {
+    let qid = record_withheld(ctx, event, refusal);
+    reply(snowflake::envelope::query_error(refusal, &qid))
+}
+
+/// Records a statement whose result is withheld (flagged `result_refused`); returns its query id
+/// for the answer in its API's shape.
+pub(super) fn record_withheld(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> String {
     warn!(rule = ?event.policy_rule, "result withheld by policy");
     event.success = Some(false);
     event.error_message = Some(refusal.message());
@@ -197,7 +222,51 @@ pub(super) fn withhold(ctx: &ConnCtx, mut event: Event, refusal: &Refusal) -> Re
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     drop(ctx.shared.sink.submit(event));
-    reply(snowflake::envelope::query_error(refusal, &qid))
+    qid
+}
+
+/// The SQL API's error answer (HTTP 422) for a result or partition the rule withholds.
+pub(super) fn sql_api_withheld(rule: &str, why: &str, handle: &str) -> Response<Body> {
+    let refusal = Refusal::PolicyDenied {
+        rule: rule.to_owned(),
+        message: Some(why.to_owned()),
+    };
+    let (code, sql_state) = refusal.query_codes();
+    reply(snowflake::sql_api::refused(
+        code,
+        sql_state,
+        &refusal.message(),
+        handle,
+    ))
+}
+
+/// Rewrites a later partition of a shaped SQL API result; one that cannot be is withheld (the
+/// SQL API's error answer, HTTP 422).
+pub(super) async fn sql_api_partition(
+    ctx: &ConnCtx,
+    rule: &str,
+    shape: &PartitionShape,
+    handle: &str,
+    resp: Response<Body>,
+) -> Response<Body> {
+    let withheld = |why: &str| sql_api_withheld(rule, why, handle);
+    match read_response(resp, ctx).await {
+        Buffered::Read {
+            mut parts, decoded, ..
+        } => match decoded
+            .as_deref()
+            .map(|d| snowflake::sql_api::shape_partition(d, shape))
+        {
+            Some(Ok(body)) => {
+                let body = full(encode_like(&mut parts, body));
+                Response::from_parts(parts, body)
+            }
+            _ => withheld("the partition could not be read to apply the rule, so it is withheld"),
+        },
+        Buffered::Streamed(_) => {
+            withheld("the partition is too large for the agent to inspect, so it is withheld")
+        }
+    }
 }
 
 /// A chunk download of a shaped result: read whole (within the inspection limit and budget),

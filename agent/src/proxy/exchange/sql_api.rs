@@ -3,10 +3,12 @@
 //! anything is forwarded, the intent durable first, and the outcome from the answer or, for a
 //! statement still running, from the status request that finds it ended.
 //!
-//! What the agent does not do for the SQL API yet is refused rather than passed: a rule that
-//! holds a statement for approval (the API cannot wait for an approver through the agent) or
-//! shapes its result (masking, row limits). A status or partition request for a handle the
-//! agent did not see answered is an unknown request ([`super::requests`]).
+//! A rule that masks columns or limits rows shapes the answer's `data` and every later partition
+//! fetched by its handle (a row limit that cuts keeps the first partition's rows and withholds the
+//! others); a result that cannot be shaped is withheld, never passed. A rule that holds a
+//! statement for approval refuses it instead (the API cannot wait for an approver through the
+//! agent). A status or partition request for a handle the agent did not see answered is an
+//! unknown request ([`super::requests`]).
 
 use std::time::Instant;
 
@@ -16,6 +18,7 @@ use tracing::warn;
 use super::context::{
     Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response, reply,
 };
+use super::state::Answered;
 use super::{gate, masking, requests, tagging};
 use crate::audit::{Durability, Event, Flag, OnAuditFailure};
 use crate::proxy::transport::body::Body;
@@ -94,9 +97,6 @@ where
             return refuse(ctx, event, r);
         }
     }
-    if let Some(s) = masking::shaping(ctx, &event) {
-        return refuse(ctx, event, s.sql_api());
-    }
     if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
         return refuse(ctx, event, Refusal::AuditUnavailable);
     }
@@ -137,9 +137,21 @@ where
         let resp = send(req).await;
         return answer(ctx, event, resp, started).await;
     }
-    if ctx.shared.tracker.was_answered(handle) {
-        // A partition of a result already recorded with its statement.
-        return send(req).await;
+    if let Some(answered) = ctx.shared.tracker.answered(handle) {
+        // A partition of a result already recorded with its statement, shaped as its first was.
+        let rule = answered.rule.unwrap_or_default();
+        if answered.shape.withheld {
+            return masking::sql_api_withheld(
+                &rule,
+                "the rule's row limit kept the first partition only, so this one is withheld",
+                handle,
+            );
+        }
+        let resp = send(req).await;
+        if answered.shape.columns.is_empty() || !resp.status().is_success() {
+            return resp;
+        }
+        return masking::sql_api_partition(ctx, &rule, &answered.shape, handle, resp).await;
     }
     requests::unknown(req, ctx, send).await
 }
@@ -203,10 +215,29 @@ async fn answer(
                             event.result_bytes = u64::try_from(raw.len()).ok();
                             event.chunk_count = u32::try_from(r.partitions).ok();
                             event.duration_ms = elapsed_ms(started);
+                            let mut parts = parts;
+                            let mut answered = Answered::default();
+                            let mut body = None;
+                            if let Some(s) = masking::shaping(ctx, &event) {
+                                match s.sql_api_answer(&mut parts, decoded.as_deref(), &mut event) {
+                                    Ok((shaped, partitions)) => {
+                                        body = shaped;
+                                        answered = Answered {
+                                            rule: event.policy_rule.clone(),
+                                            shape: partitions,
+                                        };
+                                    }
+                                    Err(refusal) => return withhold(ctx, event, &refusal),
+                                }
+                            }
                             if let Some(h) = r.handle.as_deref() {
-                                ins.tracker.note_answered(h);
+                                ins.tracker.note_answered(h, answered);
                             }
                             super::statement::complete_event(ins, event);
+                            return Response::from_parts(
+                                parts,
+                                body.unwrap_or_else(|| raw.into_body()),
+                            );
                         }
                         StatementStatus::Failed => {
                             event.success = Some(false);
@@ -231,6 +262,9 @@ async fn answer(
             Response::from_parts(parts, raw.into_body())
         }
         Buffered::Streamed(resp) => {
+            if let Some(s) = masking::shaping(ctx, &event) {
+                return withhold(ctx, event, &s.uninspectable());
+            }
             event.success = Some(resp.status().is_success());
             event.add_flag(Flag::Uninspected);
             event.duration_ms = elapsed_ms(started);
@@ -238,6 +272,18 @@ async fn answer(
             resp
         }
     }
+}
+
+/// Records a statement whose result its rule withholds and answers as the SQL API fails one.
+fn withhold(ctx: &ConnCtx, event: Event, refusal: &Refusal) -> Response<Body> {
+    let handle = masking::record_withheld(ctx, event, refusal);
+    let (code, sql_state) = refusal.query_codes();
+    reply(sql_api::refused(
+        code,
+        sql_state,
+        &refusal.message(),
+        &handle,
+    ))
 }
 
 /// Refuses a statement as the SQL API refuses one (HTTP 422 with its error body), and records

@@ -103,28 +103,113 @@ async fn a_denied_statement_is_refused_as_the_sql_api_refuses() {
     );
 }
 
-/// A rule that shapes results cannot be applied to the SQL API's: the statement is refused,
-/// never passed unshaped.
+/// A rule that masks a column masks it in the SQL API's answer and in every later partition
+/// fetched by its handle; the statement is one `mask` event of its rule.
 #[tokio::test(start_paused = true)]
-async fn a_statement_whose_result_a_rule_masks_is_refused() {
+async fn a_masked_column_is_masked_in_the_answer_and_its_partitions() {
     let h = harness(Setup {
         policy: Some(MASK_POLICY),
         ..Setup::default()
     });
     h.login(TOKEN).await;
-    let got = h
-        .exchange(wire::sql_api_request(TOKEN, "select email from users"))
-        .await;
-    assert_eq!(got.status, 422);
-    assert!(
-        got.json()["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot be masked"),
-        "{}",
-        got.text()
+    h.upstream.answer(
+        wire::SQL_API,
+        Answer::json(&json!({
+            "resultSetMetaData": {"numRows": 3, "format": "jsonv2",
+                "partitionInfo": [{"rowCount": 2}, {"rowCount": 1}],
+                "rowType": [{"name": "ID", "type": "fixed"}, {"name": "EMAIL", "type": "text"}]},
+            "data": [["1", "a@example.com"], ["2", "b@example.com"]], "code": "090001",
+            "statementHandle": "01b2-m", "message": "Statement executed successfully."
+        })),
     );
-    assert!(h.upstream.received_at(wire::SQL_API).is_empty());
+    let got = h
+        .exchange(wire::sql_api_request(TOKEN, "select id, email from users"))
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["data"], json!([["1", "***"], ["2", "***"]]));
+    assert!(!got.text().contains("example.com"));
+    h.upstream.answer(
+        "/api/v2/statements/01b2-m",
+        Answer::json(&json!({"data": [["3", "c@example.com"]]})),
+    );
+    let part = h
+        .exchange(wire::sql_api_status(TOKEN, "01b2-m", Some(1)))
+        .await;
+    assert_eq!(part.status, 200);
+    assert_eq!(part.json()["data"], json!([["3", "***"]]));
+    let q = &h.sink.queries()[0];
+    assert_eq!(q.decision.map(|d| d.as_str()), Some("mask"));
+    assert_eq!(q.policy_rule.as_deref(), Some("mask-email"));
+    assert_eq!(q.rows_produced, Some(3));
+}
+
+/// A row limit that cuts keeps the first rows of the first partition and withholds the later
+/// partitions; one that refuses withholds the whole result, the statement recorded as refused.
+#[tokio::test(start_paused = true)]
+async fn a_row_limit_cuts_or_withholds_a_sql_api_result() {
+    const LIMITS: &str = r#"
+[default]
+action = "allow"
+
+[[rule]]
+name = "first-row"
+action = "row_limit"
+rows = 1
+on_exceed = "truncate"
+[rule.when]
+sql = "cut"
+
+[[rule]]
+name = "at-most-one"
+action = "row_limit"
+rows = 1
+[rule.when]
+statement = ["SELECT"]
+"#;
+    let h = harness(Setup {
+        policy: Some(LIMITS),
+        ..Setup::default()
+    });
+    h.login(TOKEN).await;
+    h.upstream.answer(
+        wire::SQL_API,
+        wire::sql_api_rows("01b2-l", json!([["1"], ["2"]])),
+    );
+    let got = h
+        .exchange(wire::sql_api_request(TOKEN, "select n from cut"))
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["data"], json!([["1"]]));
+    assert_eq!(got.json()["resultSetMetaData"]["numRows"], 1);
+    let later = h
+        .exchange(wire::sql_api_status(TOKEN, "01b2-l", Some(1)))
+        .await;
+    assert_eq!(later.status, 422, "{}", later.text());
+    assert!(
+        h.upstream
+            .received_at("/api/v2/statements/01b2-l")
+            .is_empty()
+    );
+    let cut = &h.sink.queries()[0];
+    assert!(has_flag(cut, "rows_truncated"), "{cut:?}");
+    assert_eq!(cut.rows_produced, Some(1));
+
+    h.upstream.answer(
+        wire::SQL_API,
+        wire::sql_api_rows("01b2-r", json!([["1"], ["2"]])),
+    );
+    let got = h
+        .exchange(wire::sql_api_request(TOKEN, "select n from t"))
+        .await;
+    assert_eq!(got.status, 422, "{}", got.text());
+    assert!(!got.text().contains("\"data\""), "{}", got.text());
+    let refused = h
+        .sink
+        .queries()
+        .into_iter()
+        .find(|q| q.sql_text.as_deref() == Some("select n from t"))
+        .unwrap();
+    assert!(has_flag(&refused, "result_refused"), "{refused:?}");
 }
 
 /// An asynchronous statement is recorded once its status says it ended; a cancelled one as

@@ -98,6 +98,16 @@ struct Retrying {
     failed: Event,
 }
 
+/// A SQL API statement answered and recorded: the rule its result was shaped by, and how its
+/// later partitions are answered.
+#[derive(Debug, Clone, Default)]
+pub struct Answered {
+    /// The deciding rule, when it masks or limits rows.
+    pub rule: Option<String>,
+    /// The partitions' shaping (none by default).
+    pub shape: crate::snowflake::sql_api::PartitionShape,
+}
+
 /// Sessions by token, and statements waiting for their outcome.
 pub struct Tracker {
     hasher: RandomState,
@@ -109,7 +119,7 @@ pub struct Tracker {
     chunks: Mutex<Bounded<Arc<PendingResult>>>,
     learned: Mutex<Bounded<Instant>>,
     aborted: Mutex<Bounded<()>>,
-    answered: Mutex<Bounded<()>>,
+    answered: Mutex<Bounded<Answered>>,
     /// PUT/GET statements waiting for their stage transfers.
     pub transfers: TransferBook,
 }
@@ -266,14 +276,16 @@ impl Tracker {
     }
 
     /// Notes that the SQL API statement `handle` was answered and recorded: the partitions of its
-    /// result are fetched by handle later, and belong to that statement.
-    pub fn note_answered(&self, handle: &str) {
-        lock(&self.answered).insert(handle.to_owned(), ());
+    /// result are fetched by handle later, belong to that statement, and are shaped as `shape`
+    /// says (its rule's masking or row limit).
+    pub fn note_answered(&self, handle: &str, answered: Answered) {
+        lock(&self.answered).insert(handle.to_owned(), answered);
     }
 
-    /// Whether the SQL API statement `handle` was answered and recorded.
-    pub fn was_answered(&self, handle: &str) -> bool {
-        lock(&self.answered).get(handle).is_some()
+    /// How the partitions of the SQL API statement `handle` are shaped, if it was answered and
+    /// recorded.
+    pub fn answered(&self, handle: &str) -> Option<Answered> {
+        lock(&self.answered).get(handle).cloned()
     }
 
     /// Parks a statement whose attempt failed with HTTP 5xx until the driver sends it again with
