@@ -245,6 +245,41 @@ pub fn parse_statement_response(
 }
 
 /// The answer to a refused statement, as the SQL API's own (HTTP 422): `code`, `message`,
+/// The answer to a cancellation, as the API gives it: the agent answers it for a statement held
+/// for approval, which never reached Snowflake.
+pub fn cancelled(handle: &str) -> super::Reply {
+    super::Reply {
+        status: http::StatusCode::OK,
+        content_type: super::Reply::JSON,
+        body: serde_json::json!({
+            "code": "000604",
+            "sqlState": "57014",
+            "message": "SQL execution canceled",
+            "statementHandle": handle,
+            "statementStatusUrl": format!("/api/v2/statements/{handle}"),
+        })
+        .to_string()
+        .into_bytes(),
+    }
+}
+
+/// The answer for a statement still running, as the API gives it (HTTP 202): the agent answers
+/// it for a statement held for approval, under the hold's handle, which the client polls.
+pub fn in_progress(handle: &str) -> super::Reply {
+    super::Reply {
+        status: http::StatusCode::ACCEPTED,
+        content_type: super::Reply::JSON,
+        body: serde_json::json!({
+            "code": CODE_IN_PROGRESS,
+            "message": "Asynchronous execution in progress. Use provided query id to perform query monitoring and management.",
+            "statementHandle": handle,
+            "statementStatusUrl": format!("/api/v2/statements/{handle}"),
+        })
+        .to_string()
+        .into_bytes(),
+    }
+}
+
 /// `sqlState` and the handle the agent gave the refusal.
 pub fn refused(code: &str, sql_state: &str, message: &str, handle: &str) -> super::Reply {
     super::Reply {

@@ -7,7 +7,8 @@
 //! connection and the poll gets Snowflake's own answer (its query id replaces the hold id);
 //! rejected or timed out, the poll gets a Snowflake-shaped error and the audit a `denial`. The
 //! held request keeps its bytes' share of the inspection budget while it waits, and holds are
-//! bounded ([`MAX_HOLDS`]).
+//! bounded ([`MAX_HOLDS`]). A statement through the SQL API is held the same way, answered in
+//! that API's shapes ([`Api::SqlApi`]: HTTP 202 under the hold's handle, polled by status).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,44 @@ pub const MAX_HOLDS: usize = 1024;
 pub const POLL_WAIT: Duration = Duration::from_secs(5);
 /// How long an approved statement waits for the driver's next poll before it is dropped.
 pub const APPROVED_GRACE: Duration = Duration::from_secs(600);
+
+/// Which API a held statement came through, and so how its waiting and refusals are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Api {
+    /// A driver's `query-request`: `333333` and the envelope's errors.
+    Driver,
+    /// Snowflake's SQL API: HTTP 202 under the hold's handle, and the API's 422 errors.
+    SqlApi,
+}
+
+impl Api {
+    /// The answer while the statement waits.
+    fn waiting(self, id: &str) -> Response<Body> {
+        match self {
+            Api::Driver => reply(snowflake::envelope::in_progress(
+                id,
+                &snowflake::envelope::result_url(id),
+            )),
+            Api::SqlApi => reply(snowflake::sql_api::in_progress(id)),
+        }
+    }
+
+    /// The answer when it will not run.
+    fn refused(self, refusal: &Refusal, id: &str) -> Response<Body> {
+        match self {
+            Api::Driver => reply(snowflake::envelope::query_error(refusal, id)),
+            Api::SqlApi => {
+                let (code, sql_state) = refusal.query_codes();
+                reply(snowflake::sql_api::refused(
+                    code,
+                    sql_state,
+                    &refusal.message(),
+                    id,
+                ))
+            }
+        }
+    }
+}
 
 /// An approval's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +112,7 @@ pub struct HoldSummary {
 /// One held statement.
 pub struct Hold {
     info: HoldSummary,
+    api: Api,
     deadline: Instant,
     inner: Mutex<Inner>,
     notify: Notify,
@@ -260,6 +300,7 @@ pub(super) fn hold(
     raw: Held,
     request_id: Option<String>,
     timeout: Duration,
+    api: Api,
 ) -> Response<Body> {
     let ins = &ctx.shared;
     let holds = ins.holds.clone();
@@ -270,10 +311,7 @@ pub(super) fn hold(
         mark_denied(&mut e, &Refusal::ApprovalTimedOut);
         e.add_flag(Flag::TooManyHolds);
         drop(ins.sink.submit(e));
-        return reply(snowflake::envelope::query_error(
-            &Refusal::ApprovalTimedOut,
-            &id,
-        ));
+        return api.refused(&Refusal::ApprovalTimedOut, &id);
     }
     event.detail = Some(format!("hold {id}"));
     let info = HoldSummary {
@@ -289,6 +327,7 @@ pub(super) fn hold(
     let deadline = Instant::now() + timeout;
     let h = Arc::new(Hold {
         info,
+        api,
         deadline,
         inner: Mutex::new(Inner {
             decided: None,
@@ -307,10 +346,7 @@ pub(super) fn hold(
         tokio::time::sleep(APPROVED_GRACE).await;
         holds.abandon(&hid);
     });
-    reply(snowflake::envelope::in_progress(
-        &id,
-        &snowflake::envelope::result_url(&id),
-    ))
+    api.waiting(&id)
 }
 
 /// Cancels the hold an abort names (by query id in the path, or by request id in the body);
@@ -377,24 +413,15 @@ pub(super) async fn poll(query_id: &str, ctx: &ConnCtx) -> HoldPoll {
                 let _ = tokio::time::timeout_at(until, notified).await;
             }
             None => {
-                return HoldPoll::Answered(reply(snowflake::envelope::in_progress(
-                    query_id,
-                    &snowflake::envelope::result_url(query_id),
-                )));
+                return HoldPoll::Answered(hold.api.waiting(query_id));
             }
             Some(Decided::Rejected) => {
                 holds.remove(query_id);
-                return HoldPoll::Answered(reply(snowflake::envelope::query_error(
-                    &Refusal::ApprovalRejected,
-                    query_id,
-                )));
+                return HoldPoll::Answered(hold.api.refused(&Refusal::ApprovalRejected, query_id));
             }
             Some(Decided::TimedOut) => {
                 holds.remove(query_id);
-                return HoldPoll::Answered(reply(snowflake::envelope::query_error(
-                    &Refusal::ApprovalTimedOut,
-                    query_id,
-                )));
+                return HoldPoll::Answered(hold.api.refused(&Refusal::ApprovalTimedOut, query_id));
             }
             Some(Decided::Approved) => {
                 let taken = {
@@ -407,10 +434,7 @@ pub(super) async fn poll(query_id: &str, ctx: &ConnCtx) -> HoldPoll {
                 holds.remove(query_id);
                 let Some(((mut parts, raw), event, request_id)) = taken else {
                     // Another poll took it; this one is answered as still running.
-                    return HoldPoll::Answered(reply(snowflake::envelope::in_progress(
-                        query_id,
-                        &snowflake::envelope::result_url(query_id),
-                    )));
+                    return HoldPoll::Answered(hold.api.waiting(query_id));
                 };
                 parts.extensions.insert(Approved(event));
                 return HoldPoll::Approved {

@@ -5,10 +5,12 @@
 //!
 //! A rule that masks columns or limits rows shapes the answer's `data` and every later partition
 //! fetched by its handle (a row limit that cuts keeps the first partition's rows and withholds the
-//! others); a result that cannot be shaped is withheld, never passed. A rule that holds a
-//! statement for approval refuses it instead (the API cannot wait for an approver through the
-//! agent). A status or partition request for a handle the agent did not see answered is an
-//! unknown request ([`super::requests`]).
+//! others); a result that cannot be shaped is withheld, never passed. A statement held for
+//! approval is answered as still running (HTTP 202) under the hold's handle ([`super::holds`]);
+//! the client's status polls wait for the approver, and the approved statement is sent on the
+//! poll that finds it approved, the hold's handle standing for Snowflake's from then on. A status
+//! or partition request for a handle the agent did not see answered is an unknown request
+//! ([`super::requests`]).
 
 use std::time::Instant;
 
@@ -18,6 +20,7 @@ use tracing::warn;
 use super::context::{
     Buffered, ConnCtx, elapsed_ms, mark_denied, read_request, read_response, reply,
 };
+use super::holds::{self, HoldPoll};
 use super::state::Answered;
 use super::{gate, masking, requests, tagging};
 use crate::audit::{Durability, Event, Flag, OnAuditFailure};
@@ -34,6 +37,21 @@ pub(super) async fn submit<F, Fut>(
     params: RequestParams,
     ctx: &ConnCtx,
     send: F,
+) -> Response<Body>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    submit_as(req, params, ctx, send, None).await
+}
+
+/// A submission, or an approved hold's (`hold`: the handle the client knows it by).
+async fn submit_as<F, Fut>(
+    req: Request<Body>,
+    params: RequestParams,
+    ctx: &ConnCtx,
+    send: F,
+    hold: Option<&str>,
 ) -> Response<Body>
 where
     F: FnOnce(Request<Body>) -> Fut,
@@ -56,8 +74,8 @@ where
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
     }
-    let decoded = match read_request(&parts, body, ctx).await {
-        Ok((_, decoded)) => decoded,
+    let (raw, decoded) = match read_request(&parts, body, ctx).await {
+        Ok(read) => read,
         Err(refusal) => return refuse(ctx, event, refusal),
     };
     let Ok(stmt) = sql_api::parse_statement_request(&decoded) else {
@@ -84,17 +102,17 @@ where
     ) {
         gate::Gate::Forward(_) => {}
         gate::Gate::Refuse(r) => return refuse(ctx, event, r),
-        gate::Gate::Hold(_) => {
-            let rule = event.policy_rule.clone().unwrap_or_default();
-            let r = Refusal::PolicyDenied {
-                rule,
-                message: Some(
-                    "the rule requires approval, which a statement sent through the SQL API \
-                     cannot wait for; use a driver"
-                        .to_owned(),
-                ),
-            };
-            return refuse(ctx, event, r);
+        gate::Gate::Hold(timeout) => {
+            // The client polls the hold's handle, as it polls a statement still running.
+            return holds::hold(
+                ctx,
+                event,
+                parts,
+                raw,
+                params.request_id,
+                timeout,
+                holds::Api::SqlApi,
+            );
         }
     }
     if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
@@ -117,7 +135,7 @@ where
     {
         return super::statement::attempt_failed(ctx, event, rid, resp, started).await;
     }
-    answer(ctx, event, resp, started).await
+    answer(ctx, event, resp, started, hold).await
 }
 
 /// `GET /api/v2/statements/<handle>`: the status of a statement that was still running, or a
@@ -133,9 +151,29 @@ where
     Fut: Future<Output = Response<Body>>,
 {
     let started = Instant::now();
+    if holds::is_hold(ctx, handle) {
+        return match holds::poll(handle, ctx).await {
+            HoldPoll::Answered(resp) => resp,
+            HoldPoll::Approved { request, .. } => {
+                // Sent now, on this poll's connection; the client goes on with the hold's handle.
+                let (_, params) = snowflake::endpoint::classify(
+                    request.method().as_str(),
+                    request.uri().path(),
+                    request.uri().query(),
+                );
+                submit_as(request, params, ctx, send, Some(handle)).await
+            }
+        };
+    }
+    // A hold's handle stands for Snowflake's once its statement was approved and sent.
+    let aliased = ctx.shared.tracker.aliased(handle);
+    let (req, handle) = match &aliased {
+        Some(upstream) => (with_handle(req, handle, upstream), upstream.as_str()),
+        None => (req, handle),
+    };
     if let Some(event) = ctx.shared.tracker.take_query(handle) {
         let resp = send(req).await;
-        return answer(ctx, event, resp, started).await;
+        return answer(ctx, event, resp, started, None).await;
     }
     if let Some(answered) = ctx.shared.tracker.answered(handle) {
         // A partition of a result already recorded with its statement, shaped as its first was.
@@ -168,6 +206,15 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
+    // A held statement is cancelled here: nothing of it reached Snowflake.
+    if holds::cancel_named(ctx, Some(handle), None) {
+        return reply(sql_api::cancelled(handle));
+    }
+    let aliased = ctx.shared.tracker.aliased(handle);
+    let (req, handle) = match &aliased {
+        Some(upstream) => (with_handle(req, handle, upstream), upstream.as_str()),
+        None => (req, handle),
+    };
     let Some(mut event) = ctx.shared.tracker.take_query(handle) else {
         return requests::unknown(req, ctx, send).await;
     };
@@ -189,6 +236,7 @@ async fn answer(
     mut event: Event,
     resp: Response<Body>,
     started: Instant,
+    hold: Option<&str>,
 ) -> Response<Body> {
     let ins = &ctx.shared;
     let status = resp.status();
@@ -204,6 +252,9 @@ async fn answer(
             match parsed {
                 Some(Ok(r)) => {
                     event.query_id = r.handle.clone().or(event.query_id.take());
+                    if let (Some(hold), Some(h)) = (hold, r.handle.as_deref()) {
+                        ins.tracker.alias(hold, h);
+                    }
                     match r.status {
                         StatementStatus::InProgress => match r.handle.as_deref() {
                             Some(h) => ins.tracker.park_query(h, event),
@@ -272,6 +323,24 @@ async fn answer(
             resp
         }
     }
+}
+
+/// The request with Snowflake's handle in its path in place of the hold's.
+fn with_handle(req: Request<Body>, hold: &str, upstream: &str) -> Request<Body> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path().replacen(hold, upstream, 1);
+    let target = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(target) {
+        let mut uri = parts.uri.clone().into_parts();
+        uri.path_and_query = Some(pq);
+        if let Ok(u) = http::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
+    Request::from_parts(parts, body)
 }
 
 /// Records a statement whose result its rule withholds and answers as the SQL API fails one.

@@ -304,3 +304,72 @@ async fn a_resubmission_after_a_5xx_is_the_same_statement() {
     assert_eq!(queries[0].success, Some(true));
     assert_eq!(queries[0].query_id.as_deref(), Some("01b2-r"));
 }
+
+/// A statement a rule holds for approval: the client gets HTTP 202 under the hold's handle and
+/// polls it; approved, the poll sends it to Snowflake and answers with its result, and the
+/// partitions asked for by the hold's handle come from Snowflake's; the event has its approver.
+/// A held statement the client cancels never reaches Snowflake.
+#[tokio::test(start_paused = true)]
+async fn a_held_statement_waits_for_its_approver_under_its_hold_handle() {
+    const APPROVE_DELETES: &str = r#"
+[default]
+action = "allow"
+
+[[rule]]
+name = "approve-deletes"
+action = "require_approval"
+timeout_s = 60
+[rule.when]
+statement = ["DELETE"]
+"#;
+    let h = harness(Setup {
+        policy: Some(APPROVE_DELETES),
+        ..Setup::default()
+    });
+    h.login(TOKEN).await;
+    let held = h
+        .exchange(wire::sql_api_request(TOKEN, "delete from t where n = 1"))
+        .await;
+    assert_eq!(held.status, 202, "{}", held.text());
+    let hold = held.json()["statementHandle"].as_str().unwrap().to_owned();
+    assert!(h.upstream.received_at(wire::SQL_API).is_empty());
+    let waiting = h.exchange(wire::sql_api_status(TOKEN, &hold, None)).await;
+    assert_eq!(waiting.status, 202);
+
+    h.decide(&hold, true, "alice@example.com");
+    h.upstream.answer(
+        wire::SQL_API,
+        wire::sql_api_rows("01b2-real", json!([["1"]])),
+    );
+    let done = h.exchange(wire::sql_api_status(TOKEN, &hold, None)).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.json()["statementHandle"], "01b2-real");
+    let sent = h.upstream.received_at(wire::SQL_API);
+    assert_eq!(sent.len(), 1);
+    let q = &h.sink.queries()[0];
+    assert_eq!(q.decision.map(|d| d.as_str()), Some("approved"));
+    assert_eq!(q.approver.as_deref(), Some("alice@example.com"));
+    assert_eq!(q.query_id.as_deref(), Some("01b2-real"));
+    h.upstream.answer(
+        "/api/v2/statements/01b2-real",
+        Answer::json(&json!({"data": [["2"]]})),
+    );
+    let part = h
+        .exchange(wire::sql_api_status(TOKEN, &hold, Some(1)))
+        .await;
+    assert_eq!(part.status, 200, "{}", part.text());
+    assert_eq!(
+        h.upstream.received_at("/api/v2/statements/01b2-real").len(),
+        1
+    );
+
+    // Held, then cancelled: nothing reaches Snowflake.
+    let held = h
+        .exchange(wire::sql_api_request(TOKEN, "delete from t where n = 2"))
+        .await;
+    let hold = held.json()["statementHandle"].as_str().unwrap().to_owned();
+    let cancel = h.exchange(wire::sql_api_cancel(TOKEN, &hold)).await;
+    assert_eq!(cancel.status, 200, "{}", cancel.text());
+    assert_eq!(h.upstream.received_at(wire::SQL_API).len(), 1);
+    assert!(h.holds.pending().is_empty());
+}

@@ -120,6 +120,9 @@ pub struct Tracker {
     learned: Mutex<Bounded<Instant>>,
     aborted: Mutex<Bounded<()>>,
     answered: Mutex<Bounded<Answered>>,
+    /// SQL API statements approved after a hold: the hold's handle (which the client polls) to
+    /// Snowflake's.
+    aliases: Mutex<Bounded<String>>,
     /// PUT/GET statements waiting for their stage transfers.
     pub transfers: TransferBook,
 }
@@ -137,6 +140,7 @@ impl Default for Tracker {
             learned: Mutex::new(Bounded::new(MAX_SESSIONS)),
             aborted: Mutex::new(Bounded::new(MAX_PENDING)),
             answered: Mutex::new(Bounded::new(MAX_PENDING)),
+            aliases: Mutex::new(Bounded::new(MAX_PENDING)),
             transfers: TransferBook::default(),
         }
     }
@@ -280,6 +284,16 @@ impl Tracker {
     /// says (its rule's masking or row limit).
     pub fn note_answered(&self, handle: &str, answered: Answered) {
         lock(&self.answered).insert(handle.to_owned(), answered);
+    }
+
+    /// Notes that the SQL API statement held as `hold` runs at Snowflake as `handle`.
+    pub fn alias(&self, hold: &str, handle: &str) {
+        lock(&self.aliases).insert(hold.to_owned(), handle.to_owned());
+    }
+
+    /// Snowflake's handle of the SQL API statement the client knows as the hold `hold`.
+    pub fn aliased(&self, hold: &str) -> Option<String> {
+        lock(&self.aliases).get(hold).cloned()
     }
 
     /// How the partitions of the SQL API statement `handle` are shaped, if it was answered and

@@ -120,7 +120,7 @@ where
         gate::Gate::Forward(each) => each,
         gate::Gate::Refuse(r) => return refuse_query(ctx, event, r).await,
         gate::Gate::Hold(t) => {
-            return holds::hold(ctx, event, parts, raw, request_id, t);
+            return holds::hold(ctx, event, parts, raw, request_id, t, holds::Api::Driver);
         }
     };
     // Masking and row limits: the result is rewritten below, or withheld.
