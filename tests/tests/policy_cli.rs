@@ -125,3 +125,41 @@ fn test_prints_the_decision_and_the_rule() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn test_judges_a_rest_api_request_by_the_rules_on_requests() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{GOOD}\n[[rule]]\nname = \"databases-by-terraform\"\naction = \"deny\"\nwhen.requests = [\"DELETE /api/v2/databases/*\"]\n"
+        ),
+    )?;
+    let f = file.to_str().unwrap_or_default();
+    let out = snowtrail(&[
+        "policy",
+        "test",
+        f,
+        "--request",
+        "DELETE /api/v2/databases/sales?ifExists=true",
+        "--json",
+    ])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        v["decision"] == "deny" && v["rule"] == "databases-by-terraform",
+        "{v}"
+    );
+    let out = snowtrail(&["policy", "test", f, "--request", "GET /api/v2/databases"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(text.contains("proxy.unknown_requests applies"), "{text}");
+    // One of --sql or --request, never both, never neither.
+    let out = snowtrail(&["policy", "test", f])?;
+    ensure!(out.status.code() == Some(2), "neither was accepted");
+    Ok(())
+}

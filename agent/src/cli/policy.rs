@@ -18,12 +18,14 @@ pub(super) enum PolicyCommand {
         /// The rule file (TOML).
         file: PathBuf,
     },
-    /// Show what a rule file decides for a statement sent by a given workload.
+    /// Show what a rule file decides for a statement (or a REST API request) sent by a given
+    /// workload.
     Test(Box<TestArgs>),
 }
 
-/// Who sends the statement, and the statement.
+/// Who sends the statement, and the statement (or the request).
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true))]
 pub(super) struct TestArgs {
     /// The rule file (TOML).
     file: PathBuf,
@@ -58,8 +60,12 @@ pub(super) struct TestArgs {
     #[arg(long, value_name = "UNIX_SECONDS")]
     at: Option<i64>,
     /// The SQL text (several statements separated by `;` are judged one by one).
-    #[arg(long, value_name = "SQL")]
-    sql: String,
+    #[arg(long, value_name = "SQL", group = "what")]
+    sql: Option<String>,
+    /// An HTTP request the agent does not read as a statement, as `METHOD PATH` (a REST resource
+    /// API call such as "DELETE /api/v2/databases/sales"): judged by the rules on `requests`.
+    #[arg(long, value_name = "METHOD PATH", group = "what")]
+    request: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -142,7 +148,32 @@ fn test(a: TestArgs) -> anyhow::Result<ExitCode> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
     });
-    let j = policy.judge(&who, &a.sql, &names, now);
+    if let Some(request) = &a.request {
+        let Some((method, path)) = request.trim().split_once(' ') else {
+            anyhow::bail!("--request is METHOD PATH, e.g. \"GET /api/v2/databases\"");
+        };
+        let path = path.trim();
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let d = policy.decide_request(&who, method.trim(), path, now);
+        if a.json {
+            let out = serde_json::json!({
+                "request": request,
+                "decision": d.as_ref().map(|d| d.action.name()),
+                "rule": d.as_ref().map(|d| d.rule.clone()),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            match d {
+                Some(d) => println!("decision: {} (rule {})", d.action.name(), d.rule),
+                None => println!(
+                    "no rule on requests decides it: proxy.unknown_requests applies (record, or deny)"
+                ),
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sql = a.sql.as_deref().unwrap_or_default();
+    let j = policy.judge(&who, sql, &names, now);
     let Some(verdict) = j.verdict() else {
         anyhow::bail!("no statement in --sql");
     };
