@@ -8,9 +8,12 @@
 //!
 //! No dependency beyond `snowtrail` and `serde_json`, so that the test crate can include it as is.
 
+use snowtrail::proxy::transport::tunnel::{HeadError, parse_connect};
+use snowtrail::snowflake::shaping::{LimitMode, Shape};
 use snowtrail::snowflake::sql_api::{
     StatementStatus, parse_statement_request, parse_statement_response,
 };
+use snowtrail::snowflake::sql_api::{shape_answer, shape_partition};
 use snowtrail::snowflake::{
     BodyError, QUERY_TAG_MAX_CHARS, RedactMode, classify, decode_body, driver_from_user_agent,
     hosts_to_learn, parse_abort_request, parse_login_request, parse_login_response,
@@ -27,6 +30,7 @@ pub type Check = fn(&[u8]);
 pub const TARGETS: &[(&str, Check)] = &[
     ("body", body),
     ("client_hello", client_hello),
+    ("connect_request", connect_request),
     ("endpoint", endpoint),
     ("login_request", login_request),
     ("login_response", login_response),
@@ -38,6 +42,28 @@ pub const TARGETS: &[(&str, Check)] = &[
 ];
 
 const BODY_LIMIT: usize = 1 << 20;
+
+/// A workload's CONNECT request to its proxy: a request that parses names a host with no
+/// space, slash or `@` in it and a port other than 0, found in the input; it keeps the input as
+/// its head and never shows its credential in `Debug`.
+pub fn connect_request(data: &[u8]) {
+    match parse_connect(data) {
+        Ok(r) => {
+            assert!(r.port != 0);
+            assert!(!r.host.is_empty() && !r.host.contains(['/', ' ', '@']));
+            assert_eq!(r.head, data);
+            let text = String::from_utf8_lossy(data).to_ascii_lowercase();
+            assert!(text.contains(&r.host), "{:?} is not in the input", r.host);
+            if let Some(auth) = &r.authorization
+                && auth.len() >= 12
+            {
+                assert!(!format!("{r:?}").contains(auth.as_str()));
+            }
+        }
+        Err(HeadError::NotConnect(_) | HeadError::Malformed(_)) => {}
+        Err(e) => panic!("parsing a whole head gave {e:?}"),
+    }
+}
 
 /// Body decoding: gzip under a limit never yields more than the limit.
 pub fn body(data: &[u8]) {
@@ -256,6 +282,32 @@ pub fn sql_api(data: &[u8]) {
                 StatementStatus::Failed => assert_eq!(status, 422),
             }
             assert!(r.partitions <= data.len());
+        }
+    }
+    // Shaping an answer: a masked or cut answer still parses as an answer, with no more rows than
+    // the limit; a partition shaped by a mask keeps its row count.
+    let shape = Shape {
+        mask: vec!["email".into(), "\"Name\"".into()],
+        row_limit: Some((2, LimitMode::Truncate)),
+    };
+    if let Ok(shaped) = shape_answer(data, &shape)
+        && let Some(body) = &shaped.body
+    {
+        let v: serde_json::Value = serde_json::from_slice(body).expect("a shaped answer is JSON");
+        if let Some(rows) = v.get("data").and_then(serde_json::Value::as_array) {
+            assert!(rows.len() <= 2);
+        }
+        if let Ok(before) = serde_json::from_slice::<serde_json::Value>(data)
+            && let (Some(a), Some(b)) = (
+                before.get("data").and_then(serde_json::Value::as_array),
+                v.get("data").and_then(serde_json::Value::as_array),
+            )
+            && let Ok(p) = shape_partition(data, &shaped.partitions)
+        {
+            let p: serde_json::Value =
+                serde_json::from_slice(&p).expect("a shaped partition is JSON");
+            assert_eq!(p["data"].as_array().map(Vec::len), Some(a.len()));
+            assert!(b.len() <= a.len());
         }
     }
 }

@@ -93,14 +93,14 @@ where
             field.clone_from(value);
         }
     }
-    match gate::gate(
+    let each = match gate::gate(
         ctx,
         &mut parts,
         session.as_deref(),
         &stmt.statement,
         &mut event,
     ) {
-        gate::Gate::Forward(_) => {}
+        gate::Gate::Forward(each) => each,
         gate::Gate::Refuse(r) => return refuse(ctx, event, r),
         gate::Gate::Hold(timeout) => {
             // The client polls the hold's handle, as it polls a statement still running.
@@ -114,7 +114,7 @@ where
                 holds::Api::SqlApi,
             );
         }
-    }
+    };
     if ins.on_audit_failure == OnAuditFailure::Block && !ins.sink.healthy() {
         return refuse(ctx, event, Refusal::AuditUnavailable);
     }
@@ -135,7 +135,7 @@ where
     {
         return super::statement::attempt_failed(ctx, event, rid, resp, started).await;
     }
-    answer(ctx, event, resp, started, hold).await
+    answer(ctx, event, resp, started, hold, &each).await
 }
 
 /// `GET /api/v2/statements/<handle>`: the status of a statement that was still running, or a
@@ -173,7 +173,7 @@ where
     };
     if let Some(event) = ctx.shared.tracker.take_query(handle) {
         let resp = send(req).await;
-        return answer(ctx, event, resp, started, None).await;
+        return answer(ctx, event, resp, started, None, &Vec::new()).await;
     }
     if let Some(answered) = ctx.shared.tracker.answered(handle) {
         // A partition of a result already recorded with its statement, shaped as its first was.
@@ -237,6 +237,7 @@ async fn answer(
     resp: Response<Body>,
     started: Instant,
     hold: Option<&str>,
+    each: &gate::PerStatement,
 ) -> Response<Body> {
     let ins = &ctx.shared;
     let status = resp.status();
@@ -260,6 +261,13 @@ async fn answer(
                             Some(h) => ins.tracker.park_query(h, event),
                             None => super::statement::complete_event(ins, event),
                         },
+                        StatementStatus::Complete if !r.handles.is_empty() => {
+                            // A multi-statement request: its statements' results are fetched by
+                            // their own handles, each its own event.
+                            event.success = Some(true);
+                            event.duration_ms = elapsed_ms(started);
+                            children(ctx, event, &r.handles, each);
+                        }
                         StatementStatus::Complete => {
                             event.success = Some(true);
                             event.rows_produced = r.num_rows;
@@ -322,6 +330,49 @@ async fn answer(
             super::statement::complete_event(ins, event);
             resp
         }
+    }
+}
+
+/// A multi-statement request through the SQL API: one event per statement, each with its own
+/// handle as query id and the request's in `parent_query_id`, its own text and decision; the
+/// first keeps the request's event id (its intent). Each completes when the client fetches it
+/// by its handle, or, never fetched, once `proxy.chunk_wait_s` passed.
+fn children(ctx: &ConnCtx, parent: Event, handles: &[String], each: &gate::PerStatement) {
+    let ins = &ctx.shared;
+    let texts = parent
+        .sql_text
+        .as_deref()
+        .map(snowflake::statements::split_statements)
+        .unwrap_or_default();
+    let split_ok = texts.len() == handles.len();
+    for (i, handle) in handles.iter().enumerate() {
+        let mut e = parent.clone();
+        if i > 0 {
+            e.event_id = uuid::Uuid::now_v7();
+        }
+        e.parent_query_id.clone_from(&parent.query_id);
+        e.query_id = Some(handle.clone());
+        e.rows_produced = None;
+        e.result_bytes = None;
+        e.chunk_count = None;
+        if let Some(text) = texts.get(i).filter(|_| split_ok) {
+            e.sql_text = Some((*text).to_owned());
+            gate::mark_child(each, i, &mut e);
+        }
+        let event_id = e.event_id;
+        ins.tracker.park_query(handle, e);
+        let ins = ins.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ins.chunk_wait).await;
+            if let Some(e) = ins.tracker.take_query(&handle) {
+                if e.event_id == event_id && e.rows_produced.is_none() {
+                    super::statement::complete_event(&ins, e);
+                } else {
+                    ins.tracker.park_query(&handle, e);
+                }
+            }
+        });
     }
 }
 

@@ -373,3 +373,54 @@ statement = ["DELETE"]
     assert_eq!(h.upstream.received_at(wire::SQL_API).len(), 1);
     assert!(h.holds.pending().is_empty());
 }
+
+/// A multi-statement request: each statement is its own event under its own handle, the
+/// request's handle its parent; one fetched by its handle is recorded with its result, one never
+/// fetched once the wait for it passed.
+#[tokio::test(start_paused = true)]
+async fn each_statement_of_a_multi_statement_request_is_its_own_event() {
+    let h = harness(Setup::default());
+    h.login(TOKEN).await;
+    h.upstream.answer(
+        wire::SQL_API,
+        Answer::json(&json!({
+            "resultSetMetaData": {"numRows": 1, "format": "jsonv2",
+                "rowType": [{"name": "multiple statement execution", "type": "text"}]},
+            "data": [["Multiple statements executed successfully."]],
+            "code": "090001", "statementHandle": "01b2-p",
+            "statementHandles": ["01b2-c1", "01b2-c2"],
+            "message": "Statement executed successfully."
+        })),
+    );
+    let got = h
+        .exchange(wire::sql_api_request(TOKEN, "select 1; select 2"))
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(h.sink.queries().is_empty(), "{:?}", h.sink.events());
+
+    h.upstream.answer(
+        "/api/v2/statements/01b2-c1",
+        wire::sql_api_rows("01b2-c1", json!([["1"]])),
+    );
+    let first = h
+        .exchange(wire::sql_api_status(TOKEN, "01b2-c1", None))
+        .await;
+    assert_eq!(first.status, 200);
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    assert_eq!(queries[0].query_id.as_deref(), Some("01b2-c1"));
+    assert_eq!(queries[0].parent_query_id.as_deref(), Some("01b2-p"));
+    assert_eq!(queries[0].sql_text.as_deref(), Some("select 1"));
+    assert_eq!(queries[0].rows_produced, Some(1));
+
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    let queries = h.sink.queries();
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    let second = queries
+        .iter()
+        .find(|q| q.query_id.as_deref() == Some("01b2-c2"))
+        .unwrap();
+    assert_eq!(second.sql_text.as_deref(), Some("select 2"));
+    assert_eq!(second.parent_query_id.as_deref(), Some("01b2-p"));
+    assert_eq!(second.success, Some(true));
+}
