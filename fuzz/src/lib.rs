@@ -54,13 +54,10 @@ pub fn connect_request(data: &[u8]) {
             assert_eq!(r.head, data);
             let text = String::from_utf8_lossy(data).to_ascii_lowercase();
             assert!(text.contains(&r.host), "{:?} is not in the input", r.host);
-            // The credential stays hidden, unless its text is also the target's (which is shown).
-            if let Some(auth) = &r.authorization
-                && auth.len() >= 12
-                && !r.authority.contains(auth.as_str())
-            {
-                assert!(!format!("{r:?}").contains(auth.as_str()));
-            }
+            // The credential never shows in `Debug`: it reads the same whatever the credential.
+            let mut other = r.clone();
+            other.authorization = other.authorization.as_ref().map(|_| "x".to_owned());
+            assert_eq!(format!("{r:?}"), format!("{other:?}"));
         }
         Err(HeadError::NotConnect(_) | HeadError::Malformed(_)) => {}
         Err(e) => panic!("parsing a whole head gave {e:?}"),
