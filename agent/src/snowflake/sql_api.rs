@@ -337,14 +337,26 @@ pub fn shape_answer(body: &[u8], shape: &Shape) -> Result<ShapedAnswer, ShapeErr
         .cloned()
         .unwrap_or_default();
     let columns = masked_columns(&rowtype, &shape.mask);
+    // The rows the result has: what it says, and never fewer than it carries or its partitions
+    // declare.
     let inline = root
         .get("data")
         .and_then(Value::as_array)
         .map_or(0, Vec::len);
+    let declared: u64 = meta
+        .get("partitionInfo")
+        .and_then(Value::as_array)
+        .map_or(0, |ps| {
+            ps.iter()
+                .filter_map(|p| p.get("rowCount").and_then(Value::as_u64))
+                .fold(0u64, u64::saturating_add)
+        });
     let total = meta
         .get("numRows")
         .and_then(Value::as_u64)
-        .unwrap_or(u64::try_from(inline).unwrap_or(u64::MAX));
+        .unwrap_or(0)
+        .max(u64::try_from(inline).unwrap_or(u64::MAX))
+        .max(declared);
     let mut keep = None;
     if let Some((limit, mode)) = shape.row_limit
         && total > limit
@@ -540,6 +552,13 @@ mod tests {
         );
         assert!(s.partitions.withheld);
         assert_eq!(s.truncated, Some(1));
+
+        // An answer that says fewer rows than it carries is limited by what it carries.
+        let understated = br#"{"resultSetMetaData": {"numRows": 1,
+            "rowType": [{"name": "N", "type": "fixed"}]}, "data": [["1"], ["2"], ["3"]]}"#;
+        let s = shape_answer(understated, &truncate).unwrap();
+        let v: Value = serde_json::from_slice(&s.body.unwrap()).unwrap();
+        assert_eq!(v["data"], serde_json::json!([["1"]]));
 
         // No rows, nothing to do; not JSON, refused.
         let running = br#"{"code": "333334", "statementHandle": "h"}"#;
