@@ -410,4 +410,27 @@ fn brokered_logins_use_the_agents_key_and_hand_out_only_handles() {
         assert!(!everything.contains(&t), "a Snowflake token was recorded");
     }
     assert_eq!(around(&handle), None, "a handle was recorded");
+
+    // A brokered session cannot turn the agent's key into a credential of its own: statements
+    // that set a key, a password or a token are denied and never reach Snowflake.
+    let mint = "alter user etl_svc set rsa_public_key_2 = 'MIIBIjANBgkq'";
+    let lines = run(&d, &hosts, Driver::Py5, "etl-brokered", &[mint]);
+    let line = lines
+        .iter()
+        .find(|l| l["step"] == "statement" && l["sql"] == mint)
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        line["error"]["msg"]
+            .as_str()
+            .is_some_and(|e| e.contains("brokered-credentials")),
+        "{line}"
+    );
+    assert!(
+        !fake
+            .sql_texts()
+            .iter()
+            .any(|s| s.contains("rsa_public_key_2")),
+        "the upstream received {:?}",
+        fake.sql_texts()
+    );
 }

@@ -50,6 +50,9 @@ pub(super) struct TestArgs {
     /// The role in effect.
     #[arg(long, value_name = "ROLE")]
     role: Option<String>,
+    /// The session is brokered (its credential is the agent's).
+    #[arg(long)]
+    brokered: bool,
     /// The session's current database (completes partial table names).
     #[arg(long, value_name = "DB")]
     database: Option<String>,
@@ -138,6 +141,7 @@ fn test(a: TestArgs) -> anyhow::Result<ExitCode> {
         account: a.account,
         user: a.user,
         role: a.role,
+        brokered: a.brokered,
     };
     let names = NameContext {
         database: a.database.map(|d| d.to_uppercase()),

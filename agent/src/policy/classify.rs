@@ -69,6 +69,8 @@ pub struct Classified {
     pub writes: BTreeSet<ObjectRef>,
     /// Whether sqlparser could not parse it (type and objects come from keywords).
     pub unparsed: bool,
+    /// Whether it creates or reveals a credential ([`mints_credential`]).
+    pub mints_credential: bool,
 }
 
 impl Classified {
@@ -91,6 +93,7 @@ pub fn classify_request(sql: &str, ctx: &NameContext) -> Vec<Classified> {
 pub fn classify(sql: &str, ctx: &NameContext) -> Classified {
     let text = sql.trim().to_owned();
     let keyword_type = keyword_type(&text);
+    let mints = mints_credential(&text);
     let parsed = Parser::parse_sql(&SnowflakeDialect {}, &text);
     match parsed {
         Ok(stmts) if stmts.len() == 1 => {
@@ -101,6 +104,7 @@ pub fn classify(sql: &str, ctx: &NameContext) -> Classified {
                 reads: BTreeSet::new(),
                 writes: BTreeSet::new(),
                 unparsed: false,
+                mints_credential: mints,
             };
             objects_of(stmt, ctx, &mut c);
             c
@@ -113,6 +117,7 @@ pub fn classify(sql: &str, ctx: &NameContext) -> Classified {
                 reads,
                 writes,
                 unparsed: true,
+                mints_credential: mints,
             }
         }
     }
@@ -257,6 +262,57 @@ fn words(sql: &str, max: usize) -> Vec<String> {
         })
         .collect()
 }
+
+/// Whether a statement creates or reveals a credential that works without the agent: a user's
+/// password, key-pair public key or programmatic access token, a secret object, a token from a
+/// system function. An `EXECUTE IMMEDIATE` whose body names any of them counts too (fail closed:
+/// the body is text the agent does not parse).
+pub fn mints_credential(sql: &str) -> bool {
+    let w = words(sql, 4096);
+    let has = |word: &str| w.iter().any(|x| x == word);
+    let has_seq = |seq: &[&str]| {
+        w.windows(seq.len())
+            .any(|win| win.iter().zip(seq).all(|(a, b)| a == b))
+    };
+    let upper = sql.to_ascii_uppercase();
+    if CREDENTIAL_FUNCTIONS.iter().any(|f| upper.contains(f)) {
+        return true;
+    }
+    let first = w.first().map(String::as_str).unwrap_or("");
+    let object: Vec<&str> = w
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .skip_while(|s| MODIFIERS.contains(s))
+        .take(1)
+        .collect();
+    let user_credential = has("PASSWORD")
+        || has("RSA_PUBLIC_KEY")
+        || has("RSA_PUBLIC_KEY_2")
+        || has_seq(&["PROGRAMMATIC", "ACCESS", "TOKEN"])
+        || has_seq(&["ADD", "PAT"])
+        || has_seq(&["ROTATE", "PAT"]);
+    match (first, object.as_slice()) {
+        ("ALTER" | "CREATE", ["USER"]) => user_credential,
+        ("ALTER" | "CREATE", ["SECRET"]) => true,
+        ("EXECUTE", _) if w.get(1).is_some_and(|s| s == "IMMEDIATE") => [
+            "PASSWORD",
+            "RSA_PUBLIC_KEY",
+            "PROGRAMMATIC ACCESS TOKEN",
+            " PAT ",
+            "SECRET",
+        ]
+        .iter()
+        .any(|k| upper.contains(k)),
+        _ => false,
+    }
+}
+
+/// System functions that return a token usable without the agent.
+const CREDENTIAL_FUNCTIONS: &[&str] = &[
+    "SYSTEM$GENERATE_SCIM_ACCESS_TOKEN",
+    "SYSTEM$GENERATE_SAML_CSR",
+];
 
 /// Words that may stand between `CREATE`/`DROP`/`ALTER` and the kind of object.
 const MODIFIERS: &[&str] = &[

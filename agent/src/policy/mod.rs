@@ -21,6 +21,12 @@ use pattern::{Glob, ObjectPattern, TimeWindow};
 /// The name decisions carry when no rule matched.
 pub const DEFAULT_RULE: &str = "default";
 
+/// The built-in rule that denies, in brokered sessions, statements that create or reveal
+/// credentials (a user's password, key-pair key or programmatic access token, secrets, token
+/// functions). A rule of the file with this name replaces it: it then decides such statements as
+/// any rule does, in its place in the file.
+pub const BROKERED_CREDENTIALS_RULE: &str = "brokered-credentials";
+
 /// What a rule does with a statement it matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -112,6 +118,9 @@ pub struct Subject {
     pub user: Option<String>,
     /// The role in effect.
     pub role: Option<String>,
+    /// Whether the session's credential is the agent's (a brokered login): such a session may not
+    /// create or reveal credentials that work without the agent ([`BROKERED_CREDENTIALS_RULE`]).
+    pub brokered: bool,
 }
 
 /// A rule's conditions; `None` is "any".
@@ -257,6 +266,15 @@ impl Policy {
         file::parse(text)
     }
 
+    /// The policy in force without a rule file: everything allowed, but the built-in rules
+    /// ([`BROKERED_CREDENTIALS_RULE`]).
+    pub fn built_in() -> Policy {
+        Policy {
+            rules: Vec::new(),
+            default: Action::Allow,
+        }
+    }
+
     /// The rules, in the order they are tried.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
@@ -278,6 +296,23 @@ impl Policy {
 
     /// Decides one classified statement at `now_unix_s` (seconds since the epoch, UTC).
     pub fn decide(&self, who: &Subject, stmt: &Classified, now_unix_s: i64) -> Decision {
+        if who.brokered
+            && stmt.mints_credential
+            && !self
+                .rules
+                .iter()
+                .any(|r| r.name == BROKERED_CREDENTIALS_RULE)
+        {
+            return Decision {
+                rule: BROKERED_CREDENTIALS_RULE.to_owned(),
+                action: Action::Deny {
+                    message: Some(
+                        "a brokered session cannot create or reveal credentials: the agent's key would become usable without it"
+                            .to_owned(),
+                    ),
+                },
+            };
+        }
         for r in &self.rules {
             if r.when.holds(who, stmt, now_unix_s) {
                 return Decision {

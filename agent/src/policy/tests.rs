@@ -517,3 +517,44 @@ fn a_rule_on_requests_is_checked_when_read() {
         assert!(e.to_string().contains(says), "{text}: {e}");
     }
 }
+
+#[test]
+fn brokered_sessions_cannot_mint_credentials() {
+    let p = Policy::parse("[default]\naction = \"allow\"\n").unwrap();
+    let brokered = Subject {
+        brokered: true,
+        ..Subject::default()
+    };
+    let rule = |who: &Subject, sql: &str| p.judge(who, sql, &ctx(), 0).verdict().unwrap().clone();
+    for sql in [
+        "ALTER USER etl ADD PROGRAMMATIC ACCESS TOKEN t1",
+        "alter user etl rotate pat t1",
+        "alter user etl set rsa_public_key_2 = 'MIIB...'",
+        "ALTER USER IF EXISTS etl SET PASSWORD = 'x'",
+        "create or replace user backdoor password = 'x'",
+        "create secret s type = password username = 'u' password = 'p'",
+        "alter secret s set password = 'q'",
+        "select system$generate_scim_access_token('OKTA')",
+        "execute immediate $$alter user etl set password = 'x'$$",
+    ] {
+        let d = rule(&brokered, sql);
+        assert_eq!(d.rule, BROKERED_CREDENTIALS_RULE, "{sql}");
+        assert!(matches!(d.action, Action::Deny { .. }), "{sql}");
+        // Outside a brokered session, the file decides.
+        assert_eq!(rule(&Subject::default(), sql).rule, DEFAULT_RULE, "{sql}");
+    }
+    for sql in [
+        "select password from users",
+        "alter user etl set default_role = analyst",
+        "create table secrets (a int)",
+    ] {
+        assert_eq!(rule(&brokered, sql).rule, DEFAULT_RULE, "{sql}");
+    }
+    // A rule of that name replaces the built-in one.
+    let own = Policy::parse(
+        "[default]\naction = \"allow\"\n[[rule]]\nname = \"brokered-credentials\"\naction = \"alert\"\nwhen.statement = [\"ALTER_USER\"]\n",
+    )
+    .unwrap();
+    let d = own.judge(&brokered, "alter user etl set password = 'x'", &ctx(), 0);
+    assert_eq!(d.verdict().unwrap().action, Action::Alert);
+}

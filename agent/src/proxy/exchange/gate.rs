@@ -40,11 +40,21 @@ pub(super) fn decision_of(action: &Action) -> audit::Decision {
 
 /// Judges a request's SQL (each of its statements; the strictest decision stands).
 pub(super) fn judge(ctx: &ConnCtx, session: Option<&TrackedSession>, sql: &str) -> Verdict {
-    let Some(policy) = ctx.shared.policy.current() else {
-        return Verdict::default();
-    };
     let (who, names) = subject(ctx, session);
+    let (policy, built_in) = match ctx.shared.policy.current() {
+        Some(p) => (p, false),
+        // Without a rule file, a brokered session is still held to the built-in rules.
+        None if who.brokered => (std::sync::Arc::new(crate::policy::Policy::built_in()), true),
+        None => return Verdict::default(),
+    };
     let j = policy.judge(&who, sql, &names, now_unix_s());
+    if built_in
+        && j.verdict()
+            .is_none_or(|d| d.rule != crate::policy::BROKERED_CREDENTIALS_RULE)
+    {
+        // No rule file and no built-in rule applied: no decision, as without policy.
+        return Verdict::default();
+    }
     Verdict {
         unparsed: j.unparsed(),
         decision: j.verdict().cloned(),
@@ -93,6 +103,7 @@ fn subject(ctx: &ConnCtx, session: Option<&TrackedSession>) -> (Subject, NameCon
         account: None,
         user: None,
         role: None,
+        brokered: false,
     };
     let mut names = NameContext::default();
     if let Some(s) = session {
@@ -103,6 +114,7 @@ fn subject(ctx: &ConnCtx, session: Option<&TrackedSession>) -> (Subject, NameCon
             who.human.clone_from(&s.human.identity);
         }
         who.groups.clone_from(&s.human.groups);
+        who.brokered = s.brokered.is_some();
         let c = lock(&s.context);
         who.role.clone_from(&c.role);
         names.database.clone_from(&c.database);
