@@ -364,6 +364,13 @@ pub fn session_error(reason: &Refusal) -> Reply {
 }
 
 /// A request to an endpoint the agent refuses (not a login or a statement): HTTP 403, as
+/// A statement of Snowflake's SQL API the agent refuses (or whose result it withholds), as the API
+/// fails one: HTTP 422 with the reason's code, SQL state and message, under `handle`.
+pub fn sql_api_refused(reason: &Refusal, handle: &str) -> Reply {
+    let (code, sql_state) = reason.query_codes();
+    super::sql_api::refused(code, sql_state, &reason.message(), handle)
+}
+
 /// Snowflake's REST APIs answer a request they do not permit, with the plain envelope.
 pub fn request_refused(reason: &Refusal) -> Reply {
     Reply::json(

@@ -58,15 +58,7 @@ impl Api {
     fn refused(self, refusal: &Refusal, id: &str) -> Response<Body> {
         match self {
             Api::Driver => reply(snowflake::envelope::query_error(refusal, id)),
-            Api::SqlApi => {
-                let (code, sql_state) = refusal.query_codes();
-                reply(snowflake::sql_api::refused(
-                    code,
-                    sql_state,
-                    &refusal.message(),
-                    id,
-                ))
-            }
+            Api::SqlApi => reply(snowflake::envelope::sql_api_refused(refusal, id)),
         }
     }
 }

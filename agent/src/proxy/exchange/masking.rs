@@ -231,13 +231,7 @@ pub(super) fn sql_api_withheld(rule: &str, why: &str, handle: &str) -> Response<
         rule: rule.to_owned(),
         message: Some(why.to_owned()),
     };
-    let (code, sql_state) = refusal.query_codes();
-    reply(snowflake::sql_api::refused(
-        code,
-        sql_state,
-        &refusal.message(),
-        handle,
-    ))
+    reply(snowflake::envelope::sql_api_refused(&refusal, handle))
 }
 
 /// Rewrites a later partition of a shaped SQL API result; one that cannot be is withheld (the

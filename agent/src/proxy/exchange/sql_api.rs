@@ -166,11 +166,8 @@ where
         };
     }
     // A hold's handle stands for Snowflake's once its statement was approved and sent.
-    let aliased = ctx.shared.tracker.aliased(handle);
-    let (req, handle) = match &aliased {
-        Some(upstream) => (with_handle(req, handle, upstream), upstream.as_str()),
-        None => (req, handle),
-    };
+    let (req, handle) = unalias(ctx, req, handle);
+    let handle = handle.as_str();
     if let Some(event) = ctx.shared.tracker.take_query(handle) {
         let resp = send(req).await;
         return answer(ctx, event, resp, started, None, &Vec::new()).await;
@@ -210,11 +207,8 @@ where
     if holds::cancel_named(ctx, Some(handle), None) {
         return reply(sql_api::cancelled(handle));
     }
-    let aliased = ctx.shared.tracker.aliased(handle);
-    let (req, handle) = match &aliased {
-        Some(upstream) => (with_handle(req, handle, upstream), upstream.as_str()),
-        None => (req, handle),
-    };
+    let (req, handle) = unalias(ctx, req, handle);
+    let handle = handle.as_str();
     let Some(mut event) = ctx.shared.tracker.take_query(handle) else {
         return requests::unknown(req, ctx, send).await;
     };
@@ -376,6 +370,15 @@ fn children(ctx: &ConnCtx, parent: Event, handles: &[String], each: &gate::PerSt
     }
 }
 
+/// The request and the handle it names, with Snowflake's handle in place of a hold's once the
+/// held statement was approved and sent.
+fn unalias(ctx: &ConnCtx, req: Request<Body>, handle: &str) -> (Request<Body>, String) {
+    match ctx.shared.tracker.aliased(handle) {
+        Some(upstream) => (with_handle(req, handle, &upstream), upstream),
+        None => (req, handle.to_owned()),
+    }
+}
+
 /// The request with Snowflake's handle in its path in place of the hold's.
 fn with_handle(req: Request<Body>, hold: &str, upstream: &str) -> Request<Body> {
     let (mut parts, body) = req.into_parts();
@@ -397,13 +400,7 @@ fn with_handle(req: Request<Body>, hold: &str, upstream: &str) -> Request<Body> 
 /// Records a statement whose result its rule withholds and answers as the SQL API fails one.
 fn withhold(ctx: &ConnCtx, event: Event, refusal: &Refusal) -> Response<Body> {
     let handle = masking::record_withheld(ctx, event, refusal);
-    let (code, sql_state) = refusal.query_codes();
-    reply(sql_api::refused(
-        code,
-        sql_state,
-        &refusal.message(),
-        &handle,
-    ))
+    reply(snowflake::envelope::sql_api_refused(refusal, &handle))
 }
 
 /// Refuses a statement as the SQL API refuses one (HTTP 422 with its error body), and records
@@ -414,11 +411,5 @@ fn refuse(ctx: &ConnCtx, mut event: Event, refusal: Refusal) -> Response<Body> {
     event.query_id = Some(handle.clone());
     event.recording = Some(crate::recording::Status::Off);
     drop(ctx.shared.sink.submit(event));
-    let (code, sql_state) = refusal.query_codes();
-    reply(sql_api::refused(
-        code,
-        sql_state,
-        &refusal.message(),
-        &handle,
-    ))
+    reply(snowflake::envelope::sql_api_refused(&refusal, &handle))
 }
